@@ -1,0 +1,1 @@
+"""Generated stubs of unimeter.v1 (make proto); the .proto files are the contract."""
