@@ -84,8 +84,14 @@ class NodeApi(Protocol):
         """Remove a metric from ingestion and queries, or NotFoundError."""
         ...
 
-    async def ingest(self, partition: int, rows: list[EventRow], sync: bool, batch_id: str) -> IngestOutcome:
-        """Store one partition's part of a batch atomically. ``batch_id`` makes retries idempotent."""
+    async def ingest(
+        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str
+    ) -> list[IngestOutcome]:
+        """Store each (partition, rows) part atomically; one request per node carries all its partitions.
+
+        ``batch_id`` ("" for none) makes a retry of the same request return the original outcomes.
+        With ``sync`` it returns only once every part is durable.
+        """
         ...
 
     async def query_realtime(self, partition: int, account_id: int, metric_code: str) -> QueryResult:

@@ -1,0 +1,392 @@
+"""The Python SDK and routing core: ``Client``.
+
+A client routes each account to its partition's owner, fans a batch out to the owning nodes in
+parallel, retries retryable failures with backoff inside the caller's deadline, and gives every
+event an id before its first try. It talks to nodes only through ``NodeApi``: a node in the same
+process is called directly, remote nodes through the node protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from .errors import FieldViolation, InvalidArgumentError
+from .ids import uuid7
+from .node_api import AlertStreamItem, ClusterStatus, IngestOutcome, NodeApi
+from .retry import RetryPolicy, call_with_retries, deadline_after
+from .subscription import AlertSubscription, open_subscription
+from .topology import Topology
+from .types import (
+    Alert,
+    DeliveryMode,
+    Event,
+    EventRow,
+    IngestResult,
+    Metric,
+    Period,
+    PeriodSelector,
+    QueryResult,
+    StoredEvent,
+)
+from .validation import check_account_id, validate_rows
+
+__all__ = ["AlertsClient", "Client", "MetricsClient"]
+
+MetricLookup = Callable[[str], Metric | None]
+T = TypeVar("T")
+
+
+class MetricsClient:
+    """``client.metrics``: the cluster-wide metric registry."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def create(self, metric: Metric, *, timeout: float | None = None) -> Metric:
+        """Register a metric; AlreadyExistsError if the code is taken."""
+        created = await self._client._any(lambda n: n.create_metric(metric), timeout)
+        self._client._metric_cache[created.code] = created
+        return created
+
+    async def get(self, code: str, *, timeout: float | None = None) -> Metric:
+        """One metric; NotFoundError if absent."""
+        return await self._client._any(lambda n: n.get_metric(code), timeout)
+
+    async def list(self, *, timeout: float | None = None) -> list[Metric]:
+        """Every metric, ordered by code."""
+        return await self._client._any(lambda n: n.list_metrics(), timeout)
+
+    async def delete(self, code: str, *, timeout: float | None = None) -> None:
+        """Delete a metric; NotFoundError if absent."""
+        await self._client._any(lambda n: n.delete_metric(code), timeout)
+        self._client._metric_cache.pop(code, None)
+
+
+class AlertsClient:
+    """``client.alerts``: alert history and resumable subscriptions."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def list(
+        self, account_id: int, after_offset: int = 0, *, page_size: int = 100, timeout: float | None = None
+    ) -> tuple[list[Alert], bool]:
+        """The account's alerts after ``after_offset`` and whether more follow."""
+        return await self._client.list_alerts(account_id, after_offset, page_size=page_size, timeout=timeout)
+
+    def subscribe(
+        self,
+        *,
+        account_ids: Sequence[int] = (),
+        metric_codes: Sequence[str] = (),
+        threshold_codes: Sequence[str] = (),
+        since_offsets: Mapping[int, int] | None = None,
+        from_beginning: bool = False,
+        buffer: int = 64,
+    ) -> AlertSubscription:
+        """A subscription; use ``async with`` (or ``await sub.start()``) and iterate it."""
+        return open_subscription(
+            self._client.alert_stream,
+            account_ids=account_ids,
+            metric_codes=metric_codes,
+            threshold_codes=threshold_codes,
+            since_offsets=since_offsets,
+            from_beginning=from_beginning,
+            buffer=buffer,
+        )
+
+
+class Client:
+    """Unimeter client. Build with ``await Client.connect(seeds)`` or ``await Client.in_process(node)``."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        retry: RetryPolicy | None = None,
+        metric_lookup: MetricLookup | None = None,
+    ) -> None:
+        self._topology = topology
+        self._retry = retry or RetryPolicy()
+        self._metric_lookup = metric_lookup
+        self._metric_cache: dict[str, Metric] = {}
+        self.metrics = MetricsClient(self)
+        self.alerts = AlertsClient(self)
+
+    @classmethod
+    async def in_process(cls, node: NodeApi, *, metric_lookup: MetricLookup | None = None) -> Client:
+        """A client calling ``node`` directly (no encoding); ``metric_lookup`` reads its registry."""
+        return cls(await Topology.local(node), metric_lookup=metric_lookup)
+
+    @classmethod
+    async def connect(cls, seeds: Sequence[str], *, retry: RetryPolicy | None = None) -> Client:
+        """A client of the cluster reachable through any of ``seeds`` (``host:port`` node addresses)."""
+        from .remote_node import RemoteNode
+
+        topology = await Topology.from_seeds(seeds, RemoteNode)
+        return cls(topology, retry=retry)
+
+    async def close(self) -> None:
+        """Close connections to remote nodes."""
+        await self._topology.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def partitions(self) -> int:
+        """Number of partitions of the cluster."""
+        return self._topology.partitions
+
+    def partition_of(self, account_id: int) -> int:
+        """The partition that owns ``account_id``."""
+        return self._topology.partition_of(account_id)
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(
+        self,
+        events: Iterable[Event],
+        *,
+        delivery: DeliveryMode = DeliveryMode.ASYNC,
+        timeout: float | None = None,
+    ) -> IngestResult:
+        """Store a batch. Events without ``event_id`` get a UUIDv7 first, so retries never double count."""
+        batch = list(events)
+        for event in batch:
+            if not event.event_id:
+                event.event_id = uuid7()
+        sync = delivery == DeliveryMode.SYNC or any(e.delivery == DeliveryMode.SYNC for e in batch)
+        return await self.ingest_rows([e.row() for e in batch], sync=sync, timeout=timeout)
+
+    async def ingest_rows(
+        self, rows: list[EventRow], *, sync: bool, timeout: float | None = None
+    ) -> IngestResult:
+        """Store a batch of hot-path rows as given (no ids added): validate all, fan out per node."""
+        if not rows:
+            raise InvalidArgumentError(
+                "a batch needs at least one event", violations=[FieldViolation("events", "must not be empty")]
+            )
+        validate_rows(rows, await self._metric_resolver(rows))
+        topology = self._topology
+        part_of = topology.partition_of
+        by_partition: dict[int, tuple[list[EventRow], list[int]]] = {}
+        for i, row in enumerate(rows):
+            p = part_of(row[0])
+            entry = by_partition.get(p)
+            if entry is None:
+                by_partition[p] = ([row], [i])
+            else:
+                entry[0].append(row)
+                entry[1].append(i)
+        deadline = deadline_after(timeout, self._retry)
+        # One request per owning node carries all of that node's partitions.
+        by_node: dict[int, tuple[NodeApi, list[int]]] = {}
+        for p in by_partition:
+            node = topology.owner(p)
+            key = id(node)
+            if key in by_node:
+                by_node[key][1].append(p)
+            else:
+                by_node[key] = (node, [p])
+        batch_id = uuid7() if topology.remote else ""
+        requests = [
+            self._ingest_on(node, ps, by_partition, sync, batch_id, deadline) for node, ps in by_node.values()
+        ]
+        results = [await requests[0]] if len(requests) == 1 else await _gather(requests)
+        offsets = [0] * len(rows)
+        n_dup = 0
+        for partitions, outcomes in results:
+            for p, outcome in zip(partitions, outcomes, strict=True):
+                n_dup += outcome.n_duplicates
+                for i, offset in zip(by_partition[p][1], outcome.offsets, strict=True):
+                    offsets[i] = offset
+        return IngestResult(len(rows) - n_dup, n_dup, offsets)
+
+    async def _ingest_on(
+        self,
+        node: NodeApi,
+        partitions: list[int],
+        by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
+        sync: bool,
+        batch_id: str,
+        deadline: float,
+    ) -> tuple[list[int], list[IngestOutcome]]:
+        parts = [(p, by_partition[p][0]) for p in partitions]
+        if not self._topology.remote:
+            return partitions, await node.ingest(parts, sync, batch_id)
+        outcomes = await call_with_retries(
+            lambda _left: node.ingest(parts, sync, batch_id), deadline, self._retry
+        )
+        return partitions, outcomes
+
+    async def _metric_resolver(self, rows: Sequence[EventRow]) -> MetricLookup:
+        if self._metric_lookup is not None:
+            return self._metric_lookup
+        cache = self._metric_cache
+        if any(row[1] not in cache for row in rows):
+            for metric in await self.metrics.list():
+                cache[metric.code] = metric
+        return cache.get
+
+    # ------------------------------------------------------------------ queries
+
+    async def query_realtime(
+        self, account_id: int, metric_code: str, *, timeout: float | None = None
+    ) -> QueryResult:
+        """The aggregate of the metric's current period, from memory."""
+        check_account_id(account_id)
+        p = self.partition_of(account_id)
+        result: QueryResult = await self._on_partition(
+            p, lambda n: n.query_realtime(p, account_id, metric_code), timeout
+        )
+        return result
+
+    async def query(
+        self,
+        account_id: int,
+        metric_code: str,
+        period: Period | None = None,
+        *,
+        selector: PeriodSelector | None = None,
+        filters: Mapping[str, str] | None = None,
+        group_by: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> QueryResult:
+        """The aggregate over ``period`` (exact range) or the metric's period named by ``selector``."""
+        check_account_id(account_id)
+        if period is None and selector is None:
+            selector = PeriodSelector.CURRENT
+        start, end = (period.start, period.end) if period is not None else (0, 0)
+        p = self.partition_of(account_id)
+        sel = int(selector or 0)
+        flt = dict(filters or {})
+        gb = list(group_by)
+        result: QueryResult = await self._on_partition(
+            p, lambda n: n.query(p, account_id, metric_code, start, end, sel, flt, gb), timeout
+        )
+        return result
+
+    async def list_events(
+        self,
+        account_id: int,
+        start: int,
+        end: int,
+        *,
+        metric_code: str = "",
+        page_size: int = 100,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> tuple[list[StoredEvent], str]:
+        """One page of the account's events in ``[start, end)`` and the next page's token."""
+        check_account_id(account_id)
+        p = self.partition_of(account_id)
+        page: tuple[list[StoredEvent], str] = await self._on_partition(
+            p, lambda n: n.list_events(p, account_id, start, end, metric_code, page_size, page_token), timeout
+        )
+        return page
+
+    async def list_alerts(
+        self, account_id: int, after_offset: int = 0, *, page_size: int = 100, timeout: float | None = None
+    ) -> tuple[list[Alert], bool]:
+        """The account's alerts after ``after_offset`` and whether more follow."""
+        check_account_id(account_id)
+        p = self.partition_of(account_id)
+        page: tuple[list[Alert], bool] = await self._on_partition(
+            p, lambda n: n.list_alerts(p, account_id, after_offset, page_size), timeout
+        )
+        return page
+
+    async def cluster_status(self, *, timeout: float | None = None) -> ClusterStatus:
+        """Nodes, partition owners and offsets."""
+        return await self._any(lambda n: n.cluster_status(), timeout)
+
+    def alert_stream(
+        self,
+        *,
+        account_ids: Sequence[int] = (),
+        metric_codes: Sequence[str] = (),
+        threshold_codes: Sequence[str] = (),
+        since_offsets: Mapping[int, int] | None = None,
+        from_beginning: bool = False,
+    ) -> AsyncIterator[AlertStreamItem]:
+        """Every node's matching alerts merged losslessly, with heartbeats (for servers re-streaming)."""
+        since = dict(since_offsets or {})
+        bad = [p for p in since if not 0 <= p < self.partitions]
+        if bad:
+            raise InvalidArgumentError(
+                f"partition {bad[0]} does not exist",
+                violations=[FieldViolation(f"since_offsets[{p}]", "no such partition") for p in bad],
+            )
+        args = (list(account_ids), list(metric_codes), list(threshold_codes))
+        nodes: dict[int, tuple[NodeApi, list[int]]] = {}
+        for p in range(self.partitions):
+            node = self._topology.owner(p)
+            nodes.setdefault(id(node), (node, []))[1].append(p)
+        streams = [
+            node.subscribe_alerts(ps, {p: o for p, o in since.items() if p in ps}, from_beginning, *args)
+            for node, ps in nodes.values()
+        ]
+        return streams[0] if len(streams) == 1 else _merge(streams)
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _on_partition(
+        self, partition: int, call: Callable[[NodeApi], Any], timeout: float | None
+    ) -> Any:
+        topology = self._topology
+        if not topology.remote:
+            return await call(topology.owner(partition))
+        deadline = deadline_after(timeout, self._retry)
+        return await call_with_retries(lambda _left: call(topology.owner(partition)), deadline, self._retry)
+
+    async def _any(self, call: Callable[[NodeApi], Awaitable[T]], timeout: float | None) -> T:
+        topology = self._topology
+        if not topology.remote:
+            return await call(topology.any_node())
+        deadline = deadline_after(timeout, self._retry)
+        return await call_with_retries(lambda _left: call(topology.any_node()), deadline, self._retry)
+
+
+async def _gather(requests: list[Any]) -> list[Any]:
+    return list(await asyncio.gather(*requests))
+
+
+async def _merge(streams: list[AsyncIterator[AlertStreamItem]]) -> AsyncIterator[AlertStreamItem]:
+    """Interleave several node streams; a heartbeat carries the union of the latest offsets."""
+    queue: asyncio.Queue[AlertStreamItem | BaseException | None] = asyncio.Queue(maxsize=256)
+    offsets: dict[int, int] = {}
+
+    async def pump(stream: AsyncIterator[AlertStreamItem]) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+        except BaseException as exc:  # forwarded to the consumer, which re-raises it
+            await queue.put(exc)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    running = len(tasks)
+    try:
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+                continue
+            if isinstance(item, BaseException):
+                raise item
+            if item.alert is None:
+                offsets.update(item.offsets)
+                yield replace(item, offsets=dict(offsets))
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,114 @@
+"""The aggregation engine of one partition: one store per metric, pure in-memory, no I/O.
+
+:class:`PartitionAggregates` routes each call to the metric's store (bucketed cells for COUNT, SUM,
+MAX and LATEST; member histories for COUNT_UNIQUE) and owns the snapshot format. A store belongs to
+one metric generation: a spec of another generation (the metric was deleted and created again)
+finds an empty store, never the old one's state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from cluster_client.types import AggValue, GroupValue, Period
+
+from .cells import agg_value, empty_cell
+from .series import SeriesStore
+from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
+from .unique import UniqueStore
+
+__all__ = ["PartitionAggregates"]
+
+_SNAPSHOT_VERSION = 1
+_Store = SeriesStore | UniqueStore
+
+
+class PartitionAggregates:
+    """Every metric's aggregates for the accounts of one partition."""
+
+    __slots__ = ("_fetch_events", "_stores")
+
+    def __init__(self, fetch_events: FetchEvents) -> None:
+        self._fetch_events = fetch_events
+        self._stores: dict[str, _Store] = {}
+
+    def apply(self, spec: MetricSpec, rows: Sequence[AppliedRow], record_ref: int) -> list[AlertRow]:
+        """Apply one log record's rows of ``spec``'s metric, in offset order; return the alerts they
+        fire, in order."""
+        if not rows:
+            return []
+        store = self._stores.get(spec.code)
+        if store is None or store.spec.generation != spec.generation:
+            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else SeriesStore(spec)
+        return store.apply(rows, record_ref)
+
+    def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
+        """The unfiltered aggregate of the period containing ``now_ns``, and that period."""
+        store = self._store(spec)
+        if store is None:
+            start, end = spec.periods.period_of(now_ns)
+            return agg_value(spec.agg_type, empty_cell()), Period(start, end)
+        return store.realtime(account_id, now_ns)
+
+    def query(
+        self,
+        spec: MetricSpec,
+        account_id: int,
+        start: int,
+        end: int,
+        filters: Mapping[str, str],
+        group_by: Sequence[str],
+    ) -> tuple[AggValue, list[GroupValue]]:
+        """The aggregate over ``[start, end)`` of the events matching ``filters`` (already validated),
+        and one aggregate per distinct ``group_by`` combination among them, ordered by its values.
+
+        ``alert_flags`` is the period's when the range is exactly one of the metric's periods and no
+        filter is given; otherwise 0 (flags belong to a period's unfiltered value).
+        """
+        store = self._store(spec)
+        if store is None or start >= end:
+            return agg_value(spec.agg_type, empty_cell()), []
+        if isinstance(store, UniqueStore):
+            return store.query(account_id, start, end, filters, group_by)
+        return store.query(account_id, start, end, filters, group_by, self._fetch_events)
+
+    def forget_metric(self, code: str) -> None:
+        """Drop the state of a deleted metric."""
+        self._stores.pop(code, None)
+
+    def _store(self, spec: MetricSpec) -> _Store | None:
+        store = self._stores.get(spec.code)
+        if store is None or store.spec.generation != spec.generation:
+            return None
+        return store
+
+    # --------------------------------------------------------------------------------- snapshot
+
+    def to_snapshot(self) -> object:
+        """The whole state as msgpack-serialisable data (ints, strings, lists, dicts)."""
+        return {
+            "v": _SNAPSHOT_VERSION,
+            "metrics": [
+                [code, store.spec.generation, int(store.spec.agg_type), store.to_snapshot()]
+                for code, store in self._stores.items()
+            ],
+        }
+
+    @classmethod
+    def from_snapshot(
+        cls, data: object, fetch_events: FetchEvents, specs: Mapping[str, MetricSpec]
+    ) -> PartitionAggregates:
+        """Rebuild the state saved by :meth:`to_snapshot`, keeping only metrics whose code is in
+        ``specs`` with the same generation (a deleted or re-created metric starts empty)."""
+        aggregates = cls(fetch_events)
+        if not isinstance(data, Mapping) or data.get("v") != _SNAPSHOT_VERSION:
+            raise ValueError("unsupported aggregates snapshot")
+        for code, generation, agg_type, state in data["metrics"]:
+            spec = specs.get(code)
+            if spec is None or spec.generation != generation or int(spec.agg_type) != agg_type:
+                continue
+            if spec.unique:
+                aggregates._stores[code] = UniqueStore.from_snapshot(spec, state)
+            else:
+                aggregates._stores[code] = SeriesStore.from_snapshot(spec, state)
+        return aggregates

@@ -1,0 +1,134 @@
+"""Alert subscriptions served from the partitions' alert logs.
+
+A subscription keeps its own position per partition and reads the durable alerts after it, so a
+slow subscriber is served from the log and nothing is ever dropped on the server side; idle
+subscriptions cost nothing but a wait on one shared event, woken when any partition publishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from cluster_client.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
+from cluster_client.node_api import AlertStreamItem
+from cluster_client.types import Metric
+
+from .partition import Partition
+
+__all__ = ["AlertStreamer"]
+
+_BATCH = 256
+
+
+class AlertStreamer:
+    """Serves alert streams for a node's partitions."""
+
+    def __init__(self, partitions: Sequence[Partition], *, heartbeat_interval: float) -> None:
+        self._partitions = {p.number: p for p in partitions}
+        self._heartbeat = heartbeat_interval
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._count = 0
+        for partition in partitions:
+            partition.on_alerts_published = self._wake
+
+    @property
+    def subscribers(self) -> int:
+        """Open subscriptions."""
+        return self._count
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+        self._wakeup = asyncio.Event()
+
+    def close(self) -> None:
+        """End every subscription."""
+        self._closed = True
+        self._wake()
+
+    def subscribe(
+        self,
+        partitions: list[int],
+        since_offsets: dict[int, int],
+        from_beginning: bool,
+        account_ids: list[int],
+        metric_codes: list[str],
+        threshold_codes: list[str],
+        *,
+        known_metrics: list[Metric],
+    ) -> AsyncIterator[AlertStreamItem]:
+        """Validate the request and return the stream (errors are raised here, before streaming)."""
+        by_code = {m.code: m for m in known_metrics}
+        bad: list[FieldViolation] = []
+        for i, code in enumerate(metric_codes):
+            if code not in by_code:
+                bad.append(FieldViolation(f"metric_codes[{i}]", f"unknown metric {code!r}"))
+        scope = [by_code[c] for c in metric_codes if c in by_code] if metric_codes else known_metrics
+        declared = {t.code for m in scope for t in m.thresholds}
+        for i, code in enumerate(threshold_codes):
+            if code not in declared:
+                bad.append(FieldViolation(f"threshold_codes[{i}]", f"no selected metric declares {code!r}"))
+        chosen = partitions or sorted(self._partitions)
+        for p in since_offsets:
+            if p not in self._partitions:
+                bad.append(FieldViolation(f"since_offsets[{p}]", f"partition {p} does not exist"))
+        for p in chosen:
+            if p not in self._partitions:
+                bad.append(FieldViolation("partitions", f"partition {p} does not exist"))
+        if bad:
+            raise InvalidArgumentError(f"invalid subscription: {bad[0].description}", violations=bad)
+        positions: dict[int, int] = {}
+        for p in chosen:
+            published = self._partitions[p].published_alert_offset
+            if p in since_offsets:
+                if since_offsets[p] > published:
+                    raise OutOfRangeError(
+                        f"since_offsets[{p}] = {since_offsets[p]} is past the alert log's end ({published})",
+                        violations=[FieldViolation(f"since_offsets[{p}]", f"must be at most {published}")],
+                    )
+                positions[p] = since_offsets[p]
+            else:
+                positions[p] = 0 if from_beginning else published
+        return self._stream(positions, set(account_ids), set(metric_codes), set(threshold_codes))
+
+    async def _stream(
+        self, positions: dict[int, int], accounts: set[int], metrics: set[str], thresholds: set[str]
+    ) -> AsyncIterator[AlertStreamItem]:
+        loop = asyncio.get_running_loop()
+        self._count += 1
+        try:
+            # The first item tells the subscriber where it starts, so it can resume exactly.
+            yield AlertStreamItem(None, dict(positions))
+            last_sent = loop.time()
+            while not self._closed:
+                wakeup = self._wakeup
+                sent_any = False
+                for p, position in positions.items():
+                    partition = self._partitions[p]
+                    end = min(partition.published_alert_offset, position + _BATCH)
+                    for alert in partition.alerts[position:end]:
+                        positions[p] = alert.offset
+                        if (
+                            (not accounts or alert.account_id in accounts)
+                            and (not metrics or alert.metric_code in metrics)
+                            and (not thresholds or alert.threshold_code in thresholds)
+                        ):
+                            sent_any = True
+                            yield AlertStreamItem(alert, {})
+                    positions[p] = max(positions[p], end)
+                if sent_any:
+                    last_sent = loop.time()
+                    continue
+                if any(self._partitions[p].published_alert_offset > pos for p, pos in positions.items()):
+                    continue
+                remaining = self._heartbeat - (loop.time() - last_sent)
+                if remaining <= 0:
+                    yield AlertStreamItem(None, dict(positions))
+                    last_sent = loop.time()
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), remaining)
+        finally:
+            self._count -= 1

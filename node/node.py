@@ -1,0 +1,336 @@
+"""A Unimeter node on the embedded backend: owns every partition of a data directory.
+
+The node is the ``NodeApi`` the client core calls (directly in-process, or through the node
+protocol). It validates each partition batch against the metric registry, runs the flusher that
+makes ASYNC writes durable within the flush interval, takes periodic snapshots, and serves alert
+streams from the partitions' alert logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from cluster_client.errors import FieldViolation, InvalidArgumentError, UnavailableError
+from cluster_client.node_api import AlertStreamItem, ClusterStatus, IngestOutcome, NodeInfo, PartitionInfo
+from cluster_client.periods import PeriodCalculator
+from cluster_client.types import Alert, EventRow, Metric, PeriodSelector, QueryResult, StoredEvent
+from cluster_client.validation import validate_rows
+
+from .aggregation import MetricSpec
+from .alert_stream import AlertStreamer
+from .metric_registry import MetricRegistry, write_file_atomically
+from .partition import Partition, PartitionConfig
+from .query_validation import check_page_size, check_query
+
+__all__ = ["Node", "NodeConfig"]
+
+log = logging.getLogger(__name__)
+
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Everything a node needs to start. Defaults are the SPEC's."""
+
+    data_dir: Path
+    """Where partitions, snapshots and the metric registry live."""
+    partitions: int | None = None
+    """Partition count of a new data directory (default 64); an existing one keeps its own."""
+    flush_interval: float = 0.010
+    """Longest time an ASYNC write stays in memory before it is fsynced."""
+    dedup_window_seconds: float = 86_400.0
+    """How long an event's dedup key is remembered (by arrival time)."""
+    snapshot_interval: float = 60.0
+    """Seconds between snapshots of partitions that changed."""
+    snapshot_every_records: int = 50_000
+    """A partition with this many records since its snapshot gets a new one at the next check."""
+    segment_bytes: int = 64 << 20
+    """Size at which a log segment rolls over."""
+    heartbeat_interval: float = 5.0
+    """Idle alert streams send their offsets at least this often."""
+    node_id: str = ""
+    """Stable id of this node (generated and kept in the data directory when empty)."""
+    node_addr: str = ""
+    """Node-protocol address others reach this node at ("" when not served)."""
+    grpc_addr: str = ""
+    """gRPC address of the public API on this node."""
+    fsync_threads: int = 8
+    """Threads that run write+fsync for the partitions' logs."""
+
+
+class Node:
+    """One node owning all partitions of its data directory (embedded backend)."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.fsync_threads, thread_name_prefix="unimeter-fsync"
+        )
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.node_id = self._load_identity()
+        self.registry = MetricRegistry(config.data_dir / "metrics.msgpack")
+        self._specs: dict[str, MetricSpec] = {}
+        for metric in self.registry.list():
+            self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
+        partition_config = PartitionConfig(
+            dedup_window_ns=int(config.dedup_window_seconds * 1e9), segment_bytes=config.segment_bytes
+        )
+        started = time.monotonic()
+        self.partitions = [
+            Partition(
+                p,
+                config.data_dir / "partitions" / f"{p:04d}",
+                self._specs,
+                partition_config,
+                self._executor,
+            )
+            for p in range(self.partitions_count)
+        ]
+        self.recovery_seconds = time.monotonic() - started
+        self.alerts = AlertStreamer(self.partitions, heartbeat_interval=config.heartbeat_interval)
+        self.node_addr = config.node_addr
+        self.grpc_addr = config.grpc_addr
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_snapshot = time.monotonic()
+
+    @property
+    def partitions_count(self) -> int:
+        """Number of partitions of the data directory."""
+        return self._partitions
+
+    def _load_identity(self) -> str:
+        path = self.config.data_dir / "node.msgpack"
+        if path.exists():
+            doc = msgpack.unpackb(path.read_bytes())
+            if doc["format"] != _FORMAT_VERSION:
+                raise RuntimeError(f"data directory format {doc['format']} is not supported")
+            if self.config.partitions is not None and doc["partitions"] != self.config.partitions:
+                log.warning(
+                    "data directory has %d partitions; --partitions %d ignored",
+                    doc["partitions"], self.config.partitions,
+                )  # fmt: skip
+            self._partitions = int(doc["partitions"])
+            return str(doc["node_id"])
+        node_id = self.config.node_id or f"node-{uuid.uuid4().hex[:12]}"
+        self._partitions = self.config.partitions or 64
+        doc = {"format": _FORMAT_VERSION, "partitions": self._partitions, "node_id": node_id}
+        write_file_atomically(path, msgpack.packb(doc))
+        return node_id
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Start the flusher and the snapshot loop."""
+        self._tasks = [
+            asyncio.create_task(self._flush_loop(), name="unimeter-flusher"),
+            asyncio.create_task(self._maintenance_loop(), name="unimeter-maintenance"),
+        ]
+
+    async def close(self) -> None:
+        """Stop background work, flush and snapshot every partition, release files."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.alerts.close()
+        for partition in self.partitions:
+            await partition.close()
+        self._executor.shutdown(wait=True)
+
+    async def _flush_loop(self) -> None:
+        interval = self.config.flush_interval
+        while True:
+            await asyncio.sleep(interval)
+            dirty = [p.flush() for p in self.partitions if p.dirty]
+            if dirty:
+                results = await asyncio.gather(*dirty, return_exceptions=True)
+                for exc in results:
+                    if isinstance(exc, BaseException):
+                        log.error("flush failed: %s", exc)
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time_ns()
+            for partition in self.partitions:
+                partition.expire(now)
+            due = time.monotonic() - self._last_snapshot >= self.config.snapshot_interval
+            for partition in self.partitions:
+                if partition.records_since_snapshot and (
+                    due or partition.records_since_snapshot >= self.config.snapshot_every_records
+                ):
+                    await partition.snapshot()
+            if due:
+                self._last_snapshot = time.monotonic()
+
+    def _partition(self, number: int) -> Partition:
+        if self._closing:
+            raise UnavailableError("node is shutting down", reason="NODE_CLOSING", retry_after_seconds=0.5)
+        if not 0 <= number < len(self.partitions):
+            raise InvalidArgumentError(
+                f"partition {number} does not exist",
+                violations=[FieldViolation("partition", f"must be below {len(self.partitions)}")],
+            )
+        return self.partitions[number]
+
+    def _spec(self, code: str, field: str = "metric_code") -> MetricSpec:
+        spec = self._specs.get(code)
+        if spec is None:
+            raise InvalidArgumentError(
+                f"unknown metric {code!r}", violations=[FieldViolation(field, f"unknown metric {code!r}")]
+            )
+        return spec
+
+    # ------------------------------------------------------------------ NodeApi: metrics
+
+    async def cluster_status(self) -> ClusterStatus:
+        """This node, every partition it owns, and their offsets."""
+        me = NodeInfo(self.node_id, self.node_addr, self.grpc_addr, True)
+        infos = tuple(
+            PartitionInfo(p.number, self.node_id, p.last_offset, len(p.alerts)) for p in self.partitions
+        )
+        return ClusterStatus(len(self.partitions), "embedded", (me,), infos)
+
+    async def create_metric(self, metric: Metric) -> Metric:
+        """Validate and register a metric."""
+        stored = self.registry.create(metric)
+        self._specs[stored.code] = MetricSpec.compile(stored, stored.create_time_unix_nano)
+        return stored
+
+    async def get_metric(self, code: str) -> Metric:
+        """One metric, or NotFoundError."""
+        return self.registry.require(code)
+
+    async def list_metrics(self) -> list[Metric]:
+        """Every metric by code."""
+        return self.registry.list()
+
+    async def delete_metric(self, code: str) -> None:
+        """Remove a metric; its aggregates are dropped, its events stay in the logs."""
+        self.registry.delete(code)
+        del self._specs[code]
+        for partition in self.partitions:
+            partition.aggregates.forget_metric(code)
+
+    def metric_of(self, code: str) -> Metric | None:
+        """The registered metric named ``code`` (for validation)."""
+        return self.registry.get(code)
+
+    # ------------------------------------------------------------------ NodeApi: ingest
+
+    async def ingest(
+        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str
+    ) -> list[IngestOutcome]:
+        """Validate, store and apply each partition's part; SYNC waits for the group-commit fsyncs."""
+        targets = [self._partition(p) for p, _ in parts]
+        for _, rows in parts:
+            validate_rows(rows, self.registry.get)
+        now = time.time_ns()
+        outcomes = [part.ingest(rows, batch_id, now) for part, (_, rows) in zip(targets, parts, strict=True)]
+        if sync:
+            if len(targets) == 1:
+                await targets[0].flush()
+            else:
+                await asyncio.gather(*(part.flush() for part in targets))
+        return outcomes
+
+    # ------------------------------------------------------------------ NodeApi: queries
+
+    async def query_realtime(self, partition: int, account_id: int, metric_code: str) -> QueryResult:
+        """The aggregate of the metric's current period."""
+        part = self._partition(partition)
+        spec = self._spec(metric_code)
+        return part.query_realtime(spec, account_id, time.time_ns())
+
+    async def query(
+        self,
+        partition: int,
+        account_id: int,
+        metric_code: str,
+        start: int,
+        end: int,
+        selector: int,
+        filters: dict[str, str],
+        group_by: list[str],
+    ) -> QueryResult:
+        """The aggregate over an exact range or the metric's current/previous period."""
+        part = self._partition(partition)
+        spec = self._spec(metric_code)
+        if selector:
+            start, end = resolve_selector(spec.periods, selector, time.time_ns())
+        check_query(spec, start, end, filters, group_by)
+        return part.query(spec, account_id, start, end, filters, group_by)
+
+    async def list_events(
+        self,
+        partition: int,
+        account_id: int,
+        start: int,
+        end: int,
+        metric_code: str,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[StoredEvent], str]:
+        """A page of the account's stored events."""
+        part = self._partition(partition)
+        if metric_code:
+            self._spec(metric_code)
+        check_page_size(page_size)
+        if end <= start:
+            raise InvalidArgumentError(
+                "end must be after start",
+                violations=[FieldViolation("end_unix_nano", "must be greater than start_unix_nano")],
+            )
+        return part.list_events(account_id, start, end, metric_code, page_size or 100, page_token)
+
+    # ------------------------------------------------------------------ NodeApi: alerts
+
+    async def list_alerts(
+        self, partition: int, account_id: int, after_offset: int, page_size: int
+    ) -> tuple[list[Alert], bool]:
+        """The account's alerts after ``after_offset``."""
+        check_page_size(page_size)
+        return self._partition(partition).list_alerts(account_id, after_offset, page_size or 100)
+
+    def subscribe_alerts(
+        self,
+        partitions: list[int],
+        since_offsets: dict[int, int],
+        from_beginning: bool,
+        account_ids: list[int],
+        metric_codes: list[str],
+        threshold_codes: list[str],
+    ) -> AsyncIterator[AlertStreamItem]:
+        """A stream of matching alerts with heartbeats (see AlertStreamer)."""
+        return self.alerts.subscribe(
+            partitions, since_offsets, from_beginning, account_ids, metric_codes, threshold_codes,
+            known_metrics=self.registry.list(),
+        )  # fmt: skip
+
+
+def resolve_selector(periods: PeriodCalculator, selector: int, now_ns: int) -> tuple[int, int]:
+    """The metric's period that ``selector`` names, at ``now_ns``."""
+    if selector == PeriodSelector.CURRENT:
+        return periods.period_of(now_ns)
+    if selector == PeriodSelector.PREVIOUS:
+        return periods.previous(now_ns)
+    raise InvalidArgumentError(
+        f"unknown period selector {selector}",
+        violations=[FieldViolation("period_selector", f"unknown period selector {selector}")],
+    )

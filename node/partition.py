@@ -1,0 +1,515 @@
+"""One partition of a node: its event log, dedup index, aggregates, alert log and snapshots.
+
+Everything about an account lives in one partition. ``ingest`` is the hot path: validation has
+already happened (the node checked the batch against the registry); here a batch is deduplicated,
+appended as ONE log record, applied to the aggregates, its alerts appended to the alert log, and
+acknowledged. Because aggregates, dedup keys and alerts are a pure function of the log, recovery
+loads the last snapshot and replays the log tail to the same state, alerts included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from bisect import bisect_right
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from cluster_client.errors import FieldViolation, InvalidArgumentError
+from cluster_client.node_api import IngestOutcome
+from cluster_client.types import Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
+
+from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from .dedup_index import DedupIndex, derived_key, event_key
+from .event_index import EventIndex
+from .metric_registry import write_file_atomically
+from .partition_log import PartitionLog
+
+__all__ = ["Partition", "PartitionConfig"]
+
+log = logging.getLogger(__name__)
+
+
+_EVENT_RECORD = 1
+_SNAPSHOT_VERSION = 1
+_DECODED_CACHE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionConfig:
+    """Tunables of a partition."""
+
+    dedup_window_ns: int = 24 * 3600 * 1_000_000_000
+    """How long (by arrival time) an event's dedup key is remembered."""
+    batch_window_ns: int = 600 * 1_000_000_000
+    """How long a retried batch id is answered with its original result."""
+    segment_bytes: int = 64 << 20
+    """Size at which a log segment rolls over."""
+
+
+# A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
+_Decoded = tuple[int, dict[str, int], list[EventRow]]
+_AlertRow = AlertRow
+
+
+class Partition:
+    """State and storage of one partition. Not thread-safe: used from one event loop."""
+
+    def __init__(
+        self,
+        number: int,
+        directory: Path,
+        specs: Mapping[str, MetricSpec],
+        config: PartitionConfig,
+        executor: Executor | None = None,
+    ) -> None:
+        self.number = number
+        self.directory = directory
+        self._specs = specs
+        self._spec_of = specs.get
+        self._config = config
+        directory.mkdir(parents=True, exist_ok=True)
+        self.events = PartitionLog.open(
+            directory / "events", segment_bytes=config.segment_bytes, executor=executor
+        )
+        self.alert_log = PartitionLog.open(
+            directory / "alerts", segment_bytes=config.segment_bytes, executor=executor
+        )
+        self.last_offset = 0
+        self.aggregates = PartitionAggregates(self._fetch_events)
+        self.dedup = DedupIndex(config.dedup_window_ns)
+        self.index = EventIndex()
+        self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
+        self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
+        self.alerts: list[Alert] = []
+        self._alerts_by_account: dict[int, list[int]] = {}
+        self.published_alert_offset = 0
+        self.on_alerts_published: Callable[[], None] | None = None
+        self._last_arrival = 0
+        self._records_since_snapshot = 0
+        self._recover()
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(self, rows: list[EventRow], batch_id: str, now_ns: int) -> IngestOutcome:
+        """Deduplicate, append one record, apply, evaluate thresholds. Rows are already validated."""
+        if batch_id:
+            seen = self._batches.get(batch_id)
+            if seen is not None:
+                return seen[1]
+        arrival = max(now_ns, self._last_arrival)
+        spec_of = self._spec_of
+        dedup_get = self.dedup.get
+        next_offset = self.last_offset + 1
+        offsets: list[int] = []
+        stored: list[EventRow] = []
+        stamped: list[int] = []
+        dups: list[list[int]] = []
+        new_keys: list[int] = []
+        key_offsets: list[int] = []
+        batch_keys: dict[int, int] = {}
+        gens: dict[str, int] = {}
+        for i, row in enumerate(rows):
+            account, code, value, t, props, op, event_id = row
+            gen = gens.get(code)
+            if gen is None:
+                spec = spec_of(code)
+                assert spec is not None, "rows are validated before ingest"
+                gen = gens[code] = spec.generation
+            if event_id:
+                key: int | None = event_key(account, code, gen, event_id)
+            elif t:
+                key = derived_key(account, code, gen, t, value, op, props)
+            else:
+                key = None
+            if key is not None:
+                original = batch_keys.get(key)
+                if original is None:
+                    original = dedup_get(key)
+                if original is not None:
+                    offsets.append(original)
+                    dups.append([i, original])
+                    continue
+                batch_keys[key] = next_offset
+                new_keys.append(key)
+                key_offsets.append(next_offset)
+            if not t:
+                stamped.append(len(stored))
+                row = (account, code, value, arrival, props, op, event_id)
+            stored.append(row)
+            offsets.append(next_offset)
+            next_offset += 1
+        outcome = IngestOutcome(offsets, len(dups))
+        if stored or batch_id:
+            record = [
+                _EVENT_RECORD,
+                self.last_offset + 1,
+                batch_id,
+                arrival,
+                gens,
+                stored,
+                stamped,
+                len(rows),
+                dups,
+            ]
+            first_offset = self.last_offset + 1
+            ref = self.events.append(msgpack.packb(record))
+            fired = self._apply(ref, first_offset, gens, stored)
+            if fired:
+                self._log_alerts(first_offset, fired, arrival)
+            self.dedup.add(arrival, new_keys, key_offsets)
+            if batch_id:
+                self._remember_batch(batch_id, arrival, outcome)
+            self._last_arrival = arrival
+            self._records_since_snapshot += 1
+        return outcome
+
+    def _apply(
+        self, ref: int, first_offset: int, gens: dict[str, int], rows: list[EventRow]
+    ) -> list[_AlertRow]:
+        """Apply a record's rows to the aggregates and the event index; returns the alerts they fire."""
+        if not rows:
+            return []
+        self.last_offset = first_offset + len(rows) - 1
+        self.index.add(ref, ((r[0], r[3]) for r in rows))
+        by_metric: dict[str, list[AppliedRow]] = {}
+        offset = first_offset
+        for account, code, value, t, props, op, _ in rows:
+            group = by_metric.get(code)
+            if group is None:
+                group = by_metric[code] = []
+            group.append((account, value, t, props, op, offset))
+            offset += 1
+        fired: list[_AlertRow] = []
+        for code, applied in by_metric.items():
+            spec = self._spec_of(code)
+            if spec is None or spec.generation != gens[code]:
+                continue  # the metric was deleted (and maybe re-created) after this record
+            fired.extend(self.aggregates.apply(spec, applied, ref))
+        return fired
+
+    def _log_alerts(self, event_first_offset: int, fired: list[_AlertRow], record_time: int) -> None:
+        """Give alerts their offsets and append them, as one record, to the alert log."""
+        first = len(self.alerts) + 1
+        rows = [[*a, record_time] for a in fired]
+        self.alert_log.append(msgpack.packb([event_first_offset, first, rows]))
+        self._load_alerts(first, rows)
+
+    def _load_alerts(self, first: int, rows: list[list[object]]) -> None:
+        by_account = self._alerts_by_account
+        for i, row in enumerate(rows):
+            alert = _alert_from_row(row, self.number, first + i)
+            self.alerts.append(alert)
+            offsets = by_account.get(alert.account_id)
+            if offsets is None:
+                by_account[alert.account_id] = [alert.offset]
+            else:
+                offsets.append(alert.offset)
+
+    def _remember_batch(self, batch_id: str, arrival: int, outcome: IngestOutcome) -> None:
+        batches = self._batches
+        batches[batch_id] = (arrival, outcome)
+        cutoff = arrival - self._config.batch_window_ns
+        while batches:
+            oldest = next(iter(batches.values()))
+            if oldest[0] >= cutoff:
+                break
+            batches.popitem(last=False)
+
+    def expire(self, now_ns: int) -> None:
+        """Forget dedup keys and batch ids older than their windows."""
+        self.dedup.expire(now_ns)
+
+    # ------------------------------------------------------------------ durability
+
+    @property
+    def dirty(self) -> bool:
+        """Whether anything appended is not yet durable."""
+        return (
+            self.events.durable_position < self.events.end_position
+            or self.alert_log.durable_position < self.alert_log.end_position
+            or self.published_alert_offset < len(self.alerts)
+        )
+
+    async def flush(self) -> None:
+        """Make everything appended so far durable, then publish the alerts it holds."""
+        alerts_to_publish = len(self.alerts)
+        await self.events.flush()
+        # Alert records are written only after the events they derive from are on disk; recovery
+        # cuts any alert record whose events did not make it.
+        await self.alert_log.flush()
+        if alerts_to_publish > self.published_alert_offset:
+            self.published_alert_offset = alerts_to_publish
+            if self.on_alerts_published is not None:
+                self.on_alerts_published()
+
+    async def snapshot(self) -> None:
+        """Checkpoint the state with the log position it covers (after making that position durable)."""
+        state = self._snapshot_state()
+        data = msgpack.packb(state)
+        await self.flush()
+        await asyncio.get_running_loop().run_in_executor(
+            None, write_file_atomically, self.directory / "snapshot.msgpack", data
+        )
+        self._records_since_snapshot = 0
+
+    @property
+    def records_since_snapshot(self) -> int:
+        """Log records appended since the last snapshot."""
+        return self._records_since_snapshot
+
+    async def close(self) -> None:
+        """Flush, snapshot and close the logs."""
+        await self.snapshot()
+        await self.events.close()
+        await self.alert_log.close()
+
+    def _snapshot_state(self) -> dict[str, object]:
+        return {
+            "v": _SNAPSHOT_VERSION,
+            "partition": self.number,
+            "event_pos": self.events.end_position,
+            "last_offset": self.last_offset,
+            "last_arrival": self._last_arrival,
+            "alert_pos": self.alert_log.end_position,
+            "alert_count": len(self.alerts),
+            "aggregates": self.aggregates.to_snapshot(),
+            "dedup": self.dedup.to_snapshot(),
+            "index": self.index.to_snapshot(),
+            "batches": [[b, a, o.offsets, o.n_duplicates] for b, (a, o) in self._batches.items()],
+        }
+
+    # ------------------------------------------------------------------ recovery
+
+    def _recover(self) -> None:
+        started = time.monotonic()
+        start_pos = self._load_snapshot()
+        fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
+        replayed = 0
+        for ref, payload in self.events.scan(start_pos):
+            _, first, batch_id, arrival, gens, raw_rows, stamped, n_req, dups = msgpack.unpackb(payload)
+            rows: list[EventRow] = [tuple(r) for r in raw_rows]
+            self._replay_dedup(first, gens, rows, set(stamped), arrival)
+            fired = self._apply(ref, first, gens, rows)
+            if fired:
+                fired_by_record.append((first, arrival, fired))
+            if batch_id:
+                self._remember_batch(batch_id, arrival, _outcome_from_record(first, len(rows), n_req, dups))
+            self._last_arrival = max(self._last_arrival, arrival)
+            replayed += 1
+        # The alert log keeps what it holds for events still in the log; a record for events the
+        # crash lost is cut, and alerts of replayed events it lacks are regenerated (same order,
+        # same offsets as they would have had), so it is exactly what the stored events imply.
+        covered = 0
+        for pos, payload in self.alert_log.scan():
+            event_first, first_alert, alert_rows = msgpack.unpackb(payload)
+            if event_first > self.last_offset:
+                log.warning("partition %d: cutting alerts of events lost in a crash", self.number)
+                self.alert_log.truncate(pos)
+                break
+            self._load_alerts(first_alert, alert_rows)
+            covered = event_first
+        self.published_alert_offset = len(self.alerts)
+        for first, arrival, fired in fired_by_record:
+            if first > covered:
+                self._log_alerts(first, fired, arrival)
+        self._records_since_snapshot = replayed
+        if replayed or start_pos:
+            log.info(
+                "partition %d recovered: offset %d, %d records replayed in %.3fs",
+                self.number, self.last_offset, replayed, time.monotonic() - started,
+            )  # fmt: skip
+
+    def _load_snapshot(self) -> int:
+        path = self.directory / "snapshot.msgpack"
+        if not path.exists():
+            return 0
+        try:
+            state = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
+            return 0
+        if state.get("v") != _SNAPSHOT_VERSION or state["event_pos"] > self.events.end_position:
+            log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
+            return 0
+        self.aggregates = PartitionAggregates.from_snapshot(
+            state["aggregates"], self._fetch_events, self._specs
+        )
+        self.dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state["dedup"])
+        self.index = EventIndex.from_snapshot(state["index"])
+        self.last_offset = int(state["last_offset"])
+        self._last_arrival = int(state["last_arrival"])
+        for batch_id, arrival, offsets, n_dup in state["batches"]:
+            self._batches[batch_id] = (arrival, IngestOutcome(list(offsets), n_dup))
+        return int(state["event_pos"])
+
+    def _replay_dedup(
+        self, first: int, gens: dict[str, int], rows: list[EventRow], stamped: set[int], arrival: int
+    ) -> None:
+        keys: list[int] = []
+        offsets: list[int] = []
+        for i, (account, code, value, t, props, op, event_id) in enumerate(rows):
+            if event_id:
+                keys.append(event_key(account, code, gens[code], event_id))
+            elif i not in stamped:
+                keys.append(derived_key(account, code, gens[code], t, value, op, props))
+            else:
+                continue
+            offsets.append(first + i)
+        self.dedup.add(arrival, keys, offsets)
+
+    # ------------------------------------------------------------------ reads
+
+    def _decode(self, ref: int) -> _Decoded:
+        cached = self._decoded.get(ref)
+        if cached is not None:
+            self._decoded.move_to_end(ref)
+            return cached
+        _, first, _, _, gens, rows, _, _, _ = msgpack.unpackb(self.events.read(ref))
+        decoded: _Decoded = (first, gens, [tuple(r) for r in rows])
+        self._decoded[ref] = decoded
+        if len(self._decoded) > _DECODED_CACHE:
+            self._decoded.popitem(last=False)
+        return decoded
+
+    def _fetch_events(self, refs: list[int], account_id: int, metric_code: str) -> list[AppliedRow]:
+        """Rows of one account and metric (current generation) in the given records, for range edges."""
+        spec = self._spec_of(metric_code)
+        out: list[AppliedRow] = []
+        for ref in refs:
+            first, gens, rows = self._decode(ref)
+            if spec is None or gens.get(metric_code) != spec.generation:
+                continue
+            for i, (account, code, value, t, props, op, _) in enumerate(rows):
+                if account == account_id and code == metric_code:
+                    out.append((account, value, t, props, op, first + i))
+        return out
+
+    def query(
+        self,
+        spec: MetricSpec,
+        account_id: int,
+        start: int,
+        end: int,
+        filters: dict[str, str],
+        group_by: list[str],
+    ) -> QueryResult:
+        """The aggregate over ``[start, end)`` (already validated)."""
+        value, groups = self.aggregates.query(spec, account_id, start, end, filters, group_by)
+        return QueryResult(value, Period(start, end), self.last_offset, tuple(groups))
+
+    def query_realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> QueryResult:
+        """The aggregate of the metric's current period."""
+        value, period = self.aggregates.realtime(spec, account_id, now_ns)
+        return QueryResult(value, period, self.last_offset)
+
+    def list_events(
+        self, account_id: int, start: int, end: int, metric_code: str, page_size: int, page_token: str
+    ) -> tuple[list[StoredEvent], str]:
+        """A page of the account's events in ``[start, end)``, ordered by (event time, offset)."""
+        after = _decode_page_token(page_token, account_id, start, end, metric_code)
+        page: list[StoredEvent] = []
+        for _, refs in self.index.hours(account_id, max(start, after[0]), end):
+            hits: list[tuple[int, int, EventRow]] = []
+            for ref in refs:
+                first, _, rows = self._decode(ref)
+                for i, row in enumerate(rows):
+                    t = row[3]
+                    if (
+                        row[0] == account_id
+                        and start <= t < end
+                        and (t, first + i) > after
+                        and (not metric_code or row[1] == metric_code)
+                    ):
+                        hits.append((t, first + i, row))
+            hits.sort(key=lambda h: (h[0], h[1]))
+            for t, offset, (account, code, value, _, props, op, event_id) in hits:
+                if len(page) == page_size:
+                    last = page[-1]
+                    return page, _encode_page_token(
+                        account_id, start, end, metric_code, last.time_unix_nano, last.offset
+                    )
+                page.append(
+                    StoredEvent(
+                        account,
+                        code,
+                        value,
+                        t,
+                        dict(props or {}),
+                        OperationType(op),
+                        event_id,
+                        offset,
+                        self.number,
+                    )
+                )
+        return page, ""
+
+    def list_alerts(self, account_id: int, after_offset: int, page_size: int) -> tuple[list[Alert], bool]:
+        """The account's durable alerts with offset > ``after_offset``."""
+        offsets = self._alerts_by_account.get(account_id, [])
+        limit = self.published_alert_offset
+        start = bisect_right(offsets, after_offset)
+        picked = [self.alerts[o - 1] for o in offsets[start : start + page_size + 1] if o <= limit]
+        return picked[:page_size], len(picked) > page_size
+
+
+def _alert_from_row(row: Sequence[Any], partition: int, offset: int) -> Alert:
+    account, code, th_code, th_value, multiple, value, period_start, event_time, record_time = row
+    return Alert(
+        account, code, th_code, th_value, multiple, value, period_start, event_time, record_time, partition, offset
+    )  # fmt: skip
+
+
+def _outcome_from_record(first: int, n_stored: int, n_req: int, dups: list[list[int]]) -> IngestOutcome:
+    offsets: list[int] = []
+    dup_at = dict((int(i), int(o)) for i, o in dups)
+    next_offset = first
+    for i in range(n_req):
+        original = dup_at.get(i)
+        if original is None:
+            offsets.append(next_offset)
+            next_offset += 1
+        else:
+            offsets.append(original)
+    return IngestOutcome(offsets, len(dups))
+
+
+def _encode_page_token(account_id: int, start: int, end: int, metric_code: str, t: int, offset: int) -> str:
+    raw = msgpack.packb([1, account_id, start, end, metric_code, t, offset])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_page_token(
+    token: str, account_id: int, start: int, end: int, metric_code: str
+) -> tuple[int, int]:
+    """The (time, offset) a page continues after; the token must belong to this very request."""
+    if not token:
+        return (start - 1, 0)
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        version, account, t_start, t_end, code, t, offset = msgpack.unpackb(raw)
+        valid = (
+            version == 1
+            and (account, t_start, t_end, code) == (account_id, start, end, metric_code)
+            and isinstance(t, int)
+            and isinstance(offset, int)
+        )
+    except (ValueError, TypeError, binascii.Error, msgpack.UnpackException):
+        valid = False
+    if not valid:
+        raise InvalidArgumentError(
+            "page_token is not a token of this query",
+            violations=[
+                FieldViolation("page_token", "not a token returned for this account, range and metric")
+            ],
+        )
+    return (t, offset)

@@ -1,0 +1,780 @@
+"""Append-only, segmented, CRC-framed log of opaque byte payloads: the embedded backend's storage.
+
+A ``PartitionLog`` stores records (``u32 length | u32 crc32(payload, seeded by length) | payload``, little endian) in
+segment files named by their base position, addresses every record by a global byte position that
+is stable across restarts, buffers appends in memory, and makes them durable by group commit (one
+``write`` + ``fdatasync`` in an executor thread serves every flush waiting at that time). Opening a
+log validates every record and cuts a torn or corrupt tail. It is for one writer on one event loop;
+it knows nothing about what the payloads mean, does not compact or expire segments, and is not
+thread-safe (only its own I/O runs in the executor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import re
+import struct
+import sys
+import zlib
+from bisect import bisect_right
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+__all__ = ["PartitionLog"]
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+_HEADER_SIZE = _HEADER.size
+
+
+def _crc(length: int, payload: bytes | bytearray | memoryview) -> int:
+    """CRC-32 of the payload seeded by its length: a zero-filled tail (``crc32(b"") == 0``) or a
+    damaged length field never passes as a record."""
+    return zlib.crc32(payload, (length * 0x9E3779B1 + 0x5EED) & 0xFFFFFFFF)
+_MAX_PAYLOAD = 0xFFFFFFFF
+_SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
+_READ_CHUNK = 1 << 20  # scan/recovery read size; a module global so tests can shrink it
+_READ_AHEAD = 64 << 10  # read(): one pread covers a record up to this size
+
+# The sync functions the log uses, module-level so tests can count or fail them. fdatasync is enough
+# for an append-only file (it persists the size change); directories get a full fsync.
+if sys.platform == "linux":
+    _fsync: Callable[[int], None] = os.fdatasync
+else:  # pragma: no cover
+    _fsync = os.fsync
+_fsync_dir: Callable[[int], None] = os.fsync
+
+
+class _Corrupt(Exception):
+    """A frame that does not check out, at ``offset`` within its segment."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(offset, reason)
+        self.offset = offset
+        self.reason = reason
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One write (+ sync) round: a detached buffer and where each part of it goes."""
+
+    data: bytearray  # the buffer taken from the log; nobody resizes it while the job runs
+    start: int  # global position of data[0]
+    end: int
+    fsync: bool
+    new_bases: list[int]  # segment files this job creates, in order
+    targets: list[tuple[int, int, int]]  # (segment base, lo, hi) slices of data, in order
+    wfds: dict[int, int]  # writable fds that exist at job start (active + not yet synced)
+    sync_bases: list[int]  # segments to sync if fsync: unsynced before the job, or written by it
+    dir_fd: int
+    sync_dir: bool
+    directory: Path
+    future: asyncio.Future[None] | None = None
+    created: dict[int, int] = field(default_factory=dict)  # filled by the worker
+
+
+@dataclass(eq=False, slots=True)
+class _NextRound:
+    future: asyncio.Future[None]
+    fsync: bool
+
+
+def _segment_path(directory: Path, base: int) -> Path:
+    return directory / f"{base:020d}.seg"
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _run_job(job: _Job) -> None:
+    """The syscalls of one round; runs in the executor (or inline for the synchronous paths)."""
+    view = memoryview(job.data)
+    for base, lo, hi in job.targets:
+        fd = job.wfds.get(base)
+        if fd is None:
+            fd = job.created.get(base)
+        if fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+            fd = os.open(_segment_path(job.directory, base), flags, 0o644)
+            job.created[base] = fd
+        if hi > lo:
+            _write_all(fd, view[lo:hi])
+    if job.fsync:
+        for base in job.sync_bases:
+            _fsync(job.wfds[base] if base in job.wfds else job.created[base])
+        if job.created or job.sync_dir:
+            _fsync_dir(job.dir_fd)
+
+
+def _iter_records(fd: int, off: int, limit: int) -> Iterator[tuple[int, memoryview]]:
+    """(offset, payload view) of each record in ``[off, limit)`` of a segment file, read in large chunks.
+
+    Raises ``_Corrupt`` at the first frame that runs past ``limit`` or the end of the file, or whose
+    CRC does not match.
+    """
+    while off < limit:
+        chunk = os.pread(fd, min(_READ_CHUNK, limit - off), off)
+        view = memoryview(chunk)
+        size = len(chunk)
+        p = 0
+        while p + _HEADER_SIZE <= size:
+            length, crc = _HEADER.unpack_from(chunk, p)
+            end = p + _HEADER_SIZE + length
+            if off + end > limit:
+                raise _Corrupt(off + p, f"record length {length} runs past the end of the segment")
+            if end > size:
+                if p:
+                    break
+                # One record larger than a chunk: read it whole.
+                chunk = os.pread(fd, end, off)
+                if len(chunk) < end:
+                    raise _Corrupt(off, "segment file ends inside a record")
+                view = memoryview(chunk)
+                size = end
+            payload = view[p + _HEADER_SIZE : end]
+            if _crc(length, payload) != crc:
+                raise _Corrupt(off + p, "checksum mismatch")
+            yield off + p, payload
+            p = end
+        if p == 0:
+            raise _Corrupt(off, "segment file ends inside a record header")
+        off += p
+
+
+def _valid_prefix(fd: int, size: int) -> tuple[int, str | None]:
+    """Length of the longest prefix of whole, checksum-valid records, and why the rest is bad."""
+    try:
+        for _ in _iter_records(fd, 0, size):
+            pass
+    except _Corrupt as bad:
+        return bad.offset, bad.reason
+    return size, None
+
+
+def _payload_from_memory(buf: bytearray, off: int, position: int) -> bytes:
+    """The payload of the record at ``off`` in a buffer; ValueError unless a valid frame starts there."""
+    if off + _HEADER_SIZE > len(buf):
+        raise ValueError(f"position {position} is not the start of a record")
+    length, crc = _HEADER.unpack_from(buf, off)
+    end = off + _HEADER_SIZE + length
+    if end > len(buf):
+        raise ValueError(f"position {position} is not the start of a record")
+    # Views are released before returning: a bytearray with live exports cannot grow.
+    view = memoryview(buf)
+    try:
+        payload = view[off + _HEADER_SIZE : end]
+        try:
+            if _crc(length, payload) != crc:
+                raise ValueError(f"position {position} is not the start of a record (checksum mismatch)")
+            return payload.tobytes()
+        finally:
+            payload.release()
+    finally:
+        view.release()
+
+
+class PartitionLog:
+    """A segmented append-only log of byte payloads addressed by global byte position.
+
+    Build with :meth:`open`. ``append`` is synchronous and only buffers; ``flush`` writes (and by
+    default fsyncs) everything appended before it, sharing one round of I/O among concurrent
+    callers. Any I/O error while writing, syncing or truncating makes the log *failed*: every later
+    mutating or reading call raises an ``OSError`` chained to the original, because after a failed
+    fsync the kernel may have dropped the data while reporting later syncs as successful.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int,
+        executor: Executor | None,
+        dir_fd: int,
+        bases: list[int],
+        rfds: dict[int, int],
+        active_fd: int,
+        end: int,
+    ) -> None:
+        # Private: use PartitionLog.open().
+        self._dir = directory
+        self._segment_bytes = segment_bytes
+        self._executor = executor
+        self._dir_fd = dir_fd
+        self._bases = bases  # bases of the segments whose files exist, sorted; the last is active
+        self._rfds = rfds  # read-only fds, opened lazily per segment
+        self._wfds: dict[int, int] = {bases[-1]: active_fd}  # active + segments with unsynced data
+        self._unsynced: set[int] = set()  # segments written since their last sync
+        self._dir_dirty = False  # a segment file was created/removed and the directory not synced
+        self._end = end
+        self._written = end
+        self._durable = end
+        self._buf = bytearray()
+        self._buf_start = end  # global position of _buf[0]
+        self._pending_bases: list[int] = []  # segments started in _buf, no file yet
+        self._seg_fill = end - bases[-1]  # bytes in the last (logical) segment, disk + buffer
+        self._job: _Job | None = None  # the round in flight
+        self._next: _NextRound | None = None  # waiters for the round after it
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._unusable = False  # _closed or _failure, one check on the hot path
+        self._release_when_idle = False
+        self._truncations = 0
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 << 20,
+        executor: Executor | None = None,
+    ) -> PartitionLog:
+        """Open (or create) the log in ``directory``, validating every record.
+
+        At the first torn or corrupt record (a frame that runs past the end of its file, or whose
+        CRC does not match) the segment is truncated there and every later segment is deleted; a
+        later segment whose base does not continue its predecessor is deleted the same way. Every
+        kept segment is fsynced, so ``durable_position`` is honest even after a process crash that
+        left unsynced data in the page cache. ``executor`` runs the write/fsync rounds (default: the
+        loop's default executor).
+        """
+        if segment_bytes <= 0:
+            raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
+        directory = Path(directory)
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            parent_fd = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _fsync_dir(parent_fd)
+            finally:
+                os.close(parent_fd)
+        found = sorted(int(m.group(1)) for p in directory.iterdir() if (m := _SEGMENT_NAME.match(p.name)))
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        rfds: dict[int, int] = {}
+        try:
+            return cls._recover(directory, segment_bytes, executor, dir_fd, found, rfds)
+        except BaseException:
+            for fd in rfds.values():
+                os.close(fd)
+            os.close(dir_fd)
+            raise
+
+    @classmethod
+    def _recover(
+        cls,
+        directory: Path,
+        segment_bytes: int,
+        executor: Executor | None,
+        dir_fd: int,
+        found: list[int],
+        rfds: dict[int, int],
+    ) -> PartitionLog:
+        kept: list[int] = []
+        doomed: list[int] = []
+        end = 0
+        cut_at: int | None = None  # size to truncate the last kept segment to
+        problem = ""
+        for i, base in enumerate(found):
+            if kept and base != end:
+                problem = f"segment {base:020d}.seg does not continue the log (expected base {end})"
+                doomed = found[i:]
+                break
+            fd = os.open(_segment_path(directory, base), os.O_RDONLY)
+            rfds[base] = fd
+            size = os.fstat(fd).st_size
+            good, reason = _valid_prefix(fd, size)
+            kept.append(base)
+            end = base + good
+            if reason is not None:
+                problem = f"{reason} at position {end} (segment {base:020d}.seg)"
+                cut_at = good
+                doomed = found[i + 1 :]
+                break
+
+        cut_bytes = 0
+        for base in reversed(doomed):
+            path = _segment_path(directory, base)
+            cut_bytes += path.stat().st_size
+            path.unlink()
+        if not kept:
+            kept.append(0)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+            active_fd = os.open(_segment_path(directory, 0), flags, 0o644)
+        else:
+            active_fd = os.open(_segment_path(directory, kept[-1]), os.O_WRONLY | os.O_APPEND)
+        try:
+            if cut_at is not None:
+                cut_bytes += os.fstat(active_fd).st_size - cut_at
+                os.ftruncate(active_fd, cut_at)
+            for base in kept[:-1]:
+                _fsync(rfds[base])
+            _fsync(active_fd)
+            _fsync_dir(dir_fd)
+        except BaseException:
+            os.close(active_fd)
+            raise
+        if problem:
+            log.warning(
+                "partition log %s: %s; cut %d bytes, deleted %d later segment(s)",
+                directory,
+                problem,
+                cut_bytes,
+                len(doomed),
+            )
+        return cls(directory, segment_bytes, executor, dir_fd, kept, rfds, active_fd, end)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def directory(self) -> Path:
+        return self._dir
+
+    @property
+    def segment_bytes(self) -> int:
+        return self._segment_bytes
+
+    @property
+    def end_position(self) -> int:
+        """Position after the last appended record (buffered or not): where the next append goes."""
+        return self._end
+
+    @property
+    def written_position(self) -> int:
+        """Everything before this position has been handed to the OS."""
+        return self._written
+
+    @property
+    def durable_position(self) -> int:
+        """Everything before this position has been fsynced."""
+        return self._durable
+
+    @property
+    def first_position(self) -> int:
+        """Base of the first segment (0: segments are never expired)."""
+        return self._bases[0]
+
+    @property
+    def segment_count(self) -> int:
+        """Segments of the log, including ones that so far exist only in the buffer."""
+        in_flight = len(self._job.new_bases) if self._job is not None else 0
+        return len(self._bases) + in_flight + len(self._pending_bases)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes in all segments plus the buffer (positions are contiguous across segments)."""
+        return self._end - self._bases[0]
+
+    def __repr__(self) -> str:
+        state = "failed" if self._failure is not None else "closed" if self._closed else "open"
+        return (
+            f"<PartitionLog {self._dir} {state} end={self._end} written={self._written} "
+            f"durable={self._durable} segments={self.segment_count}>"
+        )
+
+    # ------------------------------------------------------------------ appending and flushing
+
+    def append(self, payload: bytes) -> int:
+        """Buffer one record and return its position. No syscall; durable only after a flush."""
+        if self._unusable:
+            self._check_usable()
+        length = len(payload)
+        if length > _MAX_PAYLOAD:
+            raise ValueError(f"payload of {length} bytes exceeds the 4 GiB record limit")
+        frame = _HEADER_SIZE + length
+        position = self._end
+        fill = self._seg_fill
+        if fill and fill + frame > self._segment_bytes:
+            self._pending_bases.append(position)
+            fill = 0
+        buf = self._buf
+        buf += _HEADER.pack(length, _crc(length, payload))
+        buf += payload
+        self._seg_fill = fill + frame
+        self._end = position + frame
+        return position
+
+    async def flush(self, *, fsync: bool = True) -> None:
+        """Write every record appended before the call to the OS, and fsync it if ``fsync``.
+
+        Group commit: if a round is in flight and covers this caller, the caller just waits for
+        it; otherwise the caller joins the next round, which starts when the in-flight one ends and
+        covers everything appended until then, so one fsync serves all its waiters. The I/O runs
+        in the executor. If the round fails, every waiter gets the error and the log is failed.
+        Cancelling a waiter does not cancel the round.
+        """
+        self._check_usable()
+        await self._flush(fsync)
+
+    async def _flush(self, fsync: bool) -> None:
+        target = self._end
+        if (self._durable if fsync else self._written) >= target:
+            return
+        job = self._job
+        if job is not None and job.end >= target and (job.fsync or not fsync):
+            assert job.future is not None
+            future = job.future
+        elif job is None:
+            future = asyncio.get_running_loop().create_future()
+            self._start_job(fsync, future)
+        else:
+            nxt = self._next
+            if nxt is None:
+                nxt = self._next = _NextRound(asyncio.get_running_loop().create_future(), fsync)
+            else:
+                nxt.fsync = nxt.fsync or fsync
+            future = nxt.future
+        await asyncio.shield(future)
+
+    def _make_job(self, fsync: bool) -> _Job:
+        """Detach the buffer into a job (on the loop thread; no I/O)."""
+        data, start, end = self._buf, self._buf_start, self._end
+        new_bases = self._pending_bases
+        self._buf = bytearray()
+        self._buf_start = end
+        self._pending_bases = []
+        bounds = [start, *new_bases, end]
+        owners = [self._bases[-1], *new_bases]
+        targets = [(base, bounds[i] - start, bounds[i + 1] - start) for i, base in enumerate(owners)]
+        written = [base for base, lo, hi in targets if hi > lo]
+        return _Job(
+            data=data,
+            start=start,
+            end=end,
+            fsync=fsync,
+            new_bases=new_bases,
+            targets=targets,
+            wfds=dict(self._wfds),
+            sync_bases=sorted(self._unsynced.union(written)),
+            dir_fd=self._dir_fd,
+            sync_dir=self._dir_dirty,
+            directory=self._dir,
+        )
+
+    def _start_job(self, fsync: bool, future: asyncio.Future[None]) -> None:
+        job = self._make_job(fsync)
+        job.future = future
+        self._job = job
+        try:
+            done = asyncio.get_running_loop().run_in_executor(self._executor, _run_job, job)
+        except Exception as exc:  # e.g. the executor was shut down; the detached buffer is lost
+            self._job = None
+            self._fail(job, exc)
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: every waiter may have been cancelled
+            return
+        done.add_done_callback(partial(self._on_job_done, job))
+
+    def _on_job_done(self, job: _Job, done: asyncio.Future[None]) -> None:
+        self._job = None
+        future = job.future
+        assert future is not None
+        exc: BaseException | None = (
+            OSError(errno.EIO, "partition log write was cancelled") if done.cancelled() else done.exception()
+        )
+        if exc is None:
+            try:
+                self._complete(job)
+            except Exception as error:  # closing an fd failed: state unknown, so the log fails
+                exc = error
+        if exc is None:
+            if not future.done():
+                future.set_result(None)
+        else:
+            self._fail(job, exc)
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: every waiter may have been cancelled
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            if self._failure is None:
+                self._start_job(nxt.fsync, nxt.future)
+            else:
+                nxt.future.set_exception(self._failed_error())
+                nxt.future.exception()
+        if self._release_when_idle and self._job is None:
+            self._release()
+
+    def _complete(self, job: _Job) -> None:
+        """Apply a successful round's effect on positions and fds (loop thread)."""
+        self._bases.extend(job.new_bases)
+        self._wfds.update(job.created)
+        active = self._bases[-1]
+        if job.fsync:
+            for base in [b for b in self._wfds if b != active]:
+                os.close(self._wfds.pop(base))
+            self._unsynced.clear()
+            self._dir_dirty = False
+            self._durable = job.end
+        else:
+            self._unsynced.update(base for base, lo, hi in job.targets if hi > lo)
+            self._dir_dirty = self._dir_dirty or bool(job.created)
+        self._written = job.end
+
+    def _fail(self, job: _Job | None, exc: BaseException) -> None:
+        if job is not None:
+            self._wfds.update(job.created)  # so that close() closes them
+        if self._failure is None:
+            self._failure = exc
+            log.error("partition log %s failed: %s", self._dir, exc)
+        self._unusable = True
+
+    def _run_sync_job(self, fsync: bool) -> None:
+        """A round run inline on the calling thread (close_sync, truncate)."""
+        job = self._make_job(fsync)
+        try:
+            _run_job(job)
+        except BaseException as exc:
+            self._fail(job, exc)
+            raise
+        self._complete(job)
+
+    def _failed_error(self) -> Exception:
+        failure = self._failure
+        message = f"partition log {self._dir} failed earlier and refuses further use: {failure}"
+        if isinstance(failure, OSError):
+            return OSError(failure.errno, message) if failure.errno is not None else OSError(message)
+        return OSError(errno.EIO, message)
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"partition log {self._dir} is closed")
+        if self._failure is not None:
+            raise self._failed_error() from self._failure
+
+    # ------------------------------------------------------------------ reading
+
+    def read(self, position: int) -> bytes:
+        """The payload of the record at ``position`` (buffered or on disk).
+
+        ValueError if ``position`` is outside the log or not the start of a record (checked by the
+        frame's bounds and CRC).
+        """
+        self._check_usable()
+        if position < self._bases[0] or position >= self._end:
+            raise ValueError(f"position {position} is outside the log [{self._bases[0]}, {self._end})")
+        if position >= self._buf_start:
+            return _payload_from_memory(self._buf, position - self._buf_start, position)
+        job = self._job
+        if job is not None and position >= job.start:
+            return _payload_from_memory(job.data, position - job.start, position)
+        return self._read_disk(position)
+
+    def _segment_of(self, position: int) -> tuple[int, int]:
+        """(base, limit) of the on-disk segment holding ``position`` (< written); limit is exclusive."""
+        i = bisect_right(self._bases, position) - 1
+        base = self._bases[i]
+        limit = self._bases[i + 1] if i + 1 < len(self._bases) else self._written
+        return base, min(limit, self._written)
+
+    def _read_fd(self, base: int) -> int:
+        fd = self._rfds.get(base)
+        if fd is None:
+            fd = self._rfds[base] = os.open(_segment_path(self._dir, base), os.O_RDONLY)
+        return fd
+
+    def _read_disk(self, position: int) -> bytes:
+        base, limit = self._segment_of(position)
+        fd = self._read_fd(base)
+        off = position - base
+        head = os.pread(fd, min(_READ_AHEAD, limit - position), off)
+        if len(head) < _HEADER_SIZE:
+            raise ValueError(f"position {position} is not the start of a record")
+        length, crc = _HEADER.unpack_from(head, 0)
+        end = _HEADER_SIZE + length
+        if position + end > limit:
+            raise ValueError(f"position {position} is not the start of a record")
+        if end <= len(head):
+            payload = head[_HEADER_SIZE:end]
+        else:
+            payload = os.pread(fd, length, off + _HEADER_SIZE)
+            if len(payload) < length:
+                raise OSError(errno.EIO, f"segment {base:020d}.seg is shorter than the log expects")
+        if _crc(length, payload) != crc:
+            raise ValueError(f"position {position} is not the start of a record (checksum mismatch)")
+        return payload
+
+    def scan(self, start_position: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(position, payload) of every record from ``start_position`` up to the current end, in order.
+
+        ``start_position`` must be a record start, a segment base, or the end (0 always works).
+        Records appended after the call are not included. Disk segments are read in large chunks;
+        buffered records are included. A record that fails its CRC on disk raises ``OSError``
+        (EIO). The iterator may be suspended across appends and flushes; after ``truncate`` it must
+        not be resumed (it raises RuntimeError).
+        """
+        self._check_usable()
+        if start_position == 0:
+            start_position = self._bases[0]
+        if start_position != self._end and not self._is_base(start_position):
+            self.read(start_position)  # ValueError unless a record starts there
+        return self._scan(start_position, self._end)
+
+    def _is_base(self, position: int) -> bool:
+        job_bases = self._job.new_bases if self._job is not None else []
+        return position in self._bases or position in job_bases or position in self._pending_bases
+
+    def _scan(self, position: int, stop: int) -> Iterator[tuple[int, bytes]]:
+        truncations = self._truncations
+        while position < stop:
+            self._check_resumable(truncations)
+            if position < self._written:
+                base, limit = self._segment_of(position)
+                limit = min(limit, stop)
+                fd = self._read_fd(base)
+                try:
+                    for off, payload in _iter_records(fd, position - base, limit - base):
+                        record = payload.tobytes()
+                        payload.release()
+                        yield base + off, record
+                        if self._unusable or self._truncations != truncations:
+                            self._check_resumable(truncations)
+                except _Corrupt as bad:
+                    raise OSError(
+                        errno.EIO,
+                        f"partition log {self._dir}: {bad.reason} at position {base + bad.offset}",
+                    ) from None
+                position = limit
+            else:
+                record = self.read(position)
+                yield position, record
+                position += _HEADER_SIZE + len(record)
+
+    def _check_resumable(self, truncations: int) -> None:
+        self._check_usable()
+        if self._truncations != truncations:
+            raise RuntimeError("partition log was truncated during a scan; it cannot be resumed")
+
+    # ------------------------------------------------------------------ truncating
+
+    def truncate(self, position: int) -> None:
+        """Cut the log so that ``end_position == position`` (a record start or the end), durably.
+
+        Buffered records before ``position`` are written, the cut is applied (whole later segments
+        deleted, the segment holding ``position`` truncated) and everything is fsynced before this
+        returns, so afterwards ``durable_position == end_position == position``. Blocking I/O on
+        the calling thread: meant for recovery. Not allowed while a flush is in flight.
+        """
+        self._check_usable()
+        if self._job is not None:
+            raise RuntimeError("cannot truncate a partition log while a flush is in flight")
+        first = self._bases[0]
+        if position < first or position > self._end:
+            raise ValueError(f"position {position} is outside the log [{first}, {self._end}]")
+        if position == self._end and self._durable == self._end:
+            return
+        if position != self._end and not self._is_base(position):
+            self.read(position)  # ValueError unless a record starts there
+        self._truncations += 1
+        try:
+            # 1. Drop buffered records at and after the cut, then write what remains of the buffer.
+            if position >= self._buf_start:
+                del self._buf[position - self._buf_start :]
+                self._pending_bases = [b for b in self._pending_bases if b < position]
+            else:
+                self._buf.clear()
+                self._pending_bases.clear()
+            self._end = self._buf_start + len(self._buf)
+            if self._buf:
+                self._run_sync_job(fsync=False)
+            # 2. Cut on disk: later segments go (last first), the one holding the cut shrinks.
+            doomed = [b for b in self._bases[1:] if b >= position]
+            for base in reversed(doomed):
+                self._forget_segment(base)
+                self._unsynced.discard(base)
+                _segment_path(self._dir, base).unlink()
+                self._bases.pop()
+                self._dir_dirty = True
+            active = self._bases[-1]
+            wfd = self._wfds.get(active)
+            if wfd is None:
+                wfd = self._wfds[active] = os.open(
+                    _segment_path(self._dir, active), os.O_WRONLY | os.O_APPEND
+                )
+            os.ftruncate(wfd, position - active)
+            # 3. Sync everything not yet durable, keep only the active writable fd.
+            for fd in self._wfds.values():
+                _fsync(fd)
+            if self._dir_dirty:
+                _fsync_dir(self._dir_fd)
+                self._dir_dirty = False
+            for base in [b for b in self._wfds if b != active]:
+                os.close(self._wfds.pop(base))
+            self._unsynced.clear()
+        except BaseException as exc:
+            self._fail(None, exc)
+            raise
+        self._end = self._written = self._durable = self._buf_start = position
+        self._seg_fill = position - active
+
+    def _forget_segment(self, base: int) -> None:
+        for fds in (self._rfds, self._wfds):
+            fd = fds.pop(base, None)
+            if fd is not None:
+                os.close(fd)
+
+    # ------------------------------------------------------------------ closing
+
+    async def close(self) -> None:
+        """Flush with fsync and close every fd. Raises the failure if the log is failed (after
+        releasing its fds): a close that returns normally means everything appended is durable."""
+        if self._closed:
+            return
+        self._closed = self._unusable = True
+        try:
+            if self._failure is None:
+                await self._flush(True)
+        finally:
+            if self._job is None:
+                self._release()
+            else:  # close was cancelled mid-round: the worker still uses the fds
+                self._release_when_idle = True
+        if self._failure is not None:
+            raise self._failed_error() from self._failure
+
+    def close_sync(self) -> None:
+        """Synchronous close (write + fsync on the calling thread), for code without an event loop."""
+        if self._closed:
+            return
+        if self._job is not None:
+            raise RuntimeError("a flush is in flight; use 'await close()'")
+        self._closed = self._unusable = True
+        try:
+            if self._failure is None and self._durable < self._end:
+                self._run_sync_job(fsync=True)
+        finally:
+            self._release()
+        if self._failure is not None:
+            raise self._failed_error() from self._failure
+
+    def _release(self) -> None:
+        self._release_when_idle = False
+        for fds in (self._rfds, self._wfds):
+            for fd in fds.values():
+                os.close(fd)
+            fds.clear()
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,237 @@
+"""The grpc.aio servicers of ``unimeter.v1``: translate messages, call the client core, map errors.
+
+They hold no logic of their own: validation, routing and storage live below. Each RPC has exactly
+one client-core method it forwards to (tests/unit/test_api_surface.py keeps the two in step).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from unimeter.v1 import (
+    alert_service_pb2,
+    alert_service_pb2_grpc,
+    cluster_service_pb2,
+    cluster_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+    query_service_pb2,
+    query_service_pb2_grpc,
+)
+
+from cluster_client.client import Client
+from cluster_client.errors import FieldViolation, InternalError, InvalidArgumentError, UnimeterError
+from cluster_client.types import Period, PeriodSelector
+from cluster_client.validation import check_account_id
+
+from .convert import (
+    alert_subscribe_item,
+    alert_to_proto,
+    cluster_status_to_proto,
+    ingest_rows_from_proto,
+    metric_from_proto,
+    metric_to_proto,
+    query_response,
+    realtime_response,
+    stored_event_to_proto,
+)
+from .status_mapping import rpc_handler, status_of
+
+__all__ = [
+    "AlertServicer",
+    "ClusterServicer",
+    "IngestServicer",
+    "MetricsServicer",
+    "QueryServicer",
+    "add_servicers",
+]
+
+log = logging.getLogger(__name__)
+
+_SELECTORS = {0: None, 1: PeriodSelector.CURRENT, 2: PeriodSelector.PREVIOUS}
+
+
+def _timeout(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else float(remaining)
+
+
+class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """MetricsService over ``client.metrics``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @rpc_handler
+    async def CreateMetric(
+        self, request: metrics_service_pb2.CreateMetricRequest, context: grpc.aio.ServicerContext
+    ) -> metrics_service_pb2.CreateMetricResponse:
+        created = await self._client.metrics.create(
+            metric_from_proto(request.metric), timeout=_timeout(context)
+        )
+        return metrics_service_pb2.CreateMetricResponse(metric=metric_to_proto(created))
+
+    @rpc_handler
+    async def GetMetric(
+        self, request: metrics_service_pb2.GetMetricRequest, context: grpc.aio.ServicerContext
+    ) -> metrics_service_pb2.GetMetricResponse:
+        metric = await self._client.metrics.get(request.code, timeout=_timeout(context))
+        return metrics_service_pb2.GetMetricResponse(metric=metric_to_proto(metric))
+
+    @rpc_handler
+    async def ListMetrics(
+        self, request: metrics_service_pb2.ListMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> metrics_service_pb2.ListMetricsResponse:
+        metrics = await self._client.metrics.list(timeout=_timeout(context))
+        return metrics_service_pb2.ListMetricsResponse(metrics=[metric_to_proto(m) for m in metrics])
+
+    @rpc_handler
+    async def DeleteMetric(
+        self, request: metrics_service_pb2.DeleteMetricRequest, context: grpc.aio.ServicerContext
+    ) -> metrics_service_pb2.DeleteMetricResponse:
+        await self._client.metrics.delete(request.code, timeout=_timeout(context))
+        return metrics_service_pb2.DeleteMetricResponse()
+
+
+class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
+    """IngestService over ``client.ingest_rows`` (the caller's ids are kept as given)."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @rpc_handler
+    async def Ingest(
+        self, request: ingest_service_pb2.IngestRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_service_pb2.IngestResponse:
+        rows, sync = ingest_rows_from_proto(request)
+        result = await self._client.ingest_rows(rows, sync=sync, timeout=_timeout(context))
+        return ingest_service_pb2.IngestResponse(
+            n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
+        )
+
+
+class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
+    """QueryService over ``client.query_realtime``, ``client.query`` and ``client.list_events``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @rpc_handler
+    async def QueryRealtime(
+        self, request: query_service_pb2.QueryRealtimeRequest, context: grpc.aio.ServicerContext
+    ) -> query_service_pb2.QueryRealtimeResponse:
+        result = await self._client.query_realtime(
+            request.account_id, request.metric_code, timeout=_timeout(context)
+        )
+        return realtime_response(result)
+
+    @rpc_handler
+    async def Query(
+        self, request: query_service_pb2.QueryRequest, context: grpc.aio.ServicerContext
+    ) -> query_service_pb2.QueryResponse:
+        selector = request.period_selector
+        if selector not in _SELECTORS:
+            raise InvalidArgumentError(
+                f"unknown period selector {selector}",
+                violations=[FieldViolation("period_selector", f"unknown period selector {selector}")],
+            )
+        period = None if selector else Period(request.period.start_unix_nano, request.period.end_unix_nano)
+        result = await self._client.query(
+            request.account_id,
+            request.metric_code,
+            period,
+            selector=_SELECTORS[selector],
+            filters=dict(request.filters),
+            group_by=list(request.group_by),
+            timeout=_timeout(context),
+        )
+        return query_response(result)
+
+    @rpc_handler
+    async def ListEvents(
+        self, request: query_service_pb2.ListEventsRequest, context: grpc.aio.ServicerContext
+    ) -> query_service_pb2.ListEventsResponse:
+        events, token = await self._client.list_events(
+            request.account_id,
+            request.start_unix_nano,
+            request.end_unix_nano,
+            metric_code=request.metric_code,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            timeout=_timeout(context),
+        )
+        return query_service_pb2.ListEventsResponse(
+            events=[stored_event_to_proto(e) for e in events], next_page_token=token
+        )
+
+
+class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
+    """AlertService over ``client.list_alerts`` and ``client.alert_stream``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @rpc_handler
+    async def ListAlerts(
+        self, request: alert_service_pb2.ListAlertsRequest, context: grpc.aio.ServicerContext
+    ) -> alert_service_pb2.ListAlertsResponse:
+        alerts, more = await self._client.list_alerts(
+            request.account_id, request.after_offset, page_size=request.page_size, timeout=_timeout(context)
+        )
+        return alert_service_pb2.ListAlertsResponse(alerts=[alert_to_proto(a) for a in alerts], has_more=more)
+
+    async def AlertSubscribe(
+        self, request: alert_service_pb2.AlertSubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[alert_service_pb2.AlertSubscribeResponse]:
+        try:
+            for account in request.account_ids:
+                check_account_id(account, "account_ids")
+            stream = self._client.alert_stream(
+                account_ids=list(request.account_ids),
+                metric_codes=list(request.metric_codes),
+                threshold_codes=list(request.threshold_codes),
+                since_offsets=dict(request.since_offsets),
+                from_beginning=request.from_beginning,
+            )
+            async for item in stream:
+                yield alert_subscribe_item(item.alert, item.offsets)
+        except UnimeterError as exc:
+            await context.abort_with_status(status_of(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in AlertSubscribe")
+            await context.abort_with_status(status_of(InternalError("internal error; see the server log")))
+
+
+class ClusterServicer(cluster_service_pb2_grpc.ClusterServiceServicer):
+    """ClusterService over ``client.cluster_status``."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @rpc_handler
+    async def GetClusterStatus(
+        self, request: cluster_service_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
+    ) -> cluster_service_pb2.GetClusterStatusResponse:
+        return cluster_status_to_proto(await self._client.cluster_status(timeout=_timeout(context)))
+
+
+def add_servicers(server: grpc.aio.Server, client: Client) -> list[str]:
+    """Register every Unimeter service on ``server``; returns their full names (for reflection)."""
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(client), server)
+    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(client), server)
+    query_service_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(client), server)
+    alert_service_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(client), server)
+    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(client), server)
+    return [
+        metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
+        ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
+        query_service_pb2.DESCRIPTOR.services_by_name["QueryService"].full_name,
+        alert_service_pb2.DESCRIPTOR.services_by_name["AlertService"].full_name,
+        cluster_service_pb2.DESCRIPTOR.services_by_name["ClusterService"].full_name,
+    ]

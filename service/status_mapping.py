@@ -1,0 +1,89 @@
+"""The one place where Unimeter errors become gRPC statuses, with rich ``google.rpc`` details.
+
+Every status carries an ``ErrorInfo`` (reason in UPPER_SNAKE, domain ``unimeter``); validation
+errors add a ``BadRequest`` with one field violation per bad field; retryable ones a ``RetryInfo``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from cluster_client.errors import InternalError, UnimeterError
+
+__all__ = ["DOMAIN", "grpc_code_of", "rpc_handler", "status_of"]
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "unimeter"
+
+_CODES: dict[str, grpc.StatusCode] = {
+    "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+    "NOT_FOUND": grpc.StatusCode.NOT_FOUND,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+    "OUT_OF_RANGE": grpc.StatusCode.OUT_OF_RANGE,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
+    "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "INTERNAL": grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_code_of(error: UnimeterError) -> grpc.StatusCode:
+    """The gRPC code of an error."""
+    return _CODES.get(error.kind, grpc.StatusCode.INTERNAL)
+
+
+def status_of(error: UnimeterError) -> grpc.Status:
+    """The rich status of an error: ErrorInfo, plus BadRequest and RetryInfo when they apply."""
+    code = grpc_code_of(error)
+    details = []
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+    details.append(info)
+    if error.violations:
+        details.append(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                    for v in error.violations
+                ]
+            )
+        )
+    if error.retry_after_seconds is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
+        details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    for detail in details:
+        status.details.add().Pack(detail)
+    return rpc_status.to_status(status)
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def rpc_handler(method: F) -> F:
+    """Wrap a unary servicer method so every failure becomes the right status, never a crash."""
+
+    @functools.wraps(method)
+    async def wrapper(self: object, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except UnimeterError as exc:
+            await context.abort_with_status(status_of(exc))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("internal error in %s", method.__qualname__)
+            await context.abort_with_status(status_of(InternalError("internal error; see the server log")))
+
+    return wrapper  # type: ignore[return-value]

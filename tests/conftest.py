@@ -1,0 +1,72 @@
+"""Shared fixtures: a real Unimeter server on 127.0.0.1 port 0 with its own data directory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from unimeter.v1 import (
+    alert_service_pb2_grpc,
+    cluster_service_pb2_grpc,
+    ingest_service_pb2_grpc,
+    metrics_service_pb2_grpc,
+    query_service_pb2_grpc,
+)
+
+from service.config import ServeConfig
+from service.server import UnimeterServer
+
+
+@dataclass
+class Api:
+    """Stubs of every service on one channel to a running server."""
+
+    server: UnimeterServer
+    channel: grpc.aio.Channel
+    metrics: metrics_service_pb2_grpc.MetricsServiceStub
+    ingest: ingest_service_pb2_grpc.IngestServiceStub
+    query: query_service_pb2_grpc.QueryServiceStub
+    alerts: alert_service_pb2_grpc.AlertServiceStub
+    cluster: cluster_service_pb2_grpc.ClusterServiceStub
+
+
+def serve_config(data_dir: Path, **overrides: object) -> ServeConfig:
+    """A config for tests: loopback, port 0, small partition count unless overridden."""
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "grpc_addr": "127.0.0.1:0",
+        "partitions": 8,
+        "flush_interval_ms": 5.0,
+    }
+    values.update(overrides)
+    return ServeConfig(**values)  # type: ignore[arg-type]
+
+
+async def open_api(server: UnimeterServer) -> Api:
+    """Stubs on a fresh channel to ``server``."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    return Api(
+        server,
+        channel,
+        metrics_service_pb2_grpc.MetricsServiceStub(channel),
+        ingest_service_pb2_grpc.IngestServiceStub(channel),
+        query_service_pb2_grpc.QueryServiceStub(channel),
+        alert_service_pb2_grpc.AlertServiceStub(channel),
+        cluster_service_pb2_grpc.ClusterServiceStub(channel),
+    )
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[Api]:
+    """A running in-process server with an empty data directory, and stubs to it."""
+    server = UnimeterServer(serve_config(tmp_path / "data"))
+    await server.start()
+    stubs = await open_api(server)
+    try:
+        yield stubs
+    finally:
+        await stubs.channel.close()
+        await server.stop(grace=1.0)

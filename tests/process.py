@@ -1,0 +1,74 @@
+"""Running ``unimeter serve`` as a real child process, for crash and end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class ServeProcess:
+    """A running ``unimeter serve`` and the ports it announced."""
+
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    node_port: int
+    http_port: int
+
+    def kill9(self) -> None:
+        """SIGKILL: no flush, no snapshot, nothing graceful."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self._close_pipe()
+
+    def terminate(self, timeout: float = 30) -> int:
+        """SIGTERM and wait for the graceful shutdown; returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._close_pipe()
+        return code
+
+    def _close_pipe(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProcess:
+    """Start ``unimeter serve`` on 127.0.0.1 port 0 and wait for its ready line."""
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from service.cli import main; sys.exit(main())",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=env, cwd=REPO)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"unimeter serve exited with {proc.wait()} before it was ready")
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if msg.get("event") == "ready":
+            return ServeProcess(proc, msg["grpc_port"], msg["node_port"], msg["http_port"])
+    proc.kill()
+    raise TimeoutError("unimeter serve did not become ready")
