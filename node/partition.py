@@ -30,7 +30,7 @@ from cluster_client.types import Alert, EventRow, OperationType, Period, QueryRe
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .dedup_index import DedupIndex, derived_key, event_key
-from .event_index import EventIndex
+from .event_index import HOUR_NS, EventIndex
 from .metric_registry import write_file_atomically
 from .partition_log import PartitionLog
 
@@ -418,7 +418,7 @@ class Partition:
         """A page of the account's events in ``[start, end)``, ordered by (event time, offset)."""
         after = _decode_page_token(page_token, account_id, start, end, metric_code)
         page: list[StoredEvent] = []
-        for _, refs in self.index.hours(account_id, max(start, after[0]), end):
+        for hour, refs in self.index.hours(account_id, max(start, after[0]), end):
             hits: list[tuple[int, int, EventRow]] = []
             for ref in refs:
                 first, _, rows = self._decode(ref)
@@ -426,6 +426,7 @@ class Partition:
                     t = row[3]
                     if (
                         row[0] == account_id
+                        and t // HOUR_NS == hour  # a record may hold this account's events of other hours
                         and start <= t < end
                         and (t, first + i) > after
                         and (not metric_code or row[1] == metric_code)
