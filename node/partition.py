@@ -17,10 +17,10 @@ import time
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -466,7 +466,8 @@ class Partition:
 def _alert_from_row(row: Sequence[Any], partition: int, offset: int) -> Alert:
     account, code, th_code, th_value, multiple, value, period_start, event_time, record_time = row
     return Alert(
-        account, code, th_code, th_value, multiple, value, period_start, event_time, record_time, partition, offset
+        account, code, th_code, th_value, multiple, value, period_start, event_time, record_time,
+        partition, offset,
     )  # fmt: skip
 
 

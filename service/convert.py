@@ -5,14 +5,6 @@ The ingest conversion is on the hot path: one tuple per event, fields read once,
 
 from __future__ import annotations
 
-from unimeter.v1 import (
-    alert_service_pb2,
-    cluster_service_pb2,
-    ingest_service_pb2,
-    query_service_pb2,
-    types_pb2,
-)
-
 from cluster_client.errors import FieldViolation, InvalidArgumentError
 from cluster_client.node_api import ClusterStatus
 from cluster_client.types import (
@@ -26,6 +18,13 @@ from cluster_client.types import (
     PeriodType,
     QueryResult,
     StoredEvent,
+)
+from unimeter.v1 import (
+    alert_service_pb2,
+    cluster_service_pb2,
+    ingest_service_pb2,
+    query_service_pb2,
+    types_pb2,
 )
 
 __all__ = [

@@ -10,6 +10,11 @@ import logging
 from collections.abc import AsyncIterator
 
 import grpc
+
+from cluster_client.client import Client
+from cluster_client.errors import FieldViolation, InternalError, InvalidArgumentError, UnimeterError
+from cluster_client.types import Period, PeriodSelector
+from cluster_client.validation import check_account_id
 from unimeter.v1 import (
     alert_service_pb2,
     alert_service_pb2_grpc,
@@ -22,11 +27,6 @@ from unimeter.v1 import (
     query_service_pb2,
     query_service_pb2_grpc,
 )
-
-from cluster_client.client import Client
-from cluster_client.errors import FieldViolation, InternalError, InvalidArgumentError, UnimeterError
-from cluster_client.types import Period, PeriodSelector
-from cluster_client.validation import check_account_id
 
 from .convert import (
     alert_subscribe_item,

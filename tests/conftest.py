@@ -8,6 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from service.config import ServeConfig
+from service.server import UnimeterServer
 from unimeter.v1 import (
     alert_service_pb2_grpc,
     cluster_service_pb2_grpc,
@@ -15,9 +18,6 @@ from unimeter.v1 import (
     metrics_service_pb2_grpc,
     query_service_pb2_grpc,
 )
-
-from service.config import ServeConfig
-from service.server import UnimeterServer
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+
+from tests.process import start_serve
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import (
     ingest_service_pb2_grpc,
@@ -17,8 +19,6 @@ from unimeter.v1 import (
 )
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
-
-from tests.process import start_serve
 
 pytestmark = pytest.mark.crash
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from tests.conftest import Api
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import metrics_service_pb2 as ms
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
-
-from tests.conftest import Api
 
 SEC = 1_000_000_000
 DAY = 86_400 * SEC

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import Api, open_api, serve_config
 from tests.grpc_errors import fields
-from tests.integration.helpers import SEC, T0, create_metric, ev, ingest
+from tests.integration.helpers import T0, create_metric, ev, ingest
 from unimeter.v1 import alert_service_pb2 as als
 from unimeter.v1 import types_pb2 as t
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from unimeter.v1 import ingest_service_pb2 as ing
-from unimeter.v1 import types_pb2 as t
 
 from tests.conftest import Api
 from tests.grpc_errors import details, fields
 from tests.integration.helpers import DAY, SEC, T0, agg, create_metric, ev, ingest, query
+from unimeter.v1 import ingest_service_pb2 as ing
+from unimeter.v1 import types_pb2 as t
 
 END = T0 + 30 * DAY
 

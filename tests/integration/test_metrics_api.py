@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from unimeter.v1 import metrics_service_pb2 as ms
-from unimeter.v1 import types_pb2 as t
 
 from tests.conftest import Api
 from tests.grpc_errors import details, fields
+from unimeter.v1 import metrics_service_pb2 as ms
+from unimeter.v1 import types_pb2 as t
 
 
 def metric(code: str = "api_calls", **kw: object) -> t.Metric:

@@ -6,12 +6,12 @@ import time
 
 import grpc
 import pytest
-from unimeter.v1 import query_service_pb2 as qs
-from unimeter.v1 import types_pb2 as t
 
 from tests.conftest import Api
 from tests.grpc_errors import fields
 from tests.integration.helpers import DAY, SEC, T0, agg, create_metric, ev, ingest, query, realtime
+from unimeter.v1 import query_service_pb2 as qs
+from unimeter.v1 import types_pb2 as t
 
 END = T0 + 30 * DAY
 REMOVE = t.OPERATION_TYPE_REMOVE

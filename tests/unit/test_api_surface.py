@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import cluster_client
+from service.servicers import add_servicers  # noqa: F401  (imports every servicer module)
 from unimeter.v1 import (
     alert_service_pb2,
     cluster_service_pb2,
@@ -12,9 +14,6 @@ from unimeter.v1 import (
     metrics_service_pb2,
     query_service_pb2,
 )
-
-import cluster_client
-from service.servicers import add_servicers  # noqa: F401  (imports every servicer module)
 
 REPO = Path(__file__).resolve().parents[2]
 
