@@ -34,7 +34,6 @@ __all__ = [
     "load_time_zone",
     "this_week",
     "today",
-    "validate_time_zone",
 ]
 
 _NS = 1_000_000_000
@@ -80,7 +79,6 @@ def is_known_time_zone(name: str) -> bool:
     return isinstance(name, str) and name in _zone_names()
 
 
-validate_time_zone = is_known_time_zone
 """Alias of :func:`is_known_time_zone`."""
 
 
