@@ -9,6 +9,8 @@ process is called directly, remote nodes through the node protocol.
 from __future__ import annotations
 
 import asyncio
+import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
@@ -122,11 +124,30 @@ class Client:
         return cls(await Topology.local(node), metric_lookup=metric_lookup)
 
     @classmethod
-    async def connect(cls, seeds: Sequence[str], *, retry: RetryPolicy | None = None) -> Client:
-        """A client of the cluster reachable through any of ``seeds`` (``host:port`` node addresses)."""
+    async def connect(
+        cls,
+        seeds: Sequence[str],
+        *,
+        retry: RetryPolicy | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        cluster_secret: str | bytes | None = None,
+    ) -> Client:
+        """A client of the cluster reachable through any of ``seeds`` (``host:port`` node addresses).
+
+        ``tls_ca`` (a PEM file of the CA that signed the nodes' certificates) connects over TLS
+        with certificate and host name verification; ``ssl_context`` gives the TLS settings
+        outright instead. ``cluster_secret`` is proved to nodes that require it.
+        """
         from .remote_node import RemoteNode
 
-        topology = await Topology.from_seeds(seeds, RemoteNode)
+        if tls_ca is not None and ssl_context is None:
+            ssl_context = ssl.create_default_context(cafile=os.fspath(tls_ca))
+
+        def node_at(address: str) -> RemoteNode:
+            return RemoteNode(address, ssl=ssl_context, cluster_secret=cluster_secret)
+
+        topology = await Topology.from_seeds(seeds, node_at)
         return cls(topology, retry=retry)
 
     async def close(self) -> None:

@@ -3,9 +3,10 @@
 A :class:`NodeConnection` multiplexes many requests on one socket: each gets a request id and a
 future, and the asyncio protocol's ``data_received`` (the reader; no task hop per chunk) resolves
 the futures as responses arrive, in whatever order the node answers. Frames sent in the same
-event-loop tick leave in one ``write``; a lone caller's go at once. It knows nothing
-of methods or types beyond the frame kinds (``RemoteNode`` maps NodeApi onto it) and never retries
-or reconnects: once closed, it stays closed and every call fails with UnavailableError.
+event-loop tick leave in one ``write``; a lone caller's go at once. It can run over TLS and, when
+the node asks for it, proves the cluster secret during the handshake (see :mod:`.node_auth`). It
+knows nothing of methods or types beyond the frame kinds (``RemoteNode`` maps NodeApi onto it) and
+never retries or reconnects: once closed, it stays closed and every call fails with UnavailableError.
 """
 
 from __future__ import annotations
@@ -13,9 +14,20 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncGenerator, Sequence
+from ssl import SSLContext
 from typing import Any
 
-from .errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
+from .errors import DeadlineExceededError, InvalidArgumentError, UnauthenticatedError, UnavailableError
+from .node_auth import (
+    AUTH_METHOD,
+    AUTH_SCHEME,
+    NONCE_BYTES,
+    client_proof,
+    new_nonce,
+    proof_matches,
+    secret_bytes,
+    server_proof,
+)
 from .wire import (
     DEFAULT_MAX_FRAME_BYTES,
     HELLO,
@@ -124,27 +136,46 @@ class NodeConnection:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_stream_buffer: int = 1024,
         hello_info: dict[str, Any] | None = None,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
+        cluster_secret: str | bytes | None = None,
     ) -> NodeConnection:
-        """Open a connection and exchange hellos within ``timeout`` seconds.
+        """Open a connection and exchange hellos (and the cluster-secret proofs) within ``timeout``
+        seconds.
 
         Raises UnavailableError when the node cannot be reached, does not answer in time, or speaks
-        a protocol major version this side does not (``reason`` UNSUPPORTED_PROTOCOL_VERSION).
-        ``max_stream_buffer`` is how many pushed items a stream may hold before reading pauses.
+        a protocol major version this side does not (``reason`` UNSUPPORTED_PROTOCOL_VERSION);
+        UnauthenticatedError when the node wants a cluster secret this side lacks, either side's
+        proof is wrong, or this side has a secret and the node does not ask for one (a node that
+        cannot prove the secret is not trusted). ``ssl`` connects over TLS (``server_hostname``,
+        default ``host``, is what the certificate must name). ``max_stream_buffer`` is how many
+        pushed items a stream may hold before reading pauses.
         """
         peer = f"{host}:{port}"
+        secret = secret_bytes(cluster_secret) if cluster_secret else None
         conn = cls(peer, max_frame_bytes=max_frame_bytes, max_stream_buffer=max_stream_buffer)
-        info = {"client": "unimeter-python", "max_frame_bytes": max_frame_bytes, **(hello_info or {})}
+        client_nonce = new_nonce()
+        info = {
+            "client": "unimeter-python",
+            "max_frame_bytes": max_frame_bytes,
+            **(hello_info or {}),
+            "nonce": client_nonce,
+        }
+        tls_name = (server_hostname or host) if ssl is not None else None
         try:
             async with asyncio.timeout(timeout):
-                await conn._loop.create_connection(lambda: _Protocol(conn), host, port)
+                await conn._loop.create_connection(
+                    lambda: _Protocol(conn), host, port, ssl=ssl, server_hostname=tls_name
+                )
                 conn._write_now(encode_hello(info))
                 body = await conn._hello
-            if body[0] == RESPONSE and not body[2]:
-                refusal = remote_error(body[3])
-                raise UnavailableError(
-                    f"node {peer} refused the connection: {refusal.message}", reason=refusal.reason
-                )
-            conn.peer_version, conn.peer_info = check_hello(body)
+                if body[0] == RESPONSE and not body[2]:
+                    refusal = remote_error(body[3])
+                    raise UnavailableError(
+                        f"node {peer} refused the connection: {refusal.message}", reason=refusal.reason
+                    )
+                conn.peer_version, conn.peer_info = check_hello(body)
+                await conn._authenticate(secret, client_nonce)
         except TimeoutError:
             conn._abort("connect timed out")
             raise UnavailableError(f"node {peer} did not complete the hello within {timeout}s") from None
@@ -161,6 +192,38 @@ class NodeConnection:
         if type(peer_max) is int and peer_max > 0:
             conn._peer_max_frame = peer_max
         return conn
+
+    async def _authenticate(self, secret: bytes | None, client_nonce: bytes) -> None:
+        """Check the node's proof and send ours, when either side has a cluster secret."""
+        info = self.peer_info
+        scheme = info.get("auth")
+        if scheme is None:
+            if secret is not None:
+                raise UnauthenticatedError(
+                    f"node {self.peer} does not ask for the cluster secret this client was given; "
+                    "refusing to talk to a node that cannot prove it",
+                    reason="NODE_NOT_AUTHENTICATED",
+                )
+            return
+        if scheme != AUTH_SCHEME:
+            raise UnauthenticatedError(
+                f"node {self.peer} asks for an unknown authentication scheme {scheme!r}",
+                reason="UNSUPPORTED_AUTH_SCHEME",
+            )
+        if secret is None:
+            raise UnauthenticatedError(
+                f"node {self.peer} requires the cluster secret (UNIMETER_CLUSTER_SECRET)",
+                reason="CLUSTER_SECRET_REQUIRED",
+            )
+        node_nonce = info.get("nonce")
+        if type(node_nonce) is not bytes or len(node_nonce) != NONCE_BYTES:
+            raise ProtocolError(f"node {self.peer} sent a malformed auth nonce")
+        if not proof_matches(server_proof(secret, node_nonce, client_nonce), info.get("proof")):
+            raise UnauthenticatedError(
+                f"node {self.peer} does not know this cluster secret (its proof does not match)",
+                reason="CLUSTER_SECRET_MISMATCH",
+            )
+        await self.call(AUTH_METHOD, [client_proof(secret, node_nonce, client_nonce)])
 
     @property
     def closed(self) -> bool:

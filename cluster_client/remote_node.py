@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
+from ssl import SSLContext
 from typing import Any, TypeVar
 
 from .errors import InternalError, UnavailableError
@@ -59,15 +60,20 @@ class RemoteNode(NodeApi):
         call_timeout: float | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         hello_info: dict[str, Any] | None = None,
+        ssl: SSLContext | None = None,
+        cluster_secret: str | bytes | None = None,
     ) -> None:
         """``connect_timeout`` bounds each connect and hello; ``call_timeout`` (None: no bound of
-        its own, the caller's deadline applies) bounds each call."""
+        its own, the caller's deadline applies) bounds each call; ``ssl`` connects over TLS;
+        ``cluster_secret`` is proved to nodes that require it (and required of them)."""
         self.address = address
         self._host, self._port = split_address(address)
         self._connect_timeout = connect_timeout
         self._call_timeout = call_timeout
         self._max_frame_bytes = max_frame_bytes
         self._hello_info = hello_info
+        self._ssl = ssl
+        self._cluster_secret = cluster_secret
         self._conn: NodeConnection | None = None
         self._connecting: asyncio.Task[NodeConnection] | None = None
         self._stream_conns: set[NodeConnection] = set()
@@ -233,6 +239,8 @@ class RemoteNode(NodeApi):
             timeout=self._connect_timeout,
             max_frame_bytes=self._max_frame_bytes,
             hello_info=self._hello_info,
+            ssl=self._ssl,
+            cluster_secret=self._cluster_secret,
         )
 
     def _decode(self, method: str, decode: Callable[[object], _T], raw: object) -> _T:

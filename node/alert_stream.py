@@ -31,6 +31,10 @@ class AlertStreamer:
         self._wakeup = asyncio.Event()
         self._closed = False
         self._count = 0
+        # Every open subscription's live positions (partition -> last alert offset handed out),
+        # keyed by a serial; read by the metrics exporter, never copied on the hot path.
+        self._positions: dict[int, dict[int, int]] = {}
+        self._serial = 0
         for partition in partitions:
             partition.on_alerts_published = self._wake
 
@@ -38,6 +42,17 @@ class AlertStreamer:
     def subscribers(self) -> int:
         """Open subscriptions."""
         return self._count
+
+    def lag(self) -> dict[int, int]:
+        """Per partition, how many published alerts the furthest-behind subscription has not yet
+        been handed (0 for partitions nobody subscribes to)."""
+        lag = dict.fromkeys(self._partitions, 0)
+        for positions in self._positions.values():
+            for p, position in positions.items():
+                behind = self._partitions[p].published_alert_offset - position
+                if behind > lag[p]:
+                    lag[p] = behind
+        return lag
 
     def _wake(self) -> None:
         self._wakeup.set()
@@ -98,6 +113,9 @@ class AlertStreamer:
     ) -> AsyncIterator[AlertStreamItem]:
         loop = asyncio.get_running_loop()
         self._count += 1
+        self._serial += 1
+        serial = self._serial
+        self._positions[serial] = positions
         try:
             # The first item tells the subscriber where it starts, so it can resume exactly.
             yield AlertStreamItem(None, dict(positions))
@@ -132,3 +150,4 @@ class AlertStreamer:
                     await asyncio.wait_for(wakeup.wait(), remaining)
         finally:
             self._count -= 1
+            del self._positions[serial]

@@ -96,6 +96,8 @@ class Partition:
         self.on_alerts_published: Callable[[], None] | None = None
         self._last_arrival = 0
         self._records_since_snapshot = 0
+        self.last_snapshot_time: float | None = None
+        """Wall-clock time the current snapshot was written (or, after recovery, its file's mtime)."""
         self._recover()
 
     # ------------------------------------------------------------------ ingest
@@ -255,12 +257,16 @@ class Partition:
     async def snapshot(self) -> None:
         """Checkpoint the state with the log position it covers (after making that position durable)."""
         state = self._snapshot_state()
+        covered = self._records_since_snapshot
         data = msgpack.packb(state)
         await self.flush()
         await asyncio.get_running_loop().run_in_executor(
             None, write_file_atomically, self.directory / "snapshot.msgpack", data
         )
-        self._records_since_snapshot = 0
+        # Records appended while the file was being written are not in it: they still count.
+        # (max: two overlapping snapshots both cover the records counted before either began.)
+        self._records_since_snapshot = max(0, self._records_since_snapshot - covered)
+        self.last_snapshot_time = time.time()
 
     @property
     def records_since_snapshot(self) -> int:
@@ -341,13 +347,19 @@ class Partition:
         if state.get("v") != _SNAPSHOT_VERSION or state["event_pos"] > self.events.end_position:
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
-        self.aggregates = PartitionAggregates.from_snapshot(
-            state["aggregates"], self._fetch_events, self._specs
-        )
+        try:
+            aggregates = PartitionAggregates.from_snapshot(
+                state["aggregates"], self._fetch_events, self._specs
+            )
+        except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
+            log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
+            return 0
+        self.aggregates = aggregates
         self.dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state["dedup"])
         self.index = EventIndex.from_snapshot(state["index"])
         self.last_offset = int(state["last_offset"])
         self._last_arrival = int(state["last_arrival"])
+        self.last_snapshot_time = path.stat().st_mtime
         for batch_id, arrival, offsets, n_dup in state["batches"]:
             self._batches[batch_id] = (arrival, IngestOutcome(list(offsets), n_dup))
         return int(state["event_pos"])

@@ -1,12 +1,12 @@
 """Append-only, segmented, CRC-framed log of opaque byte payloads: the embedded backend's storage.
 
-A ``PartitionLog`` stores records (``u32 length | u32 crc32(payload, seeded by length) | payload``, little endian) in
-segment files named by their base position, addresses every record by a global byte position that
-is stable across restarts, buffers appends in memory, and makes them durable by group commit (one
-``write`` + ``fdatasync`` in an executor thread serves every flush waiting at that time). Opening a
-log validates every record and cuts a torn or corrupt tail. It is for one writer on one event loop;
-it knows nothing about what the payloads mean, does not compact or expire segments, and is not
-thread-safe (only its own I/O runs in the executor).
+A ``PartitionLog`` stores records (``u32 length | u32 crc32(payload, seeded by length) | payload``,
+little endian) in segment files named by their base position, addresses every record by a global
+byte position that is stable across restarts, buffers appends in memory, and makes them durable by
+group commit (one ``write`` + ``fdatasync`` in an executor thread serves every flush waiting at that
+time). Opening a log validates every record and cuts a torn or corrupt tail. It is for one writer on
+one event loop; it knows nothing about what the payloads mean, does not compact or expire segments,
+and is not thread-safe (only its own I/O runs in the executor).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import struct
 import sys
+import time
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -40,6 +41,8 @@ def _crc(length: int, payload: bytes | bytearray | memoryview) -> int:
     """CRC-32 of the payload seeded by its length: a zero-filled tail (``crc32(b"") == 0``) or a
     damaged length field never passes as a record."""
     return zlib.crc32(payload, (length * 0x9E3779B1 + 0x5EED) & 0xFFFFFFFF)
+
+
 _MAX_PAYLOAD = 0xFFFFFFFF
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _READ_CHUNK = 1 << 20  # scan/recovery read size; a module global so tests can shrink it
@@ -80,6 +83,7 @@ class _Job:
     directory: Path
     future: asyncio.Future[None] | None = None
     created: dict[int, int] = field(default_factory=dict)  # filled by the worker
+    sync_seconds: float = 0.0  # filled by the worker: time spent in the fsyncs of this round
 
 
 @dataclass(eq=False, slots=True)
@@ -112,10 +116,12 @@ def _run_job(job: _Job) -> None:
         if hi > lo:
             _write_all(fd, view[lo:hi])
     if job.fsync:
+        started = time.perf_counter()
         for base in job.sync_bases:
             _fsync(job.wfds[base] if base in job.wfds else job.created[base])
         if job.created or job.sync_dir:
             _fsync_dir(job.dir_fd)
+        job.sync_seconds = time.perf_counter() - started
 
 
 def _iter_records(fd: int, off: int, limit: int) -> Iterator[tuple[int, memoryview]]:
@@ -230,6 +236,8 @@ class PartitionLog:
         self._unusable = False  # _closed or _failure, one check on the hot path
         self._release_when_idle = False
         self._truncations = 0
+        self.on_sync: Callable[[float], None] | None = None
+        """Called on the loop thread with the seconds each successful fsync round took (for metrics)."""
 
     # ------------------------------------------------------------------ opening
 
@@ -517,6 +525,8 @@ class PartitionLog:
             self._unsynced.clear()
             self._dir_dirty = False
             self._durable = job.end
+            if self.on_sync is not None:
+                self.on_sync(job.sync_seconds)
         else:
             self._unsynced.update(base for base, lo, hi in job.targets if hi > lo)
             self._dir_dirty = self._dir_dirty or bool(job.created)

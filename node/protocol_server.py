@@ -1,25 +1,46 @@
 """The node side of the node protocol: a TCP server that answers :mod:`cluster_client.wire` requests
 by calling a ``NodeApi``.
 
-Each connection must open with a hello; after that every request runs as its own task, so one
-connection carries many requests at once and answers them in completion order. Requests name
-``NodeApi`` methods from an explicit table whose entries check the arguments before anything runs.
-A client that breaks the protocol (bad bytes, a frame over the size limit, an unknown method, wrong
-argument types, no hello) gets an InvalidArgumentError and its connection closed; every other
-connection carries on. It is transport only: validation of values, routing and storage belong to
-the ``NodeApi`` it serves.
+Each connection must open with a hello (and, when the node has a cluster secret, prove it knows
+the secret: see :mod:`cluster_client.node_auth`) within the handshake timeout; after that every
+request runs as its own task, so one connection carries many requests at once and answers them in
+completion order. Requests name ``NodeApi`` methods from an explicit table whose entries check the
+arguments before anything runs. A client that breaks the protocol (bad bytes, a frame over the size
+limit, an unknown method, wrong argument types, no hello) gets an InvalidArgumentError, one without
+the right proof an UnauthenticatedError, one that stays silent a DeadlineExceededError, and its
+connection is closed; every other connection carries on. It is transport only: validation of
+values, routing and storage belong to the ``NodeApi`` it serves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
+from ssl import SSLContext
 from typing import Any
 
 from cluster_client import wire
-from cluster_client.errors import InternalError, ResourceExhaustedError, UnavailableError, UnimeterError
+from cluster_client.errors import (
+    DeadlineExceededError,
+    InternalError,
+    ResourceExhaustedError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimeterError,
+)
 from cluster_client.node_api import NodeApi
+from cluster_client.node_auth import (
+    AUTH_METHOD,
+    AUTH_SCHEME,
+    NONCE_BYTES,
+    client_proof,
+    new_nonce,
+    proof_matches,
+    secret_bytes,
+    server_proof,
+)
 from cluster_client.wire import (
     CANCEL,
     DEFAULT_MAX_FRAME_BYTES,
@@ -39,6 +60,9 @@ logger = logging.getLogger(__name__)
 
 _FLUSH_NOW_BYTES = 256 * 1024
 _ABORT_AFTER_SECONDS = 5.0
+# Until the handshake is done a peer is a stranger: a hello is a few hundred bytes, so a stranger
+# may not make the node buffer a full 64 MiB frame.
+_HANDSHAKE_MAX_FRAME_BYTES = 64 * 1024
 
 # A unary handler checks the arguments at once (a ProtocolError means a malformed request) and
 # returns the coroutine that calls the api and encodes its answer; the api is only called inside
@@ -185,10 +209,14 @@ class _Connection(asyncio.Protocol):
         self._server = server
         self._api = server._api
         self._loop = asyncio.get_running_loop()
-        self._decoder = wire.FrameDecoder(server._max_frame_bytes)
+        self._decoder = wire.FrameDecoder(min(server._max_frame_bytes, _HANDSHAKE_MAX_FRAME_BYTES))
         self._transport: asyncio.Transport | None = None
         self._peer = "?"
         self._hello_done = False
+        self._ready = False  # hello exchanged and, with a cluster secret, the client's proof checked
+        self._node_nonce = b""
+        self._client_nonce = b""
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._peer_max_frame = DEFAULT_MAX_FRAME_BYTES
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -209,6 +237,11 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._server._connections.add(self)
+        # A peer that connects and says nothing (or never proves the secret) is dropped, so idle
+        # sockets cannot pile up.
+        self._handshake_timer = self._loop.call_later(
+            self._server._handshake_timeout, self._handshake_expired
+        )
 
     def data_received(self, data: bytes) -> None:
         if self._closed:
@@ -222,30 +255,100 @@ class _Connection(asyncio.Protocol):
             if self._closed:
                 return
             kind = body[0]
-            if kind == REQUEST and self._hello_done:
-                self._on_request(body[1], body[2], body[3])
-            elif kind == CANCEL and self._hello_done:
-                task = self._streams.pop(body[1], None)
-                if task is not None:
-                    task.cancel()
-                # else: the stream already ended; its end frame and this cancel crossed.
+            if self._ready:
+                if kind == REQUEST:
+                    self._on_request(body[1], body[2], body[3])
+                elif kind == CANCEL:
+                    task = self._streams.pop(body[1], None)
+                    if task is not None:
+                        task.cancel()
+                    # else: the stream already ended; its end frame and this cancel crossed.
+                else:
+                    self._fail(ProtocolError(f"a client may not send frame kind {kind}"))
+                    return
             elif not self._hello_done:
                 try:
                     _version, info = check_hello(body)
                 except ProtocolError as exc:
                     self._fail(exc, body[1] if kind == REQUEST else 0)
                     return
-                peer_max = info.get("max_frame_bytes")
-                if type(peer_max) is int and peer_max > 0:
-                    self._peer_max_frame = peer_max
-                self._hello_done = True
-                self._send(encode_hello(self._server._hello_info))
+                self._on_hello(info)
             else:
-                self._fail(ProtocolError(f"a client may not send frame kind {kind}"))
-                return
+                self._on_proof(body)
+
+    def _on_hello(self, info: dict[str, Any]) -> None:
+        peer_max = info.get("max_frame_bytes")
+        if type(peer_max) is int and peer_max > 0:
+            self._peer_max_frame = peer_max
+        nonce = info.get("nonce")
+        if type(nonce) is bytes and len(nonce) == NONCE_BYTES:
+            self._client_nonce = nonce
+        self._hello_done = True
+        secret = self._server._secret
+        if secret is None:
+            self._send(encode_hello(self._server._hello_info))
+            self._handshake_complete()
+            return
+        self._node_nonce = new_nonce()
+        hello = {**self._server._hello_info, "auth": AUTH_SCHEME, "nonce": self._node_nonce}
+        if self._client_nonce:
+            hello["proof"] = server_proof(secret, self._node_nonce, self._client_nonce)
+        self._send(encode_hello(hello))
+
+    def _on_proof(self, body: tuple[Any, ...]) -> None:
+        """The one frame allowed between the hellos and the first request: the client's proof."""
+        secret = self._server._secret
+        assert secret is not None
+        if body[0] != REQUEST or body[2] != AUTH_METHOD:
+            self._reject(
+                UnauthenticatedError(
+                    "this node requires the cluster secret: send authenticate before any request",
+                    reason="CLUSTER_SECRET_REQUIRED",
+                ),
+                body[1] if body[0] == REQUEST else 0,
+            )
+            return
+        rid, args = body[1], body[3]
+        expected = client_proof(secret, self._node_nonce, self._client_nonce)
+        if len(args) != 1 or not proof_matches(expected, args[0]):
+            self._reject(
+                UnauthenticatedError(
+                    "wrong cluster secret: the proof does not match", reason="CLUSTER_SECRET_MISMATCH"
+                ),
+                rid,
+            )
+            return
+        self._handshake_complete()
+        self._send(encode_response(rid, True, None))
+
+    def _handshake_complete(self) -> None:
+        self._ready = True
+        self._decoder.max_frame_bytes = self._server._max_frame_bytes
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _handshake_expired(self) -> None:
+        self._handshake_timer = None
+        if self._ready or self._closed:
+            return
+        timeout = self._server._handshake_timeout
+        self._reject(
+            DeadlineExceededError(
+                f"no {'proof' if self._hello_done else 'hello'} within {timeout}s", reason="HANDSHAKE_TIMEOUT"
+            ),
+            0,
+        )
+
+    def _reject(self, exc: UnimeterError, rid: int) -> None:
+        self._server.handshake_failures[exc.reason] += 1
+        self._fail(exc, rid)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         self._server._connections.discard(self)
         self._cancel_streams()
         self._wake_drain_waiters()
@@ -408,10 +511,11 @@ class _Connection(asyncio.Protocol):
 
     # closing -----------------------------------------------------------------------------------------
 
-    def _fail(self, exc: ProtocolError, rid: int | None = None) -> None:
-        """Answer a protocol violation with an InvalidArgumentError, then close this connection."""
+    def _fail(self, exc: UnimeterError, rid: int | None = None) -> None:
+        """Answer a protocol violation (an InvalidArgumentError), a failed proof or a handshake
+        timeout with ``exc``, then close this connection."""
         logger.warning("closing node-protocol connection from %s: %s", self._peer, exc.message)
-        request_id = rid if rid is not None else (exc.request_id or 0)
+        request_id = rid if rid is not None else (getattr(exc, "request_id", None) or 0)
         self._send(encode_error(request_id, exc))
         self.close()
         # close() waits for the client to read our last frame; one that never reads must not keep
@@ -451,11 +555,23 @@ class NodeProtocolServer:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         hello_info: dict[str, Any] | None = None,
         max_in_flight: int = 1024,
+        ssl: SSLContext | None = None,
+        cluster_secret: str | bytes | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         """``hello_info`` goes to every client in the server's hello (node id, say);
         ``max_in_flight`` is how many requests one connection may have running before the server
-        stops reading from it."""
+        stops reading from it; ``ssl`` makes it a TLS server; with ``cluster_secret`` only clients
+        that prove they know it are served; ``handshake_timeout`` bounds the TLS handshake, the
+        hello and the proof of each connection."""
+        if handshake_timeout <= 0:
+            raise ValueError(f"handshake_timeout must be positive, got {handshake_timeout}")
         self._api = api
+        self._ssl = ssl
+        self._secret = secret_bytes(cluster_secret) if cluster_secret else None
+        self._handshake_timeout = handshake_timeout
+        self.handshake_failures: Counter[str] = Counter()
+        """Connections refused during the handshake, by reason (for metrics)."""
         self._host = host
         self._requested_port = port
         self._max_frame_bytes = max_frame_bytes
@@ -475,7 +591,12 @@ class NodeProtocolServer:
         loop = asyncio.get_running_loop()
         self._closing = False
         self._server = await loop.create_server(
-            lambda: _Connection(self), self._host, self._requested_port, reuse_address=True
+            lambda: _Connection(self),
+            self._host,
+            self._requested_port,
+            reuse_address=True,
+            ssl=self._ssl,
+            ssl_handshake_timeout=self._handshake_timeout if self._ssl is not None else None,
         )
         self._port = self._server.sockets[0].getsockname()[1]
 

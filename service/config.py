@@ -37,6 +37,32 @@ class ServeConfig:
     """Seconds between snapshots of changed partitions."""
     log_level: str = "INFO"
     """Python logging level."""
+    log_format: str = "json"
+    """``json`` (one object per line, for log pipelines) or ``text`` (for humans)."""
+    api_keys_file: Path | None = None
+    """File of API keys (SHA-256 hashes with scopes); with it or ``api_keys`` every call needs a key."""
+    api_keys: str = ""
+    """API keys as ``name:sha256hex:scopes`` entries separated by ``;`` (usually from the environment)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve gRPC and the node protocol over TLS (needs ``tls_key``)."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
+    cluster_secret: str = ""
+    """Shared secret node-protocol clients must prove (HMAC challenge); empty: none required."""
+    max_inflight_ingest_events: int = 1_000_000
+    """Events of ingest calls in flight past which new calls get RESOURCE_EXHAUSTED."""
+    handshake_timeout_seconds: float = 10.0
+    """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
+
+    def __post_init__(self) -> None:
+        if self.log_format not in ("json", "text"):
+            raise ValueError(f"log format must be json or text, got {self.log_format!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
+        if self.max_inflight_ingest_events < 1:
+            raise ValueError("max in-flight ingest events must be at least 1")
+        if self.handshake_timeout_seconds <= 0:
+            raise ValueError("the handshake timeout must be positive")
 
 
 _FLAGS: list[tuple[str, str, type, str]] = [
@@ -49,6 +75,24 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("dedup_window_seconds", "--dedup-window-seconds", float, "dedup window by arrival time"),
     ("snapshot_interval_seconds", "--snapshot-interval-seconds", float, "seconds between snapshots"),
     ("log_level", "--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
+    ("log_format", "--log-format", str, "json (for log pipelines) or text (for humans)"),
+    ("api_keys_file", "--api-keys-file", Path, "file of API keys: name:sha256hex:scopes lines, or JSON"),
+    ("api_keys", "--api-keys", str, "API keys as name:sha256hex:scopes entries separated by ';'"),
+    ("tls_cert", "--tls-cert", Path, "PEM certificate chain: TLS for gRPC and the node protocol"),
+    ("tls_key", "--tls-key", Path, "PEM private key of --tls-cert"),
+    ("cluster_secret", "--cluster-secret", str, "secret node-protocol peers must prove (prefer the env var)"),
+    (
+        "max_inflight_ingest_events",
+        "--max-inflight-ingest-events",
+        int,
+        "events in flight past which ingest answers RESOURCE_EXHAUSTED",
+    ),
+    (
+        "handshake_timeout_seconds",
+        "--handshake-timeout-seconds",
+        float,
+        "seconds a new connection has to finish its TLS/HTTP2/node hello",
+    ),
 ]
 
 
@@ -83,7 +127,10 @@ def serve_config_from_args(args: argparse.Namespace, environ: Mapping[str, str] 
                 values[name] = kind(raw)
             except ValueError as exc:
                 raise SystemExit(f"{_env_name(flag)}={raw!r}: {exc}") from None
-    return ServeConfig(**values)  # type: ignore[arg-type]
+    try:
+        return ServeConfig(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise SystemExit(f"unimeter serve: {exc}") from None
 
 
 def env_names() -> Sequence[str]:

@@ -1,7 +1,8 @@
 """The operator's HTTP endpoint: ``/healthz`` (alive), ``/readyz`` (recovered and serving), ``/metrics``.
 
 A deliberately small asyncio HTTP/1.1 server (GET only, one request per connection) so that the
-process needs no web framework; ``/metrics`` is Prometheus text from prometheus-client.
+process needs no web framework; ``/metrics`` is Prometheus text from the server's own
+prometheus-client registry.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 __all__ = ["HttpEndpoint"]
 
 _MAX_REQUEST_HEAD = 8192
-_READ_TIMEOUT = 5.0
+_READ_TIMEOUT = 5.0  # a module global so tests can shorten it
 
 
 class HttpEndpoint:
-    """Serves health and metrics; ``ready`` is asked on every /readyz."""
+    """Serves health and metrics; ``ready`` is asked on every /readyz, ``registry`` on every /metrics."""
 
-    def __init__(self, host: str, port: int, ready: Callable[[], bool]) -> None:
+    def __init__(self, host: str, port: int, ready: Callable[[], bool], registry: CollectorRegistry) -> None:
         self._host = host
         self._port = port
         self._ready = ready
+        self._registry = registry
         self._server: asyncio.Server | None = None
         self._open: set[asyncio.StreamWriter] = set()
 
@@ -85,5 +87,5 @@ class HttpEndpoint:
                 return "200 OK", "text/plain", b"ready\n"
             return "503 Service Unavailable", "text/plain", b"recovering\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "text/plain", b"not found\n"

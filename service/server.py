@@ -1,8 +1,9 @@
 """The composition root of ``unimeter serve``: a node, the client core on top of it, and the servers.
 
 It builds the node (recovering its data directory), hands it to the client core as an in-process
-transport, and serves the gRPC API (plus health and reflection), the node protocol and the HTTP
-endpoint. Shutdown stops accepting, lets in-flight calls finish, then flushes and snapshots.
+transport, and serves the gRPC API (plus health and reflection, behind the request-id/metrics and
+API-key interceptors), the node protocol and the HTTP endpoint, over TLS when configured. Shutdown
+turns /readyz to 503, stops accepting, lets in-flight calls finish, then flushes and snapshots.
 """
 
 from __future__ import annotations
@@ -18,9 +19,14 @@ from cluster_client.client import Client
 from node.node import Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
 
+from .api_keys import ApiKeyStore, load_api_keys
 from .config import ServeConfig
 from .http_endpoint import HttpEndpoint
+from .interceptors import AuthInterceptor, ObservabilityInterceptor
+from .metrics_exporter import UnimeterCollector, new_registry
+from .service_stats import ServiceStats
 from .servicers import add_servicers
+from .tls import ServerTls, load_server_tls
 
 __all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer", "split_host_port"]
 
@@ -52,18 +58,35 @@ class UnimeterServer:
         self._protocol: NodeProtocolServer | None = None
         self._http: HttpEndpoint | None = None
         self._health = health.aio.HealthServicer()
+        self._stopping = False
+        self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
+        """Counters of the gRPC layer (the node keeps its own in ``node.stats``)."""
+        self.registry = new_registry(
+            UnimeterCollector(
+                node=lambda: self.node,
+                protocol=lambda: self._protocol,
+                ready=lambda: self.ready,
+                stats=self.stats,
+            )
+        )
+        """This server's Prometheus registry, served on /metrics."""
 
     @property
     def ready(self) -> bool:
-        """Recovered and serving."""
-        return self._grpc is not None and self.node is not None
+        """Recovered, serving, and not shutting down."""
+        return self._grpc is not None and self.node is not None and not self._stopping
 
     async def start(self) -> None:
-        """Recover the data directory and start serving."""
+        """Recover the data directory and start serving.
+
+        Bad API keys or TLS files raise ValueError before anything listens or recovers.
+        """
         cfg = self.config
+        keys = load_api_keys(cfg.api_keys_file, cfg.api_keys or None)
+        tls = load_server_tls(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         if cfg.http_addr:
             host, port = split_host_port(cfg.http_addr)
-            self._http = HttpEndpoint(host, port, lambda: self.ready)
+            self._http = HttpEndpoint(host, port, lambda: self.ready, self.registry)
             await self._http.start()
             self.http_port = self._http.port
         node_config = NodeConfig(
@@ -84,25 +107,26 @@ class UnimeterServer:
 
         if cfg.node_addr:
             host, port = split_host_port(cfg.node_addr)
-            self._protocol = NodeProtocolServer(node, host=host, port=port)
+            self._protocol = NodeProtocolServer(
+                node,
+                host=host,
+                port=port,
+                ssl=tls.node_context if tls is not None else None,
+                cluster_secret=cfg.cluster_secret or None,
+                handshake_timeout=cfg.handshake_timeout_seconds,
+            )
             await self._protocol.start()
             self.node_port = self._protocol.port
             node.node_addr = f"{host}:{self.node_port}"  # what clients reach, even when asked for port 0
 
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
-            ]
-        )
-        names = add_servicers(server, self.client)
+        server = self._grpc_server(keys)
+        names = add_servicers(server, self.client, self.stats)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        self.grpc_port = server.add_insecure_port(cfg.grpc_addr)
+        self.grpc_port = self._listen(server, tls)
         if self.grpc_port == 0:
             raise OSError(f"cannot listen on {cfg.grpc_addr}")
         await server.start()
@@ -112,9 +136,40 @@ class UnimeterServer:
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
+    def _grpc_server(self, keys: ApiKeyStore | None) -> grpc.aio.Server:
+        cfg = self.config
+        # Order matters: the request id and metrics see every call, refused ones included.
+        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.stats)]
+        if keys is not None:
+            interceptors.append(AuthInterceptor(keys, self.stats))
+            log.info("API keys required: %d key(s) configured", len(keys))
+        else:
+            log.info("no API keys configured: the gRPC API is open to anyone who can reach it")
+        return grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                # Over the limit, grpc itself answers RESOURCE_EXHAUSTED before any handler runs.
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+                # A connection that opens and never completes its TLS/HTTP2 handshake is dropped.
+                ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout_seconds * 1000)),
+            ],
+        )
+
+    def _listen(self, server: grpc.aio.Server, tls: ServerTls | None) -> int:
+        if tls is None:
+            return int(server.add_insecure_port(self.config.grpc_addr))
+        return int(server.add_secure_port(self.config.grpc_addr, tls.grpc_credentials))
+
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, finish in-flight calls (up to ``grace`` seconds), flush and snapshot."""
+        self._stopping = True  # /readyz answers 503 at once, so balancers stop sending new work
         await self._health.enter_graceful_shutdown()
+        if self.node is not None:
+            # Alert streams never finish by themselves: end them now so that in-flight unary calls,
+            # not idle subscribers, decide how long the grace period lasts. Subscribers resume.
+            self.node.alerts.close()
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._protocol is not None:

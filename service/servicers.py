@@ -12,7 +12,13 @@ from collections.abc import AsyncIterator
 import grpc
 
 from cluster_client.client import Client
-from cluster_client.errors import FieldViolation, InternalError, InvalidArgumentError, UnimeterError
+from cluster_client.errors import (
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnimeterError,
+)
 from cluster_client.types import Period, PeriodSelector
 from cluster_client.validation import check_account_id
 from unimeter.v1 import (
@@ -39,7 +45,8 @@ from .convert import (
     realtime_response,
     stored_event_to_proto,
 )
-from .status_mapping import rpc_handler, status_of
+from .service_stats import ServiceStats, field_label
+from .status_mapping import abort_with_error, rpc_handler
 
 __all__ = [
     "AlertServicer",
@@ -53,6 +60,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SELECTORS = {0: None, 1: PeriodSelector.CURRENT, 2: PeriodSelector.PREVIOUS}
+
+# An overloaded server usually drains in a few fsync rounds (10 ms each by default); the client
+# core's backoff grows from here.
+_OVERLOAD_RETRY_SECONDS = 0.1
 
 
 def _timeout(context: grpc.aio.ServicerContext) -> float | None:
@@ -98,17 +109,46 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    """IngestService over ``client.ingest_rows`` (the caller's ids are kept as given)."""
+    """IngestService over ``client.ingest_rows`` (the caller's ids are kept as given).
 
-    def __init__(self, client: Client) -> None:
+    It bounds the events of calls in flight (waiting for a SYNC fsync, say) to
+    ``stats.max_inflight_ingest_events``: past it a call is answered RESOURCE_EXHAUSTED with a
+    retry delay instead of queueing without end. A lone call is always admitted, whatever its size.
+    """
+
+    def __init__(self, client: Client, stats: ServiceStats) -> None:
         self._client = client
+        self._stats = stats
 
     @rpc_handler
     async def Ingest(
         self, request: ingest_service_pb2.IngestRequest, context: grpc.aio.ServicerContext
     ) -> ingest_service_pb2.IngestResponse:
-        rows, sync = ingest_rows_from_proto(request)
-        result = await self._client.ingest_rows(rows, sync=sync, timeout=_timeout(context))
+        stats = self._stats
+        n = len(request.events)
+        try:
+            if (
+                stats.inflight_ingest_events
+                and stats.inflight_ingest_events + n > stats.max_inflight_ingest_events
+            ):
+                raise ResourceExhaustedError(
+                    f"the server has {stats.inflight_ingest_events} events in flight (limit "
+                    f"{stats.max_inflight_ingest_events}); retry later",
+                    reason="INGEST_OVERLOADED",
+                    retry_after_seconds=_OVERLOAD_RETRY_SECONDS,
+                )
+            stats.inflight_ingest_events += n
+            try:
+                rows, sync = ingest_rows_from_proto(request)
+                result = await self._client.ingest_rows(rows, sync=sync, timeout=_timeout(context))
+            finally:
+                stats.inflight_ingest_events -= n
+        except UnimeterError as exc:
+            stats.rejected_batches[exc.reason] += 1
+            stats.rejected_events[exc.reason] += n
+            for violation in exc.violations:
+                stats.invalid_fields[field_label(violation.field)] += 1
+            raise
         return ingest_service_pb2.IngestResponse(
             n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
         )
@@ -200,12 +240,12 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
             async for item in stream:
                 yield alert_subscribe_item(item.alert, item.offsets)
         except UnimeterError as exc:
-            await context.abort_with_status(status_of(exc))
+            await abort_with_error(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("internal error in AlertSubscribe")
-            await context.abort_with_status(status_of(InternalError("internal error; see the server log")))
+            await abort_with_error(context, InternalError("internal error; see the server log"))
 
 
 class ClusterServicer(cluster_service_pb2_grpc.ClusterServiceServicer):
@@ -221,10 +261,15 @@ class ClusterServicer(cluster_service_pb2_grpc.ClusterServiceServicer):
         return cluster_status_to_proto(await self._client.cluster_status(timeout=_timeout(context)))
 
 
-def add_servicers(server: grpc.aio.Server, client: Client) -> list[str]:
-    """Register every Unimeter service on ``server``; returns their full names (for reflection)."""
+def add_servicers(server: grpc.aio.Server, client: Client, stats: ServiceStats | None = None) -> list[str]:
+    """Register every Unimeter service on ``server``; returns their full names (for reflection).
+
+    ``stats`` receives the ingest counters and holds the in-flight limit (default: unlimited).
+    """
+    if stats is None:
+        stats = ServiceStats(max_inflight_ingest_events=1 << 62)
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(client), server)
-    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(client), server)
+    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(client, stats), server)
     query_service_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(client), server)
     alert_service_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(client), server)
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(client), server)

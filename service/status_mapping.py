@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import duration_pb2
@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 
 from cluster_client.errors import InternalError, UnimeterError
 
-__all__ = ["DOMAIN", "grpc_code_of", "rpc_handler", "status_of"]
+__all__ = ["DOMAIN", "abort_with_error", "grpc_code_of", "rpc_handler", "status_of"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,15 @@ def status_of(error: UnimeterError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
+async def abort_with_error(context: grpc.aio.ServicerContext, error: UnimeterError) -> NoReturn:
+    """End the call with ``error``'s rich status, keeping trailing metadata set earlier (the
+    request id): ``abort_with_status`` alone would replace it with the status details."""
+    status = status_of(error)
+    earlier = tuple(context.trailing_metadata() or ())
+    await context.abort(status.code, status.details, (*earlier, *status.trailing_metadata))
+    raise AssertionError("abort returned")  # pragma: no cover  (abort always raises)
+
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -79,11 +88,11 @@ def rpc_handler(method: F) -> F:
         try:
             return await method(self, request, context)
         except UnimeterError as exc:
-            await context.abort_with_status(status_of(exc))
+            await abort_with_error(context, exc)
         except grpc.aio.AbortError:
             raise
         except Exception:
             log.exception("internal error in %s", method.__qualname__)
-            await context.abort_with_status(status_of(InternalError("internal error; see the server log")))
+            await abort_with_error(context, InternalError("internal error; see the server log"))
 
     return wrapper  # type: ignore[return-value]

@@ -1,7 +1,7 @@
 """The statistics cell: the one mergeable unit every bucket, period and edge fold is made of.
 
-A cell is a plain ``list[int]`` (no object per bucket beyond the list itself, see the memory notes in
-``docs/design.md``): ``[count, sum, max, last_time, last_offset, last_value]``. ``max`` and the
+A cell is a plain ``list[int]``, the cheapest mutable record Python has (a one-event cell is 104
+bytes): ``[count, sum, max, last_time, last_offset, last_value]``. ``max`` and the
 ``last_*`` triple cover ADD events only; ``last_offset == 0`` means "no ADD yet" (offsets start at
 1), which also makes an empty cell lose every (time, offset) comparison. Cells may carry extra slots
 after the sixth (record refs on finest buckets, alert state on period totals); the functions here
@@ -11,13 +11,10 @@ where the int64 limits of the API are enforced.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from operator import itemgetter
 
 from cluster_client.errors import FieldViolation, OutOfRangeError
 from cluster_client.types import AggType, AggValue
-
-from .spec import AppliedRow
 
 __all__ = [
     "COUNT",
@@ -30,10 +27,9 @@ __all__ = [
     "agg_value",
     "empty_cell",
     "fold_row",
-    "fold_rows",
     "merge_cells",
-    "pack_cell",
-    "unpack_cell",
+    "pack_cells",
+    "unpack_cells",
 ]
 
 COUNT, SUM, MAX, LAST_TIME, LAST_OFFSET, LAST_VALUE = range(6)
@@ -46,6 +42,7 @@ _INT64_MAX = (1 << 63) - 1
 _count = itemgetter(COUNT)
 _sum = itemgetter(SUM)
 _max = itemgetter(MAX)
+_last = itemgetter(LAST_TIME, LAST_OFFSET)
 
 
 def empty_cell() -> list[int]:
@@ -90,7 +87,7 @@ def merge_cells(cells: list[list[int]], latest_last: bool = False) -> list[int]:
                     last = cell
                     break
     else:
-        last = max(cells, key=_last_key)
+        last = max(cells, key=_last)
     return [
         sum(map(_count, cells)),
         sum(map(_sum, cells)),
@@ -99,16 +96,6 @@ def merge_cells(cells: list[list[int]], latest_last: bool = False) -> list[int]:
         last[LAST_OFFSET],
         last[LAST_VALUE],
     ]
-
-
-def _last_key(cell: list[int]) -> tuple[int, int]:
-    return cell[LAST_TIME], cell[LAST_OFFSET]
-
-
-def fold_rows(cell: list[int], rows: Iterable[AppliedRow], with_sum: bool) -> None:
-    """Apply events to ``cell`` in place (any order)."""
-    for _, value, t, _, op, offset in rows:
-        fold_row(cell, value, t, op, offset, with_sum)
 
 
 def agg_value(agg_type: AggType, cell: list[int], alert_flags: int = 0) -> AggValue:
@@ -152,13 +139,23 @@ _WIRE_MIN = -(1 << 63)
 _WIRE_MAX = (1 << 64) - 1
 
 
-def pack_cell(cell: list[int]) -> list[int] | list[str]:
-    """``cell`` as msgpack can carry it: as is, or all-decimal-strings when a sum outgrew 64 bits."""
-    if min(cell) < _WIRE_MIN or max(cell) > _WIRE_MAX:
-        return [str(x) for x in cell]
-    return cell
+def pack_cells(cells: list[list[int]]) -> tuple[list[list[int] | list[str]], list[int]]:
+    """``cells`` as msgpack carries them, and the positions of those written as decimal strings.
+
+    Only a sum can outgrow msgpack's 64-bit ints (times, offsets and values are uint64, counts are
+    bounded by the log, alert multiples by the sum), and that is rare: those cells go as strings.
+    """
+    big = [i for i, cell in enumerate(cells) if not _WIRE_MIN <= cell[SUM] <= _WIRE_MAX]
+    if not big:
+        return list(cells), big
+    packed: list[list[int] | list[str]] = list(cells)
+    for i in big:
+        packed[i] = [str(x) for x in cells[i]]
+    return packed, big
 
 
-def unpack_cell(data: list[int] | list[str]) -> list[int]:
-    """The cell :func:`pack_cell` packed (a fresh list)."""
-    return [int(x) for x in data]
+def unpack_cells(packed: list[list[int]], big: list[int]) -> list[list[int]]:
+    """The cells :func:`pack_cells` packed (``packed`` is modified and returned)."""
+    for i in big:
+        packed[i] = [int(x) for x in packed[i]]
+    return packed

@@ -33,6 +33,11 @@ class Combos:
         found = self.index.get(key)
         return self.id_of_values(key) if found is None else found
 
+    def find(self, props: Mapping[str, str] | None) -> int | None:
+        """The number of the combination of ``props`` if it has been seen (reads never add one)."""
+        key = tuple([props.get(d, "") for d in self.dims]) if props else ("",) * len(self.dims)
+        return self.index.get(key)
+
     def id_of_values(self, key: tuple[str, ...]) -> int:
         """The number of combination ``key``, adding it if new."""
         found = self.index.get(key)

@@ -8,7 +8,7 @@ in nanoseconds, which may be negative for a zoned period around the epoch, hence
 
 from __future__ import annotations
 
-__all__ = ["grid_base", "period_key", "split_grid_key", "split_period_key"]
+__all__ = ["grid_base", "join_keys", "period_key", "split_keys"]
 
 _GRID_SHIFT = 40
 _GRID_MASK = (1 << _GRID_SHIFT) - 1
@@ -21,17 +21,20 @@ def grid_base(account_id: int) -> int:
     return account_id << _GRID_SHIFT
 
 
-def split_grid_key(key: int) -> tuple[int, int]:
-    """(account_id, bucket index) of a grid key."""
-    return key >> _GRID_SHIFT, key & _GRID_MASK
-
-
 def period_key(account_id: int, period_start: int) -> int:
     """The key of the account's period starting at ``period_start`` (ns)."""
     return (account_id << _PERIOD_SHIFT) + period_start
 
 
-def split_period_key(key: int) -> tuple[int, int]:
-    """(account_id, period start) of a period key."""
-    account_id = (key + _PERIOD_BIAS) >> _PERIOD_SHIFT
-    return account_id, key - (account_id << _PERIOD_SHIFT)
+def split_keys(keys: list[int], periods: bool) -> tuple[list[int], list[int]]:
+    """The (account_ids, bucket indexes or period starts) of grid or period keys, as two columns."""
+    if periods:
+        accounts = [(k + _PERIOD_BIAS) >> _PERIOD_SHIFT for k in keys]
+        return accounts, [k - (a << _PERIOD_SHIFT) for k, a in zip(keys, accounts, strict=True)]
+    return [k >> _GRID_SHIFT for k in keys], [k & _GRID_MASK for k in keys]
+
+
+def join_keys(accounts: list[int], second: list[int], periods: bool) -> list[int]:
+    """The keys :func:`split_keys` split."""
+    shift = _PERIOD_SHIFT if periods else _GRID_SHIFT
+    return [(a << shift) + x for a, x in zip(accounts, second, strict=True)]

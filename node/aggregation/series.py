@@ -8,6 +8,10 @@ dimensions also keeps slot ``1 + c`` for each combination ``c`` (filters and gro
 unfiltered queries and thresholds read the total, so they never merge per combination). Minute
 cells of slot 0 end with the refs of the log records that fed them: the raw edges of a range are
 read back through those. Period cells of slot 0 end with the alert state (:mod:`.thresholds`).
+
+Memory: one flat dict per level (not a dict per account) and list cells keep an account with a
+single event at ~930 bytes (tracemalloc; 4 cells, 4 dict entries, packed-int keys); a dimensioned
+metric stores its combinations' cells besides the total, about twice that.
 """
 
 from __future__ import annotations
@@ -29,18 +33,20 @@ from .cells import (
     empty_cell,
     fold_row,
     merge_cells,
-    pack_cell,
-    unpack_cell,
+    pack_cells,
+    unpack_cells,
 )
 from .combos import Combos
 from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL, plan_range
-from .keys import grid_base, period_key, split_grid_key, split_period_key
+from .keys import grid_base, join_keys, period_key, split_keys
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .thresholds import alert_slots, evaluate
 
 __all__ = ["SeriesStore"]
 
 _REMOVE = 2
+_NO_MINUTE = 1 << 62  # above any minute index
+_NO_RUN: list[int] = []  # placeholder: never merged into, the run key (-1, ...) matches no row
 _MINUTES_PER_HOUR = HOUR // MINUTE
 _MINUTES_PER_DAY = DAY // MINUTE
 _VALUE_SLOT = {AggType.COUNT: COUNT, AggType.SUM: SUM, AggType.MAX: MAX, AggType.LATEST: LAST_VALUE}
@@ -51,7 +57,7 @@ Cells = dict[int, list[int]]
 class SeriesStore:
     """Pre-aggregated cells of one non-COUNT_UNIQUE metric, for every account of a partition."""
 
-    __slots__ = ("account_slots", "combos", "levels", "spec")
+    __slots__ = ("account_slots", "combos", "first_minute", "last_minute", "levels", "spec")
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
@@ -59,11 +65,17 @@ class SeriesStore:
         self.levels: list[list[Cells]] = [[{}] for _ in range(N_GRID_LEVELS + 1)]
         self.account_slots: dict[int, list[int]] = {}
         """Dimensioned metrics only: the combination slots each account has events in."""
+        self.first_minute = _NO_MINUTE
+        self.last_minute = -1
+        """The minutes of the earliest and latest events of any account: ranges are clipped to them,
+        so an "all time" query walks the buckets of the data, not of 500 years."""
 
     # ------------------------------------------------------------------------------------ apply
 
     def apply(self, rows: Sequence[AppliedRow], ref: int) -> list[AlertRow]:
         """Apply one log record's rows of this metric (offset order); return the alerts they fire."""
+        if not rows:
+            return []
         spec = self.spec
         period_of = spec.periods.period_of
         with_sum = spec.agg_type is AggType.SUM
@@ -73,44 +85,58 @@ class SeriesStore:
         dimensioned = bool(spec.dims)
         combo_of = self.combos.id_of
         totals = self.levels[PERIOD_LEVEL][0]
-        flush = self._flush
         alerts: list[AlertRow] = []
         p_start = p_end = 0
-        # Consecutive rows of one (account, minute, slot, period) fold into one delta cell before any
-        # bucket dict is touched: a record's rows of one account are mostly near each other in time.
-        run: list[int] | None = None
-        run_account = run_minute = run_slot = run_period = -1
+        # Phase 1, per event: with thresholds, the period total (they compare the value right after
+        # each event); and deltas: the rows of one (account, minute, slot, period) folded into one
+        # cell before any bucket is touched. Without dimensions, runs of consecutive rows are
+        # enough (a record's rows of one account are mostly close in time); with them, a dict,
+        # since combinations interleave.
+        accounts: list[int] = []
+        minutes: list[int] = []
+        slots: list[int] = []
+        starts: list[int] = []
+        deltas: list[list[int]] = []
+        by_key: dict[tuple[int, int, int, int], list[int]] = {}
+        run = _NO_RUN
+        run_account = run_minute = run_start = -1
+        slot = 0
         for account, value, t, props, op, offset in rows:
             if not p_start <= t < p_end:
                 p_start, p_end = period_of(t)
-            slot = combo_of(props) + 1 if dimensioned else 0
             add = op != _REMOVE
             sv = value if with_sum else 0
-            # The period total is updated per event: thresholds see the value right after each one.
-            # Rows arrive in offset order, so a later row wins a tie on time ("last" below).
-            key = period_key(account, p_start)
-            cell = totals.get(key)
-            if cell is None:
-                cell = [1, sv, value, t, offset, value, *extra] if add else [-1, -sv, 0, 0, 0, 0, *extra]
-                totals[key] = cell
-            elif add:
-                cell[COUNT] += 1
-                cell[SUM] += sv
-                if value > cell[MAX]:
-                    cell[MAX] = value
-                if t >= cell[LAST_TIME]:
-                    cell[LAST_TIME] = t
-                    cell[LAST_OFFSET] = offset
-                    cell[LAST_VALUE] = value
-            else:
-                cell[COUNT] -= 1
-                cell[SUM] -= sv
             if thresholds:
+                key = period_key(account, p_start)
+                cell = totals.get(key)
+                if cell is None:
+                    cell = [1, sv, value, t, offset, value, *extra] if add else [-1, -sv, 0, 0, 0, 0, *extra]
+                    totals[key] = cell
+                elif add:
+                    # Rows come in offset order: a later row wins a tie on time.
+                    cell[COUNT] += 1
+                    cell[SUM] += sv
+                    if value > cell[MAX]:
+                        cell[MAX] = value
+                    if t >= cell[LAST_TIME]:
+                        cell[LAST_TIME] = t
+                        cell[LAST_OFFSET] = offset
+                        cell[LAST_VALUE] = value
+                else:
+                    cell[COUNT] -= 1
+                    cell[SUM] -= sv
                 evaluate(spec, cell, N_STATS, cell[value_slot], account, p_start, t, alerts)
             minute = t // MINUTE
-            if run is not None and (
-                minute == run_minute and account == run_account and slot == run_slot and p_start == run_period
-            ):
+            if dimensioned:
+                slot = combo_of(props) + 1
+                group_key = (account, minute, slot, p_start)
+                found = by_key.get(group_key)
+                if found is None:
+                    run_account = -1  # forces the "new delta" branch below
+                else:
+                    run = found
+                    run_account, run_minute, run_start = account, minute, p_start
+            if minute == run_minute and account == run_account and p_start == run_start:
                 if add:
                     run[COUNT] += 1
                     run[SUM] += sv
@@ -124,50 +150,63 @@ class SeriesStore:
                     run[COUNT] -= 1
                     run[SUM] -= sv
                 continue
-            if run is not None:
-                flush(run_account, run_minute, run_slot, run_period, run, ref)
             run = [1, sv, value, t, offset, value] if add else [-1, -sv, 0, 0, 0, 0]
-            run_account, run_minute, run_slot, run_period = account, minute, slot, p_start
-        if run is not None:
-            flush(run_account, run_minute, run_slot, run_period, run, ref)
+            run_account, run_minute, run_start = account, minute, p_start
+            if dimensioned:
+                by_key[group_key] = run
+            accounts.append(account)
+            minutes.append(minute)
+            slots.append(slot)
+            starts.append(p_start)
+            deltas.append(run)
+
+        # Phase 2, per run and level: one tight loop each, no call per cell.
+        self.first_minute = min(self.first_minute, min(minutes))
+        self.last_minute = max(self.last_minute, max(minutes))
+        levels = self.levels
+        bases = [grid_base(a) for a in accounts]
+        minute_keys = [b + m for b, m in zip(bases, minutes, strict=True)]
+        hour_keys = [b + m // _MINUTES_PER_HOUR for b, m in zip(bases, minutes, strict=True)]
+        day_keys = [b + m // _MINUTES_PER_DAY for b, m in zip(bases, minutes, strict=True)]
+        _merge_minutes(levels[0][0], minute_keys, deltas, ref)
+        _merge_all(levels[1][0], hour_keys, deltas)
+        _merge_all(levels[2][0], day_keys, deltas)
+        period_keys = [period_key(a, s) for a, s in zip(accounts, starts, strict=True)]
+        if not thresholds:
+            _merge_all(totals, period_keys, deltas)
+        if dimensioned:
+            self._apply_combinations(accounts, slots, period_keys, minute_keys, hour_keys, day_keys, deltas)
         return alerts
 
-    def _flush(self, account: int, minute: int, slot: int, p_start: int, delta: list[int], ref: int) -> None:
-        """Merge a delta cell into the account's buckets (total, and its combination's if any)."""
+    def _apply_combinations(
+        self,
+        accounts: list[int],
+        slots: list[int],
+        period_keys: list[int],
+        minute_keys: list[int],
+        hour_keys: list[int],
+        day_keys: list[int],
+        deltas: list[list[int]],
+    ) -> None:
+        """Merge deltas into their combination's buckets (dimensioned metrics only)."""
         levels = self.levels
-        base = grid_base(account)
-        minute_key = base + minute
-        hour_key = base + minute // _MINUTES_PER_HOUR
-        day_key = base + minute // _MINUTES_PER_DAY
-        cells = levels[0][0]
-        cell = cells.get(minute_key)
-        if cell is None:
-            cells[minute_key] = [*delta, ref]
-        else:
-            _merge_into(cell, delta)
-            if cell[-1] != ref:
-                cell.append(ref)
-        _add(levels[1][0], hour_key, delta)
-        _add(levels[2][0], day_key, delta)
-        if slot:
-            while len(levels[0]) <= slot:
-                for level in levels:
-                    level.append({})
-            _add(levels[0][slot], minute_key, delta)
-            _add(levels[1][slot], hour_key, delta)
-            _add(levels[2][slot], day_key, delta)
-            periods = levels[PERIOD_LEVEL][slot]
-            key = period_key(account, p_start)
-            cell = periods.get(key)
-            if cell is None:
-                periods[key] = delta[:]
-                used = self.account_slots.get(account)
-                if used is None:
-                    self.account_slots[account] = [slot]
-                elif slot not in used:
+        top = max(slots)
+        while len(levels[0]) <= top:
+            for level in levels:
+                level.append({})
+        minute_cells, hour_cells, day_cells, period_cells = levels
+        account_slots = self.account_slots
+        # One pass, a call per cell: grouping by slot first costs more for the small records of
+        # realtime ingestion (a few rows over many combinations) than it saves on big ones.
+        for i, slot in enumerate(slots):
+            delta = deltas[i]
+            _merge_one(minute_cells[slot], minute_keys[i], delta)
+            _merge_one(hour_cells[slot], hour_keys[i], delta)
+            _merge_one(day_cells[slot], day_keys[i], delta)
+            if _merge_one(period_cells[slot], period_keys[i], delta):
+                used = account_slots.setdefault(accounts[i], [])
+                if slot not in used:
                     used.append(slot)
-            else:
-                _merge_into(cell, delta)
 
     # ------------------------------------------------------------------------------------ reads
 
@@ -207,7 +246,6 @@ class SeriesStore:
                 group_of = {s: projection[s - 1] for s in selected}
             main_slots = selected if filters else [0]
         else:
-            selected = []
             main_slots = [0]
         wanted = set(main_slots) | set(group_of)
 
@@ -217,6 +255,9 @@ class SeriesStore:
         if exact:
             segments = [(PERIOD_LEVEL, [period_key(account_id, p_start)])]
         else:
+            # Clipping changes no answer (no event lies outside) but bounds the walk.
+            start = max(start, self.first_minute * MINUTE)
+            end = min(end, (self.last_minute + 1) * MINUTE)
             plan = plan_range(start, end, spec.periods if spec.long_periods else None)
             raw = plan.raw
             base = grid_base(account_id)
@@ -238,7 +279,8 @@ class SeriesStore:
             main_set = set(main_slots)
             for _, value, t, props, op, offset in self._edge_rows(account_id, raw, fetch_events):
                 if group_of or filters:
-                    slot = combos.id_of(props) + 1
+                    combo = combos.find(props)
+                    slot = -1 if combo is None else combo + 1
                     group = group_of.get(slot)
                     if group is not None:
                         cell = group_raw.get(group)
@@ -251,11 +293,14 @@ class SeriesStore:
                     main_raw = empty_cell()
                 fold_row(main_raw, value, t, op, offset, with_sum)
 
+        # Merge each slot's cells first (they are in time order: the cheap "last" scan applies),
+        # then the few per-slot results into each answer.
         agg = spec.agg_type
-        main_cells = [c for slot in main_slots for c in found[slot]]
-        main = merge_cells(main_cells, latest_last=len(main_slots) == 1)
+        merged = {slot: merge_cells(cells, latest_last=True) for slot, cells in found.items() if cells}
+        parts = [merged[slot] for slot in main_slots if slot in merged]
         if main_raw is not None:
-            main = merge_cells([main, main_raw])
+            parts.append(main_raw)
+        main = merge_cells(parts)
         flags = 0
         if exact and not filters and spec.thresholds:
             total = levels[PERIOD_LEVEL][0].get(period_key(account_id, p_start))
@@ -264,17 +309,16 @@ class SeriesStore:
         if group_by:
             by_group: dict[tuple[str, ...], list[list[int]]] = {}
             for slot, group in group_of.items():
-                cells = found[slot]
-                if cells:
-                    by_group.setdefault(group, []).extend(cells)
-            for group in group_raw:
-                by_group.setdefault(group, [])
-            for group in sorted(by_group):
-                cell = merge_cells(by_group[group])
-                extra = group_raw.get(group)
-                if extra is not None:
-                    cell = merge_cells([cell, extra])
-                groups.append(GroupValue(dict(zip(group_by, group, strict=True)), agg_value(agg, cell)))
+                if slot in merged:
+                    by_group.setdefault(group, []).append(merged[slot])
+            for group, cell in group_raw.items():
+                by_group.setdefault(group, []).append(cell)
+            groups = [
+                GroupValue(
+                    dict(zip(group_by, group, strict=True)), agg_value(agg, merge_cells(by_group[group]))
+                )
+                for group in sorted(by_group)
+            ]
         return agg_value(agg, main, flags), groups
 
     def _edge_rows(
@@ -291,21 +335,32 @@ class SeriesStore:
         if not refs:
             return []
         rows = fetch_events(refs, account_id, self.spec.code)
-        if len(raw) == 1:
-            lo, hi = raw[0][1], raw[0][2]
-            return [r for r in rows if lo <= r[2] < hi]
-        return [r for r in rows if any(lo <= r[2] < hi for _, lo, hi in raw)]
+        # The windows are disjoint, so no row is taken twice; a comprehension per window (at most
+        # four) is several times faster than testing every window per row.
+        picked: list[AppliedRow] = []
+        for _, lo, hi in raw:
+            picked.extend([r for r in rows if lo <= r[2] < hi])
+        return picked
 
     # --------------------------------------------------------------------------------- snapshot
 
     def to_snapshot(self) -> dict[str, object]:
-        """Plain data (ints, strings, lists) that :meth:`from_snapshot` rebuilds this store from."""
+        """Plain data (ints, strings, lists) that :meth:`from_snapshot` rebuilds this store from.
+
+        Each (level, slot) dict goes as columns: account ids, bucket indexes (period starts for
+        the period level), cells, and the positions of cells packed as strings (sums past 64 bits).
+        """
         levels: list[list[list[object]]] = []
         for number, level in enumerate(self.levels):
-            split = split_period_key if number == PERIOD_LEVEL else split_grid_key
-            levels.append([[[*split(key), pack_cell(cell)] for key, cell in slot.items()] for slot in level])
+            columns: list[list[object]] = []
+            for cells in level:
+                accounts, second = split_keys(list(cells), number == PERIOD_LEVEL)
+                packed, big = pack_cells(list(cells.values()))
+                columns.append([accounts, second, packed, big])
+            levels.append(columns)
         return {
             "combos": self.combos.to_snapshot(),
+            "extent": [self.first_minute, self.last_minute],
             "levels": levels,
             "account_slots": [[account, slots] for account, slots in self.account_slots.items()],
         }
@@ -316,36 +371,83 @@ class SeriesStore:
         store = cls(spec)
         store.combos = Combos(spec.dims, cast("list[list[str]]", data["combos"]))
         saved = cast("list[list[list[list[Any]]]]", data["levels"])
-        levels: list[list[Cells]] = []
-        for number, level in enumerate(saved):
-            join = period_key if number == PERIOD_LEVEL else _grid_key
-            levels.append([{join(a, i): unpack_cell(c) for a, i, c in slot} for slot in level])
-        store.levels = levels
+        store.levels = [
+            [
+                dict(
+                    zip(
+                        join_keys(accounts, second, number == PERIOD_LEVEL),
+                        unpack_cells(cells, big),
+                        strict=True,
+                    )
+                )
+                for accounts, second, cells, big in level
+            ]
+            for number, level in enumerate(saved)
+        ]
+        store.first_minute, store.last_minute = (int(m) for m in cast("list[int]", data["extent"]))
         slots = cast("list[list[Any]]", data["account_slots"])
         store.account_slots = {int(a): [int(s) for s in used] for a, used in slots}
         return store
 
 
-def _grid_key(account_id: int, index: int) -> int:
-    return grid_base(account_id) + index
+def _merge_all(cells: Cells, keys: list[int], deltas: list[list[int]]) -> None:
+    """Merge each delta into its key's cell."""
+    get = cells.get
+    for key, delta in zip(keys, deltas, strict=True):
+        cell = get(key)
+        if cell is None:
+            cells[key] = delta[:]  # a copy: one delta feeds several levels
+            continue
+        cell[COUNT] += delta[COUNT]
+        cell[SUM] += delta[SUM]
+        if delta[MAX] > cell[MAX]:
+            cell[MAX] = delta[MAX]
+        # A full (time, offset) comparison: with dimensions, the total's cells take one delta per
+        # combination, and those deltas' offsets interleave.
+        if delta[LAST_TIME] > cell[LAST_TIME] or (
+            delta[LAST_TIME] == cell[LAST_TIME] and delta[LAST_OFFSET] > cell[LAST_OFFSET]
+        ):
+            cell[LAST_TIME] = delta[LAST_TIME]
+            cell[LAST_OFFSET] = delta[LAST_OFFSET]
+            cell[LAST_VALUE] = delta[LAST_VALUE]
 
 
-def _merge_into(cell: list[int], delta: list[int]) -> None:
-    """Merge ``delta`` (events newer in offset than any in ``cell``) into ``cell`` in place."""
+def _merge_one(cells: Cells, key: int, delta: list[int]) -> bool:
+    """:func:`_merge_all` for one cell; True if the cell is new."""
+    cell = cells.get(key)
+    if cell is None:
+        cells[key] = delta[:]
+        return True
     cell[COUNT] += delta[COUNT]
     cell[SUM] += delta[SUM]
     if delta[MAX] > cell[MAX]:
         cell[MAX] = delta[MAX]
-    # delta's offsets are all newer, so it wins a tie on time; offset 0 means it holds no ADD.
-    if delta[LAST_OFFSET] and delta[LAST_TIME] >= cell[LAST_TIME]:
+    if delta[LAST_TIME] > cell[LAST_TIME] or (
+        delta[LAST_TIME] == cell[LAST_TIME] and delta[LAST_OFFSET] > cell[LAST_OFFSET]
+    ):
         cell[LAST_TIME] = delta[LAST_TIME]
         cell[LAST_OFFSET] = delta[LAST_OFFSET]
         cell[LAST_VALUE] = delta[LAST_VALUE]
+    return False
 
 
-def _add(cells: Cells, key: int, delta: list[int]) -> None:
-    cell = cells.get(key)
-    if cell is None:
-        cells[key] = delta[:]
-    else:
-        _merge_into(cell, delta)
+def _merge_minutes(cells: Cells, keys: list[int], deltas: list[list[int]], ref: int) -> None:
+    """:func:`_merge_all` for the total's minute cells, which also list the records feeding them."""
+    get = cells.get
+    for key, delta in zip(keys, deltas, strict=True):
+        cell = get(key)
+        if cell is None:
+            cells[key] = [*delta, ref]
+            continue
+        cell[COUNT] += delta[COUNT]
+        cell[SUM] += delta[SUM]
+        if delta[MAX] > cell[MAX]:
+            cell[MAX] = delta[MAX]
+        if delta[LAST_TIME] > cell[LAST_TIME] or (
+            delta[LAST_TIME] == cell[LAST_TIME] and delta[LAST_OFFSET] > cell[LAST_OFFSET]
+        ):
+            cell[LAST_TIME] = delta[LAST_TIME]
+            cell[LAST_OFFSET] = delta[LAST_OFFSET]
+            cell[LAST_VALUE] = delta[LAST_VALUE]
+        if cell[-1] != ref:
+            cell.append(ref)

@@ -249,7 +249,7 @@ def _row_index(acc: _Account, p_start: int, p_end: int, carry: bool, spec: Metri
         return j
     # With carry_over a new period starts from the set at the end of the previous one with events
     # (no event lies between the two); otherwise from the empty set.
-    stats = empty_cell()
+    stats = acc.rows[j - 1][:N_STATS] if carry and j else empty_cell()
     starts.insert(j, p_start)
     acc.ends.insert(j, p_end)
     acc.rows.insert(j, stats + alert_slots(spec))

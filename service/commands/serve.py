@@ -1,0 +1,49 @@
+"""``unimeter serve``: run a node with embedded storage and the gRPC API until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+
+from ..config import ServeConfig
+from ..logging_setup import configure_logging
+from ..server import UnimeterServer
+
+__all__ = ["run_serve"]
+
+
+async def _serve(config: ServeConfig) -> None:
+    server = UnimeterServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await server.start()
+    except ValueError as exc:  # unreadable key or TLS files, bad addresses: nothing is listening yet
+        raise SystemExit(f"unimeter serve: {exc}") from None
+    # One machine-readable line, so scripts and tests started with port 0 learn the ports.
+    print(
+        json.dumps(
+            {
+                "event": "ready",
+                "grpc_port": server.grpc_port,
+                "node_port": server.node_port,
+                "http_port": server.http_port,
+                "data_dir": str(config.data_dir),
+            }
+        ),
+        flush=True,
+    )
+    await stop.wait()
+    logging.getLogger("unimeter").info("shutting down")
+    await server.stop()
+
+
+def run_serve(config: ServeConfig) -> int:
+    """Configure logging and serve until stopped; returns the exit code."""
+    configure_logging(config.log_level.upper(), config.log_format)
+    asyncio.run(_serve(config))
+    return 0

@@ -1,0 +1,245 @@
+"""grpc.aio server interceptors: request ids, per-RPC metrics and logs, and API-key checks.
+
+``ObservabilityInterceptor`` goes first: it gives every call a request id (the caller's
+``x-request-id`` if it sent a sane one, else a new one), sets it in the context variable that log
+records read, echoes it in the trailing metadata, and counts the call's status code and latency.
+``AuthInterceptor`` goes second: when API keys are configured, it checks the ``authorization:
+Bearer <key>`` metadata against the scope the method needs and answers UNAUTHENTICATED or
+PERMISSION_DENIED itself, so a refused call never reaches a servicer (nor has its body parsed).
+Both handle all four handler kinds, for servicers written as coroutines or as async generators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from cluster_client.errors import PermissionDeniedError, UnauthenticatedError, UnimeterError
+
+from .api_keys import ApiKeyStore
+from .request_context import REQUEST_ID_HEADER, accept_request_id, api_key_name_var, request_id_var
+from .service_stats import MethodStats, ServiceStats
+from .status_mapping import abort_with_error
+
+__all__ = ["OPEN_METHOD_PREFIXES", "REQUIRED_SCOPE", "AuthInterceptor", "ObservabilityInterceptor"]
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("unimeter.access")
+
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+
+REQUIRED_SCOPE: dict[str, str] = {
+    "/unimeter.v1.IngestService/Ingest": "ingest",
+    "/unimeter.v1.QueryService/QueryRealtime": "read",
+    "/unimeter.v1.QueryService/Query": "read",
+    "/unimeter.v1.QueryService/ListEvents": "read",
+    "/unimeter.v1.AlertService/ListAlerts": "read",
+    "/unimeter.v1.AlertService/AlertSubscribe": "read",
+    "/unimeter.v1.ClusterService/GetClusterStatus": "read",
+    "/unimeter.v1.MetricsService/GetMetric": "read",
+    "/unimeter.v1.MetricsService/ListMetrics": "read",
+    "/unimeter.v1.MetricsService/CreateMetric": "admin",
+    "/unimeter.v1.MetricsService/DeleteMetric": "admin",
+}
+"""The scope each RPC needs; a method in neither this table nor the open prefixes needs admin."""
+
+OPEN_METHOD_PREFIXES: tuple[str, ...] = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+"""Methods served without a key: load balancers probe health, tools discover the API."""
+
+
+def _method_path(details: grpc.HandlerCallDetails) -> str:
+    method: str | bytes = details.method
+    return method.decode() if isinstance(method, bytes) else method
+
+
+def _metadata(details: grpc.HandlerCallDetails, key: str) -> list[str | bytes]:
+    return [v for k, v in (details.invocation_metadata or ()) if k == key]
+
+
+def _is_streaming_response(handler: grpc.RpcMethodHandler) -> bool:
+    return bool(handler.response_streaming)
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    if handler.unary_unary is not None:
+        return handler.unary_unary  # type: ignore[no-any-return]
+    if handler.unary_stream is not None:
+        return handler.unary_stream  # type: ignore[no-any-return]
+    if handler.stream_unary is not None:
+        return handler.stream_unary  # type: ignore[no-any-return]
+    return handler.stream_stream  # type: ignore[no-any-return]
+
+
+def _with_behavior(
+    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any], *, parse_request: bool = True
+) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as ``handler`` running ``behavior``."""
+    deserialize = handler.request_deserializer if parse_request else None
+    serialize = handler.response_serializer
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(behavior, deserialize, serialize)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(behavior, deserialize, serialize)
+    return grpc.stream_stream_rpc_method_handler(behavior, deserialize, serialize)
+
+
+def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    if error is None or isinstance(error, grpc.aio.AbortError):
+        code = context.code()
+        if code is None:
+            return "OK" if error is None else "UNKNOWN"
+        return str(code.name)
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
+    return "UNKNOWN"  # what grpc answers for an exception a handler let escape
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Request ids, per-method status-code counts and latency histograms, and a DEBUG access log."""
+
+    def __init__(self, stats: ServiceStats) -> None:
+        self._stats = stats
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        given = _metadata(handler_call_details, REQUEST_ID_HEADER)
+        request_id = accept_request_id(given[0] if len(given) == 1 else None)
+        # The interceptors and the handler share one context: everything the call logs names it.
+        request_id_var.set(request_id)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: grpc answers UNIMPLEMENTED; no label for arbitrary names
+        path = _method_path(handler_call_details)
+        stats = self._stats.method(path, streaming=_is_streaming_response(handler))
+        inner = _behavior(handler)
+        echo = ((REQUEST_ID_HEADER, request_id),)
+        if inspect.isasyncgenfunction(inner):
+
+            async def stream_behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
+                context.set_trailing_metadata(echo)
+                error: BaseException | None = None
+                try:
+                    async for item in inner(request, context):
+                        yield item
+                except BaseException as exc:
+                    error = exc
+                    raise
+                finally:
+                    _record(stats, path, context, error, started)
+
+            return _with_behavior(handler, stream_behavior)
+
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            context.set_trailing_metadata(echo)
+            error: BaseException | None = None
+            try:
+                return await inner(request, context)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                _record(stats, path, context, error, started)
+
+        return _with_behavior(handler, behavior)
+
+
+def _record(
+    stats: MethodStats,
+    path: str,
+    context: grpc.aio.ServicerContext,
+    error: BaseException | None,
+    started: float,
+) -> None:
+    elapsed = time.perf_counter() - started
+    code = _code_of(context, error)
+    stats.codes[code] += 1
+    stats.latency.observe(elapsed)
+    if access_log.isEnabledFor(logging.DEBUG):
+        access_log.debug(
+            "%s %s %.3fms",
+            path,
+            code,
+            elapsed * 1000,
+            extra={"grpc_method": path, "grpc_code": code, "duration_ms": round(elapsed * 1000, 3)},
+        )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
+    """Refuses calls without a configured API key of the scope the method needs."""
+
+    def __init__(self, keys: ApiKeyStore, stats: ServiceStats) -> None:
+        self._keys = keys
+        self._stats = stats
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        path = _method_path(handler_call_details)
+        if path.startswith(OPEN_METHOD_PREFIXES):
+            return await continuation(handler_call_details)
+        error = self.check(path, _metadata(handler_call_details, "authorization"))
+        handler = await continuation(handler_call_details)
+        if error is None or handler is None:
+            return handler
+        refusal: UnimeterError = error
+        self._stats.auth_failures[refusal.reason] += 1
+        log.debug("refused %s: %s", path, refusal.message)
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await abort_with_error(context, refusal)
+
+        # parse_request=False: the body of a refused call is never deserialized.
+        return _with_behavior(handler, deny, parse_request=False)
+
+    def check(self, path: str, authorization: Sequence[str | bytes]) -> UnimeterError | None:
+        """Why a call to ``path`` with these ``authorization`` values is refused, or None."""
+        if not authorization:
+            return UnauthenticatedError(
+                "missing API key: send the metadata 'authorization: Bearer <api key>'",
+                reason="API_KEY_MISSING",
+            )
+        if len(authorization) > 1:
+            return UnauthenticatedError(
+                f"malformed authorization: {len(authorization)} authorization entries; send exactly one",
+                reason="AUTHORIZATION_MALFORMED",
+            )
+        value = authorization[0]
+        # The value is never echoed back: it may be a key sent with the wrong scheme.
+        scheme, _, token = value.partition(" ") if isinstance(value, str) else ("", "", "")
+        if scheme.lower() != "bearer":
+            return UnauthenticatedError(
+                "malformed authorization: expected 'Bearer <api key>'", reason="AUTHORIZATION_MALFORMED"
+            )
+        token = token.strip(" ")
+        if not token or any(c.isspace() for c in token):
+            return UnauthenticatedError(
+                "malformed authorization: the bearer token is empty or contains spaces",
+                reason="AUTHORIZATION_MALFORMED",
+            )
+        key = self._keys.authenticate(token)
+        if key is None:
+            return UnauthenticatedError("unknown API key", reason="API_KEY_INVALID")
+        # Set also when the scope is missing: the refusal's log lines then say who tried.
+        api_key_name_var.set(key.name)
+        scope = REQUIRED_SCOPE.get(path, "admin")
+        if not key.allows(scope):
+            return PermissionDeniedError(
+                f"API key {key.name!r} lacks the {scope!r} scope that {path} needs",
+                reason="API_KEY_SCOPE_MISSING",
+            )
+        return None
