@@ -241,7 +241,10 @@ class Client:
     ) -> tuple[list[int], list[IngestOutcome]]:
         parts = [(p, by_partition[p][0]) for p in partitions]
         if not self._topology.remote:
-            return partitions, await node.ingest(parts, sync, batch_id)
+            # With the node's own registry as lookup, the rows were checked against exactly what
+            # the node would check them against, in the same event-loop step.
+            validated = self._metric_lookup is not None
+            return partitions, await node.ingest(parts, sync, batch_id, validated=validated)
         outcomes = await call_with_retries(
             lambda _left: node.ingest(parts, sync, batch_id), deadline, self._retry
         )

@@ -85,12 +85,14 @@ class NodeApi(Protocol):
         ...
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str
+        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
     ) -> list[IngestOutcome]:
         """Store each (partition, rows) part atomically; one request per node carries all its partitions.
 
         ``batch_id`` ("" for none) makes a retry of the same request return the original outcomes.
-        With ``sync`` it returns only once every part is durable.
+        With ``sync`` it returns only once every part is durable. ``validated`` lets an in-process
+        caller that checked the rows against this very node's registry skip the second check; a
+        remote node ignores it and always validates.
         """
         ...
 

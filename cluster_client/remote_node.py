@@ -119,9 +119,9 @@ class RemoteNode(NodeApi):
         await self._call("delete_metric", (code,))
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str
+        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
     ) -> list[IngestOutcome]:
-        """Store each (partition, rows) part atomically on the node."""
+        """Store each (partition, rows) part atomically on the node (which always validates them)."""
         # Rows go out as they are: msgpack packs the tuples as arrays with no per-row work here.
         raw = await self._call("ingest", (parts, sync, batch_id))
         return self._decode("ingest", ingest_outcomes_from_wire, raw)

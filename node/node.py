@@ -249,12 +249,13 @@ class Node:
     # ------------------------------------------------------------------ NodeApi: ingest
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str
+        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
     ) -> list[IngestOutcome]:
         """Validate, store and apply each partition's part; SYNC waits for the group-commit fsyncs."""
         targets = [self._partition(p) for p, _ in parts]
-        for _, rows in parts:
-            validate_rows(rows, self.registry.get)
+        if not validated:
+            for _, rows in parts:
+                validate_rows(rows, self.registry.get)
         now = time.time_ns()
         outcomes = [part.ingest(rows, batch_id, now) for part, (_, rows) in zip(targets, parts, strict=True)]
         if sync:

@@ -108,7 +108,7 @@ class FakeNode(NodeApi):
             raise errors.NotFoundError(f"metric {code!r} does not exist")
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str
+        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
     ) -> list[IngestOutcome]:
         await self._pause()
         outcomes = []
