@@ -24,8 +24,9 @@ AppliedRow = tuple[int, int, int, "dict[str, str] | None", int, int]
 # period_start_unix_nano, event_time_unix_nano). The partition layer adds record time and offsets.
 AlertRow = tuple[int, str, str, int, int, int, int, int]
 
-# (record_refs, account_id, metric_code) -> that account's rows of that metric in those log records.
-FetchEvents = Callable[[list[int], int, str], list[AppliedRow]]
+# (record_refs, account_id, metric_code, windows) -> that account's rows of that metric in those log
+# records whose event time falls in one of the half-open [lo, hi) windows (the partial edge minutes).
+FetchEvents = Callable[[list[int], int, str, list[tuple[int, int]]], list[AppliedRow]]
 
 _DAY_SECONDS = 86_400
 

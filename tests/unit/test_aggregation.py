@@ -43,9 +43,16 @@ class Engine:
         self.offset = 0
         self.alerts: list[AlertRow] = []
 
-    def fetch_events(self, refs: list[int], account_id: int, metric_code: str) -> list[AppliedRow]:
+    def fetch_events(
+        self, refs: list[int], account_id: int, metric_code: str, windows: list[tuple[int, int]]
+    ) -> list[AppliedRow]:
         self.fetches.append(list(refs))
-        return [r for ref in refs for r in self.records[ref] if r[0] == account_id]
+        return [
+            r
+            for ref in refs
+            for r in self.records[ref]
+            if r[0] == account_id and any(lo <= r[2] < hi for lo, hi in windows)
+        ]
 
     def ingest(self, *events: tuple[Any, ...]) -> list[AlertRow]:
         """One record of events ``(value, time[, op[, props]])`` for ACCOUNT; returns its alerts."""

@@ -47,11 +47,18 @@ class Engine:
         self.next_offset = 1
         self.fetched_refs = 0
 
-    def fetch_events(self, refs: list[int], account_id: int, metric_code: str) -> list[AppliedRow]:
+    def fetch_events(
+        self, refs: list[int], account_id: int, metric_code: str, windows: list[tuple[int, int]]
+    ) -> list[AppliedRow]:
         assert metric_code == self.metric.code
         assert len(set(refs)) == len(refs)
         self.fetched_refs += len(refs)
-        return [r for ref in refs for r in self.records[ref] if r[0] == account_id]
+        return [
+            r
+            for ref in refs
+            for r in self.records[ref]
+            if r[0] == account_id and any(lo <= r[2] < hi for lo, hi in windows)
+        ]
 
     def ingest(self, rows: list[tuple[int, int, int, dict[str, str] | None, int]]) -> list[tuple[Any, ...]]:
         """Store one record; return the model's view of its rows (with offsets) and apply it."""
