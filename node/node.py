@@ -107,6 +107,7 @@ class Node:
         self.node_addr = config.node_addr
         self.grpc_addr = config.grpc_addr
         self._closing = False
+        self._alerts_pending = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._last_snapshot = time.monotonic()
 
@@ -161,7 +162,11 @@ class Node:
     async def _flush_loop(self) -> None:
         interval = self.config.flush_interval
         while True:
-            await asyncio.sleep(interval)
+            # Alerts are waited for by people: a batch that fires one is flushed (and the alert
+            # published) at once instead of at the next tick; everything else waits for the tick.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._alerts_pending.wait(), interval)
+            self._alerts_pending.clear()
             dirty = [p.flush() for p in self.partitions if p.dirty]
             if dirty:
                 results = await asyncio.gather(*dirty, return_exceptions=True)
@@ -258,6 +263,8 @@ class Node:
                 validate_rows(rows, self.registry.get)
         now = time.time_ns()
         outcomes = [part.ingest(rows, batch_id, now) for part, (_, rows) in zip(targets, parts, strict=True)]
+        if not sync and any(part.published_alert_offset < len(part.alerts) for part in targets):
+            self._alerts_pending.set()
         if sync:
             if len(targets) == 1:
                 await targets[0].flush()
