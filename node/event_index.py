@@ -22,10 +22,10 @@ class EventIndex:
     def __init__(self) -> None:
         self._accounts: dict[int, dict[int, list[int]]] = {}
 
-    def add(self, record_ref: int, account_times: Iterable[tuple[int, int]]) -> None:
-        """Note that ``record_ref`` holds events of these (account, event time) pairs."""
+    def add(self, record_ref: int, account_hours: Iterable[tuple[int, int]]) -> None:
+        """Note that ``record_ref`` holds events of these distinct (account, hour of event time) pairs."""
         accounts = self._accounts
-        for account, hour in {(a, t // HOUR_NS) for a, t in account_times}:
+        for account, hour in account_hours:
             hours = accounts.get(account)
             if hours is None:
                 accounts[account] = {hour: [record_ref]}

@@ -184,15 +184,18 @@ class Partition:
         if not rows:
             return []
         self.last_offset = first_offset + len(rows) - 1
-        self.index.add(ref, ((r[0], r[3]) for r in rows))
         by_metric: dict[str, list[AppliedRow]] = {}
+        hours: set[tuple[int, int]] = set()
+        add_hour = hours.add
         offset = first_offset
         for account, code, value, t, props, op, _ in rows:
             group = by_metric.get(code)
             if group is None:
                 group = by_metric[code] = []
             group.append((account, value, t, props, op, offset))
+            add_hour((account, t // HOUR_NS))
             offset += 1
+        self.index.add(ref, hours)
         fired: list[_AlertRow] = []
         for code, applied in by_metric.items():
             spec = self._spec_of(code)
