@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean
+.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs
 
 all: test
 
@@ -80,6 +80,9 @@ test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
 	$(PY) -m pytest -q
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
+
+docs: $(STAMP)
+	$(PY) -m tools.api_reference
 
 lint: $(PROTO_STAMP)
 	$(BIN)/ruff check .
