@@ -1,0 +1,151 @@
+"""Server processes of a run: a real ``unimeter serve`` and the no-op ceiling, plus /proc readings.
+
+Both servers are started the way an operator would (their own process, 127.0.0.1, port 0) and
+announce their port on one JSON ready line. Their stderr goes to a log file beside the data so a
+failure can show its tail without garbling the progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["ServerProcess", "cpu_seconds", "rss_bytes", "start_ceiling", "start_unimeter"]
+
+REPO = Path(__file__).resolve().parent.parent
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ServerProcess:
+    """A running server, its port, and how long it took from spawn to its ready line."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    grpc_port: int
+    started_monotonic: float
+    ready_seconds: float
+    stderr_path: Path
+    ready_line: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def stop(self, timeout: float = 300) -> float:
+        """SIGTERM, wait for the graceful shutdown (flush + snapshot); returns the seconds it took."""
+        started = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        """SIGKILL (cleanup after a failure)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def stderr_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _env() -> dict[str, str]:
+    path = os.pathsep.join([str(REPO), str(REPO / "proto"), os.environ.get("PYTHONPATH", "")])
+    return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep)}
+
+
+def _start(name: str, cmd: list[str], stderr_path: Path, timeout: float) -> ServerProcess:
+    stderr_path.parent.mkdir(parents=True, exist_ok=True)
+    with stderr_path.open("ab") as err:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=_env(), cwd=REPO)
+    assert proc.stdout is not None
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            code = proc.wait()
+            proc.stdout.close()
+            tail = "\n".join(stderr_path.read_text(errors="replace").splitlines()[-20:])
+            raise RuntimeError(f"{name} exited with {code} before it was ready:\n{tail}")
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and msg.get("event") == "ready":
+            ready = time.monotonic() - started
+            return ServerProcess(name, proc, int(msg["grpc_port"]), started, ready, stderr_path, msg)
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    raise TimeoutError(f"{name} did not print its ready line within {timeout}s")
+
+
+def _unimeter_command() -> list[str]:
+    script = Path(sys.executable).with_name("unimeter")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
+
+
+def start_unimeter(
+    data_dir: Path, *extra: str, name: str = "unimeter", timeout: float = 600
+) -> ServerProcess:
+    """``unimeter serve`` on 127.0.0.1 port 0 with the embedded backend in ``data_dir``."""
+    cmd = [
+        *_unimeter_command(),
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
+    return _start(name, cmd, data_dir.parent / f"{data_dir.name}.stderr.log", timeout)
+
+
+def start_ceiling(log_dir: Path, *, timeout: float = 60) -> ServerProcess:
+    """The no-op ceiling server (``python -m bench.ceiling``) on 127.0.0.1 port 0."""
+    cmd = [sys.executable, "-m", "bench.ceiling", "--host", "127.0.0.1", "--port", "0"]
+    return _start("ceiling", cmd, log_dir / "ceiling.stderr.log", timeout)
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of ``pid`` (VmRSS from /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is the state (field 3 of stat); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK

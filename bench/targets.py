@@ -1,0 +1,336 @@
+"""Issue 5's targets, computed from a run's results, and the rows of the summary table.
+
+Every row is value, ceiling and ratio. Where no server can be the ceiling (memory), the ceiling is
+the packed size of the data itself (stated as such), so the ratio still reads "times the minimum".
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from .config import BenchConfig
+from .stats import ratio
+
+__all__ = ["DEDUP_KEY_PACKED_BYTES", "SERIES_PACKED_BYTES", "evaluate_targets", "table_rows"]
+
+SERIES_PACKED_BYTES = 88
+"""Key (account, metric, period start: 3 x 8 B) + the 8 statistics of an AggValue (8 x 8 B)."""
+DEDUP_KEY_PACKED_BYTES = 16
+"""A 64-bit key digest and the 64-bit offset it maps to (docs/design.md, Deduplication)."""
+
+_SPEC_SIZES = {"query": 1_000_000, "series": 500_000, "restart": 10_000_000}
+
+
+def _async_row(results: dict[str, Any], batch: int, callers: int) -> dict[str, Any] | None:
+    for row in results.get("async") or []:
+        if row["batch"] == batch and row["callers"] == callers:
+            return cast(dict[str, Any], row)
+    return None
+
+
+def _size_note(measured: int, spec_key: str) -> str:
+    spec = _SPEC_SIZES[spec_key]
+    return "" if measured >= spec else f"measured at {measured:,}; the target is stated at {spec:,}"
+
+
+def _target(
+    tid: str,
+    name: str,
+    value: float | None,
+    limit: float | None,
+    unit: str,
+    rule: str,
+    le: bool,
+    note: str = "",
+) -> dict[str, Any]:
+    met = None if value is None or limit is None else (value <= limit if le else value >= limit)
+    return {
+        "id": tid,
+        "name": name,
+        "value": value,
+        "limit": limit,
+        "unit": unit,
+        "rule": rule,
+        "met": met,
+        "note": note,
+    }
+
+
+def evaluate_targets(results: dict[str, Any], config: BenchConfig) -> list[dict[str, Any]]:
+    """Each target with its value, limit and whether it was met (None when its section did not run)."""
+    out = []
+    row = _async_row(results, config.target_batch, config.target_callers)
+    if row is not None:
+        out.append(
+            _target(
+                "async_vs_ceiling",
+                f"ASYNC {config.target_batch}-event batches, {config.target_callers} callers",
+                row["unimeter"]["events_per_s"],
+                0.35 * row["ceiling"]["events_per_s"],
+                "events/s",
+                "≥ 35% of the ceiling's events/s",
+                le=False,
+            )
+        )
+    fsync = results.get("fsync")
+    sync = results.get("sync")
+    if sync is not None:
+        single = sync["single"]
+        limit = None
+        if fsync is not None and single["ceiling"]["p50_ms"] is not None:
+            limit = single["ceiling"]["p50_ms"] + 2 * fsync["p50_ms"]
+        out.append(
+            _target(
+                "sync_single_p50",
+                "SYNC single-event p50",
+                single["unimeter"]["p50_ms"],
+                limit,
+                "ms",
+                "≤ ceiling unary round trip + 2 x fsync p50",
+                le=True,
+            )
+        )
+        batch = sync["batch"]
+        out.append(
+            _target(
+                "sync_batch_vs_async",
+                f"SYNC {batch['batch']}-event batches, {batch['callers']} callers",
+                batch["unimeter"]["events_per_s"],
+                0.6 * batch["async_events_per_s"],
+                "events/s",
+                "≥ 60% of the ASYNC rate at the same shape",
+                le=False,
+            )
+        )
+    query = results.get("query")
+    if query is not None:
+        note = _size_note(query["account_events"], "query")
+        for key, name, factor in (
+            ("realtime", "QueryRealtime p50", 1.3),
+            ("month", "month-long Query p50", 2.0),
+        ):
+            section = query[key]
+            ceiling = section["ceiling"]["p50_ms"]
+            out.append(
+                _target(
+                    f"query_{key}_p50",
+                    name,
+                    section["unimeter"]["p50_ms"],
+                    None if ceiling is None else factor * ceiling,
+                    "ms",
+                    f"≤ {factor} x ceiling round trip",
+                    le=True,
+                    note=note if key == "month" else "",
+                )
+            )
+    alerts = results.get("alerts")
+    if alerts is not None:
+        out.append(
+            _target(
+                "alert_p99",
+                "ingest→alert p99 at half max rate",
+                alerts["unimeter"]["p99_ms"],
+                20.0,
+                "ms",
+                "< 20 ms",
+                le=True,
+            )
+        )
+    memory = results.get("memory")
+    if memory is not None:
+        series = memory["series"]
+        out.append(
+            _target(
+                "rss_per_series",
+                "RSS per (account, metric, period) series",
+                series["bytes_per_series"],
+                1024.0,
+                "B",
+                "≤ 1 KiB",
+                le=True,
+                note=_size_note(series["series"], "series"),
+            )
+        )
+        out.append(
+            _target(
+                "bytes_per_dedup_key",
+                "RSS per dedup key",
+                memory["dedup"]["bytes_per_key"],
+                48.0,
+                "B",
+                "≤ 48 B",
+                le=True,
+            )
+        )
+    restart = results.get("restart")
+    if restart is not None:
+        out.append(
+            _target(
+                "restart_ready",
+                "restart to first successful query",
+                restart["first_query_seconds"],
+                15.0,
+                "s",
+                "≤ 15 s",
+                le=True,
+                note=_size_note(restart["events"], "restart"),
+            )
+        )
+    return out
+
+
+def _row(
+    name: str, unit: str, value: float | None, ceiling: float | None, target: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "unit": unit,
+        "value": value,
+        "ceiling": ceiling,
+        "ratio": ratio(value, ceiling),
+        "target": None if target is None else target["rule"],
+        "limit": None if target is None else target["limit"],
+        "met": None if target is None else target["met"],
+        "note": "" if target is None else target["note"],
+    }
+
+
+def table_rows(
+    results: dict[str, Any], targets: list[dict[str, Any]], config: BenchConfig
+) -> list[dict[str, Any]]:
+    """The summary table: one row per reported number, with its target where it has one."""
+    by_id = {t["id"]: t for t in targets}
+    rows = []
+    fsync = results.get("fsync")
+    if fsync is not None:
+        rows.append(_row("fsync 100 B p50 (disk floor)", "ms", fsync["p50_ms"], None))
+        rows.append(_row("fsync 100 B p99 (disk floor)", "ms", fsync["p99_ms"], None))
+    for row in results.get("async") or []:
+        is_target = (row["batch"], row["callers"]) == (config.target_batch, config.target_callers)
+        target = by_id.get("async_vs_ceiling") if is_target else None
+        rows.append(
+            _row(
+                f"ASYNC batch {row['batch']} x {row['callers']} callers",
+                "events/s",
+                row["unimeter"]["events_per_s"],
+                row["ceiling"]["events_per_s"],
+                target,
+            )
+        )
+    sync = results.get("sync")
+    if sync is not None:
+        single = sync["single"]
+        rows.append(
+            _row(
+                "SYNC 1 event p50",
+                "ms",
+                single["unimeter"]["p50_ms"],
+                single["ceiling"]["p50_ms"],
+                by_id.get("sync_single_p50"),
+            )
+        )
+        rows.append(_row("SYNC 1 event p99", "ms", single["unimeter"]["p99_ms"], single["ceiling"]["p99_ms"]))
+        batch = sync["batch"]
+        rows.append(
+            _row(
+                f"SYNC batch {batch['batch']} x {batch['callers']} callers",
+                "events/s",
+                batch["unimeter"]["events_per_s"],
+                batch["ceiling"]["events_per_s"],
+                by_id.get("sync_batch_vs_async"),
+            )
+        )
+    query = results.get("query")
+    if query is not None:
+        n = query["account_events"]
+        for key, label, tid in (
+            ("realtime", "QueryRealtime", "query_realtime_p50"),
+            ("month", "Query month", "query_month_p50"),
+        ):
+            section = query[key]
+            rows.append(
+                _row(
+                    f"{label} p50 ({n:,} ev)",
+                    "ms",
+                    section["unimeter"]["p50_ms"],
+                    section["ceiling"]["p50_ms"],
+                    by_id.get(tid),
+                )
+            )
+            rows.append(
+                _row(
+                    f"{label} p99 ({n:,} ev)",
+                    "ms",
+                    section["unimeter"]["p99_ms"],
+                    section["ceiling"]["p99_ms"],
+                )
+            )
+    alerts = results.get("alerts")
+    if alerts is not None:
+        rate = alerts["target_events_per_s"]
+        rows.append(
+            _row(
+                f"ingest→alert p50 @ {rate:,.0f} ev/s",
+                "ms",
+                alerts["unimeter"]["p50_ms"],
+                alerts["ceiling"]["p50_ms"],
+            )
+        )
+        rows.append(
+            _row(
+                f"ingest→alert p99 @ {rate:,.0f} ev/s",
+                "ms",
+                alerts["unimeter"]["p99_ms"],
+                alerts["ceiling"]["p99_ms"],
+                by_id.get("alert_p99"),
+            )
+        )
+        low = alerts.get("low_rate")
+        if low is not None:
+            for q in ("p50", "p99"):
+                rows.append(
+                    _row(
+                        f"ingest→alert {q} @ {low['target_events_per_s']:,.0f} ev/s (diagnostic)",
+                        "ms",
+                        low["unimeter"][f"{q}_ms"],
+                        None,
+                    )
+                )
+    memory = results.get("memory")
+    if memory is not None:
+        s = memory["series"]
+        rows.append(
+            _row(
+                f"RSS per series ({s['series']:,} series)",
+                "B",
+                s["bytes_per_series"],
+                SERIES_PACKED_BYTES,
+                by_id.get("rss_per_series"),
+            )
+        )
+        d = memory["dedup"]
+        rows.append(
+            _row(
+                f"RSS per dedup key ({d['keys']:,} keys)",
+                "B",
+                d["bytes_per_key"],
+                DEDUP_KEY_PACKED_BYTES,
+                by_id.get("bytes_per_dedup_key"),
+            )
+        )
+    restart = results.get("restart")
+    if restart is not None:
+        n = restart["events"]
+        c = restart["ceiling"]
+        rows.append(_row(f"restart → ready line ({n:,} ev)", "s", restart["ready_seconds"], c["seconds"]))
+        rows.append(
+            _row(
+                f"restart → first query ({n:,} ev)",
+                "s",
+                restart["first_query_seconds"],
+                c["seconds"],
+                by_id.get("restart_ready"),
+            )
+        )
+        rows.append(_row(f"graceful stop ({n:,} ev)", "s", restart["stop_seconds"], None))
+    return rows
