@@ -38,7 +38,7 @@ __all__ = ["Node", "NodeConfig"]
 log = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
-_PARTS_PER_SLICE = 8
+_PARTS_PER_SLICE = 4
 
 
 @dataclass(frozen=True, slots=True)
