@@ -9,8 +9,10 @@ turns /readyz to 503, stops accepting, lets in-flight calls finish, then flushes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import resource
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -43,6 +45,16 @@ def split_host_port(addr: str) -> tuple[str, int]:
     if not sep or not host:
         raise ValueError(f"address {addr!r} is not host:port")
     return host.strip("[]"), int(port)
+
+
+def _raise_open_file_limit() -> None:
+    """Lift the soft open-file limit to the hard one: every log segment keeps a read descriptor
+    open, so a node with big logs over 64 partitions needs thousands of them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def _tune_gc() -> None:
@@ -112,6 +124,7 @@ class UnimeterServer:
             grpc_addr=cfg.grpc_addr,
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
+        _raise_open_file_limit()
         node = await asyncio.to_thread(Node, node_config)
         _tune_gc()
         await node.start()
