@@ -1,0 +1,161 @@
+"""The dedup index against a plain-dict model: colliding keys, re-adds, growth, snapshots."""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+
+import msgpack
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from node.dedup_index import DedupIndex
+
+WINDOW = 100
+MAX_KEY = 2**64 - 1
+# Keys that all share their low 10 bits (so their probe runs collide in a 1024-slot table), the
+# extremes of the key range, and keys with the values an implementation might reserve.
+SPECIAL_KEYS = [0, 1, 2, 1024, 2048, MAX_KEY, MAX_KEY - 1, 2**63, 2**63 + 1024, 2**32]
+keys_st = st.one_of(
+    st.sampled_from(SPECIAL_KEYS),
+    st.builds(lambda high, low: (high << 10) | low, st.integers(0, 40), st.sampled_from([0, 1, 1023])),
+    st.builds(lambda high, low: (high << 10) | low, st.integers(0, 2**54 - 1), st.integers(0, 1023)),
+)
+
+
+def _roundtrip(data: list[object]) -> list[object]:
+    out: list[object] = msgpack.unpackb(msgpack.packb(data), strict_map_key=False)
+    return out
+
+
+class DedupModel(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.index = DedupIndex(WINDOW)
+        self.now = 0
+        self.next_offset = 1
+        self.next_group = 0
+        # key -> (offset, group of its newest add); groups in arrival order: (arrival, group, keys)
+        self.live: dict[int, tuple[int, int]] = {}
+        self.groups: deque[tuple[int, int, list[int]]] = deque()
+        self.bulk_base = 1
+
+    def _add(self, keys: list[int], offsets: list[int] | None = None) -> None:
+        if offsets is None:
+            offsets = list(range(self.next_offset, self.next_offset + len(keys)))
+            self.next_offset += len(keys)
+        self.index.add(self.now, keys, offsets)
+        if keys:
+            group = self.next_group
+            self.next_group += 1
+            for key, off in zip(keys, offsets, strict=True):
+                self.live[key] = (off, group)
+            self.groups.append((self.now, group, keys))
+
+    @rule(dt=st.integers(0, 60))
+    def advance(self, dt: int) -> None:
+        self.now += dt
+
+    @rule(keys=st.lists(keys_st, max_size=12))
+    def add(self, keys: list[int]) -> None:
+        self._add(keys)
+
+    @rule(keys=st.lists(keys_st, max_size=6), offset=st.sampled_from([1, 2**62, 2**63 - 1]))
+    def add_extreme_offsets(self, keys: list[int], offset: int) -> None:
+        self._add(keys, [offset] * len(keys))
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def re_add_live_key(self, data: st.DataObject) -> None:
+        self._add([data.draw(st.sampled_from(sorted(self.live)))])
+
+    @rule(count=st.sampled_from([200, 700]), low=st.sampled_from([0, 7]))
+    def bulk_add(self, count: int, low: int) -> None:
+        """Many distinct keys sharing their low 6 bits: long probe runs, and growth of the table."""
+        keys = [((self.bulk_base + j) << 6) | low for j in range(count)]
+        self.bulk_base += count
+        self._add(keys)
+
+    @rule()
+    def expire(self) -> None:
+        cutoff = self.now - WINDOW
+        forgotten = 0
+        while self.groups and self.groups[0][0] < cutoff:
+            _, group, keys = self.groups.popleft()
+            for key in keys:
+                entry = self.live.get(key)
+                if entry is not None and entry[1] == group:
+                    del self.live[key]
+                    forgotten += 1
+        assert self.index.expire(self.now) == forgotten
+
+    @rule()
+    def snapshot_roundtrip(self) -> None:
+        self.index = DedupIndex.from_snapshot(WINDOW, _roundtrip(self.index.to_snapshot()))
+
+    @rule()
+    def load_previous_format(self) -> None:
+        """The format the dict-based index wrote: per record, keys and offsets (0 = forgotten)."""
+        old: list[object] = []
+        for arrival, group, keys in self.groups:
+            offs = [self.live[k][0] if k in self.live and self.live[k][1] >= group else 0 for k in keys]
+            old.append([arrival, array("Q", keys).tobytes(), array("Q", offs).tobytes()])
+        self.index = DedupIndex.from_snapshot(WINDOW, _roundtrip(old))
+
+    @rule(key=keys_st)
+    def get_any(self, key: int) -> None:
+        entry = self.live.get(key)
+        assert self.index.get(key) == (entry[0] if entry else None)
+
+    @invariant()
+    def matches_model(self) -> None:
+        assert len(self.index) == len(self.live)
+        for key, (off, _) in self.live.items():
+            assert self.index.get(key) == off
+        for key in SPECIAL_KEYS:
+            if key not in self.live:
+                assert self.index.get(key) is None
+
+
+DedupModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestDedupModel = DedupModel.TestCase
+
+
+def test_growth_expiry_and_re_adds_with_shared_low_bits() -> None:
+    index = DedupIndex(WINDOW)
+    keys = [(j << 16) | 0xABCD for j in range(1, 3001)] + [0, MAX_KEY]
+    index.add(1, keys, list(range(1, len(keys) + 1)))
+    index.add(50, [5, 0], [10_000, 10_001])  # 0 again while live: the newer entry must survive
+    assert len(index) == len(keys) + 1
+    assert index.get(0) == 10_001 and index.get(MAX_KEY) == len(keys)
+    assert index.expire(102) == len(keys) - 1  # key 0's first add is superseded, not forgotten
+    assert (index.get(0), index.get(5), index.get(1 << 16 | 0xABCD)) == (10_001, 10_000, None)
+    index.add(120, [1 << 16 | 0xABCD], [20_000])  # re-added after it expired
+    assert index.expire(151) == 2
+    assert index.get(1 << 16 | 0xABCD) == 20_000 and len(index) == 1
+
+
+def test_previous_snapshot_format_loads() -> None:
+    def packed(values: list[int]) -> bytes:
+        return array("Q", values).tobytes()
+
+    old = [[10, packed([1, 2, 3]), packed([11, 0, 13])], [50, packed([2, 3]), packed([22, 13])]]
+    index = DedupIndex.from_snapshot(100, _roundtrip(old))  # type: ignore[arg-type]
+    assert [index.get(k) for k in (1, 2, 3)] == [11, 22, 13]
+    assert index.expire(111) == 1  # 1 goes; 3's record-10 occurrence is stale, record 50 keeps it
+    assert [index.get(k) for k in (1, 2, 3)] == [None, 22, 13]
+    assert index.expire(151) == 2 and len(index) == 0
+
+
+def test_bad_input_leaves_the_index_untouched() -> None:
+    index = DedupIndex(WINDOW)
+    index.add(1, [7], [70])
+    for keys, offsets in (([8], [0]), ([8, 9], [1]), ([-1], [5]), ([2**64], [5]), ([8], [2**64])):
+        with pytest.raises((ValueError, OverflowError)):
+            index.add(2, keys, offsets)
+    assert len(index) == 1 and index.get(8) is None
+    assert index.expire(200) == 1
+    with pytest.raises(ValueError):
+        DedupIndex.from_snapshot(WINDOW, ["dedup-oa-1", b"\0" * 24, b"\0" * 24, b"", b"", b"", []])
