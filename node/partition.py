@@ -253,7 +253,11 @@ class Partition:
         # Both logs at once (one hand-off to the fsync threads, not two in a row): an alert record
         # may reach the disk before its events, and recovery cuts any alert record whose events
         # did not make it. Publishing waits for both, so subscribers only see what survives.
-        await asyncio.gather(self.events.flush(), self.alert_log.flush())
+        alerts = self.alert_log
+        if alerts.durable_position < alerts.end_position:
+            await asyncio.gather(self.events.flush(), alerts.flush())
+        else:
+            await self.events.flush()  # the common SYNC case: no task per log, one hand-off
         if alerts_to_publish > self.published_alert_offset:
             self.published_alert_offset = alerts_to_publish
             if self.on_alerts_published is not None:
