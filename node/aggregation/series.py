@@ -106,6 +106,9 @@ class SeriesStore:
                 p_start, p_end = period_of(t)
             add = op != _REMOVE
             sv = value if with_sum else 0
+            # The cell update below and the run update further down are the same fold, written
+            # out twice on purpose: this loop runs per event, and a helper call would cost more
+            # than the fold itself.
             if thresholds:
                 key = period_key(account, p_start)
                 cell = totals.get(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,16 +103,7 @@ MARCH = (T0, 1775001600 * NS)  # [2026-03-01, 2026-04-01) UTC
 
 
 def stats(v: AggValue) -> tuple[int, ...]:
-    return (
-        v.value,
-        v.count,
-        v.sum,
-        v.max,
-        v.last_value,
-        v.last_event_time_unix_nano,
-        v.unique_count,
-        v.alert_flags,
-    )
+    return dataclasses.astuple(v)
 
 
 # ------------------------------------------------------------------------------------ the API
