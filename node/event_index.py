@@ -9,6 +9,8 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 
+from .aggregation.untracked import untracked
+
 __all__ = ["HOUR_NS", "EventIndex"]
 
 HOUR_NS = 3_600_000_000_000
@@ -28,11 +30,11 @@ class EventIndex:
         for account, hour in account_hours:
             hours = accounts.get(account)
             if hours is None:
-                accounts[account] = {hour: [record_ref]}
+                accounts[account] = {hour: untracked([record_ref])}
                 continue
             refs = hours.get(hour)
             if refs is None:
-                hours[hour] = [record_ref]
+                hours[hour] = untracked([record_ref])
             elif refs[-1] != record_ref:
                 refs.append(record_ref)
 
@@ -60,5 +62,5 @@ class EventIndex:
         """Rebuild an index saved by :meth:`to_snapshot`."""
         index = cls()
         for account, hours in data:
-            index._accounts[int(account)] = {int(h): list(refs) for h, refs in hours}  # type: ignore[attr-defined,call-overload]
+            index._accounts[int(account)] = {int(h): untracked(list(refs)) for h, refs in hours}  # type: ignore[attr-defined,call-overload]
         return index

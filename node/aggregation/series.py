@@ -41,6 +41,7 @@ from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL, plan_range
 from .keys import grid_base, join_keys, period_key, split_keys
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .thresholds import alert_slots, evaluate
+from .untracked import untracked
 
 __all__ = ["SeriesStore"]
 
@@ -113,7 +114,9 @@ class SeriesStore:
                 key = period_key(account, p_start)
                 cell = totals.get(key)
                 if cell is None:
-                    cell = [1, sv, value, t, offset, value, *extra] if add else [-1, -sv, 0, 0, 0, 0, *extra]
+                    cell = untracked(
+                        [1, sv, value, t, offset, value, *extra] if add else [-1, -sv, 0, 0, 0, 0, *extra]
+                    )
                     totals[key] = cell
                 elif add:
                     # Rows come in offset order: a later row wins a tie on time.
@@ -373,7 +376,7 @@ class SeriesStore:
                 dict(
                     zip(
                         join_keys(accounts, second, number == PERIOD_LEVEL),
-                        unpack_cells(cells, big),
+                        map(untracked, unpack_cells(cells, big)),
                         strict=True,
                     )
                 )
@@ -393,7 +396,7 @@ def _merge_all(cells: Cells, keys: list[int], deltas: list[list[int]]) -> None:
     for key, delta in zip(keys, deltas, strict=True):
         cell = get(key)
         if cell is None:
-            cells[key] = delta[:]  # a copy: one delta feeds several levels
+            cells[key] = untracked(delta[:])  # a copy: one delta feeds several levels
             continue
         cell[COUNT] += delta[COUNT]
         cell[SUM] += delta[SUM]
@@ -413,7 +416,7 @@ def _merge_one(cells: Cells, key: int, delta: list[int]) -> bool:
     """:func:`_merge_all` for one cell; True if the cell is new."""
     cell = cells.get(key)
     if cell is None:
-        cells[key] = delta[:]
+        cells[key] = untracked(delta[:])
         return True
     cell[COUNT] += delta[COUNT]
     cell[SUM] += delta[SUM]
@@ -434,7 +437,7 @@ def _merge_minutes(cells: Cells, keys: list[int], deltas: list[list[int]], ref: 
     for key, delta in zip(keys, deltas, strict=True):
         cell = get(key)
         if cell is None:
-            cells[key] = [*delta, ref]
+            cells[key] = untracked([*delta, ref])
             continue
         cell[COUNT] += delta[COUNT]
         cell[SUM] += delta[SUM]

@@ -23,6 +23,7 @@ from .cells import COUNT, LAST_OFFSET, LAST_TIME, LAST_VALUE, MAX, N_STATS, agg_
 from .combos import Combos
 from .spec import AlertRow, AppliedRow, MetricSpec
 from .thresholds import alert_slots, evaluate
+from .untracked import untracked
 
 __all__ = ["UniqueStore"]
 
@@ -77,7 +78,7 @@ class UniqueStore:
             # Insert into the member's history after every op with time <= t (offset is the newest).
             history = acc.members.get(member)
             if history is None:
-                acc.members[member] = [t, offset, op_combo]
+                acc.members[member] = untracked([t, offset, op_combo])
                 prev_time = -1
                 prev_add = False
                 next_time = None
@@ -230,11 +231,11 @@ class UniqueStore:
         store.combos = Combos(spec.dims, cast("list[list[str]]", data["combos"]))
         for account, members, periods in cast("list[list[Any]]", data["accounts"]):
             acc = store.accounts[int(account)] = _Account()
-            acc.members = {int(m): [int(x) for x in history] for m, history in members}
+            acc.members = {int(m): untracked([int(x) for x in history]) for m, history in members}
             for s, e, row in periods:
                 acc.starts.append(int(s))
                 acc.ends.append(int(e))
-                acc.rows.append([int(x) for x in row])
+                acc.rows.append(untracked([int(x) for x in row]))
         return store
 
 
@@ -252,7 +253,7 @@ def _row_index(acc: _Account, p_start: int, p_end: int, carry: bool, spec: Metri
     stats = acc.rows[j - 1][:N_STATS] if carry and j else empty_cell()
     starts.insert(j, p_start)
     acc.ends.insert(j, p_end)
-    acc.rows.insert(j, stats + alert_slots(spec))
+    acc.rows.insert(j, untracked(stats + alert_slots(spec)))
     return j
 
 

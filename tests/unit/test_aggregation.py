@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -487,6 +488,36 @@ def test_huge_sums_survive_a_snapshot() -> None:
     e.ingest(*[(2**63 - 1, T0 + 10 + k, REMOVE) for k in range(3)])
     restored.apply(e.spec, e.records[max(e.records)], max(e.records))
     assert restored.query(e.spec, ACCOUNT, *MARCH, {}, [])[0].sum == 2**63 - 1
+
+
+def _state_lists(aggregates: PartitionAggregates) -> list[list[int]]:
+    """Every list of ints the stores keep (cells, member histories, period rows)."""
+    found: list[list[int]] = []
+    for store in aggregates._stores.values():
+        if isinstance(store, aggregation.series.SeriesStore):
+            found += [cell for level in store.levels for cells in level for cell in cells.values()]
+        else:
+            for acc in store.accounts.values():
+                found += [*acc.members.values(), *acc.rows]
+    return found
+
+
+@pytest.mark.parametrize("agg", [AggType.SUM, AggType.COUNT_UNIQUE])
+def test_the_state_is_invisible_to_the_cyclic_gc_before_and_after_a_snapshot(agg: AggType) -> None:
+    # Millions of tracked cells made middle and full collections pause for 0.1-1 s.
+    e = Engine(
+        month_metric(
+            agg,
+            filters=(DimensionFilter("region", ("eu", "us")),),
+            thresholds=(AlertThreshold("t", 3, recurring=True),),
+        )
+    )
+    e.ingest(*[(k + 1, T0 + k * MINUTE, ADD, {"region": "eu" if k % 2 else "us"}) for k in range(6)])
+    e.ingest((9, T0 + 2 * DAY))
+    for aggregates in (e.aggregates, e.restored()):
+        lists = _state_lists(aggregates)
+        assert len(lists) >= 8
+        assert not any(gc.is_tracked(x) for x in lists)
 
 
 # ------------------------------------------------------------------------- snapshots, lifecycle
