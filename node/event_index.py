@@ -52,10 +52,9 @@ class EventIndex:
             yield hour, hours[hour]
 
     def to_snapshot(self) -> list[object]:
-        """A msgpack-serialisable copy."""
-        return [
-            [account, [[h, refs] for h, refs in hours.items()]] for account, hours in self._accounts.items()
-        ]
+        """A msgpack-serialisable copy (of the ref lists too: they grow in place)."""
+        accounts = self._accounts
+        return [[account, [[h, refs[:]] for h, refs in hours.items()]] for account, hours in accounts.items()]
 
     @classmethod
     def from_snapshot(cls, data: list[list[object]]) -> EventIndex:

@@ -29,6 +29,7 @@ from cluster_client.node_api import IngestOutcome
 from cluster_client.types import Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from .aggregation.snapshot_data import pack_in_slices
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex
 from .metric_registry import write_file_atomically
@@ -267,7 +268,7 @@ class Partition:
         """Checkpoint the state with the log position it covers (after making that position durable)."""
         state = self._snapshot_state()
         covered = self._records_since_snapshot
-        data = msgpack.packb(state)
+        data = await pack_in_slices(state)  # ingestion goes on between slices: state is copies
         await self.flush()
         await asyncio.get_running_loop().run_in_executor(
             None, write_file_atomically, self.directory / "snapshot.msgpack", data

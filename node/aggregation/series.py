@@ -39,6 +39,7 @@ from .cells import (
 from .combos import Combos
 from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL, plan_range
 from .keys import grid_base, join_keys, period_key, split_keys
+from .snapshot_data import Deferred
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .thresholds import alert_slots, evaluate
 from .untracked import untracked
@@ -348,21 +349,22 @@ class SeriesStore:
         """Plain data (ints, strings, lists) that :meth:`from_snapshot` rebuilds this store from.
 
         Each (level, slot) dict goes as columns: account ids, bucket indexes (period starts for
-        the period level), cells, and the positions of cells packed as strings (sums past 64 bits).
+        the period level), cells, and the positions of cells packed as strings (sums past 64 bits),
+        computed when packed (:mod:`.snapshot_data`) from copies taken now.
         """
-        levels: list[list[list[object]]] = []
-        for number, level in enumerate(self.levels):
-            columns: list[list[object]] = []
-            for cells in level:
-                accounts, second = split_keys(list(cells), number == PERIOD_LEVEL)
-                packed, big = pack_cells(list(cells.values()))
-                columns.append([accounts, second, packed, big])
-            levels.append(columns)
+        # Captured now (C-speed copies: ingestion mutates cells in place), columned when packed.
+        levels = [
+            [
+                Deferred(_columns, list(cells), list(map(list.copy, cells.values())), number == PERIOD_LEVEL)
+                for cells in level
+            ]
+            for number, level in enumerate(self.levels)
+        ]
         return {
             "combos": self.combos.to_snapshot(),
             "extent": [self.first_minute, self.last_minute],
             "levels": levels,
-            "account_slots": [[account, slots] for account, slots in self.account_slots.items()],
+            "account_slots": [[account, slots[:]] for account, slots in self.account_slots.items()],
         }
 
     @classmethod
@@ -388,6 +390,13 @@ class SeriesStore:
         slots = cast("list[list[Any]]", data["account_slots"])
         store.account_slots = {int(a): [int(s) for s in used] for a, used in slots}
         return store
+
+
+def _columns(keys: list[int], cells: list[list[int]], periods: bool) -> list[list[Any]]:
+    """One (level, slot) dict's snapshot columns: accounts, buckets, packed cells, big positions."""
+    accounts, second = split_keys(keys, periods)
+    packed, big = pack_cells(cells)
+    return [accounts, second, packed, big]
 
 
 def _merge_all(cells: Cells, keys: list[int], deltas: list[list[int]]) -> None:

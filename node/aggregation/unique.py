@@ -211,14 +211,15 @@ class UniqueStore:
     # --------------------------------------------------------------------------------- snapshot
 
     def to_snapshot(self) -> dict[str, object]:
-        """Plain data (ints, strings, lists) that :meth:`from_snapshot` rebuilds this store from."""
+        """Plain data (ints, strings, lists) that :meth:`from_snapshot` rebuilds this store from;
+        copies, since ingestion mutates histories and rows in place."""
         return {
             "combos": self.combos.to_snapshot(),
             "accounts": [
                 [
                     account,
-                    [[member, history] for member, history in acc.members.items()],
-                    [[s, e, row] for s, e, row in zip(acc.starts, acc.ends, acc.rows, strict=True)],
+                    [[member, history[:]] for member, history in acc.members.items()],
+                    [[s, e, row[:]] for s, e, row in zip(acc.starts, acc.ends, acc.rows, strict=True)],
                 ]
                 for account, acc in self.accounts.items()
             ],

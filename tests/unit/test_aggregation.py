@@ -23,6 +23,7 @@ from cluster_client.types import (
     PeriodType,
 )
 from node.aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from node.aggregation.snapshot_data import pack
 
 NS = 1_000_000_000
 MINUTE = 60 * NS
@@ -88,7 +89,7 @@ class Engine:
         return self.aggregates.realtime(self.spec, ACCOUNT, now)[0]
 
     def restored(self) -> PartitionAggregates:
-        data = msgpack.unpackb(msgpack.packb(self.aggregates.to_snapshot()), strict_map_key=False)
+        data = msgpack.unpackb(pack(self.aggregates.to_snapshot()), strict_map_key=False)
         return PartitionAggregates.from_snapshot(data, self.fetch_events, {self.metric.code: self.spec})
 
 
@@ -550,7 +551,7 @@ def test_snapshot_roundtrip_gives_identical_answers_and_future_alerts(agg: AggTy
 def test_from_snapshot_drops_absent_and_recreated_metrics() -> None:
     e = Engine(month_metric(AggType.COUNT))
     e.ingest((1, T0 + 1))
-    data = msgpack.unpackb(msgpack.packb(e.aggregates.to_snapshot()), strict_map_key=False)
+    data = msgpack.unpackb(pack(e.aggregates.to_snapshot()), strict_map_key=False)
     same = PartitionAggregates.from_snapshot(data, e.fetch_events, {"m": e.spec})
     assert same.query(e.spec, ACCOUNT, *MARCH, {}, [])[0].count == 1
     newer = MetricSpec.compile(e.metric, 2)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from cluster_client.errors import OutOfRangeError
 from cluster_client.types import AggType, AlertThreshold, DimensionFilter, Metric, PeriodType
 from node.aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from node.aggregation.snapshot_data import pack
 from tests.reference_model import ReferenceModel, model_period
 
 NS = 1_000_000_000
@@ -74,7 +75,7 @@ class Engine:
     alerts: list[AlertRow]
 
     def restore(self) -> None:
-        data = msgpack.unpackb(msgpack.packb(self.aggregates.to_snapshot()), strict_map_key=False)
+        data = msgpack.unpackb(pack(self.aggregates.to_snapshot()), strict_map_key=False)
         self.aggregates = PartitionAggregates.from_snapshot(
             data, self.fetch_events, {self.metric.code: self.spec}
         )

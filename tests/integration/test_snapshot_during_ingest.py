@@ -1,0 +1,70 @@
+"""A snapshot packs in slices while ingestion goes on: it holds exactly the state at its position.
+
+Ingestion between the capture and the file write must neither leak into the snapshot (replaying
+those records after recovery would count them twice) nor be lost (they are replayed from the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from cluster_client import AggType, Client, Metric, Period
+from node.node import Node, NodeConfig
+
+T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
+MINUTE = 60 * 1_000_000_000
+DAY = Period(T0, T0 + 24 * 60 * MINUTE)
+ACCOUNTS = 20_000
+
+
+async def sums(client: Client, accounts: set[int]) -> dict[int, int]:
+    return {a: (await client.query(a, "calls", DAY)).value.sum for a in sorted(accounts)}
+
+
+async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_recovery(tmp_path: Path) -> None:
+    node = Node(NodeConfig(tmp_path / "live", partitions=1))
+    await node.start()
+    client = await Client.in_process(node, metric_lookup=node.metric_of)
+    touched: set[int] = set()
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        # One cell per account and level: columns of 20,000 cells take several slices to pack.
+        for batch in range(ACCOUNTS // 1000):
+            seqs = range(batch * 1000, batch * 1000 + 1000)
+            rows = [(1 + n, "calls", 1, T0 + n % 50 * MINUTE, None, 1, f"e{n}") for n in seqs]
+            await client.ingest_rows(rows, sync=False)
+        partition = node.partitions[0]
+        snapshot = asyncio.create_task(partition.snapshot())
+        during = 0
+        while not snapshot.done():
+            # Accounts all over the columns, into cells that exist: a leak would change them.
+            accounts = [1 + (during * 100 + i) * 7919 % ACCOUNTS for i in range(100)]
+            touched.update(accounts)
+            rows = [
+                (a, "calls", 2, T0 + (a - 1) % 50 * MINUTE, None, 1, f"d{during}-{i}")
+                for i, a in enumerate(accounts)
+            ]
+            await client.ingest_rows(rows, sync=False)
+            during += 1
+            await asyncio.sleep(0)  # an in-process call to one partition never waits: let others in
+        await snapshot
+        assert during >= 3, "the snapshot did not let ingestion run while it packed"
+        await client.ingest_rows([(7, "calls", 5, T0 + 7, None, 1, "after")], sync=True)
+        touched.add(7)
+        await partition.flush()
+        shutil.copytree(tmp_path / "live", tmp_path / "crashed")  # as if killed right now
+        expected = await sums(client, touched)
+    finally:
+        await node.close()
+
+    recovered = Node(NodeConfig(tmp_path / "crashed"))
+    await recovered.start()
+    try:
+        again = await Client.in_process(recovered, metric_lookup=recovered.metric_of)
+        assert recovered.partitions[0].last_offset == ACCOUNTS + 100 * during + 1
+        assert await sums(again, touched) == expected
+        assert sum(expected.values()) == len(touched) + 2 * 100 * during + 5
+    finally:
+        await recovered.close()

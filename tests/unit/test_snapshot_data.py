@@ -1,0 +1,62 @@
+"""Snapshot data packed in slices: the same bytes as one call, with the loop served in between."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+
+from node.aggregation.snapshot_data import Deferred, pack, pack_in_slices
+
+
+def _data() -> dict[str, object]:
+    cells = [[i, i * 3, 2**63 - i, -(2**63) + i, 0, i] for i in range(10_000)]
+    return {
+        "v": 1,
+        "small": [1, "two", b"three", None, [4, [5]], {"k": [6]}],
+        "levels": [[Deferred(lambda: [list(range(5000)), cells]), Deferred(list, (1, 2, 3))]],
+        "ints": list(range(20_000)),
+        "bytes": bytes(range(256)) * 100,
+        "empty": [],
+        "short": list(range(15)) + list(range(40)),
+    }
+
+
+async def test_slices_give_exactly_the_bytes_of_one_call_and_read_back_as_plain_data() -> None:
+    sliced = await pack_in_slices(_data())
+    assert sliced == pack(_data())
+    back = msgpack.unpackb(sliced)
+    assert back["levels"][0][1] == [1, 2, 3]
+    assert back["levels"][0][0][1][9_999] == [9_999, 29_997, 2**63 - 9_999, -(2**63) + 9_999, 0, 9_999]
+    assert back["ints"] == list(range(20_000)) and back["empty"] == []
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 4095, 4096, 4097, 65_535, 65_536, 70_000])
+async def test_chunk_boundaries_and_array_header_sizes(n: int) -> None:
+    data = {"column": [[i, -i] for i in range(n)], "ints": list(range(n))}
+    assert await pack_in_slices(data) == pack(data)
+
+
+async def test_the_loop_runs_between_slices() -> None:
+    ticks = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    await pack_in_slices({"cells": [[i, i, i, i, i, i] for i in range(400_000)]})
+    done = True
+    await task
+    assert ticks - before > 3
+
+
+def test_unknown_objects_are_refused() -> None:
+    with pytest.raises(TypeError, match="cannot pack object"):
+        pack({"x": object()})
