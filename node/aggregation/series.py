@@ -94,11 +94,14 @@ class SeriesStore:
         # cell before any bucket is touched. Without dimensions, runs of consecutive rows are
         # enough (a record's rows of one account are mostly close in time); with them, a dict,
         # since combinations interleave.
-        accounts: list[int] = []
-        minutes: list[int] = []
-        slots: list[int] = []
-        starts: list[int] = []
+        accounts: list[int] = []  # (dimensioned metrics only)
+        slots: list[int] = []  # (dimensioned metrics only)
+        minute_keys: list[int] = []
+        hour_keys: list[int] = []
+        day_keys: list[int] = []
+        period_keys: list[int] = []
         deltas: list[list[int]] = []
+        lo_minute, hi_minute = self.first_minute, self.last_minute
         by_key: dict[tuple[int, int, int, int], list[int]] = {}
         run = _NO_RUN
         run_account = run_minute = run_start = -1
@@ -161,24 +164,27 @@ class SeriesStore:
             run_account, run_minute, run_start = account, minute, p_start
             if dimensioned:
                 by_key[group_key] = run
-            accounts.append(account)
-            minutes.append(minute)
-            slots.append(slot)
-            starts.append(p_start)
+                accounts.append(account)
+                slots.append(slot)
+            # The run's keys at every level, computed here: key lists built in later passes cost
+            # a comprehension each, which dominated the small per-partition records of a batch.
+            base = grid_base(account)
+            minute_keys.append(base + minute)
+            hour_keys.append(base + minute // _MINUTES_PER_HOUR)
+            day_keys.append(base + minute // _MINUTES_PER_DAY)
+            period_keys.append(period_key(account, p_start))
+            if minute < lo_minute:
+                lo_minute = minute
+            if minute > hi_minute:
+                hi_minute = minute
             deltas.append(run)
 
-        # Phase 2, per run and level: one tight loop each, no call per cell.
-        self.first_minute = min(self.first_minute, min(minutes))
-        self.last_minute = max(self.last_minute, max(minutes))
+        # Phase 2, per level: one tight loop each, no call per cell.
+        self.first_minute, self.last_minute = lo_minute, hi_minute
         levels = self.levels
-        bases = [grid_base(a) for a in accounts]
-        minute_keys = [b + m for b, m in zip(bases, minutes, strict=True)]
-        hour_keys = [b + m // _MINUTES_PER_HOUR for b, m in zip(bases, minutes, strict=True)]
-        day_keys = [b + m // _MINUTES_PER_DAY for b, m in zip(bases, minutes, strict=True)]
         _merge_minutes(levels[0][0], minute_keys, deltas, ref)
         _merge_all(levels[1][0], hour_keys, deltas)
         _merge_all(levels[2][0], day_keys, deltas)
-        period_keys = [period_key(a, s) for a, s in zip(accounts, starts, strict=True)]
         if not thresholds:
             _merge_all(totals, period_keys, deltas)
         if dimensioned:
