@@ -248,9 +248,26 @@ class Partition:
             or self.published_alert_offset < len(self.alerts)
         )
 
+    def flush_mark(self) -> tuple[int, int, int]:
+        """(alerts, event log end, alert log end) now: what :meth:`publish_durable` may publish
+        once both logs are durable up to those ends."""
+        return len(self.alerts), self.events.end_position, self.alert_log.end_position
+
+    def publish_durable(self, mark: tuple[int, int, int]) -> None:
+        """Publish the alerts counted in ``mark`` if both logs are durable up to its ends."""
+        alerts, events_end, alerts_end = mark
+        if (
+            alerts > self.published_alert_offset
+            and self.events.durable_position >= events_end
+            and self.alert_log.durable_position >= alerts_end
+        ):
+            self.published_alert_offset = alerts
+            if self.on_alerts_published is not None:
+                self.on_alerts_published()
+
     async def flush(self) -> None:
         """Make everything appended so far durable, then publish the alerts it holds."""
-        alerts_to_publish = len(self.alerts)
+        mark = self.flush_mark()
         # Both logs at once (one hand-off to the fsync threads, not two in a row): an alert record
         # may reach the disk before its events, and recovery cuts any alert record whose events
         # did not make it. Publishing waits for both, so subscribers only see what survives.
@@ -259,10 +276,7 @@ class Partition:
             await asyncio.gather(self.events.flush(), alerts.flush())
         else:
             await self.events.flush()  # the common SYNC case: no task per log, one hand-off
-        if alerts_to_publish > self.published_alert_offset:
-            self.published_alert_offset = alerts_to_publish
-            if self.on_alerts_published is not None:
-                self.on_alerts_published()
+        self.publish_durable(mark)
 
     async def snapshot(self) -> None:
         """Checkpoint the state with the log position it covers (after making that position durable)."""

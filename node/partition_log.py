@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["PartitionLog"]
+__all__ = ["PartitionLog", "run_rounds"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,20 @@ def _run_job(job: _Job) -> None:
         if job.created or job.sync_dir:
             _fsync_dir(job.dir_fd)
         job.sync_seconds = time.perf_counter() - started
+
+
+def run_rounds(jobs: list[_Job]) -> list[BaseException | None]:
+    """Run rounds taken with :meth:`PartitionLog.start_round`, one after the other (in the
+    executor); each one's error, or None, in order. One round's failure does not stop the rest."""
+    errors: list[BaseException | None] = []
+    for job in jobs:
+        try:
+            _run_job(job)
+        except Exception as exc:
+            errors.append(exc)
+        else:
+            errors.append(None)
+    return errors
 
 
 def _iter_records(fd: int, off: int, limit: int) -> Iterator[tuple[int, memoryview]]:
@@ -485,12 +499,30 @@ class PartitionLog:
         done.add_done_callback(partial(self._on_job_done, job))
 
     def _on_job_done(self, job: _Job, done: asyncio.Future[None]) -> None:
+        cancelled = OSError(errno.EIO, "partition log write was cancelled")
+        self.finish_round(job, cancelled if done.cancelled() else done.exception())
+
+    # A tick flushes many logs: instead of one executor hand-off (and its futures) per log, the
+    # node takes each log's round with start_round, runs a group of them per thread with
+    # run_rounds and hands each result back with finish_round. SYNC waiters that arrive meanwhile
+    # see the round in flight and are served by it (or by the next), as with flush().
+
+    def start_round(self) -> _Job | None:
+        """Detach an fsync round for :func:`run_rounds`; None if nothing is pending or a round is
+        already in flight (that round, or the one queued after it, covers this log)."""
+        if self._unusable or self._job is not None or self._durable >= self._end:
+            return None
+        job = self._make_job(True)
+        job.future = asyncio.get_running_loop().create_future()
+        self._job = job
+        return job
+
+    def finish_round(self, job: _Job, exc: BaseException | None) -> None:
+        """Apply the outcome of a round (``exc`` None: it succeeded) on the loop thread, wake its
+        waiters and start the round queued after it."""
         self._job = None
         future = job.future
         assert future is not None
-        exc: BaseException | None = (
-            OSError(errno.EIO, "partition log write was cancelled") if done.cancelled() else done.exception()
-        )
         if exc is None:
             try:
                 self._complete(job)

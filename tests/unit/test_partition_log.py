@@ -817,3 +817,68 @@ def test_zero_filled_tail_is_not_taken_for_records(tmp_path: Path) -> None:
     reopened = PartitionLog.open(tmp_path / "log")
     assert [payload for _, payload in reopened.scan()] == [b"kept"]
     reopened.close_sync()
+
+
+# ---------------------------------------------------------------- grouped rounds (the node's tick)
+
+
+async def test_grouped_rounds_serve_waiters_that_arrive_while_in_flight(tmp_path: Path) -> None:
+    logs = [PartitionLog.open(tmp_path / f"log{i}") for i in range(3)]
+    assert logs[0].start_round() is None  # nothing pending
+    positions = [log.append(payload(i, 50)) for i, log in enumerate(logs)]
+    rounds = [(log, log.start_round()) for log in logs[:2]]
+    assert all(job is not None for _, job in rounds)
+    assert logs[0].start_round() is None  # a round is in flight: it covers the log
+    waiter = asyncio.create_task(logs[0].flush())  # a SYNC caller arriving meanwhile
+    late = logs[1].append(payload(9, 50))  # appended after the round was taken
+    late_waiter = asyncio.create_task(logs[1].flush())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    errors = await asyncio.get_running_loop().run_in_executor(
+        None, partition_log.run_rounds, [job for _, job in rounds if job is not None]
+    )
+    assert errors == [None, None]
+    for (log, job), exc in zip(rounds, errors, strict=True):
+        assert job is not None
+        log.finish_round(job, exc)
+    await asyncio.wait_for(waiter, 5)
+    await asyncio.wait_for(late_waiter, 5)  # served by the round queued after the grouped one
+    assert logs[1].durable_position == logs[1].end_position > late
+    assert logs[2].durable_position < logs[2].end_position  # not in the group: still pending
+    for log in logs:
+        await log.close()
+    reopened = [PartitionLog.open(tmp_path / f"log{i}") for i in range(3)]
+    assert [log.read(p) for log, p in zip(reopened, positions, strict=True)] == [
+        payload(i, 50) for i in range(3)
+    ]
+    for log in reopened:
+        await log.close()
+
+
+async def test_a_failed_round_in_a_group_fails_only_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, bad = PartitionLog.open(tmp_path / "good"), PartitionLog.open(tmp_path / "bad")
+    good.append(b"kept")
+    bad.append(b"lost")
+    rounds = [(good, good.start_round()), (bad, bad.start_round())]
+    bad_fd = next(iter(bad._wfds.values()))
+    real = partition_log._fsync
+
+    def failing_for_bad(fd: int) -> None:
+        if fd == bad_fd:
+            raise OSError(errno.EIO, "simulated I/O error")
+        real(fd)
+
+    monkeypatch.setattr(partition_log, "_fsync", failing_for_bad)
+    errors = partition_log.run_rounds([job for _, job in rounds if job is not None])
+    assert errors[0] is None and isinstance(errors[1], OSError)
+    for (log, job), exc in zip(rounds, errors, strict=True):
+        assert job is not None
+        log.finish_round(job, exc)
+    assert good.durable_position == good.end_position
+    with pytest.raises(OSError):
+        bad.append(b"more")
+    await good.close()
+    with pytest.raises(OSError):
+        await bad.close()
