@@ -83,6 +83,11 @@ class Node:
         self._executor = ThreadPoolExecutor(
             max_workers=config.fsync_threads, thread_name_prefix="unimeter-fsync"
         )
+        # The tick's shares run on threads of their own: a SYNC caller's or an urgent alert
+        # flush's round never queues behind a tick's shares of sequential fsyncs.
+        self._tick_executor = ThreadPoolExecutor(
+            max_workers=config.fsync_threads, thread_name_prefix="unimeter-tick"
+        )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.node_id = self._load_identity()
         self.registry = MetricRegistry(config.data_dir / "metrics.msgpack")
@@ -113,6 +118,8 @@ class Node:
         self.grpc_addr = config.grpc_addr
         self._closing = False
         self._urgent: set[asyncio.Task[None]] = set()
+        self._urgent_partitions: set[int] = set()
+        """Partitions an urgent alert flush is making durable: the tick leaves their logs to it."""
         self._tasks: list[asyncio.Task[None]] = []
         self._last_snapshot = time.monotonic()
 
@@ -162,13 +169,15 @@ class Node:
         self.alerts.close()
         for partition in self.partitions:
             await partition.close()
+        self._tick_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
     async def _flush_loop(self) -> None:
         interval = self.config.flush_interval
         while True:
             await asyncio.sleep(interval)
-            dirty = [p for p in self.partitions if p.dirty]
+            urgent = self._urgent_partitions
+            dirty = [p for p in self.partitions if p.dirty and p.number not in urgent]
             if dirty:
                 await self._flush_tick(dirty)
 
@@ -194,7 +203,7 @@ class Node:
             shares = [rounds[i::threads] for i in range(min(threads, len(rounds)))]
             running = []
             for share in shares:
-                done = loop.run_in_executor(self._executor, run_rounds, [job for _, job in share])
+                done = loop.run_in_executor(self._tick_executor, run_rounds, [job for _, job in share])
                 # A callback, not code after the await: the rounds finish even if this tick is
                 # cancelled (shutdown), or their logs would wait forever.
                 done.add_done_callback(partial(self._finish_rounds, share))
@@ -224,6 +233,14 @@ class Node:
             if isinstance(exc, BaseException):
                 self.stats.flush_failures += 1
                 log.error("flush failed: %s", exc)
+
+    async def _flush_urgent(self, partitions: list[Partition]) -> None:
+        numbers = {p.number for p in partitions} - self._urgent_partitions
+        self._urgent_partitions |= numbers
+        try:
+            await self._flush(partitions)
+        finally:
+            self._urgent_partitions -= numbers
 
     async def _maintenance_loop(self) -> None:
         while True:
@@ -326,7 +343,7 @@ class Node:
                 # Alerts are waited for by people: a batch that fires one gets its partitions
                 # flushed (and the alert published) now, in a task of its own, instead of at the
                 # next tick; everything else keeps the group commit of the flush interval.
-                task = asyncio.create_task(self._flush(urgent))
+                task = asyncio.create_task(self._flush_urgent(urgent))
                 self._urgent.add(task)
                 task.add_done_callback(self._urgent.discard)
         if sync:
