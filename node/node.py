@@ -182,35 +182,48 @@ class Node:
                 await self._flush_tick(dirty)
 
     async def _flush_tick(self, partitions: list[Partition]) -> None:
-        """Make the dirty partitions durable with one executor hand-off per fsync thread.
+        """Make the dirty partitions durable, then publish their alerts (see :meth:`_run_rounds`).
+        Logs with a round in flight (a SYNC caller's, an urgent flush's) are left to it; their
+        partitions publish at the next tick."""
+        marks = [(p, p.flush_mark()) for p in partitions]
+        await self._run_rounds(partitions, self._tick_executor)
+        for partition, mark in marks:
+            partition.publish_durable(mark)
+
+    async def _flush_sync(self, partitions: list[Partition]) -> None:
+        """A SYNC batch over several partitions: grouped rounds, then each partition's own flush,
+        which returns at once if a grouped round covered it, waits for a round already in flight
+        otherwise, raises if its log failed, and publishes its alerts."""
+        await self._run_rounds(partitions, self._executor)
+        for partition in partitions:
+            await partition.flush()
+
+    async def _run_rounds(self, partitions: list[Partition], executor: ThreadPoolExecutor) -> None:
+        """One fsync round per pending log of ``partitions``, with one executor hand-off per thread.
 
         Every log's round is taken at once and the rounds are dealt to the threads (a thread runs
-        its share one after the other): per tick that is a few hand-offs instead of one per log,
-        and with 64 dirty partitions the per-log futures were most of the flusher's loop time.
-        An urgent flush queues behind at most one share. Logs with a round in flight (a SYNC
-        caller's, an urgent flush's) are left to it; their partitions publish at the next tick.
+        its share one after the other): a few hand-offs instead of one per log; with 64 partitions
+        the per-log futures were most of the flusher's loop time. Logs with a round in flight are
+        skipped (that round, or the one queued after it, covers them).
         """
-        marks = [(p, p.flush_mark()) for p in partitions]
         rounds = [
             (log, job)
             for p in partitions
             for log in (p.events, p.alert_log)
             if (job := log.start_round()) is not None
         ]
-        if rounds:
-            loop = asyncio.get_running_loop()
-            threads = self.config.fsync_threads
-            shares = [rounds[i::threads] for i in range(min(threads, len(rounds)))]
-            running = []
-            for share in shares:
-                done = loop.run_in_executor(self._tick_executor, run_rounds, [job for _, job in share])
-                # A callback, not code after the await: the rounds finish even if this tick is
-                # cancelled (shutdown), or their logs would wait forever.
-                done.add_done_callback(partial(self._finish_rounds, share))
-                running.append(done)
-            await asyncio.wait(running)
-        for partition, mark in marks:
-            partition.publish_durable(mark)
+        if not rounds:
+            return
+        loop = asyncio.get_running_loop()
+        threads = self.config.fsync_threads
+        running = []
+        for share in [rounds[i::threads] for i in range(min(threads, len(rounds)))]:
+            done = loop.run_in_executor(executor, run_rounds, [job for _, job in share])
+            # A callback, not code after the await: the rounds finish even if the waiter is
+            # cancelled (shutdown, a caller's deadline), or their logs would wait forever.
+            done.add_done_callback(partial(self._finish_rounds, share))
+            running.append(done)
+        await asyncio.wait(running)
 
     def _finish_rounds(self, share: list[tuple[PartitionLog, Any]], done: asyncio.Future[Any]) -> None:
         if done.cancelled():
@@ -350,7 +363,7 @@ class Node:
             if len(targets) == 1:
                 await targets[0].flush()
             else:
-                await asyncio.gather(*(part.flush() for part in targets))
+                await self._flush_sync(targets)
         # Per call and partition, never per event: a few µs for a batch spread over 64 partitions.
         n_events = n_dup = 0
         for (_, rows), outcome in zip(parts, outcomes, strict=True):

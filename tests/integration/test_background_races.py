@@ -1,4 +1,6 @@
-"""A snapshot packs in slices while ingestion goes on: it holds exactly the state at its position.
+"""Ingestion racing the node's background work: snapshots packing in slices, grouped fsync rounds.
+
+A snapshot packs in slices while ingestion goes on: it holds exactly the state at its position.
 
 Ingestion between the capture and the file write must neither leak into the snapshot (replaying
 those records after recovery would count them twice) nor be lost (they are replayed from the log).
@@ -7,10 +9,16 @@ those records after recovery would count them twice) nor be lost (they are repla
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import shutil
 from pathlib import Path
 
+import pytest
+
 from cluster_client import AggType, Client, Metric, Period
+from cluster_client.types import EventRow
+from node import partition_log
 from node.node import Node, NodeConfig
 
 T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
@@ -33,7 +41,7 @@ async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_rec
         # One cell per account and level: columns of 20,000 cells take several slices to pack.
         for batch in range(ACCOUNTS // 1000):
             seqs = range(batch * 1000, batch * 1000 + 1000)
-            rows = [(1 + n, "calls", 1, T0 + n % 50 * MINUTE, None, 1, f"e{n}") for n in seqs]
+            rows: list[EventRow] = [(1 + n, "calls", 1, T0 + n % 50 * MINUTE, None, 1, f"e{n}") for n in seqs]
             await client.ingest_rows(rows, sync=False)
         partition = node.partitions[0]
         snapshot = asyncio.create_task(partition.snapshot())
@@ -68,3 +76,37 @@ async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_rec
         assert sum(expected.values()) == len(touched) + 2 * 100 * during + 5
     finally:
         await recovered.close()
+
+
+async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SYNC batches over several partitions share grouped fsync rounds: one log's failure must
+    # still reach the caller (no acknowledgement), while the other partitions become durable.
+    node = Node(NodeConfig(tmp_path / "data", partitions=4, flush_interval=3600))
+    await node.start()
+    client = await Client.in_process(node, metric_lookup=node.metric_of)
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        rows: list[EventRow] = [(a, "calls", 1, T0 + a, None, 1, f"s{a}") for a in range(1, 41)]
+        parts = {client.partition_of(a) for a, *_ in rows}
+        assert len(parts) == 4
+        broken = node.partitions[0].events
+        broken_fds = set(broken._wfds.values())
+        real = partition_log._fsync
+
+        def failing(fd: int) -> None:
+            if fd in broken_fds:
+                raise OSError(errno.EIO, "simulated I/O error")
+            real(fd)
+
+        monkeypatch.setattr(partition_log, "_fsync", failing)
+        with pytest.raises(OSError):
+            await client.ingest_rows(rows, sync=True)
+        for partition in node.partitions[1:]:
+            assert partition.events.durable_position == partition.events.end_position > 0
+        assert node.stats.flush_failures >= 1
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(OSError):
+            await node.close()
