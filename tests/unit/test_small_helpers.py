@@ -49,3 +49,31 @@ def test_dedup_index_expires_by_arrival_and_round_trips() -> None:
     assert index.expire(111) == 2
     assert (index.get(1), index.get(2), index.get(3)) == (None, None, 13)
     assert len(index) == 1
+
+
+def test_event_index_single_hour_accounts_grow_into_many_hours_and_survive_a_snapshot() -> None:
+    import gc
+
+    import msgpack
+
+    from node.event_index import HOUR_NS, EventIndex
+
+    index = EventIndex()
+    index.add(100, [(1, 5), (2, 7)])
+    index.add(100, [(1, 5)])  # the same record again: listed once
+    index.add(200, [(1, 5)])
+    assert list(index.hours(1, 0, 10 * HOUR_NS)) == [(5, [100, 200])]
+    index.add(300, [(1, 3), (2, 7)])  # account 1 now has two hours
+    index.add(400, [(1, 9)])
+    assert list(index.hours(1, 0, 10 * HOUR_NS)) == [(3, [300]), (5, [100, 200]), (9, [400])]
+    assert list(index.hours(1, 4 * HOUR_NS, 9 * HOUR_NS)) == [(5, [100, 200])]  # [start, end)
+    assert list(index.hours(1, 5 * HOUR_NS + 1, 5 * HOUR_NS + 2)) == [(5, [100, 200])]
+    assert list(index.hours(2, 0, 7 * HOUR_NS)) == []
+    assert list(index.hours(2, 7 * HOUR_NS, 8 * HOUR_NS)) == [(7, [100, 300])]
+    assert list(index.hours(3, 0, 10 * HOUR_NS)) == []
+    restored = EventIndex.from_snapshot(msgpack.unpackb(msgpack.packb(index.to_snapshot())))
+    for account in (1, 2, 3):
+        assert list(restored.hours(account, 0, 10 * HOUR_NS)) == list(index.hours(account, 0, 10 * HOUR_NS))
+    restored.add(500, [(2, 8)])  # a restored single-hour account still grows
+    assert list(restored.hours(2, 0, 10 * HOUR_NS)) == [(7, [100, 300]), (8, [500])]
+    assert not any(gc.is_tracked(v) for v in restored._accounts.values() if isinstance(v, list))
