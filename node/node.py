@@ -173,9 +173,14 @@ class Node:
         self._executor.shutdown(wait=True)
 
     async def _flush_loop(self) -> None:
+        # Ticks start at a fixed rate, not a fixed pause after the previous tick's fsyncs: an ASYNC
+        # write waits at most one interval for a tick to take it (plus that tick's own fsync).
+        loop = asyncio.get_running_loop()
         interval = self.config.flush_interval
+        next_tick = loop.time() + interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick = max(next_tick + interval, loop.time())
             urgent = self._urgent_partitions
             dirty = [p for p in self.partitions if p.dirty and p.number not in urgent]
             if dirty:
