@@ -52,8 +52,9 @@ class EventIndex:
 
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
         """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order."""
+        first, last = start // HOUR_NS, (end - 1) // HOUR_NS
         for hour, refs in _items(self._accounts.get(account)):
-            if start // HOUR_NS <= hour <= (end - 1) // HOUR_NS:
+            if first <= hour <= last:
                 yield hour, refs
 
     def to_snapshot(self) -> list[object]:

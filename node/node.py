@@ -243,22 +243,18 @@ class Node:
                 self.stats.flush_failures += 1
                 log.error("flush of %s failed: %s", log_.directory, exc)
 
-    async def _flush(self, partitions: list[Partition]) -> None:
-        if not partitions:
-            return
-        results = await asyncio.gather(*(p.flush() for p in partitions), return_exceptions=True)
+    async def _flush_urgent(self, partitions: list[Partition]) -> None:
+        """Flush partitions whose batch fired alerts now, and publish them; the tick skips them."""
+        numbers = {p.number for p in partitions} - self._urgent_partitions
+        self._urgent_partitions |= numbers
+        try:
+            results = await asyncio.gather(*(p.flush() for p in partitions), return_exceptions=True)
+        finally:
+            self._urgent_partitions -= numbers
         for exc in results:
             if isinstance(exc, BaseException):
                 self.stats.flush_failures += 1
                 log.error("flush failed: %s", exc)
-
-    async def _flush_urgent(self, partitions: list[Partition]) -> None:
-        numbers = {p.number for p in partitions} - self._urgent_partitions
-        self._urgent_partitions |= numbers
-        try:
-            await self._flush(partitions)
-        finally:
-            self._urgent_partitions -= numbers
 
     async def _maintenance_loop(self) -> None:
         while True:

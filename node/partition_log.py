@@ -499,8 +499,10 @@ class PartitionLog:
         done.add_done_callback(partial(self._on_job_done, job))
 
     def _on_job_done(self, job: _Job, done: asyncio.Future[None]) -> None:
-        cancelled = OSError(errno.EIO, "partition log write was cancelled")
-        self.finish_round(job, cancelled if done.cancelled() else done.exception())
+        if done.cancelled():
+            self.finish_round(job, OSError(errno.EIO, "partition log write was cancelled"))
+        else:
+            self.finish_round(job, done.exception())
 
     # A tick flushes many logs: instead of one executor hand-off (and its futures) per log, the
     # node takes each log's round with start_round, runs a group of them per thread with

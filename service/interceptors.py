@@ -121,7 +121,9 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         request_id_var.set(request_id)
         handler = await continuation(handler_call_details)
         if handler is None:
-            return None  # unknown method: grpc answers UNIMPLEMENTED; no label for arbitrary names
+            # No such method: grpc itself answers UNIMPLEMENTED. Not counted per path, since
+            # arbitrary client-chosen paths would make an unbounded metric label.
+            return None
         path = _method_path(handler_call_details)
         stats = self._stats.method(path, streaming=_is_streaming_response(handler))
         inner = _behavior(handler)

@@ -93,7 +93,7 @@ async def pack_in_slices(data: object) -> bytes:
 
 def _pack_items(packer: msgpack.Packer, items: list[object] | tuple[object, ...]) -> bytes:
     """The packed elements of ``items`` without the array header (one C call for all of them)."""
-    packed: bytes = packer.pack(list(items))
+    packed: bytes = packer.pack(items)  # a slice already: tuples pack as arrays too
     n = len(items)
     header = 1 if n < 16 else 3 if n < 1 << 16 else 5
     return packed[header:]
