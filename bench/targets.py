@@ -179,6 +179,24 @@ def evaluate_targets(results: dict[str, Any], config: BenchConfig) -> list[dict[
     return out
 
 
+def _quantile_rows(
+    head: str,
+    tail: str,
+    measured: dict[str, Any],
+    ceiling: dict[str, Any] | None,
+    *,
+    p50: dict[str, Any] | None = None,
+    p99: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The p50 and p99 rows (ms) of one latency measurement, named ``f"{head} p50{tail}"`` and so on."""
+    return [
+        _row(
+            f"{head} {q}{tail}", "ms", measured[f"{q}_ms"], None if ceiling is None else ceiling[f"{q}_ms"], t
+        )
+        for q, t in (("p50", p50), ("p99", p99))
+    ]
+
+
 def _row(
     name: str, unit: str, value: float | None, ceiling: float | None, target: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -203,8 +221,7 @@ def table_rows(
     rows = []
     fsync = results.get("fsync")
     if fsync is not None:
-        rows.append(_row("fsync 100 B p50 (disk floor)", "ms", fsync["p50_ms"], None))
-        rows.append(_row("fsync 100 B p99 (disk floor)", "ms", fsync["p99_ms"], None))
+        rows += _quantile_rows("fsync 100 B", " (disk floor)", fsync, None)
     for row in results.get("async") or []:
         is_target = (row["batch"], row["callers"]) == (config.target_batch, config.target_callers)
         target = by_id.get("async_vs_ceiling") if is_target else None
@@ -220,16 +237,9 @@ def table_rows(
     sync = results.get("sync")
     if sync is not None:
         single = sync["single"]
-        rows.append(
-            _row(
-                "SYNC 1 event p50",
-                "ms",
-                single["unimeter"]["p50_ms"],
-                single["ceiling"]["p50_ms"],
-                by_id.get("sync_single_p50"),
-            )
+        rows += _quantile_rows(
+            "SYNC 1 event", "", single["unimeter"], single["ceiling"], p50=by_id.get("sync_single_p50")
         )
-        rows.append(_row("SYNC 1 event p99", "ms", single["unimeter"]["p99_ms"], single["ceiling"]["p99_ms"]))
         batch = sync["batch"]
         rows.append(
             _row(
@@ -248,54 +258,23 @@ def table_rows(
             ("month", "Query month", "query_month_p50"),
         ):
             section = query[key]
-            rows.append(
-                _row(
-                    f"{label} p50 ({n:,} ev)",
-                    "ms",
-                    section["unimeter"]["p50_ms"],
-                    section["ceiling"]["p50_ms"],
-                    by_id.get(tid),
-                )
-            )
-            rows.append(
-                _row(
-                    f"{label} p99 ({n:,} ev)",
-                    "ms",
-                    section["unimeter"]["p99_ms"],
-                    section["ceiling"]["p99_ms"],
-                )
+            rows += _quantile_rows(
+                label, f" ({n:,} ev)", section["unimeter"], section["ceiling"], p50=by_id.get(tid)
             )
     alerts = results.get("alerts")
     if alerts is not None:
         rate = alerts["target_events_per_s"]
-        rows.append(
-            _row(
-                f"ingest→alert p50 @ {rate:,.0f} ev/s",
-                "ms",
-                alerts["unimeter"]["p50_ms"],
-                alerts["ceiling"]["p50_ms"],
-            )
-        )
-        rows.append(
-            _row(
-                f"ingest→alert p99 @ {rate:,.0f} ev/s",
-                "ms",
-                alerts["unimeter"]["p99_ms"],
-                alerts["ceiling"]["p99_ms"],
-                by_id.get("alert_p99"),
-            )
+        rows += _quantile_rows(
+            "ingest→alert",
+            f" @ {rate:,.0f} ev/s",
+            alerts["unimeter"],
+            alerts["ceiling"],
+            p99=by_id.get("alert_p99"),
         )
         low = alerts.get("low_rate")
         if low is not None:
-            for q in ("p50", "p99"):
-                rows.append(
-                    _row(
-                        f"ingest→alert {q} @ {low['target_events_per_s']:,.0f} ev/s (diagnostic)",
-                        "ms",
-                        low["unimeter"][f"{q}_ms"],
-                        None,
-                    )
-                )
+            rate = low["target_events_per_s"]
+            rows += _quantile_rows("ingest→alert", f" @ {rate:,.0f} ev/s (diagnostic)", low["unimeter"], None)
     memory = results.get("memory")
     if memory is not None:
         s = memory["series"]
