@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -86,12 +86,12 @@ class UnimeterCollector(Collector):
             latency.add_metric([m.service, m.method], _buckets(m.latency), m.latency.sum)
         yield calls
         yield latency
-        auth = CounterMetricFamily(
-            "unimeter_grpc_auth_failures", "Calls refused by the API-key check, by reason", labels=["reason"]
+        yield _counter_by(
+            "unimeter_grpc_auth_failures",
+            "Calls refused by the API-key check, by reason",
+            "reason",
+            stats.auth_failures,
         )
-        for reason, n in list(stats.auth_failures.items()):
-            auth.add_metric([reason], n)
-        yield auth
 
     def _ingest(self) -> Iterator[Metric]:
         stats = self._stats
@@ -119,30 +119,24 @@ class UnimeterCollector(Collector):
         yield batches
         yield events
         yield duplicates
-        rejected_batches = CounterMetricFamily(
+        yield _counter_by(
             "unimeter_ingest_rejected_batches",
             "Ingest calls that failed, by ErrorInfo reason",
-            labels=["reason"],
+            "reason",
+            stats.rejected_batches,
         )
-        for reason, n in list(stats.rejected_batches.items()):
-            rejected_batches.add_metric([reason], n)
-        yield rejected_batches
-        rejected_events = CounterMetricFamily(
+        yield _counter_by(
             "unimeter_ingest_rejected_events",
             "Events in failed ingest calls, by ErrorInfo reason",
-            labels=["reason"],
+            "reason",
+            stats.rejected_events,
         )
-        for reason, n in list(stats.rejected_events.items()):
-            rejected_events.add_metric([reason], n)
-        yield rejected_events
-        invalid = CounterMetricFamily(
+        yield _counter_by(
             "unimeter_ingest_invalid_fields",
             "Field violations in INVALID_ARGUMENT ingest calls, by field",
-            labels=["field"],
+            "field",
+            stats.invalid_fields,
         )
-        for name, n in list(stats.invalid_fields.items()):
-            invalid.add_metric([name], n)
-        yield invalid
         yield GaugeMetricFamily(
             "unimeter_ingest_inflight_events",
             "Events of ingest calls being handled",
@@ -242,14 +236,12 @@ class UnimeterCollector(Collector):
         yield GaugeMetricFamily(
             "unimeter_node_protocol_connections", "Open node-protocol connections", protocol.connection_count
         )
-        refused = CounterMetricFamily(
+        yield _counter_by(
             "unimeter_node_protocol_handshake_failures",
             "Node-protocol connections refused during the handshake, by reason",
-            labels=["reason"],
+            "reason",
+            protocol.handshake_failures,
         )
-        for reason, n in list(protocol.handshake_failures.items()):
-            refused.add_metric([reason], n)
-        yield refused
 
 
 def new_registry(collector: UnimeterCollector) -> CollectorRegistry:
@@ -260,3 +252,11 @@ def new_registry(collector: UnimeterCollector) -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
+
+
+def _counter_by(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> CounterMetricFamily:
+    """A counter family with one sample per key of ``counts`` (copied first: calls update it)."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, n in list(counts.items()):
+        family.add_metric([value], n)
+    return family
