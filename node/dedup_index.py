@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from array import array
+from bisect import bisect_right
 
 import msgpack
 
@@ -40,21 +41,27 @@ def derived_key(
 
 
 _EMPTY_TABLE_SLOTS = 1024
-"""Initial table capacity (a power of two): 16 KiB per partition before the first growth."""
+"""Smallest table capacity (a power of two): 16 KiB per partition."""
 
 _MAX_LOAD_NUM, _MAX_LOAD_DEN = 3, 5
-"""The table grows (doubles) before live keys exceed 3/5 of its slots."""
+"""The table is rebuilt before its used slots (live and expired entries) pass 3/5 of it."""
 
-_SNAPSHOT_TAG = "dedup-oa-1"
-"""First element of the current snapshot format (the older format is a list of per-record lists)."""
+_REBUILT_LOAD_NUM, _REBUILT_LOAD_DEN = 9, 20
+"""A rebuilt table holds its live keys at 9/20 load at most, so the next rebuild is far off."""
+
+_SHRINK_BELOW = 16
+"""``expire`` rebuilds a table smaller once fewer than 1/16 of its slots hold live keys."""
+
+_SNAPSHOT_TAG = "dedup-lazy-1"
+"""First element of the snapshot format; any other format is refused (recovery replays the log)."""
 
 _COMPACT_MIN = 4096
-"""The expiry queues are compacted once this many (and over a quarter of) their entries are spent."""
+"""The group columns are compacted once this many (and over a quarter of) their entries are spent."""
 
 
 def _capacity_for(n: int) -> int:
     cap = _EMPTY_TABLE_SLOTS
-    while n * _MAX_LOAD_DEN > cap * _MAX_LOAD_NUM:
+    while n * _REBUILT_LOAD_DEN > cap * _REBUILT_LOAD_NUM:
         cap *= 2
     return cap
 
@@ -63,40 +70,49 @@ def _zeros(n: int) -> array[int]:
     return array("Q", bytes(8 * n))
 
 
+def _unpacked(raw: object, code: str) -> array[int]:
+    if not isinstance(raw, bytes) or len(raw) % 8:
+        raise ValueError("dedup snapshot: bad packed array")
+    column = array(code)
+    column.frombytes(raw)
+    return column
+
+
 class DedupIndex:
     """Key digest → offset, for keys whose record arrived within ``window_ns``.
 
-    Layout (about 35-45 bytes per live key instead of ~115 for a dict of Python ints):
+    Layout: 16 bytes per table slot and nothing else per key (27-53 bytes per live key):
 
     * an open-addressing hash table in two parallel ``array('Q')`` columns, ``_keys`` and
       ``_offs``, with linear probing from slot ``key & mask`` (keys are BLAKE2b digests, so their
       low bits are already uniform). A slot is empty iff its offset is 0 (offsets are positive), so
-      every 64-bit key, 0 included, is stored as itself: no reserved key values, no remapping, no
-      extra collisions. Deletion shifts the rest of the probe run back (no tombstones), so a table
-      that stops growing never rehashes; it doubles when live keys would exceed 3/5 of the slots
-      and never shrinks.
-    * the expiry FIFO: every ``add`` call is a group (arrival time, number of keys) in
-      ``_g_arrival``/``_g_size``, its keys appended to ``_q_keys``; spent prefixes are cut off
-      by compaction.
-    * ``_superseded``: key → how many older FIFO occurrences of a key that is live are stale
-      (the key was added again while live, which the partition never does, or twice in one call).
-      Invariant: every live key occurs ``1 + _superseded.get(key, 0)`` times in the FIFO and only
-      its newest occurrence is current; expiring a stale occurrence just decrements the count, so
-      expiry never forgets a newer entry of the same key. A key re-added after it expired is a
-      fresh entry.
+      every 64-bit key, 0 included, is stored as itself.
+    * expiry without a per-key queue: a partition assigns offsets in arrival order, so the keys
+      older than the window are exactly those whose offset is below ``_floor``, the first offset of
+      the oldest ``add`` call (a *group*) still in the window. Such an entry is *expired*: ``get``
+      does not see it, an ``add`` of the same key overwrites it, an ``add`` of another key passing
+      it on its probe run takes its slot, and a rebuild drops it. ``expire`` only moves ``_floor``.
+    * per group: arrival time, first offset, and how many of the table's live entries it owns
+      (``_g_live``; a key re-added while live moves to its new group), so ``len`` and the count
+      ``expire`` returns are exact without scanning the table.
+
+    The table is rebuilt when its used slots (live and expired) would pass 3/5 of it, at the
+    capacity that holds the live keys at 9/20 load: it doubles while it grows and keeps its size
+    once expiry balances arrivals. ``expire`` shrinks it when live keys fall below 1/16 of it.
     """
 
     __slots__ = (
+        "_floor",
         "_g_arrival",
+        "_g_first",
         "_g_head",
-        "_g_size",
+        "_g_live",
         "_keys",
+        "_last",
         "_live",
         "_mask",
         "_offs",
-        "_q_head",
-        "_q_keys",
-        "_superseded",
+        "_used",
         "window_ns",
     )
 
@@ -106,13 +122,13 @@ class DedupIndex:
         self._offs = _zeros(_EMPTY_TABLE_SLOTS)
         self._mask = _EMPTY_TABLE_SLOTS - 1
         self._live = 0
-        self._superseded: dict[int, int] = {}
-        # Arrival times are non-decreasing per partition, so expiry consumes groups from the head.
+        self._used = 0
+        self._floor = 1
+        self._last = 0
         self._g_arrival = array("q")
-        self._g_size = array("Q")
+        self._g_first = array("Q")
+        self._g_live = array("Q")
         self._g_head = 0
-        self._q_keys = array("Q")
-        self._q_head = 0
 
     def __len__(self) -> int:
         return self._live
@@ -128,133 +144,140 @@ class DedupIndex:
             if not off:
                 return None
             if keys[i] == key:
-                return off
+                return off if off >= self._floor else None
             i = (i + 1) & mask
 
     def add(self, arrival_ns: int, keys: list[int], offsets: list[int]) -> None:
-        """Remember ``keys[i] → offsets[i]`` as arrived at ``arrival_ns``."""
+        """Remember ``keys[i] → offsets[i]`` as arrived at ``arrival_ns``.
+
+        Calls come in arrival order, and each call's offsets are above every earlier call's.
+        """
         if len(keys) != len(offsets):
             raise ValueError("keys and offsets differ in length")
         if not keys:
             return
         # Validate everything before touching the table: array() rejects values outside 0..2**64-1.
-        new_keys = array("Q", keys)
+        array("Q", keys)
         array("Q", offsets)
-        if min(offsets) < 1:
-            raise ValueError("offsets must be positive")
-        if (self._live + len(keys)) * _MAX_LOAD_DEN > len(self._keys) * _MAX_LOAD_NUM:
+        first = min(offsets)
+        if first <= self._last:
+            raise ValueError("offsets must be positive and above every earlier add's offsets")
+        if (self._used + len(keys)) * _MAX_LOAD_DEN > len(self._keys) * _MAX_LOAD_NUM:
             self._rehash(_capacity_for(self._live + len(keys)))
+        g_first = self._g_first
+        g_live = self._g_live
+        g_head = self._g_head
+        self._g_arrival.append(arrival_ns)
+        g_first.append(first)
+        g_live.append(len(keys))
         kcol = self._keys
         offs = self._offs
         mask = self._mask
-        added = 0
+        floor = self._floor
+        new = 0
+        used = 0
         for key, off in zip(keys, offsets, strict=True):
             i = key & mask
+            reuse = -1
             while True:
-                if not offs[i]:
+                old = offs[i]
+                if not old:
+                    if reuse < 0:
+                        used += 1
+                    else:
+                        i = reuse
                     kcol[i] = key
                     offs[i] = off
-                    added += 1
+                    new += 1
                     break
                 if kcol[i] == key:
                     offs[i] = off
-                    superseded = self._superseded
-                    superseded[key] = superseded.get(key, 0) + 1
+                    if old >= floor:  # still live: its older group no longer owns it
+                        g_live[bisect_right(g_first, old, g_head) - 1] -= 1
+                    else:
+                        new += 1
                     break
+                if reuse < 0 and old < floor:
+                    reuse = i
                 i = (i + 1) & mask
-        self._live += added
-        self._q_keys.extend(new_keys)
-        self._g_arrival.append(arrival_ns)
-        self._g_size.append(len(keys))
+        self._live += new
+        self._used += used
+        self._last = max(offsets)
 
     def expire(self, now_ns: int) -> int:
         """Forget keys that arrived before ``now_ns - window``; returns how many were forgotten."""
         cutoff = now_ns - self.window_ns
         g_arrival = self._g_arrival
-        g_size = self._g_size
-        g_head = self._g_head
-        q_head = self._q_head
+        g_live = self._g_live
+        head = self._g_head
         n_groups = len(g_arrival)
-        start = q_head
-        while g_head < n_groups and g_arrival[g_head] < cutoff:
-            q_head += g_size[g_head]
-            g_head += 1
-        if q_head == start:
+        forgotten = 0
+        while head < n_groups and g_arrival[head] < cutoff:
+            forgotten += g_live[head]
+            head += 1
+        if head == self._g_head:
             return 0
-        before = self._live
-        superseded = self._superseded
-        remove = self._remove
-        for key in self._q_keys[start:q_head]:
-            if superseded:
-                stale = superseded.get(key)
-                if stale is not None:
-                    if stale == 1:
-                        del superseded[key]
-                    else:
-                        superseded[key] = stale - 1
-                    continue
-            remove(key)
-        self._g_head = g_head
-        self._q_head = q_head
-        self._compact()
-        return before - self._live
+        self._floor = self._g_first[head] if head < n_groups else self._last + 1
+        self._live -= forgotten
+        self._g_head = head
+        if self._live * _SHRINK_BELOW < len(self._keys) > _EMPTY_TABLE_SLOTS:
+            self._rehash(_capacity_for(self._live))
+        if head >= _COMPACT_MIN and head * 4 >= n_groups:
+            del g_arrival[:head]
+            del self._g_first[:head]
+            del g_live[:head]
+            self._g_head = 0
+        return forgotten
 
     def to_snapshot(self) -> list[object]:
-        """A msgpack-serialisable copy: the table columns and the expiry FIFO as packed arrays."""
+        """A msgpack-serialisable copy: the table and the live groups as packed arrays."""
+        head = self._g_head
         return [
             _SNAPSHOT_TAG,
             self._keys.tobytes(),
             self._offs.tobytes(),
-            self._g_arrival[self._g_head :].tobytes(),
-            self._g_size[self._g_head :].tobytes(),
-            self._q_keys[self._q_head :].tobytes(),
-            [[k, n] for k, n in self._superseded.items()],
+            self._g_arrival[head:].tobytes(),
+            self._g_first[head:].tobytes(),
+            self._g_live[head:].tobytes(),
+            self._floor,
+            self._last,
         ]
 
     @classmethod
     def from_snapshot(cls, window_ns: int, data: list[object]) -> DedupIndex:
-        """Rebuild an index saved by :meth:`to_snapshot`, by this or by the previous version."""
-        if data and data[0] == _SNAPSHOT_TAG:
-            return cls._from_table_snapshot(window_ns, data)
-        return cls._from_record_snapshot(window_ns, data)
+        """Rebuild an index saved by :meth:`to_snapshot`; ValueError for anything else."""
+        if not isinstance(data, list) or len(data) != 8 or data[0] != _SNAPSHOT_TAG:
+            raise ValueError("dedup snapshot: not this version's format")
+        _, key_bytes, off_bytes, arrival_bytes, first_bytes, live_bytes, floor, last = data
+        kcol = _unpacked(key_bytes, "Q")
+        offs = _unpacked(off_bytes, "Q")
+        g_arrival = _unpacked(arrival_bytes, "q")
+        g_first = _unpacked(first_bytes, "Q")
+        g_live = _unpacked(live_bytes, "Q")
+        capacity = len(kcol)
+        if capacity != len(offs) or capacity < 1 or capacity & (capacity - 1):
+            raise ValueError("dedup snapshot: bad table size")
+        if not len(g_arrival) == len(g_first) == len(g_live):
+            raise ValueError("dedup snapshot: bad groups")
+        if not isinstance(floor, int) or not isinstance(last, int) or not 1 <= floor <= last + 1:
+            raise ValueError("dedup snapshot: bad floor")
+        index = cls(window_ns)
+        index._keys, index._offs, index._mask = kcol, offs, capacity - 1
+        index._live, index._used = sum(g_live), capacity - offs.count(0)
+        index._floor, index._last = floor, last
+        index._g_arrival, index._g_first, index._g_live = g_arrival, g_first, g_live
+        return index
 
     # ------------------------------------------------------------------ internals
 
-    def _remove(self, key: int) -> None:
-        """Delete ``key`` if present, shifting later entries of its probe run back into the hole."""
-        kcol = self._keys
-        offs = self._offs
-        mask = self._mask
-        i = key & mask
-        while True:
-            if not offs[i]:
-                return
-            if kcol[i] == key:
-                break
-            i = (i + 1) & mask
-        self._live -= 1
-        j = i
-        while True:
-            j = (j + 1) & mask
-            off = offs[j]
-            if not off:
-                break
-            k = kcol[j]
-            # The entry at j may fill the hole at i unless its home slot lies cyclically in (i, j].
-            if (j - (k & mask)) & mask >= (j - i) & mask:
-                kcol[i] = k
-                offs[i] = off
-                i = j
-        kcol[i] = 0
-        offs[i] = 0
-
     def _rehash(self, capacity: int) -> None:
-        """Move every live entry into fresh columns of ``capacity`` slots (a power of two)."""
+        """Move every live entry into fresh columns of ``capacity`` slots, dropping expired ones."""
         kcol = _zeros(capacity)
         offs = _zeros(capacity)
         mask = capacity - 1
+        floor = self._floor
         for key, off in zip(self._keys, self._offs, strict=True):
-            if off:
+            if off >= floor:
                 i = key & mask
                 while offs[i]:
                     i = (i + 1) & mask
@@ -263,72 +286,4 @@ class DedupIndex:
         self._keys = kcol
         self._offs = offs
         self._mask = mask
-
-    def _compact(self) -> None:
-        if self._q_head >= _COMPACT_MIN and self._q_head * 4 >= len(self._q_keys):
-            del self._q_keys[: self._q_head]
-            self._q_head = 0
-        if self._g_head >= _COMPACT_MIN and self._g_head * 4 >= len(self._g_arrival):
-            del self._g_arrival[: self._g_head]
-            del self._g_size[: self._g_head]
-            self._g_head = 0
-
-    @classmethod
-    def _from_table_snapshot(cls, window_ns: int, data: list[object]) -> DedupIndex:
-        _, key_bytes, off_bytes, arrival_bytes, size_bytes, queue_bytes, superseded = data
-        index = cls(window_ns)
-        columns = []
-        for raw, code in (
-            (key_bytes, "Q"),
-            (off_bytes, "Q"),
-            (arrival_bytes, "q"),
-            (size_bytes, "Q"),
-            (queue_bytes, "Q"),
-        ):
-            if not isinstance(raw, bytes) or len(raw) % 8:
-                raise ValueError("dedup snapshot: bad packed array")
-            column = array(code)
-            column.frombytes(raw)
-            columns.append(column)
-        kcol, offs, g_arrival, g_size, q_keys = columns
-        capacity = len(kcol)
-        if capacity != len(offs) or capacity < 1 or capacity & (capacity - 1):
-            raise ValueError("dedup snapshot: bad table size")
-        if len(g_arrival) != len(g_size) or sum(g_size) != len(q_keys):
-            raise ValueError("dedup snapshot: bad expiry queue")
-        if not isinstance(superseded, list):
-            raise ValueError("dedup snapshot: bad superseded counts")
-        stale = {int(k): int(n) for k, n in superseded}
-        live = capacity - offs.count(0)
-        if live + sum(stale.values()) != len(q_keys):
-            raise ValueError("dedup snapshot: table and expiry queue disagree")
-        index._keys, index._offs, index._mask, index._live = kcol, offs, capacity - 1, live
-        index._g_arrival, index._g_size, index._q_keys = g_arrival, g_size, q_keys
-        index._superseded = stale
-        return index
-
-    @classmethod
-    def _from_record_snapshot(cls, window_ns: int, data: list[object]) -> DedupIndex:
-        """The previous format: per record ``[arrival, keys, offsets]``, offset 0 = already forgotten."""
-        index = cls(window_ns)
-        groups: list[tuple[int, list[int], list[int]]] = []
-        total = 0
-        for record in data:
-            if not isinstance(record, (list, tuple)) or len(record) != 3:
-                raise ValueError("dedup snapshot: bad record entry")
-            arrival, key_bytes, offset_bytes = record
-            if not isinstance(key_bytes, bytes) or not isinstance(offset_bytes, bytes):
-                raise ValueError("dedup snapshot: bad packed array")
-            keys = array("Q")
-            keys.frombytes(key_bytes)
-            offs = array("Q")
-            offs.frombytes(offset_bytes)
-            if len(keys) != len(offs):
-                raise ValueError("dedup snapshot: keys and offsets differ in length")
-            kept = [(k, o) for k, o in zip(keys, offs, strict=True) if o]
-            groups.append((int(arrival), [k for k, _ in kept], [o for _, o in kept]))
-            total += len(kept)
-        index._rehash(_capacity_for(total))
-        for arrival, keys_kept, offs_kept in groups:
-            index.add(arrival, keys_kept, offs_kept)
-        return index
+        self._used = self._live

@@ -375,11 +375,12 @@ class Partition:
             aggregates = PartitionAggregates.from_snapshot(
                 state["aggregates"], self._fetch_events, self._specs
             )
+            dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state["dedup"])
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
         self.aggregates = aggregates
-        self.dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state["dedup"])
+        self.dedup = dedup
         self.index = EventIndex.from_snapshot(state["index"])
         self.last_offset = int(state["last_offset"])
         self._last_arrival = int(state["last_arrival"])

@@ -1,4 +1,4 @@
-"""The dedup index against a plain-dict model: colliding keys, re-adds, growth, snapshots."""
+"""The dedup index against a plain-dict model: colliding keys, re-adds, expiry, growth, snapshots."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ keys_st = st.one_of(
 )
 
 
+def _spread(n: int) -> int:
+    """Distinct keys with uniform low bits, like the digests the partition stores."""
+    return n * 0x9E3779B97F4A7C15 % 2**64
+
+
 def _roundtrip(data: list[object]) -> list[object]:
     out: list[object] = msgpack.unpackb(msgpack.packb(data), strict_map_key=False)
     return out
@@ -42,10 +47,9 @@ class DedupModel(RuleBasedStateMachine):
         self.groups: deque[tuple[int, int, list[int]]] = deque()
         self.bulk_base = 1
 
-    def _add(self, keys: list[int], offsets: list[int] | None = None) -> None:
-        if offsets is None:
-            offsets = list(range(self.next_offset, self.next_offset + len(keys)))
-            self.next_offset += len(keys)
+    def _add(self, keys: list[int]) -> None:
+        offsets = list(range(self.next_offset, self.next_offset + len(keys)))
+        self.next_offset += len(keys)
         self.index.add(self.now, keys, offsets)
         if keys:
             group = self.next_group
@@ -62,9 +66,10 @@ class DedupModel(RuleBasedStateMachine):
     def add(self, keys: list[int]) -> None:
         self._add(keys)
 
-    @rule(keys=st.lists(keys_st, max_size=6), offset=st.sampled_from([1, 2**62, 2**63 - 1]))
-    def add_extreme_offsets(self, keys: list[int], offset: int) -> None:
-        self._add(keys, [offset] * len(keys))
+    @rule(to=st.sampled_from([2**32, 2**62, 2**63 + 5]))
+    def skip_offsets(self, to: int) -> None:
+        """Offsets only have to increase; large ones must survive the table and snapshots."""
+        self.next_offset = max(self.next_offset, to)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())
@@ -94,15 +99,6 @@ class DedupModel(RuleBasedStateMachine):
     @rule()
     def snapshot_roundtrip(self) -> None:
         self.index = DedupIndex.from_snapshot(WINDOW, _roundtrip(self.index.to_snapshot()))
-
-    @rule()
-    def load_previous_format(self) -> None:
-        """The format the dict-based index wrote: per record, keys and offsets (0 = forgotten)."""
-        old: list[object] = []
-        for arrival, group, keys in self.groups:
-            offs = [self.live[k][0] if k in self.live and self.live[k][1] >= group else 0 for k in keys]
-            old.append([arrival, array("Q", keys).tobytes(), array("Q", offs).tobytes()])
-        self.index = DedupIndex.from_snapshot(WINDOW, _roundtrip(old))
 
     @rule(key=keys_st)
     def get_any(self, key: int) -> None:
@@ -137,25 +133,57 @@ def test_growth_expiry_and_re_adds_with_shared_low_bits() -> None:
     assert index.get(1 << 16 | 0xABCD) == 20_000 and len(index) == 1
 
 
-def test_previous_snapshot_format_loads() -> None:
-    def packed(values: list[int]) -> bytes:
-        return array("Q", values).tobytes()
+def test_expired_slots_are_reused_so_a_steady_window_keeps_its_table_size() -> None:
+    index = DedupIndex(WINDOW)
+    offset = 1
+    sizes = []
+    for step in range(60):  # 500 keys per step; the window holds the last 3 steps
+        keys = [_spread(step * 500 + j) for j in range(500)]
+        index.add(step * 50, keys, list(range(offset, offset + 500)))
+        offset += 500
+        index.expire(step * 50)
+        sizes.append(len(index._keys))
+        assert len(index) == 500 * min(step + 1, 3)
+        assert index.get(_spread(step * 500 + 7)) == offset - 500 + 7
+        if step >= 3:
+            assert index.get(_spread((step - 3) * 500 + 7)) is None
+    assert set(sizes[4:]) == {8192}, sizes  # no growth once arrivals and expiry balance
+    assert index.expire(60 * 50 + WINDOW) == 1500 and len(index) == 0
+    assert len(index._keys) == 1024  # shrunk when traffic fell
+    index.add(60 * 50 + WINDOW, [1], [offset])
+    assert index.get(1) == offset
 
-    old = [[10, packed([1, 2, 3]), packed([11, 0, 13])], [50, packed([2, 3]), packed([22, 13])]]
-    index = DedupIndex.from_snapshot(100, _roundtrip(old))  # type: ignore[arg-type]
-    assert [index.get(k) for k in (1, 2, 3)] == [11, 22, 13]
-    assert index.expire(111) == 1  # 1 goes; 3's record-10 occurrence is stale, record 50 keeps it
-    assert [index.get(k) for k in (1, 2, 3)] == [None, 22, 13]
-    assert index.expire(151) == 2 and len(index) == 0
+
+def test_other_snapshot_formats_are_refused() -> None:
+    """The FIFO version's format and the record format before it: recovery replays the log instead."""
+    packed = array("Q", [1, 2]).tobytes()
+    for old in (
+        ["dedup-oa-1", b"\0" * 8192, b"\0" * 8192, b"", b"", b"", []],
+        [[10, packed, packed]],
+        [],
+    ):
+        with pytest.raises(ValueError):
+            DedupIndex.from_snapshot(WINDOW, _roundtrip(old))
 
 
 def test_bad_input_leaves_the_index_untouched() -> None:
     index = DedupIndex(WINDOW)
     index.add(1, [7], [70])
-    for keys, offsets in (([8], [0]), ([8, 9], [1]), ([-1], [5]), ([2**64], [5]), ([8], [2**64])):
+    bad = (
+        *(([8], [0]), ([8, 9], [71]), ([-1], [75]), ([2**64], [75]), ([8], [2**64])),
+        *(([8], [70]), ([8], [69])),  # offsets must rise from add to add
+    )
+    for keys, offsets in bad:
         with pytest.raises((ValueError, OverflowError)):
             index.add(2, keys, offsets)
     assert len(index) == 1 and index.get(8) is None
-    assert index.expire(200) == 1
-    with pytest.raises(ValueError):
-        DedupIndex.from_snapshot(WINDOW, ["dedup-oa-1", b"\0" * 24, b"\0" * 24, b"", b"", b"", []])
+    index.add(3, [8], [71])
+    assert index.expire(102) == 1 and index.get(8) == 71
+    tag, *columns = index.to_snapshot()
+    for broken in (
+        [tag, *columns[:5], 0, *columns[6:]],  # floor below 1
+        [tag, b"\0" * 24, b"\0" * 24, *columns[2:]],  # 3 slots: not a power of two
+        [tag, *columns[:3], b"", *columns[4:]],  # groups of different lengths
+    ):
+        with pytest.raises(ValueError):
+            DedupIndex.from_snapshot(WINDOW, broken)
