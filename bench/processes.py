@@ -1,4 +1,4 @@
-"""Server processes of a run: a real ``unimeter serve`` and the no-op ceiling, plus /proc readings.
+"""Server processes of a run: a real ``unimeter serve`` and the no-op ceiling; /proc and /metrics reads.
 
 Both servers are started the way an operator would (their own process, 127.0.0.1, port 0) and
 announce their port on one JSON ready line. Their stderr goes to a log file beside the data so a
@@ -13,10 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ServerProcess", "cpu_seconds", "rss_bytes", "start_ceiling", "start_unimeter"]
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = [
+    "ServerProcess",
+    "cpu_seconds",
+    "rss_bytes",
+    "scrape_gauge_sum",
+    "start_ceiling",
+    "start_unimeter",
+]
 
 REPO = Path(__file__).resolve().parent.parent
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -141,6 +151,18 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def scrape_gauge_sum(http_port: int, name: str) -> float:
+    """Sum over every label set of gauge ``name`` on a server's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
 
 
 def cpu_seconds(pid: int) -> float:

@@ -154,7 +154,7 @@ def evaluate_targets(results: dict[str, Any], config: BenchConfig) -> list[dict[
         out.append(
             _target(
                 "bytes_per_dedup_key",
-                "RSS per dedup key",
+                "Dedup index bytes per key",
                 memory["dedup"]["bytes_per_key"],
                 48.0,
                 "B",
@@ -290,11 +290,19 @@ def table_rows(
         d = memory["dedup"]
         rows.append(
             _row(
-                f"RSS per dedup key ({d['keys']:,} keys)",
+                f"dedup index per key ({d['index_keys']:,.0f} keys)",
                 "B",
                 d["bytes_per_key"],
                 DEDUP_KEY_PACKED_BYTES,
                 by_id.get("bytes_per_dedup_key"),
+            )
+        )
+        rows.append(
+            _row(
+                f"RSS difference per dedup key ({d['keys']:,})",
+                "B",
+                d["rss_bytes_per_key"],
+                DEDUP_KEY_PACKED_BYTES,
             )
         )
     restart = results.get("restart")

@@ -19,7 +19,14 @@ from . import payloads
 from .config import BenchConfig
 from .fsync_probe import probe_fsync
 from .loadgen import WorkerPool
-from .processes import ServerProcess, cpu_seconds, rss_bytes, start_ceiling, start_unimeter
+from .processes import (
+    ServerProcess,
+    cpu_seconds,
+    rss_bytes,
+    scrape_gauge_sum,
+    start_ceiling,
+    start_unimeter,
+)
 from .report import Progress
 from .stats import latency_summary, ratio
 
@@ -438,7 +445,9 @@ class Bench:
         self.progress.begin(f"memory ({label}): starting a fresh server", _W_SERVER)
         # No periodic snapshot during the measurement: a snapshot's transient buffers would inflate
         # the high-water RSS that the deltas are read from.
-        server = self.start_server(name, "--snapshot-interval-seconds", "1000000")
+        server = self.start_server(
+            name, "--snapshot-interval-seconds", "1000000", "--http-addr", "127.0.0.1:0"
+        )
         self.create_metrics(server)
         self.progress.end()
         base = payloads.SERIES_ACCOUNT_BASE
@@ -482,8 +491,13 @@ class Bench:
         events_fill = self.fill(server, grid(span, per_series, with_ids, base), n)
         self.progress.end()
         rss2 = settled_rss()
+        http_port = int(str(server.ready_line["http_port"]))
+        dedup_keys = scrape_gauge_sum(http_port, "unimeter_dedup_keys")
+        dedup_bytes = scrape_gauge_sum(http_port, "unimeter_dedup_bytes")
         server.kill()  # its data is not needed: no graceful flush + snapshot to wait for
         return {
+            "dedup_keys": dedup_keys,
+            "dedup_bytes": dedup_bytes,
             "rss_start": rss0,
             "rss_after_series": rss1,
             "rss_after_events": rss2,
@@ -508,7 +522,15 @@ class Bench:
             },
             "dedup": {
                 "keys": n,
-                "bytes_per_key": keyed["bytes_per_event"] - plain["bytes_per_event"],
+                # The index's own allocation (spare table capacity included) over its live keys,
+                # warm-up keys included; read from the server's gauges.
+                "bytes_per_key": keyed["dedup_bytes"] / keyed["dedup_keys"],
+                "index_keys": keyed["dedup_keys"],
+                "index_bytes": keyed["dedup_bytes"],
+                # Cross-check from outside: the RSS difference between the two servers. Noisy: the
+                # runs differ in how many minute cells their events open (arrival time crossing a
+                # minute boundary), which the RSS sees and which has nothing to do with keys.
+                "rss_bytes_per_key": keyed["bytes_per_event"] - plain["bytes_per_event"],
                 "bytes_per_event_without_id": plain["bytes_per_event"],
                 "bytes_per_event_with_id": keyed["bytes_per_event"],
             },

@@ -9,6 +9,7 @@ survives restarts exactly like the aggregates.
 from __future__ import annotations
 
 import hashlib
+import sys
 from array import array
 from bisect import bisect_right
 
@@ -41,16 +42,18 @@ def derived_key(
 
 
 _EMPTY_TABLE_SLOTS = 1024
-"""Smallest table capacity (a power of two): 16 KiB per partition."""
+"""Smallest table capacity: 12 KiB per partition."""
 
 _MAX_LOAD_NUM, _MAX_LOAD_DEN = 3, 5
 """The table is rebuilt before its used slots (live and expired entries) pass 3/5 of it."""
 
-_REBUILT_LOAD_NUM, _REBUILT_LOAD_DEN = 9, 20
-"""A rebuilt table holds its live keys at 9/20 load at most, so the next rebuild is far off."""
+_REBUILT_LOAD_NUM, _REBUILT_LOAD_DEN = 3, 10
+"""A rebuilt table holds its live keys at 3/10 load: a table that grows doubles."""
 
 _SHRINK_BELOW = 16
 """``expire`` rebuilds a table smaller once fewer than 1/16 of its slots hold live keys."""
+
+_U32_MAX = 2**32 - 1
 
 _SNAPSHOT_TAG = "dedup-lazy-1"
 """First element of the snapshot format; any other format is refused (recovery replays the log)."""
@@ -60,20 +63,19 @@ _COMPACT_MIN = 4096
 
 
 def _capacity_for(n: int) -> int:
-    cap = _EMPTY_TABLE_SLOTS
-    while n * _REBUILT_LOAD_DEN > cap * _REBUILT_LOAD_NUM:
-        cap *= 2
-    return cap
+    return max(_EMPTY_TABLE_SLOTS, -(-n * _REBUILT_LOAD_DEN // _REBUILT_LOAD_NUM))
 
 
-def _zeros(n: int) -> array[int]:
-    return array("Q", bytes(8 * n))
+def _zeros(code: str, n: int) -> array[int]:
+    column = array(code)
+    column.frombytes(bytes(column.itemsize * n))
+    return column
 
 
 def _unpacked(raw: object, code: str) -> array[int]:
-    if not isinstance(raw, bytes) or len(raw) % 8:
-        raise ValueError("dedup snapshot: bad packed array")
     column = array(code)
+    if not isinstance(raw, bytes) or len(raw) % column.itemsize:
+        raise ValueError("dedup snapshot: bad packed array")
     column.frombytes(raw)
     return column
 
@@ -81,12 +83,15 @@ def _unpacked(raw: object, code: str) -> array[int]:
 class DedupIndex:
     """Key digest → offset, for keys whose record arrived within ``window_ns``.
 
-    Layout: 16 bytes per table slot and nothing else per key (27-53 bytes per live key):
+    Layout: 12 bytes per table slot and nothing else per key (20-40 bytes per live key):
 
-    * an open-addressing hash table in two parallel ``array('Q')`` columns, ``_keys`` and
-      ``_offs``, with linear probing from slot ``key & mask`` (keys are BLAKE2b digests, so their
-      low bits are already uniform). A slot is empty iff its offset is 0 (offsets are positive), so
-      every 64-bit key, 0 included, is stored as itself.
+    * an open-addressing hash table in two parallel columns with linear probing from slot
+      ``key % capacity`` (keys are BLAKE2b digests, so they are already uniform): ``_keys``, the
+      64-bit keys as themselves (0 included), and ``_offs``, each offset minus ``_base`` as a 32-bit
+      ``array('I')``. A slot is empty iff its stored offset is 0: ``_base`` stays below every
+      offset the table holds. A rebuild moves ``_base`` up to just below the live offsets and
+      widens the column to 64 bits only if they span more than 2³² (billions of events in one
+      window of one partition).
     * expiry without a per-key queue: a partition assigns offsets in arrival order, so the keys
       older than the window are exactly those whose offset is below ``_floor``, the first offset of
       the oldest ``add`` call (a *group*) still in the window. Such an entry is *expired*: ``get``
@@ -97,11 +102,13 @@ class DedupIndex:
       ``expire`` returns are exact without scanning the table.
 
     The table is rebuilt when its used slots (live and expired) would pass 3/5 of it, at the
-    capacity that holds the live keys at 9/20 load: it doubles while it grows and keeps its size
-    once expiry balances arrivals. ``expire`` shrinks it when live keys fall below 1/16 of it.
+    capacity that holds the live keys at 3/10 load: it doubles while the window fills and keeps
+    its size once expiry balances arrivals. ``expire`` shrinks it when live keys fall below 1/16.
     """
 
     __slots__ = (
+        "_base",
+        "_cap",
         "_floor",
         "_g_arrival",
         "_g_first",
@@ -110,7 +117,6 @@ class DedupIndex:
         "_keys",
         "_last",
         "_live",
-        "_mask",
         "_offs",
         "_used",
         "window_ns",
@@ -118,9 +124,10 @@ class DedupIndex:
 
     def __init__(self, window_ns: int) -> None:
         self.window_ns = window_ns
-        self._keys = _zeros(_EMPTY_TABLE_SLOTS)
-        self._offs = _zeros(_EMPTY_TABLE_SLOTS)
-        self._mask = _EMPTY_TABLE_SLOTS - 1
+        self._keys = _zeros("Q", _EMPTY_TABLE_SLOTS)
+        self._offs = _zeros("I", _EMPTY_TABLE_SLOTS)
+        self._cap = _EMPTY_TABLE_SLOTS
+        self._base = 0
         self._live = 0
         self._used = 0
         self._floor = 1
@@ -133,19 +140,26 @@ class DedupIndex:
     def __len__(self) -> int:
         return self._live
 
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes the index holds: its five columns as allocated, spare capacity included."""
+        columns = (self._keys, self._offs, self._g_arrival, self._g_first, self._g_live)
+        return sum(sys.getsizeof(column) for column in columns)
+
     def get(self, key: int) -> int | None:
         """The offset stored under ``key``, if it is still in the window."""
         keys = self._keys
         offs = self._offs
-        mask = self._mask
-        i = key & mask
+        cap = self._cap
+        i = key % cap
         while True:
-            off = offs[i]
-            if not off:
+            stored = offs[i]
+            if not stored:
                 return None
             if keys[i] == key:
+                off = stored + self._base
                 return off if off >= self._floor else None
-            i = (i + 1) & mask
+            i = (i + 1) % cap
 
     def add(self, arrival_ns: int, keys: list[int], offsets: list[int]) -> None:
         """Remember ``keys[i] → offsets[i]`` as arrived at ``arrival_ns``.
@@ -160,24 +174,29 @@ class DedupIndex:
         array("Q", keys)
         array("Q", offsets)
         first = min(offsets)
+        last = max(offsets)
         if first <= self._last:
             raise ValueError("offsets must be positive and above every earlier add's offsets")
-        if (self._used + len(keys)) * _MAX_LOAD_DEN > len(self._keys) * _MAX_LOAD_NUM:
-            self._rehash(_capacity_for(self._live + len(keys)))
+        n = len(keys)
+        if (self._used + n) * _MAX_LOAD_DEN > self._cap * _MAX_LOAD_NUM or (
+            last - self._base > _U32_MAX and self._offs.typecode == "I"
+        ):
+            self._rehash(_capacity_for(self._live + n), last)
         g_first = self._g_first
         g_live = self._g_live
         g_head = self._g_head
         self._g_arrival.append(arrival_ns)
         g_first.append(first)
-        g_live.append(len(keys))
+        g_live.append(n)
         kcol = self._keys
         offs = self._offs
-        mask = self._mask
-        floor = self._floor
+        cap = self._cap
+        base = self._base
+        floor = self._floor - base  # as stored
         new = 0
         used = 0
         for key, off in zip(keys, offsets, strict=True):
-            i = key & mask
+            i = key % cap
             reuse = -1
             while True:
                 old = offs[i]
@@ -187,22 +206,22 @@ class DedupIndex:
                     else:
                         i = reuse
                     kcol[i] = key
-                    offs[i] = off
+                    offs[i] = off - base
                     new += 1
                     break
                 if kcol[i] == key:
-                    offs[i] = off
+                    offs[i] = off - base
                     if old >= floor:  # still live: its older group no longer owns it
-                        g_live[bisect_right(g_first, old, g_head) - 1] -= 1
+                        g_live[bisect_right(g_first, old + base, g_head) - 1] -= 1
                     else:
                         new += 1
                     break
                 if reuse < 0 and old < floor:
                     reuse = i
-                i = (i + 1) & mask
+                i = (i + 1) % cap
         self._live += new
         self._used += used
-        self._last = max(offsets)
+        self._last = last
 
     def expire(self, now_ns: int) -> int:
         """Forget keys that arrived before ``now_ns - window``; returns how many were forgotten."""
@@ -220,8 +239,8 @@ class DedupIndex:
         self._floor = self._g_first[head] if head < n_groups else self._last + 1
         self._live -= forgotten
         self._g_head = head
-        if self._live * _SHRINK_BELOW < len(self._keys) > _EMPTY_TABLE_SLOTS:
-            self._rehash(_capacity_for(self._live))
+        if self._live * _SHRINK_BELOW < self._cap > _EMPTY_TABLE_SLOTS:
+            self._rehash(_capacity_for(self._live), self._last)
         if head >= _COMPACT_MIN and head * 4 >= n_groups:
             del g_arrival[:head]
             del self._g_first[:head]
@@ -235,7 +254,9 @@ class DedupIndex:
         return [
             _SNAPSHOT_TAG,
             self._keys.tobytes(),
+            self._offs.typecode,
             self._offs.tobytes(),
+            self._base,
             self._g_arrival[head:].tobytes(),
             self._g_first[head:].tobytes(),
             self._g_live[head:].tobytes(),
@@ -246,23 +267,27 @@ class DedupIndex:
     @classmethod
     def from_snapshot(cls, window_ns: int, data: list[object]) -> DedupIndex:
         """Rebuild an index saved by :meth:`to_snapshot`; ValueError for anything else."""
-        if not isinstance(data, list) or len(data) != 8 or data[0] != _SNAPSHOT_TAG:
+        if not isinstance(data, list) or len(data) != 10 or data[0] != _SNAPSHOT_TAG:
             raise ValueError("dedup snapshot: not this version's format")
-        _, key_bytes, off_bytes, arrival_bytes, first_bytes, live_bytes, floor, last = data
+        _, key_bytes, code, off_bytes, base, arrival_bytes, first_bytes, live_bytes, floor, last = data
+        if code not in ("I", "Q"):
+            raise ValueError("dedup snapshot: bad offset column type")
         kcol = _unpacked(key_bytes, "Q")
-        offs = _unpacked(off_bytes, "Q")
+        offs = _unpacked(off_bytes, str(code))
         g_arrival = _unpacked(arrival_bytes, "q")
         g_first = _unpacked(first_bytes, "Q")
         g_live = _unpacked(live_bytes, "Q")
         capacity = len(kcol)
-        if capacity != len(offs) or capacity < 1 or capacity & (capacity - 1):
+        if capacity != len(offs) or capacity < 1:
             raise ValueError("dedup snapshot: bad table size")
         if not len(g_arrival) == len(g_first) == len(g_live):
             raise ValueError("dedup snapshot: bad groups")
-        if not isinstance(floor, int) or not isinstance(last, int) or not 1 <= floor <= last + 1:
-            raise ValueError("dedup snapshot: bad floor")
+        if not isinstance(base, int) or not isinstance(floor, int) or not isinstance(last, int):
+            raise ValueError("dedup snapshot: bad base or floor")
+        if not 0 <= base < floor <= last + 1:
+            raise ValueError("dedup snapshot: bad base or floor")
         index = cls(window_ns)
-        index._keys, index._offs, index._mask = kcol, offs, capacity - 1
+        index._keys, index._offs, index._cap, index._base = kcol, offs, capacity, base
         index._live, index._used = sum(g_live), capacity - offs.count(0)
         index._floor, index._last = floor, last
         index._g_arrival, index._g_first, index._g_live = g_arrival, g_first, g_live
@@ -270,20 +295,26 @@ class DedupIndex:
 
     # ------------------------------------------------------------------ internals
 
-    def _rehash(self, capacity: int) -> None:
-        """Move every live entry into fresh columns of ``capacity`` slots, dropping expired ones."""
-        kcol = _zeros(capacity)
-        offs = _zeros(capacity)
-        mask = capacity - 1
-        floor = self._floor
-        for key, off in zip(self._keys, self._offs, strict=True):
-            if off >= floor:
-                i = key & mask
+    def _rehash(self, capacity: int, last: int) -> None:
+        """Move the live entries into fresh columns of ``capacity`` slots, dropping expired ones.
+
+        The new base sits just below the floor; the offset column is 32-bit unless the offsets up
+        to ``last`` would not fit.
+        """
+        base = self._floor - 1
+        kcol = _zeros("Q", capacity)
+        offs = _zeros("I" if last - base <= _U32_MAX else "Q", capacity)
+        shift = self._base - base
+        floor = self._floor - self._base  # as stored in the old column
+        for key, stored in zip(self._keys, self._offs, strict=True):
+            if stored >= floor:
+                i = key % capacity
                 while offs[i]:
-                    i = (i + 1) & mask
+                    i = (i + 1) % capacity
                 kcol[i] = key
-                offs[i] = off
+                offs[i] = stored + shift
         self._keys = kcol
         self._offs = offs
-        self._mask = mask
+        self._cap = capacity
+        self._base = base
         self._used = self._live

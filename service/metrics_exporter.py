@@ -180,6 +180,15 @@ class UnimeterCollector(Collector):
             "Log records a partition's snapshot does not cover (replayed at recovery)",
             labels=["partition"],
         )
+        dedup_keys = GaugeMetricFamily(
+            "unimeter_dedup_keys", "Dedup keys a partition remembers (arrived within the window)",
+            labels=["partition"],
+        )  # fmt: skip
+        dedup_bytes = GaugeMetricFamily(
+            "unimeter_dedup_bytes",
+            "Bytes of a partition's dedup index as allocated (table and expiry columns)",
+            labels=["partition"],
+        )
         now = time.time()
         for p in node.partitions:
             label = str(p.number)
@@ -190,11 +199,15 @@ class UnimeterCollector(Collector):
             if p.last_snapshot_time is not None:
                 age.add_metric([label], max(0.0, now - p.last_snapshot_time))
             pending.add_metric([label], p.records_since_snapshot)
+            dedup_keys.add_metric([label], len(p.dedup))
+            dedup_bytes.add_metric([label], p.dedup.memory_bytes)
         yield size
         yield segments
         yield offset
         yield age
         yield pending
+        yield dedup_keys
+        yield dedup_bytes
         yield CounterMetricFamily(
             "unimeter_snapshots", "Partition snapshots written by the maintenance loop", node.stats.snapshots
         )

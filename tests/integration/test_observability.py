@@ -93,6 +93,9 @@ async def test_metrics_show_log_sizes_fsyncs_offsets_and_snapshot_age(ops: Api) 
     assert sample(m, "unimeter_partition_last_offset", partition=p) == 2
     assert sample(m, "unimeter_alert_log_alerts", partition=p) == 1
     assert sample(m, "unimeter_partitions") == 8
+    # Both events carry their own time: two derived dedup keys in a table of 1024 slots of 12 B.
+    assert sample(m, "unimeter_dedup_keys", partition=p) == 2
+    assert 12 * 1024 <= (sample(m, "unimeter_dedup_bytes", partition=p) or 0) < 14 * 1024
     # Every SYNC ingest waited on at least one events fsync and one alerts fsync.
     assert (sample(m, "unimeter_log_fsync_seconds_count", log="events") or 0) >= 1
     assert (sample(m, "unimeter_log_fsync_seconds_count", log="alerts") or 0) >= 1

@@ -134,7 +134,11 @@ def test_memory_section_compares_two_runs(tiny_run: tuple[RunOutput, dict[str, A
     assert memory["series"]["series"] == config.series
     assert _number(memory["series"]["bytes_per_series"])
     assert memory["dedup"]["keys"] == config.dedup_keys
-    assert _number(memory["dedup"]["bytes_per_key"])
+    assert _number(memory["dedup"]["bytes_per_key"]) and memory["dedup"]["bytes_per_key"] > 16
+    assert _number(memory["dedup"]["rss_bytes_per_key"])
+    # The servers differ only in the last phase's ids: exactly that many more keys in the index.
+    runs = memory["runs"]
+    assert runs["with_ids"]["dedup_keys"] - runs["without_ids"]["dedup_keys"] == config.dedup_keys
     for run in memory["runs"].values():
         assert run["rss_start"] > 0
         assert run["fill_series"]["events"] == config.series

@@ -11,7 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from node.dedup_index import DedupIndex
+from node.dedup_index import DedupIndex, _capacity_for
 
 WINDOW = 100
 MAX_KEY = 2**64 - 1
@@ -147,11 +147,35 @@ def test_expired_slots_are_reused_so_a_steady_window_keeps_its_table_size() -> N
         assert index.get(_spread(step * 500 + 7)) == offset - 500 + 7
         if step >= 3:
             assert index.get(_spread((step - 3) * 500 + 7)) is None
-    assert set(sizes[4:]) == {8192}, sizes  # no growth once arrivals and expiry balance
+    # No growth once arrivals and expiry balance: 2000 keys (1500 live + 500 arriving) at 3/10 load.
+    assert set(sizes[4:]) == {6667}, sizes
     assert index.expire(60 * 50 + WINDOW) == 1500 and len(index) == 0
     assert len(index._keys) == 1024  # shrunk when traffic fell
     index.add(60 * 50 + WINDOW, [1], [offset])
     assert index.get(1) == offset
+
+
+def test_offsets_are_stored_in_32_bits_unless_the_live_ones_span_more() -> None:
+    index = DedupIndex(WINDOW)
+    index.add(1, [1, 2], [10, 11])
+    assert index._offs.typecode == "I"
+    index.add(2, [3], [2**40])  # still within the window of offsets 10 and 11: 64-bit column
+    assert index._offs.typecode == "Q"
+    assert [index.get(k) for k in (1, 2, 3)] == [10, 11, 2**40]
+    index = DedupIndex.from_snapshot(WINDOW, _roundtrip(index.to_snapshot()))
+    assert [index.get(k) for k in (1, 2, 3)] == [10, 11, 2**40]
+    assert index.expire(102) == 2  # offsets 10 and 11 expire: what is left fits 32 bits again
+    index.add(120, [4], [2**40 + 2**31])
+    assert index._offs.typecode == "Q"  # no rebuild was needed yet
+    assert index.expire(200) == 1
+    index.add(210, [5], [2**41])
+    assert index._offs.typecode == "Q"  # a wide column stays wide until the table is rebuilt
+    assert index.expire(221) == 1  # offset 2**40 + 2**31 goes
+    many = [_spread(n) for n in range(10, 710)]
+    index.add(222, many, list(range(2**41 + 1, 2**41 + 701)))  # past 3/5 of 1024 slots: rebuilt
+    assert index._offs.typecode == "I" and index._cap == _capacity_for(701)
+    assert [index.get(k) for k in (1, 2, 3, 4, 5)] == [None, None, None, None, 2**41]
+    assert index.get(many[-1]) == 2**41 + 700 and len(index) == 701
 
 
 def test_other_snapshot_formats_are_refused() -> None:
@@ -181,9 +205,11 @@ def test_bad_input_leaves_the_index_untouched() -> None:
     assert index.expire(102) == 1 and index.get(8) == 71
     tag, *columns = index.to_snapshot()
     for broken in (
-        [tag, *columns[:5], 0, *columns[6:]],  # floor below 1
-        [tag, b"\0" * 24, b"\0" * 24, *columns[2:]],  # 3 slots: not a power of two
-        [tag, *columns[:3], b"", *columns[4:]],  # groups of different lengths
+        [tag, *columns[:7], 0, columns[8]],  # floor below 1
+        [tag, *columns[:3], 71, *columns[4:]],  # base not below the floor (71)
+        [tag, b"\0" * 24, "I", b"\0" * 8, *columns[3:]],  # key and offset columns of different lengths
+        [tag, columns[0], "d", *columns[2:]],  # offsets as floats
+        [tag, *columns[:4], b"", *columns[5:]],  # groups of different lengths
     ):
         with pytest.raises(ValueError):
             DedupIndex.from_snapshot(WINDOW, broken)
