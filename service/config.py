@@ -31,6 +31,11 @@ class ServeConfig:
     """Partitions of a new data directory (default 64; an existing one keeps its own)."""
     flush_interval_ms: float = 10.0
     """Longest time an ASYNC write waits before its fsync."""
+    fsync_mode: str = "filesystem"
+    """``filesystem``: a flush tick (or a SYNC batch over partitions) makes all its logs durable
+    with one syncfs of the data directory's filesystem, where that is safe (Linux 5.8+, all logs
+    on it); ``file``: one fdatasync per log (for a data directory sharing its filesystem with
+    heavy writers, whose dirty data a syncfs would wait for)."""
     dedup_window_seconds: float = 86_400.0
     """How long an event's dedup key is remembered."""
     snapshot_interval_seconds: float = 60.0
@@ -55,6 +60,8 @@ class ServeConfig:
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
 
     def __post_init__(self) -> None:
+        if self.fsync_mode not in ("filesystem", "file"):
+            raise ValueError(f"fsync mode must be filesystem or file, got {self.fsync_mode!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log format must be json or text, got {self.log_format!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -72,6 +79,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("http_addr", "--http-addr", str, "host:port of /metrics, /healthz, /readyz (empty: off)"),
     ("partitions", "--partitions", int, "partitions of a new data directory"),
     ("flush_interval_ms", "--flush-interval-ms", float, "max milliseconds before an ASYNC write is fsynced"),
+    ("fsync_mode", "--fsync-mode", str, "filesystem (one syncfs per flush, where safe) or file (per log)"),
     ("dedup_window_seconds", "--dedup-window-seconds", float, "dedup window by arrival time"),
     ("snapshot_interval_seconds", "--snapshot-interval-seconds", float, "seconds between snapshots"),
     ("log_level", "--log-level", str, "DEBUG, INFO, WARNING or ERROR"),

@@ -118,6 +118,7 @@ class UnimeterServer:
             data_dir=cfg.data_dir,
             partitions=cfg.partitions,
             flush_interval=cfg.flush_interval_ms / 1000,
+            sync_filesystem=cfg.fsync_mode == "filesystem",
             dedup_window_seconds=cfg.dedup_window_seconds,
             snapshot_interval=cfg.snapshot_interval_seconds,
             node_addr=cfg.node_addr,

@@ -18,7 +18,7 @@ import pytest
 
 from cluster_client import AggType, Client, Metric, Period
 from cluster_client.types import EventRow
-from node import partition_log
+from node import filesystem_sync, partition_log
 from node.node import Node, NodeConfig
 
 T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
@@ -78,12 +78,17 @@ async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_rec
         await recovered.close()
 
 
+@pytest.mark.parametrize("sync_filesystem", [True, False], ids=["syncfs", "fdatasync-per-log"])
 async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_filesystem: bool
 ) -> None:
     # SYNC batches over several partitions share grouped fsync rounds: one log's failure must
     # still reach the caller (no acknowledgement), while the other partitions become durable.
-    node = Node(NodeConfig(tmp_path / "data", partitions=4, flush_interval=3600))
+    # With syncfs, the write-back error is reported by syncfs (for the whole filesystem) and then
+    # by the broken log's own fdatasync, which pins it on that log.
+    config = NodeConfig(tmp_path / "data", partitions=4, flush_interval=3600, sync_filesystem=sync_filesystem)
+    node = Node(config)
+    assert (node._filesystem_fd is not None) == (sync_filesystem and filesystem_sync.syncfs_supported())
     await node.start()
     client = await Client.in_process(node, metric_lookup=node.metric_of)
     try:
@@ -100,7 +105,11 @@ async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
                 raise OSError(errno.EIO, "simulated I/O error")
             real(fd)
 
+        def filesystem_failing(fd: int) -> None:
+            raise OSError(errno.EIO, "simulated write-back error on the filesystem")
+
         monkeypatch.setattr(partition_log, "_fsync", failing)
+        monkeypatch.setattr(filesystem_sync, "syncfs", filesystem_failing)
         with pytest.raises(OSError):
             await client.ingest_rows(rows, sync=True)
         for partition in node.partitions[1:]:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import partition_log
+from node import filesystem_sync, partition_log
 from node.partition_log import PartitionLog
 
 HEADER = 8
@@ -882,3 +882,48 @@ async def test_a_failed_round_in_a_group_fails_only_its_log(
     await good.close()
     with pytest.raises(OSError):
         await bad.close()
+
+
+@pytest.mark.skipif(not filesystem_sync.syncfs_supported(), reason="syncfs needs Linux 5.8 or later")
+async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = [PartitionLog.open(tmp_path / f"log{i}", segment_bytes=256) for i in range(3)]
+    positions = [[log.append(payload(i * 10 + k, 100)) for k in range(4)] for i, log in enumerate(logs)]
+    real_syncfs = filesystem_sync.syncfs
+    calls: list[int] = []
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real_syncfs(fd)
+
+    def no_fsync(fd: int) -> None:
+        raise AssertionError("a log fsynced on its own although syncfs covered it")
+
+    monkeypatch.setattr(filesystem_sync, "syncfs", counting)
+    monkeypatch.setattr(partition_log, "_fsync", no_fsync)
+    monkeypatch.setattr(partition_log, "_fsync_dir", no_fsync)  # new segments' entries too
+    observed: list[float] = []
+    for log in logs:
+        log.on_sync = observed.append
+    rounds = [(log, log.start_round()) for log in logs]
+    jobs = [job for _, job in rounds if job is not None]
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        errors = partition_log.run_rounds_on_filesystem(jobs, fd)
+    finally:
+        os.close(fd)
+    assert errors == [None, None, None] and len(calls) == 1
+    for (log, job), exc in zip(rounds, errors, strict=True):
+        assert job is not None
+        log.finish_round(job, exc)
+        assert log.durable_position == log.end_position
+    assert len(observed) == 1  # one syncfs, one observation in the fsync histogram
+    monkeypatch.undo()
+    for log in logs:
+        await log.close()
+    reopened = [PartitionLog.open(tmp_path / f"log{i}", segment_bytes=256) for i in range(3)]
+    for i, log in enumerate(reopened):
+        assert len(list((tmp_path / f"log{i}").glob("*.seg"))) > 1  # segments rolled over
+        assert [log.read(p) for p in positions[i]] == [payload(i * 10 + k, 100) for k in range(4)]
+        await log.close()
