@@ -55,6 +55,12 @@ _SHRINK_BELOW = 16
 
 _U32_MAX = 2**32 - 1
 
+_MOVE_SLOTS = 4096
+"""Old-table slots each ``add`` moves while the table grows (about 1 ms of work)..."""
+
+_MOVE_SLOTS_PER_KEY = 4
+"""...or this many per key it adds, if more: the move ends before the new table fills."""
+
 _SNAPSHOT_TAG = "dedup-lazy-1"
 """First element of the snapshot format; any other format is refused (recovery replays the log)."""
 
@@ -104,6 +110,14 @@ class DedupIndex:
     The table is rebuilt when its used slots (live and expired) would pass 3/5 of it, at the
     capacity that holds the live keys at 3/10 load: it doubles while the window fills and keeps
     its size once expiry balances arrivals. ``expire`` shrinks it when live keys fall below 1/16.
+
+    Growth is incremental: the full table becomes the read-only ``_old_*`` table and each later
+    ``add`` moves the next few thousand of its slots (at least 4 per key added, so the move ends
+    long before the new table fills). Meanwhile ``get`` looks in the new table, then the old one,
+    and ``add`` first pulls its keys' old entries across, so every key has one current entry.
+    A partition of a million keys used to stop for ~0.5 s at each doubling; now each ``add``
+    pays ~1 ms at most. ``expire``'s shrink, ``to_snapshot`` and the rare 64-bit widening finish
+    a move at once.
     """
 
     __slots__ = (
@@ -118,6 +132,11 @@ class DedupIndex:
         "_last",
         "_live",
         "_offs",
+        "_old_base",
+        "_old_cap",
+        "_old_keys",
+        "_old_next",
+        "_old_offs",
         "_used",
         "window_ns",
     )
@@ -136,6 +155,12 @@ class DedupIndex:
         self._g_first = array("Q")
         self._g_live = array("Q")
         self._g_head = 0
+        self._old_keys: array[int] | None = None
+        self._old_offs: array[int] | None = None
+        self._old_cap = 0
+        self._old_base = 0
+        self._old_next = 0
+        """First slot of the old table not moved yet."""
 
     def __len__(self) -> int:
         return self._live
@@ -144,7 +169,8 @@ class DedupIndex:
     def memory_bytes(self) -> int:
         """Bytes the index holds: its five columns as allocated, spare capacity included."""
         columns = (self._keys, self._offs, self._g_arrival, self._g_first, self._g_live)
-        return sum(sys.getsizeof(column) for column in columns)
+        old = () if self._old_keys is None or self._old_offs is None else (self._old_keys, self._old_offs)
+        return sum(sys.getsizeof(column) for column in (*columns, *old))
 
     def get(self, key: int) -> int | None:
         """The offset stored under ``key``, if it is still in the window."""
@@ -155,7 +181,7 @@ class DedupIndex:
         while True:
             stored = offs[i]
             if not stored:
-                return None
+                return None if self._old_keys is None else self._old_get(key)
             if keys[i] == key:
                 off = stored + self._base
                 return off if off >= self._floor else None
@@ -178,10 +204,16 @@ class DedupIndex:
         if first <= self._last:
             raise ValueError("offsets must be positive and above every earlier add's offsets")
         n = len(keys)
-        if (self._used + n) * _MAX_LOAD_DEN > self._cap * _MAX_LOAD_NUM or (
-            last - self._base > _U32_MAX and self._offs.typecode == "I"
-        ):
+        if last - self._base > _U32_MAX and self._offs.typecode == "I":
             self._rehash(_capacity_for(self._live + n), last)
+        elif (self._used + n) * _MAX_LOAD_DEN > self._cap * _MAX_LOAD_NUM:
+            self._finish_move()
+            self._start_move(_capacity_for(self._live + n), last)
+        if self._old_keys is not None:
+            self._move(max(_MOVE_SLOTS, _MOVE_SLOTS_PER_KEY * n))
+            if self._old_keys is not None:
+                for key in keys:
+                    self._pull(key)
         g_first = self._g_first
         g_live = self._g_live
         g_head = self._g_head
@@ -239,7 +271,7 @@ class DedupIndex:
         self._floor = self._g_first[head] if head < n_groups else self._last + 1
         self._live -= forgotten
         self._g_head = head
-        if self._live * _SHRINK_BELOW < self._cap > _EMPTY_TABLE_SLOTS:
+        if self._live * _SHRINK_BELOW < self._cap > _EMPTY_TABLE_SLOTS and self._old_keys is None:
             self._rehash(_capacity_for(self._live), self._last)
         if head >= _COMPACT_MIN and head * 4 >= n_groups:
             del g_arrival[:head]
@@ -250,6 +282,7 @@ class DedupIndex:
 
     def to_snapshot(self) -> list[object]:
         """A msgpack-serialisable copy: the table and the live groups as packed arrays."""
+        self._finish_move()
         head = self._g_head
         return [
             _SNAPSHOT_TAG,
@@ -296,25 +329,88 @@ class DedupIndex:
     # ------------------------------------------------------------------ internals
 
     def _rehash(self, capacity: int, last: int) -> None:
-        """Move the live entries into fresh columns of ``capacity`` slots, dropping expired ones.
+        """Rebuild into ``capacity`` slots at once (dropping expired entries)."""
+        self._finish_move()
+        self._start_move(capacity, last)
+        self._finish_move()
+
+    def _start_move(self, capacity: int, last: int) -> None:
+        """Make the table the old one and start an empty one of ``capacity`` slots.
 
         The new base sits just below the floor; the offset column is 32-bit unless the offsets up
         to ``last`` would not fit.
         """
-        base = self._floor - 1
-        kcol = _zeros("Q", capacity)
-        offs = _zeros("I" if last - base <= _U32_MAX else "Q", capacity)
-        shift = self._base - base
-        floor = self._floor - self._base  # as stored in the old column
-        for key, stored in zip(self._keys, self._offs, strict=True):
-            if stored >= floor:
-                i = key % capacity
-                while offs[i]:
-                    i = (i + 1) % capacity
-                kcol[i] = key
-                offs[i] = stored + shift
-        self._keys = kcol
-        self._offs = offs
+        self._old_keys, self._old_offs = self._keys, self._offs
+        self._old_cap, self._old_base, self._old_next = self._cap, self._base, 0
+        self._base = self._floor - 1
+        self._keys = _zeros("Q", capacity)
+        self._offs = _zeros("I" if last - self._base <= _U32_MAX else "Q", capacity)
         self._cap = capacity
-        self._base = base
-        self._used = self._live
+        self._used = 0
+
+    def _move(self, slots: int) -> None:
+        """Move the live entries of the old table's next ``slots`` slots (unless their key is
+        already in the new table, pulled or re-added); drop the old table once all are moved."""
+        old_keys, old_offs = self._old_keys, self._old_offs
+        assert old_keys is not None and old_offs is not None
+        start = self._old_next
+        end = min(start + slots, self._old_cap)
+        kcol = self._keys
+        offs = self._offs
+        cap = self._cap
+        floor = self._floor - self._old_base  # as stored in the old table
+        shift = self._old_base - self._base
+        used = 0
+        for key, stored in zip(old_keys[start:end], old_offs[start:end], strict=True):
+            if stored >= floor:
+                i = key % cap
+                while True:
+                    if not offs[i]:
+                        kcol[i] = key
+                        offs[i] = stored + shift
+                        used += 1
+                        break
+                    if kcol[i] == key:
+                        break
+                    i = (i + 1) % cap
+        self._used += used
+        self._old_next = end
+        if end == self._old_cap:
+            self._old_keys = self._old_offs = None
+
+    def _finish_move(self) -> None:
+        if self._old_keys is not None:
+            self._move(self._old_cap)
+
+    def _old_get(self, key: int) -> int | None:
+        """The old table's live offset for ``key`` (the new table has no entry for it)."""
+        keys, offs, cap = self._old_keys, self._old_offs, self._old_cap
+        assert keys is not None and offs is not None
+        i = key % cap
+        while True:
+            stored = offs[i]
+            if not stored:
+                return None
+            if keys[i] == key:
+                off = stored + self._old_base
+                return off if off >= self._floor else None
+            i = (i + 1) % cap
+
+    def _pull(self, key: int) -> None:
+        """Move ``key``'s old live entry (if any) into the new table, unless it has one already."""
+        off = self._old_get(key)
+        if off is None:
+            return
+        kcol = self._keys
+        offs = self._offs
+        cap = self._cap
+        i = key % cap
+        while True:
+            if not offs[i]:
+                kcol[i] = key
+                offs[i] = off - self._base
+                self._used += 1
+                return
+            if kcol[i] == key:
+                return
+            i = (i + 1) % cap

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from node import dedup_index
 from node.dedup_index import DedupIndex, _capacity_for
 
 WINDOW = 100
@@ -38,6 +39,10 @@ def _roundtrip(data: list[object]) -> list[object]:
 class DedupModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
+        # Small moves: a growing table stays half moved across many steps (gets, adds, expiry),
+        # and may fill up again before its move is over.
+        self.saved_move = (dedup_index._MOVE_SLOTS, dedup_index._MOVE_SLOTS_PER_KEY)
+        dedup_index._MOVE_SLOTS, dedup_index._MOVE_SLOTS_PER_KEY = 16, 1
         self.index = DedupIndex(WINDOW)
         self.now = 0
         self.next_offset = 1
@@ -105,6 +110,9 @@ class DedupModel(RuleBasedStateMachine):
         entry = self.live.get(key)
         assert self.index.get(key) == (entry[0] if entry else None)
 
+    def teardown(self) -> None:
+        dedup_index._MOVE_SLOTS, dedup_index._MOVE_SLOTS_PER_KEY = self.saved_move
+
     @invariant()
     def matches_model(self) -> None:
         assert len(self.index) == len(self.live)
@@ -117,6 +125,31 @@ class DedupModel(RuleBasedStateMachine):
 
 DedupModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestDedupModel = DedupModel.TestCase
+
+
+def test_a_half_moved_table_answers_like_a_whole_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dedup_index, "_MOVE_SLOTS", 64)
+    monkeypatch.setattr(dedup_index, "_MOVE_SLOTS_PER_KEY", 1)
+    index = DedupIndex(WINDOW)
+    early = [_spread(n) for n in range(300)]
+    late = [_spread(n) for n in range(300, 600)]
+    index.add(10, early, list(range(1, 301)))
+    index.add(60, late, list(range(301, 601)))
+    more = [_spread(n) for n in range(600, 620)]
+    index.add(70, more, list(range(601, 621)))  # 620 used slots would pass 3/5 of 1024: a move
+    assert index._old_keys is not None and index._cap == _capacity_for(620)
+    assert [index.get(k) for k in early + late] == list(range(1, 601))  # from either table
+    index.add(80, [early[-1], _spread(700)], [700, 701])  # re-added mid-move
+    assert index.get(early[-1]) == 700 and index.get(_spread(700)) == 701
+    assert index.expire(111) == 299  # the first group (minus its re-added key) expires mid-move
+    assert index._old_keys is not None
+    assert [index.get(k) for k in early] == [None] * 299 + [700]
+    restored = DedupIndex.from_snapshot(WINDOW, _roundtrip(index.to_snapshot()))  # finishes the move
+    assert index._old_keys is None
+    for table in (index, restored):
+        assert len(table) == 322
+        assert [table.get(k) for k in late + more] == list(range(301, 621))
+        assert table.get(early[-1]) == 700 and table.get(early[0]) is None
 
 
 def test_growth_expiry_and_re_adds_with_shared_low_bits() -> None:
