@@ -121,6 +121,7 @@ class Node:
         for partition in self.partitions:
             partition.events.on_sync = self.stats.fsync_events.observe
             partition.alert_log.on_sync = self.stats.fsync_alerts.observe
+            partition.events.on_failure = partition.alert_log.on_failure = self._count_failed_log
         self.alerts = AlertStreamer(self.partitions, heartbeat_interval=config.heartbeat_interval)
         self.node_addr = config.node_addr
         self.grpc_addr = config.grpc_addr
@@ -268,23 +269,28 @@ class Node:
         else:
             errors = done.result()
         for (log_, job), exc in zip(share, errors, strict=True):
-            log_.finish_round(job, exc)
-            if exc is not None:
-                self.stats.flush_failures += 1
-                log.error("flush of %s failed: %s", log_.directory, exc)
+            log_.finish_round(job, exc)  # a failure fails the log, which counts and logs it
+
+    def _count_failed_log(self) -> None:
+        self.stats.flush_failures += 1
 
     async def _flush_urgent(self, partitions: list[Partition]) -> None:
-        """Flush partitions whose batch fired alerts now, and publish them; the tick skips them."""
+        """Flush partitions whose batch fired alerts now, and publish them; the tick skips them.
+
+        One grouped round for all their logs (both logs of a partition in one hand-off, one
+        syncfs where it is used), then each partition's flush, which returns at once if the round
+        covered it (or waits for a round that was already in flight) and publishes its alerts.
+        """
         numbers = {p.number for p in partitions} - self._urgent_partitions
         self._urgent_partitions |= numbers
         try:
+            await self._run_rounds(partitions, self._executor)
             results = await asyncio.gather(*(p.flush() for p in partitions), return_exceptions=True)
         finally:
             self._urgent_partitions -= numbers
-        for exc in results:
-            if isinstance(exc, BaseException):
-                self.stats.flush_failures += 1
-                log.error("flush failed: %s", exc)
+        for partition, exc in zip(partitions, results, strict=True):
+            if isinstance(exc, BaseException):  # the failed log was counted and logged already
+                log.warning("alerts of partition %d not published: %s", partition.number, exc)
 
     async def _maintenance_loop(self) -> None:
         while True:

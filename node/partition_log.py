@@ -295,6 +295,8 @@ class PartitionLog:
         self._release_when_idle = False
         self._truncations = 0
         self.on_sync: Callable[[float], None] | None = None
+        self.on_failure: Callable[[], None] | None = None
+        """Called once, when the log fails (a write or fsync error) and starts refusing writes."""
         """Called on the loop thread with the seconds each successful fsync round took (for metrics)."""
 
     # ------------------------------------------------------------------ opening
@@ -616,6 +618,8 @@ class PartitionLog:
         if self._failure is None:
             self._failure = exc
             log.error("partition log %s failed: %s", self._dir, exc)
+            if self.on_failure is not None:
+                self.on_failure()
         self._unusable = True
 
     def _run_sync_job(self, fsync: bool) -> None:

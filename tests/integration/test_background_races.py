@@ -114,7 +114,7 @@ async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
             await client.ingest_rows(rows, sync=True)
         for partition in node.partitions[1:]:
             assert partition.events.durable_position == partition.events.end_position > 0
-        assert node.stats.flush_failures >= 1
+        assert node.stats.flush_failures == 1  # the broken log, counted once
     finally:
         monkeypatch.undo()
         with contextlib.suppress(OSError):
