@@ -134,18 +134,23 @@ def _sync_job(job: _Job) -> None:
     job.sync_seconds = time.perf_counter() - started
 
 
-def run_rounds(jobs: list[_Job]) -> list[BaseException | None]:
-    """Run rounds taken with :meth:`PartitionLog.start_round`, one after the other (in the
-    executor); each one's error, or None, in order. One round's failure does not stop the rest."""
+def _each(step: Callable[[_Job], None], jobs: list[_Job]) -> list[BaseException | None]:
+    """``step`` on each job in turn; each one's error, or None. One failure does not stop the rest."""
     errors: list[BaseException | None] = []
     for job in jobs:
         try:
-            _run_job(job)
+            step(job)
         except Exception as exc:
             errors.append(exc)
         else:
             errors.append(None)
     return errors
+
+
+def run_rounds(jobs: list[_Job]) -> list[BaseException | None]:
+    """Run rounds taken with :meth:`PartitionLog.start_round`, one after the other (in the
+    executor); each one's error, or None, in order. One round's failure does not stop the rest."""
+    return _each(_run_job, jobs)
 
 
 def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseException | None]:
@@ -157,14 +162,7 @@ def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseE
     fails exactly the logs it hit. The duration of the ``syncfs`` is given to the first round only:
     the fsync histogram sees one observation per call, not one per log.
     """
-    errors: list[BaseException | None] = []
-    for job in jobs:
-        try:
-            _write_job(job)
-        except Exception as exc:
-            errors.append(exc)
-        else:
-            errors.append(None)
+    errors = _each(_write_job, jobs)
     pending = [i for i, job in enumerate(jobs) if job.fsync and errors[i] is None]
     if not pending:
         return errors
@@ -172,11 +170,8 @@ def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseE
     try:
         filesystem_sync.syncfs(filesystem_fd)
     except OSError:
-        for i in pending:
-            try:
-                _sync_job(jobs[i])
-            except Exception as exc:
-                errors[i] = exc
+        for i, error in zip(pending, _each(_sync_job, [jobs[i] for i in pending]), strict=True):
+            errors[i] = error
     else:
         jobs[pending[0]].sync_seconds = time.perf_counter() - started
     return errors
