@@ -78,6 +78,29 @@ def _zeros(code: str, n: int) -> array[int]:
     return column
 
 
+def _stored(keys: array[int], offs: array[int], cap: int, key: int) -> int:
+    """The offset column's value for ``key`` in a table (0: the key is not in it)."""
+    i = key % cap
+    while True:
+        stored = offs[i]
+        if not stored or keys[i] == key:
+            return stored
+        i = (i + 1) % cap
+
+
+def _insert_absent(keys: array[int], offs: array[int], cap: int, key: int, stored: int) -> int:
+    """Put ``key`` with ``stored`` in a table unless the key is there already; 1 if it was put."""
+    i = key % cap
+    while True:
+        if not offs[i]:
+            keys[i] = key
+            offs[i] = stored
+            return 1
+        if keys[i] == key:
+            return 0
+        i = (i + 1) % cap
+
+
 def _unpacked(raw: object, code: str) -> array[int]:
     column = array(code)
     if not isinstance(raw, bytes) or len(raw) % column.itemsize:
@@ -174,18 +197,11 @@ class DedupIndex:
 
     def get(self, key: int) -> int | None:
         """The offset stored under ``key``, if it is still in the window."""
-        keys = self._keys
-        offs = self._offs
-        cap = self._cap
-        i = key % cap
-        while True:
-            stored = offs[i]
-            if not stored:
-                return None if self._old_keys is None else self._old_get(key)
-            if keys[i] == key:
-                off = stored + self._base
-                return off if off >= self._floor else None
-            i = (i + 1) % cap
+        stored = _stored(self._keys, self._offs, self._cap, key)
+        if not stored:
+            return None if self._old_keys is None else self._old_get(key)
+        off = stored + self._base
+        return off if off >= self._floor else None
 
     def add(self, arrival_ns: int, keys: list[int], offsets: list[int]) -> None:
         """Remember ``keys[i] → offsets[i]`` as arrived at ``arrival_ns``.
@@ -315,9 +331,10 @@ class DedupIndex:
             raise ValueError("dedup snapshot: bad table size")
         if not len(g_arrival) == len(g_first) == len(g_live):
             raise ValueError("dedup snapshot: bad groups")
-        if not isinstance(base, int) or not isinstance(floor, int) or not isinstance(last, int):
-            raise ValueError("dedup snapshot: bad base or floor")
-        if not 0 <= base < floor <= last + 1:
+        if not (
+            isinstance(base, int) and isinstance(floor, int) and isinstance(last, int)
+            and 0 <= base < floor <= last + 1
+        ):  # fmt: skip
             raise ValueError("dedup snapshot: bad base or floor")
         index = cls(window_ns)
         index._keys, index._offs, index._cap, index._base = kcol, offs, capacity, base
@@ -363,16 +380,7 @@ class DedupIndex:
         used = 0
         for key, stored in zip(old_keys[start:end], old_offs[start:end], strict=True):
             if stored >= floor:
-                i = key % cap
-                while True:
-                    if not offs[i]:
-                        kcol[i] = key
-                        offs[i] = stored + shift
-                        used += 1
-                        break
-                    if kcol[i] == key:
-                        break
-                    i = (i + 1) % cap
+                used += _insert_absent(kcol, offs, cap, key, stored + shift)
         self._used += used
         self._old_next = end
         if end == self._old_cap:
@@ -384,33 +392,15 @@ class DedupIndex:
 
     def _old_get(self, key: int) -> int | None:
         """The old table's live offset for ``key`` (the new table has no entry for it)."""
-        keys, offs, cap = self._old_keys, self._old_offs, self._old_cap
-        assert keys is not None and offs is not None
-        i = key % cap
-        while True:
-            stored = offs[i]
-            if not stored:
-                return None
-            if keys[i] == key:
-                off = stored + self._old_base
-                return off if off >= self._floor else None
-            i = (i + 1) % cap
+        assert self._old_keys is not None and self._old_offs is not None
+        stored = _stored(self._old_keys, self._old_offs, self._old_cap, key)
+        if not stored:
+            return None
+        off = stored + self._old_base
+        return off if off >= self._floor else None
 
     def _pull(self, key: int) -> None:
         """Move ``key``'s old live entry (if any) into the new table, unless it has one already."""
         off = self._old_get(key)
-        if off is None:
-            return
-        kcol = self._keys
-        offs = self._offs
-        cap = self._cap
-        i = key % cap
-        while True:
-            if not offs[i]:
-                kcol[i] = key
-                offs[i] = off - self._base
-                self._used += 1
-                return
-            if kcol[i] == key:
-                return
-            i = (i + 1) % cap
+        if off is not None:
+            self._used += _insert_absent(self._keys, self._offs, self._cap, key, off - self._base)
