@@ -884,7 +884,6 @@ async def test_a_failed_round_in_a_group_fails_only_its_log(
         await bad.close()
 
 
-@pytest.mark.skipif(not filesystem_sync.syncfs_supported(), reason="syncfs needs Linux 5.8 or later")
 async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -895,7 +894,10 @@ async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
 
     def counting(fd: int) -> None:
         calls.append(fd)
-        real_syncfs(fd)
+        if filesystem_sync.syncfs_supported():
+            real_syncfs(fd)
+        else:  # a system without syncfs (the node never uses this path there): sync everything
+            os.sync()
 
     def no_fsync(fd: int) -> None:
         raise AssertionError("a log fsynced on its own although syncfs covered it")
