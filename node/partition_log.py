@@ -3,10 +3,12 @@
 A ``PartitionLog`` stores records (``u32 length | u32 crc32(payload, seeded by length) | payload``,
 little endian) in segment files named by their base position, addresses every record by a global
 byte position that is stable across restarts, buffers appends in memory, and makes them durable by
-group commit (one ``write`` + ``fdatasync`` in an executor thread serves every flush waiting at that
-time). Opening a log validates every record and cuts a torn or corrupt tail. It is for one writer on
-one event loop; it knows nothing about what the payloads mean, does not compact or expire segments,
-and is not thread-safe (only its own I/O runs in the executor).
+group commit (one ``write`` + ``fdatasync`` serves every flush waiting at that time). The ``write``
+to the page cache is made on the loop thread when the round starts; only the ``fdatasync`` (and the
+rare round that creates a segment file) runs in an executor thread, so a stalled disk never blocks
+the loop on a sync. Opening a log validates every record and cuts a torn or corrupt tail. It is for
+one writer on one event loop; it knows nothing about what the payloads mean, does not compact or
+expire segments, and is not thread-safe (only its own I/O runs in the executor).
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class _Job:
     future: asyncio.Future[None] | None = None
     created: dict[int, int] = field(default_factory=dict)  # filled by the worker
     sync_seconds: float | None = None  # filled by the worker: time in this round's own fsyncs
+    written: bool = False  # the data was written on the loop thread when the round started
+    write_error: OSError | None = None  # ... and that write failed: the round fails with it
 
 
 @dataclass(eq=False, slots=True)
@@ -111,7 +115,20 @@ def _run_job(job: _Job) -> None:
         _sync_job(job)
 
 
+def _write_early(job: _Job) -> None:
+    """Write a round's data on the loop thread as it starts (see :meth:`PartitionLog._detach`)."""
+    try:
+        _write_job(job)
+    except OSError as exc:
+        job.write_error = exc
+    job.written = True
+
+
 def _write_job(job: _Job) -> None:
+    if job.written:
+        if job.write_error is not None:
+            raise job.write_error
+        return
     view = memoryview(job.data)
     for base, lo, hi in job.targets:
         fd = job.wfds.get(base)
@@ -525,8 +542,20 @@ class PartitionLog:
             directory=self._dir,
         )
 
-    def _start_job(self, fsync: bool, future: asyncio.Future[None]) -> None:
+    def _detach(self, fsync: bool) -> _Job:
+        """A round for the executor. A sync round that stays in existing segment files writes its
+        data here, on the loop thread: a ``write`` to the page cache takes microseconds, and in the
+        executor each ``write`` would have to win the GIL back from a busy loop (up to the 5 ms
+        switch interval each), which made a tick's 64 writes, and every round waiting behind
+        them, tens of ms late under load. The thread then only syncs. Creating a segment file
+        (a directory update, rare) stays in the thread."""
         job = self._make_job(fsync)
+        if fsync and not job.new_bases:
+            _write_early(job)
+        return job
+
+    def _start_job(self, fsync: bool, future: asyncio.Future[None]) -> None:
+        job = self._detach(fsync)
         job.future = future
         self._job = job
         try:
@@ -555,7 +584,7 @@ class PartitionLog:
         already in flight (that round, or the one queued after it, covers this log)."""
         if self._unusable or self._job is not None or self._durable >= self._end:
             return None
-        job = self._make_job(True)
+        job = self._detach(True)
         job.future = asyncio.get_running_loop().create_future()
         self._job = job
         return job

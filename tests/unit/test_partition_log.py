@@ -622,6 +622,79 @@ async def test_failed_write_fails_the_log(log_dir: Path, monkeypatch: pytest.Mon
         log.close_sync()
 
 
+async def test_a_sync_round_writes_on_the_loop_thread_and_syncs_in_the_executor(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = PartitionLog.open(log_dir, segment_bytes=256)
+    log.append(payload(0, 100))
+    await log.flush()  # the first segment file exists from here on
+    writes: list[int] = []
+    syncs: list[int] = []
+    real_write, real_fsync = partition_log._write_all, partition_log._fsync
+
+    def tracking_write(fd: int, data: memoryview) -> None:
+        writes.append(threading.get_ident())
+        real_write(fd, data)
+
+    def tracking_fsync(fd: int) -> None:
+        syncs.append(threading.get_ident())
+        real_fsync(fd)
+
+    monkeypatch.setattr(partition_log, "_write_all", tracking_write)
+    monkeypatch.setattr(partition_log, "_fsync", tracking_fsync)
+    loop_thread = threading.get_ident()
+    log.append(payload(1, 50))
+    await log.flush()
+    assert writes == [loop_thread] and len(syncs) == 1 and syncs[0] != loop_thread
+    writes.clear()
+    log.append(payload(2, 200))  # rolls over: the new segment file is created (and written) in the executor
+    await log.flush()
+    assert writes and loop_thread not in writes
+    monkeypatch.undo()
+    await log.close()
+    reopened = PartitionLog.open(log_dir, segment_bytes=256)
+    assert [d for _, d in reopened.scan()] == [payload(0, 100), payload(1, 50), payload(2, 200)]
+    await reopened.close()
+
+
+async def test_a_failed_write_on_the_loop_thread_fails_the_round_and_the_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    single, grouped, other = (PartitionLog.open(tmp_path / name) for name in ("single", "grouped", "other"))
+    for log in (single, grouped, other):
+        log.append(b"durable")
+        await log.flush()
+
+    def no_space(fd: int, data: memoryview) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(partition_log, "_write_all", no_space)
+    single.append(b"lost")
+    with pytest.raises(OSError) as raised:  # a SYNC caller's own round
+        await single.flush()
+    assert raised.value.errno == errno.ENOSPC
+    grouped.append(b"lost")
+    job = grouped.start_round()  # a tick's round: the write fails here, the error is the round's
+    assert job is not None
+    monkeypatch.undo()
+    other.append(b"kept")
+    other_job = other.start_round()
+    assert other_job is not None
+    errors = partition_log.run_rounds([job, other_job])
+    assert isinstance(errors[0], OSError) and errors[0].errno == errno.ENOSPC and errors[1] is None
+    grouped.finish_round(job, errors[0])
+    other.finish_round(other_job, errors[1])
+    for failed in (single, grouped):
+        with pytest.raises(OSError):
+            failed.append(b"more")
+        assert failed.durable_position == failed.written_position == frame(b"durable")
+    assert other.durable_position == other.end_position
+    await other.close()
+    for failed in (single, grouped):
+        with pytest.raises(OSError):
+            await failed.close()
+
+
 # ---------------------------------------------------------------- truncation
 
 
