@@ -379,6 +379,12 @@ class Node:
             for _, rows in parts:
                 validate_rows(rows, self.registry.get)
         now = time.time_ns()
+        # The batch is stored against the metrics it was validated against. Between its slices a
+        # metric may be deleted (or deleted and created again): its remaining events are then
+        # logged like those that arrived just before the delete, and counted by nobody, instead of
+        # failing half-way or counting for a metric created after the batch arrived. (A copy:
+        # metric changes are rare, a few entries.)
+        spec_of = dict(self._specs).get if len(parts) > _PARTS_PER_SLICE else self._specs.get
         outcomes: list[IngestOutcome] = []
         for i, (part, (_, rows)) in enumerate(zip(targets, parts, strict=True)):
             if i and not i % _PARTS_PER_SLICE:
@@ -386,7 +392,7 @@ class Node:
                 # streams run between slices, so an alert never waits behind a whole batch per hop.
                 # Each partition's part stays atomic; the batch was validated as a whole above.
                 await asyncio.sleep(0)
-            outcomes.append(part.ingest(rows, batch_id, now))
+            outcomes.append(part.ingest(rows, batch_id, now, spec_of))
         if not sync:
             urgent = [part for part in targets if part.published_alert_offset < len(part.alerts)]
             if urgent:

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cluster_client import AggType, Client, Metric, Period
+from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
 from node import filesystem_sync, partition_log
 from node.node import Node, NodeConfig
@@ -119,3 +120,55 @@ async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
         monkeypatch.undo()
         with contextlib.suppress(OSError):
             await node.close()
+
+
+@pytest.mark.parametrize("recreate", [False, True], ids=["deleted", "deleted-and-created-again"])
+async def test_a_metric_deleted_while_a_batch_is_sliced_in_leaves_the_batch_whole(
+    tmp_path: Path, recreate: bool
+) -> None:
+    """A batch over many partitions is applied in slices, with the event loop free in between. It
+    was validated against the metrics as they were when it arrived: a metric deleted (and
+    re-created) between its slices changes nothing about how the rest of the batch is stored; its
+    events are logged like events that arrived just before the delete, and counted by nobody."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=16))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        await client.metrics.create(Metric("kept", AggType.SUM))
+        rows: list[EventRow] = [
+            (1 + n, "calls" if n % 2 else "kept", 1, T0 + n * MINUTE, None, 1, f"e{n}") for n in range(64)
+        ]
+        by_partition: dict[int, list[EventRow]] = {}
+        for row in rows:
+            by_partition.setdefault(partition_of(row[0], 16), []).append(row)
+        parts = sorted(by_partition.items())
+        assert len(parts) > 8  # several slices
+        ingest = asyncio.create_task(node.ingest(parts, False, "", validated=False))
+        await asyncio.sleep(0)  # the first slice is in
+        assert not ingest.done()
+        await node.delete_metric("calls")
+        if recreate:
+            await client.metrics.create(Metric("calls", AggType.SUM))  # a new generation
+        assert not ingest.done()  # slices of the batch are still to come
+        outcomes = await asyncio.wait_for(ingest, 5)
+        assert sum(len(o.offsets) for o in outcomes) == 64
+        assert sum(p.last_offset for p in node.partitions) == 64  # every event logged once
+        kept = {a: (await client.query(a, "kept", DAY)).value.sum for a in range(1, 65, 2)}
+        assert set(kept.values()) == {1}
+        if recreate:
+            for account in range(2, 66, 2):  # the deleted generation's events count for nobody
+                assert (await client.query(account, "calls", DAY)).value.sum == 0
+    finally:
+        await node.close()
+    recovered = Node(NodeConfig(tmp_path / "data", partitions=16))
+    await recovered.start()
+    try:
+        again = await Client.in_process(recovered, metric_lookup=recovered.metric_of)
+        assert sum(p.last_offset for p in recovered.partitions) == 64
+        assert {a: (await again.query(a, "kept", DAY)).value.sum for a in range(1, 65, 2)} == kept
+        if recreate:
+            for account in range(2, 66, 2):
+                assert (await again.query(account, "calls", DAY)).value.sum == 0
+    finally:
+        await recovered.close()
