@@ -2,13 +2,12 @@
 
 A subscription keeps its own position per partition and reads the durable alerts after it, so a
 slow subscriber is served from the log and nothing is ever dropped on the server side; idle
-subscriptions cost nothing but a wait on one shared event, woken when any partition publishes.
+subscriptions cost nothing but a future each, woken when any partition publishes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
@@ -28,7 +27,11 @@ class AlertStreamer:
     def __init__(self, partitions: Sequence[Partition], *, heartbeat_interval: float) -> None:
         self._partitions = {p.number: p for p in partitions}
         self._heartbeat = heartbeat_interval
-        self._wakeup = asyncio.Event()
+        # One future per waiting subscription, set directly on a publish: under load every hop
+        # through the loop's ready queue waits behind ingest slices, and an Event waited with
+        # wait_for took three hops (the Event's task, wait_for's wake-up, the stream) where this
+        # takes one.
+        self._waiters: set[asyncio.Future[None]] = set()
         self._closed = False
         self._count = 0
         # Every open subscription's live positions (partition -> last alert offset handed out),
@@ -55,8 +58,8 @@ class AlertStreamer:
         return lag
 
     def _wake(self) -> None:
-        self._wakeup.set()
-        self._wakeup = asyncio.Event()
+        for waiter in self._waiters:
+            _release(waiter)
 
     def close(self) -> None:
         """End every subscription."""
@@ -116,12 +119,16 @@ class AlertStreamer:
         self._serial += 1
         serial = self._serial
         self._positions[serial] = positions
+        waiter: asyncio.Future[None] | None = None
         try:
             # The first item tells the subscriber where it starts, so it can resume exactly.
             yield AlertStreamItem(None, dict(positions))
             last_sent = loop.time()
             while not self._closed:
-                wakeup = self._wakeup
+                # Registered before the scan: a publish while an item is out with the consumer
+                # wakes the wait below at once.
+                waiter = loop.create_future()
+                self._waiters.add(waiter)
                 sent_any = False
                 for p, position in positions.items():
                     partition = self._partitions[p]
@@ -138,16 +145,25 @@ class AlertStreamer:
                     positions[p] = max(positions[p], end)
                 if sent_any:
                     last_sent = loop.time()
-                    continue
-                if any(self._partitions[p].published_alert_offset > pos for p, pos in positions.items()):
-                    continue
-                remaining = self._heartbeat - (loop.time() - last_sent)
-                if remaining <= 0:
-                    yield AlertStreamItem(None, dict(positions))
-                    last_sent = loop.time()
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), remaining)
+                elif all(self._partitions[p].published_alert_offset <= pos for p, pos in positions.items()):
+                    remaining = self._heartbeat - (loop.time() - last_sent)
+                    if remaining <= 0:
+                        yield AlertStreamItem(None, dict(positions))
+                        last_sent = loop.time()
+                    else:
+                        timer = loop.call_later(remaining, _release, waiter)
+                        try:
+                            await waiter
+                        finally:
+                            timer.cancel()
+                self._waiters.discard(waiter)
         finally:
+            if waiter is not None:
+                self._waiters.discard(waiter)
             self._count -= 1
             del self._positions[serial]
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -227,14 +227,26 @@ class Node:
             await partition.flush()
 
     async def _run_rounds(self, partitions: list[Partition], executor: ThreadPoolExecutor) -> None:
-        """One fsync round per pending log of ``partitions``, with one executor hand-off per thread.
+        """:meth:`_start_rounds`, waited for. Cancelling the wait cancels only this waiter's
+        future: the rounds go on and finish their logs."""
+        done = asyncio.get_running_loop().create_future()
+        self._start_rounds(partitions, executor, partial(_release, done))
+        await done
+
+    def _start_rounds(
+        self, partitions: list[Partition], executor: ThreadPoolExecutor, then: Callable[[], None]
+    ) -> None:
+        """One fsync round per pending log of ``partitions``, with one executor hand-off per
+        thread; ``then()`` runs on the loop once every round is finished (at once if none).
 
         Every log's round is taken at once. Where one ``syncfs`` can make them all durable, one
-        thread writes them all and calls it once (one journal commit instead of one per log; see
+        thread syncs them all with it (one journal commit instead of one per log; see
         ``node.filesystem_sync``). Otherwise the rounds are dealt to the threads (a thread runs its
         share one after the other): a few hand-offs instead of one per log; with 64 partitions the
         per-log futures were most of the flusher's loop time. Logs with a round in flight are
-        skipped (that round, or the one queued after it, covers them).
+        skipped (that round, or the one queued after it, covers them). A thread hands its results
+        back with one ``call_soon_threadsafe``: under load each hop through the loop's ready queue
+        waits behind ingest slices, and ``run_in_executor``'s future chain took three.
         """
         rounds = [
             (log, job)
@@ -243,51 +255,68 @@ class Node:
             if (job := log.start_round()) is not None
         ]
         if not rounds:
+            then()
             return
-        loop = asyncio.get_running_loop()
         if self._filesystem_fd is not None:
-            jobs = [job for _, job in rounds]
-            done = loop.run_in_executor(executor, run_rounds_on_filesystem, jobs, self._filesystem_fd)
-            done.add_done_callback(partial(self._finish_rounds, rounds))  # as below: even if cancelled
-            await asyncio.wait([done])
-            return
-        threads = self.config.fsync_threads
-        running = []
-        for share in [rounds[i::threads] for i in range(min(threads, len(rounds)))]:
-            done = loop.run_in_executor(executor, run_rounds, [job for _, job in share])
-            # A callback, not code after the await: the rounds finish even if the waiter is
-            # cancelled (shutdown, a caller's deadline), or their logs would wait forever.
-            done.add_done_callback(partial(self._finish_rounds, share))
-            running.append(done)
-        await asyncio.wait(running)
-
-    def _finish_rounds(self, share: list[tuple[PartitionLog, Any]], done: asyncio.Future[Any]) -> None:
-        if done.cancelled():
-            errors: list[BaseException | None] = [OSError(errno.EIO, "flush cancelled")] * len(share)
-        elif done.exception() is not None:
-            errors = [done.exception()] * len(share)
+            shares = [rounds]
+            run: Callable[[list[Any]], list[BaseException | None]] = partial(
+                run_rounds_on_filesystem, filesystem_fd=self._filesystem_fd
+            )
         else:
-            errors = done.result()
-        for (log_, job), exc in zip(share, errors, strict=True):
-            log_.finish_round(job, exc)  # a failure fails the log, which counts and logs it
+            threads = self.config.fsync_threads
+            shares = [rounds[i::threads] for i in range(min(threads, len(rounds)))]
+            run = run_rounds
+        loop = asyncio.get_running_loop()
+        left = [len(shares)]
+
+        def finish(share: list[tuple[PartitionLog, Any]], errors: list[BaseException | None]) -> None:
+            for (log_, job), exc in zip(share, errors, strict=True):
+                log_.finish_round(job, exc)  # a failure fails the log, which counts and logs it
+            left[0] -= 1
+            if not left[0]:
+                then()
+
+        def in_thread(share: list[tuple[PartitionLog, Any]]) -> None:
+            try:
+                errors = run([job for _, job in share])
+            except Exception as exc:  # not an I/O error of one round: every round of the share fails
+                errors = [exc] * len(share)
+            loop.call_soon_threadsafe(finish, share, errors)
+
+        for share in shares:
+            try:
+                executor.submit(in_thread, share)
+            except RuntimeError as exc:  # the executor was shut down: the rounds fail, not hang
+                finish(share, [OSError(errno.EIO, f"flush not started: {exc}")] * len(share))
 
     def _count_failed_log(self) -> None:
         self.stats.flush_failures += 1
 
-    async def _flush_urgent(self, partitions: list[Partition]) -> None:
+    def _flush_urgent(self, partitions: list[Partition]) -> None:
         """Flush partitions whose batch fired alerts now, and publish them; the tick skips them.
 
         One grouped round for all their logs (both logs of a partition in one hand-off, one
-        syncfs where it is used), then each partition's flush, which returns at once if the round
-        covered it (or waits for a round that was already in flight) and publishes its alerts.
+        syncfs where it is used), whose completion publishes the alerts it covered right there, on
+        the loop: no task, no hop between the fsync and the subscribers' wake-up. A partition one
+        of whose logs had a round in flight (a SYNC caller's, the tick's) was skipped by this
+        round: a task waits for its flush, as a SYNC caller would, and publishes then.
         """
         numbers = {p.number for p in partitions} - self._urgent_partitions
         self._urgent_partitions |= numbers
-        try:
-            await self._run_rounds(partitions, self._executor)
-            results = await asyncio.gather(*(p.flush() for p in partitions), return_exceptions=True)
-        finally:
+        marks = [(p, p.flush_mark()) for p in partitions]
+
+        def publish() -> None:
             self._urgent_partitions -= numbers
+            waiting = [p for p, mark in marks if not p.publish_durable(mark)]
+            if waiting and not self._closing:
+                task = asyncio.create_task(self._publish_when_flushed(waiting))
+                self._urgent.add(task)
+                task.add_done_callback(self._urgent.discard)
+
+        self._start_rounds(partitions, self._executor, publish)
+
+    async def _publish_when_flushed(self, partitions: list[Partition]) -> None:
+        results = await asyncio.gather(*(p.flush() for p in partitions), return_exceptions=True)
         for partition, exc in zip(partitions, results, strict=True):
             if isinstance(exc, BaseException):  # the failed log was counted and logged already
                 log.warning("alerts of partition %d not published: %s", partition.number, exc)
@@ -397,11 +426,9 @@ class Node:
             urgent = [part for part in targets if part.published_alert_offset < len(part.alerts)]
             if urgent:
                 # Alerts are waited for by people: a batch that fires one gets its partitions
-                # flushed (and the alert published) now, in a task of its own, instead of at the
-                # next tick; everything else keeps the group commit of the flush interval.
-                task = asyncio.create_task(self._flush_urgent(urgent))
-                self._urgent.add(task)
-                task.add_done_callback(self._urgent.discard)
+                # flushed (and the alert published) now, instead of at the next tick; everything
+                # else keeps the group commit of the flush interval.
+                self._flush_urgent(urgent)
         if sync:
             if len(targets) == 1:
                 await targets[0].flush()
@@ -506,3 +533,8 @@ def resolve_selector(periods: PeriodCalculator, selector: int, now_ns: int) -> t
         f"unknown period selector {selector}",
         violations=[FieldViolation("period_selector", f"unknown period selector {selector}")],
     )
+
+
+def _release(done: asyncio.Future[None]) -> None:
+    if not done.done():
+        done.set_result(None)

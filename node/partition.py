@@ -262,17 +262,17 @@ class Partition:
         once both logs are durable up to those ends."""
         return len(self.alerts), self.events.end_position, self.alert_log.end_position
 
-    def publish_durable(self, mark: tuple[int, int, int]) -> None:
-        """Publish the alerts counted in ``mark`` if both logs are durable up to its ends."""
+    def publish_durable(self, mark: tuple[int, int, int]) -> bool:
+        """Publish the alerts counted in ``mark`` if both logs are durable up to its ends; whether
+        they are."""
         alerts, events_end, alerts_end = mark
-        if (
-            alerts > self.published_alert_offset
-            and self.events.durable_position >= events_end
-            and self.alert_log.durable_position >= alerts_end
-        ):
+        if self.events.durable_position < events_end or self.alert_log.durable_position < alerts_end:
+            return False
+        if alerts > self.published_alert_offset:
             self.published_alert_offset = alerts
             if self.on_alerts_published is not None:
                 self.on_alerts_published()
+        return True
 
     async def flush(self) -> None:
         """Make everything appended so far durable, then publish the alerts it holds."""

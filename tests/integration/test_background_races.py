@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import errno
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
-from cluster_client import AggType, Client, Metric, Period
+from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
 from node import filesystem_sync, partition_log
@@ -172,3 +173,53 @@ async def test_a_metric_deleted_while_a_batch_is_sliced_in_leaves_the_batch_whol
                 assert (await again.query(account, "calls", DAY)).value.sum == 0
     finally:
         await recovered.close()
+
+
+async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_that_log_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fires an alert gets an urgent flush; if its partition's event log already has a
+    round in flight (here a SYNC caller's, held in fsync), that round does not cover the alert's
+    event, so the alert is published only after the next one: never before its event is durable,
+    and exactly once."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    await node.start()
+    held = threading.Event()
+    entered = threading.Event()
+    real = partition_log._fsync
+    calls = [0]
+
+    def holding_first(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:
+            entered.set()
+            held.wait(10)
+        real(fd)
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+        partition = node.partitions[0]
+        async with client.alerts.subscribe() as subscription:
+            monkeypatch.setattr(partition_log, "_fsync", holding_first)
+            sync_call = asyncio.create_task(
+                client.ingest_rows([(1, "calls", 1, T0, None, 1, "s")], sync=True)
+            )
+            assert await asyncio.to_thread(entered.wait, 5)
+            await client.ingest_rows([(1, "calls", 9, T0 + 1, None, 1, "a")], sync=False)  # reaches 10
+            assert len(partition.alerts) == 1
+            await asyncio.sleep(0.2)  # the urgent round is done; the event log is still held
+            assert partition.published_alert_offset == 0
+            assert partition.events.durable_position < partition.events.end_position
+            held.set()
+            await asyncio.wait_for(sync_call, 5)
+            alert = await asyncio.wait_for(anext(aiter(subscription)), 5)
+            assert (alert.threshold_code, alert.offset, alert.value_at_cross) == ("cap", 1, 10)
+            assert partition.published_alert_offset == 1
+            assert partition.events.durable_position == partition.events.end_position
+            await asyncio.sleep(0.1)
+            assert subscription.offsets()[0] == 1  # nothing after it: published once
+    finally:
+        held.set()
+        monkeypatch.undo()
+        await node.close()
