@@ -191,6 +191,39 @@ def _event_violation(row: EventRow, metric: Metric | None, path: str) -> FieldVi
     return None
 
 
+_OPERATIONS = frozenset((OperationType.ADD, OperationType.REMOVE))
+_NO_REMOVE = (AggType.MAX, AggType.LATEST)
+
+
+def _all_valid(rows: Sequence[EventRow], metric_of: Callable[[str], Metric | None]) -> bool:
+    """Whether every row passes :func:`_event_violation`, checked column by column: ``min``,
+    ``max`` and ``set`` run in C over the batch, where a call per event cost ~2 µs (a tenth of an
+    event's ingest). Only sufficient: False (including rows of the wrong shape or types) sends the
+    batch to the per-event check, which names every violation. Rows with properties are checked
+    one by one here too (they need the metric's dimensions)."""
+    try:
+        accounts, codes, values, times, props, ops, ids = zip(*rows, strict=True)
+        metrics = {code: metric_of(code) for code in set(codes)}
+        if (
+            None in metrics.values()
+            or not 0 < min(accounts) <= max(accounts) < UINT64
+            or not 0 <= min(values) <= max(values) < INT63
+            or not 0 <= min(times) <= max(times) < INT63
+            or max(map(len, ids)) > MAX_EVENT_ID_BYTES // 4
+        ):
+            return False
+        used_ops = set(ops)
+        if not used_ops <= _OPERATIONS:
+            return False
+        if OperationType.REMOVE in used_ops and any(m.agg_type in _NO_REMOVE for m in metrics.values() if m):
+            return False
+        if any(props):
+            return all(_event_violation(row, metrics[row[1]], "") is None for row in rows if row[4])
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def validate_rows(
     rows: Sequence[EventRow],
     metric_of: Callable[[str], Metric | None],
@@ -207,6 +240,8 @@ def validate_rows(
             f"a batch holds at most {MAX_BATCH_EVENTS} events",
             violations=[FieldViolation("events", f"at most {MAX_BATCH_EVENTS} events, got {len(rows)}")],
         )
+    if _all_valid(rows, metric_of):
+        return
     bad: list[FieldViolation] = []
     metrics: dict[str, Metric | None] = {}
     for i, row in enumerate(rows):
