@@ -45,7 +45,7 @@ BAD = (
 
 @st.composite
 def batches(draw: st.DrawFn) -> list[EventRow]:
-    rows = [
+    rows: list[tuple[object, ...]] = [
         tuple(draw(st.sampled_from(choices)) for choices in VALID) for _ in range(draw(st.integers(1, 12)))
     ]
     for _ in range(draw(st.integers(0, 2))):
