@@ -209,8 +209,11 @@ def _all_valid(rows: Sequence[EventRow], metric_of: Callable[[str], Metric | Non
             or not 0 < min(accounts) <= max(accounts) < UINT64
             or not 0 <= min(values) <= max(values) < INT63
             or not 0 <= min(times) <= max(times) < INT63
-            or max(map(len, ids)) > MAX_EVENT_ID_BYTES // 4
         ):
+            return False
+        longest = max(map(len, ids))
+        # Up to a quarter of the limit in characters always fits in bytes; ASCII ids fit up to it.
+        if longest > MAX_EVENT_ID_BYTES // 4 and (longest > MAX_EVENT_ID_BYTES or not "".join(ids).isascii()):
             return False
         used_ops = set(ops)
         if not used_ops <= _OPERATIONS:
