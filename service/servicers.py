@@ -34,6 +34,7 @@ from unimeter.v1 import (
     query_service_pb2_grpc,
 )
 
+from .alert_batching import MAX_ALERTS_PER_MESSAGE, batched_alert_responses
 from .convert import (
     alert_subscribe_item,
     alert_to_proto,
@@ -230,6 +231,14 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
         try:
             for account in request.account_ids:
                 check_account_id(account, "account_ids")
+            limit = request.max_alerts_per_message
+            if limit > MAX_ALERTS_PER_MESSAGE:
+                raise InvalidArgumentError(
+                    f"max_alerts_per_message must be at most {MAX_ALERTS_PER_MESSAGE}",
+                    violations=[
+                        FieldViolation("max_alerts_per_message", f"must be at most {MAX_ALERTS_PER_MESSAGE}")
+                    ],
+                )
             stream = self._client.alert_stream(
                 account_ids=list(request.account_ids),
                 metric_codes=list(request.metric_codes),
@@ -237,8 +246,12 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
                 since_offsets=dict(request.since_offsets),
                 from_beginning=request.from_beginning,
             )
-            async for item in stream:
-                yield alert_subscribe_item(item.alert, item.offsets)
+            if limit > 1:
+                async for response in batched_alert_responses(stream, limit):
+                    yield response
+            else:
+                async for item in stream:
+                    yield alert_subscribe_item(item.alert, item.offsets)
         except UnimeterError as exc:
             await abort_with_error(context, exc)
         except grpc.aio.AbortError:

@@ -192,6 +192,11 @@ async def test_subscribe_rejects_unknown_codes_and_partitions(api: Api) -> None:
         ),
         (als.AlertSubscribeRequest(since_offsets={0: 5}), grpc.StatusCode.OUT_OF_RANGE, "since_offsets[0]"),
         (als.AlertSubscribeRequest(account_ids=[0]), grpc.StatusCode.INVALID_ARGUMENT, "account_ids"),
+        (
+            als.AlertSubscribeRequest(max_alerts_per_message=1001),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_alerts_per_message",
+        ),
     ]
     for request, code, field in cases:
         stream = api.alerts.AlertSubscribe(request)
@@ -212,3 +217,45 @@ async def test_many_idle_subscribers_do_not_block_ingest(api: Api) -> None:
         msg = await next_alert(s)
         assert (msg.alert.threshold_code, msg.alert.offset) == ("free_tier_exceeded", 1)
         s.cancel()
+
+
+async def test_batched_subscription_delivers_every_alert_once_in_order_and_resumes(api: Api) -> None:
+    """With max_alerts_per_message above 1, alerts come as batch messages of at most that many:
+    concatenated, exactly the alerts of the one-per-message stream, in offset order; heartbeats as
+    before; a resume from a batch's last offset continues right after it."""
+    await setup_caps(api)
+    batched = api.alerts.AlertSubscribe(
+        als.AlertSubscribeRequest(metric_codes=["gb"], max_alerts_per_message=7)
+    )
+    single = api.alerts.AlertSubscribe(als.AlertSubscribeRequest(metric_codes=["gb"]))
+    for stream in (batched, single):
+        assert (await next_alert(stream)).WhichOneof("kind") == "heartbeat"
+    # One account (one partition): 40 events, each crossing the next multiple of 10.
+    for start in range(0, 40, 20):
+        await ingest(api, *[ev(42, "gb", 10, time=T0 + i) for i in range(start, start + 20)])
+    one_by_one = [(await next_alert(single)).alert for _ in range(40)]
+    assert [a.multiple for a in one_by_one] == list(range(1, 41))
+    received: list[t.Alert] = []
+    sizes: list[int] = []
+    async with asyncio.timeout(5):
+        while len(received) < 40:
+            message = await batched.read()
+            assert message.WhichOneof("kind") == "batch"
+            sizes.append(len(message.batch.alerts))
+            received.extend(message.batch.alerts)
+    assert received == one_by_one
+    assert max(sizes) <= 7 and len(sizes) < 40  # bursts share messages
+    batched.cancel()
+    single.cancel()
+    partition = received[0].partition
+    resumed = api.alerts.AlertSubscribe(
+        als.AlertSubscribeRequest(
+            metric_codes=["gb"], since_offsets={partition: received[24].offset}, max_alerts_per_message=100
+        )
+    )
+    assert (await next_alert(resumed)).WhichOneof("kind") == "heartbeat"
+    rest: list[t.Alert] = []
+    while len(rest) < 15:
+        rest.extend((await next_alert(resumed)).batch.alerts)
+    assert rest == received[25:]
+    resumed.cancel()
