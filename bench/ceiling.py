@@ -6,7 +6,7 @@ what is reachable on this machine. ``Ingest`` decodes the request and reads ever
 event once (as any real servicer must), stores nothing and returns offsets; ``QueryRealtime`` and
 ``Query`` return a fixed ``AggValue``; ``AlertSubscribe`` sends a heartbeat, then one alert for
 each ingested event of the alert metric (the events the real server's recurring threshold fires
-on), so the alert run has a floor too.
+on; batched like the real server's when the request asks), so the alert run has a floor too.
 
 Run as ``python -m bench.ceiling``; it prints one JSON ready line like ``unimeter serve``.
 """
@@ -126,10 +126,20 @@ class _Alerts(alert_service_pb2_grpc.AlertServiceServicer):
     ) -> AsyncIterator[alert_service_pb2.AlertSubscribeResponse]:
         queue: asyncio.Queue[alert_service_pb2.AlertSubscribeResponse] = asyncio.Queue()
         self._queues.add(queue)
+        limit = request.max_alerts_per_message
         try:
             yield alert_service_pb2.AlertSubscribeResponse(heartbeat=alert_service_pb2.Heartbeat())
             while True:
-                yield await queue.get()
+                item = await queue.get()
+                if limit <= 1:
+                    yield item
+                    continue
+                # As the real server: the alerts that are ready together go in one message.
+                alerts = [item.alert]
+                while len(alerts) < limit and not queue.empty():
+                    alerts.append(queue.get_nowait().alert)
+                batch = alert_service_pb2.AlertBatch(alerts=alerts)
+                yield alert_service_pb2.AlertSubscribeResponse(batch=batch)
         finally:
             self._queues.discard(queue)
 

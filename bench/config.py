@@ -60,6 +60,9 @@ class BenchConfig:
     """Events per call in the alert run, of which ``alert_events_per_batch`` cross a threshold."""
     alert_events_per_batch: int = 10
     """Events per batch on the alert metric; each one crosses the next multiple of the threshold."""
+    alert_max_per_message: int = 64
+    """The subscriber's ``max_alerts_per_message`` in the target run (the mode for bursts of alerts);
+    a diagnostic run at the same rate subscribes one alert per message."""
     series: int = 500_000
     """(account, metric, period) series created for the RSS-per-series measurement."""
     dedup_keys: int = 300_000

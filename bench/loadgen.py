@@ -365,14 +365,20 @@ class _Worker:
             answer = {"count": last.value.count, "sum": last.value.sum, "as_of_offset": last.as_of_offset}
         return {"latencies_ns": latencies, "answer": answer}
 
-    async def cmd_subscribe(self, addr: str, *, metric_codes: Sequence[str], timeout: float = 60) -> bool:
+    async def cmd_subscribe(
+        self, addr: str, *, metric_codes: Sequence[str], max_alerts_per_message: int = 0, timeout: float = 60
+    ) -> bool:
         """Open AlertSubscribe and return once its first message (a heartbeat) arrived."""
         pb = self._pb["alert"]
         call = self._channel(addr).unary_stream(
             "/unimeter.v1.AlertService/AlertSubscribe",
             request_serializer=pb.AlertSubscribeRequest.SerializeToString,
             response_deserializer=pb.AlertSubscribeResponse.FromString,
-        )(pb.AlertSubscribeRequest(metric_codes=list(metric_codes)))
+        )(
+            pb.AlertSubscribeRequest(
+                metric_codes=list(metric_codes), max_alerts_per_message=max_alerts_per_message
+            )
+        )
         received: list[tuple[int, int]] = []
         first = asyncio.get_running_loop().create_future()
 
@@ -384,6 +390,8 @@ class _Worker:
                         first.set_result(True)
                     if item.HasField("alert"):
                         received.append((item.alert.event_time_unix_nano, now))
+                    elif item.HasField("batch"):
+                        received.extend((a.event_time_unix_nano, now) for a in item.batch.alerts)
             except asyncio.CancelledError:
                 raise
             except self._grpc.aio.AioRpcError as exc:

@@ -271,6 +271,11 @@ def table_rows(
             alerts["ceiling"],
             p99=by_id.get("alert_p99"),
         )
+        single = alerts.get("one_per_message")
+        if single is not None:
+            rows += _quantile_rows(
+                "ingest→alert", f" @ {rate:,.0f} ev/s, 1 per msg (diagnostic)", single["unimeter"], None
+            )
         low = alerts.get("low_rate")
         if low is not None:
             rate = low["target_events_per_s"]

@@ -120,12 +120,14 @@ def test_query_latencies_are_measured_on_the_filled_account(
 def test_alert_run_joins_acks_and_alerts(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
     alerts = tiny_run[1]["alerts"]
     assert alerts["target_events_per_s"] == pytest.approx(alerts["max_async_events_per_s"] / 2)
-    for server in ("unimeter", "ceiling"):
-        result = alerts[server]
+    assert alerts["max_alerts_per_message"] == preset("tiny").alert_max_per_message > 1
+    runs = [alerts["unimeter"], alerts["ceiling"], alerts["one_per_message"]["unimeter"]]
+    for result in runs:
         assert result["alerts_expected"] > 0
         assert result["alerts_matched"] <= min(result["alerts_expected"], result["alerts_received"])
         assert result["errors"] == 0
-    assert alerts["ceiling"]["alerts_matched"] > 0
+    assert alerts["ceiling"]["alerts_matched"] > 0 and alerts["unimeter"]["alerts_matched"] > 0
+    assert alerts["one_per_message"]["unimeter"]["alerts_matched"] > 0  # the single-alert messages too
 
 
 def test_memory_section_compares_two_runs(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
