@@ -22,6 +22,7 @@ from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
 from node import filesystem_sync, partition_log
 from node.node import Node, NodeConfig
+from node.partition import Partition
 
 T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
 MINUTE = 60 * 1_000_000_000
@@ -221,5 +222,41 @@ async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_tha
             assert subscription.offsets()[0] == 1  # nothing after it: published once
     finally:
         held.set()
+        monkeypatch.undo()
+        await node.close()
+
+
+async def test_a_batch_cancelled_between_its_slices_is_stored_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller cancelled (deadline, disconnect) while its batch over many partitions is sliced in
+    still leaves the batch whole, then sees the cancellation: never half a batch."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=16))
+    await node.start()
+    order: list[str] = []
+    real_ingest = Partition.ingest
+
+    def recording(self: Partition, rows: list[EventRow], batch_id: str, *args: object) -> object:
+        order.append(rows[0][6])
+        return real_ingest(self, rows, batch_id, *args)  # type: ignore[arg-type]
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        monkeypatch.setattr(Partition, "ingest", recording)
+        by_partition: dict[int, list[EventRow]] = {}
+        for n in range(64):
+            row: EventRow = (1 + n, "calls", 1, T0 + n * MINUTE, None, 1, f"c-{n}")
+            by_partition.setdefault(partition_of(row[0], 16), []).append(row)
+        parts = sorted(by_partition.items())
+        cancelled = asyncio.create_task(node.ingest(parts, False, ""))
+        await asyncio.sleep(0)  # its first slice is in
+        assert order and not cancelled.done()
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(cancelled, 5)
+        assert sorted(order) == sorted(rows[0][6] for _, rows in parts)  # every part, none twice
+        assert sum(p.last_offset for p in node.partitions) == 64
+    finally:
         monkeypatch.undo()
         await node.close()
