@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import resource
+import sys
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -67,6 +68,24 @@ def _tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+GIL_SWITCH_INTERVAL = 0.001
+"""Seconds a thread waiting for the GIL lets the running one keep it (Python's default: 0.005)."""
+
+
+def _shorten_gil_switch_interval() -> None:
+    """Let the threads that only wait (fsync rounds, gRPC's completion-queue poller) get the GIL
+    within 1 ms instead of 5 while the event loop is busy ingesting.
+
+    Every fsync round and every gRPC completion (a request arriving, a stream message written)
+    needs a few lines of Python on its own thread, and each time that thread waited up to the
+    switch interval for the loop to let go. Under load that was most of an alert's latency: at
+    32,000 events/s paced (server at 0.65-0.85 CPU), ingest→alert p99 was 31-80 ms with the
+    default and 7-11 ms with 1 ms, in three interleaved pairs of runs; ASYNC 1000-event batches
+    x 4 callers back to back were 33-52k events/s either way (within this machine's noise).
+    """
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
 
 class UnimeterServer:
@@ -128,6 +147,7 @@ class UnimeterServer:
         _raise_open_file_limit()
         node = await asyncio.to_thread(Node, node_config)
         _tune_gc()
+        _shorten_gil_switch_interval()
         await node.start()
         self.node = node
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)

@@ -259,3 +259,13 @@ async def test_batched_subscription_delivers_every_alert_once_in_order_and_resum
         rest.extend((await next_alert(resumed)).batch.alerts)
     assert rest == received[25:]
     resumed.cancel()
+
+
+async def test_the_server_lets_waiting_threads_have_the_gil_within_a_millisecond(api: Api) -> None:
+    """fsync rounds and gRPC's completion poller run on threads that need the GIL for a few lines
+    each; with Python's 5 ms default they waited behind the busy loop (service/server.py)."""
+    import sys
+
+    from service.server import GIL_SWITCH_INTERVAL
+
+    assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL) == pytest.approx(0.001)
