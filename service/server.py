@@ -84,6 +84,7 @@ def _shorten_gil_switch_interval() -> None:
     32,000 events/s paced (server at 0.65-0.85 CPU), ingest→alert p99 was 31-80 ms with the
     default and 7-11 ms with 1 ms, in three interleaved pairs of runs; ASYNC 1000-event batches
     x 4 callers back to back were 33-52k events/s either way (within this machine's noise).
+    0.5 ms cut the alert latency further but cost ~10% of that throughput (docs/design.md).
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
 
