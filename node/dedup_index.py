@@ -140,7 +140,7 @@ class DedupIndex:
     and ``add`` first pulls its keys' old entries across, so every key has one current entry.
     A partition of a million keys used to stop for ~0.5 s at each doubling; now each ``add``
     pays ~1 ms at most. ``expire``'s shrink, ``to_snapshot`` and the rare 64-bit widening finish
-    a move at once.
+    a move at once (a partition's snapshot first drives it to its end with ``advance_growth``).
     """
 
     __slots__ = (
@@ -194,6 +194,18 @@ class DedupIndex:
         columns = (self._keys, self._offs, self._g_arrival, self._g_first, self._g_live)
         old = () if self._old_keys is None or self._old_offs is None else (self._old_keys, self._old_offs)
         return sum(sys.getsizeof(column) for column in (*columns, *old))
+
+    @property
+    def growing(self) -> bool:
+        """Whether an incremental growth is under way (an old table is still being moved)."""
+        return self._old_keys is not None
+
+    def advance_growth(self) -> None:
+        """Move the next few thousand slots of a growth under way (about 1 ms), as an ``add`` does:
+        a snapshot drives a growth to its end in steps like this instead of finishing it at once
+        (tens of ms for a table of a few hundred thousand slots)."""
+        if self._old_keys is not None:
+            self._move(_MOVE_SLOTS)
 
     def get(self, key: int) -> int | None:
         """The offset stored under ``key``, if it is still in the window."""
