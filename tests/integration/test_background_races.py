@@ -13,6 +13,7 @@ import contextlib
 import errno
 import shutil
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,17 @@ T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
 MINUTE = 60 * 1_000_000_000
 DAY = Period(T0, T0 + 24 * 60 * MINUTE)
 ACCOUNTS = 20_000
+
+
+@contextlib.asynccontextmanager
+async def recovered_node(directory: Path, partitions: int) -> AsyncIterator[tuple[Node, Client]]:
+    """A node started on ``directory`` (recovering what is there), with its in-process client."""
+    node = Node(NodeConfig(directory, partitions=partitions))
+    await node.start()
+    try:
+        yield node, await Client.in_process(node, metric_lookup=node.metric_of)
+    finally:
+        await node.close()
 
 
 async def sums(client: Client, accounts: set[int]) -> dict[int, int]:
@@ -163,17 +175,12 @@ async def test_a_metric_deleted_while_a_batch_is_sliced_in_leaves_the_batch_whol
                 assert (await client.query(account, "calls", DAY)).value.sum == 0
     finally:
         await node.close()
-    recovered = Node(NodeConfig(tmp_path / "data", partitions=16))
-    await recovered.start()
-    try:
-        again = await Client.in_process(recovered, metric_lookup=recovered.metric_of)
+    async with recovered_node(tmp_path / "data", 16) as (recovered, again):
         assert sum(p.last_offset for p in recovered.partitions) == 64
         assert {a: (await again.query(a, "kept", DAY)).value.sum for a in range(1, 65, 2)} == kept
         if recreate:
             for account in range(2, 66, 2):
                 assert (await again.query(account, "calls", DAY)).value.sum == 0
-    finally:
-        await recovered.close()
 
 
 async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_that_log_is_durable(
@@ -288,11 +295,6 @@ async def test_a_snapshot_moves_a_growing_dedup_index_in_steps_and_keeps_every_k
         shutil.copytree(tmp_path / "data", tmp_path / "crashed")  # as if killed right after it
     finally:
         await node.close()
-    recovered = Node(NodeConfig(tmp_path / "crashed", partitions=1))
-    await recovered.start()
-    try:
-        again = await Client.in_process(recovered, metric_lookup=recovered.metric_of)
+    async with recovered_node(tmp_path / "crashed", 1) as (_, again):
         result = await again.ingest_rows(rows, sync=False)
         assert (result.n_stored, result.n_duplicates) == (0, 700)
-    finally:
-        await recovered.close()
