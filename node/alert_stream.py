@@ -1,14 +1,16 @@
 """Alert subscriptions served from the partitions' alert logs.
 
 A subscription keeps its own position per partition and reads the durable alerts after it, so a
-slow subscriber is served from the log and nothing is ever dropped on the server side; idle
-subscriptions cost nothing but a future each, woken when any partition publishes.
+slow subscriber is served from the log and nothing is ever dropped on the server side. A waiting
+subscription is a future, woken when a partition publishes alerts its filters may match; one that
+cannot match them just has its position moved past them, without being woken.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
 from cluster_client.node_api import AlertStreamItem
@@ -30,8 +32,8 @@ class AlertStreamer:
         # One future per waiting subscription, set directly on a publish: under load every hop
         # through the loop's ready queue waits behind ingest slices, and an Event waited with
         # wait_for took three hops (the Event's task, wait_for's wake-up, the stream) where this
-        # takes one.
-        self._waiters: set[asyncio.Future[None]] = set()
+        # takes one. Each maps to the subscription's filters and positions.
+        self._waiters: dict[asyncio.Future[None], _Subscription] = {}
         self._closed = False
         self._count = 0
         # Every open subscription's live positions (partition -> last alert offset handed out),
@@ -39,7 +41,7 @@ class AlertStreamer:
         self._positions: dict[int, dict[int, int]] = {}
         self._serial = 0
         for partition in partitions:
-            partition.on_alerts_published = self._wake
+            partition.on_alerts_published = self._published
 
     @property
     def subscribers(self) -> int:
@@ -57,14 +59,36 @@ class AlertStreamer:
                     lag[p] = behind
         return lag
 
-    def _wake(self) -> None:
-        for waiter in self._waiters:
-            _release(waiter)
+    def _published(self, partition: int, first: int, last: int) -> None:
+        """Wake the subscriptions that may want alerts ``first..last`` of ``partition``.
+
+        Waking every subscription on every publish cost ~15 µs of loop time per subscription (a
+        task switch and a scan of every partition): with 1,000 subscriptions filtering on other
+        accounts, 30 publishes a second took 0.44 of a core. A subscription whose account, metric
+        or threshold filter shares nothing with the new alerts cannot match any of them: if it had
+        read the partition up to them, its position moves past them here, as its own scan would
+        have done, and it sleeps on (its heartbeats carry the moved position).
+        """
+        new = self._partitions[partition].alerts[first - 1 : last]
+        accounts = {a.account_id for a in new}
+        metrics = {a.metric_code for a in new}
+        thresholds = {a.threshold_code for a in new}
+        for waiter, sub in self._waiters.items():
+            if (
+                (sub.accounts and sub.accounts.isdisjoint(accounts))
+                or (sub.metrics and sub.metrics.isdisjoint(metrics))
+                or (sub.thresholds and sub.thresholds.isdisjoint(thresholds))
+            ):
+                if sub.positions[partition] == first - 1:
+                    sub.positions[partition] = last
+            else:
+                _release(waiter)
 
     def close(self) -> None:
         """End every subscription."""
         self._closed = True
-        self._wake()
+        for waiter in self._waiters:
+            _release(waiter)
 
     def subscribe(
         self,
@@ -119,6 +143,7 @@ class AlertStreamer:
         self._serial += 1
         serial = self._serial
         self._positions[serial] = positions
+        sub = _Subscription(accounts, metrics, thresholds, positions)
         waiter: asyncio.Future[None] | None = None
         try:
             # The first item tells the subscriber where it starts, so it can resume exactly.
@@ -128,7 +153,7 @@ class AlertStreamer:
                 # Registered before the scan: a publish while an item is out with the consumer
                 # wakes the wait below at once.
                 waiter = loop.create_future()
-                self._waiters.add(waiter)
+                self._waiters[waiter] = sub
                 sent_any = False
                 for p, position in positions.items():
                     partition = self._partitions[p]
@@ -156,12 +181,22 @@ class AlertStreamer:
                             await waiter
                         finally:
                             timer.cancel()
-                self._waiters.discard(waiter)
+                del self._waiters[waiter]
         finally:
             if waiter is not None:
-                self._waiters.discard(waiter)
+                self._waiters.pop(waiter, None)
             self._count -= 1
             del self._positions[serial]
+
+
+@dataclass(eq=False, slots=True)
+class _Subscription:
+    """A subscription's filters (empty: all) and its live positions, as its stream uses them."""
+
+    accounts: set[int]
+    metrics: set[str]
+    thresholds: set[str]
+    positions: dict[int, int]
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

@@ -96,7 +96,8 @@ class Partition:
         self.alerts: list[Alert] = []
         self._alerts_by_account: dict[int, list[int]] = {}
         self.published_alert_offset = 0
-        self.on_alerts_published: Callable[[], None] | None = None
+        self.on_alerts_published: Callable[[int, int, int], None] | None = None
+        """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
         self._last_arrival = 0
         self._records_since_snapshot = 0
         self.last_snapshot_time: float | None = None
@@ -268,10 +269,11 @@ class Partition:
         alerts, events_end, alerts_end = mark
         if self.events.durable_position < events_end or self.alert_log.durable_position < alerts_end:
             return False
-        if alerts > self.published_alert_offset:
+        published = self.published_alert_offset
+        if alerts > published:
             self.published_alert_offset = alerts
             if self.on_alerts_published is not None:
-                self.on_alerts_published()
+                self.on_alerts_published(self.number, published + 1, alerts)
         return True
 
     async def flush(self) -> None:

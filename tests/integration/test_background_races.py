@@ -298,3 +298,42 @@ async def test_a_snapshot_moves_a_growing_dedup_index_in_steps_and_keeps_every_k
     async with recovered_node(tmp_path / "crashed", 1) as (_, again):
         result = await again.ingest_rows(rows, sync=False)
         assert (result.n_stored, result.n_duplicates) == (0, 700)
+
+
+async def test_a_publish_wakes_only_the_subscriptions_whose_filters_may_match(tmp_path: Path) -> None:
+    """Subscriptions filtering on other accounts, metrics or thresholds are not woken by alerts
+    they cannot match (1,000 of them took 0.44 of a core at 30 publishes a second): their positions
+    move past those alerts, and their heartbeats carry the moved positions. A subscription whose
+    filters match is woken and gets the alert."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=4, heartbeat_interval=0.2))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+        everything = list(range(4))
+        streams = [node.subscribe_alerts(everything, {}, False, [1000 + i], [], []) for i in range(50)]
+        streams.append(node.subscribe_alerts(everything, {}, False, [7], ["calls"], ["cap"]))  # matches
+        pending = []
+        for stream in streams:
+            first = await anext(stream)  # the starting heartbeat
+            assert first.alert is None
+            pending.append(asyncio.ensure_future(anext(stream)))
+        await asyncio.sleep(0)  # every stream is waiting
+        assert len(node.alerts._waiters) == len(streams)
+        await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)
+        partition = client.partition_of(7)
+        assert node.partitions[partition].published_alert_offset == 1
+        woken = [w for w in node.alerts._waiters if w.done()]
+        assert len(woken) == 1  # only the matching subscription
+        item = await asyncio.wait_for(pending[-1], 5)
+        assert item.alert is not None and (item.alert.account_id, item.alert.offset) == (7, 1)
+        assert node.alerts.lag() == dict.fromkeys(range(4), 0)  # the others moved past it, unwoken
+        beat = await asyncio.wait_for(pending[0], 5)  # their next item is a heartbeat...
+        assert beat.alert is None and beat.offsets[partition] == 1  # ...past the alert
+        for task in pending[1:-1]:
+            task.cancel()
+        await asyncio.gather(*pending[1:-1], return_exceptions=True)  # each stream is idle again
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await node.close()
