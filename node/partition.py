@@ -111,18 +111,16 @@ class Partition:
         rows: list[EventRow],
         batch_id: str,
         now_ns: int,
-        spec_of: Callable[[str], MetricSpec | None] | None = None,
+        spec_of: Callable[[str], MetricSpec | None],
     ) -> IngestOutcome:
         """Deduplicate, append one record, apply, evaluate thresholds. Rows are already validated,
-        against ``spec_of`` (default: the current metrics): the record stores those generations,
-        and only rows whose metric still has its generation are applied."""
+        against ``spec_of``: the record stores those generations, and only rows whose metric
+        still has its generation are applied."""
         if batch_id:
             seen = self._batches.get(batch_id)
             if seen is not None:
                 return seen[1]
         arrival = max(now_ns, self._last_arrival)
-        if spec_of is None:
-            spec_of = self._spec_of
         dedup_get = self.dedup.get
         next_offset = self.last_offset + 1
         offsets: list[int] = []
