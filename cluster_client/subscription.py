@@ -20,7 +20,7 @@ from .errors import InvalidArgumentError, OutOfRangeError, UnimeterError
 from .node_api import AlertStreamItem
 from .types import Alert
 
-__all__ = ["AlertSubscription"]
+__all__ = ["AlertSubscription", "close_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +131,14 @@ class AlertSubscription:
                     backoff = 0.05
                     if not self._accept(item):
                         break  # re-open from the buffer's last position once there is room
-                await _close_stream(stream)
+                await close_stream(stream)
                 stream = None
                 if self._queue.qsize() > self._queue.maxsize // 2:
                     self._room.clear()
                     await self._room.wait()
             except asyncio.CancelledError:
                 if stream is not None:
-                    await _close_stream(stream)
+                    await close_stream(stream)
                 raise
             except _FATAL as exc:
                 await self._queue.put(exc)
@@ -150,7 +150,8 @@ class AlertSubscription:
                 backoff = min(2.0, backoff * 2)
 
 
-async def _close_stream(stream: AsyncIterator[AlertStreamItem]) -> None:
+async def close_stream(stream: AsyncIterator[AlertStreamItem]) -> None:
+    """Close an alert stream now (it may hold a subscriber slot), ignoring errors of the close."""
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         with contextlib.suppress(Exception):

@@ -15,6 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from cluster_client.node_api import AlertStreamItem
+from cluster_client.subscription import close_stream
 from unimeter.v1 import alert_service_pb2
 
 from .convert import alert_subscribe_item, alert_to_proto
@@ -79,7 +80,4 @@ async def batched_alert_responses(
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()
+        await close_stream(stream)
