@@ -18,7 +18,7 @@ from cluster_client.types import Metric
 
 from .partition import Partition
 
-__all__ = ["AlertStreamer"]
+__all__ = ["AlertStreamer", "release"]
 
 _BATCH = 256
 
@@ -82,13 +82,13 @@ class AlertStreamer:
                 if sub.positions[partition] == first - 1:
                     sub.positions[partition] = last
             else:
-                _release(waiter)
+                release(waiter)
 
     def close(self) -> None:
         """End every subscription."""
         self._closed = True
         for waiter in self._waiters:
-            _release(waiter)
+            release(waiter)
 
     def subscribe(
         self,
@@ -176,7 +176,7 @@ class AlertStreamer:
                         yield AlertStreamItem(None, dict(positions))
                         last_sent = loop.time()
                     else:
-                        timer = loop.call_later(remaining, _release, waiter)
+                        timer = loop.call_later(remaining, release, waiter)
                         try:
                             await waiter
                         finally:
@@ -199,6 +199,7 @@ class _Subscription:
     positions: dict[int, int]
 
 
-def _release(waiter: asyncio.Future[None]) -> None:
+def release(waiter: asyncio.Future[None]) -> None:
+    """Set ``waiter``'s result unless it is done already (cancelled by its task, or released)."""
     if not waiter.done():
         waiter.set_result(None)

@@ -31,7 +31,7 @@ from cluster_client.types import Alert, EventRow, Metric, PeriodSelector, QueryR
 from cluster_client.validation import validate_rows
 
 from .aggregation import MetricSpec
-from .alert_stream import AlertStreamer
+from .alert_stream import AlertStreamer, release
 from .filesystem_sync import syncfs_supported
 from .metric_registry import MetricRegistry, write_file_atomically
 from .partition import Partition, PartitionConfig
@@ -230,7 +230,7 @@ class Node:
         """:meth:`_start_rounds`, waited for. Cancelling the wait cancels only this waiter's
         future: the rounds go on and finish their logs."""
         done = asyncio.get_running_loop().create_future()
-        self._start_rounds(partitions, executor, partial(_release, done))
+        self._start_rounds(partitions, executor, partial(release, done))
         await done
 
     def _start_rounds(
@@ -565,8 +565,3 @@ def resolve_selector(periods: PeriodCalculator, selector: int, now_ns: int) -> t
         f"unknown period selector {selector}",
         violations=[FieldViolation("period_selector", f"unknown period selector {selector}")],
     )
-
-
-def _release(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
