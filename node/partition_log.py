@@ -85,6 +85,7 @@ class _Job:
     dir_fd: int
     sync_dir: bool
     directory: Path
+    on_sync: Callable[[float], None] | None  # the log's observer of fsync durations
     future: asyncio.Future[None] | None = None
     created: dict[int, int] = field(default_factory=dict)  # filled by the worker
     sync_seconds: float | None = None  # filled by the worker: time in this round's own fsyncs
@@ -176,8 +177,9 @@ def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseE
     ``node.filesystem_sync``). Directory entries of new segments are covered too.
 
     If ``syncfs`` reports a write-back error, each round then fsyncs its own files, so the error
-    fails exactly the logs it hit. The duration of the ``syncfs`` is given to the first round only:
-    the fsync histogram sees one observation per call, not one per log.
+    fails exactly the logs it hit. The duration of the ``syncfs`` is given to the first round of
+    each observer (``PartitionLog.on_sync``): a histogram sees one observation per call, not one
+    per log, and the event and alert logs' histograms each see the call that made them durable.
     """
     errors = _each(_write_job, jobs)
     pending = [i for i, job in enumerate(jobs) if job.fsync and errors[i] is None]
@@ -190,7 +192,12 @@ def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseE
         for i, error in zip(pending, _each(_sync_job, [jobs[i] for i in pending]), strict=True):
             errors[i] = error
     else:
-        jobs[pending[0]].sync_seconds = time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        observed: list[Callable[[float], None] | None] = []
+        for i in pending:
+            if jobs[i].on_sync not in observed:
+                observed.append(jobs[i].on_sync)
+                jobs[i].sync_seconds = elapsed
     return errors
 
 
@@ -540,6 +547,7 @@ class PartitionLog:
             dir_fd=self._dir_fd,
             sync_dir=self._dir_dirty,
             directory=self._dir,
+            on_sync=self.on_sync,
         )
 
     def _detach(self, fsync: bool) -> _Job:
@@ -629,8 +637,8 @@ class PartitionLog:
             self._unsynced.clear()
             self._dir_dirty = False
             self._durable = job.end
-            if self.on_sync is not None and job.sync_seconds is not None:
-                self.on_sync(job.sync_seconds)
+            if job.on_sync is not None and job.sync_seconds is not None:
+                job.on_sync(job.sync_seconds)
         else:
             self._unsynced.update(base for base, lo, hi in job.targets if hi > lo)
             self._dir_dirty = self._dir_dirty or bool(job.created)
