@@ -74,12 +74,15 @@ class AlertStreamer:
         metrics = {a.metric_code for a in new}
         thresholds = {a.threshold_code for a in new}
         for waiter, sub in self._waiters.items():
+            position = sub.positions.get(partition)
+            if position is None:
+                continue  # a subscription to other partitions (one per owning node)
             if (
                 (sub.accounts and sub.accounts.isdisjoint(accounts))
                 or (sub.metrics and sub.metrics.isdisjoint(metrics))
                 or (sub.thresholds and sub.thresholds.isdisjoint(thresholds))
             ):
-                if sub.positions[partition] == first - 1:
+                if position == first - 1:
                     sub.positions[partition] = last
             else:
                 release(waiter)

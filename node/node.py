@@ -207,7 +207,13 @@ class Node:
             urgent = self._urgent_partitions
             dirty = [p for p in self.partitions if p.dirty and p.number not in urgent]
             if dirty:
-                await self._flush_tick(dirty)
+                try:
+                    await self._flush_tick(dirty)
+                except Exception:
+                    # A log's I/O error fails that log inside its round; anything raised here is a
+                    # bug elsewhere (say, in a publish callback), and must not stop the ticks that
+                    # make every ASYNC write durable.
+                    log.exception("flush tick failed; ticking on")
 
     async def _flush_tick(self, partitions: list[Partition]) -> None:
         """Make the dirty partitions durable, then publish their alerts (see :meth:`_run_rounds`).

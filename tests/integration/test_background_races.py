@@ -337,3 +337,74 @@ async def test_a_publish_wakes_only_the_subscriptions_whose_filters_may_match(tm
             await stream.aclose()  # type: ignore[attr-defined]
     finally:
         await node.close()
+
+
+async def test_a_publish_on_a_partition_a_subscription_does_not_read_leaves_it_alone(tmp_path: Path) -> None:
+    """A subscription may read some partitions only (a client core subscribes per owning node). An
+    alert published on another partition neither wakes it nor touches its positions, whatever its
+    filters, and publishing goes on for everyone else. (A publish used to look up every waiting
+    subscription's position on the partition: a KeyError in the SYNC call, the urgent flush or the
+    flusher's tick that published.)"""
+    node = Node(NodeConfig(tmp_path / "data", partitions=4, heartbeat_interval=0.2))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+        alerting = client.partition_of(7)
+        others = [p for p in range(4) if p != alerting]
+        streams = [
+            node.subscribe_alerts(others, {}, False, [1000], [], []),  # filters that cannot match
+            node.subscribe_alerts(others, {}, False, [7], [], []),  # filters that would match
+            node.subscribe_alerts(list(range(4)), {}, False, [7], [], []),
+        ]
+        pending = []
+        for stream in streams:
+            assert (await anext(stream)).alert is None  # the starting heartbeat
+            pending.append(asyncio.ensure_future(anext(stream)))
+        await asyncio.sleep(0)
+        waiters = list(node.alerts._waiters)
+        await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)  # publishes it
+        assert [w.done() for w in waiters] == [False, False, True]
+        item = await asyncio.wait_for(pending[2], 5)
+        assert item.alert is not None and (item.alert.account_id, item.alert.offset) == (7, 1)
+        for task in pending[:2]:  # the next items of the others are heartbeats without that partition
+            beat = await asyncio.wait_for(task, 5)
+            assert beat.alert is None and sorted(beat.offsets) == others
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await node.close()
+
+
+async def test_the_flusher_ticks_on_after_a_tick_raises(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever a tick raises (here its publish step, once), the next ticks still make ASYNC
+    writes durable: a dead flusher would leave them in memory until a SYNC call or shutdown."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    await node.start()
+    real = Partition.publish_durable
+    raised = [0]
+
+    def failing_once(self: Partition, mark: tuple[int, int, int]) -> bool:
+        if not raised[0]:
+            raised[0] += 1
+            raise RuntimeError("a bug in a publish step")
+        return real(self, mark)
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        monkeypatch.setattr(Partition, "publish_durable", failing_once)
+        log = node.partitions[0].events
+        for n in range(2):
+            await client.ingest_rows([(1, "calls", 1, T0 + n, None, 1, f"t{n}")], sync=False)
+            async with asyncio.timeout(5):
+                while log.durable_position < log.end_position:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # the tick that made it durable has returned
+        assert raised[0] == 1
+        assert "flush tick failed" in caplog.text
+    finally:
+        monkeypatch.undo()
+        await node.close()
