@@ -100,6 +100,7 @@ class Partition:
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
         self._last_arrival = 0
         self._records_since_snapshot = 0
+        self._snapshot_lock = asyncio.Lock()
         self.last_snapshot_time: float | None = None
         """Wall-clock time the current snapshot was written (or, after recovery, its file's mtime)."""
         self._recover()
@@ -289,20 +290,24 @@ class Partition:
 
     async def snapshot(self) -> None:
         """Checkpoint the state with the log position it covers (after making that position durable)."""
-        while self.dedup.growing:  # finishing a growth inside the capture stalled the loop 25-45 ms
-            self.dedup.advance_growth()
-            await asyncio.sleep(0)
-        state = self._snapshot_state()
-        covered = self._records_since_snapshot
-        data = await pack_in_slices(state)  # ingestion goes on between slices: state is copies
-        await self.flush()
-        await asyncio.get_running_loop().run_in_executor(
-            None, write_file_atomically, self.directory / "snapshot.msgpack", data
-        )
-        # Records appended while the file was being written are not in it: they still count.
-        # (max: two overlapping snapshots both cover the records counted before either began.)
-        self._records_since_snapshot = max(0, self._records_since_snapshot - covered)
-        self.last_snapshot_time = time.time()
+        async with self._snapshot_lock:  # one at a time: a capture's copy-on-write lasts until packed
+            while self.dedup.growing:  # finishing a growth inside the capture stalled the loop 25-45 ms
+                self.dedup.advance_growth()
+                await asyncio.sleep(0)
+            state = self._snapshot_state()
+            covered = self._records_since_snapshot
+            try:
+                # Ingestion goes on between slices: what it changes was copied, or is copy-on-write.
+                data = await pack_in_slices(state)
+            finally:
+                self.aggregates.release_snapshot()
+            await self.flush()
+            await asyncio.get_running_loop().run_in_executor(
+                None, write_file_atomically, self.directory / "snapshot.msgpack", data
+            )
+            # Records appended while the file was being written are not in it: they still count.
+            self._records_since_snapshot -= covered
+            self.last_snapshot_time = time.time()
 
     @property
     def records_since_snapshot(self) -> int:

@@ -26,11 +26,13 @@ _Store = SeriesStore | UniqueStore
 class PartitionAggregates:
     """Every metric's aggregates for the accounts of one partition."""
 
-    __slots__ = ("_fetch_events", "_stores")
+    __slots__ = ("_captured", "_fetch_events", "_stores")
 
     def __init__(self, fetch_events: FetchEvents) -> None:
         self._fetch_events = fetch_events
         self._stores: dict[str, _Store] = {}
+        self._captured: list[SeriesStore] = []
+        """Stores whose cells are copy-on-write for the snapshot being packed."""
 
     def apply(self, spec: MetricSpec, rows: Sequence[AppliedRow], record_ref: int) -> list[AlertRow]:
         """Apply one log record's rows of ``spec``'s metric, in offset order; return the alerts they
@@ -85,7 +87,10 @@ class PartitionAggregates:
     # --------------------------------------------------------------------------------- snapshot
 
     def to_snapshot(self) -> object:
-        """The whole state as msgpack-serialisable data (ints, strings, lists, dicts)."""
+        """The whole state as snapshot data (:mod:`.snapshot_data`) describing this moment, until
+        :meth:`release_snapshot`: pack it first."""
+        self.release_snapshot()  # an earlier capture that was never released is abandoned
+        self._captured = [store for store in self._stores.values() if isinstance(store, SeriesStore)]
         return {
             "v": _SNAPSHOT_VERSION,
             "metrics": [
@@ -93,6 +98,12 @@ class PartitionAggregates:
                 for code, store in self._stores.items()
             ],
         }
+
+    def release_snapshot(self) -> None:
+        """End the copy-on-write that :meth:`to_snapshot` started (its data is packed)."""
+        for store in self._captured:
+            store.release_snapshot()
+        self._captured = []
 
     @classmethod
     def from_snapshot(

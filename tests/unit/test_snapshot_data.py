@@ -7,7 +7,7 @@ import asyncio
 import msgpack
 import pytest
 
-from node.aggregation.snapshot_data import Deferred, pack, pack_in_slices
+from node.aggregation.snapshot_data import Chunked, Deferred, pack, pack_in_slices
 
 
 def _data() -> dict[str, object]:
@@ -36,6 +36,21 @@ async def test_slices_give_exactly_the_bytes_of_one_call_and_read_back_as_plain_
 async def test_chunk_boundaries_and_array_header_sizes(n: int) -> None:
     data = {"column": [[i, -i] for i in range(n)], "ints": list(range(n))}
     assert await pack_in_slices(data) == pack(data)
+
+
+@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 70_000])
+async def test_a_chunked_column_is_computed_chunk_by_chunk_and_packs_like_a_list(n: int) -> None:
+    asked: list[tuple[int, int]] = []
+
+    def chunk(lo: int, hi: int) -> list[object]:
+        asked.append((lo, hi))
+        return [[i, str(i)] for i in range(lo, hi)]
+
+    sliced = await pack_in_slices({"column": Chunked(n, chunk), "chunks": Deferred(len, asked)})
+    assert asked == [(lo, min(lo + 4096, n)) for lo in range(0, n, 4096)]
+    # A Deferred after the column is resolved once every chunk was computed.
+    assert msgpack.unpackb(sliced) == {"column": [[i, str(i)] for i in range(n)], "chunks": len(asked)}
+    assert pack({"column": Chunked(n, chunk)}) == pack({"column": [[i, str(i)] for i in range(n)]})
 
 
 async def test_the_loop_runs_between_slices() -> None:

@@ -1,0 +1,133 @@
+"""Copy-on-write snapshots of the aggregate cells (``SeriesStore.to_snapshot``).
+
+A capture copies no cell: until its data is packed, ingestion saves a cell's value before changing
+it, and the packer reads the saved value. Whatever is applied while the packer runs (here between
+every chunk of 3 cells), the packed bytes must be exactly those of a store that only ever saw the
+records before the capture, and once released the store goes on as if no snapshot had been taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from unittest import mock
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from cluster_client.types import AggType, AlertThreshold, DimensionFilter, Metric, PeriodType
+from node.aggregation import AppliedRow, MetricSpec, PartitionAggregates, snapshot_data
+from node.aggregation.snapshot_data import pack, pack_in_slices
+
+NS = 1_000_000_000
+MINUTE = 60 * NS
+T0 = 1772323200 * NS  # 2026-03-01T00:00:00Z
+ADD, REMOVE = 1, 2
+HUGE = 2**63 - 1  # four of these in one cell pass 64 bits: the cell is packed as strings
+
+METRICS = {
+    "sum, dimensions, thresholds": Metric(
+        "m",
+        AggType.SUM,
+        period_type=PeriodType.CALENDAR,
+        filters=(DimensionFilter("region", ("eu", "us")),),
+        thresholds=(AlertThreshold("cap", 50), AlertThreshold("each", 20, recurring=True)),
+    ),
+    "count, thresholds": Metric("m", AggType.COUNT, thresholds=(AlertThreshold("cap", 3),)),
+    "latest, dimensions": Metric(
+        "m",
+        AggType.LATEST,
+        period_type=PeriodType.CALENDAR,
+        filters=(DimensionFilter("region", ("eu", "us")),),
+    ),
+}
+
+# (account, value, minute, remove, region): minutes over 40 days cross day, month and period edges.
+_row = st.tuples(
+    st.sampled_from([1, 2, 3]),
+    st.one_of(st.integers(1, 1000), st.just(HUGE)),
+    st.integers(0, 40 * 24 * 60),
+    st.booleans(),
+    st.sampled_from([None, "eu", "us"]),
+)
+_records = st.lists(st.lists(_row, min_size=1, max_size=6), max_size=12)
+
+
+class Store:
+    """PartitionAggregates of one metric fed records in order, with refs and offsets as a log
+    would assign them (the same records give the same refs and offsets)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self.spec = MetricSpec.compile(metric, 1)
+        self.dimensioned = bool(metric.filters)
+        self.aggregates = PartitionAggregates(lambda *_: [])
+        self.offset = 0
+        self.records = 0
+
+    def apply(self, record: list[tuple[int, int, int, bool, str | None]]) -> None:
+        rows: list[AppliedRow] = []
+        for account, value, minute, remove, region in record:
+            self.offset += 1
+            op = REMOVE if remove and self.spec.agg_type in (AggType.SUM, AggType.COUNT) else ADD
+            props = {"region": region} if region and self.dimensioned else None
+            rows.append((account, value, T0 + minute * MINUTE + self.offset, props, op, self.offset))
+        self.records += 1
+        self.aggregates.apply(self.spec, rows, 100 + self.records)
+
+    def packed(self) -> bytes:
+        data = pack(self.aggregates.to_snapshot())
+        self.aggregates.release_snapshot()
+        return data
+
+
+async def _pack_while_applying(
+    store: Store, during: list[list[tuple[int, int, int, bool, str | None]]]
+) -> tuple[bytes, int]:
+    """Pack a capture of ``store`` in slices of 3 cells while ``during`` is applied between them;
+    the bytes, and how many of those records were applied before the packing ended."""
+    data = store.aggregates.to_snapshot()
+    applied = 0
+
+    async def ingest() -> None:
+        nonlocal applied
+        for record in during:
+            await asyncio.sleep(0)
+            store.apply(record)
+            applied += 1
+
+    task = asyncio.create_task(ingest())
+    try:
+        packed = await pack_in_slices(data)
+        return packed, applied
+    finally:
+        store.aggregates.release_snapshot()
+        await task
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(sorted(METRICS)), _records, _records)
+@example(  # sums past 64 bits in cells captured before and changed during the packing
+    "sum, dimensions, thresholds",
+    [[(1, HUGE, 5, False, "eu")] * 4, [(2, 7, 60 * 24 * 31, False, None)]],
+    [[(1, HUGE, 5, False, "eu")], [(1, 3, 5, True, "eu")], [(2, 9, 60 * 24 * 31, False, "us")]],
+)
+def test_a_capture_packs_the_state_it_was_taken_at_while_ingestion_changes_the_cells(
+    name: str,
+    before: list[list[tuple[int, int, int, bool, str | None]]],
+    during: list[list[tuple[int, int, int, bool, str | None]]],
+) -> None:
+    metric = METRICS[name]
+    live, reference, after = Store(metric), Store(metric), Store(metric)
+    for record in before:
+        live.apply(record)
+        reference.apply(record)
+    for record in [*before, *during]:
+        after.apply(record)
+    with (
+        mock.patch.object(snapshot_data, "_CHUNK", 3),
+        mock.patch.object(snapshot_data, "_SLICE_SECONDS", 0.0),
+    ):
+        packed, applied = asyncio.run(_pack_while_applying(live, during))
+    assert packed == reference.packed()  # the capture's state, whatever changed meanwhile
+    if during and before:
+        assert applied > 0  # ingestion ran between the chunks
+    assert live.packed() == after.packed()  # released: the live state is every record's
