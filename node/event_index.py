@@ -6,9 +6,11 @@ index maps account → hour → record positions (each position once per hour, i
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .aggregation.snapshot_data import Chunked
 from .aggregation.untracked import untracked
 
 __all__ = ["HOUR_NS", "EventIndex"]
@@ -57,10 +59,29 @@ class EventIndex:
             if first <= hour <= last:
                 yield hour, refs
 
-    def to_snapshot(self) -> list[object]:
-        """A msgpack-serialisable copy (of the ref lists too: they grow in place)."""
-        accounts = self._accounts
-        return [[account, [[h, refs[:]] for h, refs in _items(hours)]] for account, hours in accounts.items()]
+    def to_snapshot(self, below: int) -> Chunked:
+        """Snapshot data (:mod:`.aggregation.snapshot_data`) of the index as it is now, when every
+        ref now is below ``below`` (the log's end) and every later one is not.
+
+        Only the account list is copied now (C speed); each chunk of accounts is read when it is
+        packed, and what was added since (refs at or past ``below``, appended in log order, and
+        hours that hold only such refs) is cut off then. Copying every ref list at capture took
+        ~11 ms on the loop for a partition of 250,000 events over 10,000 accounts.
+        """
+        accounts = list(self._accounts.items())
+
+        def chunk(lo: int, hi: int) -> list[object]:
+            out: list[object] = []
+            for account, hours in accounts[lo:hi]:
+                kept = []
+                for hour, refs in _items(hours):
+                    n = bisect_left(refs, below)
+                    if n:
+                        kept.append([hour, refs[:n]])
+                out.append([account, kept])
+            return out
+
+        return Chunked(len(accounts), chunk)
 
     @classmethod
     def from_snapshot(cls, data: list[list[Any]]) -> EventIndex:

@@ -331,7 +331,7 @@ class Partition:
             "alert_count": len(self.alerts),
             "aggregates": self.aggregates.to_snapshot(),
             "dedup": self.dedup.to_snapshot(),
-            "index": self.index.to_snapshot(),
+            "index": self.index.to_snapshot(self.events.end_position),
             "batches": [[b, a, o.offsets, o.n_duplicates] for b, (a, o) in self._batches.items()],
         }
 

@@ -1,4 +1,5 @@
-"""Copy-on-write snapshots of the aggregate cells (``SeriesStore.to_snapshot``).
+"""Snapshots that copy almost nothing at capture: the aggregate cells (copy-on-write,
+``SeriesStore.to_snapshot``) and the event index (cut back to the capture's log position).
 
 A capture copies no cell: until its data is packed, ingestion saves a cell's value before changing
 it, and the packer reads the saved value. Whatever is applied while the packer runs (here between
@@ -11,12 +12,14 @@ from __future__ import annotations
 import asyncio
 from unittest import mock
 
+import msgpack
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cluster_client.types import AggType, AlertThreshold, DimensionFilter, Metric, PeriodType
 from node.aggregation import AppliedRow, MetricSpec, PartitionAggregates, snapshot_data
 from node.aggregation.snapshot_data import pack, pack_in_slices
+from node.event_index import HOUR_NS, EventIndex
 
 NS = 1_000_000_000
 MINUTE = 60 * NS
@@ -131,3 +134,43 @@ def test_a_capture_packs_the_state_it_was_taken_at_while_ingestion_changes_the_c
     if during and before:
         assert applied > 0  # ingestion ran between the chunks
     assert live.packed() == after.packed()  # released: the live state is every record's
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(st.integers(1, 4), st.integers(0, 5)), min_size=1, max_size=4), max_size=15),
+    st.lists(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 7)), min_size=1, max_size=4), max_size=15),
+)
+def test_an_event_index_capture_packs_the_index_it_was_taken_at_while_records_are_added(
+    before: list[list[tuple[int, int]]], during: list[list[tuple[int, int]]]
+) -> None:
+    """The event index copies only its account list at capture: ref lists grown, hours added and
+    single-hour accounts turned into several hours since are cut back to the capture when packed."""
+    live, reference = EventIndex(), EventIndex()
+    for ref, pairs in enumerate(before, start=1):
+        live.add(ref * 10, pairs)
+        reference.add(ref * 10, pairs)
+    below = (len(before) + 1) * 10  # the log's end at capture: every later record starts there or after
+
+    async def pack_while_adding() -> bytes:
+        data = live.to_snapshot(below)
+
+        async def add() -> None:
+            for ref, pairs in enumerate(during, start=len(before) + 1):
+                await asyncio.sleep(0)
+                live.add(ref * 10, pairs)
+
+        task = asyncio.create_task(add())
+        packed = await pack_in_slices(data)
+        await task
+        return packed
+
+    with (
+        mock.patch.object(snapshot_data, "_CHUNK", 1),
+        mock.patch.object(snapshot_data, "_SLICE_SECONDS", 0.0),
+    ):
+        packed = asyncio.run(pack_while_adding())
+    assert packed == pack(reference.to_snapshot(below))
+    restored = EventIndex.from_snapshot(msgpack.unpackb(packed))
+    for account in range(1, 7):
+        assert list(restored.hours(account, 0, 8 * HOUR_NS)) == list(reference.hours(account, 0, 8 * HOUR_NS))
