@@ -46,6 +46,19 @@ async def sums(client: Client, accounts: set[int]) -> dict[int, int]:
     return {a: (await client.query(a, "calls", DAY)).value.sum for a in sorted(accounts)}
 
 
+async def minute_hour_sums_and_events(client: Client, accounts: list[int]) -> list[object]:
+    """Each account's sums over its own minute and its hour (minute and hour cells; `sums` reads
+    day cells), and its stored events (the event index)."""
+    out: list[object] = []
+    for a in accounts:
+        minute = T0 + (a - 1) % 50 * MINUTE
+        out.append((await client.query(a, "calls", Period(minute, minute + MINUTE))).value.sum)
+        out.append((await client.query(a, "calls", Period(T0, T0 + 60 * MINUTE))).value.sum)
+        events, _ = await client.list_events(a, DAY.start, DAY.end, page_size=1000)
+        out.append(sorted((e.offset, e.value) for e in events))
+    return out
+
+
 async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_recovery(tmp_path: Path) -> None:
     node = Node(NodeConfig(tmp_path / "live", partitions=1))
     await node.start()
@@ -79,6 +92,8 @@ async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_rec
         await partition.flush()
         shutil.copytree(tmp_path / "live", tmp_path / "crashed")  # as if killed right now
         expected = await sums(client, touched)
+        sample = sorted(touched)[::50]
+        expected_detail = await minute_hour_sums_and_events(client, sample)
     finally:
         await node.close()
 
@@ -88,6 +103,7 @@ async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_rec
         again = await Client.in_process(recovered, metric_lookup=recovered.metric_of)
         assert recovered.partitions[0].last_offset == ACCOUNTS + 100 * during + 1
         assert await sums(again, touched) == expected
+        assert await minute_hour_sums_and_events(again, sample) == expected_detail
         assert sum(expected.values()) == len(touched) + 2 * 100 * during + 5
     finally:
         await recovered.close()
