@@ -31,8 +31,8 @@ class PartitionAggregates:
     def __init__(self, fetch_events: FetchEvents) -> None:
         self._fetch_events = fetch_events
         self._stores: dict[str, _Store] = {}
-        self._captured: list[SeriesStore] = []
-        """Stores whose cells are copy-on-write for the snapshot being packed."""
+        self._captured: list[_Store] = []
+        """Stores that are copy-on-write for the snapshot being packed."""
 
     def apply(self, spec: MetricSpec, rows: Sequence[AppliedRow], record_ref: int) -> list[AlertRow]:
         """Apply one log record's rows of ``spec``'s metric, in offset order; return the alerts they
@@ -90,7 +90,7 @@ class PartitionAggregates:
         """The whole state as snapshot data (:mod:`.snapshot_data`) describing this moment, until
         :meth:`release_snapshot`: pack it first."""
         self.release_snapshot()  # an earlier capture that was never released is abandoned
-        self._captured = [store for store in self._stores.values() if isinstance(store, SeriesStore)]
+        self._captured = list(self._stores.values())
         return {
             "v": _SNAPSHOT_VERSION,
             "metrics": [

@@ -49,11 +49,13 @@ class Chunked:
     state under copy-on-write (see ``SeriesStore.to_snapshot``) is one: nothing is copied at
     capture, and each chunk reads the values as they were then."""
 
-    __slots__ = ("chunk", "length")
+    __slots__ = ("chunk", "length", "step")
 
-    def __init__(self, length: int, chunk: Callable[[int, int], list[Any]]) -> None:
+    def __init__(self, length: int, chunk: Callable[[int, int], list[Any]], step: int = 0) -> None:
         self.length = length
         self.chunk = chunk
+        self.step = step or _CHUNK
+        """Elements per chunk: fewer where each costs more to compute."""
 
 
 def _resolve(value: object) -> object:
@@ -87,8 +89,9 @@ async def pack_in_slices(data: object) -> bytes:
             await step_done()
         if isinstance(value, Chunked):
             out.append(packer.pack_array_header(value.length))
-            for lo in range(0, value.length, _CHUNK):
-                out.append(_pack_items(packer, value.chunk(lo, min(lo + _CHUNK, value.length))))
+            step = value.step
+            for lo in range(0, value.length, step):
+                out.append(_pack_items(packer, value.chunk(lo, min(lo + step, value.length))))
                 await step_done()
         elif isinstance(value, dict):
             out.append(packer.pack_map_header(len(value)))

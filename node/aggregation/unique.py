@@ -21,6 +21,7 @@ from cluster_client.types import AggValue, GroupValue, Period
 
 from .cells import COUNT, LAST_OFFSET, LAST_TIME, LAST_VALUE, MAX, N_STATS, agg_value, empty_cell
 from .combos import Combos
+from .snapshot_data import Chunked
 from .spec import AlertRow, AppliedRow, MetricSpec
 from .thresholds import alert_slots, evaluate
 from .untracked import untracked
@@ -45,12 +46,15 @@ class _Account:
 class UniqueStore:
     """COUNT_UNIQUE state of one metric, for every account of a partition."""
 
-    __slots__ = ("accounts", "combos", "spec")
+    __slots__ = ("_saved", "accounts", "combos", "spec")
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
         self.combos = Combos(spec.dims)
         self.accounts: dict[int, _Account] = {}
+        self._saved: dict[int, list[Any]] | None = None
+        """While a snapshot packs: the snapshot entry, as at capture, of each account changed since
+        (copy-on-write per account; see :meth:`to_snapshot`)."""
 
     # ------------------------------------------------------------------------------------ apply
 
@@ -64,6 +68,7 @@ class UniqueStore:
         dimensioned = bool(spec.dims)
         combo_of = self.combos.id_of
         accounts = self.accounts
+        saved = self._saved
         alerts: list[AlertRow] = []
         p_start = p_end = 0
         for account, member, t, props, op, offset in rows:
@@ -72,6 +77,8 @@ class UniqueStore:
             acc = accounts.get(account)
             if acc is None:
                 acc = accounts[account] = _Account()
+            elif saved is not None and account not in saved:
+                saved[account] = _entry(account, acc)
             add = op != _REMOVE
             op_combo = (combo_of(props) << 1 if dimensioned else 0) | (not add)
 
@@ -211,19 +218,28 @@ class UniqueStore:
     # --------------------------------------------------------------------------------- snapshot
 
     def to_snapshot(self) -> dict[str, object]:
-        """Plain data (ints, strings, lists) that :meth:`from_snapshot` rebuilds this store from;
-        copies, since ingestion mutates histories and rows in place."""
-        return {
-            "combos": self.combos.to_snapshot(),
-            "accounts": [
-                [
-                    account,
-                    [[member, history[:]] for member, history in acc.members.items()],
-                    [[s, e, row[:]] for s, e, row in zip(acc.starts, acc.ends, acc.rows, strict=True)],
-                ]
-                for account, acc in self.accounts.items()
-            ],
-        }
+        """Data (:mod:`.snapshot_data`) that :meth:`from_snapshot` rebuilds this store from.
+
+        Only the account list is copied now: until :meth:`release_snapshot`, an account's first
+        change saves its entry as it was (ingestion mutates histories and rows in place), and the
+        packer takes each captured account's saved entry if it has one, else builds it from the
+        live account, unchanged since the capture. Copying every history at capture took
+        120-230 ms on the loop for 10,000 accounts with 79,000 members.
+        """
+        saved: dict[int, list[Any]] = {}
+        self._saved = saved
+        keys = list(self.accounts)
+        accounts = self.accounts
+
+        def chunk(lo: int, hi: int) -> list[Any]:
+            return [saved.get(a) or _entry(a, accounts[a]) for a in keys[lo:hi]]
+
+        # ~20 µs an account of a few members: 256 of them keep a packing step near 5 ms.
+        return {"combos": self.combos.to_snapshot(), "accounts": Chunked(len(keys), chunk, step=256)}
+
+    def release_snapshot(self) -> None:
+        """End the copy-on-write of :meth:`to_snapshot` (its data is packed, or abandoned)."""
+        self._saved = None
 
     @classmethod
     def from_snapshot(cls, spec: MetricSpec, data: Mapping[str, object]) -> UniqueStore:
@@ -238,6 +254,15 @@ class UniqueStore:
                 acc.ends.append(int(e))
                 acc.rows.append(untracked([int(x) for x in row]))
         return store
+
+
+def _entry(account: int, acc: _Account) -> list[Any]:
+    """An account's snapshot entry: its members' histories and its period rows, copied."""
+    return [
+        account,
+        [[member, history[:]] for member, history in acc.members.items()],
+        [[s, e, row[:]] for s, e, row in zip(acc.starts, acc.ends, acc.rows, strict=True)],
+    ]
 
 
 def _row_index(acc: _Account, p_start: int, p_end: int, carry: bool, spec: MetricSpec) -> int:

@@ -1,5 +1,6 @@
-"""Snapshots that copy almost nothing at capture: the aggregate cells (copy-on-write,
-``SeriesStore.to_snapshot``) and the event index (cut back to the capture's log position).
+"""Snapshots that copy almost nothing at capture: the aggregate cells and COUNT_UNIQUE accounts
+(copy-on-write: ``SeriesStore.to_snapshot``, ``UniqueStore.to_snapshot``) and the event index
+(cut back to the capture's log position).
 
 A capture copies no cell: until its data is packed, ingestion saves a cell's value before changing
 it, and the packer reads the saved value. Whatever is applied while the packer runs (here between
@@ -42,6 +43,15 @@ METRICS = {
         period_type=PeriodType.CALENDAR,
         filters=(DimensionFilter("region", ("eu", "us")),),
     ),
+    "count_unique, carry_over, dimensions, thresholds": Metric(
+        "m",
+        AggType.COUNT_UNIQUE,
+        period_type=PeriodType.CALENDAR,
+        carry_over=True,
+        filters=(DimensionFilter("region", ("eu", "us")),),
+        thresholds=(AlertThreshold("seats", 3),),
+    ),
+    "count_unique": Metric("m", AggType.COUNT_UNIQUE, period_type=PeriodType.DAY),
 }
 
 # (account, value, minute, remove, region): minutes over 40 days cross day, month and period edges.
@@ -70,7 +80,9 @@ class Store:
         rows: list[AppliedRow] = []
         for account, value, minute, remove, region in record:
             self.offset += 1
-            op = REMOVE if remove and self.spec.agg_type in (AggType.SUM, AggType.COUNT) else ADD
+            op = REMOVE if remove and self.spec.agg_type is not AggType.LATEST else ADD
+            if self.spec.agg_type is AggType.COUNT_UNIQUE:
+                value %= 5  # a few members per account, each added and removed over time
             props = {"region": region} if region and self.dimensioned else None
             rows.append((account, value, T0 + minute * MINUTE + self.offset, props, op, self.offset))
         self.records += 1
@@ -93,11 +105,12 @@ async def _pack_while_applying(
     async def ingest() -> None:
         nonlocal applied
         for record in during:
-            await asyncio.sleep(0)
             store.apply(record)
             applied += 1
+            await asyncio.sleep(0)
 
     task = asyncio.create_task(ingest())
+    await asyncio.sleep(0)  # the first record goes in between the capture and the first chunk
     try:
         packed = await pack_in_slices(data)
         return packed, applied

@@ -51,6 +51,10 @@ async def test_a_chunked_column_is_computed_chunk_by_chunk_and_packs_like_a_list
     # A Deferred after the column is resolved once every chunk was computed.
     assert msgpack.unpackb(sliced) == {"column": [[i, str(i)] for i in range(n)], "chunks": len(asked)}
     assert pack({"column": Chunked(n, chunk)}) == pack({"column": [[i, str(i)] for i in range(n)]})
+    asked.clear()
+    stepped = await pack_in_slices({"column": Chunked(n, chunk, step=300)})
+    assert asked == [(lo, min(lo + 300, n)) for lo in range(0, n, 300)]
+    assert stepped == pack({"column": Chunked(n, chunk)})
 
 
 async def test_the_loop_runs_between_slices() -> None:
