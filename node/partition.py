@@ -302,9 +302,10 @@ class Partition:
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()
-            await asyncio.get_running_loop().run_in_executor(
+            write = asyncio.get_running_loop().run_in_executor(
                 None, write_file_atomically, self.directory / "snapshot.msgpack", data
             )
+            await _until_done(write)
             # Records appended while the file was being written are not in it: they still count.
             self._records_since_snapshot -= covered
             self.last_snapshot_time = time.time()
@@ -546,6 +547,25 @@ class Partition:
         start = bisect_right(offsets, after_offset)
         picked = [self.alerts[o - 1] for o in offsets[start : start + page_size + 1] if o <= limit]
         return picked[:page_size], len(picked) > page_size
+
+
+async def _until_done(future: asyncio.Future[None]) -> None:
+    """Await ``future``; a cancellation meanwhile is raised only once it is done. A snapshot's
+    file write runs on in its thread when its waiter is cancelled (the node's shutdown cancels
+    the maintenance loop, then snapshots every partition): the snapshot keeps its lock until
+    the write ends, so two writes of one partition's temp file never overlap."""
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if not future.done():
+                cancelled = True
+                continue
+            raise
+        break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _alert_from_row(row: Sequence[Any], partition: int, offset: int) -> Alert:

@@ -22,6 +22,7 @@ from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
 from node import dedup_index, filesystem_sync, partition_log
+from node import partition as node_partition
 from node.node import Node, NodeConfig
 from node.partition import Partition
 
@@ -426,5 +427,49 @@ async def test_the_flusher_ticks_on_after_a_tick_raises(
         assert raised[0] == 1
         assert "flush tick failed" in caplog.text
     finally:
+        monkeypatch.undo()
+        await node.close()
+
+
+async def test_a_cancelled_snapshot_holds_the_next_one_until_its_file_write_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Shutdown cancels the maintenance loop, whose snapshot may be writing its file in a thread,
+    then snapshots every partition: the second write must not start on the same temp file before
+    the first one ends, and the cancelled snapshot still raises CancelledError."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    await node.start()
+    gate = threading.Event()
+    started = threading.Event()
+    order: list[str] = []
+    real_write = node_partition.write_file_atomically
+
+    def slow_first_write(path: Path, data: bytes) -> None:
+        order.append(f"start {len(order) // 2 + 1}")
+        if len(order) == 1:
+            started.set()
+            gate.wait(10)
+        real_write(path, data)
+        order.append(f"end {len(order) // 2 + 1}")
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        await client.ingest_rows([(1, "calls", 1, T0, None, 1, "a")], sync=True)
+        monkeypatch.setattr(node_partition, "write_file_atomically", slow_first_write)
+        partition = node.partitions[0]
+        first = asyncio.create_task(partition.snapshot())
+        assert await asyncio.to_thread(started.wait, 5)
+        first.cancel()
+        second = asyncio.create_task(partition.snapshot())
+        await asyncio.sleep(0.2)
+        assert order == ["start 1"] and not first.done()  # the cancelled one still holds the lock
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(first, 5)
+        await asyncio.wait_for(second, 5)
+        assert order == ["start 1", "end 1", "start 2", "end 2"]
+    finally:
+        gate.set()
         monkeypatch.undo()
         await node.close()
