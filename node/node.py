@@ -187,13 +187,22 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.alerts.close()
+        # Every partition is closed even if one fails (a failed log, a full disk): the others'
+        # ASYNC writes still pending must not be left unflushed behind it.
+        failed: list[BaseException] = []
         for partition in self.partitions:
-            await partition.close()
+            try:
+                await partition.close()
+            except Exception as exc:
+                log.error("partition %d did not close cleanly: %s", partition.number, exc)
+                failed.append(exc)
         self._tick_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         if self._filesystem_fd is not None:
             os.close(self._filesystem_fd)
             self._filesystem_fd = None
+        if failed:
+            raise failed[0]
 
     async def _flush_loop(self) -> None:
         # Ticks start at a fixed rate, not a fixed pause after the previous tick's fsyncs: an ASYNC

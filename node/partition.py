@@ -316,10 +316,16 @@ class Partition:
         return self._records_since_snapshot
 
     async def close(self) -> None:
-        """Flush, snapshot and close the logs."""
-        await self.snapshot()
-        await self.events.close()
-        await self.alert_log.close()
+        """Flush, snapshot and close the logs. The logs are closed (made durable) even if the
+        snapshot fails; the first error is raised once both are."""
+        errors: list[BaseException] = []
+        for step in (self.snapshot, self.events.close, self.alert_log.close):
+            try:
+                await step()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def _snapshot_state(self) -> dict[str, object]:
         return {

@@ -223,7 +223,9 @@ class UnimeterServer:
             await self._grpc.stop(grace)
         if self._protocol is not None:
             await self._protocol.close()
-        if self.node is not None:
-            await self.node.close()
-        if self._http is not None:
-            await self._http.close()
+        try:
+            if self.node is not None:
+                await self.node.close()
+        finally:
+            if self._http is not None:
+                await self._http.close()

@@ -14,7 +14,7 @@ from ..server import UnimeterServer
 __all__ = ["run_serve"]
 
 
-async def _serve(config: ServeConfig) -> None:
+async def _serve(config: ServeConfig) -> int:
     server = UnimeterServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -38,12 +38,17 @@ async def _serve(config: ServeConfig) -> None:
         flush=True,
     )
     await stop.wait()
-    logging.getLogger("unimeter").info("shutting down")
-    await server.stop()
+    log = logging.getLogger("unimeter")
+    log.info("shutting down")
+    try:
+        await server.stop()
+    except Exception as exc:  # every partition was still flushed; the failure is the operator's to see
+        log.error("shutdown did not complete cleanly: %s", exc)
+        return 1
+    return 0
 
 
 def run_serve(config: ServeConfig) -> int:
-    """Configure logging and serve until stopped; returns the exit code."""
+    """Configure logging and serve until stopped; returns the exit code (1: the shutdown failed)."""
     configure_logging(config.log_level.upper(), config.log_format)
-    asyncio.run(_serve(config))
-    return 0
+    return asyncio.run(_serve(config))

@@ -473,3 +473,31 @@ async def test_a_cancelled_snapshot_holds_the_next_one_until_its_file_write_ends
         gate.set()
         monkeypatch.undo()
         await node.close()
+
+
+async def test_close_flushes_every_partition_even_if_one_fails_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One partition whose snapshot fails at shutdown (a full disk, say) raises from close, but
+    only after every partition's ASYNC writes are durable, its own included."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=4, flush_interval=3600))  # no tick flushes
+    await node.start()
+    real = Partition.snapshot
+
+    async def failing_for_partition_0(self: Partition) -> None:
+        if self.number == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await real(self)
+
+    client = await Client.in_process(node, metric_lookup=node.metric_of)
+    await client.metrics.create(Metric("calls", AggType.SUM))
+    rows: list[EventRow] = [(a, "calls", a, T0 + a, None, 1, f"c{a}") for a in range(1, 41)]
+    assert {partition_of(a, 4) for a in range(1, 41)} == {0, 1, 2, 3}
+    await client.ingest_rows(rows, sync=False)
+    monkeypatch.setattr(Partition, "snapshot", failing_for_partition_0)
+    with pytest.raises(OSError, match="No space left"):
+        await node.close()
+    assert "partition 0 did not close cleanly" in caplog.text
+    monkeypatch.undo()
+    async with recovered_node(tmp_path / "data", 4) as (_, again):
+        assert await sums(again, set(range(1, 41))) == {a: a for a in range(1, 41)}
