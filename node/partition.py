@@ -177,14 +177,17 @@ class Partition:
             ]
             first_offset = self.last_offset + 1
             ref = self.events.append(msgpack.packb(record))
-            fired = self._apply(ref, first_offset, gens, stored)
-            if fired:
-                self._log_alerts(first_offset, fired, arrival)
+            # The record is stored from here on (recovery replays it): its keys and batch id are
+            # remembered before anything else can fail (a failed alert log, say), so a retry of
+            # a call that raised after this point is answered as a duplicate, never stored twice.
             self.dedup.add(arrival, new_keys, key_offsets)
             if batch_id:
                 self._remember_batch(batch_id, arrival, outcome)
             self._last_arrival = arrival
             self._records_since_snapshot += 1
+            fired = self._apply(ref, first_offset, gens, stored)
+            if fired:
+                self._log_alerts(first_offset, fired, arrival)
         return outcome
 
     def _apply(
@@ -291,6 +294,11 @@ class Partition:
     async def snapshot(self) -> None:
         """Checkpoint the state with the log position it covers (after making that position durable)."""
         async with self._snapshot_lock:  # one at a time: a capture's copy-on-write lasts until packed
+            # A failed log (an alert record that could not be appended, say) means the state may
+            # be ahead of what the logs hold: no snapshot then, so recovery replays from the last
+            # good one and regenerates what is missing.
+            self.events.check_usable()
+            self.alert_log.check_usable()
             while self.dedup.growing:  # finishing a growth inside the capture stalled the loop 25-45 ms
                 self.dedup.advance_growth()
                 await asyncio.sleep(0)

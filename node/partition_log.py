@@ -475,7 +475,7 @@ class PartitionLog:
     def append(self, payload: bytes) -> int:
         """Buffer one record and return its position. No syscall; durable only after a flush."""
         if self._unusable:
-            self._check_usable()
+            self.check_usable()
         length = len(payload)
         if length > _MAX_PAYLOAD:
             raise ValueError(f"payload of {length} bytes exceeds the 4 GiB record limit")
@@ -501,7 +501,7 @@ class PartitionLog:
         in the executor. If the round fails, every waiter gets the error and the log is failed.
         Cancelling a waiter does not cancel the round.
         """
-        self._check_usable()
+        self.check_usable()
         await self._flush(fsync)
 
     async def _flush(self, fsync: bool) -> None:
@@ -671,7 +671,8 @@ class PartitionLog:
             return OSError(failure.errno, message) if failure.errno is not None else OSError(message)
         return OSError(errno.EIO, message)
 
-    def _check_usable(self) -> None:
+    def check_usable(self) -> None:
+        """Raise unless the log is open and has not failed."""
         if self._closed:
             raise RuntimeError(f"partition log {self._dir} is closed")
         if self._failure is not None:
@@ -685,7 +686,7 @@ class PartitionLog:
         ValueError if ``position`` is outside the log or not the start of a record (checked by the
         frame's bounds and CRC).
         """
-        self._check_usable()
+        self.check_usable()
         if position < self._bases[0] or position >= self._end:
             raise ValueError(f"position {position} is outside the log [{self._bases[0]}, {self._end})")
         if position >= self._buf_start:
@@ -738,7 +739,7 @@ class PartitionLog:
         (EIO). The iterator may be suspended across appends and flushes; after ``truncate`` it must
         not be resumed (it raises RuntimeError).
         """
-        self._check_usable()
+        self.check_usable()
         if start_position == 0:
             start_position = self._bases[0]
         if start_position != self._end and not self._is_base(start_position):
@@ -776,7 +777,7 @@ class PartitionLog:
                 position += _HEADER_SIZE + len(record)
 
     def _check_resumable(self, truncations: int) -> None:
-        self._check_usable()
+        self.check_usable()
         if self._truncations != truncations:
             raise RuntimeError("partition log was truncated during a scan; it cannot be resumed")
 
@@ -790,7 +791,7 @@ class PartitionLog:
         returns, so afterwards ``durable_position == end_position == position``. Blocking I/O on
         the calling thread: meant for recovery. Not allowed while a flush is in flight.
         """
-        self._check_usable()
+        self.check_usable()
         if self._job is not None:
             raise RuntimeError("cannot truncate a partition log while a flush is in flight")
         first = self._bases[0]

@@ -501,3 +501,33 @@ async def test_close_flushes_every_partition_even_if_one_fails_to_close(
     monkeypatch.undo()
     async with recovered_node(tmp_path / "data", 4) as (_, again):
         assert await sums(again, set(range(1, 41))) == {a: a for a in range(1, 41)}
+
+
+async def test_a_call_that_fails_after_its_record_is_stored_is_deduplicated_on_retry(tmp_path: Path) -> None:
+    """A batch whose events record is appended but whose alert record cannot be (the alert log
+    failed on a write error) raises to the caller; its record stays in the log, so a retry must be
+    answered as a duplicate of it, and the events count once, before and after a restart. The
+    partition takes no snapshot while a log is failed, so recovery regenerates the alert."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    await node.start()
+    row: EventRow = (7, "calls", 10, T0, None, 1, "retried")
+    client = await Client.in_process(node, metric_lookup=node.metric_of)
+    await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+    await node.close()  # a snapshot before the failure: recovery replays the record after it
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    await node.start()
+    partition = node.partitions[0]
+    client = await Client.in_process(node, metric_lookup=node.metric_of)
+    partition.alert_log._fail(None, OSError(errno.EIO, "write error"))  # as a failed round does
+    with pytest.raises(OSError, match="refuses further use"):
+        await client.ingest_rows([row], sync=False)
+    retry = await client.ingest_rows([row], sync=True)
+    assert (retry.n_stored, retry.n_duplicates, retry.offsets) == (0, 1, [1])
+    assert (await client.query(7, "calls", DAY)).value.sum == 10
+    with pytest.raises(OSError, match="refuses further use"):
+        await partition.snapshot()
+    with pytest.raises(OSError):
+        await node.close()
+    async with recovered_node(tmp_path / "data", 1) as (again_node, again):
+        assert (await again.query(7, "calls", DAY)).value.sum == 10
+        assert [a.offset for a in again_node.partitions[0].alerts] == [1]  # regenerated at recovery
