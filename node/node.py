@@ -24,7 +24,12 @@ from typing import Any
 
 import msgpack
 
-from cluster_client.errors import FieldViolation, InvalidArgumentError, UnavailableError
+from cluster_client.errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+)
 from cluster_client.node_api import AlertStreamItem, ClusterStatus, IngestOutcome, NodeInfo, PartitionInfo
 from cluster_client.periods import PeriodCalculator
 from cluster_client.types import Alert, EventRow, Metric, PeriodSelector, QueryResult, StoredEvent
@@ -45,6 +50,8 @@ log = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
 _PARTS_PER_SLICE = 4
+_DISK_RECHECK_SECONDS = 0.1
+_DISK_FULL_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,9 @@ class NodeConfig:
     """gRPC address of the public API on this node."""
     fsync_threads: int = 8
     """Threads that run write+fsync for the partitions' logs."""
+    min_free_disk_bytes: int = 256 << 20
+    """Ingest answers RESOURCE_EXHAUSTED (reason DISK_FULL) while the data directory's filesystem
+    has less free space than this (SPEC §6: never accept what it cannot store); 0: never."""
     sync_filesystem: bool = True
     """Make a group of logs durable (a flush tick, a SYNC batch over partitions) with one
     ``syncfs`` of the data directory's filesystem where that is safe (Linux 5.8+, every log on
@@ -126,6 +136,7 @@ class Node:
         self.node_addr = config.node_addr
         self.grpc_addr = config.grpc_addr
         self._closing = False
+        self._disk_checked = 0.0
         self._urgent: set[asyncio.Task[None]] = set()
         self._urgent_partitions: set[int] = set()
         """Partitions an urgent alert flush is making durable: the tick leaves their logs to it."""
@@ -171,6 +182,7 @@ class Node:
 
     async def start(self) -> None:
         """Start the flusher and the snapshot loop."""
+        self._check_disk(time.monotonic())
         self._tasks = [
             asyncio.create_task(self._flush_loop(), name="unimeter-flusher"),
             asyncio.create_task(self._maintenance_loop(), name="unimeter-maintenance"),
@@ -339,6 +351,7 @@ class Node:
     async def _maintenance_loop(self) -> None:
         while True:
             await asyncio.sleep(1.0)
+            self._check_disk(time.monotonic())
             now = time.time_ns()
             for partition in self.partitions:
                 partition.expire(now)
@@ -418,6 +431,7 @@ class Node:
         self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
     ) -> list[IngestOutcome]:
         """Validate, store and apply each partition's part; SYNC waits for the group-commit fsyncs."""
+        self._refuse_when_disk_low()
         targets = [self._partition(p) for p, _ in parts]
         if not validated:
             for _, rows in parts:
@@ -459,6 +473,25 @@ class Node:
             stats.events_async += n_events
         stats.duplicates += n_dup
         return outcomes
+
+    def _refuse_when_disk_low(self) -> None:
+        """RESOURCE_EXHAUSTED while the data directory's filesystem is below its free-space floor
+        (rechecked at most every 100 ms here, every second by the maintenance loop)."""
+        now = time.monotonic()
+        if now - self._disk_checked >= _DISK_RECHECK_SECONDS:
+            self._check_disk(now)
+        if self.stats.disk_free_bytes < self.config.min_free_disk_bytes:
+            raise ResourceExhaustedError(
+                f"the data directory's filesystem has {self.stats.disk_free_bytes} bytes free, below "
+                f"the {self.config.min_free_disk_bytes} kept free; free space, then retry",
+                reason="DISK_FULL",
+                retry_after_seconds=_DISK_FULL_RETRY_SECONDS,
+            )
+
+    def _check_disk(self, now: float) -> None:
+        self._disk_checked = now
+        fs = os.statvfs(self.config.data_dir)
+        self.stats.disk_free_bytes = fs.f_bavail * fs.f_frsize
 
     async def _ingest_in_slices(
         self,

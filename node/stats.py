@@ -84,3 +84,5 @@ class NodeStats:
     """Snapshots that raised (the partition keeps its older snapshot and replays more at recovery)."""
     flush_failures: int = 0
     """Background flushes that raised (the log is then failed; see the server log)."""
+    disk_free_bytes: int = 0
+    """Free space of the data directory's filesystem for unprivileged writers, as last checked."""

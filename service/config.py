@@ -56,6 +56,9 @@ class ServeConfig:
     """Shared secret node-protocol clients must prove (HMAC challenge); empty: none required."""
     max_inflight_ingest_events: int = 1_000_000
     """Events of ingest calls in flight past which new calls get RESOURCE_EXHAUSTED."""
+    min_free_disk_mb: float = 256.0
+    """Free space (MiB) of the data directory's filesystem below which ingest gets
+    RESOURCE_EXHAUSTED (reason DISK_FULL); 0: never."""
     handshake_timeout_seconds: float = 10.0
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
 
@@ -68,6 +71,8 @@ class ServeConfig:
             raise ValueError("TLS needs both a certificate and its key (--tls-cert and --tls-key)")
         if self.max_inflight_ingest_events < 1:
             raise ValueError("max in-flight ingest events must be at least 1")
+        if self.min_free_disk_mb < 0:
+            raise ValueError("the free disk floor must not be negative")
         if self.handshake_timeout_seconds <= 0:
             raise ValueError("the handshake timeout must be positive")
 
@@ -94,6 +99,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
         "--max-inflight-ingest-events",
         int,
         "events in flight past which ingest answers RESOURCE_EXHAUSTED",
+    ),
+    (
+        "min_free_disk_mb",
+        "--min-free-disk-mb",
+        float,
+        "MiB free on the data directory's filesystem below which ingest answers RESOURCE_EXHAUSTED",
     ),
     (
         "handshake_timeout_seconds",

@@ -217,6 +217,16 @@ class UnimeterCollector(Collector):
         yield CounterMetricFamily(
             "unimeter_log_flush_failures", "Background log flushes that failed", node.stats.flush_failures
         )
+        yield GaugeMetricFamily(
+            "unimeter_disk_free_bytes",
+            "Free space of the data directory's filesystem, as last checked",
+            node.stats.disk_free_bytes,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_disk_free_bytes_floor",
+            "Free space below which ingest answers RESOURCE_EXHAUSTED (DISK_FULL); 0: never",
+            node.config.min_free_disk_bytes,
+        )
         yield GaugeMetricFamily("unimeter_partitions", "Partitions this node owns", len(node.partitions))
         yield GaugeMetricFamily(
             "unimeter_recovery_seconds",

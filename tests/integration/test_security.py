@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
@@ -584,6 +585,47 @@ async def test_ingest_past_the_inflight_limit_is_resource_exhausted_with_retry_i
         assert sample(m, "unimeter_ingest_inflight_events") == 0
     finally:
         gate.set()
+        await api.channel.close()
+        await server.stop(grace=1.0)
+
+
+async def test_ingest_is_refused_while_the_disk_is_below_its_free_space_floor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SPEC §6: a node whose disk is nearly full answers RESOURCE_EXHAUSTED with a retry delay and
+    never accepts what it cannot store; reads go on, and ingest resumes once space is back."""
+    free = [100 << 20]  # below the default floor of 256 MiB
+    real_statvfs = os.statvfs
+
+    def statvfs(path: Any) -> Any:
+        real = real_statvfs(path)
+        if Path(path) != tmp_path / "data":
+            return real
+        return type("StatVfs", (), {"f_bavail": free[0] // real.f_frsize, "f_frsize": real.f_frsize})()
+
+    monkeypatch.setattr(os, "statvfs", statvfs)
+    server = UnimeterServer(serve_config(tmp_path / "data", http_addr="127.0.0.1:0"))
+    await server.start()
+    api = await open_api(server)
+    try:
+        await create_metric(api, "calls")  # metadata is tiny: allowed
+        for sync in (False, True):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await ingest(api, ev(1, "calls"), sync=sync)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            reason, _, retry = details(err.value)
+            assert reason == "DISK_FULL" and retry == 5
+            assert "104857600 bytes free" in (err.value.details() or "")
+        assert (await realtime(api, 1, "calls")).value.count == 0  # nothing stored, reads served
+        m = await scrape(server.http_port)
+        assert sample(m, "unimeter_disk_free_bytes") == 100 << 20
+        assert sample(m, "unimeter_disk_free_bytes_floor") == 256 << 20
+        assert sample(m, "unimeter_ingest_rejected_batches_total", reason="DISK_FULL") == 2
+        free[0] = 10 << 30
+        await asyncio.sleep(0.15)  # the next ingest rechecks (at most every 100 ms)
+        assert (await ingest(api, ev(1, "calls"), sync=True)).n_stored == 1
+        assert (await realtime(api, 1, "calls")).value.count == 1
+    finally:
         await api.channel.close()
         await server.stop(grace=1.0)
 
