@@ -567,19 +567,22 @@ async def _until_done(future: asyncio.Future[None]) -> None:
     """Await ``future``; a cancellation meanwhile is raised only once it is done. A snapshot's
     file write runs on in its thread when its waiter is cancelled (the node's shutdown cancels
     the maintenance loop, then snapshots every partition): the snapshot keeps its lock until
-    the write ends, so two writes of one partition's temp file never overlap."""
+    the write ends, so two writes of one partition's temp file never overlap. A cancellation is
+    raised even if the write then fails: the cancelled caller (the maintenance loop) must stop,
+    not count a failure and go on."""
     cancelled = False
-    while True:
+    while not future.done():
         try:
             await asyncio.shield(future)
         except asyncio.CancelledError:
-            if not future.done():
-                cancelled = True
-                continue
-            raise
-        break
+            cancelled = True
+        except Exception:
+            break  # the write failed: raised below, unless the caller was cancelled
     if cancelled:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("a cancelled snapshot's write failed: %s", future.exception())
         raise asyncio.CancelledError
+    future.result()
 
 
 def _alert_from_row(row: Sequence[Any], partition: int, offset: int) -> Alert:

@@ -533,3 +533,37 @@ async def test_a_call_that_fails_after_its_record_is_stored_is_deduplicated_on_r
     async with recovered_node(tmp_path / "data", 1) as (again_node, again):
         assert (await again.query(7, "calls", DAY)).value.sum == 10
         assert [a.offset for a in again_node.partitions[0].alerts] == [1]  # regenerated at recovery
+
+
+async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_cancellation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The maintenance loop counts a failed snapshot and goes on; if the failure came after the
+    loop was cancelled (shutdown), the snapshot must raise the cancellation, or the loop would
+    never stop and shutdown would wait for it forever."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    await node.start()
+    gate = threading.Event()
+    started = threading.Event()
+
+    def failing_write(path: Path, data: bytes) -> None:
+        started.set()
+        gate.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        await client.ingest_rows([(1, "calls", 1, T0, None, 1, "a")], sync=True)
+        monkeypatch.setattr(node_partition, "write_file_atomically", failing_write)
+        snapshot = asyncio.create_task(node.partitions[0].snapshot())
+        assert await asyncio.to_thread(started.wait, 5)
+        snapshot.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(snapshot, 5)
+    finally:
+        gate.set()
+        monkeypatch.undo()
+        await node.close()
