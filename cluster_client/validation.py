@@ -160,6 +160,8 @@ def _event_violation(row: EventRow, metric: Metric | None, path: str) -> FieldVi
     account_id, code, value, time_ns, props, op, event_id = row
     if not 0 < account_id < UINT64:
         return FieldViolation(f"{path}.account_id", "must be a non-zero uint64")
+    if not code:
+        return FieldViolation(f"{path}.metric_code", "must not be empty")
     if metric is None:
         return FieldViolation(f"{path}.metric_code", f"unknown metric {code!r}")
     if op != OperationType.ADD and op != OperationType.REMOVE:

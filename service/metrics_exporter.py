@@ -80,12 +80,20 @@ class UnimeterCollector(Collector):
             "Time from a call's arrival to its status (for server streams: the stream's lifetime)",
             labels=["service", "method"],
         )
+        malformed = CounterMetricFamily(
+            "unimeter_grpc_malformed_requests",
+            "Calls whose request body did not decode as the method's message (answered INVALID_ARGUMENT)",
+            labels=["service", "method"],
+        )
         for m in list(stats.methods.values()):
             for code, n in list(m.codes.items()):
                 calls.add_metric([m.service, m.method, code], n)
             latency.add_metric([m.service, m.method], _buckets(m.latency), m.latency.sum)
+            if m.malformed:
+                malformed.add_metric([m.service, m.method], m.malformed)
         yield calls
         yield latency
+        yield malformed
         yield _counter_by(
             "unimeter_grpc_auth_failures",
             "Calls refused by the API-key check, by reason",

@@ -16,7 +16,7 @@ import resource
 import sys
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
@@ -25,6 +25,7 @@ from node.protocol_server import NodeProtocolServer
 
 from .api_keys import ApiKeyStore, load_api_keys
 from .config import ServeConfig
+from .health import HealthServicer
 from .http_endpoint import HttpEndpoint
 from .interceptors import AuthInterceptor, ObservabilityInterceptor
 from .metrics_exporter import UnimeterCollector, new_registry
@@ -102,7 +103,7 @@ class UnimeterServer:
         self._grpc: grpc.aio.Server | None = None
         self._protocol: NodeProtocolServer | None = None
         self._http: HttpEndpoint | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
         self._stopping = False
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
         """Counters of the gRPC layer (the node keeps its own in ``node.stats``)."""
