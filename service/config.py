@@ -82,7 +82,7 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("grpc_addr", "--grpc-addr", str, "host:port of the public gRPC API"),
     ("node_addr", "--node-addr", str, "host:port of the node protocol (empty: off)"),
     ("http_addr", "--http-addr", str, "host:port of /metrics, /healthz, /readyz (empty: off)"),
-    ("partitions", "--partitions", int, "partitions of a new data directory"),
+    ("partitions", "--partitions", int, "number of partitions"),
     ("flush_interval_ms", "--flush-interval-ms", float, "max milliseconds before an ASYNC write is fsynced"),
     ("fsync_mode", "--fsync-mode", str, "filesystem (one syncfs per flush, where safe) or file (per log)"),
     ("dedup_window_seconds", "--dedup-window-seconds", float, "dedup window by arrival time"),
@@ -115,6 +115,31 @@ _FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
+_DEFAULT_WORDS: dict[str, str] = {
+    # The node decides (NodeConfig.partitions): 64 for a new directory, else what the directory has.
+    "partitions": "64 for a new data directory; an existing one keeps its own",
+    "api_keys_file": "none",
+    "api_keys": "none; without any key the gRPC API is open",
+    "tls_cert": "none: plain TCP",
+    "tls_key": "none",
+    "cluster_secret": "none",
+}
+"""How a default that is not a plain value reads in ``--help``."""
+
+
+def _default_text(name: str, value: object) -> str:
+    """A default as ``--help`` shows it: words where the value alone would mean nothing."""
+    if name in _DEFAULT_WORDS:
+        return _DEFAULT_WORDS[name]
+    if value is None or value == "":
+        return "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"./{value}"  # as the README writes it: relative to the working directory
+    return str(value)
+
+
 def _env_name(flag: str) -> str:
     return "UNIMETER_" + flag.lstrip("-").replace("-", "_").upper()
 
@@ -123,12 +148,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every serve flag (default None, so the environment can fill what is not given)."""
     defaults = ServeConfig()
     for name, flag, kind, help_text in _FLAGS:
+        default = _default_text(name, getattr(defaults, name))
         parser.add_argument(
             flag,
             dest=name,
             type=kind,
             default=None,
-            help=f"{help_text} (env {_env_name(flag)}, default {getattr(defaults, name)!s})",
+            help=f"{help_text} (env {_env_name(flag)}; default: {default})",
         )
 
 
