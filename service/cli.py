@@ -427,8 +427,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_events(tree)
     _add_alerts(tree, commands)
     _add_import(tree)
-    tree.add("status", "nodes, partitions and log offsets", lambda a, api: status.status(api, as_json=a.json))
-    _json_flag(commands.choices["status"])
+    status_parser = tree.add(
+        "status",
+        "nodes, the partitions each owns, and log offsets",
+        lambda a, api: status.status(api, as_json=a.json, per_partition=a.partitions),
+    )
+    status_parser.add_argument(
+        "--partitions", action="store_true", help="also list every partition's owner and offsets"
+    )
+    _json_flag(status_parser)
     return parser
 
 
