@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError
+from service.api_keys import hash_key
 from service.interceptors import ObservabilityInterceptor
 from service.server import UnimeterServer
 from service.service_stats import ServiceStats
@@ -108,7 +109,7 @@ async def test_a_body_that_does_not_decode_is_invalid_argument_on_every_method(
 
     # One warning line for all the calls (the rest fall in its 10 s interval), and no traceback.
     assert tracebacks(caplog) == []
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records if r.name == "service.interceptors"]
     assert len(warnings) == 1
     assert warnings[0].getMessage().startswith("malformed request body on /")
     assert "\n" not in warnings[0].getMessage()
@@ -197,3 +198,29 @@ async def test_an_exception_escaping_any_handler_gets_its_mapped_status_and_no_t
         [],
         [logging.INFO],
     )
+
+
+async def test_with_api_keys_a_malformed_body_is_refused_by_the_key_check_first(tmp_path: Path) -> None:
+    server = UnimeterServer(serve_config(tmp_path / "data", api_keys=f"ops:{hash_key('k')}:admin"))
+    await server.start()
+    path = "/unimeter.v1.IngestService/Ingest"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await channel.unary_unary(path)(GARBAGE, timeout=10)
+            assert (refused.value.code(), details(refused.value)[0]) == (
+                grpc.StatusCode.UNAUTHENTICATED,
+                "API_KEY_MISSING",
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as malformed:
+                await channel.unary_unary(path)(
+                    GARBAGE, timeout=10, metadata=(("authorization", "Bearer k"),)
+                )
+            assert (malformed.value.code(), details(malformed.value)[0]) == (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MALFORMED_REQUEST",
+            )
+    finally:
+        await server.stop(grace=1.0)
+    assert server.stats.methods[path].malformed == 1
+    assert dict(server.stats.methods[path].codes) == {"UNAUTHENTICATED": 1, "INVALID_ARGUMENT": 1}
