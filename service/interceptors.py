@@ -228,7 +228,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         """Answer INVALID_ARGUMENT if ``request`` is a body that did not decode."""
         if isinstance(request, _MalformedRequest):
             stats.malformed += 1
-            self._malformed_log.emit("malformed request body on %s: %s", path, request.error.message)
+            self._malformed_log.emit("%s answered INVALID_ARGUMENT: %s", path, request.error.message)
             await abort_with_error(context, request.error)
 
     def _checking_each_request(
