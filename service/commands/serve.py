@@ -7,7 +7,11 @@ import json
 import logging
 import signal
 
+from node.data_dir_lock import DataDirectoryLocked
+from node.partition import PartitionRecoveryError
+
 from ..config import ServeConfig
+from ..listen_addresses import AddressInUse
 from ..logging_setup import configure_logging
 from ..server import UnimeterServer
 
@@ -22,7 +26,9 @@ async def _serve(config: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except ValueError as exc:  # unreadable key or TLS files, bad addresses: nothing is listening yet
+    except (ValueError, AddressInUse, DataDirectoryLocked, PartitionRecoveryError) as exc:
+        # Unreadable key or TLS files, bad or taken addresses, a data directory another process
+        # serves, a log that does not replay: one line each, and whatever was opened is closed.
         raise SystemExit(f"unimeter serve: {exc}") from None
     # One machine-readable line, so scripts and tests started with port 0 learn the ports.
     print(
