@@ -167,7 +167,6 @@ class UnimeterServer:
         _shorten_gil_switch_interval()
         await node.start()
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)
-        self._log_access(keys)
         self.client = await Client.in_process(node, metric_lookup=node.metric_of)
 
         if cfg.node_addr:
@@ -184,6 +183,7 @@ class UnimeterServer:
                 await self._protocol.start()
             self.node_port = self._protocol.port
             node.node_addr = f"{host}:{self.node_port}"  # what clients reach, even when asked for port 0
+        self._log_access(keys)
 
         names = add_servicers(server, self.client, self.stats)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -213,7 +213,7 @@ class UnimeterServer:
             log.warning(
                 "--insecure-node-protocol: the node protocol on %s takes every call without an API key "
                 "or a cluster secret; anyone who can reach it can create metrics and ingest",
-                cfg.node_addr,
+                self.node.node_addr if self.node is not None else cfg.node_addr,
             )
         else:
             log.info("no cluster secret configured: the node protocol is open to anyone who can reach it")

@@ -9,7 +9,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -20,7 +19,7 @@ from node.data_dir_lock import LOCK_FILE, DataDirectoryLock
 from node.node import Node, NodeConfig
 from node.partition import PartitionRecoveryError
 from node.partition_log import PartitionLog
-from tests.process import REPO, ServeProcess, start_serve
+from tests.process import CLI, ENV, REPO, ServeProcess, start_serve
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import (
     ingest_service_pb2_grpc,
@@ -36,8 +35,6 @@ pytestmark = pytest.mark.crash
 T0 = 20_000 * 86_400 * 1_000_000_000
 END = T0 + 30 * 86_400 * 1_000_000_000
 ACCOUNTS = [1, 2, 3, 42, 1000]
-CLI = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
-ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}"}
 # No snapshot of its own while a test looks at the directory: only what the test does writes there.
 QUIET = ("--partitions", "4", "--snapshot-interval-seconds", "3600")
 
