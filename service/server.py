@@ -1,9 +1,10 @@
 """The composition root of ``unimeter serve``: a node, the client core on top of it, and the servers.
 
-It builds the node (recovering its data directory), hands it to the client core as an in-process
-transport, and serves the gRPC API (plus health and reflection, behind the request-id/metrics and
-API-key interceptors), the node protocol and the HTTP endpoint, over TLS when configured. Shutdown
-turns /readyz to 503, stops accepting, lets in-flight calls finish, then flushes and snapshots.
+It checks its listen addresses, builds the node (which locks and recovers its data directory),
+hands it to the client core as an in-process transport, and serves the gRPC API (plus health and
+reflection, behind the request-id/metrics and API-key interceptors), the node protocol and the HTTP
+endpoint, over TLS when configured. Shutdown turns /readyz to 503, stops accepting, lets in-flight
+calls finish, then flushes and snapshots.
 """
 
 from __future__ import annotations
