@@ -373,7 +373,7 @@ class Partition:
                 self._replay_dedup(first, gens, rows, set(stamped), arrival)
                 fired = self._apply(ref, first, gens, rows)
             except Exception as exc:
-                raise self._unrecoverable(ref, exc) from exc
+                raise self._unrecoverable(self.events, ref, exc) from exc
             if fired:
                 fired_by_record.append((first, arrival, fired))
             if batch_id:
@@ -385,7 +385,13 @@ class Partition:
         # same offsets as they would have had), so it is exactly what the stored events imply.
         covered = 0
         for pos, payload in self.alert_log.scan():
-            event_first, first_alert, alert_rows = msgpack.unpackb(payload)
+            try:
+                event_first, first_alert, alert_rows = msgpack.unpackb(payload)
+                expected = len(self.alerts) + 1
+                if event_first <= self.last_offset and first_alert != expected:
+                    raise ValueError(f"its alert offsets start at {first_alert}, not at {expected}")
+            except Exception as exc:
+                raise self._unrecoverable(self.alert_log, pos, exc) from exc
             if event_first > self.last_offset:
                 log.warning("partition %d: cutting alerts of events lost in a crash", self.number)
                 self.alert_log.truncate(pos)
@@ -403,13 +409,15 @@ class Partition:
                 self.number, self.last_offset, replayed, time.monotonic() - started,
             )  # fmt: skip
 
-    def _unrecoverable(self, position: int, exc: Exception) -> PartitionRecoveryError:
-        file, offset = self.events.segment_file(position)
+    def _unrecoverable(
+        self, partition_log: PartitionLog, position: int, exc: Exception
+    ) -> PartitionRecoveryError:
+        file, offset = partition_log.segment_file(position)
         return PartitionRecoveryError(
             f"cannot recover partition {self.number}: the record at byte {offset} of {file} "
             f"(log position {position}) does not replay: {exc}; every record before it is intact. "
-            "Stop every process using the data directory, then restore it from a backup, or keep "
-            'the events before this record as docs/operations.md describes ("Recovery failed")'
+            "Stop every process using the data directory, then restore it from a backup or repair "
+            'it as docs/operations.md describes ("Recovery failed")'
         )
 
     def _load_snapshot(self) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cluster_client import AggType, Client, Metric, Period
+from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from node.data_dir_lock import LOCK_FILE, DataDirectoryLock
 from node.node import Node, NodeConfig
 from node.partition import PartitionRecoveryError
@@ -195,24 +195,24 @@ async def ingest_one(directory: Path, event_id: str, value: int) -> None:
         await node.close()
 
 
-async def two_writers_directory(tmp_path: Path) -> tuple[Path, int]:
-    """A data directory whose partition log holds, after the first writer's record, a record the
-    second writer appended for the same offset, as two servers on one directory left it. Returns the
-    directory and the position of the second writer's record."""
+async def two_writers_directory(tmp_path: Path, log: str) -> tuple[Path, int]:
+    """A data directory whose partition ``log`` ("events" or "alerts") holds, after the first
+    writer's record, the record the second writer appended for the same offsets, as two servers on
+    one directory left it. Returns the directory and the position of the second writer's record."""
     data, other = tmp_path / "data", tmp_path / "other"
     node = Node(NodeConfig(data, partitions=1))
     await node.start()
     client = await Client.in_process(node, metric_lookup=node.metric_of)
-    await client.metrics.create(Metric("calls", AggType.SUM))
+    await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 5),)))
     await node.close()
     shutil.copytree(data, other)  # both writers start from the same state
-    await ingest_one(data, "a", 5)
+    await ingest_one(data, "a", 5)  # each writer's event crosses the threshold: one alert each
     await ingest_one(other, "b", 100)
-    theirs = PartitionLog.open(other / "partitions/0000/events")
+    theirs = PartitionLog.open(other / "partitions/0000" / log)
     records = [payload for _, payload in theirs.scan()]
     await theirs.close()
     assert len(records) == 1
-    ours = PartitionLog.open(data / "partitions/0000/events")
+    ours = PartitionLog.open(data / "partitions/0000" / log)
     position = ours.end_position
     ours.append(records[0])
     await ours.flush()
@@ -220,44 +220,51 @@ async def two_writers_directory(tmp_path: Path) -> tuple[Path, int]:
     return data, position
 
 
-def recovery_message(data: Path, position: int) -> str:
+def recovery_message(data: Path, log: str, position: int) -> str:
+    kind = "offsets start at 1, not at 2" if log == "events" else "alert offsets start at 1, not at 2"
     return (
-        f"cannot recover partition 0: the record at byte {position} of {data}/partitions/0000/events/"
-        f"{SEGMENT} (log position {position}) does not replay: its offsets start at 1, not at 2; every "
+        f"cannot recover partition 0: the record at byte {position} of {data}/partitions/0000/{log}/"
+        f"{SEGMENT} (log position {position}) does not replay: its {kind}; every "
         "record before it is intact. Stop every process using the data directory, then restore it from "
-        'a backup, or keep the events before this record as docs/operations.md describes ("Recovery failed")'
+        'a backup or repair it as docs/operations.md describes ("Recovery failed")'
     )
 
 
+@pytest.mark.parametrize("log", ["events", "alerts"])
 async def test_a_log_two_writers_shared_names_partition_file_and_byte_and_the_documented_repair_works(
-    tmp_path: Path,
+    tmp_path: Path, log: str
 ) -> None:
-    data, position = await two_writers_directory(tmp_path)
-    assert sorted(p.name for p in (data / "partitions/0000/events").iterdir()) == [SEGMENT]
+    data, position = await two_writers_directory(tmp_path, log)
+    assert sorted(p.name for p in (data / "partitions/0000" / log).iterdir()) == [SEGMENT]
     files = listing(data)
     del files[LOCK_FILE]  # each process that takes the lock writes its pid there
 
     with pytest.raises(PartitionRecoveryError) as failed:
         Node(NodeConfig(data))
-    assert str(failed.value) == recovery_message(data, position)
+    assert str(failed.value) == recovery_message(data, log, position)
     DataDirectoryLock.acquire(data).release()  # the failed node let go of the directory
 
     refused = serve_refused(data, "--grpc-addr", "127.0.0.1:0")
     assert (refused.returncode, refused.stdout) == (1, "")
-    assert refused.stderr == f"unimeter serve: {recovery_message(data, position)}\n"
+    assert refused.stderr == f"unimeter serve: {recovery_message(data, log, position)}\n"
     assert {name: entry for name, entry in listing(data).items() if name != LOCK_FILE} == files
 
     # The repair docs/operations.md describes ("Recovery failed"), with the numbers of the message.
     partition = data / "partitions/0000"
-    os.truncate(partition / "events" / SEGMENT, position)
-    (partition / "snapshot.msgpack").unlink(missing_ok=True)
+    if log == "events":
+        os.truncate(partition / "events" / SEGMENT, position)
+    (partition / "snapshot.msgpack").unlink()
     shutil.rmtree(partition / "alerts")
     node = Node(NodeConfig(data))
     try:
         await node.start()
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         value = (await client.query(7, "calls", DAY)).value
-        assert (value.count, value.sum) == (1, 5)  # the first writer's event; the second's record is cut
+        assert (value.count, value.sum) == (1, 5)  # the first writer's event; the second's is cut
+        await node.partitions[0].flush()  # regenerated alerts are listed once durable
+        alerts, more = await client.list_alerts(7)
+        assert [(a.offset, a.value_at_cross) for a in alerts] == [(1, 5)]  # regenerated, same offset
+        assert not more
         retry = await client.ingest_rows([(7, "calls", 5, T0, None, 1, "a")], sync=True)
         assert (retry.n_stored, retry.n_duplicates, retry.offsets) == (0, 1, [1])
     finally:
