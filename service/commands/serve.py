@@ -30,6 +30,9 @@ async def _serve(config: ServeConfig) -> int:
         # Unreadable key or TLS files, bad or taken addresses, a data directory another process
         # serves, a log that does not replay: one line each, and whatever was opened is closed.
         raise SystemExit(f"unimeter serve: {exc}") from None
+    except OSError as exc:  # the data directory cannot be made or opened (a file there, no permission)
+        where = f": {exc.filename}" if exc.filename else ""
+        raise SystemExit(f"unimeter serve: {exc.strerror or exc}{where}") from None
     # One machine-readable line, so scripts and tests started with port 0 learn the ports.
     print(
         json.dumps(

@@ -179,6 +179,18 @@ def test_a_port_in_use_is_one_line_and_the_data_directory_is_not_touched(tmp_pat
     assert not (tmp_path / "new").exists()
 
 
+def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    refused = serve_refused(taken, "--grpc-addr", "127.0.0.1:0")
+    assert (refused.returncode, refused.stdout, refused.stderr) == (
+        1,
+        "",
+        f"unimeter serve: File exists: {taken}\n",
+    )
+    assert taken.read_text() == "not a directory"
+
+
 # --------------------------------------------------------------------------- a log two writers shared
 
 SEGMENT = "00000000000000000000.seg"
