@@ -37,6 +37,7 @@ from cluster_client.validation import validate_rows
 
 from .aggregation import MetricSpec
 from .alert_stream import AlertStreamer, release
+from .data_dir_lock import DataDirectoryLock
 from .filesystem_sync import syncfs_supported
 from .metric_registry import MetricRegistry, write_file_atomically
 from .partition import Partition, PartitionConfig
@@ -104,27 +105,33 @@ class Node:
         self._tick_executor = ThreadPoolExecutor(
             max_workers=config.fsync_threads, thread_name_prefix="unimeter-tick"
         )
-        config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.node_id = self._load_identity()
-        self.registry = MetricRegistry(config.data_dir / "metrics.msgpack")
-        self._specs: dict[str, MetricSpec] = {}
-        for metric in self.registry.list():
-            self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
-        partition_config = PartitionConfig(
-            dedup_window_ns=int(config.dedup_window_seconds * 1e9), segment_bytes=config.segment_bytes
-        )
-        started = time.monotonic()
-        self.partitions = [
-            Partition(
-                p,
-                config.data_dir / "partitions" / f"{p:04d}",
-                self._specs,
-                partition_config,
-                self._executor,
+        # Before anything in the directory is read or written: a second process (or a second node
+        # in this one) on it would hand out the same offsets and overwrite this one's snapshots.
+        self._lock = DataDirectoryLock.acquire(config.data_dir)
+        try:
+            self.node_id = self._load_identity()
+            self.registry = MetricRegistry(config.data_dir / "metrics.msgpack")
+            self._specs: dict[str, MetricSpec] = {}
+            for metric in self.registry.list():
+                self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
+            partition_config = PartitionConfig(
+                dedup_window_ns=int(config.dedup_window_seconds * 1e9), segment_bytes=config.segment_bytes
             )
-            for p in range(self.partitions_count)
-        ]
-        self.recovery_seconds = time.monotonic() - started
+            started = time.monotonic()
+            self.partitions = [
+                Partition(
+                    p,
+                    config.data_dir / "partitions" / f"{p:04d}",
+                    self._specs,
+                    partition_config,
+                    self._executor,
+                )
+                for p in range(self.partitions_count)
+            ]
+            self.recovery_seconds = time.monotonic() - started
+        except BaseException:
+            self._lock.release()
+            raise
         self._filesystem_fd = self._open_filesystem_for_sync()
         """Descriptor of the data directory whose filesystem one syncfs makes durable, or None."""
         self.stats = NodeStats()
@@ -213,6 +220,7 @@ class Node:
         if self._filesystem_fd is not None:
             os.close(self._filesystem_fd)
             self._filesystem_fd = None
+        self._lock.release()  # last: every write of this node is done
         if failed:
             raise failed[0]
 

@@ -35,7 +35,7 @@ from .event_index import HOUR_NS, EventIndex
 from .metric_registry import write_file_atomically
 from .partition_log import PartitionLog
 
-__all__ = ["Partition", "PartitionConfig"]
+__all__ = ["Partition", "PartitionConfig", "PartitionRecoveryError"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,11 @@ _EVENT_RECORD = 1
 _SNAPSHOT_VERSION = 1
 _DECODED_CACHE = 256
 _MINUTE_NS = 60_000_000_000
+
+
+class PartitionRecoveryError(RuntimeError):
+    """A partition's log holds a record recovery cannot replay; the message names the partition,
+    the file and the position, and what the operator can do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,10 +363,17 @@ class Partition:
         fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
         replayed = 0
         for ref, payload in self.events.scan(start_pos):
-            _, first, batch_id, arrival, gens, raw_rows, stamped, n_req, dups = msgpack.unpackb(payload)
-            rows: list[EventRow] = [tuple(r) for r in raw_rows]
-            self._replay_dedup(first, gens, rows, set(stamped), arrival)
-            fired = self._apply(ref, first, gens, rows)
+            try:
+                _, first, batch_id, arrival, gens, raw_rows, stamped, n_req, dups = msgpack.unpackb(payload)
+                if first != self.last_offset + 1:
+                    # Every record starts right after the one before it; anything else is what two
+                    # processes appending to one log at once leave behind.
+                    raise ValueError(f"its offsets start at {first}, not at {self.last_offset + 1}")
+                rows: list[EventRow] = [tuple(r) for r in raw_rows]
+                self._replay_dedup(first, gens, rows, set(stamped), arrival)
+                fired = self._apply(ref, first, gens, rows)
+            except Exception as exc:
+                raise self._unrecoverable(self.events, ref, exc) from exc
             if fired:
                 fired_by_record.append((first, arrival, fired))
             if batch_id:
@@ -373,7 +385,13 @@ class Partition:
         # same offsets as they would have had), so it is exactly what the stored events imply.
         covered = 0
         for pos, payload in self.alert_log.scan():
-            event_first, first_alert, alert_rows = msgpack.unpackb(payload)
+            try:
+                event_first, first_alert, alert_rows = msgpack.unpackb(payload)
+                expected = len(self.alerts) + 1
+                if event_first <= self.last_offset and first_alert != expected:
+                    raise ValueError(f"its alert offsets start at {first_alert}, not at {expected}")
+            except Exception as exc:
+                raise self._unrecoverable(self.alert_log, pos, exc) from exc
             if event_first > self.last_offset:
                 log.warning("partition %d: cutting alerts of events lost in a crash", self.number)
                 self.alert_log.truncate(pos)
@@ -390,6 +408,17 @@ class Partition:
                 "partition %d recovered: offset %d, %d records replayed in %.3fs",
                 self.number, self.last_offset, replayed, time.monotonic() - started,
             )  # fmt: skip
+
+    def _unrecoverable(
+        self, partition_log: PartitionLog, position: int, exc: Exception
+    ) -> PartitionRecoveryError:
+        file, offset = partition_log.segment_file(position)
+        return PartitionRecoveryError(
+            f"cannot recover partition {self.number}: the record at byte {offset} of {file} "
+            f"(log position {position}) does not replay: {exc}; every record before it is intact. "
+            "Stop every process using the data directory, then restore it from a backup or repair "
+            'it as docs/operations.md describes ("Recovery failed")'
+        )
 
     def _load_snapshot(self) -> int:
         path = self.directory / "snapshot.msgpack"

@@ -703,6 +703,11 @@ class PartitionLog:
         limit = self._bases[i + 1] if i + 1 < len(self._bases) else self._written
         return base, min(limit, self._written)
 
+    def segment_file(self, position: int) -> tuple[Path, int]:
+        """The segment file holding ``position`` (on disk) and the byte offset in it, for messages."""
+        base, _ = self._segment_of(position)
+        return _segment_path(self._dir, base), position - base
+
     def _read_fd(self, base: int) -> int:
         fd = self._rfds.get(base)
         if fd is None:

@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}"}
+"""Environment of a child process that runs this checkout's code."""
+CLI = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit(main())"]
+"""The ``unimeter`` command of this checkout, as a child process's argv prefix."""
 
 
 @dataclass
@@ -44,9 +48,7 @@ class ServeProcess:
 def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProcess:
     """Start ``unimeter serve`` on 127.0.0.1 port 0 and wait for its ready line."""
     cmd = [
-        sys.executable,
-        "-c",
-        "import sys; from service.cli import main; sys.exit(main())",
+        *CLI,
         "serve",
         "--data-dir",
         str(data_dir),
@@ -56,8 +58,7 @@ def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProces
         "WARNING",
         *extra,
     ]
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=env, cwd=REPO)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=ENV, cwd=REPO)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -7,7 +7,11 @@ import json
 import logging
 import signal
 
+from node.data_dir_lock import DataDirectoryLocked
+from node.partition import PartitionRecoveryError
+
 from ..config import ServeConfig
+from ..listen_addresses import AddressInUse
 from ..logging_setup import configure_logging
 from ..server import UnimeterServer
 
@@ -22,8 +26,13 @@ async def _serve(config: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except ValueError as exc:  # unreadable key or TLS files, bad addresses: nothing is listening yet
+    except (ValueError, AddressInUse, DataDirectoryLocked, PartitionRecoveryError) as exc:
+        # Unreadable key or TLS files, bad or taken addresses, a data directory another process
+        # serves, a log that does not replay: one line each, and whatever was opened is closed.
         raise SystemExit(f"unimeter serve: {exc}") from None
+    except OSError as exc:  # the data directory cannot be made or opened (a file there, no permission)
+        where = f": {exc.filename}" if exc.filename else ""
+        raise SystemExit(f"unimeter serve: {exc.strerror or exc}{where}") from None
     # One machine-readable line, so scripts and tests started with port 0 learn the ports.
     print(
         json.dumps(
