@@ -2,11 +2,14 @@
 
 The steps come from README.md itself, so the two cannot drift: fenced blocks tagged ``sh tour`` run
 in order under ``bash -e`` (the first failing command fails the test), the ``sh tour-tail`` block is
-the alert tail of the reader's second terminal and runs beside them, and ``python tour`` blocks are
-fed to ``.venv/bin/python -``. The node is the README's own ``make run``, with its data in a temporary
-directory and its three listeners on port 0; the addresses the README spells out are replaced by the
-ones the ready line announces. The second run restarts the node on the same data directory and runs
-the same blocks: nothing may fail, be counted twice, or be shown again by the resumed tail.
+the alert tail of the reader's second terminal and runs beside them, ``python tour`` blocks are fed
+to ``.venv/bin/python -``, and a ``js tour FILE`` or ``go tour FILE`` block must be exactly the
+program FILE of the repository, which runs with ``node`` or is built with ``go build`` (so this test
+needs ``make node-deps proto-go``, as ``make test`` does before it). The node is the README's own
+``make run``, with its data in a temporary directory and its three listeners on port 0; the
+addresses the README spells out are replaced by the ones the ready line announces. The second run
+restarts the node on the same data directory and runs the same blocks: nothing may fail, be counted
+twice, or be shown again by the resumed tail.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -31,25 +34,50 @@ STEP_TIMEOUT = 240.0
 _FENCE = re.compile(r"^```([^`\n]*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
 
-def tour_blocks(markdown: str) -> list[tuple[str, str]]:
-    """``(tag, body)`` of every fenced block whose info string ends in a tour tag, in README order."""
+@dataclass(frozen=True)
+class Block:
+    """A fenced block of the tour: ``tag`` is its language and tour word, ``path`` its program file."""
+
+    tag: str
+    body: str
+    path: str = ""
+
+
+def tour_blocks(markdown: str) -> list[Block]:
+    """Every fenced block whose info string is ``LANG tour[-tail] [FILE]``, in README order."""
     blocks = []
     for m in _FENCE.finditer(markdown):
         words = m.group(1).split()
-        if len(words) == 2 and words[1] in ("tour", "tour-tail"):
-            blocks.append((f"{words[0]} {words[1]}", m.group(2)))
+        if len(words) in (2, 3) and words[1] in ("tour", "tour-tail"):
+            blocks.append(Block(f"{words[0]} {words[1]}", m.group(2), *words[2:]))
     return blocks
 
 
-def test_tour_blocks_are_found_in_order() -> None:
+def test_tour_blocks_are_found_in_order_and_programs_match_their_files() -> None:
     text = (
         "```sh\nmake run\n```\n```sh tour-tail\ntail\n```\nprose\n"
-        "```sh tour\na\nb\n```\n```python tour\np\n```\n"
+        "```sh tour\na\nb\n```\n```python tour\np\n```\n```go tour x/main.go\ng\n```\n"
     )
-    assert tour_blocks(text) == [("sh tour-tail", "tail\n"), ("sh tour", "a\nb\n"), ("python tour", "p\n")]
-    tags = [tag for tag, _ in tour_blocks(README.read_text(encoding="utf-8"))]
-    assert tags == ["sh tour-tail", "sh tour", "sh tour", "python tour"]
-    assert "```sh\nmake run\n```" in README.read_text(encoding="utf-8")
+    assert tour_blocks(text) == [
+        Block("sh tour-tail", "tail\n"),
+        Block("sh tour", "a\nb\n"),
+        Block("python tour", "p\n"),
+        Block("go tour", "g\n", "x/main.go"),
+    ]
+    readme = README.read_text(encoding="utf-8")
+    blocks = tour_blocks(readme)
+    tags = [b.tag for b in blocks]
+    assert tags == ["sh tour-tail", "sh tour", "sh tour", "python tour", "js tour", "go tour"]
+    assert [b.path for b in blocks if b.path] == [
+        "examples/node/quickstart.js",
+        "examples/go/cmd/quickstart/main.go",
+    ]
+    for block in blocks:
+        if block.path:
+            assert (REPO / block.path).read_text(encoding="utf-8") == block.body, block.path
+    go_program = (REPO / "examples/go/cmd/quickstart/main.go").read_text(encoding="utf-8")
+    assert f"```go\n{go_program}```\n" in (REPO / "docs/go.md").read_text(encoding="utf-8")
+    assert "```sh\nmake run\n```" in readme
 
 
 @dataclass
@@ -136,6 +164,24 @@ def _wait_for(check: Callable[[], bool], what: str, timeout: float = 60) -> None
         time.sleep(0.1)
 
 
+def _program(block: Block, logs: Path) -> list[str]:
+    """The command that runs a ``js``/``go`` tour block's program file (a Go program is built once)."""
+    if block.tag == "js tour":
+        modules = REPO / "examples/node/node_modules/.installed"
+        assert modules.exists(), "the Node.js step needs its packages: run `make node-deps`"
+        return ["node", str(REPO / block.path)]
+    assert block.tag == "go tour", block
+    binary = logs / "go-tour-program"
+    if not binary.exists():
+        assert (REPO / "examples/go/gen/.generated").exists(), (
+            "the Go step needs its stubs: run `make proto-go`"
+        )
+        package = "./" + str(PurePosixPath(block.path).parent.relative_to("examples/go"))
+        built = _run(["go", "build", "-o", str(binary), package], REPO / "examples/go", _clean_env())
+        assert built.code == 0, built.err
+    return [str(binary)]
+
+
 def _walk_the_tour(checkout: Path, data_dir: Path, logs: Path, first: bool) -> None:
     """One reader's walk: node, tail, every step; checks each step's output. Logs go to ``logs``."""
     blocks = tour_blocks(README.read_text(encoding="utf-8"))
@@ -152,7 +198,7 @@ def _walk_the_tour(checkout: Path, data_dir: Path, logs: Path, first: bool) -> N
             return body
 
         tail_out, tail_err = logs / f"tail-{run}.out", logs / f"tail-{run}.err"
-        (tail_body,) = [body for tag, body in blocks if tag == "sh tour-tail"]
+        (tail_body,) = [b.body for b in blocks if b.tag == "sh tour-tail"]
         with tail_out.open("w") as out, tail_err.open("w") as err:
             tail = subprocess.Popen(
                 ["bash", "-c", literal(tail_body)],
@@ -164,14 +210,16 @@ def _walk_the_tour(checkout: Path, data_dir: Path, logs: Path, first: bool) -> N
             )
         try:
             outputs = []
-            for tag, body in blocks:
-                if tag == "sh tour":
-                    done = _run(["bash", "-e", "-o", "pipefail", "-c", literal(body)], checkout, env)
-                elif tag == "python tour":
-                    done = _run([str(checkout / ".venv/bin/python"), "-"], checkout, env, literal(body))
+            for block in blocks:
+                if block.tag == "sh tour":
+                    done = _run(["bash", "-e", "-o", "pipefail", "-c", literal(block.body)], checkout, env)
+                elif block.tag == "python tour":
+                    done = _run([str(checkout / ".venv/bin/python"), "-"], checkout, env, literal(block.body))
+                elif block.path:  # reads UNIMETER_ADDR, as the README's text says
+                    done = _run(_program(block, logs), checkout, env)
                 else:
                     continue
-                assert done.code == 0, f"{tag} block failed ({done.code}):\n{done.out}\n{done.err}"
+                assert done.code == 0, f"{block.tag} block failed ({done.code}):\n{done.out}\n{done.err}"
                 assert "Traceback" not in done.err, done.err
                 outputs.append(done.out)
             steps_done_ns = time.time_ns()
@@ -184,7 +232,7 @@ def _walk_the_tour(checkout: Path, data_dir: Path, logs: Path, first: bool) -> N
             tail.wait(timeout=30)
         assert tail.returncode == 130, tail_err.read_text()
         assert "Traceback" not in tail_err.read_text()
-    cli, curl, python = outputs
+    cli, curl, python, node_js, go = outputs
     alerts = _alert_lines(tail_out.read_text())
     if first:
         assert "stored 1, duplicates 0, offset 1" in cli.splitlines()
@@ -193,6 +241,8 @@ def _walk_the_tour(checkout: Path, data_dir: Path, logs: Path, first: bool) -> N
         assert _value_column(cli) == [3, 6]  # account 42 now; account 43 in November
         assert '"nStored": 2' in curl and '"nDuplicates": 1' in curl and '"count": "5"' in curl
         assert "account 42: 6 calls this period" in python.splitlines()
+        assert node_js.splitlines() == ["stored 1; api_calls this period: 7"]
+        assert go.splitlines()[1:] == ["account 42 has made 8 calls this period"]
         seen = sorted((a["account"], a["threshold"], a["value_at_cross"]) for a in alerts)
         assert seen == [
             ("42", "free_tier_exceeded", "3"),
@@ -205,12 +255,15 @@ def _walk_the_tour(checkout: Path, data_dir: Path, logs: Path, first: bool) -> N
         assert "stored 0, duplicates 1, offset 1" in cli.splitlines()
         assert "stored 0, duplicates 2" in cli.splitlines()
         assert "stored 0, duplicates 8, rejected 0" in cli.splitlines()
-        assert _value_column(cli) == [6, 6]  # the first run's 3 + 2 (curl) + 1 (Python); 43 unchanged
-        assert '"nStored"' not in curl and '"nDuplicates": 3' in curl and '"count": "6"' in curl
-        assert "account 42: 7 calls this period" in python.splitlines()
+        assert _value_column(cli) == [8, 6]  # the first run's 3 + 2 (curl) + 1 each (Python, Node, Go)
+        assert '"nStored"' not in curl and '"nDuplicates": 3' in curl and '"count": "8"' in curl
+        assert "account 42: 9 calls this period" in python.splitlines()
+        assert node_js.splitlines() == ["stored 0; api_calls this period: 9"]  # its event id is fixed
+        assert go.splitlines()[1:] == ["account 42 has made 10 calls this period"]
         assert alerts == []
     assert "threshold             free_tier_exceeded=3" in cli.splitlines()
     assert re.search(r"^stored 1, offsets \[\d+\]$", python, re.MULTILINE), python
+    assert re.fullmatch(r"stored 1 event\(s\), offset \d+", go.splitlines()[0]), go
 
 
 @pytest.mark.slow
