@@ -90,9 +90,13 @@ lint: $(PROTO_STAMP)
 	$(BIN)/mypy
 	$(BIN)/buf lint
 
+# A development node on loopback: gRPC API, node protocol (the README's Python SDK) and /metrics,
+# /healthz, /readyz. Each can be moved by its environment variable; UNIMETER_NODE_ADDR= or
+# UNIMETER_HTTP_ADDR= (set, empty) turns that listener off.
 run: $(PROTO_STAMP)
-	$(BIN)/unimeter serve --data-dir $${UNIMETER_DATA_DIR:-./data} --grpc-addr $${UNIMETER_GRPC_ADDR:-127.0.0.1:50051} \
-		--log-format $${UNIMETER_LOG_FORMAT:-text}
+	$(BIN)/unimeter serve --data-dir "$${UNIMETER_DATA_DIR:-./data}" --grpc-addr "$${UNIMETER_GRPC_ADDR:-127.0.0.1:50051}" \
+		--node-addr "$${UNIMETER_NODE_ADDR-127.0.0.1:7001}" --http-addr "$${UNIMETER_HTTP_ADDR-127.0.0.1:9464}" \
+		--log-format "$${UNIMETER_LOG_FORMAT:-text}"
 
 bench: $(PROTO_STAMP)
 	$(PY) -m bench

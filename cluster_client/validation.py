@@ -1,4 +1,4 @@
-"""Validation of metric definitions and event batches (SPEC §5-6), shared by the client core and nodes.
+"""Validation of metrics and event batches (docs/semantics.md), shared by the client core and nodes.
 
 The client core validates a whole batch before fanning it out, so an invalid event stores nothing on
 any partition; each node validates its part again against its own registry. Functions here are

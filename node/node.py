@@ -57,7 +57,7 @@ _DISK_FULL_RETRY_SECONDS = 5.0
 
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
-    """Everything a node needs to start. Defaults are the SPEC's."""
+    """Everything a node needs to start. Defaults: docs/semantics.md."""
 
     data_dir: Path
     """Where partitions, snapshots and the metric registry live."""
@@ -85,7 +85,7 @@ class NodeConfig:
     """Threads that run write+fsync for the partitions' logs."""
     min_free_disk_bytes: int = 256 << 20
     """Ingest answers RESOURCE_EXHAUSTED (reason DISK_FULL) while the data directory's filesystem
-    has less free space than this (SPEC §6: never accept what it cannot store); 0: never."""
+    has less free space than this (never acknowledge what it cannot store); 0: never."""
     sync_filesystem: bool = True
     """Make a group of logs durable (a flush tick, a SYNC batch over partitions) with one
     ``syncfs`` of the data directory's filesystem where that is safe (Linux 5.8+, every log on

@@ -151,6 +151,7 @@ def _add_metrics(tree: _Tree, commands: Any) -> None:
             dimensions=a.dimension,
             thresholds=a.threshold,
             as_json=a.json,
+            if_not_exists=a.if_not_exists,
         ),
     )
     create.add_argument("code", help="metric code: letters, digits, _ . : -, starting with a letter")
@@ -193,6 +194,11 @@ def _add_metrics(tree: _Tree, commands: Any) -> None:
         type=_arg(parse_threshold, "threshold"),
         metavar="CODE=VALUE[:recurring]",
         help="alert threshold (repeatable)",
+    )
+    create.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="succeed, showing the stored metric, when one with this code and definition exists",
     )
     _json_flag(create)
 

@@ -39,7 +39,7 @@ __all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
 
 log = logging.getLogger(__name__)
 
-# SPEC §6: a batch is at most 16 MiB; leave room for the envelope.
+# A batch is at most 16 MiB (docs/semantics.md); leave room for the envelope.
 MAX_MESSAGE_BYTES = 17 << 20
 
 

@@ -20,7 +20,7 @@ CLI = [sys.executable, "-c", "import sys; from service.cli import main; sys.exit
 
 @dataclass
 class ServeProcess:
-    """A running ``unimeter serve`` and the ports it announced."""
+    """A running ``unimeter serve`` and the ports it announced (0: that listener is off)."""
 
     proc: subprocess.Popen[bytes]
     grpc_port: int
@@ -43,6 +43,11 @@ class ServeProcess:
     def _close_pipe(self) -> None:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def _port(addr: str) -> int:
+    """The port of a ready line's ``host:port``, 0 for ``off``."""
+    return 0 if addr == "off" else int(addr.rpartition(":")[2])
 
 
 def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProcess:
@@ -70,6 +75,6 @@ def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProces
         except ValueError:
             continue
         if msg.get("event") == "ready":
-            return ServeProcess(proc, msg["grpc_port"], msg["node_port"], msg["http_port"])
+            return ServeProcess(proc, *(_port(msg[key]) for key in ("grpc_addr", "node_addr", "http_addr")))
     proc.kill()
     raise TimeoutError("unimeter serve did not become ready")

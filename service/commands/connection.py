@@ -29,7 +29,7 @@ __all__ = ["DEFAULT_ADDR", "Api", "ConnectionOptions"]
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 
-# Ingest batches are up to 16 MiB (SPEC §6); the server accepts 17 MiB.
+# Ingest batches are up to 16 MiB (docs/semantics.md); the server accepts 17 MiB.
 _MAX_MESSAGE_BYTES = 17 << 20
 
 # grpc re-dials a lost server with its own backoff (1 s growing to 120 s by default), and calls made

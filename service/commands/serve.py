@@ -11,11 +11,19 @@ from node.data_dir_lock import DataDirectoryLocked
 from node.partition import PartitionRecoveryError
 
 from ..config import ServeConfig
-from ..listen_addresses import AddressInUse
+from ..listen_addresses import AddressInUse, split_host_port
 from ..logging_setup import configure_logging
 from ..server import UnimeterServer
 
 __all__ = ["run_serve"]
+
+
+def _listening(configured: str, port: int) -> str:
+    """``host:port`` a listener is bound to (the port it got when asked for 0), or ``off``."""
+    if not configured:
+        return "off"
+    host = split_host_port(configured)[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _serve(config: ServeConfig) -> int:
@@ -33,14 +41,14 @@ async def _serve(config: ServeConfig) -> int:
     except OSError as exc:  # the data directory cannot be made or opened (a file there, no permission)
         where = f": {exc.filename}" if exc.filename else ""
         raise SystemExit(f"unimeter serve: {exc.strerror or exc}{where}") from None
-    # One machine-readable line, so scripts and tests started with port 0 learn the ports.
+    # One machine-readable line, so people and scripts (started with port 0) learn where it listens.
     print(
         json.dumps(
             {
                 "event": "ready",
-                "grpc_port": server.grpc_port,
-                "node_port": server.node_port,
-                "http_port": server.http_port,
+                "grpc_addr": _listening(config.grpc_addr, server.grpc_port),
+                "node_addr": _listening(config.node_addr, server.node_port),
+                "http_addr": _listening(config.http_addr, server.http_port),
                 "data_dir": str(config.data_dir),
             }
         ),

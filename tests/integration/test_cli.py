@@ -200,6 +200,22 @@ async def test_metrics_create_list_get_and_delete(cli: Cli) -> None:
     )
 
 
+async def test_metrics_create_if_not_exists_accepts_only_the_same_definition(cli: Cli) -> None:
+    paris = ("--agg-type", "sum", "--period-type", "day", "--time-zone", "Europe/Paris", "--threshold", "t=5")
+    first = await cli("metrics", "create", "daily", *paris, "--if-not-exists")
+    assert first.code == 0, first.err
+    again = await cli("metrics", "create", "daily", *paris, "--if-not-exists")
+    assert (again.code, again.out, again.err) == (0, first.out, "")
+    plain = await cli("metrics", "create", "daily", *paris)
+    assert (plain.code, plain.err) == (2, "error: ALREADY_EXISTS: metric 'daily' already exists\n")
+    other = await cli("metrics", "create", "daily", *paris[:-1], "t=6", "--if-not-exists")
+    assert (other.code, other.out) == (2, "")
+    assert other.err == (
+        "error: metric daily already exists with a different definition (see `unimeter metrics get daily`)\n"
+    )
+    assert "threshold             t=5" in (await cli("metrics", "get", "daily")).out
+
+
 async def test_metrics_create_reports_every_invalid_field(cli: Cli) -> None:
     run = await cli("metrics", "create", "9bad", "--billing-cycle-day", "40", "--time-zone", "Mars/Olympus")
     assert run.code == 2

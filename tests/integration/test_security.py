@@ -592,7 +592,7 @@ async def test_ingest_past_the_inflight_limit_is_resource_exhausted_with_retry_i
 async def test_ingest_is_refused_while_the_disk_is_below_its_free_space_floor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SPEC §6: a node whose disk is nearly full answers RESOURCE_EXHAUSTED with a retry delay and
+    """docs/semantics.md: a node whose disk is nearly full answers RESOURCE_EXHAUSTED with a retry delay and
     never accepts what it cannot store; reads go on, and ingest resumes once space is back."""
     free = [100 << 20]  # below the default floor of 256 MiB
     real_statvfs = os.statvfs
