@@ -34,7 +34,7 @@ async def test_sync_batches_over_partitions_are_durable_in_either_mode(tmp_path:
         node = server.node
         assert node is not None
         uses_syncfs = mode == "filesystem" and filesystem_sync.syncfs_supported()
-        assert (node._filesystem_fd is not None) == uses_syncfs
+        assert node.backend.syncs_filesystem == uses_syncfs
         api = await open_api(server)
         await create_metric(api, "calls", t.AGG_TYPE_SUM)
         response = await ingest(
