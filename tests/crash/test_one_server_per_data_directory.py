@@ -18,7 +18,7 @@ from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from node.data_dir_lock import LOCK_FILE, DataDirectoryLock
 from node.node import Node, NodeConfig
 from node.partition import PartitionRecoveryError
-from node.partition_log import PartitionLog
+from node.segment_log import SegmentLog
 from tests.process import CLI, ENV, REPO, ServeProcess, start_serve
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import (
@@ -220,11 +220,11 @@ async def two_writers_directory(tmp_path: Path, log: str) -> tuple[Path, int]:
     shutil.copytree(data, other)  # both writers start from the same state
     await ingest_one(data, "a", 5)  # each writer's event crosses the threshold: one alert each
     await ingest_one(other, "b", 100)
-    theirs = PartitionLog.open(other / "partitions/0000" / log)
+    theirs = SegmentLog.open(other / "partitions/0000" / log)
     records = [payload for _, payload in theirs.scan()]
     await theirs.close()
     assert len(records) == 1
-    ours = PartitionLog.open(data / "partitions/0000" / log)
+    ours = SegmentLog.open(data / "partitions/0000" / log)
     position = ours.end_position
     ours.append(records[0])
     await ours.flush()
