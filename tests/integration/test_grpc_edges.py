@@ -21,7 +21,7 @@ from service.service_stats import ServiceStats
 from tests.conftest import Api, open_api, serve_config
 from tests.grpc_errors import details
 from tests.integration.helpers import T0, create_metric, ev, ingest
-from tests.integration.ops_helpers import sample, scrape
+from tests.integration.ops_helpers import sample, scrape_when
 from unimeter.v1 import cluster_service_pb2, cluster_service_pb2_grpc
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,10 +100,18 @@ async def test_a_body_that_does_not_decode_is_invalid_argument_on_every_method(
     err = await call_raw(ops.channel, "/unimeter.v1.IngestService/Ingest", False, GARBAGE)
     assert "not a valid unimeter.v1.IngestRequest message" in err.details()
 
-    m = await scrape(ops.server.http_port)
-    for path, _, bodies in methods:
-        service, method = path.lstrip("/").split("/")
-        calls = len(bodies) * rounds + (1 if method == "Ingest" else 0)
+    expected = {
+        tuple(path.lstrip("/").split("/")): len(bodies) * rounds + (1 if path.endswith("/Ingest") else 0)
+        for path, _, bodies in methods
+    }
+    m = await scrape_when(
+        ops.server.http_port,
+        lambda m: all(
+            sample(m, "unimeter_grpc_requests_total", code="INVALID_ARGUMENT", service=s, method=n) == c
+            for (s, n), c in expected.items()
+        ),
+    )
+    for (service, method), calls in expected.items():
         labels = {"service": service, "method": method}
         assert sample(m, "unimeter_grpc_malformed_requests_total", **labels) == calls
         assert sample(m, "unimeter_grpc_requests_total", code="INVALID_ARGUMENT", **labels) == calls
@@ -157,7 +165,10 @@ async def test_health_list_names_every_served_service_and_its_status(ops: Api) -
         "": serving,
         **{name: serving for name in UNIMETER_SERVICES},
     }
-    m = await scrape(ops.server.http_port)
+    m = await scrape_when(
+        ops.server.http_port,
+        lambda m: sample(m, "unimeter_grpc_requests_total", service=HEALTH, method="List", code="OK") == 1,
+    )
     assert sample(m, "unimeter_grpc_requests_total", service=HEALTH, method="List", code="OK") == 1
 
 
