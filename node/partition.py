@@ -30,6 +30,7 @@ from cluster_client.types import Alert, EventRow, OperationType, Period, QueryRe
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .aggregation.snapshot_data import pack_in_slices
+from .clock import SYSTEM_CLOCK, Clock
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex
 from .metric_registry import write_file_atomically
@@ -56,6 +57,8 @@ class PartitionConfig:
     """How long a retried batch id is answered with its original result."""
     segment_bytes: int = 64 << 20
     """Size at which a log segment rolls over."""
+    clock: Clock = SYSTEM_CLOCK
+    """The node's wall clock (here: the time of the last snapshot)."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
@@ -316,7 +319,7 @@ class Partition:
             await _until_done(write)
             # Records appended while the file was being written are not in it: they still count.
             self._records_since_snapshot -= covered
-            self.last_snapshot_time = time.time()
+            self.last_snapshot_time = self._config.clock.now_ns() / 1e9
 
     @property
     def records_since_snapshot(self) -> int:
