@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -524,7 +524,7 @@ class CrashLoop:
         await self._check_queries(api, stored, bad)
         await self._check_alerts(api, bad)
 
-    async def _check_queries(self, api: Api, stored: list[StoredRow], bad: Any) -> None:
+    async def _check_queries(self, api: Api, stored: list[StoredRow], bad: Callable[[str], None]) -> None:
         ranges: set[tuple[int, str, int, int]] = {
             (a, m.code, BASE, BASE + HOURS * HOUR) for a in ACCOUNTS for m in METRICS
         }
@@ -553,7 +553,7 @@ class CrashLoop:
         await asyncio.gather(*(compare(*r) for r in sorted(ranges)))
         self.summary.queries_compared += len(ranges)
 
-    async def _check_alerts(self, api: Api, bad: Any) -> None:
+    async def _check_alerts(self, api: Api, bad: Callable[[str], None]) -> None:
         log: dict[tuple[int, int], t.Alert] = {}
         for account in ACCOUNTS:
             after, more = 0, True
