@@ -85,7 +85,7 @@ test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
 # real server under load, on every engine/backend of tests/engines.py; prints one summary line each.
 CRASH_CYCLES ?= 100
 soak: $(PROTO_STAMP)
-	$(PY) -m tests.reliability.crash_loop --cycles $(CRASH_CYCLES)
+	$(PY) -m tests.reliability.crash_loop --cycles $(CRASH_CYCLES) --progress
 
 docs: $(STAMP)
 	$(PY) -m tools.api_reference

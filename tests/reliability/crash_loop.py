@@ -238,7 +238,8 @@ class CrashLoop:
 
     # ------------------------------------------------------------------ the loop
 
-    async def run(self, cycles: int) -> Summary:
+    async def run(self, cycles: int, progress: Callable[[Summary], None] | None = None) -> Summary:
+        """Create the metrics, then run ``cycles`` cycles (``progress`` is called after each)."""
         started = time.monotonic()
         try:
             await self._start()
@@ -253,6 +254,9 @@ class CrashLoop:
             for cycle in range(cycles):
                 await self._cycle(cycle, KINDS[cycle % len(KINDS)])
                 self.summary.cycles += 1
+                self.summary.seconds = time.monotonic() - started
+                if progress is not None:
+                    progress(self.summary)
                 if self.summary.mismatches:
                     break  # the model no longer describes the server: later cycles prove nothing
         finally:
@@ -619,9 +623,20 @@ def _alert_row(a: t.Alert) -> tuple[Any, ...]:
     return tuple(getattr(a, f) for f in ALERT_FIELDS)
 
 
-async def run_crash_loop(target: Target, data_dir: Path, cycles: int, seed: int) -> Summary:
+async def run_crash_loop(
+    target: Target, data_dir: Path, cycles: int, seed: int, progress: Callable[[Summary], None] | None = None
+) -> Summary:
     """Run ``cycles`` cycles of the loop on a fresh ``data_dir``."""
-    return await CrashLoop(target, data_dir, seed).run(cycles)
+    return await CrashLoop(target, data_dir, seed).run(cycles, progress)
+
+
+def _print_progress(summary: Summary) -> None:
+    print(
+        f"  cycle {summary.cycles}: {summary.events_stored} events stored, {summary.kills} kills, "
+        f"mismatches {len(summary.mismatches)}, {summary.seconds:.0f} s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -639,6 +654,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"engine-backend to run on, repeatable (default all: {', '.join(t.name for t in TARGETS)})",
     )
     parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    parser.add_argument("--progress", action="store_true", help="a line on stderr after every cycle")
     args = parser.parse_args(argv)
     targets = [target_named(n) for n in args.target] if args.target else list(TARGETS)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
@@ -646,7 +662,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for target in targets:
         data_dir = Path(tempfile.mkdtemp(prefix=f"unimeter-crash-{target.name}-"))
         try:
-            summary = asyncio.run(run_crash_loop(target, data_dir / "data", args.cycles, seed))
+            summary = asyncio.run(
+                run_crash_loop(
+                    target, data_dir / "data", args.cycles, seed, _print_progress if args.progress else None
+                )
+            )
         finally:
             if not args.keep:
                 shutil.rmtree(data_dir, ignore_errors=True)
