@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs
+.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs soak
 
 all: test
 
@@ -80,6 +80,12 @@ test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
 	$(PY) -m pytest -q
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
+
+# The long reliability runs of docs/reliability.md. The crash loop: CRASH_CYCLES kill/restart cycles of a
+# real server under load, on every engine/backend of tests/engines.py; prints one summary line each.
+CRASH_CYCLES ?= 100
+soak: $(PROTO_STAMP)
+	$(PY) -m tests.reliability.crash_loop --cycles $(CRASH_CYCLES) --progress
 
 docs: $(STAMP)
 	$(PY) -m tools.api_reference

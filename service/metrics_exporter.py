@@ -10,7 +10,6 @@ docs/operations.md lists every metric; keep the two in step.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -197,7 +196,7 @@ class UnimeterCollector(Collector):
             "Bytes of a partition's dedup index as allocated (table and expiry columns)",
             labels=["partition"],
         )
-        now = time.time()
+        now = node.config.clock.now_ns() / 1e9
         for p in node.partitions:
             label = str(p.number)
             for name, log in (("events", p.events), ("alerts", p.alert_log)):
