@@ -1,7 +1,16 @@
-"""Shared fixtures: a real Unimeter server on 127.0.0.1 port 0 with its own data directory."""
+"""Shared fixtures: a real Unimeter server on 127.0.0.1 port 0 with its own data directory.
+
+``ENGINES`` lists the ingest engines this machine can run: ``python`` always, ``native`` when the
+extension is built (``make`` requires it wherever cargo exists, by setting
+``UNIMETER_REQUIRE_NATIVE=1``). The ``api`` fixture serves with the engine ``api_engine`` names
+(default ``auto``); a module runs its tests on every engine with
+``pytestmark = pytest.mark.parametrize("api_engine", ENGINES)``.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +27,17 @@ from unimeter.v1 import (
     metrics_service_pb2_grpc,
     query_service_pb2_grpc,
 )
+
+
+def _engines() -> list[str]:
+    if importlib.util.find_spec("unimeter_native") is not None:
+        return ["python", "native"]
+    if os.environ.get("UNIMETER_REQUIRE_NATIVE") == "1":
+        raise RuntimeError("UNIMETER_REQUIRE_NATIVE=1 but the native extension is not built: run `make venv`")
+    return ["python"]
+
+
+ENGINES = _engines()
 
 
 @dataclass
@@ -60,9 +80,15 @@ async def open_api(server: UnimeterServer) -> Api:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+def api_engine() -> str:
+    """The ingest engine of the ``api`` fixture's server."""
+    return "auto"
+
+
+@pytest.fixture
+async def api(tmp_path: Path, api_engine: str) -> AsyncIterator[Api]:
     """A running in-process server with an empty data directory, and stubs to it."""
-    server = UnimeterServer(serve_config(tmp_path / "data"))
+    server = UnimeterServer(serve_config(tmp_path / "data", engine=api_engine))
     await server.start()
     stubs = await open_api(server)
     try:
