@@ -35,7 +35,7 @@ from .types import (
 )
 from .validation import check_account_id, validate_rows
 
-__all__ = ["AlertsClient", "Client", "MetricsClient"]
+__all__ = ["AlertsClient", "Client", "MetricsClient", "partition_batch"]
 
 MetricLookup = Callable[[str], Metric | None]
 T = TypeVar("T")
@@ -99,6 +99,29 @@ class AlertsClient:
             from_beginning=from_beginning,
             buffer=buffer,
         )
+
+
+def partition_batch(
+    rows: list[EventRow], metric_of: MetricLookup, partition_of: Callable[[int], int]
+) -> dict[int, tuple[list[EventRow], list[int]]]:
+    """Validate a whole batch, then split it: ``{partition: (rows, their indexes in the batch)}``
+    in order of first appearance. InvalidArgumentError (one violation per bad event) if it is empty
+    or any event is bad: then nothing is stored anywhere."""
+    if not rows:
+        raise InvalidArgumentError(
+            "a batch needs at least one event", violations=[FieldViolation("events", "must not be empty")]
+        )
+    validate_rows(rows, metric_of)
+    by_partition: dict[int, tuple[list[EventRow], list[int]]] = {}
+    for i, row in enumerate(rows):
+        p = partition_of(row[0])
+        entry = by_partition.get(p)
+        if entry is None:
+            by_partition[p] = ([row], [i])
+        else:
+            entry[0].append(row)
+            entry[1].append(i)
+    return by_partition
 
 
 class Client:
@@ -190,21 +213,7 @@ class Client:
         self, rows: list[EventRow], *, sync: bool, timeout: float | None = None
     ) -> IngestResult:
         """Store a batch of hot-path rows as given (no ids added): validate all, fan out per node."""
-        if not rows:
-            raise InvalidArgumentError(
-                "a batch needs at least one event", violations=[FieldViolation("events", "must not be empty")]
-            )
-        validate_rows(rows, await self._metric_resolver(rows))
-        part_of = self._topology.partition_of
-        by_partition: dict[int, tuple[list[EventRow], list[int]]] = {}
-        for i, row in enumerate(rows):
-            p = part_of(row[0])
-            entry = by_partition.get(p)
-            if entry is None:
-                by_partition[p] = ([row], [i])
-            else:
-                entry[0].append(row)
-                entry[1].append(i)
+        by_partition = partition_batch(rows, await self._metric_resolver(rows), self._topology.partition_of)
         return await self.ingest_partitioned(by_partition, len(rows), sync=sync, timeout=timeout)
 
     async def ingest_partitioned(
