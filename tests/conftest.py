@@ -40,7 +40,11 @@ def _engines() -> list[str]:
 ENGINES = _engines()
 
 # Tests of the extension itself exist only where it is built.
-collect_ignore = [] if "native" in ENGINES else ["unit/test_native_decoder.py"]
+collect_ignore = (
+    []
+    if "native" in ENGINES
+    else ["unit/test_native_decoder.py", "integration/test_native_engine_end_to_end.py"]
+)
 
 
 @dataclass
