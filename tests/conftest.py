@@ -43,7 +43,11 @@ ENGINES = _engines()
 collect_ignore = (
     []
     if "native" in ENGINES
-    else ["unit/test_native_decoder.py", "integration/test_native_engine_end_to_end.py"]
+    else [
+        "unit/test_native_decoder.py",
+        "unit/test_native_dedup_key.py",
+        "integration/test_native_engine_end_to_end.py",
+    ]
 )
 
 

@@ -7,6 +7,7 @@
 //! the reference it is tested against. Everything Python-facing lives in this file; the modules
 //! below it are plain Rust.
 
+pub mod dedup_key;
 pub mod ingest_request;
 pub mod partitioning;
 pub mod validation;
@@ -185,6 +186,41 @@ fn rows_by_partition<'py>(
     Ok(by_partition)
 }
 
+/// `node.dedup_index.event_key`: the dedup key of an event with an explicit id.
+#[pyfunction]
+fn event_key(account_id: u64, metric_code: &str, generation: u64, event_id: &str) -> PyResult<u64> {
+    guarded(|| Ok(dedup_key::event_key(account_id, metric_code, generation, event_id)))
+}
+
+/// `node.dedup_index.derived_key`: the dedup key of an event with its own time and no id.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)] // the signature of the Python function it mirrors
+fn derived_key(
+    account_id: u64,
+    metric_code: &str,
+    generation: u64,
+    time_ns: i64,
+    value: u64,
+    operation: i64,
+    properties: Option<&Bound<'_, PyDict>>,
+) -> PyResult<u64> {
+    guarded(|| {
+        let mut owned: Vec<(String, String)> = Vec::new();
+        for (key, value) in properties.into_iter().flat_map(|dict| dict.iter()) {
+            owned.push((key.extract()?, value.extract()?));
+        }
+        Ok(dedup_key::derived_key(dedup_key::DerivedKeyInput {
+            account_id,
+            metric_code,
+            generation,
+            time_unix_nano: time_ns,
+            value,
+            operation,
+            properties: owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        }))
+    })
+}
+
 /// `cluster_client.partitioning.mix64`, exposed so tests can compare the two.
 #[pyfunction]
 fn mix64(x: u64) -> u64 {
@@ -195,6 +231,8 @@ fn mix64(x: u64) -> u64 {
 fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_ingest, m)?)?;
     m.add_function(wrap_pyfunction!(mix64, m)?)?;
+    m.add_function(wrap_pyfunction!(event_key, m)?)?;
+    m.add_function(wrap_pyfunction!(derived_key, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())
