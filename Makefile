@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv native proto proto-go test test-fast lint run bench bench-quick clean docs soak
+.PHONY: all venv native fuzz proto proto-go test test-fast lint run bench bench-quick clean docs soak
 
 all: test
 
@@ -40,6 +40,13 @@ else
 endif
 
 native: $(NATIVE_STAMP)
+
+# The native decoder's fuzz tests with 10^6 inputs each (random bytes, mutated valid requests),
+# each also decoded by protobuf to check both engines agree; `make test` runs 300 of each.
+FUZZ_EXAMPLES ?= 1000000
+fuzz: $(PROTO_STAMP) $(NATIVE_STAMP)
+	UNIMETER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q --timeout=0 \
+		tests/unit/test_native_decoder.py -k "random_bytes or mutated"
 
 venv: $(STAMP) $(NATIVE_STAMP)
 

@@ -12,6 +12,8 @@ This module is collected only where the extension is built (tests/conftest.py).
 
 from __future__ import annotations
 
+import os
+
 import unimeter_native
 from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, example, given, settings
@@ -162,6 +164,12 @@ def native_outcome(data: bytes, partitions: int) -> object:
 
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# `make fuzz` runs the two fuzz tests below with many more inputs (UNIMETER_FUZZ_EXAMPLES).
+FUZZ = settings(
+    SETTINGS,
+    max_examples=int(os.environ.get("UNIMETER_FUZZ_EXAMPLES", "300")),
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @SETTINGS
@@ -204,7 +212,7 @@ def test_a_batch_over_ten_thousand_events_is_one_violation_on_both() -> None:
     assert native_outcome(data, 8) == python_outcome(data, 8) == expected
 
 
-@SETTINGS
+@FUZZ
 @given(st.binary(max_size=200))
 @example(b"\x0a\x05\x12\x03\xff\xfe\xfd")  # a metric code that is not UTF-8
 @example(b"\x0b\x0a\x00")  # a group that never ends
@@ -231,7 +239,7 @@ def mutated(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@SETTINGS
+@FUZZ
 @given(mutated())
 def test_mutated_requests_never_crash_and_both_engines_agree(data: bytes) -> None:
     assert native_outcome(data, 8) == python_outcome(data, 8)
