@@ -84,9 +84,7 @@ pub fn check_request<'a, 'm>(
         .events
         .iter()
         .enumerate()
-        .filter_map(|(i, event)| {
-            event_violation(event, metric_of(event.metric_code), &format!("events[{i}]"))
-        })
+        .filter_map(|(i, event)| event_violation(event, metric_of(event.metric_code), i))
         .collect();
     if let Some(first) = violations.first() {
         let mut message = text(format!("invalid event: {}: ", first.field));
@@ -136,10 +134,15 @@ fn quoted(s: &str) -> Piece<'_> {
     Piece::Repr(&s[..end])
 }
 
-/// The first rule `event` breaks, in the order of `_event_violation` in validation.py.
-fn event_violation<'a>(event: &Event<'a>, metric: Option<&MetricRules>, path: &str) -> Option<Violation<'a>> {
+/// The first rule event `index` breaks, in the order of `_event_violation` in validation.py.
+fn event_violation<'a>(
+    event: &Event<'a>,
+    metric: Option<&MetricRules>,
+    index: usize,
+) -> Option<Violation<'a>> {
+    // The path is formatted only for a violation: valid events allocate nothing here.
     let violation = |field: &str, description: Description<'a>| {
-        Some(Violation { field: format!("{path}.{field}"), description })
+        Some(Violation { field: format!("events[{index}].{field}"), description })
     };
     if event.account_id == 0 {
         return violation("account_id", text("must be a non-zero uint64"));
