@@ -1,6 +1,7 @@
 """The same workload through a server on each ingest engine gives the same answers: offsets,
 duplicate counts, errors (status, reason, violations), query answers and event pages; malformed
-bodies are INVALID_ARGUMENT on both and the server keeps serving.
+bodies are INVALID_ARGUMENT on both and the server keeps serving. A data directory written on one
+engine is recovered and served alike by the other.
 
 The workload is random but seeded: every aggregation type, dimensions and group-by, corrections,
 duplicates by id and by content, SYNC batches, and invalid batches mixed in. Collected only where
@@ -16,7 +17,7 @@ import grpc
 import pytest
 
 from service.server import UnimeterServer
-from tests.conftest import open_api, serve_config
+from tests.conftest import Api, open_api, serve_config
 from tests.grpc_errors import details
 from tests.integration.helpers import DAY, SEC, T0, create_metric
 from unimeter.v1 import ingest_service_pb2 as ing
@@ -75,6 +76,37 @@ def workload(seed: int) -> list[ing.IngestRequest]:
     return batches
 
 
+async def answers(api: Api) -> list[object]:
+    """Every query answer and event page of the workload's accounts."""
+    seen: list[object] = []
+    for account in ACCOUNTS:
+        for code in METRICS:
+            req = qs.QueryRequest(
+                account_id=account,
+                metric_code=code,
+                period=t.Period(start_unix_nano=T0, end_unix_nano=T0 + 14 * DAY),
+                group_by=["region"],
+            )
+            seen.append(("query", account, code, await api.query.Query(req, timeout=5)))
+        token = ""
+        while True:
+            page = await api.query.ListEvents(
+                qs.ListEventsRequest(
+                    account_id=account,
+                    start_unix_nano=T0,
+                    end_unix_nano=T0 + 30 * DAY,
+                    page_size=7,
+                    page_token=token,
+                ),
+                timeout=5,
+            )
+            seen.append(("events", account, list(page.events)))
+            token = page.next_page_token
+            if not token:
+                break
+    return seen
+
+
 async def transcript(data_dir: Path, engine: str, seed: int) -> list[object]:
     """Everything a client sees of the workload on a fresh server running ``engine``."""
     server = UnimeterServer(serve_config(data_dir, engine=engine))
@@ -95,31 +127,7 @@ async def transcript(data_dir: Path, engine: str, seed: int) -> list[object]:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await raw(body, timeout=10)
             seen.append(("raw", err.value.code(), err.value.details(), details(err.value)))
-        for account in ACCOUNTS:
-            for code in METRICS:
-                req = qs.QueryRequest(
-                    account_id=account,
-                    metric_code=code,
-                    period=t.Period(start_unix_nano=T0, end_unix_nano=T0 + 14 * DAY),
-                    group_by=["region"],
-                )
-                seen.append(("query", account, code, await api.query.Query(req, timeout=5)))
-            token = ""
-            while True:
-                page = await api.query.ListEvents(
-                    qs.ListEventsRequest(
-                        account_id=account,
-                        start_unix_nano=T0,
-                        end_unix_nano=T0 + 30 * DAY,
-                        page_size=7,
-                        page_token=token,
-                    ),
-                    timeout=5,
-                )
-                seen.append(("events", account, list(page.events)))
-                token = page.next_page_token
-                if not token:
-                    break
+        seen += await answers(api)
     finally:
         await api.channel.close()
         await server.stop(grace=1.0)
@@ -138,3 +146,25 @@ async def test_the_same_workload_gives_the_same_answers_on_both_engines(tmp_path
     assert {(e[1], e[3][0]) for e in malformed} == {(grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST")}  # type: ignore[index]
     stored = [e for e in python if e[0] == "ok"]  # type: ignore[index]
     assert sum(e[1] for e in stored) > 100 and sum(e[2] for e in stored) > 0  # type: ignore[index, misc]
+
+
+@pytest.mark.parametrize(("writer", "reader"), [("native", "python"), ("python", "native")])
+async def test_a_data_directory_written_on_one_engine_is_served_alike_by_the_other(
+    tmp_path: Path, writer: str, reader: str
+) -> None:
+    written = await transcript(tmp_path / "data", writer, 3)
+    stored = next(i for i, entry in enumerate(written) if entry[0] == "ok")  # type: ignore[index]
+    resent = workload(3)[stored]
+    server = UnimeterServer(serve_config(tmp_path / "data", engine=reader))
+    await server.start()
+    api = await open_api(server)
+    try:
+        recovered = await answers(api)
+        # ...and it goes on deduplicating what the other engine stored.
+        again = await api.ingest.Ingest(resent, timeout=10)
+    finally:
+        await api.channel.close()
+        await server.stop(grace=1.0)
+    assert recovered == [e for e in written if e[0] in ("query", "events")]  # type: ignore[index]
+    assert (again.n_stored, again.n_duplicates) == (0, len(resent.events))
+    assert list(again.offsets) == written[stored][3]  # type: ignore[index]
