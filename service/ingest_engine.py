@@ -96,7 +96,7 @@ class PythonIngestEngine:
 
 
 def _names_unknown_metric(violations: list[tuple[str, str]]) -> bool:
-    return any(field.endswith(".metric_code") for field, _ in violations)
+    return any(what.startswith("unknown metric ") for _, what in violations)
 
 
 class _NativeDecoded:

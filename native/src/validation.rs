@@ -147,6 +147,9 @@ fn event_violation<'a>(
     if event.account_id == 0 {
         return violation("account_id", text("must be a non-zero uint64"));
     }
+    if event.metric_code.is_empty() {
+        return violation("metric_code", text("must not be empty"));
+    }
     let Some(metric) = metric else {
         return violation(
             "metric_code",
@@ -237,7 +240,15 @@ mod tests {
         let mut bad_dim = event(1, "m");
         bad_dim.properties = vec![("region", "mars")];
         let request = IngestRequest {
-            events: vec![event(0, "m"), event(1, "nope"), bad_value, bad_op, event(1, "m"), bad_dim],
+            events: vec![
+                event(0, "m"),
+                event(1, "nope"),
+                bad_value,
+                bad_op,
+                event(1, "m"),
+                bad_dim,
+                event(1, ""),
+            ],
             delivery: 0,
         };
         let rejection = check_request(&request, |code| (code == "m").then_some(&metric)).unwrap_err();
@@ -248,7 +259,8 @@ mod tests {
                 "events[1].metric_code",
                 "events[2].value",
                 "events[3].operation",
-                "events[5].properties[region]"
+                "events[5].properties[region]",
+                "events[6].metric_code"
             ]
         );
         assert_eq!(
@@ -256,7 +268,7 @@ mod tests {
             vec![
                 Piece::Text("invalid event: events[0].account_id: ".into()),
                 Piece::Text("must be a non-zero uint64".into()),
-                Piece::Text(" (and 4 more)".into()),
+                Piece::Text(" (and 5 more)".into()),
             ]
         );
     }
