@@ -1,5 +1,9 @@
 """The ingest engines: how the raw bytes of an ``IngestRequest`` become per-partition event rows.
 
+The engine decodes in the Ingest handler's request-deserializer slot (:class:`IngestRequestDecoder`),
+so the interceptors treat it as any method's message parsing: a body that does not decode is
+``MALFORMED_REQUEST``, counted and logged like every other method's.
+
 ``python`` is the reference: protobuf parses the message, ``service/convert.py`` turns it into
 rows, and the client core validates and splits them. ``native`` hands the bytes to the compiled
 ``unimeter_native`` extension (``native/``), which decodes, validates and splits in one pass over
@@ -16,8 +20,6 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from google.protobuf.message import DecodeError
-
 from cluster_client.client import Client
 from cluster_client.errors import FieldViolation, InternalError, InvalidArgumentError
 from cluster_client.types import IngestResult
@@ -30,6 +32,7 @@ __all__ = [
     "DecodedIngest",
     "EngineChoice",
     "IngestEngine",
+    "IngestRequestDecoder",
     "NativeIngestEngine",
     "PythonIngestEngine",
     "choose_engine",
@@ -39,13 +42,6 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "native", "python")
 NATIVE_MODULE = "unimeter_native"
-MALFORMED_MESSAGE = "the request body is not a protobuf-encoded IngestRequest"
-
-
-def _malformed() -> InvalidArgumentError:
-    # No field to name: the bytes are not a message. Same text on both engines (their parsers
-    # word the cause differently; the native one's is logged at DEBUG).
-    return InvalidArgumentError(MALFORMED_MESSAGE, reason="MALFORMED_REQUEST")
 
 
 class DecodedIngest(Protocol):
@@ -64,7 +60,7 @@ class IngestEngine(Protocol):
     name: str
 
     def decode(self, data: bytes, client: Client) -> DecodedIngest:
-        """Decode ``data``; InvalidArgumentError (MALFORMED_REQUEST) if it is not an IngestRequest."""
+        """Decode ``data``; an exception (any) if it is not an IngestRequest."""
         ...
 
 
@@ -87,12 +83,7 @@ class PythonIngestEngine:
     name = "python"
 
     def decode(self, data: bytes, client: Client) -> DecodedIngest:
-        try:
-            request = ingest_service_pb2.IngestRequest.FromString(data)
-        except DecodeError as exc:
-            log.debug("malformed IngestRequest: %s", exc)
-            raise _malformed() from exc
-        return _PythonDecoded(request, client)
+        return _PythonDecoded(ingest_service_pb2.IngestRequest.FromString(data), client)
 
 
 def _names_unknown_metric(violations: list[tuple[str, str]]) -> bool:
@@ -134,19 +125,51 @@ class NativeIngestEngine:
         self._panic_error: type[Exception] = module.NativePanic
 
     def run(self, data: bytes, client: Client) -> tuple[int, bool, Any, Any]:
-        """``unimeter_native.decode_ingest`` over ``data`` with ``client``'s metrics and partitions."""
+        """``unimeter_native.decode_ingest`` over ``data`` with ``client``'s metrics and partitions:
+        ``MalformedRequest`` (a ValueError) for bytes that are not a message, InternalError if
+        the extension panicked."""
         try:
             return self._decode_ingest(data, client.ingest_metric_lookup(), client.partitions)  # type: ignore[no-any-return]
-        except self._malformed_error as exc:
-            log.debug("malformed IngestRequest: %s", exc)
-            raise _malformed() from exc
         except self._panic_error as exc:
             # A bug, not bad input: this call fails, the server keeps serving.
             log.error("%s", exc)
             raise InternalError(f"the native ingest engine failed: {exc}") from exc
 
     def decode(self, data: bytes, client: Client) -> DecodedIngest:
-        return _NativeDecoded(self, data, client)
+        try:
+            return _NativeDecoded(self, data, client)
+        except InternalError as exc:
+            # Raised here it would read as a malformed body; the call must fail as INTERNAL.
+            return _Failed(exc)
+
+
+class _Failed:
+    """A decode that failed for a reason of the server's, reported when the handler runs."""
+
+    __slots__ = ("_error", "n_events")
+
+    def __init__(self, error: InternalError) -> None:
+        self._error = error
+        self.n_events = 0
+
+    async def store(self, timeout: float | None) -> IngestResult:
+        raise self._error
+
+
+class IngestRequestDecoder:
+    """``IngestRequest`` as ``engine`` decodes it for ``client``, in the shape grpc and the
+    interceptors expect of a request message class: ``FromString`` is the Ingest handler's request
+    deserializer, ``DESCRIPTOR`` names the message in a malformed-request error."""
+
+    DESCRIPTOR = ingest_service_pb2.IngestRequest.DESCRIPTOR
+
+    def __init__(self, engine: IngestEngine, client: Client) -> None:
+        self._engine = engine
+        self._client = client
+
+    # protobuf's name: the interceptors read a deserializer's message type off its owner.
+    def FromString(self, data: bytes) -> DecodedIngest:
+        return self._engine.decode(data, self._client)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +178,10 @@ class EngineChoice:
 
     engine: IngestEngine
     reason: str
+
+    def announce(self) -> None:
+        """The one log line saying which engine runs and why."""
+        log.info("ingest engine: %s", self.reason)
 
 
 def choose_engine(requested: str) -> EngineChoice:

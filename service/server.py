@@ -140,8 +140,6 @@ class UnimeterServer:
         cfg = self.config
         keys = load_api_keys(cfg.api_keys_file, cfg.api_keys or None)
         choice = choose_engine(cfg.engine)
-        log.info("ingest engine: %s", choice.reason)
-        self.stats.ingest_engine = choice.engine.name
         tls = load_server_tls(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         for addr in (cfg.grpc_addr, cfg.http_addr, cfg.node_addr):
             if addr:
@@ -173,6 +171,10 @@ class UnimeterServer:
         _shorten_gil_switch_interval()
         await node.start()
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)
+        # Chosen before anything was touched (a missing native engine refuses the start), said
+        # once the start can no longer be refused for another reason.
+        choice.announce()
+        self.stats.ingest_engine = choice.engine.name
         self.client = await Client.in_process(node, metric_lookup=node.metric_of)
 
         if cfg.node_addr:

@@ -44,7 +44,7 @@ from .convert import (
     realtime_response,
     stored_event_to_proto,
 )
-from .ingest_engine import IngestEngine, PythonIngestEngine
+from .ingest_engine import DecodedIngest, IngestEngine, IngestRequestDecoder, PythonIngestEngine
 from .service_stats import ServiceStats, field_label
 from .status_mapping import abort_with_error, rpc_handler
 
@@ -111,10 +111,10 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
 class IngestServicer:
     """IngestService over the ingest engine and the client core (the caller's ids are kept as given).
 
-    ``Ingest`` receives the request's raw bytes (it is registered without a request deserializer)
-    and the engine decodes them: protobuf for the Python engine, one native pass for the native
-    one (service/ingest_engine.py). It bounds the events of calls in flight (waiting for a SYNC
-    fsync, say) to ``stats.max_inflight_ingest_events``: past it a call is answered
+    The engine decodes the request's bytes in the handler's request-deserializer slot
+    (service/ingest_engine.py): protobuf for the Python engine, one native pass for the native
+    one; ``Ingest`` gets the decoded batch. It bounds the events of calls in flight (waiting for a
+    SYNC fsync, say) to ``stats.max_inflight_ingest_events``: past it a call is answered
     RESOURCE_EXHAUSTED with a retry delay instead of queueing without end. A lone call is always
     admitted, whatever its size.
     """
@@ -126,13 +126,11 @@ class IngestServicer:
 
     @rpc_handler
     async def Ingest(
-        self, request: bytes, context: grpc.aio.ServicerContext
+        self, request: DecodedIngest, context: grpc.aio.ServicerContext
     ) -> ingest_service_pb2.IngestResponse:
         stats = self._stats
-        n = 0
+        n = request.n_events
         try:
-            decoded = self._engine.decode(request, self._client)
-            n = decoded.n_events
             if (
                 stats.inflight_ingest_events
                 and stats.inflight_ingest_events + n > stats.max_inflight_ingest_events
@@ -145,7 +143,7 @@ class IngestServicer:
                 )
             stats.inflight_ingest_events += n
             try:
-                result = await decoded.store(_timeout(context))
+                result = await request.store(_timeout(context))
             finally:
                 stats.inflight_ingest_events -= n
         except UnimeterError as exc:
@@ -160,11 +158,11 @@ class IngestServicer:
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add IngestService to ``server``, like the generated ``add_IngestServiceServicer_to_server``
-        but without a request deserializer: the engine decodes the bytes itself."""
+        but with the engine as the request deserializer."""
         handlers = {
             "Ingest": grpc.unary_unary_rpc_method_handler(
                 self.Ingest,
-                request_deserializer=None,
+                request_deserializer=IngestRequestDecoder(self._engine, self._client).FromString,
                 response_serializer=ingest_service_pb2.IngestResponse.SerializeToString,
             )
         }

@@ -60,10 +60,10 @@ async def test_the_server_logs_its_engine_once_at_start(
     tmp_path: Path, engine: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     server = UnimeterServer(serve_config(tmp_path / "data", engine=engine))
-    with caplog.at_level(logging.INFO, logger="service.server"):
+    with caplog.at_level(logging.INFO, logger="service.ingest_engine"):
         await server.start()
     try:
-        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ingest engine:")]
+        lines = [r.getMessage() for r in caplog.records if r.name == "service.ingest_engine"]
         assert lines == [f"ingest engine: {engine} engine (requested)"]
         assert server.stats.ingest_engine == engine
     finally:
