@@ -1,16 +1,12 @@
 """Shared fixtures: a real Unimeter server on 127.0.0.1 port 0 with its own data directory.
 
-``ENGINES`` lists the ingest engines this machine can run: ``python`` always, ``native`` when the
-extension is built (``make`` requires it wherever cargo exists, by setting
-``UNIMETER_REQUIRE_NATIVE=1``). The ``api`` fixture serves with the engine ``api_engine`` names
-(default ``auto``); a module runs its tests on every engine with
+The ``api`` fixture serves with the engine ``api_engine`` names (default ``auto``); a module runs
+its tests on every engine this machine has (``tests.engines.ENGINES``) with
 ``pytestmark = pytest.mark.parametrize("api_engine", ENGINES)``.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ import pytest
 
 from service.config import ServeConfig
 from service.server import UnimeterServer
+from tests.engines import ENGINES
 from unimeter.v1 import (
     alert_service_pb2_grpc,
     cluster_service_pb2_grpc,
@@ -27,17 +24,6 @@ from unimeter.v1 import (
     metrics_service_pb2_grpc,
     query_service_pb2_grpc,
 )
-
-
-def _engines() -> list[str]:
-    if importlib.util.find_spec("unimeter_native") is not None:
-        return ["python", "native"]
-    if os.environ.get("UNIMETER_REQUIRE_NATIVE") == "1":
-        raise RuntimeError("UNIMETER_REQUIRE_NATIVE=1 but the native extension is not built: run `make venv`")
-    return ["python"]
-
-
-ENGINES = _engines()
 
 # Tests of the extension itself exist only where it is built.
 collect_ignore = (

@@ -28,7 +28,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service.cli import main
-from tests.conftest import ENGINES, Api
+from tests.conftest import Api
+from tests.engines import ENGINES
 from tests.integration.helpers import DAY, SEC, T0
 from tests.process import REPO, start_serve
 from unimeter.v1 import (

@@ -13,7 +13,8 @@ import pytest
 from service.config import ServeConfig
 from service.ingest_engine import NATIVE_MODULE, choose_engine
 from service.server import UnimeterServer
-from tests.conftest import ENGINES, serve_config
+from tests.conftest import serve_config
+from tests.engines import ENGINES
 
 pytestmark = pytest.mark.timeout(60)
 

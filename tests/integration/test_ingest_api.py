@@ -12,7 +12,8 @@ import pytest
 from cluster_client.errors import FieldViolation, InvalidArgumentError
 from cluster_client.remote_node import RemoteNode
 from service.server import UnimeterServer
-from tests.conftest import ENGINES, Api, serve_config
+from tests.conftest import Api, serve_config
+from tests.engines import ENGINES
 from tests.grpc_errors import details, fields
 from tests.integration.helpers import DAY, SEC, T0, agg, create_metric, ev, ingest, query
 from unimeter.v1 import ingest_service_pb2 as ing

@@ -20,7 +20,8 @@ from cluster_client.node_api import AlertStreamItem
 from node.node import Node, NodeConfig
 from service.logging_setup import configure_logging
 from service.server import UnimeterServer
-from tests.conftest import ENGINES, Api, open_api, serve_config
+from tests.conftest import Api, open_api, serve_config
+from tests.engines import ENGINES
 from tests.grpc_errors import details
 from tests.integration.helpers import T0, create_metric, ev, ingest
 from tests.integration.ops_helpers import http_get, sample, scrape, total
