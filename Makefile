@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs soak
+.PHONY: all venv native fuzz proto proto-go test test-fast lint run bench bench-quick clean docs soak
 
 all: test
 
@@ -19,7 +19,36 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-venv: $(STAMP)
+# The native ingest engine (native/, Rust + PyO3), built into .venv by maturin (pinned in the dev
+# extras) wherever cargo exists. Without cargo everything still runs, on the Python engine; with it,
+# `make test` requires the extension (UNIMETER_REQUIRE_NATIVE) and runs the engine tests on both.
+NATIVE_DIR := native
+NATIVE_SRCS := $(NATIVE_DIR)/Cargo.toml $(NATIVE_DIR)/Cargo.lock $(NATIVE_DIR)/pyproject.toml $(wildcard $(NATIVE_DIR)/src/*.rs)
+NATIVE_STAMP := $(VENV)/.native-installed
+HAVE_CARGO := $(shell command -v cargo 2>/dev/null)
+CARGO := cd $(NATIVE_DIR) && PYO3_PYTHON=$(abspath $(PY)) cargo
+ifdef HAVE_CARGO
+export UNIMETER_REQUIRE_NATIVE := 1
+endif
+
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRCS)
+ifdef HAVE_CARGO
+	cd $(NATIVE_DIR) && VIRTUAL_ENV=$(abspath $(VENV)) $(abspath $(BIN))/maturin develop --release --locked
+	touch $@
+else
+	@echo "note: cargo not found, so the native ingest engine is not built; Unimeter runs on its Python engine"
+endif
+
+native: $(NATIVE_STAMP)
+
+# The native decoder's fuzz tests with 10^6 inputs each (random bytes, mutated valid requests),
+# each also decoded by protobuf to check both engines agree; `make test` runs 300 of each.
+FUZZ_EXAMPLES ?= 1000000
+fuzz: $(PROTO_STAMP) $(NATIVE_STAMP)
+	UNIMETER_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q --timeout=0 \
+		tests/unit/test_native_decoder.py -k "random_bytes or mutated"
+
+venv: $(STAMP) $(NATIVE_STAMP)
 
 $(PROTO_STAMP): $(STAMP) $(PROTOS)
 	rm -f $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi
@@ -76,7 +105,10 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
+test: $(PROTO_STAMP) $(NATIVE_STAMP) $(GO_PROTO_STAMP) node-deps
+ifdef HAVE_CARGO
+	$(CARGO) test --locked --quiet
+endif
 	$(PY) -m pytest -q
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
@@ -95,20 +127,24 @@ lint: $(PROTO_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/buf lint
+ifdef HAVE_CARGO
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+endif
 
 # A development node on loopback: gRPC API, node protocol (the README's Python SDK) and /metrics,
 # /healthz, /readyz. Each can be moved by its environment variable; UNIMETER_NODE_ADDR= or
 # UNIMETER_HTTP_ADDR= (set, empty) turns that listener off.
-run: $(PROTO_STAMP)
+run: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(BIN)/unimeter serve --data-dir "$${UNIMETER_DATA_DIR:-./data}" --grpc-addr "$${UNIMETER_GRPC_ADDR:-127.0.0.1:50051}" \
 		--node-addr "$${UNIMETER_NODE_ADDR-127.0.0.1:7001}" --http-addr "$${UNIMETER_HTTP_ADDR-127.0.0.1:9464}" \
 		--log-format "$${UNIMETER_LOG_FORMAT:-text}"
 
-bench: $(PROTO_STAMP)
+bench: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench
 
-bench-quick: $(PROTO_STAMP)
+bench-quick: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi $(PROTO_STAMP)
+	rm -rf $(VENV) $(NATIVE_DIR)/target $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi $(PROTO_STAMP)

@@ -65,6 +65,9 @@ class ServeConfig:
     RESOURCE_EXHAUSTED (reason DISK_FULL); 0: never."""
     handshake_timeout_seconds: float = 10.0
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
+    engine: str = "auto"
+    """Ingest engine: ``native`` (the compiled extension), ``python`` (the reference), or ``auto``:
+    native when the extension is installed."""
 
     def __post_init__(self) -> None:
         if self.fsync_mode not in ("filesystem", "file"):
@@ -86,6 +89,8 @@ class ServeConfig:
                 "anyone reaching it would bypass the keys: set a secret with UNIMETER_CLUSTER_SECRET "
                 "(or --cluster-secret), or pass --insecure-node-protocol on a trusted network"
             )
+        if self.engine not in ("auto", "native", "python"):
+            raise ValueError(f"engine must be auto, native or python, got {self.engine!r}")
 
 
 def _switch(raw: str) -> bool:
@@ -139,6 +144,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         float,
         "seconds a new connection has to finish its TLS/HTTP2/node hello",
     ),
+    ("engine", "--engine", str, "ingest engine: auto (native if installed), native or python"),
 ]
 
 

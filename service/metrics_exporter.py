@@ -103,6 +103,12 @@ class UnimeterCollector(Collector):
     def _ingest(self) -> Iterator[Metric]:
         stats = self._stats
         node = self._node()
+        if stats.ingest_engine:
+            engine = GaugeMetricFamily(
+                "unimeter_ingest_engine_info", "The ingest engine serving (value 1)", labels=["engine"]
+            )
+            engine.add_metric([stats.ingest_engine], 1)
+            yield engine
         batches = CounterMetricFamily(
             "unimeter_ingest_batches",
             "Ingest calls the node acknowledged, by delivery mode",
