@@ -14,6 +14,7 @@ import base64
 import binascii
 import logging
 import time
+import zlib
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 _EVENT_RECORD = 1
 _SNAPSHOT_VERSION = 1
+_SNAPSHOT_CRC_BYTES = 4  # a snapshot file is its msgpack state, then the CRC-32 of it (little endian)
 _DECODED_CACHE = 256
 _MINUTE_NS = 60_000_000_000
 
@@ -310,6 +312,8 @@ class Partition:
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()
+            # The CRC makes a damaged snapshot unreadable instead of a source of wrong numbers.
+            data += zlib.crc32(data).to_bytes(_SNAPSHOT_CRC_BYTES, "little")
             write = asyncio.get_running_loop().run_in_executor(
                 None, write_file_atomically, self.directory / "snapshot.msgpack", data
             )
@@ -395,12 +399,26 @@ class Partition:
         path = self.directory / "snapshot.msgpack"
         if not path.exists():
             return 0
+        data = path.read_bytes()
+        body, crc = data[:-_SNAPSHOT_CRC_BYTES], data[-_SNAPSHOT_CRC_BYTES:]
+        if len(data) < _SNAPSHOT_CRC_BYTES or zlib.crc32(body) != int.from_bytes(crc, "little"):
+            log.warning(
+                "partition %d: damaged snapshot ignored (checksum mismatch); replaying the log", self.number
+            )
+            return 0
         try:
-            state = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
+            state = msgpack.unpackb(body, strict_map_key=False)
         except (ValueError, msgpack.UnpackException) as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
             return 0
-        if state.get("v") != _SNAPSHOT_VERSION or state["event_pos"] > self.events.end_position:
+        # A log cut below what the snapshot covers (damage, a lost disk write) makes the snapshot
+        # ahead of the log: replaying the log rebuilds the state and regenerates the lost alerts.
+        if (
+            type(state) is not dict
+            or state.get("v") != _SNAPSHOT_VERSION
+            or state["event_pos"] > self.events.end_position
+            or state["alert_pos"] > self.alert_log.end_position
+        ):
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
         try:
