@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs
+.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs fuzz
 
 all: test
 
@@ -80,6 +80,10 @@ test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
 	$(PY) -m pytest -q
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
+
+# 10^6 fuzz inputs over every decoder (node protocol, storage, gRPC); prints each one's count.
+fuzz: $(PROTO_STAMP)
+	$(PY) -m tests.fuzz.run
 
 docs: $(STAMP)
 	$(PY) -m tools.api_reference
