@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs fuzz
+.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs fuzz soak soak-rate soak-smoke
 
 all: test
 
@@ -80,6 +80,18 @@ test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
 	$(PY) -m pytest -q
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
+
+# The soak: the crash loop (soak-crash) and 70% of the max ASYNC rate held for SOAK_SECONDS
+# (soak-rate, default 30 min; figures in soak-results/soak.json, plot in docs/reliability-soak.png).
+# soak-smoke is the 2-minute rate soak CI can afford; it is not part of `make test`.
+SOAK_SECONDS ?= 1800
+soak: soak-crash soak-rate
+
+soak-rate: $(PROTO_STAMP)
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
+
+soak-smoke: $(PROTO_STAMP)
+	$(PY) -m bench.soak --seconds 120 --plot soak-results/soak-smoke.png --json soak-results/soak-smoke.json
 
 # 10^6 fuzz inputs over every decoder (node protocol, storage, gRPC); prints each one's count.
 fuzz: $(PROTO_STAMP)
