@@ -108,7 +108,7 @@ class ServerUnderFuzz:
                 nonce = new_nonce()
                 writer.write(wire.encode_hello({"client": "fuzz", "nonce": nonce}))
                 hello = await self._next_body(reader, decoder, answers)
-                if stage == 2 and hello is not None and self._secret is not None:
+                if stage == 2 and hello is not None and hello[0] == wire.HELLO and self._secret is not None:
                     proof = client_proof(secret_bytes(self._secret), hello[2]["nonce"], nonce)
                     writer.write(wire.encode_request(1, AUTH_METHOD, [proof]))
                     await self._next_body(reader, decoder, answers)
@@ -145,6 +145,15 @@ class ServerUnderFuzz:
             error = wire.remote_error(body[3])
             assert not isinstance(error, InternalError), f"the node answered garbage with {error!r}"
             assert error.message
+
+    async def garbage_connections_closed(self) -> bool:
+        """Whether, within a few seconds, every connection but the good client's is gone."""
+        assert self.server is not None
+        for _ in range(500):
+            if self.server.connection_count == 1:
+                return True
+            await asyncio.sleep(0.01)
+        return False
 
     async def check_good_client(self, *, new_connection: bool) -> None:
         """The good client still gets its exact numbers (on a fresh connection if asked)."""
