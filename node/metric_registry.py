@@ -23,11 +23,13 @@ from cluster_client.wire import metric_from_wire, metric_to_wire
 __all__ = ["MetricRegistry", "write_file_atomically"]
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+def write_file_atomically(path: Path, *chunks: bytes) -> None:
+    """Replace ``path`` with ``chunks`` one after the other so that a crash leaves either the old or
+    the new file (chunks, not one joined buffer: a large file is not copied to be written)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        for data in chunks:
+            f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -312,10 +312,8 @@ class Partition:
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()
-            # The CRC makes a damaged snapshot unreadable instead of a source of wrong numbers.
-            data += zlib.crc32(data).to_bytes(_SNAPSHOT_CRC_BYTES, "little")
             write = asyncio.get_running_loop().run_in_executor(
-                None, write_file_atomically, self.directory / "snapshot.msgpack", data
+                None, _write_snapshot, self.directory / "snapshot.msgpack", data
             )
             await _until_done(write)
             # Records appended while the file was being written are not in it: they still count.
@@ -399,7 +397,7 @@ class Partition:
         path = self.directory / "snapshot.msgpack"
         if not path.exists():
             return 0
-        data = path.read_bytes()
+        data = memoryview(path.read_bytes())  # views, not copies, of what may be a large file
         body, crc = data[:-_SNAPSHOT_CRC_BYTES], data[-_SNAPSHOT_CRC_BYTES:]
         if len(data) < _SNAPSHOT_CRC_BYTES or zlib.crc32(body) != int.from_bytes(crc, "little"):
             log.warning(
@@ -579,6 +577,13 @@ class Partition:
         start = bisect_right(offsets, after_offset)
         picked = [self.alerts[o - 1] for o in offsets[start : start + page_size + 1] if o <= limit]
         return picked[:page_size], len(picked) > page_size
+
+
+def _write_snapshot(path: Path, data: bytes) -> None:
+    """Write a snapshot file: the packed state, then its CRC-32 (little endian). The CRC makes a
+    damaged snapshot unreadable instead of a source of wrong numbers. Runs in an executor thread:
+    a checksum over a large snapshot would stall the loop."""
+    write_file_atomically(path, data, zlib.crc32(data).to_bytes(_SNAPSHOT_CRC_BYTES, "little"))
 
 
 async def _until_done(future: asyncio.Future[None]) -> None:

@@ -446,12 +446,12 @@ async def test_a_cancelled_snapshot_holds_the_next_one_until_its_file_write_ends
     order: list[str] = []
     real_write = node_partition.write_file_atomically
 
-    def slow_first_write(path: Path, data: bytes) -> None:
+    def slow_first_write(path: Path, *chunks: bytes) -> None:
         order.append(f"start {len(order) // 2 + 1}")
         if len(order) == 1:
             started.set()
             gate.wait(10)
-        real_write(path, data)
+        real_write(path, *chunks)
         order.append(f"end {len(order) // 2 + 1}")
 
     try:
@@ -546,7 +546,7 @@ async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_
     gate = threading.Event()
     started = threading.Event()
 
-    def failing_write(path: Path, data: bytes) -> None:
+    def failing_write(path: Path, *chunks: bytes) -> None:
         started.set()
         gate.wait(10)
         raise OSError(errno.ENOSPC, "No space left on device")
