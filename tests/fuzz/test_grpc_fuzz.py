@@ -44,7 +44,7 @@ def test_random_messages_set_every_field_sometimes() -> None:
         assert seen == {f.name for f in method.request.DESCRIPTOR.fields}, method.path
 
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ

@@ -21,7 +21,7 @@ from node.protocol_server import SERVED_METHODS
 from .frame_fuzz import ARG_DECODERS, SEED_FRAMES, check_frames, frame_input
 from .node_server_fuzz import ServerUnderFuzz, TracebackCounter
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def test_every_served_method_has_a_fuzzed_argument_decoder() -> None:

@@ -30,7 +30,7 @@ def test_the_reference_logs_span_several_segments(reference: Reference) -> None:
         assert len(segments) > 1
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.randoms(use_true_random=False))
 async def test_a_damaged_file_is_recovered_to_exactly_the_records_before_the_damage(
     reference: Reference, tmp_path: Path, rng: random.Random
