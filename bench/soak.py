@@ -247,6 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     plot(result, args.plot)
+    rates = [w["events_per_s"] for w in result["windows"]]
+    print(f"held {statistics.mean(rates):,.0f} events/s on average (windows {min(rates):,.0f} to "
+          f"{max(rates):,.0f}) of the {result['target_events_per_s']:,.0f} targeted: "
+          f"{result['share']:.0%} of the max {result['max_events_per_s']:,.0f}, "
+          "measured without the queries and the subscriber")  # fmt: skip
     for text, ok in checks:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
     print(f"figures: {args.json}, plot: {args.plot}")
