@@ -30,7 +30,7 @@ from node.node import Node, NodeConfig
 
 from .mutations import damage
 
-__all__ = ["Reference", "build_reference", "check_damage"]
+__all__ = ["Reference", "build_reference", "check_damage", "check_damaged_copy"]
 
 PARTITIONS = 2
 SEGMENT_BYTES = 1024
@@ -142,24 +142,33 @@ def _damaged_at(original: bytes, damaged: bytes) -> int | None:
 
 
 async def check_damage(ref: Reference, rng: random.Random, work: Path) -> str:
-    """Damage one file of a copy of a variant, open a Node on it, check every answer (see the module
-    docstring); returns a short description of what was damaged."""
+    """Damage one file of a copy of a variant at random, open a Node on it, check every answer (see
+    the module docstring); returns a short description of what was damaged."""
     variant = rng.choice(("final", "stale"))
+    files = sorted(p for p in (ref.variant(variant) / "partitions").rglob("*") if p.is_file())
+    target = rng.choice(files).relative_to(ref.variant(variant))
+    original = (ref.variant(variant) / target).read_bytes()
+    kind, damaged = damage(rng, original) if original else ("append", rng.randbytes(9))
+    where = f"{variant}:{target}:{kind}"
+    await check_damaged_copy(ref, variant, target, damaged, work, where)
+    return where
+
+
+async def check_damaged_copy(
+    ref: Reference, variant: str, target: Path, damaged: bytes, work: Path, where: str
+) -> None:
+    """Copy ``variant`` to ``work`` with file ``target`` (relative to the data directory) replaced by
+    ``damaged``, open a Node on it and check every answer."""
     shutil.copytree(ref.variant(variant), work)
     try:
-        files = sorted(p for p in (work / "partitions").rglob("*") if p.is_file())
-        target = rng.choice(files)
-        original = target.read_bytes()
-        kind, damaged = damage(rng, original) if original else ("append", rng.randbytes(9))
-        target.write_bytes(damaged)
-        where = f"{variant}:{target.relative_to(work)}:{kind}"
+        original = (work / target).read_bytes()
+        (work / target).write_bytes(damaged)
         cut_partition, cut_at = -1, 2**63
         at = _damaged_at(original, damaged)
         if target.parent.name == "events" and at is not None:
             cut_partition, cut_at = int(target.parent.parent.name), int(target.stem) + at
         kept = [r for r in ref.records if r.partition != cut_partition or r.end <= cut_at]
         await _check_node(ref, work, kept, where)
-        return where
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .storage_fuzz import Reference, build_reference, check_damage
+from .storage_fuzz import Reference, build_reference, check_damage, check_damaged_copy
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,29 @@ async def test_a_damaged_file_is_recovered_to_exactly_the_records_before_the_dam
     reference: Reference, tmp_path: Path, rng: random.Random
 ) -> None:
     await check_damage(reference, rng, tmp_path / f"work-{next(_RUNS)}")
+
+
+async def test_a_bit_flip_anywhere_in_a_snapshot_never_changes_an_answer(
+    reference: Reference, tmp_path: Path
+) -> None:
+    snapshot = Path("partitions") / "0000" / "snapshot.msgpack"
+    data = (reference.variant("final") / snapshot).read_bytes()
+    for i, position in enumerate(range(0, len(data), max(1, len(data) // 24))):
+        flipped = bytearray(data)
+        flipped[position] ^= 0x04
+        await check_damaged_copy(
+            reference, "final", snapshot, bytes(flipped), tmp_path / f"flip-{i}", f"flip at {position}"
+        )
+
+
+@pytest.mark.parametrize("variant", ["final", "stale"])
+async def test_alerts_cut_from_the_alert_log_are_regenerated_with_their_offsets(
+    reference: Reference, tmp_path: Path, variant: str
+) -> None:
+    alerts = next((reference.variant(variant) / "partitions" / "0000" / "alerts").glob("*.seg"))
+    target = alerts.relative_to(reference.variant(variant))
+    half = alerts.read_bytes()[: alerts.stat().st_size // 2]
+    await check_damaged_copy(reference, variant, target, half, tmp_path / "work", "alerts cut in half")
 
 
 _RUNS = itertools.count()
