@@ -163,7 +163,7 @@ async def serve(host: str, port: int, alert_metric: str) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(json.dumps({"event": "ready", "grpc_port": bound}), flush=True)
+    print(json.dumps({"event": "ready", "grpc_addr": f"{host}:{bound}"}), flush=True)
     await stop.wait()
     await server.stop(1.0)
 

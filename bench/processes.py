@@ -106,7 +106,8 @@ def _start(name: str, cmd: list[str], stderr_path: Path, timeout: float) -> Serv
             continue
         if isinstance(msg, dict) and msg.get("event") == "ready":
             ready = time.monotonic() - started
-            return ServerProcess(name, proc, int(msg["grpc_port"]), started, ready, stderr_path, msg)
+            port = int(str(msg["grpc_addr"]).rpartition(":")[2])
+            return ServerProcess(name, proc, port, started, ready, stderr_path, msg)
     proc.kill()
     proc.wait()
     proc.stdout.close()
@@ -153,9 +154,9 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def scrape_gauge_sum(http_port: int, name: str) -> float:
-    """Sum over every label set of gauge ``name`` on a server's ``/metrics``."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=30) as response:
+def scrape_gauge_sum(http_addr: str, name: str) -> float:
+    """Sum over every label set of gauge ``name`` on a server's ``/metrics`` (at ``host:port``)."""
+    with urllib.request.urlopen(f"http://{http_addr}/metrics", timeout=30) as response:
         text = response.read().decode()
     return sum(
         sample.value

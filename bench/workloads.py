@@ -503,9 +503,9 @@ class Bench:
         events_fill = self.fill(server, grid(span, per_series, with_ids, base), n)
         self.progress.end()
         rss2 = settled_rss()
-        http_port = int(str(server.ready_line["http_port"]))
-        dedup_keys = scrape_gauge_sum(http_port, "unimeter_dedup_keys")
-        dedup_bytes = scrape_gauge_sum(http_port, "unimeter_dedup_bytes")
+        http_addr = str(server.ready_line["http_addr"])
+        dedup_keys = scrape_gauge_sum(http_addr, "unimeter_dedup_keys")
+        dedup_bytes = scrape_gauge_sum(http_addr, "unimeter_dedup_bytes")
         server.kill()  # its data is not needed: no graceful flush + snapshot to wait for
         return {
             "dedup_keys": dedup_keys,

@@ -22,6 +22,7 @@ __all__ = [
     "UnauthenticatedError",
     "UnavailableError",
     "UnimeterError",
+    "UnimplementedError",
     "error_from_wire",
 ]
 
@@ -128,6 +129,13 @@ class PermissionDeniedError(UnimeterError):
     default_reason = "PERMISSION_DENIED"
 
 
+class UnimplementedError(UnimeterError):
+    """The server does not implement the method (an optional RPC of a standard service)."""
+
+    kind = "UNIMPLEMENTED"
+    default_reason = "UNIMPLEMENTED"
+
+
 class InternalError(UnimeterError):
     """A bug. Never raised for bad input."""
 
@@ -147,6 +155,7 @@ _BY_KIND: dict[str, type[UnimeterError]] = {
         DeadlineExceededError,
         UnauthenticatedError,
         PermissionDeniedError,
+        UnimplementedError,
         InternalError,
     )
 }

@@ -1,4 +1,4 @@
-"""Which partition an account lives in: ``mix64(account_id) % partitions`` (SPEC §1)."""
+"""Which partition an account lives in: ``mix64(account_id) % partitions`` (docs/semantics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Period math of SPEC §3: which half-open ``[start, end)`` range of Unix nanoseconds holds an instant.
+"""Period math (docs/semantics.md): which half-open ``[start, end)`` range of Unix ns holds an instant.
 The node builds one :class:`PeriodCalculator` per metric and calls :meth:`PeriodCalculator.period_of`
 per event, so a repeat of the last period costs two comparisons and any other instant seen lately one
 cache look-up; only a cache miss touches :mod:`zoneinfo`. FIXED periods are integer arithmetic from the

@@ -1,17 +1,22 @@
-"""Retries with exponential backoff and full jitter, bounded by the caller's deadline."""
+"""Retries with exponential backoff and full jitter, bounded by the caller's deadline, and the
+capped backoff schedule of streams that re-open after their node went away."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
 from .errors import DeadlineExceededError, ResourceExhaustedError, UnavailableError
 
-__all__ = ["RetryPolicy", "call_with_retries", "deadline_after"]
+__all__ = ["RESUBSCRIBE_MAX_BACKOFF", "RetryPolicy", "backoff_bounds", "call_with_retries", "deadline_after"]
+
+RESUBSCRIBE_MAX_BACKOFF = 1.0
+"""Longest wait, seconds, between attempts to re-open an alert stream. A restarting node is usually
+back within seconds, and a subscriber wants its alerts as soon as it is: at most a second late."""
 
 T = TypeVar("T")
 
@@ -28,6 +33,16 @@ class RetryPolicy:
     """Growth of the delay per attempt."""
     default_timeout: float = 30.0
     """Deadline of a call that gives none."""
+
+
+def backoff_bounds(initial: float, maximum: float, multiplier: float = 2.0) -> Iterator[float]:
+    """The upper bounds of successive retry delays: ``initial``, growing by ``multiplier`` per
+    attempt up to ``maximum``, then ``maximum`` for ever. Start a new iterator once an attempt
+    succeeds."""
+    bound = min(initial, maximum)
+    while True:
+        yield bound
+        bound = min(maximum, bound * multiplier)
 
 
 def deadline_after(timeout: float | None, policy: RetryPolicy) -> float:

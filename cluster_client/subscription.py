@@ -14,19 +14,28 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 from .errors import InvalidArgumentError, OutOfRangeError, UnimeterError
 from .node_api import AlertStreamItem
+from .retry import RESUBSCRIBE_MAX_BACKOFF, backoff_bounds
 from .types import Alert
 
-__all__ = ["AlertSubscription", "close_stream"]
+__all__ = ["AlertSubscription", "close_stream", "resubscribe_bounds"]
 
 log = logging.getLogger(__name__)
 
 StreamFactory = Callable[[dict[int, int], bool], AsyncIterator[AlertStreamItem]]
 
 _FATAL = (InvalidArgumentError, OutOfRangeError)
+
+RESUBSCRIBE_INITIAL_BACKOFF = 0.05
+"""First bound, seconds, of the jittered wait before re-opening an interrupted stream."""
+
+
+def resubscribe_bounds() -> Iterator[float]:
+    """Bounds of the jittered waits between attempts to re-open an interrupted stream."""
+    return backoff_bounds(RESUBSCRIBE_INITIAL_BACKOFF, RESUBSCRIBE_MAX_BACKOFF)
 
 
 class AlertSubscription:
@@ -122,13 +131,13 @@ class AlertSubscription:
 
     async def _pump(self) -> None:
         stream = self._first_stream
-        backoff = 0.05
+        bounds = resubscribe_bounds()
         while True:
             try:
                 if stream is None:
                     stream = self._open_stream(dict(self._enqueued), False)
                 async for item in stream:
-                    backoff = 0.05
+                    bounds = resubscribe_bounds()
                     if not self._accept(item):
                         break  # re-open from the buffer's last position once there is room
                 await close_stream(stream)
@@ -146,8 +155,7 @@ class AlertSubscription:
             except UnimeterError as exc:
                 log.warning("alert stream interrupted (%s); resuming from %s", exc.message, self._enqueued)
                 stream = None
-                await asyncio.sleep(random.uniform(0, backoff))
-                backoff = min(2.0, backoff * 2)
+                await asyncio.sleep(random.uniform(0, next(bounds)))
 
 
 async def close_stream(stream: AsyncIterator[AlertStreamItem]) -> None:

@@ -93,7 +93,7 @@ class AlertThreshold:
 
 @dataclass(frozen=True, slots=True)
 class Metric:
-    """A metric definition. Defaults are the SPEC's; ``create_time_unix_nano`` is set by the server."""
+    """A metric definition. Defaults: docs/semantics.md; ``create_time_unix_nano`` is set by the server."""
 
     code: str
     agg_type: AggType = AggType.COUNT

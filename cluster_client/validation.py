@@ -1,4 +1,4 @@
-"""Validation of metric definitions and event batches (SPEC §5-6), shared by the client core and nodes.
+"""Validation of metrics and event batches (docs/semantics.md), shared by the client core and nodes.
 
 The client core validates a whole batch before fanning it out, so an invalid event stores nothing on
 any partition; each node validates its part again against its own registry. Functions here are
@@ -160,6 +160,8 @@ def _event_violation(row: EventRow, metric: Metric | None, path: str) -> FieldVi
     account_id, code, value, time_ns, props, op, event_id = row
     if not 0 < account_id < UINT64:
         return FieldViolation(f"{path}.account_id", "must be a non-zero uint64")
+    if not code:
+        return FieldViolation(f"{path}.metric_code", "must not be empty")
     if metric is None:
         return FieldViolation(f"{path}.metric_code", f"unknown metric {code!r}")
     if op != OperationType.ADD and op != OperationType.REMOVE:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from pathlib import Path
 
 import msgpack
@@ -20,16 +19,16 @@ from cluster_client.types import Metric
 from cluster_client.validation import normalize_metric
 from cluster_client.wire import metric_from_wire, metric_to_wire
 
+from .clock import SYSTEM_CLOCK, Clock
+
 __all__ = ["MetricRegistry", "write_file_atomically"]
 
 
-def write_file_atomically(path: Path, *chunks: bytes) -> None:
-    """Replace ``path`` with ``chunks`` one after the other so that a crash leaves either the old or
-    the new file (chunks, not one joined buffer: a large file is not copied to be written)."""
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        for data in chunks:
-            f.write(data)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -43,8 +42,9 @@ def write_file_atomically(path: Path, *chunks: bytes) -> None:
 class MetricRegistry:
     """Metric definitions by code, durable in ``<data-dir>/metrics.msgpack``."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock = SYSTEM_CLOCK) -> None:
         self._path = path
+        self._clock = clock
         self._metrics: dict[str, Metric] = {}
         self._last_generation = 0
         if path.exists():
@@ -74,7 +74,7 @@ class MetricRegistry:
         normalized = normalize_metric(metric)
         if normalized.code in self._metrics:
             raise AlreadyExistsError(f"metric {metric.code!r} already exists", reason="METRIC_EXISTS")
-        generation = max(time.time_ns(), self._last_generation + 1)
+        generation = max(self._clock.now_ns(), self._last_generation + 1)
         stored = dataclasses.replace(normalized, create_time_unix_nano=generation)
         self._metrics[stored.code] = stored
         self._last_generation = generation

@@ -4,7 +4,9 @@ Everything about an account lives in one partition. ``ingest`` is the hot path: 
 already happened (the node checked the batch against the registry); here a batch is deduplicated,
 appended as ONE log record, applied to the aggregates, its alerts appended to the alert log, and
 acknowledged. Because aggregates, dedup keys and alerts are a pure function of the log, recovery
-loads the last snapshot and replays the log tail to the same state, alerts included.
+loads the last snapshot and replays the log tail to the same state, alerts included. The logs and
+the snapshot slot come from the node's backend (``node.record_log``), the bytes from
+``node.records``; durability is asked of the node's ``node.commit_scheduler``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ import base64
 import binascii
 import logging
 import time
-import zlib
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
@@ -30,22 +29,38 @@ from cluster_client.node_api import IngestOutcome
 from cluster_client.types import Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
-from .aggregation.snapshot_data import pack_in_slices
+from .clock import SYSTEM_CLOCK, Clock
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex
-from .metric_registry import write_file_atomically
-from .partition_log import PartitionLog
+from .record_log import PartitionStorage, RecordLog
+from .records import (
+    AlertRecord,
+    EventRecord,
+    RecordFormatError,
+    Snapshot,
+    decode_alert_record,
+    decode_event_record,
+    decode_snapshot,
+    encode_alert_record,
+    encode_event_record,
+    encode_snapshot,
+)
 
-__all__ = ["Partition", "PartitionConfig"]
+if TYPE_CHECKING:
+    from .commit_scheduler import CommitScheduler
+
+__all__ = ["Partition", "PartitionConfig", "PartitionRecoveryError"]
 
 log = logging.getLogger(__name__)
 
 
-_EVENT_RECORD = 1
-_SNAPSHOT_VERSION = 1
-_SNAPSHOT_CRC_BYTES = 4  # a snapshot file is its msgpack state, then the CRC-32 of it (little endian)
 _DECODED_CACHE = 256
 _MINUTE_NS = 60_000_000_000
+
+
+class PartitionRecoveryError(RuntimeError):
+    """A partition's log holds a record recovery cannot replay; the message names the partition,
+    the file and the position, and what the operator can do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +71,12 @@ class PartitionConfig:
     """How long (by arrival time) an event's dedup key is remembered."""
     batch_window_ns: int = 600 * 1_000_000_000
     """How long a retried batch id is answered with its original result."""
-    segment_bytes: int = 64 << 20
-    """Size at which a log segment rolls over."""
+    clock: Clock = SYSTEM_CLOCK
+    """The node's wall clock (here: the time of the last snapshot)."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
-_Decoded = tuple[int, dict[str, int], list[EventRow]]
+_Decoded = tuple[int, dict[str, int], Sequence[EventRow]]
 _AlertRow = AlertRow
 
 
@@ -71,23 +86,19 @@ class Partition:
     def __init__(
         self,
         number: int,
-        directory: Path,
+        storage: PartitionStorage,
         specs: Mapping[str, MetricSpec],
         config: PartitionConfig,
-        executor: Executor | None = None,
+        commit: CommitScheduler,
     ) -> None:
         self.number = number
-        self.directory = directory
+        self._storage = storage
+        self._commit = commit
         self._specs = specs
         self._spec_of = specs.get
         self._config = config
-        directory.mkdir(parents=True, exist_ok=True)
-        self.events = PartitionLog.open(
-            directory / "events", segment_bytes=config.segment_bytes, executor=executor
-        )
-        self.alert_log = PartitionLog.open(
-            directory / "alerts", segment_bytes=config.segment_bytes, executor=executor
-        )
+        self.events = storage.events
+        self.alert_log = storage.alerts
         self.last_offset = 0
         self.aggregates = PartitionAggregates(self._fetch_events)
         self.dedup = DedupIndex(config.dedup_window_ns)
@@ -166,19 +177,9 @@ class Partition:
             next_offset += 1
         outcome = IngestOutcome(offsets, len(dups))
         if stored or batch_id:
-            record = [
-                _EVENT_RECORD,
-                self.last_offset + 1,
-                batch_id,
-                arrival,
-                gens,
-                stored,
-                stamped,
-                len(rows),
-                dups,
-            ]
             first_offset = self.last_offset + 1
-            ref = self.events.append(msgpack.packb(record))
+            record = EventRecord(first_offset, batch_id, arrival, gens, stored, stamped, len(rows), dups)
+            ref = self.events.append(encode_event_record(record))
             # The record is stored from here on (recovery replays it): its keys and batch id are
             # remembered before anything else can fail (a failed alert log, say), so a retry of
             # a call that raised after this point is answered as a duplicate, never stored twice.
@@ -193,7 +194,7 @@ class Partition:
         return outcome
 
     def _apply(
-        self, ref: int, first_offset: int, gens: dict[str, int], rows: list[EventRow]
+        self, ref: int, first_offset: int, gens: dict[str, int], rows: Sequence[EventRow]
     ) -> list[_AlertRow]:
         """Apply a record's rows to the aggregates and the event index; returns the alerts they fire."""
         if not rows:
@@ -223,7 +224,7 @@ class Partition:
         """Give alerts their offsets and append them, as one record, to the alert log."""
         first = len(self.alerts) + 1
         rows = [[*a, record_time] for a in fired]
-        self.alert_log.append(msgpack.packb([event_first_offset, first, rows]))
+        self.alert_log.append(encode_alert_record(AlertRecord(event_first_offset, first, rows)))
         self._load_alerts(first, rows)
 
     def _load_alerts(self, first: int, rows: list[list[object]]) -> None:
@@ -282,16 +283,7 @@ class Partition:
 
     async def flush(self) -> None:
         """Make everything appended so far durable, then publish the alerts it holds."""
-        mark = self.flush_mark()
-        # Both logs at once (one hand-off to the fsync threads, not two in a row): an alert record
-        # may reach the disk before its events, and recovery cuts any alert record whose events
-        # did not make it. Publishing waits for both, so subscribers only see what survives.
-        alerts = self.alert_log
-        if alerts.durable_position < alerts.end_position:
-            await asyncio.gather(self.events.flush(), alerts.flush())
-        else:
-            await self.events.flush()  # the common SYNC case: no task per log, one hand-off
-        self.publish_durable(mark)
+        await self._commit.flush(self)
 
     async def snapshot(self) -> None:
         """Checkpoint the state with the log position it covers (after making that position durable)."""
@@ -308,17 +300,14 @@ class Partition:
             covered = self._records_since_snapshot
             try:
                 # Ingestion goes on between slices: what it changes was copied, or is copy-on-write.
-                data = await pack_in_slices(state)
+                data = await encode_snapshot(state)
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()
-            write = asyncio.get_running_loop().run_in_executor(
-                None, _write_snapshot, self.directory / "snapshot.msgpack", data
-            )
-            await _until_done(write)
+            await _until_done(self._storage.write_snapshot(data))
             # Records appended while the file was being written are not in it: they still count.
             self._records_since_snapshot -= covered
-            self.last_snapshot_time = time.time()
+            self.last_snapshot_time = self._config.clock.now_ns() / 1e9
 
     @property
     def records_since_snapshot(self) -> int:
@@ -337,20 +326,19 @@ class Partition:
         if errors:
             raise errors[0]
 
-    def _snapshot_state(self) -> dict[str, object]:
-        return {
-            "v": _SNAPSHOT_VERSION,
-            "partition": self.number,
-            "event_pos": self.events.end_position,
-            "last_offset": self.last_offset,
-            "last_arrival": self._last_arrival,
-            "alert_pos": self.alert_log.end_position,
-            "alert_count": len(self.alerts),
-            "aggregates": self.aggregates.to_snapshot(),
-            "dedup": self.dedup.to_snapshot(),
-            "index": self.index.to_snapshot(self.events.end_position),
-            "batches": [[b, a, o.offsets, o.n_duplicates] for b, (a, o) in self._batches.items()],
-        }
+    def _snapshot_state(self) -> Snapshot:
+        return Snapshot(
+            partition=self.number,
+            event_position=self.events.end_position,
+            last_offset=self.last_offset,
+            last_arrival=self._last_arrival,
+            alert_position=self.alert_log.end_position,
+            alert_count=len(self.alerts),
+            aggregates=self.aggregates.to_snapshot(),
+            dedup=self.dedup.to_snapshot(),
+            index=self.index.to_snapshot(self.events.end_position),
+            batches=[(b, a, o.offsets, o.n_duplicates) for b, (a, o) in self._batches.items()],
+        )
 
     # ------------------------------------------------------------------ recovery
 
@@ -360,10 +348,16 @@ class Partition:
         fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
         replayed = 0
         for ref, payload in self.events.scan(start_pos):
-            _, first, batch_id, arrival, gens, raw_rows, stamped, n_req, dups = msgpack.unpackb(payload)
-            rows: list[EventRow] = [tuple(r) for r in raw_rows]
-            self._replay_dedup(first, gens, rows, set(stamped), arrival)
-            fired = self._apply(ref, first, gens, rows)
+            try:
+                first, batch_id, arrival, gens, rows, stamped, n_req, dups = decode_event_record(payload)
+                if first != self.last_offset + 1:
+                    # Every record starts right after the one before it; anything else is what two
+                    # processes appending to one log at once leave behind.
+                    raise ValueError(f"its offsets start at {first}, not at {self.last_offset + 1}")
+                self._replay_dedup(first, gens, rows, set(stamped), arrival)
+                fired = self._apply(ref, first, gens, rows)
+            except Exception as exc:
+                raise self._unrecoverable(self.events, ref, exc) from exc
             if fired:
                 fired_by_record.append((first, arrival, fired))
             if batch_id:
@@ -375,7 +369,13 @@ class Partition:
         # same offsets as they would have had), so it is exactly what the stored events imply.
         covered = 0
         for pos, payload in self.alert_log.scan():
-            event_first, first_alert, alert_rows = msgpack.unpackb(payload)
+            try:
+                event_first, first_alert, alert_rows = decode_alert_record(payload)
+                expected = len(self.alerts) + 1
+                if event_first <= self.last_offset and first_alert != expected:
+                    raise ValueError(f"its alert offsets start at {first_alert}, not at {expected}")
+            except Exception as exc:
+                raise self._unrecoverable(self.alert_log, pos, exc) from exc
             if event_first > self.last_offset:
                 log.warning("partition %d: cutting alerts of events lost in a crash", self.number)
                 self.alert_log.truncate(pos)
@@ -393,52 +393,50 @@ class Partition:
                 self.number, self.last_offset, replayed, time.monotonic() - started,
             )  # fmt: skip
 
+    def _unrecoverable(self, record_log: RecordLog, position: int, exc: Exception) -> PartitionRecoveryError:
+        return PartitionRecoveryError(
+            f"cannot recover partition {self.number}: the record at {record_log.describe(position)} "
+            f"does not replay: {exc}; every record before it is intact. "
+            "Stop every process using the data directory, then restore it from a backup or repair "
+            'it as docs/operations.md describes ("Recovery failed")'
+        )
+
     def _load_snapshot(self) -> int:
-        path = self.directory / "snapshot.msgpack"
-        if not path.exists():
+        stored = self._storage.read_snapshot()
+        if stored is None:
             return 0
-        data = memoryview(path.read_bytes())  # views, not copies, of what may be a large file
-        body, crc = data[:-_SNAPSHOT_CRC_BYTES], data[-_SNAPSHOT_CRC_BYTES:]
-        if len(data) < _SNAPSHOT_CRC_BYTES or zlib.crc32(body) != int.from_bytes(crc, "little"):
-            log.warning(
-                "partition %d: damaged snapshot ignored (checksum mismatch); replaying the log", self.number
-            )
-            return 0
+        data, written_at = stored
         try:
-            state = msgpack.unpackb(body, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException) as exc:
+            state = decode_snapshot(data)
+        except RecordFormatError as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
             return 0
-        # A log cut below what the snapshot covers (damage, a lost disk write) makes the snapshot
+        # A log cut below what the snapshot covers (damage, a lost disk write) puts the snapshot
         # ahead of the log: replaying the log rebuilds the state and regenerates the lost alerts.
         if (
-            type(state) is not dict
-            or state.get("v") != _SNAPSHOT_VERSION
-            or state["event_pos"] > self.events.end_position
-            or state["alert_pos"] > self.alert_log.end_position
+            state.event_position > self.events.end_position
+            or state.alert_position > self.alert_log.end_position
         ):
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
         try:
-            aggregates = PartitionAggregates.from_snapshot(
-                state["aggregates"], self._fetch_events, self._specs
-            )
-            dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state["dedup"])
+            aggregates = PartitionAggregates.from_snapshot(state.aggregates, self._fetch_events, self._specs)
+            dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
         self.aggregates = aggregates
         self.dedup = dedup
-        self.index = EventIndex.from_snapshot(state["index"])
-        self.last_offset = int(state["last_offset"])
-        self._last_arrival = int(state["last_arrival"])
-        self.last_snapshot_time = path.stat().st_mtime
-        for batch_id, arrival, offsets, n_dup in state["batches"]:
-            self._batches[batch_id] = (arrival, IngestOutcome(list(offsets), n_dup))
-        return int(state["event_pos"])
+        self.index = EventIndex.from_snapshot(state.index)
+        self.last_offset = state.last_offset
+        self._last_arrival = state.last_arrival
+        self.last_snapshot_time = written_at
+        for batch_id, arrival, offsets, n_dup in state.batches:
+            self._batches[batch_id] = (arrival, IngestOutcome(offsets, n_dup))
+        return state.event_position
 
     def _replay_dedup(
-        self, first: int, gens: dict[str, int], rows: list[EventRow], stamped: set[int], arrival: int
+        self, first: int, gens: dict[str, int], rows: Sequence[EventRow], stamped: set[int], arrival: int
     ) -> None:
         keys: list[int] = []
         offsets: list[int] = []
@@ -459,8 +457,8 @@ class Partition:
         if cached is not None:
             self._decoded.move_to_end(ref)
             return cached
-        _, first, _, _, gens, rows, _, _, _ = msgpack.unpackb(self.events.read(ref))
-        decoded: _Decoded = (first, gens, [tuple(r) for r in rows])
+        record = decode_event_record(self.events.read(ref))
+        decoded: _Decoded = (record.first_offset, record.generations, record.rows)
         self._decoded[ref] = decoded
         if len(self._decoded) > _DECODED_CACHE:
             self._decoded.popitem(last=False)
@@ -492,7 +490,7 @@ class Partition:
         out.sort(key=lambda r: r[5])
         return out
 
-    def _minute_index(self, ref: int, rows: list[EventRow]) -> dict[tuple[int, int], list[int]]:
+    def _minute_index(self, ref: int, rows: Sequence[EventRow]) -> dict[tuple[int, int], list[int]]:
         index = self._minute_indexes.get(ref)
         if index is None:
             index = {}
@@ -579,13 +577,6 @@ class Partition:
         return picked[:page_size], len(picked) > page_size
 
 
-def _write_snapshot(path: Path, data: bytes) -> None:
-    """Write a snapshot file: the packed state, then its CRC-32 (little endian). The CRC makes a
-    damaged snapshot unreadable instead of a source of wrong numbers. Runs in an executor thread:
-    a checksum over a large snapshot would stall the loop."""
-    write_file_atomically(path, data, zlib.crc32(data).to_bytes(_SNAPSHOT_CRC_BYTES, "little"))
-
-
 async def _until_done(future: asyncio.Future[None]) -> None:
     """Await ``future``; a cancellation meanwhile is raised only once it is done. A snapshot's
     file write runs on in its thread when its waiter is cancelled (the node's shutdown cancels
@@ -616,7 +607,9 @@ def _alert_from_row(row: Sequence[Any], partition: int, offset: int) -> Alert:
     )  # fmt: skip
 
 
-def _outcome_from_record(first: int, n_stored: int, n_req: int, dups: list[list[int]]) -> IngestOutcome:
+def _outcome_from_record(
+    first: int, n_stored: int, n_req: int, dups: Sequence[Sequence[int]]
+) -> IngestOutcome:
     offsets: list[int] = []
     dup_at = dict((int(i), int(o)) for i, o in dups)
     next_offset = first

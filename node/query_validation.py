@@ -1,4 +1,4 @@
-"""Checks of query arguments against a metric (SPEC §4): ranges, dimension filters, group-by, pages."""
+"""Checks of query arguments against a metric (docs/semantics.md): ranges, filters, group-by, pages."""
 
 from __future__ import annotations
 

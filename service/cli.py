@@ -8,6 +8,7 @@ read here and nowhere else: ``UNIMETER_ADDR``, ``UNIMETER_API_KEY``, ``UNIMETER_
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -107,6 +108,11 @@ def _json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
 
+def _sentence(help_text: str) -> str:
+    """A subcommand's one-line ``help`` as the description its own ``--help`` starts with."""
+    return f"{help_text[0].upper()}{help_text[1:]}."
+
+
 class _Tree:
     """Adds client subcommands with the shared connection options and a handler."""
 
@@ -117,7 +123,7 @@ class _Tree:
 
     def add(self, name: str, help_text: str, handler: Handler | None = None) -> argparse.ArgumentParser:
         parser: argparse.ArgumentParser = self._subparsers.add_parser(
-            name, help=help_text, description=help_text, parents=[self._parent]
+            name, help=help_text, description=_sentence(help_text), parents=[self._parent]
         )
         if handler is not None:
             parser.set_defaults(handler=handler)
@@ -126,7 +132,7 @@ class _Tree:
 
 def _add_metrics(tree: _Tree, commands: Any) -> None:
     group = commands.add_parser(
-        "metrics", help="create, show and delete metrics", description="The metric registry."
+        "metrics", help="create, show and delete metrics", description="Create, show and delete metrics."
     )
     sub = _Tree(group.add_subparsers(dest="metrics_command", required=True, metavar="COMMAND"))
 
@@ -145,6 +151,7 @@ def _add_metrics(tree: _Tree, commands: Any) -> None:
             dimensions=a.dimension,
             thresholds=a.threshold,
             as_json=a.json,
+            if_not_exists=a.if_not_exists,
         ),
     )
     create.add_argument("code", help="metric code: letters, digits, _ . : -, starting with a letter")
@@ -187,6 +194,11 @@ def _add_metrics(tree: _Tree, commands: Any) -> None:
         type=_arg(parse_threshold, "threshold"),
         metavar="CODE=VALUE[:recurring]",
         help="alert threshold (repeatable)",
+    )
+    create.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="succeed, showing the stored metric, when one with this code and definition exists",
     )
     _json_flag(create)
 
@@ -317,7 +329,9 @@ def _add_events(tree: _Tree) -> None:
 
 def _add_alerts(tree: _Tree, commands: Any) -> None:
     group = commands.add_parser(
-        "alerts", help="alert history and the live alert stream", description="Alerts."
+        "alerts",
+        help="alert history and the live alert stream",
+        description="Alert history and the live alert stream.",
     )
     sub = _Tree(group.add_subparsers(dest="alerts_command", required=True, metavar="COMMAND"))
     listing = sub.add(
@@ -391,11 +405,26 @@ def _add_import(tree: _Tree) -> None:
     )
 
 
+def _version() -> str:
+    """This installation's version, from the package metadata (pyproject.toml)."""
+    try:
+        return importlib.metadata.version("unimeter")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: run `pip install -e .`)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimeter", description="Usage metering for usage-based billing.")
+    parser.add_argument("--version", action="version", version=f"unimeter {_version()}")
     _connection_arguments(parser, top=True)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run a node with embedded storage and the gRPC API")
+    serve_help = "run a node with embedded storage and the gRPC API"
+    serve = commands.add_parser(
+        "serve",
+        help=serve_help,
+        description=f"{_sentence(serve_help)} Every flag can also be set by the "
+        "environment variable named after it; a flag wins over the environment.",
+    )
     add_serve_arguments(serve)
     tree = _Tree(commands)
     _add_metrics(tree, commands)
@@ -404,8 +433,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_events(tree)
     _add_alerts(tree, commands)
     _add_import(tree)
-    tree.add("status", "nodes, partitions and log offsets", lambda a, api: status.status(api, as_json=a.json))
-    _json_flag(commands.choices["status"])
+    status_parser = tree.add(
+        "status",
+        "nodes, the partitions each owns, and log offsets",
+        lambda a, api: status.status(api, as_json=a.json, per_partition=a.partitions),
+    )
+    status_parser.add_argument(
+        "--partitions", action="store_true", help="also list every partition's owner and offsets"
+    )
+    _json_flag(status_parser)
     return parser
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +54,10 @@ class ServeConfig:
     """PEM private key of ``tls_cert``."""
     cluster_secret: str = ""
     """Shared secret node-protocol clients must prove (HMAC challenge); empty: none required."""
+    insecure_node_protocol: bool = False
+    """Serve the node protocol without a cluster secret even though API keys are configured (the
+    node protocol does not take API keys, so anyone reaching it skips them): only on a network
+    where every host that can reach the node port is trusted. Without it that start is refused."""
     max_inflight_ingest_events: int = 1_000_000
     """Events of ingest calls in flight past which new calls get RESOURCE_EXHAUSTED."""
     min_free_disk_mb: float = 256.0
@@ -75,14 +79,31 @@ class ServeConfig:
             raise ValueError("the free disk floor must not be negative")
         if self.handshake_timeout_seconds <= 0:
             raise ValueError("the handshake timeout must be positive")
+        keys = self.api_keys_file is not None or bool(self.api_keys)
+        if keys and self.node_addr and not self.cluster_secret and not self.insecure_node_protocol:
+            raise ValueError(
+                "API keys are configured but the node protocol (--node-addr) has no cluster secret, so "
+                "anyone reaching it would bypass the keys: set a secret with UNIMETER_CLUSTER_SECRET "
+                "(or --cluster-secret), or pass --insecure-node-protocol on a trusted network"
+            )
 
 
-_FLAGS: list[tuple[str, str, type, str]] = [
+def _switch(raw: str) -> bool:
+    """An on/off flag's value in the environment."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+_FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
     ("data_dir", "--data-dir", Path, "directory of logs, snapshots and the metric registry"),
     ("grpc_addr", "--grpc-addr", str, "host:port of the public gRPC API"),
     ("node_addr", "--node-addr", str, "host:port of the node protocol (empty: off)"),
     ("http_addr", "--http-addr", str, "host:port of /metrics, /healthz, /readyz (empty: off)"),
-    ("partitions", "--partitions", int, "partitions of a new data directory"),
+    ("partitions", "--partitions", int, "number of partitions"),
     ("flush_interval_ms", "--flush-interval-ms", float, "max milliseconds before an ASYNC write is fsynced"),
     ("fsync_mode", "--fsync-mode", str, "filesystem (one syncfs per flush, where safe) or file (per log)"),
     ("dedup_window_seconds", "--dedup-window-seconds", float, "dedup window by arrival time"),
@@ -94,6 +115,12 @@ _FLAGS: list[tuple[str, str, type, str]] = [
     ("tls_cert", "--tls-cert", Path, "PEM certificate chain: TLS for gRPC and the node protocol"),
     ("tls_key", "--tls-key", Path, "PEM private key of --tls-cert"),
     ("cluster_secret", "--cluster-secret", str, "secret node-protocol peers must prove (prefer the env var)"),
+    (
+        "insecure_node_protocol",
+        "--insecure-node-protocol",
+        _switch,
+        "serve the node protocol without a cluster secret although API keys are set (trusted networks only)",
+    ),
     (
         "max_inflight_ingest_events",
         "--max-inflight-ingest-events",
@@ -115,6 +142,31 @@ _FLAGS: list[tuple[str, str, type, str]] = [
 ]
 
 
+_DEFAULT_WORDS: dict[str, str] = {
+    # The node decides (NodeConfig.partitions): 64 for a new directory, else what the directory has.
+    "partitions": "64 for a new data directory; an existing one keeps its own",
+    "api_keys_file": "none",
+    "api_keys": "none; without any key the gRPC API is open",
+    "tls_cert": "none: plain TCP",
+    "tls_key": "none",
+    "cluster_secret": "none",
+}
+"""How a default that is not a plain value reads in ``--help``."""
+
+
+def _default_text(name: str, value: object) -> str:
+    """A default as ``--help`` shows it: words where the value alone would mean nothing."""
+    if name in _DEFAULT_WORDS:
+        return _DEFAULT_WORDS[name]
+    if value is None or value == "" or value is False:
+        return "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"./{value}"  # as the README writes it: relative to the working directory
+    return str(value)
+
+
 def _env_name(flag: str) -> str:
     return "UNIMETER_" + flag.lstrip("-").replace("-", "_").upper()
 
@@ -123,13 +175,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every serve flag (default None, so the environment can fill what is not given)."""
     defaults = ServeConfig()
     for name, flag, kind, help_text in _FLAGS:
-        parser.add_argument(
-            flag,
-            dest=name,
-            type=kind,
-            default=None,
-            help=f"{help_text} (env {_env_name(flag)}, default {getattr(defaults, name)!s})",
-        )
+        default = _default_text(name, getattr(defaults, name))
+        help_text = f"{help_text} (env {_env_name(flag)}; default: {default})"
+        if kind is _switch:  # given: on; the environment can only turn it on when it is not given
+            parser.add_argument(flag, dest=name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
 
 
 def serve_config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServeConfig:

@@ -3,6 +3,10 @@
 ``ObservabilityInterceptor`` goes first: it gives every call a request id (the caller's
 ``x-request-id`` if it sent a sane one, else a new one), sets it in the context variable that log
 records read, echoes it in the trailing metadata, and counts the call's status code and latency.
+Being outermost, it also settles whatever would otherwise reach grpc's own "Unexpected error"
+handler (an answer of UNKNOWN and a traceback in the log): a request body that does not decode is
+answered INVALID_ARGUMENT (``MALFORMED_REQUEST``) with a rate-limited one-line warning, and an
+exception escaping any handler (health and reflection included) is mapped by ``status_mapping``.
 ``AuthInterceptor`` goes second: when API keys are configured, it checks the ``authorization:
 Bearer <key>`` metadata against the scope the method needs and answers UNAUTHENTICATED or
 PERMISSION_DENIED itself, so a refused call never reaches a servicer (nor has its body parsed).
@@ -23,14 +27,18 @@ import grpc
 from cluster_client.errors import PermissionDeniedError, UnauthenticatedError, UnimeterError
 
 from .api_keys import ApiKeyStore
+from .log_throttle import ThrottledLog
 from .request_context import REQUEST_ID_HEADER, accept_request_id, api_key_name_var, request_id_var
 from .service_stats import MethodStats, ServiceStats
-from .status_mapping import abort_with_error
+from .status_mapping import abort_for_exception, abort_with_error, malformed_request_error
 
 __all__ = ["OPEN_METHOD_PREFIXES", "REQUIRED_SCOPE", "AuthInterceptor", "ObservabilityInterceptor"]
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("unimeter.access")
+
+MALFORMED_LOG_INTERVAL_SECONDS = 10.0
+"""At most one warning line per this many seconds about malformed request bodies."""
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
 
@@ -81,10 +89,17 @@ def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
 
 
 def _with_behavior(
-    handler: grpc.RpcMethodHandler, behavior: Callable[..., Any], *, parse_request: bool = True
+    handler: grpc.RpcMethodHandler,
+    behavior: Callable[..., Any],
+    *,
+    parse_request: bool = True,
+    tolerate_malformed: bool = False,
 ) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as ``handler`` running ``behavior``."""
+    """A handler of the same kind as ``handler`` running ``behavior``; with ``tolerate_malformed``,
+    a body that does not decode reaches ``behavior`` as a ``_MalformedRequest``."""
     deserialize = handler.request_deserializer if parse_request else None
+    if tolerate_malformed:
+        deserialize = _tolerant(deserialize)
     serialize = handler.response_serializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(behavior, deserialize, serialize)
@@ -93,6 +108,33 @@ def _with_behavior(
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(behavior, deserialize, serialize)
     return grpc.stream_stream_rpc_method_handler(behavior, deserialize, serialize)
+
+
+class _MalformedRequest:
+    """What a request body that does not decode is handed to the handler as: grpc would answer the
+    deserializer's exception itself, as UNKNOWN with a traceback per call."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: UnimeterError) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """``deserialize``, returning a ``_MalformedRequest`` instead of raising on bytes it rejects."""
+    if deserialize is None:
+        return None
+    owner = getattr(deserialize, "__self__", None)
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    message_type = str(getattr(descriptor, "full_name", "the method's request"))
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except Exception as exc:  # protobuf's DecodeError, or anything else the bytes provoke
+            return _MalformedRequest(malformed_request_error(message_type, exc))
+
+    return parse
 
 
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -107,10 +149,14 @@ def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> 
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc is untyped
-    """Request ids, per-method status-code counts and latency histograms, and a DEBUG access log."""
+    """Request ids, per-method status-code counts and latency histograms, a DEBUG access log, and
+    the answer to malformed bodies and escaped exceptions."""
 
     def __init__(self, stats: ServiceStats) -> None:
         self._stats = stats
+        self._malformed_log = ThrottledLog(
+            log, logging.WARNING, interval_seconds=MALFORMED_LOG_INTERVAL_SECONDS
+        )
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -128,6 +174,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         stats = self._stats.method(path, streaming=_is_streaming_response(handler))
         inner = _behavior(handler)
         echo = ((REQUEST_ID_HEADER, request_id),)
+        if handler.request_streaming:
+            inner = self._checking_each_request(inner, path, stats)
         if inspect.isasyncgenfunction(inner):
 
             async def stream_behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -135,29 +183,75 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
                 context.set_trailing_metadata(echo)
                 error: BaseException | None = None
                 try:
-                    async for item in inner(request, context):
-                        yield item
+                    try:
+                        await self._refuse_if_malformed(request, context, path, stats)
+                        async for item in inner(request, context):
+                            yield item
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as exc:
+                        await abort_for_exception(context, exc, path)
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
                     _record(stats, path, context, error, started)
 
-            return _with_behavior(handler, stream_behavior)
+            return _with_behavior(handler, stream_behavior, tolerate_malformed=True)
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             context.set_trailing_metadata(echo)
             error: BaseException | None = None
             try:
-                return await inner(request, context)
+                try:
+                    await self._refuse_if_malformed(request, context, path, stats)
+                    result = inner(request, context)
+                    # A servicer written as a plain function (like generated base classes) returns
+                    # its response, or raises, without an awaitable.
+                    return await result if inspect.isawaitable(result) else result
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await abort_for_exception(context, exc, path)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
                 _record(stats, path, context, error, started)
 
-        return _with_behavior(handler, behavior)
+        return _with_behavior(handler, behavior, tolerate_malformed=True)
+
+    async def _refuse_if_malformed(
+        self, request: Any, context: grpc.aio.ServicerContext, path: str, stats: MethodStats
+    ) -> None:
+        """Answer INVALID_ARGUMENT if ``request`` is a body that did not decode."""
+        if isinstance(request, _MalformedRequest):
+            stats.malformed += 1
+            self._malformed_log.emit("%s answered INVALID_ARGUMENT: %s", path, request.error.message)
+            await abort_with_error(context, request.error)
+
+    def _checking_each_request(
+        self, inner: Callable[..., Any], path: str, stats: MethodStats
+    ) -> Callable[..., Any]:
+        """``inner`` reading a request stream in which a message that did not decode ends the call."""
+
+        def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+            async def each() -> AsyncIterator[Any]:
+                async for request in requests:
+                    await self._refuse_if_malformed(request, context, path, stats)
+                    yield request
+
+            return inner(each(), context)
+
+        if inspect.isasyncgenfunction(inner):
+
+            async def checked_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+                async for item in checked(requests, context):
+                    yield item
+
+            return checked_stream
+        return checked
 
 
 def _record(

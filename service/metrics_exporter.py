@@ -10,7 +10,6 @@ docs/operations.md lists every metric; keep the two in step.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -80,12 +79,20 @@ class UnimeterCollector(Collector):
             "Time from a call's arrival to its status (for server streams: the stream's lifetime)",
             labels=["service", "method"],
         )
+        malformed = CounterMetricFamily(
+            "unimeter_grpc_malformed_requests",
+            "Calls whose request body did not decode as the method's message (answered INVALID_ARGUMENT)",
+            labels=["service", "method"],
+        )
         for m in list(stats.methods.values()):
             for code, n in list(m.codes.items()):
                 calls.add_metric([m.service, m.method, code], n)
             latency.add_metric([m.service, m.method], _buckets(m.latency), m.latency.sum)
+            if m.malformed:
+                malformed.add_metric([m.service, m.method], m.malformed)
         yield calls
         yield latency
+        yield malformed
         yield _counter_by(
             "unimeter_grpc_auth_failures",
             "Calls refused by the API-key check, by reason",
@@ -189,7 +196,7 @@ class UnimeterCollector(Collector):
             "Bytes of a partition's dedup index as allocated (table and expiry columns)",
             labels=["partition"],
         )
-        now = time.time()
+        now = node.config.clock.now_ns() / 1e9
         for p in node.partitions:
             label = str(p.number)
             for name, log in (("events", p.events), ("alerts", p.alert_log)):

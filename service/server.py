@@ -1,9 +1,10 @@
 """The composition root of ``unimeter serve``: a node, the client core on top of it, and the servers.
 
-It builds the node (recovering its data directory), hands it to the client core as an in-process
-transport, and serves the gRPC API (plus health and reflection, behind the request-id/metrics and
-API-key interceptors), the node protocol and the HTTP endpoint, over TLS when configured. Shutdown
-turns /readyz to 503, stops accepting, lets in-flight calls finish, then flushes and snapshots.
+It checks its listen addresses, builds the node (which locks and recovers its data directory),
+hands it to the client core as an in-process transport, and serves the gRPC API (plus health and
+reflection, behind the request-id/metrics and API-key interceptors), the node protocol and the HTTP
+endpoint, over TLS when configured. Shutdown turns /readyz to 503, stops accepting, lets in-flight
+calls finish, then flushes and snapshots.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import resource
 import sys
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
@@ -25,27 +26,21 @@ from node.protocol_server import NodeProtocolServer
 
 from .api_keys import ApiKeyStore, load_api_keys
 from .config import ServeConfig
+from .health import HealthServicer
 from .http_endpoint import HttpEndpoint
 from .interceptors import AuthInterceptor, ObservabilityInterceptor
+from .listen_addresses import check_free, naming_address_in_use, split_host_port
 from .metrics_exporter import UnimeterCollector, new_registry
 from .service_stats import ServiceStats
 from .servicers import add_servicers
 from .tls import ServerTls, load_server_tls
 
-__all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer", "split_host_port"]
+__all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
 
 log = logging.getLogger(__name__)
 
-# SPEC §6: a batch is at most 16 MiB; leave room for the envelope.
+# A batch is at most 16 MiB (docs/semantics.md); leave room for the envelope.
 MAX_MESSAGE_BYTES = 17 << 20
-
-
-def split_host_port(addr: str) -> tuple[str, int]:
-    """``"host:port"`` → (host, port); raises ValueError on a malformed address."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"address {addr!r} is not host:port")
-    return host.strip("[]"), int(port)
 
 
 def _raise_open_file_limit() -> None:
@@ -102,7 +97,8 @@ class UnimeterServer:
         self._grpc: grpc.aio.Server | None = None
         self._protocol: NodeProtocolServer | None = None
         self._http: HttpEndpoint | None = None
-        self._health = health.aio.HealthServicer()
+        self._health = HealthServicer()
+        self._serving = False
         self._stopping = False
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
         """Counters of the gRPC layer (the node keeps its own in ``node.stats``)."""
@@ -119,21 +115,42 @@ class UnimeterServer:
     @property
     def ready(self) -> bool:
         """Recovered, serving, and not shutting down."""
-        return self._grpc is not None and self.node is not None and not self._stopping
+        return self._serving and not self._stopping
 
     async def start(self) -> None:
-        """Recover the data directory and start serving.
+        """Check the listen addresses, lock and recover the data directory, and start serving.
 
-        Bad API keys or TLS files raise ValueError before anything listens or recovers.
+        What can refuse a start without touching the data directory comes first: bad API keys or
+        TLS files (ValueError) and a listen address in use (AddressInUse). Then the node locks the
+        directory (DataDirectoryLocked while another process serves it) and recovers it
+        (PartitionRecoveryError naming the record that does not replay). A failed start closes
+        whatever it had opened.
         """
+        try:
+            await self._start()
+        except BaseException:
+            try:
+                await self.stop(grace=0)
+            except Exception as exc:  # the start's own error is the one to report; this one is logged
+                log.error("cleaning up after a failed start: %s", exc)
+            raise
+
+    async def _start(self) -> None:
         cfg = self.config
         keys = load_api_keys(cfg.api_keys_file, cfg.api_keys or None)
         tls = load_server_tls(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
+        for addr in (cfg.grpc_addr, cfg.http_addr, cfg.node_addr):
+            if addr:
+                check_free(addr)
         if cfg.http_addr:
             host, port = split_host_port(cfg.http_addr)
             self._http = HttpEndpoint(host, port, lambda: self.ready, self.registry)
-            await self._http.start()
+            with naming_address_in_use(cfg.http_addr):
+                await self._http.start()  # before recovery: /healthz answers while it runs
             self.http_port = self._http.port
+        # The gRPC port is bound now and served once the node has recovered.
+        server = self._grpc = self._grpc_server(keys)
+        self.grpc_port = self._listen(server, tls)
         node_config = NodeConfig(
             data_dir=cfg.data_dir,
             partitions=cfg.partitions,
@@ -147,11 +164,10 @@ class UnimeterServer:
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
-        node = await asyncio.to_thread(Node, node_config)
+        node = self.node = await asyncio.to_thread(Node, node_config)
         _tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
-        self.node = node
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)
         self.client = await Client.in_process(node, metric_lookup=node.metric_of)
 
@@ -165,26 +181,44 @@ class UnimeterServer:
                 cluster_secret=cfg.cluster_secret or None,
                 handshake_timeout=cfg.handshake_timeout_seconds,
             )
-            await self._protocol.start()
+            with naming_address_in_use(cfg.node_addr):
+                await self._protocol.start()
             self.node_port = self._protocol.port
             node.node_addr = f"{host}:{self.node_port}"  # what clients reach, even when asked for port 0
+        self._log_access(keys)
 
-        server = self._grpc_server(keys)
         names = add_servicers(server, self.client, self.stats)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
-        self.grpc_port = self._listen(server, tls)
-        if self.grpc_port == 0:
-            raise OSError(f"cannot listen on {cfg.grpc_addr}")
         await server.start()
+        self._serving = True
         node.grpc_addr = f"{split_host_port(cfg.grpc_addr)[0]}:{self.grpc_port}"
-        self._grpc = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _log_access(self, keys: ApiKeyStore | None) -> None:
+        """Say at start who can reach what: an open API or node protocol is the operator's to see."""
+        cfg = self.config
+        if keys is not None:
+            log.info("API keys required: %d key(s) configured", len(keys))
+        else:
+            log.info("no API keys configured: the gRPC API is open to anyone who can reach it")
+        if not cfg.node_addr:
+            return
+        if cfg.cluster_secret:
+            log.info("cluster secret required: node-protocol clients must prove it")
+        elif keys is not None:  # the config refuses this unless --insecure-node-protocol is given
+            log.warning(
+                "--insecure-node-protocol: the node protocol on %s takes every call without an API key "
+                "or a cluster secret; anyone who can reach it can create metrics and ingest",
+                self.node.node_addr if self.node is not None else cfg.node_addr,
+            )
+        else:
+            log.info("no cluster secret configured: the node protocol is open to anyone who can reach it")
 
     def _grpc_server(self, keys: ApiKeyStore | None) -> grpc.aio.Server:
         cfg = self.config
@@ -192,9 +226,6 @@ class UnimeterServer:
         interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.stats)]
         if keys is not None:
             interceptors.append(AuthInterceptor(keys, self.stats))
-            log.info("API keys required: %d key(s) configured", len(keys))
-        else:
-            log.info("no API keys configured: the gRPC API is open to anyone who can reach it")
         return grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -208,9 +239,13 @@ class UnimeterServer:
         )
 
     def _listen(self, server: grpc.aio.Server, tls: ServerTls | None) -> int:
-        if tls is None:
-            return int(server.add_insecure_port(self.config.grpc_addr))
-        return int(server.add_secure_port(self.config.grpc_addr, tls.grpc_credentials))
+        addr = self.config.grpc_addr
+        try:
+            if tls is None:
+                return int(server.add_insecure_port(addr))
+            return int(server.add_secure_port(addr, tls.grpc_credentials))
+        except RuntimeError:  # grpc's "failed to bind": taken since check_free, or not bindable
+            raise ValueError(f"cannot listen on {addr}") from None
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, finish in-flight calls (up to ``grace`` seconds), flush and snapshot."""
@@ -221,6 +256,10 @@ class UnimeterServer:
             # not idle subscribers, decide how long the grace period lasts. Subscribers resume.
             self.node.alerts.close()
         if self._grpc is not None:
+            if not self._serving:
+                # A start that failed after the bind: grpc closes a bound listener only when a
+                # started server stops (it has no handlers yet: a call in the backlog is refused).
+                await self._grpc.start()
             await self._grpc.stop(grace)
         if self._protocol is not None:
             await self._protocol.close()

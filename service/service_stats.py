@@ -42,6 +42,8 @@ class MethodStats:
     method: str
     latency: Histogram
     codes: Counter[str] = field(default_factory=Counter)
+    malformed: int = 0
+    """Calls answered INVALID_ARGUMENT because a request body did not decode as the method's message."""
 
 
 @dataclass(slots=True)

@@ -1,7 +1,10 @@
-"""The one place where Unimeter errors become gRPC statuses, with rich ``google.rpc`` details.
+"""The one place where errors become gRPC statuses, with rich ``google.rpc`` details.
 
 Every status carries an ``ErrorInfo`` (reason in UPPER_SNAKE, domain ``unimeter``); validation
 errors add a ``BadRequest`` with one field violation per bad field; retryable ones a ``RetryInfo``.
+Exceptions that are not Unimeter errors are mapped here too: a request body that does not decode
+is INVALID_ARGUMENT (``MALFORMED_REQUEST``), a ``NotImplementedError`` is UNIMPLEMENTED, anything
+else is INTERNAL (a bug, the only case logged with a traceback).
 """
 
 from __future__ import annotations
@@ -16,13 +19,31 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from cluster_client.errors import InternalError, UnimeterError
+from cluster_client.errors import InternalError, InvalidArgumentError, UnimeterError, UnimplementedError
 
-__all__ = ["DOMAIN", "abort_with_error", "grpc_code_of", "rpc_handler", "status_of"]
+from .log_throttle import ThrottledLog
+
+__all__ = [
+    "DOMAIN",
+    "MALFORMED_REQUEST",
+    "abort_for_exception",
+    "abort_with_error",
+    "grpc_code_of",
+    "malformed_request_error",
+    "rpc_handler",
+    "status_of",
+]
 
 log = logging.getLogger(__name__)
 
 DOMAIN = "unimeter"
+
+MALFORMED_REQUEST = "MALFORMED_REQUEST"
+"""ErrorInfo reason of a call whose body does not decode as the method's request message."""
+
+# Any client can call a method this server does not implement, as often as it likes: one line per
+# minute at most, so the log cannot be filled through it.
+_unimplemented_log = ThrottledLog(log, logging.INFO, interval_seconds=60.0)
 
 _CODES: dict[str, grpc.StatusCode] = {
     "INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
@@ -34,6 +55,7 @@ _CODES: dict[str, grpc.StatusCode] = {
     "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
     "PERMISSION_DENIED": grpc.StatusCode.PERMISSION_DENIED,
+    "UNIMPLEMENTED": grpc.StatusCode.UNIMPLEMENTED,
     "INTERNAL": grpc.StatusCode.INTERNAL,
 }
 
@@ -105,6 +127,27 @@ async def abort_with_error(context: grpc.aio.ServicerContext, error: UnimeterErr
     raise AssertionError("abort returned")  # pragma: no cover  (abort always raises)
 
 
+def malformed_request_error(message_type: str, cause: Exception) -> InvalidArgumentError:
+    """The error of a request body that does not decode as ``message_type``."""
+    return InvalidArgumentError(
+        f"malformed request: the body is not a valid {message_type} message ({cause})",
+        reason=MALFORMED_REQUEST,
+    )
+
+
+async def abort_for_exception(context: grpc.aio.ServicerContext, exc: Exception, where: str) -> NoReturn:
+    """End the call with the status ``exc`` maps to, an exception that escaped the handler
+    ``where``: a Unimeter error is itself, ``NotImplementedError`` is UNIMPLEMENTED (logged in
+    one line, rate-limited), anything else is INTERNAL (a bug: logged with its traceback)."""
+    if isinstance(exc, UnimeterError):
+        await abort_with_error(context, exc)
+    if isinstance(exc, NotImplementedError):
+        _unimplemented_log.emit("%s is not implemented by this server", where)
+        await abort_with_error(context, UnimplementedError(f"{where} is not implemented by this server"))
+    log.error("internal error in %s", where, exc_info=exc)
+    await abort_with_error(context, InternalError("internal error; see the server log"))
+
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
@@ -115,12 +158,9 @@ def rpc_handler(method: F) -> F:
     async def wrapper(self: object, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await method(self, request, context)
-        except UnimeterError as exc:
-            await abort_with_error(context, exc)
         except grpc.aio.AbortError:
             raise
-        except Exception:
-            log.exception("internal error in %s", method.__qualname__)
-            await abort_with_error(context, InternalError("internal error; see the server log"))
+        except Exception as exc:
+            await abort_for_exception(context, exc, method.__qualname__)
 
     return wrapper  # type: ignore[return-value]

@@ -1,16 +1,16 @@
-"""A deliberately simple, obviously correct model of SPEC §2-4 and §7, for tests to compare against.
+"""A deliberately simple, obviously correct model of docs/semantics.md, for tests to compare against.
 
 Everything is brute force over a plain list of stored events: a query sorts the events by (event
 time, offset), keeps those in the range that match the filters and folds them; thresholds are
 evaluated by computing the period's value from scratch after every event, in offset order. Periods
 are computed here too, independently of ``cluster_client.periods`` (directly with ``zoneinfo``;
 good for zones whose local midnight always exists, such as UTC and America/New_York). Nothing here
-is fast; every answer can be checked by reading the SPEC next to it.
+is fast; every answer can be checked by reading docs/semantics.md next to it.
 
 Interface: ``ReferenceModel(metrics)``, ``.ingest(rows)`` with rows
 ``(account_id, metric_code, value, time_unix_nano, properties, operation, offset)`` in offset order,
 ``.query(account, metric, start, end, filters, group_by)``, ``.realtime(account, metric, now)``,
-``.alerts()``; ``.add_metric``/``.delete_metric`` follow metric re-creation (SPEC §5).
+``.alerts()``; ``.add_metric``/``.delete_metric`` follow metric re-creation (docs/semantics.md).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _add_months(day: dt.date, months: int) -> dt.date:
 
 
 def model_period(metric: Metric, t: int) -> tuple[int, int]:
-    """The period ``[start, end)`` of ``metric`` holding instant ``t`` (SPEC §3)."""
+    """The period ``[start, end)`` of ``metric`` holding instant ``t`` (docs/semantics.md)."""
     if metric.period_type == PeriodType.FIXED:
         width = metric.fixed_period_seconds * NS
         start = t // width * width

@@ -60,7 +60,7 @@ def render() -> str:
         "# API reference (`unimeter.v1`)",
         "",
         "Generated from the comments of `proto/unimeter/v1/*.proto` by `python -m tools.api_reference`;",
-        "do not edit by hand. Errors and their details: SPEC §8 and the README.",
+        "do not edit by hand. Errors and their details: docs/semantics.md (Errors).",
         "",
     ]
     for f in _descriptors().file:

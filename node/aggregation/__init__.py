@@ -1,4 +1,4 @@
-"""The aggregation engine of one partition (SPEC §2-4, §7): pure in-memory state, no I/O.
+"""The aggregation engine of one partition (docs/semantics.md): pure in-memory state, no I/O.
 
 The partition layer applies each log record's rows per metric with :meth:`PartitionAggregates.apply`
 (which returns the alerts they fire), answers reads with ``realtime`` and ``query``, and checkpoints

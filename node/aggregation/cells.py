@@ -102,7 +102,7 @@ def agg_value(agg_type: AggType, cell: list[int], alert_flags: int = 0) -> AggVa
     """The public aggregate of ``cell`` for a metric of ``agg_type``.
 
     Raises OutOfRangeError when ``count``, ``sum`` or ``value`` (int64 in the API) does not fit:
-    sums are exact and never wrap (SPEC §2).
+    sums are exact and never wrap (docs/semantics.md).
     """
     count, total, top, last_time, _, last_value = cell[:N_STATS]
     unique = 0

@@ -1,7 +1,7 @@
 """Dimension combinations: the interned tuples of declared-dimension values events carry.
 
 An event's combination is its property values for the metric's declared dimensions, in declared
-order, ``""`` where a property is missing (SPEC §4 groups those under the empty string). Each metric
+order, ``""`` where a property is missing (docs/semantics.md groups those under the empty string). Each metric
 numbers its combinations in order of first appearance, so per-event state stores a small int instead
 of a tuple; filters and group-by work on those numbers.
 """

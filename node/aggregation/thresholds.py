@@ -1,4 +1,4 @@
-"""Threshold evaluation (SPEC §7) against a period's unfiltered value, after each event.
+"""Threshold evaluation (docs/semantics.md) against a period's unfiltered value, after each event.
 
 The alert state lives on the period's total cell, after its statistics: slot ``base`` holds
 ``alert_flags`` (bit i set while threshold i is reached) and slot ``base + 1 + i`` the highest

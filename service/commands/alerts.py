@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
 
+from cluster_client.retry import RESUBSCRIBE_MAX_BACKOFF, backoff_bounds
 from unimeter.v1 import alert_service_pb2 as als
 from unimeter.v1 import types_pb2
 
@@ -24,12 +25,19 @@ from .offsets_file import load_offsets, save_offsets
 from .output import print_json, print_stdout, table, to_plain
 from .parsing import format_time
 
-__all__ = ["alert_line", "list_alerts", "tail"]
+__all__ = ["alert_line", "list_alerts", "reconnect_delays", "tail"]
 
 # A stream that breaks with these after it was established is re-opened (the server restarted,
 # the network blipped); any other failure ends the command.
 _RECONNECT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL}
-_MAX_BACKOFF = 2.0  # one client re-dialing a restarting node: cheap, and the person is waiting
+_FIRST_BACKOFF = 0.25
+
+
+def reconnect_delays() -> Iterator[float]:
+    """Seconds to wait before each attempt to re-open a lost stream: one client re-dialing a
+    restarting node is cheap and the person is waiting, so at most a second (the channel's own
+    reconnect backoff is capped likewise, in ``connection``)."""
+    return backoff_bounds(_FIRST_BACKOFF, RESUBSCRIBE_MAX_BACKOFF)
 
 
 def alert_line(a: types_pb2.Alert) -> str:
@@ -102,7 +110,7 @@ def tail(
     offsets = load_offsets(offsets_file) if offsets_file is not None else {}
     received = 0
     established = False
-    backoff = 0.5
+    delays = reconnect_delays()
     while True:
         request = als.AlertSubscribeRequest(
             account_ids=list(account_ids),
@@ -115,7 +123,7 @@ def tail(
         try:
             for message in call:
                 established = True
-                backoff = 0.5
+                delays = reconnect_delays()
                 if message.HasField("alert"):
                     alert = message.alert
                     if as_json:
@@ -139,6 +147,6 @@ def tail(
             if not established or failure.code not in _RECONNECT:
                 raise
             reason = f"{failure.code.name}: {failure.message}"
-        print(f"alert stream lost ({reason}); reconnecting in {backoff:g}s", file=sys.stderr, flush=True)
-        time.sleep(backoff)
-        backoff = min(backoff * 2, _MAX_BACKOFF)
+        delay = next(delays)
+        print(f"alert stream lost ({reason}); reconnecting in {delay:g}s", file=sys.stderr, flush=True)
+        time.sleep(delay)

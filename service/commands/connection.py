@@ -29,8 +29,13 @@ __all__ = ["DEFAULT_ADDR", "Api", "ConnectionOptions"]
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 
-# Ingest batches are up to 16 MiB (SPEC §6); the server accepts 17 MiB.
+# Ingest batches are up to 16 MiB (docs/semantics.md); the server accepts 17 MiB.
 _MAX_MESSAGE_BYTES = 17 << 20
+
+# grpc re-dials a lost server with its own backoff (1 s growing to 120 s by default), and calls made
+# meanwhile fail at once: `alerts tail` would be back only at the next dial, seconds after the
+# server. Re-dialing at most a second apart brings it back within a second or two.
+_RECONNECT_BACKOFF_MS = (250, 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,9 @@ class Api:
         channel_options = [
             ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+            ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
+            ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
         ]
         if options.tls_ca is not None:
             try:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import grpc
+
+from cluster_client.types import DEFAULT_FIXED_PERIOD_SECONDS
 from unimeter.v1 import metrics_service_pb2 as ms
 from unimeter.v1 import types_pb2
 
 from .connection import Api
+from .errors import CliError, ExitCode
 from .output import key_values, print_json, print_stdout, table, to_plain
 from .parsing import format_time
 
@@ -80,8 +84,12 @@ def create(
     dimensions: Sequence[types_pb2.DimensionFilter],
     thresholds: Sequence[types_pb2.AlertThreshold],
     as_json: bool,
+    if_not_exists: bool = False,
 ) -> int:
-    """Create a metric and show it as stored (defaults filled in)."""
+    """Create a metric and show it as stored (defaults filled in).
+
+    With ``if_not_exists``, a metric of that code with the same definition counts as created (a
+    script or tour can run twice); one with a different definition is still an error."""
     metric = types_pb2.Metric(
         code=code,
         agg_type=AGG_TYPES[agg_type],
@@ -93,12 +101,36 @@ def create(
         filters=list(dimensions),
         thresholds=list(thresholds),
     )
-    created = api.metrics.CreateMetric(ms.CreateMetricRequest(metric=metric), timeout=api.timeout).metric
+    try:
+        created = api.metrics.CreateMetric(ms.CreateMetricRequest(metric=metric), timeout=api.timeout).metric
+    except grpc.RpcError as exc:
+        if not if_not_exists or exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+            raise
+        created = api.metrics.GetMetric(ms.GetMetricRequest(code=code), timeout=api.timeout).metric
+        if not _same_definition(metric, created):
+            raise CliError(
+                f"metric {code} already exists with a different definition "
+                f"(see `unimeter metrics get {code}`)",
+                ExitCode.BAD_INPUT,
+            ) from None
     if as_json:
         print_json(to_plain(created))
     else:
         _show(created)
     return 0
+
+
+def _same_definition(asked: types_pb2.Metric, stored: types_pb2.Metric) -> bool:
+    """Whether ``stored`` is what creating ``asked`` stores, once the server's defaults fill it in."""
+    want = types_pb2.Metric()
+    want.CopyFrom(asked)
+    want.billing_cycle_day = asked.billing_cycle_day or 1
+    want.fixed_period_seconds = asked.fixed_period_seconds or DEFAULT_FIXED_PERIOD_SECONDS
+    want.time_zone = asked.time_zone or "UTC"
+    have = types_pb2.Metric()
+    have.CopyFrom(stored)
+    have.create_time_unix_nano = 0
+    return want == have
 
 
 def get(api: Api, *, code: str, as_json: bool) -> int:

@@ -7,11 +7,23 @@ import json
 import logging
 import signal
 
+from node.data_dir_lock import DataDirectoryLocked
+from node.partition import PartitionRecoveryError
+
 from ..config import ServeConfig
+from ..listen_addresses import AddressInUse, split_host_port
 from ..logging_setup import configure_logging
 from ..server import UnimeterServer
 
 __all__ = ["run_serve"]
+
+
+def _listening(configured: str, port: int) -> str:
+    """``host:port`` a listener is bound to (the port it got when asked for 0), or ``off``."""
+    if not configured:
+        return "off"
+    host = split_host_port(configured)[0]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def _serve(config: ServeConfig) -> int:
@@ -22,16 +34,21 @@ async def _serve(config: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except ValueError as exc:  # unreadable key or TLS files, bad addresses: nothing is listening yet
+    except (ValueError, AddressInUse, DataDirectoryLocked, PartitionRecoveryError) as exc:
+        # Unreadable key or TLS files, bad or taken addresses, a data directory another process
+        # serves, a log that does not replay: one line each, and whatever was opened is closed.
         raise SystemExit(f"unimeter serve: {exc}") from None
-    # One machine-readable line, so scripts and tests started with port 0 learn the ports.
+    except OSError as exc:  # the data directory cannot be made or opened (a file there, no permission)
+        where = f": {exc.filename}" if exc.filename else ""
+        raise SystemExit(f"unimeter serve: {exc.strerror or exc}{where}") from None
+    # One machine-readable line, so people and scripts (started with port 0) learn where it listens.
     print(
         json.dumps(
             {
                 "event": "ready",
-                "grpc_port": server.grpc_port,
-                "node_port": server.node_port,
-                "http_port": server.http_port,
+                "grpc_addr": _listening(config.grpc_addr, server.grpc_port),
+                "node_addr": _listening(config.node_addr, server.node_port),
+                "http_addr": _listening(config.http_addr, server.http_port),
                 "data_dir": str(config.data_dir),
             }
         ),

@@ -4,6 +4,7 @@ Prometheus samples from /metrics."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -32,6 +33,19 @@ async def scrape(port: int) -> Samples:
         for s in family.samples:
             out[(s.name, frozenset(s.labels.items()))] = s.value
     return out
+
+
+async def scrape_when(port: int, ready: Callable[[Samples], bool], timeout: float = 5.0) -> Samples:
+    """/metrics once ``ready`` holds for it, or the last scrape after ``timeout``. A call's status
+    reaches its client before the server's interceptor has counted it, so a scrape right after the
+    call may lag by that one call."""
+    async with asyncio.timeout(timeout + 5):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            samples = await scrape(port)
+            if ready(samples) or asyncio.get_running_loop().time() > deadline:
+                return samples
+            await asyncio.sleep(0.02)
 
 
 def sample(samples: Samples, name: str, **labels: str) -> float | None:

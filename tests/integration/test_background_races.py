@@ -21,8 +21,7 @@ import pytest
 from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
-from node import dedup_index, filesystem_sync, partition_log
-from node import partition as node_partition
+from node import dedup_index, embedded_backend, filesystem_sync, segment_log
 from node.node import Node, NodeConfig
 from node.partition import Partition
 
@@ -120,7 +119,7 @@ async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
     # by the broken log's own fdatasync, which pins it on that log.
     config = NodeConfig(tmp_path / "data", partitions=4, flush_interval=3600, sync_filesystem=sync_filesystem)
     node = Node(config)
-    assert (node._filesystem_fd is not None) == (sync_filesystem and filesystem_sync.syncfs_supported())
+    assert node.backend.syncs_filesystem == (sync_filesystem and filesystem_sync.syncfs_supported())
     await node.start()
     client = await Client.in_process(node, metric_lookup=node.metric_of)
     try:
@@ -130,7 +129,7 @@ async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
         assert len(parts) == 4
         broken = node.partitions[0].events
         broken_fds = set(broken._wfds.values())
-        real = partition_log._fsync
+        real = segment_log._fsync
 
         def failing(fd: int) -> None:
             if fd in broken_fds:
@@ -140,7 +139,7 @@ async def test_a_sync_batch_over_partitions_fails_if_one_partition_cannot_fsync(
         def filesystem_failing(fd: int) -> None:
             raise OSError(errno.EIO, "simulated write-back error on the filesystem")
 
-        monkeypatch.setattr(partition_log, "_fsync", failing)
+        monkeypatch.setattr(segment_log, "_fsync", failing)
         monkeypatch.setattr(filesystem_sync, "syncfs", filesystem_failing)
         with pytest.raises(OSError):
             await client.ingest_rows(rows, sync=True)
@@ -211,7 +210,7 @@ async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_tha
     await node.start()
     held = threading.Event()
     entered = threading.Event()
-    real = partition_log._fsync
+    real = segment_log._fsync
     calls = [0]
 
     def holding_first(fd: int) -> None:
@@ -226,7 +225,7 @@ async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_tha
         await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
         partition = node.partitions[0]
         async with client.alerts.subscribe() as subscription:
-            monkeypatch.setattr(partition_log, "_fsync", holding_first)
+            monkeypatch.setattr(segment_log, "_fsync", holding_first)
             sync_call = asyncio.create_task(
                 client.ingest_rows([(1, "calls", 1, T0, None, 1, "s")], sync=True)
             )
@@ -444,21 +443,21 @@ async def test_a_cancelled_snapshot_holds_the_next_one_until_its_file_write_ends
     gate = threading.Event()
     started = threading.Event()
     order: list[str] = []
-    real_write = node_partition.write_file_atomically
+    real_write = embedded_backend.write_file_atomically
 
-    def slow_first_write(path: Path, *chunks: bytes) -> None:
+    def slow_first_write(path: Path, data: bytes) -> None:
         order.append(f"start {len(order) // 2 + 1}")
         if len(order) == 1:
             started.set()
             gate.wait(10)
-        real_write(path, *chunks)
+        real_write(path, data)
         order.append(f"end {len(order) // 2 + 1}")
 
     try:
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         await client.metrics.create(Metric("calls", AggType.SUM))
         await client.ingest_rows([(1, "calls", 1, T0, None, 1, "a")], sync=True)
-        monkeypatch.setattr(node_partition, "write_file_atomically", slow_first_write)
+        monkeypatch.setattr(embedded_backend, "write_file_atomically", slow_first_write)
         partition = node.partitions[0]
         first = asyncio.create_task(partition.snapshot())
         assert await asyncio.to_thread(started.wait, 5)
@@ -546,7 +545,7 @@ async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_
     gate = threading.Event()
     started = threading.Event()
 
-    def failing_write(path: Path, *chunks: bytes) -> None:
+    def failing_write(path: Path, data: bytes) -> None:
         started.set()
         gate.wait(10)
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -555,7 +554,7 @@ async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         await client.metrics.create(Metric("calls", AggType.SUM))
         await client.ingest_rows([(1, "calls", 1, T0, None, 1, "a")], sync=True)
-        monkeypatch.setattr(node_partition, "write_file_atomically", failing_write)
+        monkeypatch.setattr(embedded_backend, "write_file_atomically", failing_write)
         snapshot = asyncio.create_task(node.partitions[0].snapshot())
         assert await asyncio.to_thread(started.wait, 5)
         snapshot.cancel()

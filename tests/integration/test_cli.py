@@ -200,6 +200,22 @@ async def test_metrics_create_list_get_and_delete(cli: Cli) -> None:
     )
 
 
+async def test_metrics_create_if_not_exists_accepts_only_the_same_definition(cli: Cli) -> None:
+    paris = ("--agg-type", "sum", "--period-type", "day", "--time-zone", "Europe/Paris", "--threshold", "t=5")
+    first = await cli("metrics", "create", "daily", *paris, "--if-not-exists")
+    assert first.code == 0, first.err
+    again = await cli("metrics", "create", "daily", *paris, "--if-not-exists")
+    assert (again.code, again.out, again.err) == (0, first.out, "")
+    plain = await cli("metrics", "create", "daily", *paris)
+    assert (plain.code, plain.err) == (2, "error: ALREADY_EXISTS: metric 'daily' already exists\n")
+    other = await cli("metrics", "create", "daily", *paris[:-1], "t=6", "--if-not-exists")
+    assert (other.code, other.out) == (2, "")
+    assert other.err == (
+        "error: metric daily already exists with a different definition (see `unimeter metrics get daily`)\n"
+    )
+    assert "threshold             t=5" in (await cli("metrics", "get", "daily")).out
+
+
 async def test_metrics_create_reports_every_invalid_field(cli: Cli) -> None:
     run = await cli("metrics", "create", "9bad", "--billing-cycle-day", "40", "--time-zone", "Mars/Olympus")
     assert run.code == 2
@@ -755,23 +771,45 @@ async def test_import_from_stdin_with_everything_valid_exits_0(cli: Cli) -> None
 # ----------------------------------------------------------------------------------------- status
 
 
-async def test_status_shows_partitions_and_offsets(api: Api, cli: Cli) -> None:
+async def test_status_shows_a_summary_and_the_partitions_on_request(api: Api, cli: Cli) -> None:
     await seed_regions(cli)
     run = await cli("status")
     assert run.code == 0, run.err
-    summary, nodes, partitions = run.out.rstrip("\n").split("\n\n")
-    assert summary.splitlines() == ["backend     embedded", "partitions  8", "events      6", "alerts      2"]
-    node_lines = nodes.splitlines()
-    assert node_lines[0].split() == ["NODE_ID", "NODE_ADDR", "GRPC_ADDR", "ALIVE"]
-    node_id, node_addr, grpc_addr, alive = node_lines[1].split()
-    assert (node_addr, grpc_addr, alive) == ("-", cli.addr, "yes")
+    summary, nodes = run.out.rstrip("\n").split("\n\n")
     p42 = api.server.client.partition_of(42)  # type: ignore[union-attr]
+    assert summary.splitlines() == [
+        "backend     embedded",
+        "partitions  8",
+        "events      6",
+        "alerts      2",
+        f"busiest     partition {p42}: 6 events (100%)",
+    ]
+    node_lines = nodes.splitlines()
+    assert node_lines[0].split() == [
+        "NODE_ID", "NODE_ADDR", "GRPC_ADDR", "ALIVE", "PARTITIONS", "EVENTS", "ALERTS"
+    ]  # fmt: skip
+    assert len(node_lines) == 2
+    node_id, node_addr, grpc_addr, alive, *owned = node_lines[1].split()
+    assert (node_addr, grpc_addr, alive, owned) == ("-", cli.addr, "yes", ["8", "6", "2"])
+
+    detailed = await cli("status", "--partitions")
+    assert detailed.code == 0, detailed.err
+    head, partitions = detailed.out.rstrip("\n").rsplit("\n\n", 1)
+    assert head == run.out.rstrip("\n")
     assert partitions.splitlines() == [
         "PARTITION  OWNER              LAST_OFFSET  LAST_ALERT_OFFSET",
         *[f"{p:>9}  {node_id}  {6 if p == p42 else 0:>11}  {2 if p == p42 else 0:>17}" for p in range(8)],
     ]
     as_json = json.loads((await cli("status", "--json")).out)
     assert (as_json["partitions"], as_json["backend"], len(as_json["partition_infos"])) == (8, "embedded", 8)
+
+
+async def test_status_of_an_empty_node_has_no_busiest_partition(cli: Cli) -> None:
+    run = await cli("status")
+    assert run.code == 0, run.err
+    summary, nodes = run.out.rstrip("\n").split("\n\n")
+    assert summary.splitlines() == ["backend     embedded", "partitions  8", "events      0", "alerts      0"]
+    assert nodes.splitlines()[1].split()[-3:] == ["8", "0", "0"]
 
 
 # ------------------------------------------------------------------------------- errors, connection

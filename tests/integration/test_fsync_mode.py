@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from cluster_client import AggType, Client, Metric, Period
 from node import filesystem_sync
+from node.embedded_backend import EmbeddedBackend
+from node.node import Node, NodeConfig
+from node.stats import NodeStats
 from service.config import add_serve_arguments, serve_config_from_args
 from service.server import UnimeterServer
 from tests.conftest import open_api, serve_config
 from tests.integration.helpers import create_metric, ev, ingest
 from unimeter.v1 import types_pb2 as t
+
+T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
+DAY = Period(T0, T0 + 24 * 3600 * 1_000_000_000)
 
 
 def test_the_mode_comes_from_the_flag_or_the_environment() -> None:
@@ -34,7 +41,7 @@ async def test_sync_batches_over_partitions_are_durable_in_either_mode(tmp_path:
         node = server.node
         assert node is not None
         uses_syncfs = mode == "filesystem" and filesystem_sync.syncfs_supported()
-        assert (node._filesystem_fd is not None) == uses_syncfs
+        assert node.backend.syncs_filesystem == uses_syncfs
         api = await open_api(server)
         await create_metric(api, "calls", t.AGG_TYPE_SUM)
         response = await ingest(
@@ -48,3 +55,36 @@ async def test_sync_batches_over_partitions_are_durable_in_either_mode(tmp_path:
         await api.channel.close()
     finally:
         await server.stop(grace=1)
+
+
+async def test_a_node_runs_on_the_backend_its_factory_builds(tmp_path: Path) -> None:
+    """Partitions are opened from the backend the node's factory returns: its segment size, its
+    fsync mode and its fsync histograms are the ones in force, and the status names it."""
+    built: list[EmbeddedBackend] = []
+
+    def factory(config: NodeConfig, stats: NodeStats) -> EmbeddedBackend:
+        backend = EmbeddedBackend(
+            config.data_dir, segment_bytes=1024, fsync_threads=2, sync_filesystem=False, stats=stats
+        )
+        built.append(backend)
+        return backend
+
+    node = Node(NodeConfig(tmp_path / "data", partitions=2), backend_factory=factory)
+    assert [node.backend] == built
+    assert not node.backend.syncs_filesystem
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        for n in range(20):
+            await client.ingest_rows(
+                [(a, "calls", 1, T0 + n, None, 1, f"e{n}-{a}") for a in range(1, 5)], sync=True
+            )
+        assert (await client.query(1, "calls", DAY)).value.sum == 20
+        for partition in node.partitions:
+            assert partition.events.durable_position == partition.events.end_position > 0
+            assert partition.events.segment_count > 1  # 1 KiB segments, not the 64 MiB default
+        assert node.stats.fsync_events.count > 0
+        assert (await node.cluster_status()).backend == "embedded"
+    finally:
+        await node.close()

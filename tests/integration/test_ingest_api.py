@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
-from tests.conftest import Api
+from cluster_client.errors import FieldViolation, InvalidArgumentError
+from cluster_client.remote_node import RemoteNode
+from service.server import UnimeterServer
+from tests.conftest import Api, serve_config
 from tests.grpc_errors import details, fields
 from tests.integration.helpers import DAY, SEC, T0, agg, create_metric, ev, ingest, query
 from unimeter.v1 import ingest_service_pb2 as ing
@@ -124,6 +129,7 @@ async def _setup_typed_metrics(api: Api) -> None:
 INVALID_EVENTS = [
     (ev(0, "calls", time=T0), "events[1].account_id"),
     (ev(1, "nope", time=T0), "events[1].metric_code"),
+    (ev(1, "", time=T0), "events[1].metric_code"),
     (ev(1, "peak", 5, time=T0, operation=t.OPERATION_TYPE_REMOVE), "events[1].operation"),
     (ev(1, "latest", 5, time=T0, operation=t.OPERATION_TYPE_REMOVE), "events[1].operation"),
     (ev(1, "calls", time=T0, operation=7), "events[1].operation"),
@@ -160,6 +166,30 @@ async def test_every_bad_event_gets_its_own_violation(api: Api) -> None:
     reason, violations, _ = details(err.value)
     assert reason == "INVALID_ARGUMENT"
     assert "unknown metric 'nope'" in violations[1][1]
+
+
+async def test_a_missing_metric_code_is_an_empty_field_not_an_unknown_metric(
+    api: Api, tmp_path: Path
+) -> None:
+    await create_metric(api, "calls")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await ingest(api, ev(1, "", time=T0), ev(2, "calls", time=T0))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "invalid event: events[0].metric_code: must not be empty"
+    assert details(err.value) == ("INVALID_ARGUMENT", [("events[0].metric_code", "must not be empty")], None)
+
+    # The same answer from a node reached over the node protocol, which validates on its own.
+    server = UnimeterServer(serve_config(tmp_path / "remote", node_addr="127.0.0.1:0"))
+    await server.start()
+    remote = RemoteNode(f"127.0.0.1:{server.node_port}", connect_timeout=5.0)
+    try:
+        with pytest.raises(InvalidArgumentError) as remote_err:
+            await remote.ingest([(0, [(1, "", 1, T0, None, t.OPERATION_TYPE_ADD, "")])], False, "batch-1")
+        assert remote_err.value.message == "invalid event: events[0].metric_code: must not be empty"
+        assert remote_err.value.violations == (FieldViolation("events[0].metric_code", "must not be empty"),)
+    finally:
+        await remote.close()
+        await server.stop(grace=1.0)
 
 
 async def test_count_unique_accepts_full_64_bit_member_ids(api: Api) -> None:

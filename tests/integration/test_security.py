@@ -24,7 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-import node.partition_log
+import node.segment_log
 import service.http_endpoint
 from cluster_client import Event, Metric, errors, wire
 from cluster_client.client import Client
@@ -552,7 +552,7 @@ async def test_ingest_past_the_inflight_limit_is_resource_exhausted_with_retry_i
     await server.start()
     api = await open_api(server)
     gate = threading.Event()
-    real_fsync = node.partition_log._fsync
+    real_fsync = node.segment_log._fsync
 
     def stalled_fsync(fd: int) -> None:
         gate.wait(10)  # a disk that has stopped answering
@@ -562,7 +562,7 @@ async def test_ingest_past_the_inflight_limit_is_resource_exhausted_with_retry_i
         await create_metric(api, "calls")
         # A lone batch larger than the limit is still admitted: nothing else is in flight.
         assert (await ingest(api, *[ev(1, "calls") for _ in range(50)], sync=True)).n_stored == 50
-        monkeypatch.setattr(node.partition_log, "_fsync", stalled_fsync)
+        monkeypatch.setattr(node.segment_log, "_fsync", stalled_fsync)
         stuck_batch = [ev(2, "calls") for _ in range(8)]
         stuck = asyncio.create_task(ingest(api, *stuck_batch, sync=True))
         async with asyncio.timeout(5):
@@ -592,7 +592,7 @@ async def test_ingest_past_the_inflight_limit_is_resource_exhausted_with_retry_i
 async def test_ingest_is_refused_while_the_disk_is_below_its_free_space_floor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """SPEC §6: a node whose disk is nearly full answers RESOURCE_EXHAUSTED with a retry delay and
+    """docs/semantics.md: a node whose disk is nearly full answers RESOURCE_EXHAUSTED with a retry delay and
     never accepts what it cannot store; reads go on, and ingest resumes once space is back."""
     free = [100 << 20]  # below the default floor of 256 MiB
     real_statvfs = os.statvfs

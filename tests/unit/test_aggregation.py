@@ -1,4 +1,4 @@
-"""Exact-value tests of the aggregation engine (node.aggregation): SPEC §2-4 and §7 case by case."""
+"""Exact-value tests of the aggregation engine (node.aggregation): docs/semantics.md case by case."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""mix64 and partition_of against the SPEC's test vectors."""
+"""mix64 and partition_of against the test vectors of docs/semantics.md (tests/vectors/semantics.json)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from cluster_client.partitioning import mix64, partition_of
 
-VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors" / "semantics.json"
+VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "semantics.json"
 CASES = json.loads(VECTORS.read_text())["mix64"]
 
 

@@ -1,4 +1,4 @@
-"""Period math (SPEC §3): the shared vectors, DST edge cases, properties of every type, client helpers."""
+"""Period math (docs/semantics.md): test vectors, DST edge cases, properties of every type, client helpers."""
 
 from __future__ import annotations
 
@@ -30,31 +30,16 @@ from cluster_client.types import Metric, Period, PeriodType
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
-VECTORS_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "semantics.json"
+VECTORS_PATH = Path(__file__).resolve().parents[1] / "vectors" / "semantics.json"
+VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["periods"]
 
 
-def _load_vectors() -> list[dict[str, Any]]:
-    if not VECTORS_PATH.is_file():
-        return []
-    vectors: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))["periods"]
-    return vectors
-
-
-VECTORS = _load_vectors()
-# A missing vector file must fail, not skip: one sentinel case stands in for the vectors.
-VECTOR_CASES: list[dict[str, Any] | None] = list(VECTORS) or [None]
-
-
-def _vector_id(v: dict[str, Any] | None) -> str:
-    if v is None:
-        return "MISSING-VECTORS"
+def _vector_id(v: dict[str, Any]) -> str:
     extra = v.get("billing_cycle_day", v.get("fixed_period_seconds", ""))
     return f"{v['period_type']}-{v.get('time_zone', '')}-{extra}-{v.get('local', v['instant'])}"
 
 
-def _calculator_for(v: dict[str, Any] | None) -> PeriodCalculator:
-    if v is None:
-        pytest.fail(f"test vectors not found at {VECTORS_PATH}")
+def _calculator_for(v: dict[str, Any]) -> PeriodCalculator:
     return PeriodCalculator(
         PeriodType[v["period_type"]],
         fixed_period_seconds=v.get("fixed_period_seconds", 2_592_000),
@@ -89,14 +74,13 @@ def assert_boundary(t: int, zone: str, midnight: dt.datetime) -> None:
 
 
 def test_vectors_present_and_cover_every_type() -> None:
-    assert VECTORS, f"test vectors not found (or empty) at {VECTORS_PATH}"
+    assert VECTORS, f"no period vectors in {VECTORS_PATH}"
     assert {v["period_type"] for v in VECTORS} == {t.name for t in PeriodType}
 
 
-@pytest.mark.parametrize("vector", VECTOR_CASES, ids=_vector_id)
-def test_vector(vector: dict[str, Any] | None) -> None:
+@pytest.mark.parametrize("vector", VECTORS, ids=_vector_id)
+def test_vector(vector: dict[str, Any]) -> None:
     calc = _calculator_for(vector)
-    assert vector is not None
     expected = (vector["start"], vector["end"])
     assert calc.period_of(vector["instant"]) == expected
     assert calc.period_of(vector["instant"]) == expected  # again, from the cache
@@ -104,10 +88,9 @@ def test_vector(vector: dict[str, Any] | None) -> None:
         assert (expected[1] - expected[0]) / HOUR_NS == vector["hours"]
 
 
-@pytest.mark.parametrize("vector", VECTOR_CASES, ids=_vector_id)
-def test_vector_previous_and_next(vector: dict[str, Any] | None) -> None:
+@pytest.mark.parametrize("vector", VECTORS, ids=_vector_id)
+def test_vector_previous_and_next(vector: dict[str, Any]) -> None:
     calc = _calculator_for(vector)
-    assert vector is not None
     start, end = vector["start"], vector["end"]
     prev = calc.previous(vector["instant"])
     nxt = calc.next(vector["instant"])

@@ -1,5 +1,5 @@
 // Package testserver starts a real `unimeter serve` for the examples' tests: on 127.0.0.1, port 0,
-// in its own data directory, and reads the ports from the JSON ready line it prints on stdout.
+// in its own data directory, and reads its address from the JSON ready line it prints on stdout.
 package testserver
 
 import (
@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -21,7 +20,7 @@ import (
 
 // Server is a running `unimeter serve` child process.
 type Server struct {
-	Addr     string // 127.0.0.1:<grpc_port>
+	Addr     string // host:port of the gRPC API, from the ready line
 	DataDir  string
 	cmd      *exec.Cmd
 	done     chan struct{}
@@ -79,16 +78,16 @@ func StartAt(ctx context.Context, dataDir, grpcAddr string) (*Server, error) {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	s := &Server{DataDir: dataDir, cmd: cmd, done: make(chan struct{})}
-	ready := make(chan int, 1)
+	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			var msg struct {
 				Event    string `json:"event"`
-				GRPCPort int    `json:"grpc_port"`
+				GRPCAddr string `json:"grpc_addr"`
 			}
 			if json.Unmarshal(sc.Bytes(), &msg) == nil && msg.Event == "ready" {
-				ready <- msg.GRPCPort
+				ready <- msg.GRPCAddr
 				break
 			}
 		}
@@ -97,8 +96,8 @@ func StartAt(ctx context.Context, dataDir, grpcAddr string) (*Server, error) {
 		close(s.done)
 	}()
 	select {
-	case port := <-ready:
-		s.Addr = "127.0.0.1:" + strconv.Itoa(port)
+	case addr := <-ready:
+		s.Addr = addr
 		return s, nil
 	case <-s.done:
 		return nil, fmt.Errorf("unimeter serve exited before it was ready: %v", s.waitErr)

@@ -1,6 +1,7 @@
 """Append-only, segmented, CRC-framed log of opaque byte payloads: the embedded backend's storage.
 
-A ``PartitionLog`` stores records (``u32 length | u32 crc32(payload, seeded by length) | payload``,
+A ``SegmentLog`` is the embedded backend's ``node.record_log.RecordLog``: its positions are byte
+positions. It stores records (``u32 length | u32 crc32(payload, seeded by length) | payload``,
 little endian) in segment files named by their base position, addresses every record by a global
 byte position that is stable across restarts, buffers appends in memory, and makes them durable by
 group commit (one ``write`` + ``fdatasync`` serves every flush waiting at that time). The ``write``
@@ -33,7 +34,7 @@ from typing import Self
 
 from . import filesystem_sync
 
-__all__ = ["PartitionLog", "run_rounds", "run_rounds_on_filesystem"]
+__all__ = ["SegmentLog", "run_rounds", "run_rounds_on_filesystem"]
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def _run_job(job: _Job) -> None:
 
 
 def _write_early(job: _Job) -> None:
-    """Write a round's data on the loop thread as it starts (see :meth:`PartitionLog._detach`)."""
+    """Write a round's data on the loop thread as it starts (see :meth:`SegmentLog._detach`)."""
     try:
         _write_job(job)
     except OSError as exc:
@@ -166,7 +167,7 @@ def _each(step: Callable[[_Job], None], jobs: list[_Job]) -> list[BaseException 
 
 
 def run_rounds(jobs: list[_Job]) -> list[BaseException | None]:
-    """Run rounds taken with :meth:`PartitionLog.start_round`, one after the other (in the
+    """Run rounds taken with :meth:`SegmentLog.start_round`, one after the other (in the
     executor); each one's error, or None, in order. One round's failure does not stop the rest."""
     return _each(_run_job, jobs)
 
@@ -178,7 +179,7 @@ def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseE
 
     If ``syncfs`` reports a write-back error, each round then fsyncs its own files, so the error
     fails exactly the logs it hit. The duration of the ``syncfs`` is given to the first round of
-    each observer (``PartitionLog.on_sync``): a histogram sees one observation per call, not one
+    each observer (``SegmentLog.on_sync``): a histogram sees one observation per call, not one
     per log, and the event and alert logs' histograms each see the call that made them durable.
     """
     errors = _each(_write_job, jobs)
@@ -268,7 +269,7 @@ def _payload_from_memory(buf: bytearray, off: int, position: int) -> bytes:
         view.release()
 
 
-class PartitionLog:
+class SegmentLog:
     """A segmented append-only log of byte payloads addressed by global byte position.
 
     Build with :meth:`open`. ``append`` is synchronous and only buffers; ``flush`` writes (and by
@@ -289,7 +290,7 @@ class PartitionLog:
         active_fd: int,
         end: int,
     ) -> None:
-        # Private: use PartitionLog.open().
+        # Private: use SegmentLog.open().
         self._dir = directory
         self._segment_bytes = segment_bytes
         self._executor = executor
@@ -314,9 +315,9 @@ class PartitionLog:
         self._release_when_idle = False
         self._truncations = 0
         self.on_sync: Callable[[float], None] | None = None
+        """Called on the loop thread with the seconds each successful fsync round took (for metrics)."""
         self.on_failure: Callable[[], None] | None = None
         """Called once, when the log fails (a write or fsync error) and starts refusing writes."""
-        """Called on the loop thread with the seconds each successful fsync round took (for metrics)."""
 
     # ------------------------------------------------------------------ opening
 
@@ -327,7 +328,7 @@ class PartitionLog:
         *,
         segment_bytes: int = 64 << 20,
         executor: Executor | None = None,
-    ) -> PartitionLog:
+    ) -> SegmentLog:
         """Open (or create) the log in ``directory``, validating every record.
 
         At the first torn or corrupt record (a frame that runs past the end of its file, or whose
@@ -367,7 +368,7 @@ class PartitionLog:
         dir_fd: int,
         found: list[int],
         rfds: dict[int, int],
-    ) -> PartitionLog:
+    ) -> SegmentLog:
         kept: list[int] = []
         doomed: list[int] = []
         end = 0
@@ -466,7 +467,7 @@ class PartitionLog:
     def __repr__(self) -> str:
         state = "failed" if self._failure is not None else "closed" if self._closed else "open"
         return (
-            f"<PartitionLog {self._dir} {state} end={self._end} written={self._written} "
+            f"<SegmentLog {self._dir} {state} end={self._end} written={self._written} "
             f"durable={self._durable} segments={self.segment_count}>"
         )
 
@@ -503,6 +504,13 @@ class PartitionLog:
         """
         self.check_usable()
         await self._flush(fsync)
+
+    async def wait_durable(self, position: int) -> None:
+        """Return once every record before ``position`` is fsynced (the record log protocol):
+        a :meth:`flush` if it is not yet. Raises if the log failed, even if it was."""
+        self.check_usable()
+        if self._durable < position:
+            await self._flush(True)
 
     async def _flush(self, fsync: bool) -> None:
         target = self._end
@@ -583,9 +591,10 @@ class PartitionLog:
             self.finish_round(job, done.exception())
 
     # A tick flushes many logs: instead of one executor hand-off (and its futures) per log, the
-    # node takes each log's round with start_round, runs a group of them per thread with
-    # run_rounds and hands each result back with finish_round. SYNC waiters that arrive meanwhile
-    # see the round in flight and are served by it (or by the next), as with flush().
+    # embedded backend (node.embedded_backend) takes each log's round with start_round, runs a
+    # group of them per thread with run_rounds and hands each result back with finish_round. SYNC
+    # waiters that arrive meanwhile see the round in flight and are served by it (or by the next),
+    # as with flush().
 
     def start_round(self) -> _Job | None:
         """Detach an fsync round for :func:`run_rounds`; None if nothing is pending or a round is
@@ -702,6 +711,11 @@ class PartitionLog:
         base = self._bases[i]
         limit = self._bases[i + 1] if i + 1 < len(self._bases) else self._written
         return base, min(limit, self._written)
+
+    def describe(self, position: int) -> str:
+        """Where ``position`` (on disk) is, for an operator's message: its segment file and byte."""
+        base, _ = self._segment_of(position)
+        return f"byte {position - base} of {_segment_path(self._dir, base)} (log position {position})"
 
     def _read_fd(self, base: int) -> int:
         fd = self._rfds.get(base)

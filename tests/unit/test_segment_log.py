@@ -1,4 +1,4 @@
-"""PartitionLog: framing, segments, recovery of torn tails, group commit, truncation."""
+"""SegmentLog: framing, segments, recovery of torn tails, group commit, truncation."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node import filesystem_sync, partition_log
-from node.partition_log import PartitionLog
+from node import filesystem_sync, segment_log
+from node.segment_log import SegmentLog
 
 HEADER = 8
 
@@ -47,13 +47,13 @@ def open_fds() -> int:
 def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the file syncs the log makes (the fds it syncs), still syncing for real."""
     calls: list[int] = []
-    real = partition_log._fsync
+    real = segment_log._fsync
 
     def counting(fd: int) -> None:
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(partition_log, "_fsync", counting)
+    monkeypatch.setattr(segment_log, "_fsync", counting)
     return calls
 
 
@@ -66,7 +66,7 @@ def log_dir(tmp_path: Path) -> Path:
 
 
 async def test_append_and_read_in_buffer(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     records = [payload(i, size) for i, size in enumerate([10, 0, 3000, 1])]
     positions = [log.append(r) for r in records]
     assert positions == [0, 18, 26, 3034]
@@ -78,7 +78,7 @@ async def test_append_and_read_in_buffer(log_dir: Path) -> None:
 
 
 async def test_read_after_flush(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     records = [payload(i, 100 * i) for i in range(5)]
     positions = [log.append(r) for r in records]
     await log.flush()
@@ -93,7 +93,7 @@ async def test_read_after_flush(log_dir: Path) -> None:
 
 
 async def test_flush_without_fsync_writes_but_is_not_durable(log_dir: Path, fsync_calls: list[int]) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     fsync_calls.clear()
     log.append(b"abc")
     await log.flush(fsync=False)
@@ -107,7 +107,7 @@ async def test_flush_without_fsync_writes_but_is_not_durable(log_dir: Path, fsyn
 
 
 async def test_flush_with_nothing_appended_is_a_no_op(log_dir: Path, fsync_calls: list[int]) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     fsync_calls.clear()
     await log.flush()
     await log.flush(fsync=False)
@@ -121,7 +121,7 @@ async def test_flush_with_nothing_appended_is_a_no_op(log_dir: Path, fsync_calls
 
 
 async def test_read_rejects_positions_that_are_not_record_starts(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     a = log.append(payload(1, 50))
     log.append(payload(2, 50))
     await log.flush()
@@ -133,7 +133,7 @@ async def test_read_rejects_positions_that_are_not_record_starts(log_dir: Path) 
 
 
 async def test_oversized_append_is_rejected(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
 
     class Huge(bytes):
         def __len__(self) -> int:
@@ -149,7 +149,7 @@ async def test_oversized_append_is_rejected(log_dir: Path) -> None:
 
 
 async def test_segments_roll_over_and_scan_in_order(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     sizes = [10, 40, 40, 0, 95, 200, 3, 60, 60, 1]  # 95 and 200 do not fit any segment
     records = [payload(i, s) for i, s in enumerate(sizes)]
     positions = [log.append(r) for r in records]
@@ -176,7 +176,7 @@ async def test_segments_roll_over_and_scan_in_order(log_dir: Path) -> None:
 
 
 async def test_scan_includes_buffered_records_and_ignores_later_appends(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=64)
+    log = SegmentLog.open(log_dir, segment_bytes=64)
     expected = []
     for i in range(20):
         data = payload(i, i * 3)
@@ -192,7 +192,7 @@ async def test_scan_includes_buffered_records_and_ignores_later_appends(log_dir:
 
 
 async def test_scan_rejects_a_start_that_is_not_a_boundary(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     log.append(payload(1, 30))
     await log.flush()
     with pytest.raises(ValueError):
@@ -205,19 +205,19 @@ async def test_scan_rejects_a_start_that_is_not_a_boundary(log_dir: Path) -> Non
 async def test_scan_with_records_larger_than_the_read_chunk(
     log_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(partition_log, "_READ_CHUNK", 32)
-    log = PartitionLog.open(log_dir, segment_bytes=500)
+    monkeypatch.setattr(segment_log, "_READ_CHUNK", 32)
+    log = SegmentLog.open(log_dir, segment_bytes=500)
     records = [payload(i, s) for i, s in enumerate([0, 5, 24, 25, 100, 7, 1000, 31, 2])]
     positions = [log.append(r) for r in records]
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=500)  # recovery reads in 32-byte chunks too
+    log = SegmentLog.open(log_dir, segment_bytes=500)  # recovery reads in 32-byte chunks too
     assert log.end_position == positions[-1] + frame(records[-1])
     assert list(log.scan()) == list(zip(positions, records, strict=True))
     await log.close()
 
 
 async def test_scan_detects_corruption_after_open(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     pos = [log.append(payload(i, 40)) for i in range(3)]
     await log.flush()
     _flip_byte(log_dir / f"{0:020d}.seg", pos[1] + HEADER + 3)
@@ -232,7 +232,7 @@ async def test_scan_detects_corruption_after_open(log_dir: Path) -> None:
 
 
 async def test_reopen_gives_same_records_at_same_positions(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=300)
+    log = SegmentLog.open(log_dir, segment_bytes=300)
     records = [payload(i, (i * 37) % 150) for i in range(40)]
     positions = [log.append(r) for r in records]
     await log.flush()
@@ -242,7 +242,7 @@ async def test_reopen_gives_same_records_at_same_positions(log_dir: Path) -> Non
     count, end = log.segment_count, log.end_position
     await log.close()
 
-    log = PartitionLog.open(log_dir, segment_bytes=300)
+    log = SegmentLog.open(log_dir, segment_bytes=300)
     assert (log.segment_count, log.end_position) == (count, end)
     assert log.durable_position == log.written_position == end
     assert list(log.scan()) == list(zip(positions, records, strict=True))
@@ -250,14 +250,14 @@ async def test_reopen_gives_same_records_at_same_positions(log_dir: Path) -> Non
     pos = log.append(b"after reopen")
     assert pos == end
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=300)
+    log = SegmentLog.open(log_dir, segment_bytes=300)
     assert log.read(pos) == b"after reopen"
     await log.close()
 
 
 async def test_open_creates_directory_and_first_segment(tmp_path: Path) -> None:
     directory = tmp_path / "a" / "b"
-    log = PartitionLog.open(directory)
+    log = SegmentLog.open(directory)
     assert [f.name for f in seg_files(directory)] == [f"{0:020d}.seg"]
     assert (log.end_position, log.durable_position, log.first_position) == (0, 0, 0)
     assert (log.segment_count, log.size_bytes) == (1, 0)
@@ -267,14 +267,14 @@ async def test_open_creates_directory_and_first_segment(tmp_path: Path) -> None:
 
 async def test_open_and_close_release_every_fd(log_dir: Path) -> None:
     before = open_fds()
-    log = PartitionLog.open(log_dir, segment_bytes=50)
+    log = SegmentLog.open(log_dir, segment_bytes=50)
     for i in range(20):
         log.append(payload(i, 30))
         if i % 3 == 0:
             await log.flush(fsync=i % 2 == 0)
     list(log.scan())
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=50)
+    log = SegmentLog.open(log_dir, segment_bytes=50)
     log.read(0)
     log.close_sync()
     assert open_fds() == before
@@ -289,7 +289,7 @@ def _flip_byte(path: Path, offset: int) -> None:
 
 
 def _write_records(directory: Path, n: int, size: int = 60, segment_bytes: int = 64 << 20) -> list[int]:
-    log = PartitionLog.open(directory, segment_bytes=segment_bytes)
+    log = SegmentLog.open(directory, segment_bytes=segment_bytes)
     positions = [log.append(payload(i, size)) for i in range(n)]
     log.close_sync()
     return positions
@@ -364,8 +364,8 @@ async def test_torn_tail_is_cut_at_open(log_dir: Path, damage: str, caplog: pyte
     damaged_size = path.stat().st_size
     expected_end = positions[keep] if keep < len(positions) else good_size
 
-    with caplog.at_level(logging.WARNING, logger="node.partition_log"):
-        log = PartitionLog.open(log_dir)
+    with caplog.at_level(logging.WARNING, logger="node.segment_log"):
+        log = SegmentLog.open(log_dir)
     assert f"cut {damaged_size - expected_end} bytes" in caplog.text
     assert log.end_position == log.durable_position == expected_end == path.stat().st_size
     assert [p for p, _ in log.scan()] == positions[:keep]
@@ -375,8 +375,8 @@ async def test_torn_tail_is_cut_at_open(log_dir: Path, damage: str, caplog: pyte
     await log.close()
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="node.partition_log"):
-        log = PartitionLog.open(log_dir)
+    with caplog.at_level(logging.WARNING, logger="node.segment_log"):
+        log = SegmentLog.open(log_dir)
     assert caplog.text == ""
     assert [p for p, _ in log.scan()] == [*positions[:keep], new]
     assert log.read(new) == b"after recovery"
@@ -394,8 +394,8 @@ async def test_corrupt_record_in_a_middle_segment_deletes_later_segments(
     second_in_middle = base + frame(payload(0, 40))
     _flip_byte(middle, second_in_middle - base + HEADER + 1)
 
-    with caplog.at_level(logging.WARNING, logger="node.partition_log"):
-        log = PartitionLog.open(log_dir, segment_bytes=100)
+    with caplog.at_level(logging.WARNING, logger="node.segment_log"):
+        log = SegmentLog.open(log_dir, segment_bytes=100)
     assert "checksum mismatch" in caplog.text
     assert "deleted 3 later segment(s)" in caplog.text
     assert seg_files(log_dir) == files[:3]
@@ -405,7 +405,7 @@ async def test_corrupt_record_in_a_middle_segment_deletes_later_segments(
     assert log.append(b"z" * 40) == second_in_middle
     assert log.append(b"y" * 40) == second_in_middle + 48  # rolls over
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     assert log.segment_count == 4
     assert [d for _, d in log.scan()][-2:] == [b"z" * 40, b"y" * 40]
     await log.close()
@@ -417,8 +417,8 @@ async def test_segment_that_does_not_continue_the_log_is_deleted(
     positions = _write_records(log_dir, 10, size=40, segment_bytes=100)
     files = seg_files(log_dir)
     files[2].unlink()  # a gap: segment 3 no longer follows segment 1
-    with caplog.at_level(logging.WARNING, logger="node.partition_log"):
-        log = PartitionLog.open(log_dir, segment_bytes=100)
+    with caplog.at_level(logging.WARNING, logger="node.segment_log"):
+        log = SegmentLog.open(log_dir, segment_bytes=100)
     assert "does not continue the log" in caplog.text
     assert seg_files(log_dir) == files[:2]
     base2 = int(files[2].name[:-4])
@@ -430,7 +430,7 @@ async def test_segment_that_does_not_continue_the_log_is_deleted(
 async def test_whole_first_segment_corrupt_leaves_an_empty_log(log_dir: Path) -> None:
     _write_records(log_dir, 3, size=40, segment_bytes=100)
     _flip_byte(log_dir / f"{0:020d}.seg", HEADER + 2)
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     assert (log.end_position, log.segment_count) == (0, 1)
     assert log.append(b"fresh") == 0
     await log.close()
@@ -440,16 +440,16 @@ async def test_whole_first_segment_corrupt_leaves_an_empty_log(log_dir: Path) ->
 
 
 async def test_concurrent_flushes_share_fsyncs(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     calls: list[int] = []
-    real = partition_log._fsync
+    real = segment_log._fsync
 
     def slow_fsync(fd: int) -> None:
         calls.append(fd)
         time.sleep(0.005)
         real(fd)
 
-    monkeypatch.setattr(partition_log, "_fsync", slow_fsync)
+    monkeypatch.setattr(segment_log, "_fsync", slow_fsync)
 
     async def writer(i: int) -> tuple[int, bytes]:
         data = payload(i, 100 + i)
@@ -462,7 +462,7 @@ async def test_concurrent_flushes_share_fsyncs(log_dir: Path, monkeypatch: pytes
     assert 1 <= len(calls) <= 3
     assert log.durable_position == log.end_position
     await log.close()
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     assert list(log.scan()) == sorted(results)
     await log.close()
 
@@ -496,14 +496,14 @@ class BlockingFsync:
 
 @pytest.fixture
 def blocking_fsync(monkeypatch: pytest.MonkeyPatch) -> Iterator[BlockingFsync]:
-    blocker = BlockingFsync(partition_log._fsync)
-    monkeypatch.setattr(partition_log, "_fsync", blocker)
+    blocker = BlockingFsync(segment_log._fsync)
+    monkeypatch.setattr(segment_log, "_fsync", blocker)
     yield blocker
     blocker.gate.set()
 
 
 async def test_rounds_in_flight_and_next(log_dir: Path, blocking_fsync: BlockingFsync) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=200)
+    log = SegmentLog.open(log_dir, segment_bytes=200)
     blocking_fsync.armed = True
     first = [log.append(payload(i, 50)) for i in range(3)]
     round1 = asyncio.create_task(log.flush())
@@ -534,7 +534,7 @@ async def test_rounds_in_flight_and_next(log_dir: Path, blocking_fsync: Blocking
 async def test_cancelled_waiter_does_not_cancel_the_round(
     log_dir: Path, blocking_fsync: BlockingFsync
 ) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     blocking_fsync.armed = True
     log.append(b"one")
     waiter = asyncio.create_task(log.flush())
@@ -553,7 +553,7 @@ async def test_cancelled_waiter_does_not_cancel_the_round(
 async def test_durability_covers_segments_rolled_over_without_fsync(
     log_dir: Path, fsync_calls: list[int]
 ) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     fsync_calls.clear()
     for i in range(4):
         log.append(payload(i, 40))  # two segments
@@ -565,7 +565,7 @@ async def test_durability_covers_segments_rolled_over_without_fsync(
 
 
 async def test_failed_fsync_fails_waiters_and_the_log(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     ok = log.append(b"durable")
     await log.flush()
     durable = log.durable_position
@@ -575,7 +575,7 @@ async def test_failed_fsync_fails_waiters_and_the_log(log_dir: Path, monkeypatch
         time.sleep(0.002)
         raise OSError(errno.EIO, "simulated I/O error")
 
-    monkeypatch.setattr(partition_log, "_fsync", broken)
+    monkeypatch.setattr(segment_log, "_fsync", broken)
 
     async def writer(i: int) -> None:
         log.append(payload(i, 10))
@@ -604,12 +604,12 @@ async def test_failed_fsync_fails_waiters_and_the_log(log_dir: Path, monkeypatch
 
 
 async def test_failed_write_fails_the_log(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
 
     def no_space(fd: int, data: memoryview) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(partition_log, "_write_all", no_space)
+    monkeypatch.setattr(segment_log, "_write_all", no_space)
     log.append(b"x")
     with pytest.raises(OSError) as raised:
         await log.flush(fsync=False)
@@ -625,12 +625,12 @@ async def test_failed_write_fails_the_log(log_dir: Path, monkeypatch: pytest.Mon
 async def test_a_sync_round_writes_on_the_loop_thread_and_syncs_in_the_executor(
     log_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=256)
+    log = SegmentLog.open(log_dir, segment_bytes=256)
     log.append(payload(0, 100))
     await log.flush()  # the first segment file exists from here on
     writes: list[int] = []
     syncs: list[int] = []
-    real_write, real_fsync = partition_log._write_all, partition_log._fsync
+    real_write, real_fsync = segment_log._write_all, segment_log._fsync
 
     def tracking_write(fd: int, data: memoryview) -> None:
         writes.append(threading.get_ident())
@@ -640,8 +640,8 @@ async def test_a_sync_round_writes_on_the_loop_thread_and_syncs_in_the_executor(
         syncs.append(threading.get_ident())
         real_fsync(fd)
 
-    monkeypatch.setattr(partition_log, "_write_all", tracking_write)
-    monkeypatch.setattr(partition_log, "_fsync", tracking_fsync)
+    monkeypatch.setattr(segment_log, "_write_all", tracking_write)
+    monkeypatch.setattr(segment_log, "_fsync", tracking_fsync)
     loop_thread = threading.get_ident()
     log.append(payload(1, 50))
     await log.flush()
@@ -652,7 +652,7 @@ async def test_a_sync_round_writes_on_the_loop_thread_and_syncs_in_the_executor(
     assert writes and loop_thread not in writes
     monkeypatch.undo()
     await log.close()
-    reopened = PartitionLog.open(log_dir, segment_bytes=256)
+    reopened = SegmentLog.open(log_dir, segment_bytes=256)
     assert [d for _, d in reopened.scan()] == [payload(0, 100), payload(1, 50), payload(2, 200)]
     await reopened.close()
 
@@ -660,7 +660,7 @@ async def test_a_sync_round_writes_on_the_loop_thread_and_syncs_in_the_executor(
 async def test_a_failed_write_on_the_loop_thread_fails_the_round_and_the_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    single, grouped, other = (PartitionLog.open(tmp_path / name) for name in ("single", "grouped", "other"))
+    single, grouped, other = (SegmentLog.open(tmp_path / name) for name in ("single", "grouped", "other"))
     for log in (single, grouped, other):
         log.append(b"durable")
         await log.flush()
@@ -668,7 +668,7 @@ async def test_a_failed_write_on_the_loop_thread_fails_the_round_and_the_log(
     def no_space(fd: int, data: memoryview) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(partition_log, "_write_all", no_space)
+    monkeypatch.setattr(segment_log, "_write_all", no_space)
     single.append(b"lost")
     with pytest.raises(OSError) as raised:  # a SYNC caller's own round
         await single.flush()
@@ -680,7 +680,7 @@ async def test_a_failed_write_on_the_loop_thread_fails_the_round_and_the_log(
     other.append(b"kept")
     other_job = other.start_round()
     assert other_job is not None
-    errors = partition_log.run_rounds([job, other_job])
+    errors = segment_log.run_rounds([job, other_job])
     assert isinstance(errors[0], OSError) and errors[0].errno == errno.ENOSPC and errors[1] is None
     grouped.finish_round(job, errors[0])
     other.finish_round(other_job, errors[1])
@@ -699,7 +699,7 @@ async def test_a_failed_write_on_the_loop_thread_fails_the_round_and_the_log(
 
 
 async def test_truncate_in_buffer(log_dir: Path, fsync_calls: list[int]) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     positions = [log.append(payload(i, 20)) for i in range(5)]
     log.truncate(positions[3])
     assert log.end_position == log.durable_position == log.written_position == positions[3]
@@ -707,13 +707,13 @@ async def test_truncate_in_buffer(log_dir: Path, fsync_calls: list[int]) -> None
     assert [p for p, _ in log.scan()] == positions[:3]
     assert log.append(b"replacement") == positions[3]
     await log.close()
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     assert [d for _, d in log.scan()] == [payload(0, 20), payload(1, 20), payload(2, 20), b"replacement"]
     await log.close()
 
 
 async def test_truncate_on_disk_across_segments(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     positions = [log.append(payload(i, 40)) for i in range(9)]  # segments of 2 records
     await log.flush()
     log.append(b"still buffered")
@@ -728,14 +728,14 @@ async def test_truncate_on_disk_across_segments(log_dir: Path) -> None:
         log.read(positions[3])
     assert log.append(b"new") == positions[3]
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     assert [p for p, _ in log.scan()] == positions[:4]
     assert log.read(positions[3]) == b"new"
     await log.close()
 
 
 async def test_truncate_at_a_segment_base_removes_that_segment(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     positions = [log.append(payload(i, 40)) for i in range(6)]
     await log.flush()
     log.truncate(positions[2])  # the base of the second segment
@@ -743,13 +743,13 @@ async def test_truncate_at_a_segment_base_removes_that_segment(log_dir: Path) ->
     assert log.end_position == positions[2]
     assert log.append(payload(2, 40)) == positions[2]  # rolls over to the same base again
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     assert [p for p, _ in log.scan()] == positions[:3]
     await log.close()
 
 
 async def test_truncate_to_zero_and_invalid_positions(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     positions = [log.append(payload(i, 40)) for i in range(5)]
     await log.flush()
     for bad in (positions[1] + 1, -1, log.end_position + 1):
@@ -762,13 +762,13 @@ async def test_truncate_to_zero_and_invalid_positions(log_dir: Path) -> None:
     assert [f.name for f in seg_files(log_dir)] == [f"{0:020d}.seg"]
     assert list(log.scan()) == []
     await log.close()
-    log = PartitionLog.open(log_dir, segment_bytes=100)
+    log = SegmentLog.open(log_dir, segment_bytes=100)
     assert log.end_position == 0
     await log.close()
 
 
 async def test_truncate_during_scan(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     positions = [log.append(payload(i, 10)) for i in range(5)]
     await log.flush()
     # The recovery pattern: cut at a record found by a scan, then stop iterating.
@@ -787,22 +787,22 @@ async def test_truncate_during_scan(log_dir: Path) -> None:
 
 
 def test_close_sync_without_a_loop(log_dir: Path) -> None:
-    log = PartitionLog.open(log_dir, segment_bytes=64)
+    log = SegmentLog.open(log_dir, segment_bytes=64)
     records = [payload(i, 30) for i in range(6)]
     positions = [log.append(r) for r in records]
     log.close_sync()
     log.close_sync()
     with pytest.raises(RuntimeError):
         log.read(0)
-    log = PartitionLog.open(log_dir, segment_bytes=64)
+    log = SegmentLog.open(log_dir, segment_bytes=64)
     assert list(log.scan()) == list(zip(positions, records, strict=True))
     log.close_sync()
 
 
 async def test_async_context_manager(log_dir: Path) -> None:
-    async with PartitionLog.open(log_dir) as log:
+    async with SegmentLog.open(log_dir) as log:
         log.append(b"x")
-    log = PartitionLog.open(log_dir)
+    log = SegmentLog.open(log_dir)
     assert log.read(0) == b"x"
     await log.close()
 
@@ -820,7 +820,7 @@ _OPS = st.one_of(
 )
 
 
-def _crash(log: PartitionLog, choice: int) -> int:
+def _crash(log: SegmentLog, choice: int) -> int:
     """Simulate a kill -9 plus lost unsynced data: drop the buffer, cut the files anywhere between
     the durable and the written position (sometimes leaving later segment files behind, as a file
     system may), and return the cut position."""
@@ -847,7 +847,7 @@ def _crash(log: PartitionLog, choice: int) -> int:
 )
 def test_model(ops: list[tuple[str, int]], segment_bytes: int, read_chunk: int) -> None:
     async def run(directory: Path) -> None:
-        log = PartitionLog.open(directory, segment_bytes=segment_bytes)
+        log = SegmentLog.open(directory, segment_bytes=segment_bytes)
         model: list[tuple[int, bytes]] = []
         for n, (op, arg) in enumerate(ops):
             if op == "append":
@@ -857,11 +857,11 @@ def test_model(ops: list[tuple[str, int]], segment_bytes: int, read_chunk: int) 
                 await log.flush(fsync=bool(arg))
             elif op == "reopen":
                 await log.close()
-                log = PartitionLog.open(directory, segment_bytes=segment_bytes)
+                log = SegmentLog.open(directory, segment_bytes=segment_bytes)
             elif op == "crash":
                 cut = _crash(log, arg)
                 model = [(p, d) for p, d in model if p + frame(d) <= cut]
-                log = PartitionLog.open(directory, segment_bytes=segment_bytes)
+                log = SegmentLog.open(directory, segment_bytes=segment_bytes)
             else:
                 k = arg % (len(model) + 1)
                 log.truncate(model[k][0] if k < len(model) else log.end_position)
@@ -870,24 +870,24 @@ def test_model(ops: list[tuple[str, int]], segment_bytes: int, read_chunk: int) 
             assert log.end_position == expected_end
         assert list(log.scan()) == model
         await log.close()
-        log = PartitionLog.open(directory, segment_bytes=segment_bytes)
+        log = SegmentLog.open(directory, segment_bytes=segment_bytes)
         assert list(log.scan()) == model
         assert [log.read(p) for p, _ in model] == [d for _, d in model]
         assert log.size_bytes == sum(frame(d) for _, d in model)
         await log.close()
 
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(partition_log, "_READ_CHUNK", read_chunk):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(segment_log, "_READ_CHUNK", read_chunk):
         asyncio.run(run(Path(tmp) / "log"))
 
 
 def test_zero_filled_tail_is_not_taken_for_records(tmp_path: Path) -> None:
-    log = PartitionLog.open(tmp_path / "log")
+    log = SegmentLog.open(tmp_path / "log")
     log.append(b"kept")
     log.close_sync()
     (segment,) = sorted((tmp_path / "log").glob("*.seg"))
     with open(segment, "ab") as f:
         f.write(b"\x00" * 4096)  # what some file systems leave after a power loss
-    reopened = PartitionLog.open(tmp_path / "log")
+    reopened = SegmentLog.open(tmp_path / "log")
     assert [payload for _, payload in reopened.scan()] == [b"kept"]
     reopened.close_sync()
 
@@ -896,7 +896,7 @@ def test_zero_filled_tail_is_not_taken_for_records(tmp_path: Path) -> None:
 
 
 async def test_grouped_rounds_serve_waiters_that_arrive_while_in_flight(tmp_path: Path) -> None:
-    logs = [PartitionLog.open(tmp_path / f"log{i}") for i in range(3)]
+    logs = [SegmentLog.open(tmp_path / f"log{i}") for i in range(3)]
     assert logs[0].start_round() is None  # nothing pending
     positions = [log.append(payload(i, 50)) for i, log in enumerate(logs)]
     rounds = [(log, log.start_round()) for log in logs[:2]]
@@ -908,7 +908,7 @@ async def test_grouped_rounds_serve_waiters_that_arrive_while_in_flight(tmp_path
     await asyncio.sleep(0)
     assert not waiter.done()
     errors = await asyncio.get_running_loop().run_in_executor(
-        None, partition_log.run_rounds, [job for _, job in rounds if job is not None]
+        None, segment_log.run_rounds, [job for _, job in rounds if job is not None]
     )
     assert errors == [None, None]
     for (log, job), exc in zip(rounds, errors, strict=True):
@@ -920,7 +920,7 @@ async def test_grouped_rounds_serve_waiters_that_arrive_while_in_flight(tmp_path
     assert logs[2].durable_position < logs[2].end_position  # not in the group: still pending
     for log in logs:
         await log.close()
-    reopened = [PartitionLog.open(tmp_path / f"log{i}") for i in range(3)]
+    reopened = [SegmentLog.open(tmp_path / f"log{i}") for i in range(3)]
     assert [log.read(p) for log, p in zip(reopened, positions, strict=True)] == [
         payload(i, 50) for i in range(3)
     ]
@@ -931,20 +931,20 @@ async def test_grouped_rounds_serve_waiters_that_arrive_while_in_flight(tmp_path
 async def test_a_failed_round_in_a_group_fails_only_its_log(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    good, bad = PartitionLog.open(tmp_path / "good"), PartitionLog.open(tmp_path / "bad")
+    good, bad = SegmentLog.open(tmp_path / "good"), SegmentLog.open(tmp_path / "bad")
     good.append(b"kept")
     bad.append(b"lost")
     rounds = [(good, good.start_round()), (bad, bad.start_round())]
     bad_fd = next(iter(bad._wfds.values()))
-    real = partition_log._fsync
+    real = segment_log._fsync
 
     def failing_for_bad(fd: int) -> None:
         if fd == bad_fd:
             raise OSError(errno.EIO, "simulated I/O error")
         real(fd)
 
-    monkeypatch.setattr(partition_log, "_fsync", failing_for_bad)
-    errors = partition_log.run_rounds([job for _, job in rounds if job is not None])
+    monkeypatch.setattr(segment_log, "_fsync", failing_for_bad)
+    errors = segment_log.run_rounds([job for _, job in rounds if job is not None])
     assert errors[0] is None and isinstance(errors[1], OSError)
     for (log, job), exc in zip(rounds, errors, strict=True):
         assert job is not None
@@ -960,7 +960,7 @@ async def test_a_failed_round_in_a_group_fails_only_its_log(
 async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs = [PartitionLog.open(tmp_path / f"log{i}", segment_bytes=256) for i in range(3)]
+    logs = [SegmentLog.open(tmp_path / f"log{i}", segment_bytes=256) for i in range(3)]
     positions = [[log.append(payload(i * 10 + k, 100)) for k in range(4)] for i, log in enumerate(logs)]
     real_syncfs = filesystem_sync.syncfs
     calls: list[int] = []
@@ -976,8 +976,8 @@ async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
         raise AssertionError("a log fsynced on its own although syncfs covered it")
 
     monkeypatch.setattr(filesystem_sync, "syncfs", counting)
-    monkeypatch.setattr(partition_log, "_fsync", no_fsync)
-    monkeypatch.setattr(partition_log, "_fsync_dir", no_fsync)  # new segments' entries too
+    monkeypatch.setattr(segment_log, "_fsync", no_fsync)
+    monkeypatch.setattr(segment_log, "_fsync_dir", no_fsync)  # new segments' entries too
     observed: list[float] = []
     other: list[float] = []  # a second histogram, like the alert logs' beside the event logs'
     for log in logs[:2]:
@@ -987,7 +987,7 @@ async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
     jobs = [job for _, job in rounds if job is not None]
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        errors = partition_log.run_rounds_on_filesystem(jobs, fd)
+        errors = segment_log.run_rounds_on_filesystem(jobs, fd)
     finally:
         os.close(fd)
     assert errors == [None, None, None] and len(calls) == 1
@@ -1000,7 +1000,7 @@ async def test_rounds_on_one_filesystem_are_made_durable_by_one_syncfs(
     monkeypatch.undo()
     for log in logs:
         await log.close()
-    reopened = [PartitionLog.open(tmp_path / f"log{i}", segment_bytes=256) for i in range(3)]
+    reopened = [SegmentLog.open(tmp_path / f"log{i}", segment_bytes=256) for i in range(3)]
     for i, log in enumerate(reopened):
         assert len(list((tmp_path / f"log{i}").glob("*.seg"))) > 1  # segments rolled over
         assert [log.read(p) for p in positions[i]] == [payload(i * 10 + k, 100) for k in range(4)]

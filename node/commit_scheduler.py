@@ -1,0 +1,159 @@
+"""The one owner of durability: when a node's partitions are made durable, and what follows.
+
+Three kinds of request reach it: the periodic flush (every ``flush_interval`` it makes every dirty
+partition durable, which is what makes ASYNC writes durable), an urgent flush (a batch that fired
+alerts, so people wait for them), and a SYNC call's wait ("durable up to here" for the partitions
+it wrote). Each turns into one group commit of the backend, which decides how (the embedded one:
+grouped fsync rounds or one ``syncfs``); once a partition's logs are durable up to a mark, the
+alerts counted in that mark are published. Not here: how a log becomes durable, and what a
+partition stores. The policies and their measurements are in docs/design.md, "Durability and
+group commit".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from .alert_stream import release
+from .record_log import RecordBackend
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+__all__ = ["CommitScheduler"]
+
+log = logging.getLogger(__name__)
+
+
+class CommitScheduler:
+    """Group commit for the partitions of one node over one backend, on one event loop."""
+
+    def __init__(self, backend: RecordBackend, flush_interval: float) -> None:
+        self._backend = backend
+        self._interval = flush_interval
+        self._partitions: Sequence[Partition] = ()
+        self._flusher: asyncio.Task[None] | None = None
+        self._urgent: set[asyncio.Task[None]] = set()
+        self._urgent_partitions: set[int] = set()
+        """Partitions an urgent alert flush is making durable: the tick leaves their logs to it."""
+        self._closing = False
+
+    def start(self, partitions: Sequence[Partition]) -> None:
+        """Start the periodic flush of ``partitions``."""
+        self._partitions = partitions
+        self._flusher = asyncio.create_task(self._flush_loop(), name="unimeter-flusher")
+
+    async def close(self) -> None:
+        """Stop the periodic flush and the urgent flushes' waits (their rounds finish on their
+        own; closing the partitions makes everything durable)."""
+        self._closing = True
+        tasks = [*([self._flusher] if self._flusher is not None else []), *self._urgent]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # ------------------------------------------------------------------ what callers wait for
+
+    async def flush(self, partition: Partition) -> None:
+        """Make everything ``partition`` appended so far durable, then publish the alerts it
+        holds. Raises if one of its logs failed."""
+        mark = partition.flush_mark()
+        _, events_end, alerts_end = mark
+        # Both logs at once (one hand-off to the fsync threads, not two in a row): an alert record
+        # may reach the disk before its events, and recovery cuts any alert record whose events
+        # did not make it. Publishing waits for both, so subscribers only see what survives.
+        alerts = partition.alert_log
+        if alerts.durable_position < alerts_end:
+            await asyncio.gather(partition.events.wait_durable(events_end), alerts.wait_durable(alerts_end))
+        else:
+            await partition.events.wait_durable(events_end)  # the common SYNC case: no task per log
+        partition.publish_durable(mark)
+
+    async def make_durable(self, partitions: Sequence[Partition]) -> None:
+        """A SYNC call's wait: every partition it wrote durable (and its alerts published).
+
+        One partition: its own flush. Several: one group commit for all their logs, then each
+        partition's own flush, which returns at once if the group covered it, waits for a round
+        already in flight otherwise, raises if its log failed, and publishes its alerts."""
+        if len(partitions) == 1:
+            await self.flush(partitions[0])
+            return
+        await self._commit_group(partitions, background=False)
+        for partition in partitions:
+            await self.flush(partition)
+
+    def flush_urgent(self, partitions: Sequence[Partition]) -> None:
+        """Flush partitions whose batch fired alerts now, and publish them; the tick skips them.
+
+        One group commit for all their logs, whose completion publishes the alerts it covered right
+        there, on the loop: no task, no hop between the fsync and the subscribers' wake-up. A
+        partition one of whose logs was already being made durable (by a SYNC caller's round, the
+        tick's) was left out of this group: a task waits for its flush, as a SYNC caller would,
+        and publishes then.
+        """
+        numbers = {p.number for p in partitions} - self._urgent_partitions
+        self._urgent_partitions |= numbers
+        marks = [(p, p.flush_mark()) for p in partitions]
+
+        def publish() -> None:
+            self._urgent_partitions -= numbers
+            waiting = [p for p, mark in marks if not p.publish_durable(mark)]
+            if waiting and not self._closing:
+                task = asyncio.create_task(self._publish_when_flushed(waiting))
+                self._urgent.add(task)
+                task.add_done_callback(self._urgent.discard)
+
+        self._backend.commit_group([p.number for p in partitions], background=False, then=publish)
+
+    # ------------------------------------------------------------------ internals
+
+    async def _commit_group(self, partitions: Sequence[Partition], *, background: bool) -> None:
+        """The backend's group commit, waited for. Cancelling the wait cancels only this waiter's
+        future: the commit goes on and finishes its logs."""
+        done = asyncio.get_running_loop().create_future()
+        self._backend.commit_group(
+            [p.number for p in partitions], background=background, then=partial(release, done)
+        )
+        await done
+
+    async def _publish_when_flushed(self, partitions: list[Partition]) -> None:
+        results = await asyncio.gather(*(self.flush(p) for p in partitions), return_exceptions=True)
+        for partition, exc in zip(partitions, results, strict=True):
+            if isinstance(exc, BaseException):  # the failed log was counted and logged already
+                log.warning("alerts of partition %d not published: %s", partition.number, exc)
+
+    async def _flush_loop(self) -> None:
+        # Ticks start at a fixed rate, not a fixed pause after the previous tick's fsyncs: an ASYNC
+        # write waits at most one interval for a tick to take it (plus that tick's own fsync).
+        loop = asyncio.get_running_loop()
+        interval = self._interval
+        next_tick = loop.time() + interval
+        while True:
+            await asyncio.sleep(max(0.0, next_tick - loop.time()))
+            next_tick = max(next_tick + interval, loop.time())
+            urgent = self._urgent_partitions
+            dirty = [p for p in self._partitions if p.dirty and p.number not in urgent]
+            if dirty:
+                try:
+                    await self._flush_tick(dirty)
+                except Exception:
+                    # A log's I/O error fails that log inside its round; anything raised here is a
+                    # bug elsewhere (say, in a publish callback), and must not stop the ticks that
+                    # make every ASYNC write durable.
+                    log.exception("flush tick failed; ticking on")
+
+    async def _flush_tick(self, partitions: list[Partition]) -> None:
+        """Make the dirty partitions durable in the background lane, then publish their alerts.
+        Logs already being made durable (by a SYNC caller's round, an urgent flush's) are left to
+        it; their partitions publish at the next tick."""
+        marks = [(p, p.flush_mark()) for p in partitions]
+        await self._commit_group(partitions, background=True)
+        for partition, mark in marks:
+            partition.publish_durable(mark)
