@@ -411,7 +411,12 @@ class Partition:
         except RecordFormatError as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
             return 0
-        if state.event_position > self.events.end_position:
+        # A log cut below what the snapshot covers (damage, a lost disk write) puts the snapshot
+        # ahead of the log: replaying the log rebuilds the state and regenerates the lost alerts.
+        if (
+            state.event_position > self.events.end_position
+            or state.alert_position > self.alert_log.end_position
+        ):
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
         try:

@@ -55,7 +55,11 @@ fn decode_event(buf: &[u8]) -> Result<Event<'_>, Malformed> {
             (2, LEN) => event.metric_code = r.string()?,
             (3, VARINT) => event.value = r.varint()?,
             (4, VARINT) => event.time_unix_nano = r.varint()? as i64,
-            (5, LEN) => event.properties.push(decode_map_entry(r.bytes()?)?),
+            (5, LEN) => {
+                if let Some(entry) = decode_map_entry(r.bytes()?)? {
+                    event.properties.push(entry);
+                }
+            }
             (6, VARINT) => event.operation = enum_number(r.varint()?),
             (7, VARINT) => event.delivery = enum_number(r.varint()?),
             (8, LEN) => event.event_id = r.string()?,
@@ -66,18 +70,25 @@ fn decode_event(buf: &[u8]) -> Result<Event<'_>, Malformed> {
     Ok(event)
 }
 
-/// A `map<string, string>` entry: key 1, value 2, either may be absent (then "").
-fn decode_map_entry(buf: &[u8]) -> Result<(&str, &str), Malformed> {
+/// A `map<string, string>` entry: key 1, value 2, either may be absent (then ""). An entry holding
+/// any other field (or key or value in another wire type) is no entry: Python's protobuf (upb)
+/// keeps such an entry whole among the event's unknown fields, so the map never sees it, and the
+/// two engines must read the same properties from the same bytes.
+fn decode_map_entry(buf: &[u8]) -> Result<Option<(&str, &str)>, Malformed> {
     let (mut key, mut value) = ("", "");
+    let mut plain = true;
     let mut r = Reader::new(buf);
     while !r.at_end() {
         match r.tag()? {
             (1, LEN) => key = r.string()?,
             (2, LEN) => value = r.string()?,
-            (number, wire_type) => r.skip(number, wire_type)?,
+            (number, wire_type) => {
+                r.skip(number, wire_type)?;
+                plain = false;
+            }
         }
     }
-    Ok((key, value))
+    Ok(plain.then_some((key, value)))
 }
 
 /// Sort by key (stable, so entries of one key stay in wire order) and keep each key's last entry.
@@ -173,6 +184,24 @@ mod tests {
         let decoded = decode_ingest_request(&request).unwrap();
         assert_eq!(decoded.events[0].account_id, 0);
         assert_eq!(decoded.events[0].value, 7);
+    }
+
+    #[test]
+    fn a_map_entry_with_another_field_is_no_property() {
+        let mut plain = Vec::new();
+        field_len(1, b"tier", &mut plain);
+        field_len(2, b"free", &mut plain);
+        let mut odd = Vec::new();
+        field_len(1, b"region", &mut odd);
+        field_len(2, b"eu", &mut odd);
+        field_varint(6, 1, &mut odd);
+        let mut event = Vec::new();
+        field_len(5, &odd, &mut event);
+        field_len(5, &plain, &mut event);
+        let mut request = Vec::new();
+        field_len(1, &event, &mut request);
+        let decoded = decode_ingest_request(&request).unwrap();
+        assert_eq!(decoded.events[0].properties, vec![("tier", "free")]);
     }
 
     #[test]

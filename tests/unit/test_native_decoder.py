@@ -12,34 +12,16 @@ This module is collected only where the extension is built (tests/conftest.py).
 
 from __future__ import annotations
 
-import os
-
 import unimeter_native
-from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from cluster_client.client import partition_batch
-from cluster_client.errors import InvalidArgumentError
 from cluster_client.partitioning import mix64, partition_of
-from cluster_client.types import AggType, DimensionFilter, Metric
-from cluster_client.validation import normalize_metric
-from service.convert import ingest_rows_from_proto
+from tests.fuzz.native_decoder_fuzz import METRICS, engine_outcome, native_outcome, python_outcome
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import types_pb2 as t
 
 INT63, UINT64 = 1 << 63, 1 << 64
-REGION = DimensionFilter("region", ("eu", "us", "ünï"))
-METRICS = {
-    m.code: normalize_metric(m)
-    for m in (
-        Metric("calls", AggType.COUNT),
-        Metric("bytes", AggType.SUM, filters=(REGION, DimensionFilter("tier", ("free", "pro")))),
-        Metric("peak", AggType.MAX),
-        Metric("last", AggType.LATEST, filters=(REGION,)),
-        Metric("seats", AggType.COUNT_UNIQUE),
-    )
-}
 CODES = [*METRICS, "", "nope", 'it\'s "quoted"\n', "Ünicode-€"]
 
 
@@ -140,36 +122,9 @@ def requests(draw: st.DrawFn) -> bytes:
     return body + (field_varint(2, delivery) if delivery or draw(st.booleans()) else b"")
 
 
-def python_outcome(data: bytes, partitions: int) -> object:
-    """What the Python engine makes of ``data``: malformed, rejected, or the split batch."""
-    try:
-        request = ing.IngestRequest.FromString(data)
-    except DecodeError:
-        return "malformed"
-    n = len(request.events)
-    try:
-        rows, sync = ingest_rows_from_proto(request)
-        by_partition = partition_batch(rows, METRICS.get, lambda a: partition_of(a, partitions))
-    except InvalidArgumentError as exc:
-        return (n, False, None, (exc.message, [(v.field, v.description) for v in exc.violations]))
-    return (n, sync, list(by_partition.items()), None)
-
-
-def native_outcome(data: bytes, partitions: int) -> object:
-    try:
-        n, sync, by_partition, rejection = unimeter_native.decode_ingest(data, METRICS.get, partitions)
-    except unimeter_native.MalformedRequest:
-        return "malformed"
-    return (n, sync, None if by_partition is None else list(by_partition.items()), rejection)
-
-
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# `make fuzz` runs the two fuzz tests below with many more inputs (UNIMETER_FUZZ_EXAMPLES).
-FUZZ = settings(
-    SETTINGS,
-    max_examples=int(os.environ.get("UNIMETER_FUZZ_EXAMPLES", "300")),
-    suppress_health_check=list(HealthCheck),
-)
+FUZZ = settings(SETTINGS, suppress_health_check=list(HealthCheck))
+"""The two fuzz tests below; `make fuzz` loops the same comparison far longer (tests/fuzz/run.py)."""
 
 
 @SETTINGS
@@ -219,7 +174,7 @@ def test_a_batch_over_ten_thousand_events_is_one_violation_on_both() -> None:
 @example(b"\x0c")  # the end of a group that never started
 @example(b"\x0a" + b"\xff" * 10 + b"\x01")  # a length past any buffer
 def test_random_bytes_never_crash_and_both_engines_agree(data: bytes) -> None:
-    assert native_outcome(data, 8) == python_outcome(data, 8)
+    assert engine_outcome(data, 8) == python_outcome(data, 8)
 
 
 @st.composite
@@ -242,7 +197,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 @FUZZ
 @given(mutated())
 def test_mutated_requests_never_crash_and_both_engines_agree(data: bytes) -> None:
-    assert native_outcome(data, 8) == python_outcome(data, 8)
+    assert engine_outcome(data, 8) == python_outcome(data, 8)
 
 
 @given(st.integers(0, UINT64 - 1))
