@@ -65,6 +65,8 @@ class ServeConfig:
     RESOURCE_EXHAUSTED (reason DISK_FULL); 0: never."""
     handshake_timeout_seconds: float = 10.0
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
+    node_id: str = ""
+    """Id of a new data directory's node (generated when empty); an existing one keeps its own."""
     backend: str = "embedded"
     """Where records and snapshots live: ``embedded`` (segment files in the data directory) or
     ``nats`` (a NATS JetStream stream; the data directory keeps the lock and the node's identity)."""
@@ -192,6 +194,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         float,
         "seconds a new connection has to finish its TLS/HTTP2/node hello",
     ),
+    ("node_id", "--node-id", str, "id of a new data directory's node (an existing one keeps its own)"),
     ("backend", "--backend", str, "embedded (files in the data directory) or nats (NATS JetStream)"),
     ("nats_url", "--nats-url", str, "comma-separated NATS server URLs (--backend nats)"),
     ("nats_stream", "--nats-stream", str, "the deployment's JetStream stream"),
@@ -227,6 +230,7 @@ _DEFAULT_WORDS: dict[str, str] = {
     "tls_cert": "none: plain TCP",
     "tls_key": "none",
     "cluster_secret": "none",
+    "node_id": "generated for a new data directory",
     "nats_url": "none",
     "nats_monitor_url": "none",
     "nats_password": "none",

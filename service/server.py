@@ -169,6 +169,7 @@ class UnimeterServer:
             min_free_disk_bytes=int(cfg.min_free_disk_mb * (1 << 20)),
             node_addr=cfg.node_addr,
             grpc_addr=cfg.grpc_addr,
+            node_id=cfg.node_id,
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
