@@ -34,6 +34,8 @@ __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_je
 log = logging.getLogger(__name__)
 
 _SNAPSHOT_WRITE_SECONDS = 60.0
+_HEADER_ROOM = 1024
+"""Bytes of a message's payload limit left for its headers (message id, expected sequence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,7 @@ async def open_jetstream_backend(
                     epoch=epoch,
                     stall_seconds=settings.stall_seconds,
                     refuses_when_stalled=kind == "events",
+                    max_record_bytes=client.max_payload - _HEADER_ROOM,
                 )
                 for kind in ("events", "alerts")
             ]

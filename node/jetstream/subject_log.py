@@ -30,7 +30,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from cluster_client.errors import UnavailableError
+from cluster_client.errors import FieldViolation, InvalidArgumentError, UnavailableError
 
 __all__ = ["JetStreamLog"]
 
@@ -56,11 +56,14 @@ class JetStreamLog:
         epoch: str,
         stall_seconds: float,
         refuses_when_stalled: bool,
+        max_record_bytes: int,
         on_stall: Callable[[JetStreamLog, bool], None] | None = None,
     ) -> None:
         """``stored``: the subject's messages in order (stream sequence, message id, bytes).
         ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
-        does (an alert record follows an event record already appended)."""
+        does (an alert record follows an event record already appended); likewise only the event
+        log refuses a record over ``max_record_bytes`` (the servers' payload limit) up front: an
+        alert record that large fails the log when JetStream refuses it."""
         self._js = js
         self._stream = stream
         self.subject = subject
@@ -71,6 +74,7 @@ class JetStreamLog:
         self._epoch = epoch
         self._stall_seconds = stall_seconds
         self._refuses = refuses_when_stalled
+        self._max_record = max_record_bytes
         self._on_stall = on_stall
         self._cuts = 0
         """Truncations so far: part of the message id, so that a record appended at a position a
@@ -112,6 +116,12 @@ class JetStreamLog:
                 f"JetStream has not stored {self.subject} for {self._stall_seconds:.0f}s; retry later",
                 reason="NATS_UNAVAILABLE",
                 retry_after_seconds=_RETRY_AFTER_SECONDS,
+            )
+        if self._refuses and len(record) > self._max_record:
+            raise InvalidArgumentError(
+                f"the batch's record for this partition is {len(record)} bytes, more than the "
+                f"{self._max_record} a JetStream message may carry: send smaller batches",
+                violations=[FieldViolation("events", f"at most {self._max_record} bytes per partition")],
             )
         if len(self._seqs) == len(self._records):
             self._progress = time.monotonic()  # nothing was pending: the stall clock starts now
@@ -226,7 +236,7 @@ class JetStreamLog:
                 self._progress = time.monotonic()
                 self._set_stalled(False)
                 self._release()
-        except _Fenced as exc:
+        except _Refused as exc:
             self._fail(str(exc))
         except Exception as exc:  # a bug must fail the log (no acks), not leave waiters hanging
             log.exception("publishing %s failed", self.subject)
@@ -235,12 +245,12 @@ class JetStreamLog:
             self._publisher = None
 
     async def _retrying(self, attempt: Callable[[], Awaitable[int]]) -> int:
-        """Run ``attempt`` until it succeeds (its result) or raises _Fenced; a stall is reported
+        """Run ``attempt`` until it succeeds (its result) or raises _Refused; a stall is reported
         after ``stall_seconds`` without progress."""
         while True:
             try:
                 return await attempt()
-            except _Fenced:
+            except _Refused:
                 raise
             except (TimeoutError, nats.errors.Error, APIError, OSError) as exc:
                 if time.monotonic() - self._progress > self._stall_seconds:
@@ -258,18 +268,23 @@ class JetStreamLog:
                 self.subject, self._records[position], timeout=_ATTEMPT_SECONDS, headers=headers
             )
             ack = await asyncio.wait_for(publish, timeout=_ATTEMPT_SECONDS + 0.5)
+        except nats.errors.MaxPayloadError:
+            size = len(self._records[position])
+            raise _Refused(
+                f"record {position} ({size} bytes) is larger than the servers' max_payload"
+            ) from None
         except APIError as exc:
             if exc.err_code != _WRONG_LAST_SEQUENCE:
                 raise
             last = await self._js.get_last_msg(self._stream, self.subject)
             if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
                 return int(last.seq or 0)  # our own earlier attempt, stored after its duplicate window
-            raise _Fenced(
+            raise _Refused(
                 f"another writer appended to {self.subject} (stream sequence {last.seq} is not this "
                 f"node's record {position}): this node no longer owns the partition"
             ) from None
         if ack.stream != self._stream:
-            raise _Fenced(f"{self.subject} was stored in stream {ack.stream}, not {self._stream}")
+            raise _Refused(f"{self.subject} was stored in stream {ack.stream}, not {self._stream}")
         return int(ack.seq)
 
     async def _delete_cut(self) -> int:
@@ -307,5 +322,6 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class _Fenced(Exception):
-    """Another writer owns the subject now: nothing more may be appended."""
+class _Refused(Exception):
+    """JetStream will never store the record (another writer owns the subject, or the record is
+    larger than the servers take): the log fails."""
