@@ -4,14 +4,18 @@ the node that wrote them (offsets, aggregates, dedup keys, thresholds, alert off
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
+
+import pytest
 
 from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
+from node.jetstream.backend import JetStreamBackend
 from node.node import Node, NodeConfig
-from node.records import AlertRecord, encode_alert_record
+from node.records import AlertRecord, decode_event_record, encode_alert_record
 from tests.integration.helpers import T0
 from tools.nats_cluster import NatsCluster
 
@@ -110,5 +114,44 @@ async def test_recovery_cuts_alert_records_of_events_never_stored(
     check = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
     try:
         assert list(check.open_partition(0).alerts.scan()) == []
+    finally:
+        await check.disconnect()
+
+
+async def test_a_node_whose_stream_was_written_by_another_is_fenced(
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    """Node A writes; node B starts on the same stream (a takeover) and writes; A's next SYNC on
+    that partition is never acknowledged, and the stream holds B's record, not A's."""
+    first = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    a = Node(NodeConfig(tmp_path / "a", partitions=PARTITIONS), first.factory)
+    await a.start()
+    second: JetStreamBackend | None = None
+    b: Node | None = None
+    try:
+        await a.create_metric(Metric("calls", AggType.SUM))
+        row: EventRow = (1, "calls", 1, T0, None, 1, "a1")
+        p = partition_of(1, PARTITIONS)
+        await a.ingest([(p, [row])], True, "")
+        shutil.copytree(tmp_path / "a", tmp_path / "b")  # B: the metric registry, another lock
+        second = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)  # sees A's record
+        b = Node(NodeConfig(tmp_path / "b"), second.factory)
+        await b.ingest([(p, [(1, "calls", 10, T0 + 1, None, 1, "b1")])], True, "")
+        with pytest.raises(OSError, match="another writer appended"):
+            await a.ingest([(p, [(1, "calls", 100, T0 + 2, None, 1, "a2")])], True, "")
+        with pytest.raises(OSError):  # the partition stays failed: nothing more is acknowledged
+            await a.ingest([(p, [(1, "calls", 100, T0 + 3, None, 1, "a3")])], False, "")
+    finally:
+        with contextlib.suppress(OSError):
+            await a.close()
+        await first.disconnect()
+        if b is not None:
+            await b.close()
+        if second is not None:
+            await second.disconnect()
+    check = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    try:
+        stored = [decode_event_record(r).rows for _, r in check.open_partition(p).events.scan()]
+        assert [[r[6] for r in rows] for rows in stored] == [["a1"], ["b1"]]
     finally:
         await check.disconnect()
