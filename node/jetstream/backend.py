@@ -166,6 +166,9 @@ class JetStreamBackend:
         """Close the NATS connection (after the node closed its partitions)."""
         for task in list(self._commits):
             task.cancel()
+        for storage in self._storages.values():
+            await storage.events.stop()
+            await storage.alerts.stop()
         await self._client.close()
 
 

@@ -57,7 +57,6 @@ class JetStreamLog:
         stall_seconds: float,
         refuses_when_stalled: bool,
         max_record_bytes: int,
-        on_stall: Callable[[JetStreamLog, bool], None] | None = None,
     ) -> None:
         """``stored``: the subject's messages in order (stream sequence, message id, bytes).
         ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
@@ -75,7 +74,6 @@ class JetStreamLog:
         self._stall_seconds = stall_seconds
         self._refuses = refuses_when_stalled
         self._max_record = max_record_bytes
-        self._on_stall = on_stall
         self._cuts = 0
         """Truncations so far: part of the message id, so that a record appended at a position a
         truncation freed is not taken for the cut record's duplicate (the same epoch and position
@@ -88,6 +86,7 @@ class JetStreamLog:
         self._progress = time.monotonic()
         """When the publisher last stored something (or started with nothing behind)."""
         self.stalled = False
+        """Whether the publisher has retried for ``stall_seconds`` without progress."""
         self.on_failure: Callable[[], None] | None = None
         self._closed = False
 
@@ -198,16 +197,21 @@ class JetStreamLog:
             raise OSError(errno.EIO, f"{self.subject}: records not stored at close: {exc}") from None
         finally:
             self._closed = True
-            if self._publisher is not None:
-                self._publisher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._publisher
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop publishing (what is still pending stays unstored): the connection is closing."""
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
 
     # ------------------------------------------------------------------ publishing
 
     def kick(self) -> None:
         """Start publishing what is pending, unless the publisher is at it already."""
-        if self._publisher is None and self._failure is None:
+        if self._publisher is None and self._failure is None and not self._closed:
             self._publisher = asyncio.get_running_loop().create_task(
                 self._publish_pending(), name=f"unimeter-publish-{self.subject}"
             )
@@ -215,12 +219,6 @@ class JetStreamLog:
     def _stalled_now(self) -> bool:
         pending = len(self._seqs) < len(self._records) or self._cut
         return bool(pending) and time.monotonic() - self._progress > self._stall_seconds
-
-    def _set_stalled(self, stalled: bool) -> None:
-        if stalled != self.stalled:
-            self.stalled = stalled
-            if self._on_stall is not None:
-                self._on_stall(self, stalled)
 
     async def _publish_pending(self) -> None:
         try:
@@ -234,7 +232,9 @@ class JetStreamLog:
                     break
                 self._seqs.append(seq)
                 self._progress = time.monotonic()
-                self._set_stalled(False)
+                if self.stalled:
+                    self.stalled = False
+                    log.info("JetStream is storing %s again", self.subject)
                 self._release()
         except _Refused as exc:
             self._fail(str(exc))
@@ -256,7 +256,7 @@ class JetStreamLog:
                 if time.monotonic() - self._progress > self._stall_seconds:
                     if not self.stalled:
                         log.warning("JetStream is not storing %s: %s; retrying", self.subject, exc)
-                    self._set_stalled(True)
+                    self.stalled = True
                 await asyncio.sleep(_RETRY_PAUSE_SECONDS)
 
     async def _store(self, position: int) -> int:
