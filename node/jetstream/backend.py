@@ -121,8 +121,13 @@ class JetStreamBackend:
         """The deployment's partition count, as its stream records it."""
         return self.layout.partitions
 
-    def factory(self, *_: object) -> JetStreamBackend:
-        """A ``node.node.BackendFactory`` handing this (already open) backend to the node."""
+    def factory(self, config: object, stats: NodeStats) -> JetStreamBackend:
+        """A ``node.node.BackendFactory`` handing this (already open) backend to the node, whose
+        store-time histograms its logs feed."""
+        del config  # the backend was opened with its own settings
+        for storage in self._storages.values():
+            storage.events.on_sync = stats.fsync_events.observe
+            storage.alerts.on_sync = stats.fsync_alerts.observe
         return self
 
     def open_partition(self, number: int) -> JetStreamStorage:
@@ -172,16 +177,13 @@ class JetStreamBackend:
         await self._client.close()
 
 
-async def open_jetstream_backend(
-    options: NatsOptions, settings: JetStreamSettings, stats: NodeStats | None = None
-) -> JetStreamBackend:
+async def open_jetstream_backend(options: NatsOptions, settings: JetStreamSettings) -> JetStreamBackend:
     """Connect, verify, set up the stream and load every partition (records and snapshot).
 
     NatsUnavailable when no server answers; NatsRefused when the servers or the stream cannot
     serve the node as configured. Nothing is written before every check has passed, except a
     stream (and snapshot bucket) created when none existed.
     """
-    del stats  # publish round trips are not yet part of the node's histograms
     client = await connect(options)
     try:
         js = client.jetstream(timeout=5.0)

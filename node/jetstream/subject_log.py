@@ -88,6 +88,9 @@ class JetStreamLog:
         self.stalled = False
         """Whether the publisher has retried for ``stall_seconds`` without progress."""
         self.on_failure: Callable[[], None] | None = None
+        self.on_sync: Callable[[float], None] | None = None
+        """Observer of each record's store time (first attempt to ack), like the embedded
+        backend's fsync round durations."""
         self._closed = False
 
     # ------------------------------------------------------------------ RecordLog
@@ -227,11 +230,14 @@ class JetStreamLog:
                     await self._retrying(self._delete_cut)
                     continue
                 position = len(self._seqs)
+                started = time.monotonic()
                 seq = await self._retrying(partial(self._store, position))
                 if self._failure is not None:
                     break
                 self._seqs.append(seq)
                 self._progress = time.monotonic()
+                if self.on_sync is not None:
+                    self.on_sync(self._progress - started)
                 if self.stalled:
                     self.stalled = False
                     log.info("JetStream is storing %s again", self.subject)

@@ -65,6 +65,9 @@ async def test_snapshot_in_the_cluster_then_replay(
         await node.ingest(_parts(first), True, "")  # ... made durable by a SYNC of every partition
         expected = await _state(node)
         assert any(p.alerts for p in node.partitions)
+        # One store time per record published: 2 event records per partition, and the alert records.
+        assert node.stats.fsync_events.count == 2 * PARTITIONS
+        assert node.stats.fsync_alerts.count == sum(p.alert_log.end_position for p in node.partitions)
         # The lock is per data directory; the copy has the metric registry and the node's identity.
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
         again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
