@@ -23,9 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
-from node.embedded_backend import open_embedded_backend
 from node.jetstream.errors import NatsRefused
-from node.node import BackendFactory, Node, NodeConfig
+from node.node import Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
 
 from .api_keys import ApiKeyStore, load_api_keys
@@ -173,21 +172,10 @@ class UnimeterServer:
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
-        factory: BackendFactory = open_embedded_backend
         if cfg.backend == "nats":
-            from .nats_backend import open_backend  # the NATS client only loads for this backend
-
-            backend = self._jetstream = await open_backend(cfg)
-            factory = backend.factory
-            # Records are in JetStream: the data directory's free space no longer bounds ingest.
-            node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
-        node = self.node = await asyncio.to_thread(Node, node_config, factory)
-        if self._jetstream is not None and node.partitions_count != self._jetstream.partitions:
-            raise NatsRefused(
-                f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
-                f"stream {cfg.nats_stream} has {self._jetstream.partitions}: use the data directory "
-                "this deployment's node had, or a new one"
-            )
+            node = self.node = await self._start_node_on_jetstream(node_config)
+        else:
+            node = self.node = await asyncio.to_thread(Node, node_config)
         _tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
@@ -222,6 +210,24 @@ class UnimeterServer:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_node_on_jetstream(self, node_config: NodeConfig) -> Node:
+        """Open the JetStream backend (NatsUnavailable or NatsRefused before the data directory is
+        touched), then the node over it, whose partition count must be the stream's."""
+        from .nats_backend import open_backend  # the NATS client only loads for this backend
+
+        cfg = self.config
+        backend = self._jetstream = await open_backend(cfg)
+        # Records are in JetStream: the data directory's free space no longer bounds ingest.
+        node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
+        node = self.node = await asyncio.to_thread(Node, node_config, backend.factory)
+        if node.partitions_count != backend.partitions:
+            raise NatsRefused(
+                f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
+                f"stream {cfg.nats_stream} has {backend.partitions}: use the data directory "
+                "this deployment's node had, or a new one"
+            )
+        return node
 
     def _log_access(self, keys: ApiKeyStore | None) -> None:
         """Say at start who can reach what: an open API or node protocol is the operator's to see."""
