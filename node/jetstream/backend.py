@@ -117,6 +117,16 @@ class JetStreamBackend:
         self._commits: set[asyncio.Task[None]] = set()
 
     @property
+    def client(self) -> NatsClient:
+        """The node's NATS connection (for the other JetStream users of the node: KV buckets)."""
+        return self._client
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of that connection."""
+        return self._js
+
+    @property
     def partitions(self) -> int:
         """The deployment's partition count, as its stream records it."""
         return self.layout.partitions

@@ -43,7 +43,7 @@ async def test_stream_leader_killed_during_sync_appends(
     """Writes stall for the election and resume; every acknowledged record is stored exactly once,
     in order, and so is every record whose wait gave up (it stays queued, with the same id)."""
     backend = await open_backend(faulty_cluster, stream_name, partitions=4)
-    leader = (await backend._js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
+    leader = (await backend.js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
     appended: dict[int, list[bytes]] = {p: [] for p in range(4)}
     acked: dict[int, int] = dict.fromkeys(range(4), 0)
 
@@ -128,7 +128,7 @@ async def test_nats_down_answers_unavailable_then_resumes(
 
 async def test_conflicting_stream_settings_are_refused(faulty_cluster: NatsCluster, stream_name: str) -> None:
     backend = await open_backend(faulty_cluster, stream_name, partitions=2)
-    await backend._js.add_stream(name=f"{stream_name}x", subjects=["other.>"], num_replicas=1)
+    await backend.js.add_stream(name=f"{stream_name}x", subjects=["other.>"], num_replicas=1)
     await backend.disconnect()
     with pytest.raises(
         NatsRefused, match=r"--partitions 3 differs from the 2 partitions of JetStream stream"
@@ -181,7 +181,7 @@ async def test_stream_leader_killed_during_node_sync_ingests(
     """SYNC ingests through a node, retried with the same event ids on UNAVAILABLE, while the
     stream leader is killed: every event is acknowledged, counted once and stored once."""
     backend = await open_backend(faulty_cluster, stream_name, partitions=4)
-    leader = (await backend._js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
+    leader = (await backend.js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
     node = Node(NodeConfig(tmp_path / "data", partitions=4), backend.factory)
     await node.start()
     accounts = list(range(1, 9))

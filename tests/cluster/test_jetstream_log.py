@@ -103,7 +103,7 @@ async def test_a_second_writer_is_fenced(nats_cluster: NatsCluster, stream_name:
 async def test_a_retried_publish_is_stored_once(nats_cluster: NatsCluster, stream_name: str) -> None:
     backend = await open_backend(nats_cluster, stream_name)
     try:
-        js = backend._js
+        js = backend.js
         subject = backend.layout.subject(0, "events")
         headers = {"Nats-Msg-Id": "epoch.p0.0", "Nats-Expected-Last-Subject-Sequence": "0"}
         first = await js.publish(subject, b"once", headers=dict(headers))
@@ -121,7 +121,7 @@ async def test_a_record_larger_than_a_message_is_refused_up_front(
     backend = await open_backend(nats_cluster, stream_name)
     try:
         log = backend.open_partition(0).events
-        limit = backend._client.max_payload - 1024
+        limit = backend.client.max_payload - 1024
         with pytest.raises(InvalidArgumentError) as refused:
             log.append(b"x" * (limit + 1))
         assert refused.value.violations[0].field == "events"
@@ -141,7 +141,7 @@ async def test_an_attempt_stored_before_its_ack_was_lost_counts_once(
     answer is recognised as this record's own earlier attempt. Either way: one message, acked."""
     backend = await open_backend(nats_cluster, stream_name, epoch="e1")
     try:
-        js = backend._js
+        js = backend.js
         if not within_window:
             info = await js.stream_info(stream_name)
             info.config.duplicate_window = 0.5
