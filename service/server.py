@@ -15,12 +15,15 @@ import gc
 import logging
 import resource
 import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
+from node.jetstream.errors import NatsRefused
 from node.node import Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
 
@@ -35,6 +38,9 @@ from .metrics_exporter import UnimeterCollector, new_registry
 from .service_stats import ServiceStats
 from .servicers import add_servicers
 from .tls import ServerTls, load_server_tls
+
+if TYPE_CHECKING:
+    from node.jetstream.backend import JetStreamBackend
 
 __all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
 
@@ -99,6 +105,7 @@ class UnimeterServer:
         self._protocol: NodeProtocolServer | None = None
         self._http: HttpEndpoint | None = None
         self._health = HealthServicer()
+        self._jetstream: JetStreamBackend | None = None
         self._serving = False
         self._stopping = False
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
@@ -163,10 +170,14 @@ class UnimeterServer:
             min_free_disk_bytes=int(cfg.min_free_disk_mb * (1 << 20)),
             node_addr=cfg.node_addr,
             grpc_addr=cfg.grpc_addr,
+            node_id=cfg.node_id,
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
-        node = self.node = await asyncio.to_thread(Node, node_config)
+        if cfg.backend == "nats":
+            node = self.node = await self._start_node_on_jetstream(node_config)
+        else:
+            node = self.node = await asyncio.to_thread(Node, node_config)
         _tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
@@ -205,6 +216,24 @@ class UnimeterServer:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_node_on_jetstream(self, node_config: NodeConfig) -> Node:
+        """Open the JetStream backend (NatsUnavailable or NatsRefused before the data directory is
+        touched), then the node over it, whose partition count must be the stream's."""
+        from .nats_backend import open_backend  # the NATS client only loads for this backend
+
+        cfg = self.config
+        backend = self._jetstream = await open_backend(cfg)
+        # Records are in JetStream: the data directory's free space no longer bounds ingest.
+        node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
+        node = self.node = await asyncio.to_thread(Node, node_config, backend.factory)
+        if node.partitions_count != backend.partitions:
+            raise NatsRefused(
+                f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
+                f"stream {cfg.nats_stream} has {backend.partitions}: use the data directory "
+                "this deployment's node had, or a new one"
+            )
+        return node
 
     def _log_access(self, keys: ApiKeyStore | None) -> None:
         """Say at start who can reach what: an open API or node protocol is the operator's to see."""
@@ -273,5 +302,7 @@ class UnimeterServer:
             if self.node is not None:
                 await self.node.close()
         finally:
+            if self._jetstream is not None:
+                await self._jetstream.disconnect()
             if self._http is not None:
                 await self._http.close()
