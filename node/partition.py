@@ -30,8 +30,8 @@ from cluster_client.types import Alert, EventRow, OperationType, Period, QueryRe
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .clock import SYSTEM_CLOCK, Clock
-from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex
+from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog
 from .records import (
     AlertRecord,
@@ -73,6 +73,8 @@ class PartitionConfig:
     """How long a retried batch id is answered with its original result."""
     clock: Clock = SYSTEM_CLOCK
     """The node's wall clock (here: the time of the last snapshot)."""
+    engine: PartitionEngine = PYTHON
+    """Where the per-event work runs (dedup index and keys): ``node.partition_engine``."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
@@ -101,7 +103,8 @@ class Partition:
         self.alert_log = storage.alerts
         self.last_offset = 0
         self.aggregates = PartitionAggregates(self._fetch_events)
-        self.dedup = DedupIndex(config.dedup_window_ns)
+        self._engine = config.engine
+        self.dedup = config.engine.new_dedup(config.dedup_window_ns)
         self.index = EventIndex()
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
@@ -136,6 +139,8 @@ class Partition:
                 return seen[1]
         arrival = max(now_ns, self._last_arrival)
         dedup_get = self.dedup.get
+        event_key = self._engine.event_key
+        derived_key = self._engine.derived_key
         next_offset = self.last_offset + 1
         offsets: list[int] = []
         stored: list[EventRow] = []
@@ -421,7 +426,7 @@ class Partition:
             return 0
         try:
             aggregates = PartitionAggregates.from_snapshot(state.aggregates, self._fetch_events, self._specs)
-            dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state.dedup)
+            dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
@@ -438,6 +443,8 @@ class Partition:
     def _replay_dedup(
         self, first: int, gens: dict[str, int], rows: Sequence[EventRow], stamped: set[int], arrival: int
     ) -> None:
+        event_key = self._engine.event_key
+        derived_key = self._engine.derived_key
         keys: list[int] = []
         offsets: list[int] = []
         for i, (account, code, value, t, props, op, event_id) in enumerate(rows):
