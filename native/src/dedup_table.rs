@@ -522,7 +522,8 @@ mod tests {
         let mut t = DedupTable::new(i64::MAX);
         let mut offset = 0;
         for batch in 0..200u64 {
-            let keys: Vec<u64> = (0..100).map(|i| (batch * 100 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+            let keys: Vec<u64> =
+                (0..100).map(|i| (batch * 100 + i).wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
             let offsets: Vec<u64> = (1..=100).map(|i| offset + i).collect();
             offset += 100;
             t.add(batch as i64, &keys, &offsets).unwrap();

@@ -112,7 +112,10 @@ fn ne_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -
 }
 
 /// A packed column (``array.tobytes()``) back into values, refusing a length that is not whole items.
-fn column<T, const N: usize>(raw: &Bound<'_, PyAny>, from_bytes: fn([u8; N]) -> T) -> Result<Vec<T>, &'static str> {
+fn column<T, const N: usize>(
+    raw: &Bound<'_, PyAny>,
+    from_bytes: fn([u8; N]) -> T,
+) -> Result<Vec<T>, &'static str> {
     const BAD: &str = "dedup snapshot: bad packed array";
     let bytes = raw.cast::<PyBytes>().map_err(|_| BAD)?.as_bytes();
     if bytes.len() % N != 0 {
@@ -125,7 +128,8 @@ fn column<T, const N: usize>(raw: &Bound<'_, PyAny>, from_bytes: fn([u8; N]) -> 
 fn parts_from_python(data: &Bound<'_, PyAny>) -> Result<DedupParts, &'static str> {
     const NOT_OURS: &str = "dedup snapshot: not this version's format";
     let list = data.cast::<PyList>().map_err(|_| NOT_OURS)?;
-    if list.len() != 10 || list.get_item(0).ok().and_then(|t| t.extract::<String>().ok()).as_deref() != Some(SNAPSHOT_TAG)
+    if list.len() != 10
+        || list.get_item(0).ok().and_then(|t| t.extract::<String>().ok()).as_deref() != Some(SNAPSHOT_TAG)
     {
         return Err(NOT_OURS);
     }
