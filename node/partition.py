@@ -138,48 +138,9 @@ class Partition:
             if seen is not None:
                 return seen[1]
         arrival = max(now_ns, self._last_arrival)
-        dedup_get = self.dedup.get
-        event_key = self._engine.event_key
-        derived_key = self._engine.derived_key
-        next_offset = self.last_offset + 1
-        offsets: list[int] = []
-        stored: list[EventRow] = []
-        stamped: list[int] = []
-        dups: list[list[int]] = []
-        new_keys: list[int] = []
-        key_offsets: list[int] = []
-        batch_keys: dict[int, int] = {}
-        gens: dict[str, int] = {}
-        for i, row in enumerate(rows):
-            account, code, value, t, props, op, event_id = row
-            gen = gens.get(code)
-            if gen is None:
-                spec = spec_of(code)
-                assert spec is not None, "rows are validated before ingest"
-                gen = gens[code] = spec.generation
-            if event_id:
-                key: int | None = event_key(account, code, gen, event_id)
-            elif t:
-                key = derived_key(account, code, gen, t, value, op, props)
-            else:
-                key = None
-            if key is not None:
-                original = batch_keys.get(key)
-                if original is None:
-                    original = dedup_get(key)
-                if original is not None:
-                    offsets.append(original)
-                    dups.append([i, original])
-                    continue
-                batch_keys[key] = next_offset
-                new_keys.append(key)
-                key_offsets.append(next_offset)
-            if not t:
-                stamped.append(len(stored))
-                row = (account, code, value, arrival, props, op, event_id)
-            stored.append(row)
-            offsets.append(next_offset)
-            next_offset += 1
+        offsets, stored, stamped, dups, gens, new_keys, key_offsets = self._engine.dedup_batch(
+            self.dedup, rows, spec_of, self.last_offset + 1, arrival
+        )
         outcome = IngestOutcome(offsets, len(dups))
         if stored or batch_id:
             first_offset = self.last_offset + 1

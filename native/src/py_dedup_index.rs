@@ -21,6 +21,13 @@ pub struct PyDedupIndex {
     table: DedupTable,
 }
 
+impl PyDedupIndex {
+    /// The table, for the batch loop of `py_partition_batch` (which only reads it).
+    pub(crate) fn table(&self) -> &DedupTable {
+        &self.table
+    }
+}
+
 #[pymethods]
 impl PyDedupIndex {
     #[new]
