@@ -69,7 +69,8 @@ fn key_of(row: &Row<'_>, code: &str, generation: u64) -> PyResult<Option<u64>> {
             pairs.push((key.cast_into()?, value.cast_into()?));
         }
     }
-    let properties = pairs.iter().map(|(k, v)| Ok((k.to_str()?, v.to_str()?))).collect::<PyResult<Vec<_>>>()?;
+    let properties =
+        pairs.iter().map(|(k, v)| Ok((k.to_str()?, v.to_str()?))).collect::<PyResult<Vec<_>>>()?;
     Ok(Some(derived_key(DerivedKeyInput {
         account_id: account,
         metric_code: code,
