@@ -320,7 +320,8 @@ class Partition:
                     # Every record starts right after the one before it; anything else is what two
                     # processes appending to one log at once leave behind.
                     raise ValueError(f"its offsets start at {first}, not at {self.last_offset + 1}")
-                self._replay_dedup(first, gens, rows, set(stamped), arrival)
+                keys, key_offsets = self._engine.replay_keys(rows, gens, stamped, first)
+                self.dedup.add(arrival, keys, key_offsets)
                 fired = self._apply(ref, first, gens, rows)
             except Exception as exc:
                 raise self._unrecoverable(self.events, ref, exc) from exc
@@ -400,23 +401,6 @@ class Partition:
         for batch_id, arrival, offsets, n_dup in state.batches:
             self._batches[batch_id] = (arrival, IngestOutcome(offsets, n_dup))
         return state.event_position
-
-    def _replay_dedup(
-        self, first: int, gens: dict[str, int], rows: Sequence[EventRow], stamped: set[int], arrival: int
-    ) -> None:
-        event_key = self._engine.event_key
-        derived_key = self._engine.derived_key
-        keys: list[int] = []
-        offsets: list[int] = []
-        for i, (account, code, value, t, props, op, event_id) in enumerate(rows):
-            if event_id:
-                keys.append(event_key(account, code, gens[code], event_id))
-            elif i not in stamped:
-                keys.append(derived_key(account, code, gens[code], t, value, op, props))
-            else:
-                continue
-            offsets.append(first + i)
-        self.dedup.add(arrival, keys, offsets)
 
     # ------------------------------------------------------------------ reads
 

@@ -1,8 +1,9 @@
 """Which code runs a partition's per-event work: the pure-Python reference or the native extension.
 
 A :class:`PartitionEngine` is the set of parts a partition takes its per-event work from: the
-dedup index (a new one, and one loaded from a snapshot), the dedup key functions and the batch
-loop of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`).
+dedup index (a new one, and one loaded from a snapshot), the dedup key functions, the batch loop
+of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`) and its
+counterpart in recovery's replay (:func:`python_replay_keys`).
 ``python`` is this module and ``node/dedup_index.py``; ``native`` is the same parts from the
 compiled ``unimeter_native`` extension (``native/``), which hold the same keys, answer the same
 and write the same snapshot bytes, so a data directory moves between engines freely. The node
@@ -29,6 +30,7 @@ __all__ = [
     "PartitionEngine",
     "partition_engine",
     "python_dedup_batch",
+    "python_replay_keys",
 ]
 
 PARTITION_ENGINES = ("python", "native")
@@ -128,6 +130,30 @@ def python_dedup_batch(
     return offsets, stored, stamped, dups, gens, new_keys, key_offsets
 
 
+ReplayKeys = Callable[[Sequence[EventRow], dict[str, int], Sequence[int], int], tuple[list[int], list[int]]]
+"""``(rows, generations, stamped, first_offset) -> (keys, offsets)``."""
+
+
+def python_replay_keys(
+    rows: Sequence[EventRow], generations: dict[str, int], stamped: Sequence[int], first_offset: int
+) -> tuple[list[int], list[int]]:
+    """The dedup keys a replayed event record adds to the index, with their offsets (row ``i`` has
+    ``first_offset + i``): an id's key, none for a row the node stamped, else the content's key,
+    under the record's own generations (KeyError for a code the record has none for)."""
+    stamped_rows = set(stamped)
+    keys: list[int] = []
+    offsets: list[int] = []
+    for i, (account, code, value, t, props, op, event_id) in enumerate(rows):
+        if event_id:
+            keys.append(event_key(account, code, generations[code], event_id))
+        elif i not in stamped_rows:
+            keys.append(derived_key(account, code, generations[code], t, value, op, props))
+        else:
+            continue
+        offsets.append(first_offset + i)
+    return keys, offsets
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionEngine:
     """The parts of one engine."""
@@ -140,6 +166,7 @@ class PartitionEngine:
     event_key: EventKey
     derived_key: DerivedKey
     dedup_batch: DedupBatch
+    replay_keys: ReplayKeys
 
 
 PYTHON = PartitionEngine(
@@ -149,6 +176,7 @@ PYTHON = PartitionEngine(
     event_key,
     derived_key,
     python_dedup_batch,
+    python_replay_keys,
 )
 
 
@@ -165,5 +193,11 @@ def partition_engine(name: str) -> PartitionEngine:
         raise ValueError(f"the native engine needs {NATIVE_MODULE}, which cannot be loaded ({exc})") from exc
     index = module.DedupIndex
     return PartitionEngine(
-        "native", index, index.from_snapshot, module.event_key, module.derived_key, module.dedup_batch
+        "native",
+        index,
+        index.from_snapshot,
+        module.event_key,
+        module.derived_key,
+        module.dedup_batch,
+        module.replay_keys,
     )

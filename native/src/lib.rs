@@ -6,7 +6,7 @@
 //! same violations. The Python engine (`service/convert.py` + `cluster_client/validation.py`) is
 //! the reference it is tested against. Phase two adds the partition's dedup index
 //! (`dedup_table`, a port of `node/dedup_index.py` with the same snapshot bytes) and the
-//! per-event loop of `Partition.ingest` over it (`py_partition_batch`). The Python-facing
+//! per-event dedup loops of ingest and replay over it (`py_partition_batch`). The Python-facing
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
 pub mod dedup_key;
@@ -240,6 +240,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(derived_key, m)?)?;
     m.add_class::<py_dedup_index::PyDedupIndex>()?;
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())

@@ -1,4 +1,5 @@
-//! `unimeter_native.dedup_batch`: the per-event loop of `Partition.ingest`, natively.
+//! `unimeter_native.dedup_batch` and `replay_keys`: the per-event dedup loops of
+//! `Partition.ingest` and of recovery's replay, natively.
 //!
 //! For each row of a validated partition batch: its dedup key (`dedup_key`), the probe of the
 //! batch's own keys and of the partition's index, the offset it gets or the original it
@@ -11,9 +12,9 @@
 //! seven items per row; what it saves is the Python bytecode of the loop and of the two key
 //! functions, and a call per key.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use pyo3::exceptions::{PyAssertionError, PyTypeError};
+use pyo3::exceptions::{PyAssertionError, PyKeyError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
@@ -63,6 +64,12 @@ fn key_of(row: &Row<'_>, code: &str, generation: u64) -> PyResult<Option<u64>> {
     if row.time == 0 {
         return Ok(None);
     }
+    content_key(row, code, generation).map(Some)
+}
+
+/// The key derived from a row's content (time, value, operation, properties).
+fn content_key(row: &Row<'_>, code: &str, generation: u64) -> PyResult<u64> {
+    let account: u64 = row.account.extract()?;
     let mut pairs: Vec<(Bound<'_, PyString>, Bound<'_, PyString>)> = Vec::new();
     if !row.properties.is_none() {
         for (key, value) in row.properties.cast::<PyDict>()?.iter() {
@@ -71,7 +78,7 @@ fn key_of(row: &Row<'_>, code: &str, generation: u64) -> PyResult<Option<u64>> {
     }
     let properties =
         pairs.iter().map(|(k, v)| Ok((k.to_str()?, v.to_str()?))).collect::<PyResult<Vec<_>>>()?;
-    Ok(Some(derived_key(DerivedKeyInput {
+    Ok(derived_key(DerivedKeyInput {
         account_id: account,
         metric_code: code,
         generation,
@@ -79,7 +86,7 @@ fn key_of(row: &Row<'_>, code: &str, generation: u64) -> PyResult<Option<u64>> {
         value: row.value.extract()?,
         operation: row.operation.extract()?,
         properties,
-    })))
+    }))
 }
 
 /// Deduplicate and stamp a partition batch: ``(offsets, stored, stamped, duplicates,
@@ -155,5 +162,46 @@ pub fn dedup_batch<'py>(
             next_offset += 1;
         }
         (offsets, stored, stamped, duplicates, generations, new_keys, key_offsets).into_pyobject(py)
+    })
+}
+
+/// The dedup keys a replayed event record adds to the index: ``(keys, offsets)`` exactly as
+/// ``node.partition_engine.python_replay_keys`` returns them. Row ``i`` has offset
+/// ``first_offset + i``; a row with an id gets its id's key, one the node stamped (its index is in
+/// ``stamped``) none, any other its content's key, under the record's own generations.
+#[pyfunction]
+pub fn replay_keys<'py>(
+    py: Python<'py>,
+    rows: &Bound<'py, PyAny>,
+    generations: &Bound<'py, PyDict>,
+    stamped: Vec<i64>,
+    first_offset: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    guarded(|| {
+        let mut generation_of: HashMap<String, u64> = HashMap::with_capacity(generations.len());
+        for (code, generation) in generations.iter() {
+            generation_of.insert(code.extract()?, generation.extract()?);
+        }
+        let stamped: HashSet<i64> = stamped.into_iter().collect();
+        let mut keys: Vec<u64> = Vec::new();
+        let mut offsets: Vec<u64> = Vec::new();
+        for (i, row_obj) in rows.try_iter()?.enumerate() {
+            let row = read_row(&row_obj?)?;
+            let code = row.code.to_str()?;
+            let Some(&generation) = generation_of.get(code) else {
+                return Err(PyKeyError::new_err(code.to_owned()));
+            };
+            let event_id = row.event_id.to_str()?;
+            let key = if !event_id.is_empty() {
+                event_key(row.account.extract()?, code, generation, event_id)
+            } else if stamped.contains(&(i as i64)) {
+                continue;
+            } else {
+                content_key(&row, code, generation)?
+            };
+            keys.push(key);
+            offsets.push(first_offset + i as u64);
+        }
+        (keys, offsets).into_pyobject(py)
     })
 }
