@@ -393,8 +393,13 @@ impl DedupTable {
         if !(parts.base < parts.floor && parts.floor <= parts.last.saturating_add(1)) {
             return Err("dedup snapshot: bad base or floor");
         }
-        let live = parts.g_live.iter().sum::<u64>() as usize;
         let used = capacity - parts.offs.count_zero();
+        if used == capacity {
+            // Never written (a table is rebuilt long before it fills), and a lookup of a key not
+            // in it would probe forever.
+            return Err("dedup snapshot: table has no empty slot");
+        }
+        let live = parts.g_live.iter().fold(0u64, |sum, &n| sum.wrapping_add(n)) as usize;
         Ok(Self {
             window_ns,
             table: Table { keys: parts.keys, offs: parts.offs, base: parts.base },

@@ -147,6 +147,7 @@ def test_bad_calls_and_snapshots_raise_the_same_errors() -> None:
         "bad table size": [*good[:3], good[3][:-4], *good[4:]],
         "bad groups": [*good[:5], b"\0" * 8, *good[6:]],
         "bad base or floor": [*good[:8], 0, *good[9:]],
+        "table has no empty slot": [*good[:3], b"\1\0\0\0" * (len(good[3]) // 4), *good[4:]],
     }
     for message, data in bad_cases.items():
         for index_class in (DedupIndex, unimeter_native.DedupIndex):
