@@ -399,7 +399,12 @@ impl DedupTable {
             // in it would probe forever.
             return Err("dedup snapshot: table has no empty slot");
         }
-        let live = parts.g_live.iter().fold(0u64, |sum, &n| sum.wrapping_add(n)) as usize;
+        // The groups own live entries of the table, each once.
+        let live = parts.g_live.iter().try_fold(0u64, |sum, &n| sum.checked_add(n));
+        let live = match live.and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if n <= used => n,
+            _ => return Err("dedup snapshot: bad groups"),
+        };
         Ok(Self {
             window_ns,
             table: Table { keys: parts.keys, offs: parts.offs, base: parts.base },

@@ -6,6 +6,7 @@ the extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
+from array import array
 from typing import Any
 
 import msgpack
@@ -153,3 +154,64 @@ def test_bad_calls_and_snapshots_raise_the_same_errors() -> None:
         for index_class in (DedupIndex, unimeter_native.DedupIndex):
             with pytest.raises(ValueError, match=message):
                 index_class.from_snapshot(WINDOW, data)
+
+
+def _outcome(call: Any) -> object:
+    """What a call returns, or the type of what it raises (ValueError, OverflowError, ...)."""
+    try:
+        return call()
+    except (ValueError, OverflowError) as exc:
+        return type(exc)
+
+
+snapshot_items = st.one_of(
+    st.binary(max_size=64), st.integers(-2, 2**64 + 1), st.sampled_from(["I", "Q", "dedup-lazy-1", "x"])
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(snapshot_items, min_size=9, max_size=11),
+    st.booleans(),
+    st.integers(2, 8),
+    st.binary(min_size=12, max_size=12),
+    st.lists(
+        st.tuples(st.integers(-(2**63), 2**63 - 1), st.integers(0, 9), st.sampled_from([0, 0, 1])), max_size=3
+    ),
+    st.tuples(st.integers(0, 4), st.integers(0, 4), st.integers(0, 4)),
+    st.lists(st.integers(0, 2**64 - 1), max_size=4),
+)
+def test_damaged_snapshots_load_alike_or_are_refused_alike(
+    items: list[Any],
+    shaped: bool,
+    slots: int,
+    slot: bytes,
+    groups: list[tuple[int, int, int]],
+    base_floor_last: tuple[int, int, int],
+    probes: list[int],
+) -> None:
+    """Random snapshot lists, or lists shaped like one (a table of ``slots`` slots, the first one
+    random, random groups, small base, floor and last): either both indexes load and then answer
+    alike, or both refuse with ValueError."""
+    data: list[Any] = list(items)
+    if shaped:
+        base, above, span = base_floor_last
+        floor, last = base + above, base + above + span - 1  # base < floor <= last + 1 unless above is 0
+        columns = [array(code, [g[i] for g in groups]).tobytes() for i, code in enumerate("qQQ")]
+        offs = slot[8:] + bytes(4 * (slots - 1))
+        data = ["dedup-lazy-1", slot[:8] * slots, "I", offs, base, *columns, floor, last]
+    loaded = [
+        _outcome(lambda c=c: c.from_snapshot(WINDOW, data)) for c in (DedupIndex, unimeter_native.DedupIndex)
+    ]
+    if loaded[0] is ValueError or loaded[1] is ValueError:
+        assert loaded[0] is loaded[1] is ValueError
+        return
+    python, native = loaded
+    assert [python.get(k) for k in probes] == [native.get(k) for k in probes]
+    assert len(python) == len(native)
+    offsets = list(range(10, 10 + len(probes)))
+    assert _outcome(lambda: python.add(1, probes, offsets)) == _outcome(
+        lambda: native.add(1, probes, offsets)
+    )
+    assert [python.get(k) for k in probes] == [native.get(k) for k in probes]
+    assert _outcome(python.to_snapshot) == _outcome(native.to_snapshot)
