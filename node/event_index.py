@@ -4,9 +4,8 @@ A page of ListEvents reads only the records of the hours it covers, never the wh
 index maps account → hour → record positions (each position once per hour, in append order).
 
 Memory: one entry per (record, account, hour), which under load spread over many accounts is about
-one per stored event, for as long as the process runs. Positions are kept packed in ``array``\\s,
-4 bytes each while they fit in 32 bits (a partition's first 4 GiB of log), 8 bytes after, never
-as Python ints in lists (8 bytes a slot, plus the int itself when nothing else shares it).
+one per stored event, for as long as the process runs; positions are packed
+(:mod:`.aggregation.positions`), 4 bytes each under 4 GiB of log.
 """
 
 from __future__ import annotations
@@ -16,14 +15,12 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from .aggregation.positions import append_position, positions_of
 from .aggregation.snapshot_data import Chunked
-from .aggregation.untracked import untracked
 
 __all__ = ["HOUR_NS", "EventIndex"]
 
 HOUR_NS = 3_600_000_000_000
-
-_NARROW_MAX = 0xFFFF_FFFF  # the largest position an array('I') holds
 
 # An account's hours: most accounts have events in one hour only (a new account, an account that
 # sends rarely), kept as ``(hour, refs)`` (~180 B less than a dict); a second hour turns it into
@@ -45,22 +42,22 @@ class EventIndex:
         for account, hour in account_hours:
             hours = accounts.get(account)
             if hours is None:
-                accounts[account] = (hour, _refs_of([record_ref]))
+                accounts[account] = (hour, positions_of([record_ref]))
                 continue
             if isinstance(hours, tuple):
                 only, refs = hours
                 if only == hour:
                     if refs[-1] != record_ref:
-                        wider = _append(refs, record_ref)
+                        wider = append_position(refs, record_ref)
                         if wider is not refs:
                             accounts[account] = (hour, wider)
                     continue
                 hours = accounts[account] = {only: refs}
             found = hours.get(hour)
             if found is None:
-                hours[hour] = _refs_of([record_ref])
+                hours[hour] = positions_of([record_ref])
             elif found[-1] != record_ref:
-                wider = _append(found, record_ref)
+                wider = append_position(found, record_ref)
                 if wider is not found:
                     hours[hour] = wider
 
@@ -103,24 +100,10 @@ class EventIndex:
         for account, hours in data:
             if len(hours) == 1:
                 ((hour, refs),) = hours
-                index._accounts[int(account)] = (int(hour), _refs_of(refs))
+                index._accounts[int(account)] = (int(hour), positions_of(refs))
             else:
-                index._accounts[int(account)] = {int(h): _refs_of(refs) for h, refs in hours}
+                index._accounts[int(account)] = {int(h): positions_of(refs) for h, refs in hours}
         return index
-
-
-def _refs_of(refs: list[int]) -> array[int]:
-    """Ascending positions as the narrowest array that holds them."""
-    return untracked(array("I" if refs[-1] <= _NARROW_MAX else "q", refs))
-
-
-def _append(refs: array[int], ref: int) -> array[int]:
-    """``refs`` with ``ref`` (larger than all) appended: ``refs`` itself, or a wider copy once a
-    position no longer fits in 32 bits."""
-    if ref > _NARROW_MAX and refs.typecode == "I":
-        refs = untracked(array("q", refs))
-    refs.append(ref)
-    return refs
 
 
 def _items(hours: _Hours | None) -> list[tuple[int, array[int]]]:

@@ -37,8 +37,8 @@ _Ints = TypeVar("_Ints")
 
 
 def untracked(ints: _Ints) -> _Ints:
-    """``ints`` itself, no longer tracked by the cyclic GC. It must be a list that only ever holds
-    ints, or an ``array``."""
+    """``ints`` itself, no longer tracked by the cyclic GC. It must be an ``array``, or a list that
+    only ever holds ints and arrays (neither can be part of a cycle)."""
     if _untrack is not None:
         _untrack(ints)
     return ints

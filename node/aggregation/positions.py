@@ -1,0 +1,65 @@
+"""Log record positions packed in arrays, for the in-memory indexes that keep one per stored event.
+
+The ListEvents index and the minute cells (the records that fed each minute, for the raw edges of
+range queries) keep record positions for as long as the process runs. As Python ints in lists each
+costs an 8-byte slot plus the int object itself (28-32 bytes, shared by the few events of one
+record when a batch is spread over many partitions). Packed, a position costs 4 bytes while it
+fits in 32 bits (a partition's first 4 GiB of log) and 8 after, and no int object stays alive.
+Arrays hold no references, so they are untracked by the cyclic GC (:mod:`.untracked`).
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from .untracked import untracked
+
+__all__ = ["add_to_tail", "append_position", "positions_of", "tail_positions", "with_packed_tail"]
+
+_NARROW_MAX = 0xFFFF_FFFF  # the largest position an array('I') holds
+
+
+def positions_of(refs: Sequence[int]) -> array[int]:
+    """Ascending positions (at least one) as the narrowest array that holds them."""
+    return untracked(array("I" if refs[-1] <= _NARROW_MAX else "q", refs))
+
+
+def append_position(refs: array[int], ref: int) -> array[int]:
+    """``refs`` with ``ref`` (larger than all) appended: ``refs`` itself, or a wider copy once a
+    position no longer fits in 32 bits."""
+    if ref > _NARROW_MAX and refs.typecode == "I":
+        refs = untracked(array("q", refs))
+    refs.append(ref)
+    return refs
+
+
+# A list whose slot ``at`` holds the positions of the records that fed it, as its last slot: the one
+# position as an int (no array header for the many cells fed by one record), else an array.
+
+
+def add_to_tail(cell: list[Any], at: int, ref: int) -> None:
+    """Note that ``ref`` (at or past every position in ``cell[at]``) fed ``cell``."""
+    refs = cell[at]
+    if isinstance(refs, int):
+        if refs != ref:
+            cell[at] = positions_of((refs, ref))
+    elif refs[-1] != ref:
+        wider = append_position(refs, ref)
+        if wider is not refs:
+            cell[at] = wider
+
+
+def tail_positions(cell: Sequence[Any], at: int) -> Sequence[int]:
+    """The positions kept in ``cell[at]``, ascending."""
+    refs = cell[at]
+    return (refs,) if isinstance(refs, int) else refs
+
+
+def with_packed_tail(flat: list[Any], at: int) -> list[Any]:
+    """``flat`` (slots ``at`` onwards: positions, ascending, as ints) with them packed into slot
+    ``at``: the shape :func:`add_to_tail` keeps. ``flat`` is modified and returned."""
+    if len(flat) > at + 1:
+        flat[at:] = [positions_of(flat[at:])]
+    return flat
