@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .aggregation.positions import append_position, positions_of
+from .aggregation.positions import positions_of, widened
 from .aggregation.snapshot_data import Chunked
 
 __all__ = ["HOUR_NS", "EventIndex"]
@@ -48,18 +48,20 @@ class EventIndex:
                 only, refs = hours
                 if only == hour:
                     if refs[-1] != record_ref:
-                        wider = append_position(refs, record_ref)
-                        if wider is not refs:
-                            accounts[account] = (hour, wider)
+                        try:
+                            refs.append(record_ref)
+                        except OverflowError:  # the first position past 32 bits
+                            accounts[account] = (hour, widened(refs, record_ref))
                     continue
                 hours = accounts[account] = {only: refs}
             found = hours.get(hour)
             if found is None:
                 hours[hour] = positions_of([record_ref])
             elif found[-1] != record_ref:
-                wider = append_position(found, record_ref)
-                if wider is not found:
-                    hours[hour] = wider
+                try:
+                    found.append(record_ref)
+                except OverflowError:
+                    hours[hour] = widened(found, record_ref)
 
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
         """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order."""

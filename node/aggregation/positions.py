@@ -16,7 +16,7 @@ from typing import Any
 
 from .untracked import untracked
 
-__all__ = ["add_to_tail", "append_position", "positions_of", "tail_positions", "with_packed_tail"]
+__all__ = ["positions_of", "tail_positions", "widened", "with_packed_tail"]
 
 _NARROW_MAX = 0xFFFF_FFFF  # the largest position an array('I') holds
 
@@ -26,29 +26,16 @@ def positions_of(refs: Sequence[int]) -> array[int]:
     return untracked(array("I" if refs[-1] <= _NARROW_MAX else "q", refs))
 
 
-def append_position(refs: array[int], ref: int) -> array[int]:
-    """``refs`` with ``ref`` (larger than all) appended: ``refs`` itself, or a wider copy once a
-    position no longer fits in 32 bits."""
-    if ref > _NARROW_MAX and refs.typecode == "I":
-        refs = untracked(array("q", refs))
-    refs.append(ref)
-    return refs
+def widened(refs: array[int], ref: int) -> array[int]:
+    """A 64-bit copy of ``refs`` with ``ref`` appended: for the first position an ``array('I')``
+    cannot hold (its ``append`` raised OverflowError)."""
+    wide = untracked(array("q", refs))
+    wide.append(ref)
+    return wide
 
 
-# A list whose slot ``at`` holds the positions of the records that fed it, as its last slot: the one
+# A cell whose slot ``at`` (its last) holds the positions of the records that fed it: the one
 # position as an int (no array header for the many cells fed by one record), else an array.
-
-
-def add_to_tail(cell: list[Any], at: int, ref: int) -> None:
-    """Note that ``ref`` (at or past every position in ``cell[at]``) fed ``cell``."""
-    refs = cell[at]
-    if isinstance(refs, int):
-        if refs != ref:
-            cell[at] = positions_of((refs, ref))
-    elif refs[-1] != ref:
-        wider = append_position(refs, ref)
-        if wider is not refs:
-            cell[at] = wider
 
 
 def tail_positions(cell: Sequence[Any], at: int) -> Sequence[int]:
@@ -59,7 +46,7 @@ def tail_positions(cell: Sequence[Any], at: int) -> Sequence[int]:
 
 def with_packed_tail(flat: list[Any], at: int) -> list[Any]:
     """``flat`` (slots ``at`` onwards: positions, ascending, as ints) with them packed into slot
-    ``at``: the shape :func:`add_to_tail` keeps. ``flat`` is modified and returned."""
+    ``at``: the shape the minute cells keep. ``flat`` is modified and returned."""
     if len(flat) > at + 1:
         flat[at:] = [positions_of(flat[at:])]
     return flat

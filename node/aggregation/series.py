@@ -40,7 +40,7 @@ from .cells import (
 from .combos import Combos
 from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL, plan_range
 from .keys import grid_base, join_keys, period_key, split_keys
-from .positions import add_to_tail, tail_positions, with_packed_tail
+from .positions import positions_of, tail_positions, widened, with_packed_tail
 from .snapshot_data import Chunked, Deferred
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .thresholds import alert_slots, evaluate
@@ -553,4 +553,13 @@ def _merge_minutes(cells: Cells, keys: list[int], deltas: list[list[int]], ref: 
             cell[LAST_TIME] = delta[LAST_TIME]
             cell[LAST_OFFSET] = delta[LAST_OFFSET]
             cell[LAST_VALUE] = delta[LAST_VALUE]
-        add_to_tail(cell, N_STATS, ref)
+        # The records that fed the cell (inline: this loop runs per cell of every record).
+        refs: Any = cell[N_STATS]
+        if type(refs) is int:
+            if refs != ref:
+                cast("list[Any]", cell)[N_STATS] = positions_of((refs, ref))
+        elif refs[-1] != ref:
+            try:
+                refs.append(ref)
+            except OverflowError:  # the first position past 32 bits
+                cast("list[Any]", cell)[N_STATS] = widened(refs, ref)
