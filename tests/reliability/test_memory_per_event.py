@@ -20,6 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow, PeriodType
@@ -81,6 +83,7 @@ class Load:
                 await self.node.commit.make_durable(self.node.partitions)
 
 
+@pytest.mark.timeout(300)  # ~40 s on the shared 2-core machine; tracemalloc slows ingest ~3x
 async def test_memory_per_stored_event_stays_under_its_bound(tmp_path: Path) -> None:
     clock = SetClock(T0)
     config = NodeConfig(tmp_path, partitions=PARTITIONS, dedup_window_seconds=WINDOW_SECONDS, clock=clock)
