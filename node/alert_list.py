@@ -1,4 +1,4 @@
-"""A partition's alerts in memory, packed: about 70 bytes an alert instead of ~400 for Alert objects.
+"""A partition's alerts in memory, packed: ~70 bytes an alert instead of ~360 for an Alert object.
 
 Alerts are kept for as long as the process runs (ListAlerts and subscriptions read any of them by
 offset), so they grow with the alerts fired since the start. Each one is stored as int64 columns
