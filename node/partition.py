@@ -16,11 +16,12 @@ import base64
 import binascii
 import logging
 import time
+from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgpack
 
@@ -29,6 +30,7 @@ from cluster_client.node_api import IngestOutcome
 from cluster_client.types import Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from .alert_list import AlertList
 from .clock import SYSTEM_CLOCK, Clock
 from .event_index import HOUR_NS, EventIndex
 from .partition_engine import PYTHON, PartitionEngine
@@ -80,6 +82,7 @@ class PartitionConfig:
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
 _Decoded = tuple[int, dict[str, int], Sequence[EventRow]]
 _AlertRow = AlertRow
+_NO_ALERTS = array("q")
 
 
 class Partition:
@@ -109,8 +112,8 @@ class Partition:
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
-        self.alerts: list[Alert] = []
-        self._alerts_by_account: dict[int, list[int]] = {}
+        self.alerts = AlertList(number)
+        self._alerts_by_account: dict[int, array[int]] = {}
         self.published_alert_offset = 0
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
@@ -191,18 +194,16 @@ class Partition:
         first = len(self.alerts) + 1
         rows = [[*a, record_time] for a in fired]
         self.alert_log.append(encode_alert_record(AlertRecord(event_first_offset, first, rows)))
-        self._load_alerts(first, rows)
+        self._load_alerts(rows)
 
-    def _load_alerts(self, first: int, rows: list[list[object]]) -> None:
+    def _load_alerts(self, rows: list[list[object]]) -> None:
         by_account = self._alerts_by_account
-        for i, row in enumerate(rows):
-            alert = _alert_from_row(row, self.number, first + i)
-            self.alerts.append(alert)
+        for row in rows:
+            alert = self.alerts.append(row)
             offsets = by_account.get(alert.account_id)
             if offsets is None:
-                by_account[alert.account_id] = [alert.offset]
-            else:
-                offsets.append(alert.offset)
+                offsets = by_account[alert.account_id] = array("q")
+            offsets.append(alert.offset)
 
     def _remember_batch(self, batch_id: str, arrival: int, outcome: IngestOutcome) -> None:
         batches = self._batches
@@ -347,7 +348,7 @@ class Partition:
                 log.warning("partition %d: cutting alerts of events lost in a crash", self.number)
                 self.alert_log.truncate(pos)
                 break
-            self._load_alerts(first_alert, alert_rows)
+            self._load_alerts(alert_rows)
             covered = event_first
         self.published_alert_offset = len(self.alerts)
         for first, arrival, fired in fired_by_record:
@@ -522,7 +523,7 @@ class Partition:
 
     def list_alerts(self, account_id: int, after_offset: int, page_size: int) -> tuple[list[Alert], bool]:
         """The account's durable alerts with offset > ``after_offset``."""
-        offsets = self._alerts_by_account.get(account_id, [])
+        offsets = self._alerts_by_account.get(account_id, _NO_ALERTS)
         limit = self.published_alert_offset
         start = bisect_right(offsets, after_offset)
         picked = [self.alerts[o - 1] for o in offsets[start : start + page_size + 1] if o <= limit]
@@ -549,14 +550,6 @@ async def _until_done(future: asyncio.Future[None]) -> None:
             log.warning("a cancelled snapshot's write failed: %s", future.exception())
         raise asyncio.CancelledError
     future.result()
-
-
-def _alert_from_row(row: Sequence[Any], partition: int, offset: int) -> Alert:
-    account, code, th_code, th_value, multiple, value, period_start, event_time, record_time = row
-    return Alert(
-        account, code, th_code, th_value, multiple, value, period_start, event_time, record_time,
-        partition, offset,
-    )  # fmt: skip
 
 
 def _outcome_from_record(

@@ -6,8 +6,9 @@ and day buckets and the metric's own periods. ``levels[level][slot]`` is one fla
 slot, keyed by :mod:`.keys`. Slot 0 holds the account's unfiltered total; a metric with declared
 dimensions also keeps slot ``1 + c`` for each combination ``c`` (filters and group-by read those,
 unfiltered queries and thresholds read the total, so they never merge per combination). Minute
-cells of slot 0 end with the refs of the log records that fed them: the raw edges of a range are
-read back through those. Period cells of slot 0 end with the alert state (:mod:`.thresholds`).
+cells of slot 0 end with the positions of the log records that fed them (one slot: an int, or a
+packed array once several records did, :mod:`.positions`): the raw edges of a range are read back
+through those. Period cells of slot 0 end with the alert state (:mod:`.thresholds`).
 
 Memory: one flat dict per level (not a dict per account) and list cells keep an account with a
 single event at ~930 bytes (tracemalloc; 4 cells, 4 dict entries, packed-int keys); a dimensioned
@@ -16,7 +17,7 @@ metric stores its combinations' cells besides the total, about twice that.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from cluster_client.types import AggType, AggValue, GroupValue, Period
@@ -39,6 +40,7 @@ from .cells import (
 from .combos import Combos
 from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL, plan_range
 from .keys import grid_base, join_keys, period_key, split_keys
+from .positions import positions_of, tail_positions, widened, with_packed_tail
 from .snapshot_data import Chunked, Deferred
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .thresholds import alert_slots, evaluate
@@ -191,7 +193,7 @@ class SeriesStore:
         self.first_minute, self.last_minute = lo_minute, hi_minute
         levels = self.levels
         if saved is not None:
-            _save_originals(levels[0][0], minute_keys, saved[0][0])
+            _save_originals(levels[0][0], minute_keys, saved[0][0], _minute_copy)
             _save_originals(levels[1][0], hour_keys, saved[1][0])
             _save_originals(levels[2][0], day_keys, saved[2][0])
             if not thresholds:  # with them, phase 1 saved the period cells before changing them
@@ -369,7 +371,7 @@ class SeriesStore:
         for minute, _, _ in raw:
             cell = minutes.get(base + minute)
             if cell is not None:
-                refs.extend(r for r in cell[N_STATS:] if r not in refs)
+                refs.extend(r for r in tail_positions(cell, N_STATS) if r not in refs)
         if not refs:
             return []
         return fetch_events(refs, account_id, self.spec.code, [(lo, hi) for _, lo, hi in raw])
@@ -394,7 +396,14 @@ class SeriesStore:
         self._saved = saved
         levels = [
             [
-                Deferred(_columns, list(cells), cells, saved[number][slot], number == PERIOD_LEVEL)
+                Deferred(
+                    _columns,
+                    list(cells),
+                    cells,
+                    saved[number][slot],
+                    number == PERIOD_LEVEL,
+                    number == slot == 0,
+                )
                 for slot, cells in enumerate(level)
             ]
             for number, level in enumerate(self.levels)
@@ -421,11 +430,11 @@ class SeriesStore:
                 dict(
                     zip(
                         join_keys(accounts, second, number == PERIOD_LEVEL),
-                        map(untracked, unpack_cells(cells, big)),
+                        map(untracked, _unpacked(unpack_cells(cells, big), number == slot == 0)),
                         strict=True,
                     )
                 )
-                for accounts, second, cells, big in level
+                for slot, (accounts, second, cells, big) in enumerate(level)
             ]
             for number, level in enumerate(saved)
         ]
@@ -435,17 +444,21 @@ class SeriesStore:
         return store
 
 
-def _columns(keys: list[int], live: Cells, saved: Cells, periods: bool) -> list[object]:
+def _columns(keys: list[int], live: Cells, saved: Cells, periods: bool, minutes: bool) -> list[object]:
     """One (level, slot) dict's snapshot columns: accounts, buckets, packed cells, big positions.
 
     The cells are read a chunk at a time as they are packed, each as it was at capture: its saved
-    value if ingestion has changed it since, else the live cell (unchanged since the capture).
+    value if ingestion has changed it since, else the live cell (unchanged since the capture). The
+    total's minute cells (``minutes``) go with their record positions spread out as ints after the
+    statistics, the format they have always had in snapshots.
     """
     accounts, second = split_keys(keys, periods)
     big: list[int] = []
 
     def chunk(lo: int, hi: int) -> list[Any]:
         cells = [saved.get(key) or live[key] for key in keys[lo:hi]]
+        if minutes:
+            cells = [[*cell[:N_STATS], *tail_positions(cell, N_STATS)] for cell in cells]
         packed, big_here = pack_cells(cells)
         big.extend(lo + i for i in big_here)
         return packed
@@ -453,7 +466,9 @@ def _columns(keys: list[int], live: Cells, saved: Cells, periods: bool) -> list[
     return [accounts, second, Chunked(len(keys), chunk), Deferred(list, big)]
 
 
-def _save_originals(cells: Cells, keys: list[int], saved: Cells) -> None:
+def _save_originals(
+    cells: Cells, keys: list[int], saved: Cells, copy: Callable[[list[int]], list[int]] = list.copy
+) -> None:
     """Copy-on-write for a snapshot being packed: save the value of each existing cell of ``keys``
     that has not been saved since the capture, before it changes (a cell created since the
     capture is not in the snapshot, and needs nothing)."""
@@ -462,7 +477,21 @@ def _save_originals(cells: Cells, keys: list[int], saved: Cells) -> None:
         if key not in saved:
             cell = get(key)
             if cell is not None:
-                saved[key] = cell[:]
+                saved[key] = copy(cell)
+
+
+def _minute_copy(cell: list[Any]) -> list[Any]:
+    """A copy of a total's minute cell that later appends to its positions do not reach."""
+    refs = cell[N_STATS]
+    return [*cell[:N_STATS], refs if isinstance(refs, int) else refs[:]]
+
+
+def _unpacked(cells: list[list[int]], minutes: bool) -> list[list[int]]:
+    """Cells read from a snapshot, the total's minute cells with their positions packed again."""
+    if minutes:
+        for cell in cells:
+            with_packed_tail(cell, N_STATS)
+    return cells
 
 
 def _merge_all(cells: Cells, keys: list[int], deltas: list[list[int]]) -> None:
@@ -524,5 +553,13 @@ def _merge_minutes(cells: Cells, keys: list[int], deltas: list[list[int]], ref: 
             cell[LAST_TIME] = delta[LAST_TIME]
             cell[LAST_OFFSET] = delta[LAST_OFFSET]
             cell[LAST_VALUE] = delta[LAST_VALUE]
-        if cell[-1] != ref:
-            cell.append(ref)
+        # The records that fed the cell (inline: this loop runs per cell of every record).
+        refs: Any = cell[N_STATS]
+        if type(refs) is int:
+            if refs != ref:
+                cast("list[Any]", cell)[N_STATS] = positions_of((refs, ref))
+        elif refs[-1] != ref:
+            try:
+                refs.append(ref)
+            except OverflowError:  # the first position past 32 bits
+                cast("list[Any]", cell)[N_STATS] = widened(refs, ref)

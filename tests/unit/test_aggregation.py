@@ -579,3 +579,33 @@ def test_accounts_are_isolated() -> None:
     assert e.aggregates.query(e.spec, 2, T0, T0 + 2, {}, [])[0].sum == 7
     assert e.aggregates.query(e.spec, 3, *MARCH, {}, [])[0] == AggValue()
     assert e.aggregates.realtime(e.spec, 2**64 - 1, T0) == (AggValue(), Period(*MARCH))
+
+
+def test_minute_cells_keep_every_feeding_record_past_32_bit_positions_and_through_a_snapshot() -> None:
+    # A minute cell keeps one feeding record's position as an int, then an array('I') that widens
+    # to 64 bits at the first position past 4 GiB; snapshots carry them as the same plain ints.
+    e = Engine(month_metric(AggType.SUM))
+    minute = T0 + 7 * MINUTE
+    refs = [100, 2**32 - 1, 2**32, 2**40]
+    for value, ref in enumerate(refs, start=1):
+        rows: list[AppliedRow] = [(ACCOUNT, value, minute + value, None, ADD, value)]
+        e.records[ref] = rows
+        e.aggregates.apply(e.spec, rows, ref)
+    lone: list[AppliedRow] = [(ACCOUNT, 1000, minute + MINUTE + 1, None, ADD, 5)]
+    e.records[2**41] = lone
+    e.aggregates.apply(e.spec, lone, 2**41)  # a cell fed by one record only
+    data = e.aggregates.to_snapshot()
+    late: list[AppliedRow] = [(ACCOUNT, 10_000, minute + 9, None, ADD, 6)]
+    e.records[2**42] = late
+    e.aggregates.apply(e.spec, late, 2**42)  # after the capture: not in the snapshot
+    packed = msgpack.unpackb(pack(data), strict_map_key=False)
+    e.aggregates.release_snapshot()
+    e.fetches.clear()
+    assert e.query(minute + 2, minute + MINUTE + 2).sum == 2 + 3 + 4 + 10_000 + 1000
+    assert e.fetches == [[*refs, 2**42, 2**41]]
+    e.aggregates = PartitionAggregates.from_snapshot(packed, e.fetch_events, {e.metric.code: e.spec})
+    e.fetches.clear()
+    assert e.query(minute + 2, minute + MINUTE + 2).sum == 2 + 3 + 4 + 1000
+    assert e.fetches == [[*refs, 2**41]]
+    e.aggregates.apply(e.spec, late, 2**42)  # a restored cell still grows
+    assert e.query(minute, minute + 10).sum == 1 + 2 + 3 + 4 + 10_000

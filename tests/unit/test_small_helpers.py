@@ -77,4 +77,25 @@ def test_event_index_single_hour_accounts_grow_into_many_hours_and_survive_a_sna
         assert list(restored.hours(account, 0, 10 * HOUR_NS)) == list(index.hours(account, 0, 10 * HOUR_NS))
     restored.add(500, [(2, 8)])  # a restored single-hour account still grows
     assert list(restored.hours(2, 0, 10 * HOUR_NS)) == [(7, [100, 300]), (8, [500])]
-    assert not any(gc.is_tracked(v) for v in restored._accounts.values() if isinstance(v, list))
+    # The cyclic GC never walks the arrays of positions (one per account and hour).
+    shapes = restored._accounts.values()
+    arrays = [refs for v in shapes for refs in ([v[1]] if isinstance(v, tuple) else v.values())]
+    assert len(arrays) == 5 and not any(gc.is_tracked(refs) for refs in arrays)
+
+
+def test_event_index_positions_past_32_bits_are_kept_exactly() -> None:
+    import msgpack
+
+    from node.aggregation.snapshot_data import pack
+    from node.event_index import HOUR_NS, EventIndex
+
+    big = 2**32
+    index = EventIndex()
+    index.add(big - 1, [(1, 5), (2, 6), (2, 7)])
+    index.add(big, [(1, 5), (2, 7)])  # past 32 bits: the arrays widen, in both shapes of an account
+    index.add(2**62, [(1, 5), (2, 6)])
+    want = {1: [(5, [big - 1, big, 2**62])], 2: [(6, [big - 1, 2**62]), (7, [big - 1, big])]}
+    assert {a: list(index.hours(a, 0, 10 * HOUR_NS)) for a in (1, 2)} == want
+    restored = EventIndex.from_snapshot(msgpack.unpackb(pack(index.to_snapshot(below=2**62))))
+    want_restored = {1: [(5, [big - 1, big])], 2: [(6, [big - 1]), (7, [big - 1, big])]}
+    assert {a: list(restored.hours(a, 0, 10 * HOUR_NS)) for a in (1, 2)} == want_restored

@@ -1,0 +1,114 @@
+"""Memory per stored event at steady state, measured in-process with tracemalloc (docs/reliability.md).
+
+A node with a short dedup window takes the rate soak's shape of load (batches of 100 events over
+accounts spread across every partition, 5 SUM metrics, event times over the last hour moving with a
+clock that advances at a fixed simulated rate, one threshold-crossing event in every hundred
+batches) and the growth of everything Python allocates is measured between two points after the
+dedup window is full. What still grows there is what the node keeps per stored event for as long
+as it runs (the ListEvents index, the minute cells' record positions, the alerts) and per minute of
+event time (minute cells): docs/reliability.md gives the breakdown. Measured here: 19.2 bytes an
+event, 32.0 with the record positions kept as Python ints in lists (before they were packed); the
+bound sits between, a third above the measured figure, so the test fails on that regression, not on
+noise (tracemalloc counts are deterministic for a given load). No timing: the clock is the test's.
+"""
+
+from __future__ import annotations
+
+import gc
+import tracemalloc
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cluster_client import AggType, AlertThreshold, Client, Metric
+from cluster_client.partitioning import partition_of
+from cluster_client.types import EventRow, PeriodType
+from node.node import Node, NodeConfig
+
+SEC = 1_000_000_000
+MINUTE = 60 * SEC
+HOUR = 60 * MINUTE
+T0 = 1_772_323_200 * SEC + 17 * MINUTE
+PARTITIONS = 16
+ACCOUNTS = 2_000
+CODES = tuple(f"sum{i}" for i in range(5))
+BATCH = 100
+RATE = 3_000  # simulated events per second: the clock moves BATCH / RATE seconds a batch
+WINDOW_SECONDS = 5
+MAX_BYTES_PER_EVENT = 26
+
+
+@dataclass
+class SetClock:
+    now: int
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+class Load:
+    """The soak's shape of batches, with a clock the batches move."""
+
+    def __init__(self, node: Node, clock: SetClock) -> None:
+        self.node, self.clock = node, clock
+        self.k = self.batches = self.stored = self.crossings = 0
+        self.hour_start = clock.now
+
+    async def run(self, events: int) -> None:
+        while self.stored < events:
+            if self.clock.now - self.hour_start >= MINUTE:  # like the soak: new templates a minute
+                self.hour_start = self.clock.now
+            parts: dict[int, list[EventRow]] = defaultdict(list)
+            for i in range(BATCH):
+                k = self.k + i
+                account = 1 + (k * 7919) % ACCOUNTS
+                t = self.hour_start - HOUR + (k * 104_729) % HOUR
+                row = (account, CODES[k % 5], (k * 37) % 1000 + 1, t, None, 1, f"e{self.batches}-{i}")
+                parts[partition_of(account, PARTITIONS)].append(row)
+            if self.batches % 100 == 0:
+                account = 1 + self.batches % ACCOUNTS
+                row = (account, "alerts", 1_000, self.clock.now, None, 1, f"a{self.batches}")
+                parts[partition_of(account, PARTITIONS)].append(row)
+                self.crossings += 1
+            outcomes = await self.node.ingest(list(parts.items()), False, "")
+            assert sum(o.n_duplicates for o in outcomes) == 0
+            self.stored += sum(len(rows) for rows in parts.values())
+            self.k += BATCH
+            self.batches += 1
+            self.clock.now += BATCH * SEC // RATE
+            if self.batches % 50 == 0:
+                self.node.expire()
+                await self.node.commit.make_durable(self.node.partitions)
+
+
+@pytest.mark.timeout(300)  # ~40 s on the shared 2-core machine; tracemalloc slows ingest ~3x
+async def test_memory_per_stored_event_stays_under_its_bound(tmp_path: Path) -> None:
+    clock = SetClock(T0)
+    config = NodeConfig(tmp_path, partitions=PARTITIONS, dedup_window_seconds=WINDOW_SECONDS, clock=clock)
+    node = Node(config)  # no background loops: no snapshot, expiry where the load calls it
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        for code in CODES:
+            await client.metrics.create(Metric(code, AggType.SUM, period_type=PeriodType.CALENDAR))
+        every = AlertThreshold("every", 1_000, recurring=True)
+        await client.metrics.create(Metric("alerts", AggType.SUM, thresholds=(every,)))
+        load = Load(node, clock)
+        await load.run(30_000)  # imports, first-use caches, a dedup window of keys
+        tracemalloc.start()
+        try:
+            await load.run(60_000)  # the keys allocated before tracing have expired
+            gc.collect()
+            before, stored_before = tracemalloc.get_traced_memory()[0], load.stored
+            await load.run(200_000)
+            gc.collect()
+            grown, stored = tracemalloc.get_traced_memory()[0] - before, load.stored - stored_before
+        finally:
+            tracemalloc.stop()
+        alerts = sum(len(p.alerts) for p in node.partitions)
+        assert alerts == load.crossings  # every threshold-crossing event fired once
+        per_event = grown / stored
+        assert per_event < MAX_BYTES_PER_EVENT, f"{per_event:.1f} bytes per stored event"
+    finally:
+        await node.close()
