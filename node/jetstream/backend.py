@@ -23,13 +23,19 @@ import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError, ServiceUnavailableError
+from nats.js.errors import (
+    APIError,
+    BucketNotFoundError,
+    NotFoundError,
+    ObjectNotFoundError,
+    ServiceUnavailableError,
+)
 from nats.js.object_store import ObjectStore
 
 from ..stats import NodeStats
 from .connection import NatsOptions, check_server_version, check_sync_always, connect
 from .errors import NatsRefused, NatsUnavailable
-from .stream import StreamLayout, ensure_stream, scan_stream, stream_servers
+from .stream import PEERS_OFFLINE, StreamLayout, ensure_stream, scan_stream, stream_servers
 from .subject_log import JetStreamLog
 
 __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_jetstream_backend"]
@@ -241,13 +247,21 @@ async def open_jetstream_backend(options: NatsOptions, settings: JetStreamSettin
 
 
 async def _settled(step: Callable[[], Awaitable[_T]], what: str) -> _T:
-    """``step()``, tried again while JetStream answers with timeouts or "unavailable" (a node
-    started during a leader election waits for it), for up to ``_SETUP_SECONDS``."""
+    """``step()``, tried again while JetStream answers with timeouts, "unavailable" or "peer
+    offline" (a node started during a leader election, or while a replica's server catches up,
+    waits for it), for up to ``_SETUP_SECONDS``."""
     deadline = time.monotonic() + _SETUP_SECONDS
     while True:
         try:
             return await step()
-        except (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
+        except (TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
+            transient = (
+                not isinstance(exc, APIError)
+                or isinstance(exc, ServiceUnavailableError)
+                or exc.err_code == PEERS_OFFLINE
+            )
+            if not transient:
+                raise
             if time.monotonic() > deadline:
                 raise NatsUnavailable(
                     f"JetStream did not answer for {what} within {_SETUP_SECONDS:.0f}s: {exc}"

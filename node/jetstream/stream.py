@@ -20,7 +20,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from .errors import NatsRefused
 
-__all__ = ["STREAM_FORMAT", "StreamLayout", "ensure_stream", "scan_stream"]
+__all__ = ["PEERS_OFFLINE", "STREAM_FORMAT", "StreamLayout", "ensure_stream", "scan_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ def _conflicts(info: StreamInfo, subjects: list[str], replicas: int) -> list[str
     return found
 
 
+PEERS_OFFLINE = 10005
+"""JetStream's error code for "no suitable peers for placement, peer offline": fewer servers are
+current than the replicas asked for, as while a restarted server catches up."""
+
+
 async def ensure_stream(
     js: JetStreamContext, name: str, replicas: int, partitions: int | None
 ) -> StreamLayout:
@@ -110,6 +115,8 @@ async def ensure_stream(
         try:
             await js.add_stream(config)
         except APIError as exc:
+            if exc.err_code == PEERS_OFFLINE:
+                raise  # transient: a replica's server is restarting or lagging; the caller retries
             raise NatsRefused(f"cannot create JetStream stream {name}: {exc}") from None
         log.info("created JetStream stream %s: %d partitions, %d replica(s)", name, count, replicas)
         return StreamLayout(name, count)

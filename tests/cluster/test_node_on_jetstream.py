@@ -109,7 +109,7 @@ async def test_recovery_cuts_alert_records_of_events_never_stored(
     node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS), again.factory)
     await node.start()
     try:
-        assert node.partitions[0].alerts == []
+        assert len(node.partitions[0].alerts) == 0
         assert node.partitions[0].alert_log.end_position == 0
     finally:
         await node.close()  # closing the log deletes the cut messages (else the next publish does)
