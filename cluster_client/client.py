@@ -38,6 +38,7 @@ from .validation import check_account_id, validate_rows
 __all__ = ["AlertsClient", "Client", "MetricsClient"]
 
 MetricLookup = Callable[[str], Metric | None]
+MetricRefresh = Callable[[], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -110,18 +111,28 @@ class Client:
         *,
         retry: RetryPolicy | None = None,
         metric_lookup: MetricLookup | None = None,
+        metric_refresh: MetricRefresh | None = None,
     ) -> None:
         self._topology = topology
         self._retry = retry or RetryPolicy()
         self._metric_lookup = metric_lookup
+        self._metric_refresh = metric_refresh
         self._metric_cache: dict[str, Metric] = {}
         self.metrics = MetricsClient(self)
         self.alerts = AlertsClient(self)
 
     @classmethod
-    async def in_process(cls, node: NodeApi, *, metric_lookup: MetricLookup | None = None) -> Client:
-        """A client calling ``node`` directly (no encoding); ``metric_lookup`` reads its registry."""
-        return cls(await Topology.local(node), metric_lookup=metric_lookup)
+    async def in_process(
+        cls,
+        node: NodeApi,
+        *,
+        metric_lookup: MetricLookup | None = None,
+        metric_refresh: MetricRefresh | None = None,
+    ) -> Client:
+        """A client calling ``node`` directly (no encoding); ``metric_lookup`` reads its registry,
+        ``metric_refresh`` brings that up to date (asked before a batch is refused for a metric
+        the lookup does not know: one created through another node a moment ago)."""
+        return cls(await Topology.local(node), metric_lookup=metric_lookup, metric_refresh=metric_refresh)
 
     @classmethod
     async def connect(
@@ -194,7 +205,14 @@ class Client:
             raise InvalidArgumentError(
                 "a batch needs at least one event", violations=[FieldViolation("events", "must not be empty")]
             )
-        validate_rows(rows, await self._metric_resolver(rows))
+        lookup = await self._metric_resolver(rows)
+        try:
+            validate_rows(rows, lookup)
+        except InvalidArgumentError:
+            if self._metric_refresh is None:
+                raise
+            await self._metric_refresh()
+            validate_rows(rows, lookup)
         topology = self._topology
         part_of = topology.partition_of
         by_partition: dict[int, tuple[list[EventRow], list[int]]] = {}

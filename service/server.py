@@ -169,7 +169,9 @@ class UnimeterServer:
         _shorten_gil_switch_interval()
         await node.start()
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)
-        self.client = await Client.in_process(node, metric_lookup=node.metric_of)
+        self.client = await Client.in_process(
+            node, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
+        )
 
         if cfg.node_addr:
             host, port = split_host_port(cfg.node_addr)
