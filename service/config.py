@@ -65,6 +65,39 @@ class ServeConfig:
     RESOURCE_EXHAUSTED (reason DISK_FULL); 0: never."""
     handshake_timeout_seconds: float = 10.0
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
+    node_id: str = ""
+    """Id of a new data directory's node (generated when empty); an existing one keeps its own."""
+    backend: str = "embedded"
+    """Where records and snapshots live: ``embedded`` (segment files in the data directory) or
+    ``nats`` (a NATS JetStream stream; the data directory keeps the lock and the node's identity)."""
+    nats_url: str = ""
+    """Comma-separated NATS server URLs (``--backend nats``)."""
+    nats_stream: str = "UNIMETER"
+    """The deployment's JetStream stream (its snapshots: object store bucket ``<stream>_snapshots``)."""
+    nats_replicas: int = 3
+    """Replicas of a stream this node creates (1 only for a development cluster)."""
+    nats_monitor_url: str = ""
+    """Comma-separated monitoring URLs (``http://host:8222``) of every server holding the stream,
+    read to verify ``sync_interval: always``."""
+    allow_unsynced_jetstream: bool = False
+    """Start although the servers' sync setting is not verified ``always`` (a WARNING is logged):
+    development only, SYNC then does not mean on disk."""
+    nats_user: str = ""
+    """NATS user name (with ``nats_password``)."""
+    nats_password: str = ""
+    """NATS password (prefer the environment variable)."""
+    nats_token: str = ""
+    """NATS authentication token (prefer the environment variable)."""
+    nats_credentials_file: Path | None = None
+    """NATS ``.creds`` file (user JWT and NKey seed)."""
+    nats_nkey_seed_file: Path | None = None
+    """File holding an NKey seed."""
+    nats_tls_ca: Path | None = None
+    """PEM CA bundle the NATS servers' certificates are checked against (turns TLS on)."""
+    nats_tls_cert: Path | None = None
+    """PEM client certificate for NATS (with ``nats_tls_key``)."""
+    nats_tls_key: Path | None = None
+    """PEM private key of ``nats_tls_cert``."""
 
     def __post_init__(self) -> None:
         if self.fsync_mode not in ("filesystem", "file"):
@@ -79,6 +112,14 @@ class ServeConfig:
             raise ValueError("the free disk floor must not be negative")
         if self.handshake_timeout_seconds <= 0:
             raise ValueError("the handshake timeout must be positive")
+        if self.backend not in ("embedded", "nats"):
+            raise ValueError(f"backend must be embedded or nats, got {self.backend!r}")
+        if self.backend == "nats" and not self.nats_urls:
+            raise ValueError("--backend nats needs --nats-url (UNIMETER_NATS_URL): the NATS servers to use")
+        if self.nats_replicas < 1:
+            raise ValueError("--nats-replicas must be at least 1")
+        if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
+            raise ValueError("a NATS client certificate needs its key (--nats-tls-cert and --nats-tls-key)")
         keys = self.api_keys_file is not None or bool(self.api_keys)
         if keys and self.node_addr and not self.cluster_secret and not self.insecure_node_protocol:
             raise ValueError(
@@ -86,6 +127,20 @@ class ServeConfig:
                 "anyone reaching it would bypass the keys: set a secret with UNIMETER_CLUSTER_SECRET "
                 "(or --cluster-secret), or pass --insecure-node-protocol on a trusted network"
             )
+
+    @property
+    def nats_urls(self) -> tuple[str, ...]:
+        """The NATS server URLs of ``nats_url``."""
+        return _split(self.nats_url)
+
+    @property
+    def nats_monitor_urls(self) -> tuple[str, ...]:
+        """The monitoring URLs of ``nats_monitor_url``."""
+        return _split(self.nats_monitor_url)
+
+
+def _split(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
 def _switch(raw: str) -> bool:
@@ -139,6 +194,31 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         float,
         "seconds a new connection has to finish its TLS/HTTP2/node hello",
     ),
+    ("node_id", "--node-id", str, "id of a new data directory's node (an existing one keeps its own)"),
+    ("backend", "--backend", str, "embedded (files in the data directory) or nats (NATS JetStream)"),
+    ("nats_url", "--nats-url", str, "comma-separated NATS server URLs (--backend nats)"),
+    ("nats_stream", "--nats-stream", str, "the deployment's JetStream stream"),
+    ("nats_replicas", "--nats-replicas", int, "replicas of the stream when this node creates it"),
+    (
+        "nats_monitor_url",
+        "--nats-monitor-url",
+        str,
+        "comma-separated monitoring URLs of the NATS servers, to verify sync_interval: always",
+    ),
+    (
+        "allow_unsynced_jetstream",
+        "--allow-unsynced-jetstream",
+        _switch,
+        "start although the NATS servers are not verified to sync every write (development only)",
+    ),
+    ("nats_user", "--nats-user", str, "NATS user name"),
+    ("nats_password", "--nats-password", str, "NATS password (prefer the env var)"),
+    ("nats_token", "--nats-token", str, "NATS token (prefer the env var)"),
+    ("nats_credentials_file", "--nats-credentials-file", Path, "NATS .creds file (JWT and NKey seed)"),
+    ("nats_nkey_seed_file", "--nats-nkey-seed-file", Path, "file holding a NATS NKey seed"),
+    ("nats_tls_ca", "--nats-tls-ca", Path, "PEM CA bundle for the NATS servers' certificates (TLS on)"),
+    ("nats_tls_cert", "--nats-tls-cert", Path, "PEM client certificate for NATS"),
+    ("nats_tls_key", "--nats-tls-key", Path, "PEM private key of --nats-tls-cert"),
 ]
 
 
@@ -150,6 +230,11 @@ _DEFAULT_WORDS: dict[str, str] = {
     "tls_cert": "none: plain TCP",
     "tls_key": "none",
     "cluster_secret": "none",
+    "node_id": "generated for a new data directory",
+    "nats_url": "none",
+    "nats_monitor_url": "none",
+    "nats_password": "none",
+    "nats_token": "none",
 }
 """How a default that is not a plain value reads in ``--help``."""
 

@@ -15,13 +15,17 @@ import gc
 import logging
 import resource
 import sys
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
-from node.node import Node, NodeConfig
+from node.embedded_backend import open_embedded_backend
+from node.jetstream.errors import NatsRefused
+from node.node import BackendFactory, Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
 
 from .api_keys import ApiKeyStore, load_api_keys
@@ -34,6 +38,9 @@ from .metrics_exporter import UnimeterCollector, new_registry
 from .service_stats import ServiceStats
 from .servicers import add_servicers
 from .tls import ServerTls, load_server_tls
+
+if TYPE_CHECKING:
+    from node.jetstream.backend import JetStreamBackend
 
 __all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
 
@@ -98,6 +105,7 @@ class UnimeterServer:
         self._protocol: NodeProtocolServer | None = None
         self._http: HttpEndpoint | None = None
         self._health = HealthServicer()
+        self._jetstream: JetStreamBackend | None = None
         self._serving = False
         self._stopping = False
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
@@ -161,10 +169,24 @@ class UnimeterServer:
             min_free_disk_bytes=int(cfg.min_free_disk_mb * (1 << 20)),
             node_addr=cfg.node_addr,
             grpc_addr=cfg.grpc_addr,
+            node_id=cfg.node_id,
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
-        node = self.node = await asyncio.to_thread(Node, node_config)
+        factory: BackendFactory = open_embedded_backend
+        if cfg.backend == "nats":
+            from .nats_backend import open_backend  # the NATS client only loads for this backend
+
+            backend = self._jetstream = await open_backend(cfg)
+            factory = backend.factory
+            node_config = replace(node_config, partitions=backend.partitions)
+        node = self.node = await asyncio.to_thread(Node, node_config, factory)
+        if self._jetstream is not None and node.partitions_count != self._jetstream.partitions:
+            raise NatsRefused(
+                f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
+                f"stream {cfg.nats_stream} has {self._jetstream.partitions}: use the data directory "
+                "this deployment's node had, or a new one"
+            )
         _tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
@@ -269,5 +291,7 @@ class UnimeterServer:
             if self.node is not None:
                 await self.node.close()
         finally:
+            if self._jetstream is not None:
+                await self._jetstream.disconnect()
             if self._http is not None:
                 await self._http.close()

@@ -77,6 +77,8 @@ class NatsCluster:
     root: Path
     size: int = 3
     name: str = "unimeter"
+    sync_always: bool = True
+    """``sync_interval: always`` (False: the server's default periodic sync, for refusal tests)."""
     servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -90,6 +92,14 @@ class NatsCluster:
     def urls(self) -> list[str]:
         return [s.url for s in self.servers]
 
+    @property
+    def monitor_urls(self) -> list[str]:
+        return [f"http://127.0.0.1:{s.monitor_port}" for s in self.servers]
+
+    def server_named(self, name: str) -> NatsServer:
+        """The server called ``name`` (as stream info names a leader)."""
+        return next(s for s in self.servers if s.name == name)
+
     def _write_config(self, server: NatsServer) -> None:
         server.directory.mkdir(parents=True, exist_ok=True)
         routes = ", ".join(f"nats-route://127.0.0.1:{s.cluster_port}" for s in self.servers)
@@ -99,11 +109,12 @@ class NatsCluster:
             if self.size > 1
             else ""
         )
+        sync = "  sync_interval: always\n" if self.sync_always else ""
         server.config_path.write_text(
             f"server_name: {server.name}\n"
             f"listen: 127.0.0.1:{server.client_port}\n"
             f"http: 127.0.0.1:{server.monitor_port}\n"
-            f"jetstream {{\n  store_dir: {str(server.directory / 'store')!r}\n  sync_interval: always\n}}\n"
+            f"jetstream {{\n  store_dir: {str(server.directory / 'store')!r}\n{sync}}}\n"
             f"{cluster}"
         )
 

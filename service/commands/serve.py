@@ -1,4 +1,4 @@
-"""``unimeter serve``: run a node with embedded storage and the gRPC API until SIGTERM or SIGINT."""
+"""``unimeter serve``: run a node (embedded or JetStream storage) and the gRPC API until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import signal
 
 from node.data_dir_lock import DataDirectoryLocked
+from node.jetstream.errors import NatsRefused, NatsUnavailable
 from node.partition import PartitionRecoveryError
 
 from ..config import ServeConfig
@@ -34,9 +35,17 @@ async def _serve(config: ServeConfig) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await server.start()
-    except (ValueError, AddressInUse, DataDirectoryLocked, PartitionRecoveryError) as exc:
+    except (
+        ValueError,
+        AddressInUse,
+        DataDirectoryLocked,
+        PartitionRecoveryError,
+        NatsUnavailable,
+        NatsRefused,
+    ) as exc:
         # Unreadable key or TLS files, bad or taken addresses, a data directory another process
-        # serves, a log that does not replay: one line each, and whatever was opened is closed.
+        # serves, a log that does not replay, NATS unreachable or unfit: one line each, and
+        # whatever was opened is closed.
         raise SystemExit(f"unimeter serve: {exc}") from None
     except OSError as exc:  # the data directory cannot be made or opened (a file there, no permission)
         where = f": {exc.filename}" if exc.filename else ""

@@ -1,20 +1,61 @@
-"""Fixtures for tests against a real local JetStream cluster (``tools.nats_cluster``)."""
+"""Fixtures of the cluster tests: real nats-server processes on loopback, started once per module.
+
+Each test uses a stream of its own (``stream_name``), so tests sharing a cluster never see each
+other's records.
+"""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from node.jetstream.backend import JetStreamBackend, JetStreamSettings, open_jetstream_backend
+from node.jetstream.connection import NatsOptions
 from tools.nats_cluster import NatsCluster
+
+_names = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    """Three nats-server processes in one JetStream cluster, shared by a test module."""
+    """Three JetStream servers with ``sync_interval: always``."""
     cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 3)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def stream_name() -> str:
+    """A stream name no other test of the session uses."""
+    return f"T{next(_names)}"
+
+
+def nats_options(cluster: NatsCluster) -> NatsOptions:
+    return NatsOptions(urls=tuple(cluster.urls))
+
+
+def settings(cluster: NatsCluster, stream: str, **overrides: object) -> JetStreamSettings:
+    values: dict[str, object] = {
+        "stream": stream,
+        "replicas": len(cluster.servers),
+        "partitions": 2,
+        "monitor_urls": tuple(cluster.monitor_urls),
+    }
+    values.update(overrides)
+    return JetStreamSettings(**values)  # type: ignore[arg-type]
+
+
+async def open_backend(cluster: NatsCluster, stream: str, **overrides: object) -> JetStreamBackend:
+    return await open_jetstream_backend(nats_options(cluster), settings(cluster, stream, **overrides))
+
+
+def data_dir(tmp_path: Path, name: str = "data") -> Path:
+    path = tmp_path / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,172 @@
+"""The deployment's stream: its subjects, its settings (created, or checked against what exists),
+the partition count it records, and a scan of everything it holds.
+
+One stream per deployment holds every partition's records: subject
+``unimeter.<stream>.p.<n>.events`` and ``unimeter.<stream>.p.<n>.alerts``, one message per record.
+Records must never expire, so the stream has no limits; a stream that exists with other settings
+(subjects, storage, replicas, limits, another partition count) was made by something else, or for
+another deployment, and is refused with the conflict named. Not here: appending (``subject_log``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
+from nats.js.errors import NotFoundError
+
+from .errors import NatsRefused
+
+__all__ = ["STREAM_FORMAT", "StreamLayout", "ensure_stream", "scan_stream"]
+
+log = logging.getLogger(__name__)
+
+STREAM_FORMAT = "1"
+"""The ``unimeter.format`` the stream's metadata records: the layout of subjects and messages."""
+_PARTITIONS_KEY = "unimeter.partitions"
+_FORMAT_KEY = "unimeter.format"
+_DUPLICATE_WINDOW_SECONDS = 120.0
+_SCAN_IDLE_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLayout:
+    """Names of the deployment's stream, its subjects and its snapshot bucket."""
+
+    stream: str
+    partitions: int
+
+    def subject(self, partition: int, kind: str) -> str:
+        """The subject of one partition's ``events`` or ``alerts`` log."""
+        return f"unimeter.{self.stream}.p.{partition}.{kind}"
+
+    @property
+    def subjects(self) -> list[str]:
+        return [f"unimeter.{self.stream}.p.*.events", f"unimeter.{self.stream}.p.*.alerts"]
+
+    @property
+    def snapshot_bucket(self) -> str:
+        return f"{self.stream}_snapshots"
+
+
+def _desired(name: str, subjects: list[str], replicas: int, partitions: int) -> StreamConfig:
+    return StreamConfig(
+        name=name,
+        description="Unimeter records: one subject per partition log, one message per record",
+        subjects=subjects,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=replicas,
+        discard=DiscardPolicy.NEW,
+        duplicate_window=_DUPLICATE_WINDOW_SECONDS,
+        allow_direct=True,
+        metadata={_PARTITIONS_KEY: str(partitions), _FORMAT_KEY: STREAM_FORMAT},
+    )
+
+
+def _conflicts(info: StreamInfo, subjects: list[str], replicas: int) -> list[str]:
+    config = info.config
+    found: list[str] = []
+    if sorted(config.subjects or []) != sorted(subjects):
+        found.append(f"subjects {config.subjects} (expected {subjects})")
+    if config.storage != StorageType.FILE:
+        found.append(f"storage {config.storage} (expected file)")
+    if config.num_replicas != replicas:
+        found.append(f"replicas {config.num_replicas} (expected {replicas}, --nats-replicas)")
+    if config.retention != RetentionPolicy.LIMITS:
+        found.append(f"retention {config.retention} (expected limits: records are never removed)")
+    limits = {
+        "max_age": config.max_age,
+        "max_msgs": config.max_msgs,
+        "max_bytes": config.max_bytes,
+        "max_msgs_per_subject": config.max_msgs_per_subject,
+    }
+    for key, value in limits.items():
+        if value not in (None, 0, -1):
+            found.append(f"{key} {value} (expected none: records must never expire)")
+    meta = config.metadata or {}
+    if meta.get(_FORMAT_KEY) != STREAM_FORMAT:
+        found.append(f"metadata {_FORMAT_KEY}={meta.get(_FORMAT_KEY)!r} (expected {STREAM_FORMAT!r})")
+    return found
+
+
+async def ensure_stream(
+    js: JetStreamContext, name: str, replicas: int, partitions: int | None
+) -> StreamLayout:
+    """Create the stream, or check the one that exists; the layout with its partition count.
+
+    ``partitions``: what the node was asked for (None: the stream's own count, 64 for a new one).
+    NatsRefused naming every conflicting setting, or a partition count other than the stream's.
+    """
+    probe = StreamLayout(name, 0)
+    try:
+        info = await js.stream_info(name)
+    except NotFoundError:
+        count = partitions or 64
+        config = _desired(name, probe.subjects, replicas, count)
+        try:
+            await js.add_stream(config)
+        except Exception as exc:
+            raise NatsRefused(f"cannot create JetStream stream {name}: {exc}") from None
+        log.info("created JetStream stream %s: %d partitions, %d replica(s)", name, count, replicas)
+        return StreamLayout(name, count)
+    conflicts = _conflicts(info, probe.subjects, replicas)
+    if conflicts:
+        raise NatsRefused(
+            f"JetStream stream {name} exists with other settings: {'; '.join(conflicts)}. "
+            "Use another --nats-stream, or fix or delete that stream"
+        )
+    recorded = int((info.config.metadata or {}).get(_PARTITIONS_KEY, "0"))
+    if recorded < 1:
+        raise NatsRefused(f"JetStream stream {name} records no partition count: it was not made by unimeter")
+    if partitions is not None and partitions != recorded:
+        raise NatsRefused(
+            f"--partitions {partitions} differs from the {recorded} partitions of JetStream stream "
+            f"{name}: the count is fixed for a deployment (drop --partitions, or use another stream)"
+        )
+    return StreamLayout(name, recorded)
+
+
+async def stream_servers(js: JetStreamContext, name: str) -> list[str]:
+    """Names of the servers holding the stream (its leader and replicas)."""
+    info = await js.stream_info(name)
+    cluster = info.cluster
+    if cluster is None:
+        return []
+    names = [cluster.leader] if cluster.leader else []
+    names += [peer.name for peer in cluster.replicas or [] if peer.name]
+    return names
+
+
+async def scan_stream(js: JetStreamContext, layout: StreamLayout) -> dict[str, list[tuple[int, str, bytes]]]:
+    """Every record in the stream by subject, in order: (stream sequence, message id, bytes).
+
+    One ordered consumer reads the whole stream (one pass, not one per subject), up to what the
+    stream held when the scan started; each message waits at most ``_SCAN_IDLE_SECONDS``.
+    """
+    info = await js.stream_info(layout.stream)
+    by_subject: dict[str, list[tuple[int, str, bytes]]] = {}
+    if not info.state.messages:
+        return by_subject
+    last = info.state.last_seq
+    sub = await js.subscribe(f"unimeter.{layout.stream}.p.>", ordered_consumer=True, stream=layout.stream)
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=_SCAN_IDLE_SECONDS)
+            except TimeoutError:
+                raise NatsRefused(
+                    f"scanning JetStream stream {layout.stream} stalled for {_SCAN_IDLE_SECONDS:.0f}s"
+                ) from None
+            meta = msg.metadata
+            seq = meta.sequence.stream
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
+            by_subject.setdefault(msg.subject, []).append((seq, msg_id, msg.data))
+            if seq >= last or not meta.num_pending:
+                break
+    finally:
+        await asyncio.shield(sub.unsubscribe())
+    return by_subject

@@ -1,0 +1,311 @@
+"""One partition log on one JetStream subject: a ``node.record_log.RecordLog``.
+
+Position ``p`` is the ``p``-th record of the subject (0, 1, 2, ...): it is known when ``append``
+returns, before JetStream has the record, and it is the same after a restart, because the subject
+holds the records in order and only this log writes it. The stream sequence of each stored record
+is kept beside it (from the publish acks, and from the recovery scan).
+
+A record is published with ``Nats-Msg-Id`` = ``<owner epoch>.<cuts>.<subject>.<position>`` (a retry after
+a timeout or a leader election is stored once) and ``Nats-Expected-Last-Subject-Sequence`` = the
+sequence of the record before it, so a writer that is not the latest cannot append: a wrong-sequence
+answer fails the log, unless the subject's last message is this very record (an earlier attempt of
+this publish, stored after its duplicate window). Publishes of one log are sequential; each attempt
+is bounded, and attempts go on (same id) for as long as NATS does not answer: the log is *stalled*
+after ``stall_seconds`` without progress, and then refuses new event records with UNAVAILABLE, while
+SYNC waits give up with UNAVAILABLE (never an ack). Everything the log holds is also kept in memory,
+since ``read`` is synchronous. Not here: the stream, the connection, when durability is asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from cluster_client.errors import UnavailableError
+
+__all__ = ["JetStreamLog"]
+
+log = logging.getLogger(__name__)
+
+_WRONG_LAST_SEQUENCE = 10071
+"""JSStreamWrongLastSequenceErrF: the expected last subject sequence did not match."""
+_ATTEMPT_SECONDS = 2.0
+_RETRY_PAUSE_SECONDS = 0.25
+_RETRY_AFTER_SECONDS = 1.0
+
+
+class JetStreamLog:
+    """A record log over subject ``subject`` of stream ``stream``."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        subject: str,
+        stored: list[tuple[int, str, bytes]],
+        *,
+        epoch: str,
+        stall_seconds: float,
+        refuses_when_stalled: bool,
+        on_stall: Callable[[JetStreamLog, bool], None] | None = None,
+    ) -> None:
+        """``stored``: the subject's messages in order (stream sequence, message id, bytes).
+        ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
+        does (an alert record follows an event record already appended)."""
+        self._js = js
+        self._stream = stream
+        self.subject = subject
+        self._records = [data for _, _, data in stored]
+        self._seqs = [seq for seq, _, _ in stored]
+        """Stream sequence of each stored record (its length is the durable position)."""
+        self._size = sum(len(r) for r in self._records)
+        self._epoch = epoch
+        self._stall_seconds = stall_seconds
+        self._refuses = refuses_when_stalled
+        self._on_stall = on_stall
+        self._cuts = 0
+        """Truncations so far: part of the message id, so that a record appended at a position a
+        truncation freed is not taken for the cut record's duplicate (the same epoch and position
+        within the stream's duplicate window)."""
+        self._cut: list[int] = []
+        """Stream sequences a truncate removed from this log, still to be deleted in the stream."""
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._publisher: asyncio.Task[None] | None = None
+        self._failure: OSError | None = None
+        self._progress = time.monotonic()
+        """When the publisher last stored something (or started with nothing behind)."""
+        self.stalled = False
+        self.on_failure: Callable[[], None] | None = None
+        self._closed = False
+
+    # ------------------------------------------------------------------ RecordLog
+
+    @property
+    def end_position(self) -> int:
+        return len(self._records)
+
+    @property
+    def durable_position(self) -> int:
+        return len(self._seqs)
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size
+
+    @property
+    def segment_count(self) -> int:
+        return 1  # one subject
+
+    def append(self, record: bytes) -> int:
+        self.check_usable()
+        if self._refuses and (self.stalled or self._stalled_now()):
+            raise UnavailableError(
+                f"JetStream has not stored {self.subject} for {self._stall_seconds:.0f}s; retry later",
+                reason="NATS_UNAVAILABLE",
+                retry_after_seconds=_RETRY_AFTER_SECONDS,
+            )
+        if len(self._seqs) == len(self._records):
+            self._progress = time.monotonic()  # nothing was pending: the stall clock starts now
+        self._records.append(record)
+        self._size += len(record)
+        return len(self._records) - 1
+
+    async def wait_durable(self, position: int) -> None:
+        """Wait for ``position``; UNAVAILABLE once the log has been stalled the whole
+        ``stall_seconds`` (the record stays queued: a retry of the call waits for it again)."""
+        future = self.durable_future(position)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=self._stall_seconds)
+        except TimeoutError:
+            raise UnavailableError(
+                f"JetStream has not acknowledged {self.subject} within {self._stall_seconds:.0f}s; "
+                "retry with the same event ids",
+                reason="NATS_UNAVAILABLE",
+                retry_after_seconds=_RETRY_AFTER_SECONDS,
+            ) from None
+
+    def durable_future(self, position: int) -> asyncio.Future[None]:
+        """A future done once every record before ``position`` is stored (failed with the log)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)  # a waiter that gave up must not leave it unretrieved
+        if self._failure is not None:
+            future.set_exception(self._failure)
+        elif position <= len(self._seqs) and not self._cut:
+            future.set_result(None)
+        else:
+            self._waiters.append((position, future))
+            self.kick()
+        return future
+
+    def read(self, position: int) -> bytes:
+        self.check_usable()
+        if not 0 <= position < len(self._records):
+            raise ValueError(f"no record at position {position} of {self.subject}")
+        return self._records[position]
+
+    def scan(self, start_position: int = 0) -> Iterator[tuple[int, bytes]]:
+        end = len(self._records)
+        for position in range(start_position, end):
+            yield position, self._records[position]
+
+    def truncate(self, position: int) -> None:
+        """Cut the records from ``position`` on; their messages are deleted from the stream before
+        anything else is published on the subject (a crash before that cuts them again at the next
+        recovery, which reads the same messages)."""
+        self.check_usable()
+        self._cut.extend(self._seqs[position:])
+        self._cuts += 1
+        del self._records[position:]
+        del self._seqs[position:]
+        self._size = sum(len(r) for r in self._records)
+
+    def describe(self, position: int) -> str:
+        seq = self._seqs[position] if position < len(self._seqs) else None
+        where = f"stream sequence {seq}" if seq is not None else "not yet stored"
+        return f"record {position} of JetStream subject {self.subject} ({where})"
+
+    def check_usable(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise OSError(errno.EBADF, f"log {self.subject} is closed")
+
+    async def close(self) -> None:
+        """Wait (bounded by the stall time) for every record to be stored, then stop publishing."""
+        try:
+            if not self._closed:
+                await self.wait_durable(len(self._records))
+        except UnavailableError as exc:
+            raise OSError(errno.EIO, f"{self.subject}: records not stored at close: {exc}") from None
+        finally:
+            self._closed = True
+            if self._publisher is not None:
+                self._publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._publisher
+
+    # ------------------------------------------------------------------ publishing
+
+    def kick(self) -> None:
+        """Start publishing what is pending, unless the publisher is at it already."""
+        if self._publisher is None and self._failure is None:
+            self._publisher = asyncio.get_running_loop().create_task(
+                self._publish_pending(), name=f"unimeter-publish-{self.subject}"
+            )
+
+    def _stalled_now(self) -> bool:
+        pending = len(self._seqs) < len(self._records) or self._cut
+        return bool(pending) and time.monotonic() - self._progress > self._stall_seconds
+
+    def _set_stalled(self, stalled: bool) -> None:
+        if stalled != self.stalled:
+            self.stalled = stalled
+            if self._on_stall is not None:
+                self._on_stall(self, stalled)
+
+    async def _publish_pending(self) -> None:
+        try:
+            while self._failure is None and (self._cut or len(self._seqs) < len(self._records)):
+                if self._cut:
+                    await self._retrying(self._delete_cut)
+                    continue
+                position = len(self._seqs)
+                seq = await self._retrying(partial(self._store, position))
+                if self._failure is not None:
+                    break
+                self._seqs.append(seq)
+                self._progress = time.monotonic()
+                self._set_stalled(False)
+                self._release()
+        except _Fenced as exc:
+            self._fail(str(exc))
+        except Exception as exc:  # a bug must fail the log (no acks), not leave waiters hanging
+            log.exception("publishing %s failed", self.subject)
+            self._fail(f"publishing failed: {exc}")
+        finally:
+            self._publisher = None
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[int]]) -> int:
+        """Run ``attempt`` until it succeeds (its result) or raises _Fenced; a stall is reported
+        after ``stall_seconds`` without progress."""
+        while True:
+            try:
+                return await attempt()
+            except _Fenced:
+                raise
+            except (TimeoutError, nats.errors.Error, APIError, OSError) as exc:
+                if time.monotonic() - self._progress > self._stall_seconds:
+                    if not self.stalled:
+                        log.warning("JetStream is not storing %s: %s; retrying", self.subject, exc)
+                    self._set_stalled(True)
+                await asyncio.sleep(_RETRY_PAUSE_SECONDS)
+
+    async def _store(self, position: int) -> int:
+        msg_id = f"{self._epoch}.{self._cuts}.{self.subject}.{position}"
+        expected = self._seqs[position - 1] if position else 0
+        headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(expected)}
+        try:
+            publish = self._js.publish(
+                self.subject, self._records[position], timeout=_ATTEMPT_SECONDS, headers=headers
+            )
+            ack = await asyncio.wait_for(publish, timeout=_ATTEMPT_SECONDS + 0.5)
+        except APIError as exc:
+            if exc.err_code != _WRONG_LAST_SEQUENCE:
+                raise
+            last = await self._js.get_last_msg(self._stream, self.subject)
+            if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
+                return int(last.seq or 0)  # our own earlier attempt, stored after its duplicate window
+            raise _Fenced(
+                f"another writer appended to {self.subject} (stream sequence {last.seq} is not this "
+                f"node's record {position}): this node no longer owns the partition"
+            ) from None
+        if ack.stream != self._stream:
+            raise _Fenced(f"{self.subject} was stored in stream {ack.stream}, not {self._stream}")
+        return int(ack.seq)
+
+    async def _delete_cut(self) -> int:
+        while self._cut:
+            with contextlib.suppress(NotFoundError):  # deleted by an earlier attempt
+                await self._js.delete_msg(self._stream, self._cut[-1])
+            self._cut.pop()
+        self._release()
+        return 0
+
+    def _release(self) -> None:
+        durable = len(self._seqs) if not self._cut else -1
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for position, future in self._waiters:
+            if position <= durable:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((position, future))
+        self._waiters = keep
+
+    def _fail(self, reason: str) -> None:
+        self._failure = OSError(errno.EIO, f"JetStream log {self.subject} failed: {reason}")
+        log.error("%s", self._failure)
+        for _, future in self._waiters:
+            if not future.done():
+                future.set_exception(self._failure)
+        self._waiters = []
+        if self.on_failure is not None:
+            self.on_failure()
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class _Fenced(Exception):
+    """Another writer owns the subject now: nothing more may be appended."""

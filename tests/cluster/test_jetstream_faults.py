@@ -1,0 +1,167 @@
+"""The JetStream backend under faults: the stream leader killed during SYNC ingests, every NATS
+server down and back while a node runs, and the refusals at start (conflicting stream settings,
+another partition count, servers that do not sync every write). Its own cluster: it kills servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cluster_client import AggType, Client, Metric
+from cluster_client.errors import UnavailableError
+from cluster_client.partitioning import partition_of
+from node.jetstream.backend import open_jetstream_backend
+from node.jetstream.errors import NatsRefused
+from node.node import Node, NodeConfig
+from tests.integration.helpers import T0
+from tools.nats_cluster import NatsCluster
+
+from .conftest import nats_options, open_backend, settings
+
+DAY = 86_400 * 1_000_000_000
+
+
+@pytest.fixture(scope="module")
+def faulty_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-faults"), 3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_stream_leader_killed_during_sync_appends(
+    faulty_cluster: NatsCluster, stream_name: str
+) -> None:
+    """Writes stall for the election and resume; every acknowledged record is stored exactly once,
+    in order, and so is every record whose wait gave up (it stays queued, with the same id)."""
+    backend = await open_backend(faulty_cluster, stream_name, partitions=4)
+    leader = (await backend._js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
+    appended: dict[int, list[bytes]] = {p: [] for p in range(4)}
+    acked: dict[int, int] = dict.fromkeys(range(4), 0)
+
+    async def writer(partition: int) -> None:
+        log = backend.open_partition(partition).events
+        for i in range(40):
+            record = f"p{partition}-{i}".encode()
+            position = log.append(record)
+            appended[partition].append(record)
+            while True:
+                try:
+                    await log.wait_durable(position + 1)
+                    break
+                except UnavailableError:
+                    continue  # not acknowledged; the record stays queued and is waited for again
+            acked[partition] = position + 1
+            if partition == 0 and i == 10:
+                faulty_cluster.kill(faulty_cluster.server_named(leader))
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(writer(p) for p in range(4))), timeout=60)
+    finally:
+        await backend.disconnect()
+        faulty_cluster.start_server(faulty_cluster.server_named(leader))
+    assert acked == dict.fromkeys(range(4), 40)
+    again = await open_backend(faulty_cluster, stream_name, partitions=4)
+    try:
+        for partition in range(4):
+            assert [r for _, r in again.open_partition(partition).events.scan()] == appended[partition]
+    finally:
+        await again.disconnect()
+
+
+async def test_nats_down_answers_unavailable_then_resumes(
+    tmp_path: Path, faulty_cluster: NatsCluster, stream_name: str
+) -> None:
+    backend = await open_backend(faulty_cluster, stream_name, partitions=2, stall_seconds=2.0)
+    node = Node(NodeConfig(tmp_path / "data", partitions=2), backend.factory)
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        partition = partition_of(7, 2)
+        await node.ingest([(partition, [(7, "calls", 5, T0, None, 1, "a")])], True, "")
+        for server in faulty_cluster.servers:
+            faulty_cluster.kill(server)
+        with pytest.raises(UnavailableError) as waited:
+            await node.ingest([(partition, [(7, "calls", 3, T0 + 1, None, 1, "b")])], True, "")
+        assert waited.value.reason == "NATS_UNAVAILABLE" and waited.value.retry_after_seconds
+        with pytest.raises(UnavailableError):  # stalled: new events are refused before they are stored
+            await node.ingest([(partition, [(7, "calls", 11, T0 + 2, None, 1, "c")])], True, "")
+        # Queries answer from applied state meanwhile ("b" is applied and waits to be stored).
+        assert (await node.query(partition, 7, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 8
+        faulty_cluster.start()
+        while True:  # the retry of "b" is a duplicate, acknowledged once its record is stored
+            try:
+                outcomes = await node.ingest([(partition, [(7, "calls", 3, T0 + 1, None, 1, "b")])], True, "")
+                break
+            except UnavailableError:
+                await asyncio.sleep(0.2)
+        assert outcomes[0].n_duplicates == 1
+        await node.ingest([(partition, [(7, "calls", 11, T0 + 2, None, 1, "c")])], True, "")
+    finally:
+        await node.close()
+        await backend.disconnect()
+    again = await open_backend(faulty_cluster, stream_name, partitions=2)
+    node = Node(NodeConfig(tmp_path / "data", partitions=2), again.factory)
+    try:
+        assert (await node.query(partition, 7, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 19
+        assert node.partitions[partition].last_offset == 3
+    finally:
+        await node.close()
+        await again.disconnect()
+
+
+async def test_conflicting_stream_settings_are_refused(faulty_cluster: NatsCluster, stream_name: str) -> None:
+    backend = await open_backend(faulty_cluster, stream_name, partitions=2)
+    await backend._js.add_stream(name=f"{stream_name}x", subjects=["other.>"], num_replicas=1)
+    await backend.disconnect()
+    with pytest.raises(
+        NatsRefused, match=r"--partitions 3 differs from the 2 partitions of JetStream stream"
+    ):
+        await open_backend(faulty_cluster, stream_name, partitions=3)
+    with pytest.raises(NatsRefused, match=r"exists with other settings: replicas 3 \(expected 1"):
+        await open_backend(faulty_cluster, stream_name, replicas=1)
+    with pytest.raises(NatsRefused, match=r"exists with other settings: subjects \['other.>'\]"):
+        await open_backend(faulty_cluster, f"{stream_name}x", replicas=1)
+    reopened = await open_backend(faulty_cluster, stream_name, partitions=None)  # the stream's own count
+    assert reopened.partitions == 2
+    await reopened.disconnect()
+
+
+@pytest.fixture(scope="module")
+def unsynced_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats-unsynced"), 1, sync_always=False)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def test_a_server_that_does_not_sync_every_write_is_refused(
+    unsynced_server: NatsCluster, stream_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(
+        NatsRefused, match=r"nats-server n1 \(http://127.0.0.1:\d+\) does not sync every write"
+    ):
+        await open_backend(unsynced_server, stream_name, replicas=1)
+    with pytest.raises(NatsRefused, match="cannot verify that the NATS servers sync every write"):
+        await open_backend(unsynced_server, stream_name, replicas=1, monitor_urls=())
+    with caplog.at_level(logging.WARNING, logger="node.jetstream.backend"):
+        backend = await open_jetstream_backend(
+            nats_options(unsynced_server),
+            settings(unsynced_server, stream_name, replicas=1, allow_unsynced=True),
+        )
+    with contextlib.suppress(Exception):
+        await backend.disconnect()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        "--allow-unsynced-jetstream" in w and "do NOT mean the events are on disk" in w for w in warnings
+    )

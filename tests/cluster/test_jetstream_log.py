@@ -1,0 +1,114 @@
+"""The RecordLog contract on JetStream: positions, durability, reads, scans, truncation, restarts,
+message ids and fencing, against a real 3-server JetStream cluster."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from node.jetstream.backend import JetStreamBackend
+from tools.nats_cluster import NatsCluster
+
+from .conftest import open_backend
+
+
+async def _commit(backend: JetStreamBackend, partitions: list[int]) -> None:
+    done = asyncio.get_running_loop().create_future()
+    backend.commit_group(partitions, background=False, then=lambda: done.set_result(None))
+    await done
+
+
+async def test_positions_durability_reads_and_restart(nats_cluster: NatsCluster, stream_name: str) -> None:
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        log = backend.open_partition(1).events
+        assert (log.end_position, log.durable_position) == (0, 0)
+        positions = [log.append(f"record {i}".encode()) for i in range(5)]
+        assert positions == [0, 1, 2, 3, 4]
+        assert log.durable_position == 0  # appended, not yet asked for
+        await log.wait_durable(3)
+        assert log.durable_position >= 3
+        await _commit(backend, [1])
+        assert log.durable_position == 5
+        assert log.read(2) == b"record 2"
+        assert list(log.scan(3)) == [(3, b"record 3"), (4, b"record 4")]
+        with pytest.raises(ValueError, match="no record at position 5"):
+            log.read(5)
+        assert backend.open_partition(0).events.end_position == 0  # partitions do not share subjects
+        await log.close()
+    finally:
+        await backend.disconnect()
+    again = await open_backend(nats_cluster, stream_name)
+    try:
+        log = again.open_partition(1).events
+        assert list(log.scan()) == [(i, f"record {i}".encode()) for i in range(5)]
+        assert log.durable_position == log.end_position == 5
+        assert log.append(b"record 5") == 5  # a new writer continues the numbering
+        await log.wait_durable(6)
+        assert "stream sequence" in log.describe(5)
+    finally:
+        await again.disconnect()
+
+
+async def test_truncate_deletes_the_tail_in_the_stream(nats_cluster: NatsCluster, stream_name: str) -> None:
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        log = backend.open_partition(0).alerts
+        for i in range(4):
+            log.append(bytes([i]))
+        await log.wait_durable(4)
+        log.truncate(2)
+        assert log.end_position == 2
+        assert log.append(b"new") == 2  # published after the cut messages are deleted
+        await log.wait_durable(3)
+    finally:
+        await backend.disconnect()
+    again = await open_backend(nats_cluster, stream_name)
+    try:
+        assert list(again.open_partition(0).alerts.scan()) == [(0, b"\x00"), (1, b"\x01"), (2, b"new")]
+    finally:
+        await again.disconnect()
+
+
+async def test_a_second_writer_is_fenced(nats_cluster: NatsCluster, stream_name: str) -> None:
+    first = await open_backend(nats_cluster, stream_name)
+    second = await open_backend(nats_cluster, stream_name)  # loaded the same (empty) subject
+    try:
+        mine = first.open_partition(0).events
+        mine.append(b"first writer")
+        await mine.wait_durable(1)
+        theirs = second.open_partition(0).events
+        theirs.append(b"stale writer")
+        with pytest.raises(OSError, match="another writer appended"):
+            await theirs.wait_durable(1)  # never acknowledged
+        with pytest.raises(OSError):
+            theirs.append(b"more")
+        mine.append(b"first writer again")
+        await mine.wait_durable(2)
+    finally:
+        await first.disconnect()
+        await second.disconnect()
+    check = await open_backend(nats_cluster, stream_name)
+    try:
+        assert [r for _, r in check.open_partition(0).events.scan()] == [
+            b"first writer",
+            b"first writer again",
+        ]
+    finally:
+        await check.disconnect()
+
+
+async def test_a_retried_publish_is_stored_once(nats_cluster: NatsCluster, stream_name: str) -> None:
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        js = backend._js
+        subject = backend.layout.subject(0, "events")
+        headers = {"Nats-Msg-Id": "epoch.p0.0", "Nats-Expected-Last-Subject-Sequence": "0"}
+        first = await js.publish(subject, b"once", headers=dict(headers))
+        retry = await js.publish(subject, b"once", headers=dict(headers))
+        assert retry.duplicate and retry.seq == first.seq
+        info = await js.stream_info(stream_name)
+        assert info.state.messages == 1
+    finally:
+        await backend.disconnect()
