@@ -38,6 +38,7 @@ from .commit_scheduler import CommitScheduler
 from .data_dir_lock import DataDirectoryLock
 from .embedded_backend import open_embedded_backend
 from .metric_registry import FileMetricRegistry, MetricRegistry, metric_not_found, write_file_atomically
+from .ownership import PartitionOwnership, not_owned
 from .partition import Partition, PartitionConfig
 from .query_validation import check_page_size, check_query
 from .record_log import RecordBackend
@@ -139,6 +140,9 @@ class Node:
         self.alerts = AlertStreamer(self.partitions, heartbeat_interval=config.heartbeat_interval)
         self.node_addr = config.node_addr
         self.grpc_addr = config.grpc_addr
+        self.ownership: PartitionOwnership | None = None
+        """The leases this node serves its partitions under (set before ``start`` by whoever took
+        them); None: it owns every partition of its data directory."""
         self._closing = False
         self._disk_checked = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -237,6 +241,8 @@ class Node:
                 f"partition {number} does not exist",
                 violations=[FieldViolation("partition", f"must be below {len(self.partitions)}")],
             )
+        if self.ownership is not None and not self.ownership.holds(number):
+            raise not_owned(number)
         return self.partitions[number]
 
     async def _spec(self, code: str, field: str = "metric_code") -> MetricSpec:
@@ -255,8 +261,16 @@ class Node:
     async def cluster_status(self) -> ClusterStatus:
         """This node, every partition it owns, and their offsets."""
         me = NodeInfo(self.node_id, self.node_addr, self.grpc_addr, True)
+        held = self.ownership
         infos = tuple(
-            PartitionInfo(p.number, self.node_id, p.last_offset, len(p.alerts)) for p in self.partitions
+            PartitionInfo(
+                p.number,
+                self.node_id if held is None or held.holds(p.number) else "",
+                p.last_offset,
+                len(p.alerts),
+                held.epoch(p.number) if held is not None else 0,
+            )
+            for p in self.partitions
         )
         return ClusterStatus(len(self.partitions), self.backend.name, (me,), infos)
 

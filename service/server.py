@@ -41,6 +41,9 @@ from .tls import ServerTls, load_server_tls
 
 if TYPE_CHECKING:
     from node.jetstream.backend import JetStreamBackend
+    from node.metric_registry import MetricRegistry
+
+    from .nats_backend import ClusterState
 
 __all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
 
@@ -106,6 +109,7 @@ class UnimeterServer:
         self._http: HttpEndpoint | None = None
         self._health = HealthServicer()
         self._jetstream: JetStreamBackend | None = None
+        self._cluster: ClusterState | None = None
         self._serving = False
         self._stopping = False
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
@@ -174,19 +178,26 @@ class UnimeterServer:
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
         factory: BackendFactory = open_embedded_backend
+        registry: MetricRegistry | None = None  # the data directory's file
         if cfg.backend == "nats":
-            from .nats_backend import open_backend  # the NATS client only loads for this backend
+            # The NATS client only loads for this backend.
+            from .nats_backend import open_backend, open_cluster_state
 
+            cluster = self._cluster = await open_cluster_state(cfg)
+            registry = cluster.registry
             backend = self._jetstream = await open_backend(cfg)
             factory = backend.factory
             node_config = replace(node_config, partitions=backend.partitions)
-        node = self.node = await asyncio.to_thread(Node, node_config, factory)
+        node = self.node = await asyncio.to_thread(Node, node_config, factory, registry)
         if self._jetstream is not None and node.partitions_count != self._jetstream.partitions:
             raise NatsRefused(
                 f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
                 f"stream {cfg.nats_stream} has {self._jetstream.partitions}: use the data directory "
                 "this deployment's node had, or a new one"
             )
+        if self._cluster is not None:
+            # Before anything is served: refused here if another live node holds a partition.
+            await self._cluster.take_partitions(node)
         _tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
@@ -291,7 +302,11 @@ class UnimeterServer:
             if self.node is not None:
                 await self.node.close()
         finally:
-            if self._jetstream is not None:
-                await self._jetstream.disconnect()
+            try:
+                if self._cluster is not None:
+                    await self._cluster.close()  # after the node flushed: the next owner has it all
+            finally:
+                if self._jetstream is not None:
+                    await self._jetstream.disconnect()
             if self._http is not None:
                 await self._http.close()

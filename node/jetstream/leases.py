@@ -30,6 +30,8 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from .errors import NatsRefused
+
 __all__ = ["LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ _EXPIRY_SLACK = 2.0
 remove expired keys shortly after their age passes, ~0.3 s measured)."""
 
 
-class LeaseConflictError(RuntimeError):
+class LeaseConflictError(NatsRefused):
     """A lease or node id is held by another live node, or the bucket disagrees with this node."""
 
 
@@ -97,7 +99,7 @@ class PartitionLeases:
         *,
         ttl: float = 10.0,
         replicas: int = 1,
-        bucket: str = "unimeter-leases",
+        bucket: str,
         node_addr: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> PartitionLeases:
@@ -213,7 +215,12 @@ class PartitionLeases:
         """Renew every TTL/3 until cancelled."""
         while True:
             await asyncio.sleep(self.ttl / 3)
-            await self.renew()
+            try:
+                await self.renew()
+            except Exception:
+                # Whatever it was, the next round must still run: without renewals every
+                # partition stops at its deadline.
+                log.exception("lease renewal failed")
 
     async def renew(self) -> None:
         """One renewal of the liveness record and every lease still held (concurrently). A lease

@@ -92,7 +92,7 @@ class KvMetricRegistry:
         cls,
         js: JetStreamContext,
         *,
-        bucket: str = "unimeter-metrics",
+        bucket: str,
         replicas: int = 1,
         timeout: float = 5.0,
     ) -> KvMetricRegistry:

@@ -94,6 +94,8 @@ async def test_generations_increase_strictly_over_delete_and_recreate_from_eithe
         assert generations == sorted(set(generations))
         with pytest.raises(NotFoundError):
             await first.delete("calls")
+        await first.refresh()
+        await second.refresh()
         assert first.get("calls") is None and second.get("calls") is None
     finally:
         await first.close()
