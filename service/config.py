@@ -62,7 +62,8 @@ class ServeConfig:
     """Events of ingest calls in flight past which new calls get RESOURCE_EXHAUSTED."""
     min_free_disk_mb: float = 256.0
     """Free space (MiB) of the data directory's filesystem below which ingest gets
-    RESOURCE_EXHAUSTED (reason DISK_FULL); 0: never."""
+    RESOURCE_EXHAUSTED (reason DISK_FULL); 0: never. Embedded backend only (with ``nats`` the
+    records are not in the data directory)."""
     handshake_timeout_seconds: float = 10.0
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
     node_id: str = ""

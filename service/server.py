@@ -187,7 +187,8 @@ class UnimeterServer:
             registry = cluster.registry
             backend = self._jetstream = await open_backend(cfg)
             factory = backend.factory
-            node_config = replace(node_config, partitions=backend.partitions)
+            # Records are in JetStream: the data directory's free space no longer bounds ingest.
+            node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
         node = self.node = await asyncio.to_thread(Node, node_config, factory, registry)
         if self._jetstream is not None and node.partitions_count != self._jetstream.partitions:
             raise NatsRefused(

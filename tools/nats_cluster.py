@@ -79,6 +79,8 @@ class NatsCluster:
     name: str = "unimeter"
     sync_always: bool = True
     """``sync_interval: always`` (False: the server's default periodic sync, for refusal tests)."""
+    extra_config: str = ""
+    """Appended to every server's configuration (``authorization``, ``tls`` blocks, for tests)."""
     servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -115,7 +117,7 @@ class NatsCluster:
             f"listen: 127.0.0.1:{server.client_port}\n"
             f"http: 127.0.0.1:{server.monitor_port}\n"
             f"jetstream {{\n  store_dir: {str(server.directory / 'store')!r}\n{sync}}}\n"
-            f"{cluster}"
+            f"{cluster}{self.extra_config}"
         )
 
     def start(self, timeout: float = 30.0) -> None:

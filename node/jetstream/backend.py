@@ -14,18 +14,21 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
-from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError, ServiceUnavailableError
 from nats.js.object_store import ObjectStore
 
 from ..stats import NodeStats
 from .connection import NatsOptions, check_server_version, check_sync_always, connect
-from .errors import NatsRefused
+from .errors import NatsRefused, NatsUnavailable
 from .stream import StreamLayout, ensure_stream, scan_stream, stream_servers
 from .subject_log import JetStreamLog
 
@@ -34,6 +37,10 @@ __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_je
 log = logging.getLogger(__name__)
 
 _SNAPSHOT_WRITE_SECONDS = 60.0
+_SETUP_SECONDS = 20.0
+_T = TypeVar("_T")
+_HEADER_ROOM = 1024
+"""Bytes of a message's payload limit left for its headers (message id, expected sequence)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,8 +107,10 @@ class JetStreamBackend:
         js: JetStreamContext,
         layout: StreamLayout,
         storages: dict[int, JetStreamStorage],
+        stall_seconds: float,
     ) -> None:
         self._client = client
+        self._stall_seconds = stall_seconds
         self._js = js
         self.layout = layout
         self._storages = storages
@@ -112,8 +121,13 @@ class JetStreamBackend:
         """The deployment's partition count, as its stream records it."""
         return self.layout.partitions
 
-    def factory(self, *_: object) -> JetStreamBackend:
-        """A ``node.node.BackendFactory`` handing this (already open) backend to the node."""
+    def factory(self, config: object, stats: NodeStats) -> JetStreamBackend:
+        """A ``node.node.BackendFactory`` handing this (already open) backend to the node, whose
+        store-time histograms its logs feed."""
+        del config  # the backend was opened with its own settings
+        for storage in self._storages.values():
+            storage.events.on_sync = stats.fsync_events.observe
+            storage.alerts.on_sync = stats.fsync_alerts.observe
         return self
 
     def open_partition(self, number: int) -> JetStreamStorage:
@@ -127,7 +141,8 @@ class JetStreamBackend:
 
     def commit_group(self, partitions: Sequence[int], *, background: bool, then: Callable[[], None]) -> None:
         """Publish what each log of ``partitions`` holds beyond its acks; ``then()`` once all are
-        acknowledged (a failed log counts as done: its waiters see the failure)."""
+        acknowledged (a failed log counts as done: its waiters see the failure), or once the stall
+        time has passed without."""
         futures = [
             log_.durable_future(log_.end_position)
             for number in partitions
@@ -139,7 +154,10 @@ class JetStreamBackend:
             return
 
         async def wait() -> None:
-            await asyncio.gather(*futures, return_exceptions=True)
+            # Bounded like a log's own wait: during an outage a SYNC call over several partitions
+            # goes on to their flushes, which answer UNAVAILABLE, and a tick lets the next one try.
+            # Every caller checks what is durable after then(), so an early then() acks nothing.
+            await asyncio.wait(futures, timeout=self._stall_seconds)
             then()
 
         task = asyncio.get_running_loop().create_task(wait())
@@ -153,19 +171,19 @@ class JetStreamBackend:
         """Close the NATS connection (after the node closed its partitions)."""
         for task in list(self._commits):
             task.cancel()
+        for storage in self._storages.values():
+            await storage.events.stop()
+            await storage.alerts.stop()
         await self._client.close()
 
 
-async def open_jetstream_backend(
-    options: NatsOptions, settings: JetStreamSettings, stats: NodeStats | None = None
-) -> JetStreamBackend:
+async def open_jetstream_backend(options: NatsOptions, settings: JetStreamSettings) -> JetStreamBackend:
     """Connect, verify, set up the stream and load every partition (records and snapshot).
 
     NatsUnavailable when no server answers; NatsRefused when the servers or the stream cannot
     serve the node as configured. Nothing is written before every check has passed, except a
     stream (and snapshot bucket) created when none existed.
     """
-    del stats  # publish round trips are not yet part of the node's histograms
     client = await connect(options)
     try:
         js = client.jetstream(timeout=5.0)
@@ -175,10 +193,14 @@ async def open_jetstream_backend(
         except Exception as exc:
             urls = ", ".join(options.urls)
             raise NatsRefused(f"JetStream is not available to this account on {urls}: {exc}") from None
-        layout = await ensure_stream(js, settings.stream, settings.replicas, settings.partitions)
+        layout = await _settled(
+            lambda: ensure_stream(js, settings.stream, settings.replicas, settings.partitions), "the stream"
+        )
+        bucket = await _settled(
+            lambda: _snapshot_bucket(js, layout, settings.replicas), "the snapshot bucket"
+        )
         await _check_sync(js, settings, layout)
-        bucket = await _snapshot_bucket(js, layout, settings.replicas)
-        stored = await scan_stream(js, layout)
+        stored = await _settled(lambda: scan_stream(js, layout), "the scan")
         epoch = settings.epoch or uuid.uuid4().hex[:12]
         storages = {}
         for number in range(layout.partitions):
@@ -191,25 +213,44 @@ async def open_jetstream_backend(
                     epoch=epoch,
                     stall_seconds=settings.stall_seconds,
                     refuses_when_stalled=kind == "events",
+                    max_record_bytes=client.max_payload - _HEADER_ROOM,
                 )
                 for kind in ("events", "alerts")
             ]
             name = f"partition-{number}"
-            snapshot = await _read_snapshot(bucket, name)
+            snapshot = await _settled(partial(_read_snapshot, bucket, name), "a snapshot")
             storages[number] = JetStreamStorage(logs[0], logs[1], bucket, name, snapshot)
         log.info(
             "JetStream stream %s: %d partitions, %d records loaded (writer epoch %s)",
             layout.stream, layout.partitions, sum(len(v) for v in stored.values()), epoch,
         )  # fmt: skip
-        return JetStreamBackend(client, js, layout, storages)
+        return JetStreamBackend(client, js, layout, storages, settings.stall_seconds)
     except BaseException:
         await client.close()
         raise
 
 
+async def _settled(step: Callable[[], Awaitable[_T]], what: str) -> _T:
+    """``step()``, tried again while JetStream answers with timeouts or "unavailable" (a node
+    started during a leader election waits for it), for up to ``_SETUP_SECONDS``."""
+    deadline = time.monotonic() + _SETUP_SECONDS
+    while True:
+        try:
+            return await step()
+        except (TimeoutError, nats.errors.NoRespondersError, ServiceUnavailableError) as exc:
+            if time.monotonic() > deadline:
+                raise NatsUnavailable(
+                    f"JetStream did not answer for {what} within {_SETUP_SECONDS:.0f}s: {exc}"
+                ) from None
+            await asyncio.sleep(0.5)
+
+
 async def _check_sync(js: JetStreamContext, settings: JetStreamSettings, layout: StreamLayout) -> None:
+    servers: list[str] = []
+    for stream in (layout.stream, f"OBJ_{layout.snapshot_bucket}"):  # the bucket's own stream
+        servers += await _settled(partial(stream_servers, js, stream), "the stream's servers")
     try:
-        await check_sync_always(settings.monitor_urls, await stream_servers(js, layout.stream))
+        await check_sync_always(settings.monitor_urls, sorted(set(servers)))
     except NatsRefused as exc:
         if not settings.allow_unsynced:
             raise

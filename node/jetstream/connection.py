@@ -72,12 +72,14 @@ async def connect(options: NatsOptions) -> NatsClient:
     """A connected client, reconnecting by itself from then on; NatsUnavailable naming the URLs
     when none of them answers within the connect timeout."""
     urls = ", ".join(options.urls)
+    connected: list[NatsClient] = []
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS connection: %s", exc)
 
     async def on_disconnected() -> None:
-        log.warning("NATS connection lost; reconnecting to %s", urls)
+        if connected and not connected[0].is_closed:  # not when this node closes it
+            log.warning("NATS connection lost; reconnecting to %s", urls)
 
     async def on_reconnected() -> None:
         log.info("NATS connection back")
@@ -96,12 +98,14 @@ async def connect(options: NatsOptions) -> NatsClient:
     if tls is not None:
         kwargs["tls"] = tls
     try:
-        return await asyncio.wait_for(
+        client = await asyncio.wait_for(
             nats.connect(
                 servers=list(options.urls),
                 connect_timeout=max(1, int(options.connect_timeout)),
                 allow_reconnect=True,
-                max_reconnect_attempts=-1,
+                # The first connection tries each server twice, then gives up (a refused start
+                # is better than a node hanging on a typo); once connected, the limit is lifted.
+                max_reconnect_attempts=1,
                 reconnect_time_wait=1,
                 error_cb=on_error,
                 disconnected_cb=on_disconnected,
@@ -112,6 +116,9 @@ async def connect(options: NatsOptions) -> NatsClient:
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise NatsUnavailable(f"cannot connect to NATS at {urls}: {exc or type(exc).__name__}") from None
+    client.options["max_reconnect_attempts"] = -1  # from now on: reconnect for as long as the node runs
+    connected.append(client)
+    return client
 
 
 def check_server_version(client: NatsClient) -> None:

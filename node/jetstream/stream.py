@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from .errors import NatsRefused
 
@@ -109,7 +109,7 @@ async def ensure_stream(
         config = _desired(name, probe.subjects, replicas, count)
         try:
             await js.add_stream(config)
-        except Exception as exc:
+        except APIError as exc:
             raise NatsRefused(f"cannot create JetStream stream {name}: {exc}") from None
         log.info("created JetStream stream %s: %d partitions, %d replica(s)", name, count, replicas)
         return StreamLayout(name, count)

@@ -30,7 +30,7 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from cluster_client.errors import UnavailableError
+from cluster_client.errors import FieldViolation, InvalidArgumentError, UnavailableError
 
 __all__ = ["JetStreamLog"]
 
@@ -56,11 +56,13 @@ class JetStreamLog:
         epoch: str,
         stall_seconds: float,
         refuses_when_stalled: bool,
-        on_stall: Callable[[JetStreamLog, bool], None] | None = None,
+        max_record_bytes: int,
     ) -> None:
         """``stored``: the subject's messages in order (stream sequence, message id, bytes).
         ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
-        does (an alert record follows an event record already appended)."""
+        does (an alert record follows an event record already appended); likewise only the event
+        log refuses a record over ``max_record_bytes`` (the servers' payload limit) up front: an
+        alert record that large fails the log when JetStream refuses it."""
         self._js = js
         self._stream = stream
         self.subject = subject
@@ -71,7 +73,7 @@ class JetStreamLog:
         self._epoch = epoch
         self._stall_seconds = stall_seconds
         self._refuses = refuses_when_stalled
-        self._on_stall = on_stall
+        self._max_record = max_record_bytes
         self._cuts = 0
         """Truncations so far: part of the message id, so that a record appended at a position a
         truncation freed is not taken for the cut record's duplicate (the same epoch and position
@@ -84,7 +86,11 @@ class JetStreamLog:
         self._progress = time.monotonic()
         """When the publisher last stored something (or started with nothing behind)."""
         self.stalled = False
+        """Whether the publisher has retried for ``stall_seconds`` without progress."""
         self.on_failure: Callable[[], None] | None = None
+        self.on_sync: Callable[[float], None] | None = None
+        """Observer of each record's store time (first attempt to ack), like the embedded
+        backend's fsync round durations."""
         self._closed = False
 
     # ------------------------------------------------------------------ RecordLog
@@ -112,6 +118,12 @@ class JetStreamLog:
                 f"JetStream has not stored {self.subject} for {self._stall_seconds:.0f}s; retry later",
                 reason="NATS_UNAVAILABLE",
                 retry_after_seconds=_RETRY_AFTER_SECONDS,
+            )
+        if self._refuses and len(record) > self._max_record:
+            raise InvalidArgumentError(
+                f"the batch's record for this partition is {len(record)} bytes, more than the "
+                f"{self._max_record} a JetStream message may carry: send smaller batches",
+                violations=[FieldViolation("events", f"at most {self._max_record} bytes per partition")],
             )
         if len(self._seqs) == len(self._records):
             self._progress = time.monotonic()  # nothing was pending: the stall clock starts now
@@ -188,16 +200,21 @@ class JetStreamLog:
             raise OSError(errno.EIO, f"{self.subject}: records not stored at close: {exc}") from None
         finally:
             self._closed = True
-            if self._publisher is not None:
-                self._publisher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._publisher
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop publishing (what is still pending stays unstored): the connection is closing."""
+        publisher = self._publisher
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
 
     # ------------------------------------------------------------------ publishing
 
     def kick(self) -> None:
         """Start publishing what is pending, unless the publisher is at it already."""
-        if self._publisher is None and self._failure is None:
+        if self._publisher is None and self._failure is None and not self._closed:
             self._publisher = asyncio.get_running_loop().create_task(
                 self._publish_pending(), name=f"unimeter-publish-{self.subject}"
             )
@@ -206,12 +223,6 @@ class JetStreamLog:
         pending = len(self._seqs) < len(self._records) or self._cut
         return bool(pending) and time.monotonic() - self._progress > self._stall_seconds
 
-    def _set_stalled(self, stalled: bool) -> None:
-        if stalled != self.stalled:
-            self.stalled = stalled
-            if self._on_stall is not None:
-                self._on_stall(self, stalled)
-
     async def _publish_pending(self) -> None:
         try:
             while self._failure is None and (self._cut or len(self._seqs) < len(self._records)):
@@ -219,14 +230,19 @@ class JetStreamLog:
                     await self._retrying(self._delete_cut)
                     continue
                 position = len(self._seqs)
+                started = time.monotonic()
                 seq = await self._retrying(partial(self._store, position))
                 if self._failure is not None:
                     break
                 self._seqs.append(seq)
                 self._progress = time.monotonic()
-                self._set_stalled(False)
+                if self.on_sync is not None:
+                    self.on_sync(self._progress - started)
+                if self.stalled:
+                    self.stalled = False
+                    log.info("JetStream is storing %s again", self.subject)
                 self._release()
-        except _Fenced as exc:
+        except _Refused as exc:
             self._fail(str(exc))
         except Exception as exc:  # a bug must fail the log (no acks), not leave waiters hanging
             log.exception("publishing %s failed", self.subject)
@@ -235,18 +251,18 @@ class JetStreamLog:
             self._publisher = None
 
     async def _retrying(self, attempt: Callable[[], Awaitable[int]]) -> int:
-        """Run ``attempt`` until it succeeds (its result) or raises _Fenced; a stall is reported
+        """Run ``attempt`` until it succeeds (its result) or raises _Refused; a stall is reported
         after ``stall_seconds`` without progress."""
         while True:
             try:
                 return await attempt()
-            except _Fenced:
+            except _Refused:
                 raise
             except (TimeoutError, nats.errors.Error, APIError, OSError) as exc:
                 if time.monotonic() - self._progress > self._stall_seconds:
                     if not self.stalled:
                         log.warning("JetStream is not storing %s: %s; retrying", self.subject, exc)
-                    self._set_stalled(True)
+                    self.stalled = True
                 await asyncio.sleep(_RETRY_PAUSE_SECONDS)
 
     async def _store(self, position: int) -> int:
@@ -258,18 +274,23 @@ class JetStreamLog:
                 self.subject, self._records[position], timeout=_ATTEMPT_SECONDS, headers=headers
             )
             ack = await asyncio.wait_for(publish, timeout=_ATTEMPT_SECONDS + 0.5)
+        except nats.errors.MaxPayloadError:
+            size = len(self._records[position])
+            raise _Refused(
+                f"record {position} ({size} bytes) is larger than the servers' max_payload"
+            ) from None
         except APIError as exc:
             if exc.err_code != _WRONG_LAST_SEQUENCE:
                 raise
             last = await self._js.get_last_msg(self._stream, self.subject)
             if (last.headers or {}).get("Nats-Msg-Id") == msg_id:
                 return int(last.seq or 0)  # our own earlier attempt, stored after its duplicate window
-            raise _Fenced(
+            raise _Refused(
                 f"another writer appended to {self.subject} (stream sequence {last.seq} is not this "
                 f"node's record {position}): this node no longer owns the partition"
             ) from None
         if ack.stream != self._stream:
-            raise _Fenced(f"{self.subject} was stored in stream {ack.stream}, not {self._stream}")
+            raise _Refused(f"{self.subject} was stored in stream {ack.stream}, not {self._stream}")
         return int(ack.seq)
 
     async def _delete_cut(self) -> int:
@@ -307,5 +328,6 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()
 
 
-class _Fenced(Exception):
-    """Another writer owns the subject now: nothing more may be appended."""
+class _Refused(Exception):
+    """JetStream will never store the record (another writer owns the subject, or the record is
+    larger than the servers take): the log fails."""

@@ -86,24 +86,30 @@ async def test_nats_down_answers_unavailable_then_resumes(
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         await client.metrics.create(Metric("calls", AggType.SUM))
         partition = partition_of(7, 2)
+        other = next(a for a in range(8, 100) if partition_of(a, 2) != partition)
+        both = [
+            (partition, [(7, "calls", 3, T0 + 1, None, 1, "b")]),
+            (1 - partition, [(other, "calls", 2, T0 + 1, None, 1, "o")]),
+        ]
+        both.sort()
         await node.ingest([(partition, [(7, "calls", 5, T0, None, 1, "a")])], True, "")
         for server in faulty_cluster.servers:
             faulty_cluster.kill(server)
-        with pytest.raises(UnavailableError) as waited:
-            await node.ingest([(partition, [(7, "calls", 3, T0 + 1, None, 1, "b")])], True, "")
+        with pytest.raises(UnavailableError) as waited:  # a SYNC call over both partitions
+            await node.ingest(both, True, "")
         assert waited.value.reason == "NATS_UNAVAILABLE" and waited.value.retry_after_seconds
         with pytest.raises(UnavailableError):  # stalled: new events are refused before they are stored
             await node.ingest([(partition, [(7, "calls", 11, T0 + 2, None, 1, "c")])], True, "")
         # Queries answer from applied state meanwhile ("b" is applied and waits to be stored).
         assert (await node.query(partition, 7, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 8
         faulty_cluster.start()
-        while True:  # the retry of "b" is a duplicate, acknowledged once its record is stored
+        while True:  # the retry is all duplicates, acknowledged once the records are stored
             try:
-                outcomes = await node.ingest([(partition, [(7, "calls", 3, T0 + 1, None, 1, "b")])], True, "")
+                outcomes = await node.ingest(both, True, "")
                 break
             except UnavailableError:
                 await asyncio.sleep(0.2)
-        assert outcomes[0].n_duplicates == 1
+        assert [o.n_duplicates for o in outcomes] == [1, 1]
         await node.ingest([(partition, [(7, "calls", 11, T0 + 2, None, 1, "c")])], True, "")
     finally:
         await node.close()
@@ -113,6 +119,7 @@ async def test_nats_down_answers_unavailable_then_resumes(
     try:
         assert (await node.query(partition, 7, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 19
         assert node.partitions[partition].last_offset == 3
+        assert (await node.query(1 - partition, other, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 2
     finally:
         await node.close()
         await again.disconnect()

@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from cluster_client.errors import InvalidArgumentError
 from node.jetstream.backend import JetStreamBackend
 from tools.nats_cluster import NatsCluster
 
@@ -110,5 +111,22 @@ async def test_a_retried_publish_is_stored_once(nats_cluster: NatsCluster, strea
         assert retry.duplicate and retry.seq == first.seq
         info = await js.stream_info(stream_name)
         assert info.state.messages == 1
+    finally:
+        await backend.disconnect()
+
+
+async def test_a_record_larger_than_a_message_is_refused_up_front(
+    nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        log = backend.open_partition(0).events
+        limit = backend._client.max_payload - 1024
+        with pytest.raises(InvalidArgumentError) as refused:
+            log.append(b"x" * (limit + 1))
+        assert refused.value.violations[0].field == "events"
+        assert log.end_position == 0  # nothing appended
+        assert log.append(b"x" * limit) == 0
+        await log.wait_durable(1)
     finally:
         await backend.disconnect()

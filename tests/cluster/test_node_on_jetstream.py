@@ -1,0 +1,160 @@
+"""A node on the JetStream backend, in process: snapshots go to the object store bucket, and a
+node opened on the same stream loads them and replays only what follows, to exactly the state of
+the node that wrote them (offsets, aggregates, dedup keys, thresholds, alert offsets)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cluster_client import AggType, AlertThreshold, Client, Metric
+from cluster_client.partitioning import partition_of
+from cluster_client.types import EventRow
+from node.jetstream.backend import JetStreamBackend
+from node.node import Node, NodeConfig
+from node.records import AlertRecord, decode_event_record, encode_alert_record
+from tests.integration.helpers import T0
+from tools.nats_cluster import NatsCluster
+
+from .conftest import open_backend
+
+DAY = 86_400 * 1_000_000_000
+PARTITIONS = 2
+
+
+def _parts(rows: list[EventRow]) -> list[tuple[int, list[EventRow]]]:
+    by_partition: dict[int, list[EventRow]] = {}
+    for row in rows:
+        by_partition.setdefault(partition_of(row[0], PARTITIONS), []).append(row)
+    return sorted(by_partition.items())
+
+
+async def _state(node: Node) -> list[object]:
+    out: list[object] = []
+    for account in range(1, 7):
+        p = partition_of(account, PARTITIONS)
+        out.append((await node.query(p, account, "calls", T0, T0 + DAY, 0, {}, [])).value)
+        out.append((await node.list_events(p, account, T0, T0 + DAY, "", 1000, ""))[0])
+        out.append((await node.list_alerts(p, account, 0, 1000))[0])
+    out.append([(p.last_offset, len(p.alerts)) for p in node.partitions])
+    return out
+
+
+async def test_snapshot_in_the_cluster_then_replay(
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS), backend.factory)
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(
+            Metric("calls", AggType.SUM, thresholds=[AlertThreshold("every_10", 10, recurring=True)])
+        )
+        first: list[EventRow] = [(a, "calls", 3, T0 + a, None, 1, f"a{a}") for a in range(1, 7)]
+        original = await node.ingest(_parts(first), True, "batch-1")
+        for partition in node.partitions:
+            await partition.snapshot()
+        later: list[EventRow] = [
+            (a, "calls", 4, T0 + 100 + a + i, None, 1, f"b{a}-{i}") for a in range(1, 7) for i in range(3)
+        ]
+        await node.ingest(_parts(later), False, "batch-2")  # ASYNC ...
+        await node.ingest(_parts(first), True, "")  # ... made durable by a SYNC of every partition
+        expected = await _state(node)
+        assert any(p.alerts for p in node.partitions)
+        # One store time per record published: 2 event records per partition, and the alert records.
+        assert node.stats.fsync_events.count == 2 * PARTITIONS
+        assert node.stats.fsync_alerts.count == sum(p.alert_log.end_position for p in node.partitions)
+        # The lock is per data directory; the copy has the metric registry and the node's identity.
+        shutil.copytree(tmp_path / "data", tmp_path / "copy")
+        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+        other = Node(NodeConfig(tmp_path / "copy"), again.factory)
+        try:
+            assert all(p.last_snapshot_time is not None for p in other.partitions)  # loaded from the bucket
+            assert [p.records_since_snapshot for p in other.partitions] == [
+                1,
+                1,
+            ]  # replayed: batch-2 (the all-duplicate SYNC stores nothing)
+            assert await _state(other) == expected
+            # Batch ids and dedup keys came back: a retried batch gets its original answer, and its
+            # events sent again without the batch id are duplicates of the original offsets.
+            assert await other.ingest(_parts(first), True, "batch-1") == original
+            again_rows = await other.ingest(_parts(first), True, "")
+            assert [o.offsets for o in again_rows] == [o.offsets for o in original]
+            assert [o.n_duplicates for o in again_rows] == [len(rows) for _, rows in _parts(first)]
+        finally:
+            await other.close()
+            await again.disconnect()
+    finally:
+        await node.close()
+        await backend.disconnect()
+
+
+async def test_recovery_cuts_alert_records_of_events_never_stored(
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    """An alert record whose event record never made it (its publish was never acknowledged) is cut
+    by recovery: removed from the log and deleted from the stream."""
+    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    alerts = backend.open_partition(0).alerts
+    row = [1, "calls", "every_10", 10, 1, 12, T0, T0, T0]
+    alerts.append(encode_alert_record(AlertRecord(1, 1, [row])))
+    await alerts.wait_durable(1)
+    await backend.disconnect()
+
+    again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS), again.factory)
+    await node.start()
+    try:
+        assert node.partitions[0].alerts == []
+        assert node.partitions[0].alert_log.end_position == 0
+    finally:
+        await node.close()  # closing the log deletes the cut messages (else the next publish does)
+        await again.disconnect()
+    check = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    try:
+        assert list(check.open_partition(0).alerts.scan()) == []
+    finally:
+        await check.disconnect()
+
+
+async def test_a_node_whose_stream_was_written_by_another_is_fenced(
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    """Node A writes; node B starts on the same stream (a takeover) and writes; A's next SYNC on
+    that partition is never acknowledged, and the stream holds B's record, not A's."""
+    first = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    a = Node(NodeConfig(tmp_path / "a", partitions=PARTITIONS), first.factory)
+    await a.start()
+    second: JetStreamBackend | None = None
+    b: Node | None = None
+    try:
+        await a.create_metric(Metric("calls", AggType.SUM))
+        row: EventRow = (1, "calls", 1, T0, None, 1, "a1")
+        p = partition_of(1, PARTITIONS)
+        await a.ingest([(p, [row])], True, "")
+        shutil.copytree(tmp_path / "a", tmp_path / "b")  # B: the metric registry, another lock
+        second = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)  # sees A's record
+        b = Node(NodeConfig(tmp_path / "b"), second.factory)
+        await b.ingest([(p, [(1, "calls", 10, T0 + 1, None, 1, "b1")])], True, "")
+        with pytest.raises(OSError, match="another writer appended"):
+            await a.ingest([(p, [(1, "calls", 100, T0 + 2, None, 1, "a2")])], True, "")
+        with pytest.raises(OSError):  # the partition stays failed: nothing more is acknowledged
+            await a.ingest([(p, [(1, "calls", 100, T0 + 3, None, 1, "a3")])], False, "")
+    finally:
+        with contextlib.suppress(OSError):
+            await a.close()
+        await first.disconnect()
+        if b is not None:
+            await b.close()
+        if second is not None:
+            await second.disconnect()
+    check = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    try:
+        stored = [decode_event_record(r).rows for _, r in check.open_partition(p).events.scan()]
+        assert [[r[6] for r in rows] for rows in stored] == [["a1"], ["b1"]]
+    finally:
+        await check.disconnect()
