@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 
+import nats.errors
 from nats.aio.client import Client as NatsClient
 
 from node.jetstream.backend import JetStreamBackend, JetStreamSettings, open_jetstream_backend
 from node.jetstream.connection import NatsOptions, connect
+from node.jetstream.errors import NatsUnavailable
 from node.jetstream.leases import PartitionLeases
 from node.jetstream.metric_registry import KvMetricRegistry
 from node.node import Node
@@ -68,16 +71,17 @@ class ClusterState:
         """Take ``node``'s liveness record and the lease of every partition, and keep renewing
         them; NatsRefused (LeaseConflictError) naming the holder if another live node has one."""
         cfg = self._cfg
-        leases = self.leases = await PartitionLeases.open(
-            self._client.jetstream(timeout=5.0),
-            node.node_id,
-            ttl=cfg.lease_ttl_seconds,
-            replicas=cfg.nats_replicas,
-            bucket=f"{cfg.nats_stream}_leases",
-            node_addr=cfg.node_addr or cfg.grpc_addr,
-        )
-        await leases.join()
-        await leases.acquire(range(node.partitions_count))
+        with _naming_nats_failures(cfg, f"{cfg.nats_stream}_leases"):
+            leases = self.leases = await PartitionLeases.open(
+                self._client.jetstream(timeout=5.0),
+                node.node_id,
+                ttl=cfg.lease_ttl_seconds,
+                replicas=cfg.nats_replicas,
+                bucket=f"{cfg.nats_stream}_leases",
+                node_addr=cfg.node_addr or cfg.grpc_addr,
+            )
+            await leases.join()
+            await leases.acquire(range(node.partitions_count))
         node.ownership = leases
         self._renewal = asyncio.create_task(leases.run(), name="unimeter-lease-renewal")
 
@@ -99,11 +103,25 @@ class ClusterState:
 async def open_cluster_state(cfg: ServeConfig) -> ClusterState:
     """Connect (NatsUnavailable naming the URLs if no server answers) and open the metric registry."""
     client = await connect(_options(cfg))
+    bucket = f"{cfg.nats_stream}_metrics"
     try:
-        registry = await KvMetricRegistry.open(
-            client.jetstream(timeout=5.0), bucket=f"{cfg.nats_stream}_metrics", replicas=cfg.nats_replicas
-        )
+        with _naming_nats_failures(cfg, bucket):
+            registry = await KvMetricRegistry.open(
+                client.jetstream(timeout=5.0), bucket=bucket, replicas=cfg.nats_replicas
+            )
     except BaseException:
         await client.close()
         raise
     return ClusterState(cfg, client, registry)
+
+
+@contextlib.contextmanager
+def _naming_nats_failures(cfg: ServeConfig, bucket: str) -> Iterator[None]:
+    """A NATS error while a bucket is opened or taken refuses the start in one line naming it."""
+    try:
+        yield
+    except (TimeoutError, nats.errors.Error) as exc:
+        urls = ", ".join(cfg.nats_urls)
+        raise NatsUnavailable(
+            f"JetStream KV bucket {bucket} could not be opened at {urls}: {type(exc).__name__}: {exc}"
+        ) from None

@@ -31,6 +31,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from .errors import NatsRefused
+from .kv_bucket import open_bucket
 
 __all__ = ["LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
 
@@ -105,27 +106,24 @@ class PartitionLeases:
     ) -> PartitionLeases:
         """Open the bucket (creating it with MaxAge ``ttl``); LeaseConflictError if it exists with
         another TTL (every node must stop serving by the same clock the servers expire keys by)."""
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=bucket,
-                    description="Unimeter partition leases and node liveness",
-                    history=1,
-                    ttl=ttl,
-                    storage=api.StorageType.FILE,
-                    replicas=replicas,
-                )
+        kv = await open_bucket(
+            js,
+            api.KeyValueConfig(
+                bucket=bucket,
+                description="Unimeter partition leases and node liveness",
+                history=1,
+                ttl=ttl,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            ),
+        )
+        existing = (await js.stream_info(f"KV_{bucket}")).config.max_age or 0.0
+        if abs(existing - ttl) > 0.001:
+            raise LeaseConflictError(
+                f"the lease bucket {bucket!r} has a TTL of {existing:g}s and this node was given "
+                f"--lease-ttl-seconds {ttl:g}: every node must use the bucket's TTL (start with "
+                f"--lease-ttl-seconds {existing:g}, or delete the bucket while no node runs to change it)"
             )
-        else:
-            existing = (await js.stream_info(f"KV_{bucket}")).config.max_age or 0.0
-            if abs(existing - ttl) > 0.001:
-                raise LeaseConflictError(
-                    f"the lease bucket {bucket!r} has a TTL of {existing:g}s and this node was given "
-                    f"--lease-ttl {ttl:g}: every node must use the bucket's TTL (start with --lease-ttl "
-                    f"{existing:g}, or delete the bucket while no node runs to change it)"
-                )
         return cls(kv, node_id, ttl=ttl, node_addr=node_addr, clock=clock)
 
     # ------------------------------------------------------------------ what the node asks
@@ -133,7 +131,22 @@ class PartitionLeases:
     def holds(self, partition: int) -> bool:
         """Whether this node may serve ``partition`` now (its local deadline has not passed)."""
         held = self._leases.get(partition)
-        return held is not None and self._clock() < held.deadline
+        if held is None:
+            return False
+        if self._clock() < held.deadline:
+            return True
+        self._report_lapse(partition, held)
+        return False
+
+    def _report_lapse(self, partition: int, held: _Held) -> None:
+        """Log once that ``partition`` stopped being served for want of a renewal."""
+        if held.reported_lapse or partition in self._lost:
+            return
+        held.reported_lapse = True
+        log.error(
+            "partition %d: lease (epoch %d) not renewed in time; not served until a renewal gets "
+            "through (NATS unreachable?)", partition, held.epoch,
+        )  # fmt: skip
 
     def epoch(self, partition: int) -> int:
         """The epoch of this node's lease on ``partition`` (0 if it never held it)."""
@@ -180,14 +193,20 @@ class PartitionLeases:
             sent = self._clock()
             try:
                 revision = await self._kv.create(key, self._record)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                # Held; or refused while another write to the key was being replicated, with no
+                # value to read yet (the client then raises KeyNotFoundError).
                 pass
             else:
                 return _Held(key, revision, revision, sent + self.ttl - self.margin)
             try:
                 entry = await self._kv.get(key)
             except nats.js.errors.KeyNotFoundError:
-                continue  # expired or released meanwhile: try again
+                # Expired, released or not yet written meanwhile: try again shortly.
+                if self._clock() >= give_up:
+                    raise LeaseConflictError(f"{what} could not be taken within {self.ttl:g}s") from None
+                await asyncio.sleep(0.01)
+                continue
             holder = msgpack.unpackb(entry.value)
             where = holder["addr"] or "no address"
             who = f"node {holder['node']!r} (instance {holder['instance']}, at {where})"
@@ -232,12 +251,22 @@ class PartitionLeases:
         if self._node is not None:
             held.append((-1, self._node))
         await asyncio.gather(*(self._renew_one(p, h) for p, h in held))
+        now = self._clock()
+        for partition, lease in self._leases.items():
+            if now >= lease.deadline:
+                self._report_lapse(partition, lease)
 
     async def _renew_one(self, partition: int, held: _Held) -> None:
         sent = self._clock()
         record = msgpack.packb({**self._identity, "epoch": held.epoch})
         try:
-            held.revision = await self._kv.update(held.key, record, last=held.revision)
+            try:
+                held.revision = await self._kv.update(held.key, record, last=held.revision)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                if not await self._adopt_late_renewal(held):
+                    raise
+                sent = self._clock()
+                held.revision = await self._kv.update(held.key, record, last=held.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             held.deadline = float("-inf")
             if partition >= 0:
@@ -252,18 +281,27 @@ class PartitionLeases:
                 )
             return
         except (TimeoutError, nats.errors.Error) as exc:
-            if self._clock() >= held.deadline and not held.reported_lapse:
-                held.reported_lapse = True
-                what = f"partition {partition}" if partition >= 0 else "liveness record"
-                log.error(
-                    "%s: not renewed in time (%s: %s); not served until a renewal gets through",
-                    what, type(exc).__name__, exc,
-                )  # fmt: skip
+            log.warning("%s: renewal failed: %s: %s", held.key, type(exc).__name__, exc)
             return
         if held.reported_lapse:
             held.reported_lapse = False
             log.warning("%s: renewed again (epoch %d)", held.key, held.epoch)
         held.deadline = sent + self.ttl - self.margin
+
+    async def _adopt_late_renewal(self, held: _Held) -> bool:
+        """Whether the key holds this very instance's record at a revision this node did not
+        learn: a renewal whose answer was lost (it timed out here, or the client sent it again
+        after reconnecting) that the servers stored. Nobody took the key then (a taker writes its
+        own instance), so this node adopts that revision and renews on it."""
+        try:
+            entry = await self._kv.get(held.key)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        record = msgpack.unpackb(entry.value)
+        if record.get("instance") != self._instance or record.get("epoch") != held.epoch:
+            return False
+        held.revision = int(entry.revision or 0)
+        return True
 
     # ------------------------------------------------------------------ giving back
 

@@ -34,6 +34,7 @@ from cluster_client.validation import normalize_metric
 from cluster_client.wire import metric_from_wire, metric_to_wire
 
 from ..metric_registry import MetricListener, metric_not_found
+from .kv_bucket import open_bucket
 
 __all__ = ["KvMetricRegistry", "metric_key"]
 
@@ -43,6 +44,8 @@ _METRIC_PREFIX = "metric/"
 _GENERATION_KEY = "generation"
 _ESCAPES = {".": "=2E", ":": "=3A"}
 _RETRY_SECONDS = 1.0
+_WATCH_PATIENCE = 1.0
+"""Seconds a refresh waits for the watch before it watches again."""
 
 
 def metric_key(code: str) -> str:
@@ -97,33 +100,24 @@ class KvMetricRegistry:
         timeout: float = 5.0,
     ) -> KvMetricRegistry:
         """Open (creating it if needed) the bucket, start watching it, and catch up with it."""
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=bucket,
-                    description="Unimeter metric registry",
-                    history=1,
-                    storage=api.StorageType.FILE,
-                    replicas=replicas,
-                )
-            )
+        kv = await open_bucket(
+            js,
+            api.KeyValueConfig(
+                bucket=bucket,
+                description="Unimeter metric registry",
+                history=1,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            ),
+        )
         registry = cls(js, kv, bucket, timeout)
-        registry._watcher = await kv.watchall()
-        registry._watch_task = asyncio.create_task(registry._watch(), name=f"unimeter-watch-{bucket}")
+        await registry._start_watch()
         await registry.refresh()
         return registry
 
     async def close(self) -> None:
         """Stop watching the bucket."""
-        if self._watch_task is not None:
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
-        if self._watcher is not None:
-            with contextlib.suppress(nats.errors.Error):
-                await self._watcher.stop()  # type: ignore[no-untyped-call]
+        await self._stop_watch()
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(UnavailableError("the metric registry is closed", reason="NODE_CLOSING"))
@@ -160,14 +154,26 @@ class KvMetricRegistry:
             if normalized.code in self._metrics:
                 raise _exists(normalized.code)
             stored = dataclasses.replace(normalized, create_time_unix_nano=await self._next_generation())
-            try:
-                revision = await self._kv.create(key, msgpack.packb(metric_to_wire(stored)))
-            except nats.js.errors.KeyWrongLastSequenceError:
-                raise _exists(normalized.code) from None
+            revision = await self._create(key, msgpack.packb(metric_to_wire(stored)), normalized.code)
         except (TimeoutError, nats.errors.Error) as exc:
             raise _unavailable(exc) from exc
         await self._seen(revision)
         return stored
+
+    async def _create(self, key: str, value: bytes, code: str) -> int:
+        """KV create of ``key``: its revision, or ALREADY_EXISTS. The servers also refuse a create
+        while another write to the key is still being replicated, and then there is no value to
+        read yet (the client raises KeyNotFoundError): wait a little and try again."""
+        deadline = time.monotonic() + self._timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._kv.create(key, value)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                raise _exists(code) from None
+            except nats.js.errors.KeyNotFoundError:
+                await self._back_off(attempt, deadline, f"metric {code!r}")
+                attempt += 1
 
     async def delete(self, code: str) -> Metric:
         """Remove a metric if it is still the one read (else read again); returns what was removed."""
@@ -227,14 +233,23 @@ class KvMetricRegistry:
     # ------------------------------------------------------------------ the watch
 
     async def _seen(self, revision: int) -> None:
-        """Wait (bounded) until the watch has applied bucket revision ``revision``."""
+        """Wait (bounded) until the watch has applied bucket revision ``revision``. A watch that
+        has not got there within a second is started again (the servers may have lost its
+        consumer, e.g. a server restarted): a new watch replays the last value of every key."""
         if self._seen_revision >= revision:
             return
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append((revision, waiter))
+        deadline = time.monotonic() + self._timeout
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self._timeout)
-        except TimeoutError as exc:
+            try:
+                await asyncio.wait_for(asyncio.shield(waiter), min(_WATCH_PATIENCE, self._timeout))
+            except TimeoutError:
+                log.warning("metric registry: the watch is behind revision %d; watching again", revision)
+                await self._stop_watch()
+                await asyncio.wait_for(self._start_watch(), max(deadline - time.monotonic(), 0.001))
+                await asyncio.wait_for(asyncio.shield(waiter), max(deadline - time.monotonic(), 0.001))
+        except (TimeoutError, nats.errors.Error) as exc:
             raise UnavailableError(
                 f"the metric registry's watch did not reach revision {revision} within "
                 f"{self._timeout:.0f}s (JetStream unreachable?)",
@@ -244,9 +259,23 @@ class KvMetricRegistry:
         finally:
             self._waiters = [(r, w) for r, w in self._waiters if w is not waiter]
 
-    async def _watch(self) -> None:
-        assert self._watcher is not None
-        async for entry in self._watcher:
+    async def _start_watch(self) -> None:
+        watcher = self._watcher = await self._kv.watchall()
+        self._watch_task = asyncio.create_task(self._watch(watcher), name=f"unimeter-watch-{self._stream}")
+
+    async def _stop_watch(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        if self._watcher is not None:
+            with contextlib.suppress(TimeoutError, nats.errors.Error):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
+            self._watcher = None
+
+    async def _watch(self, watcher: KeyValue.KeyWatcher) -> None:
+        async for entry in watcher:
             if entry is None:  # "no more initial values": nothing to apply
                 continue
             try:

@@ -131,6 +131,31 @@ async def test_an_expired_lease_goes_to_the_next_node_with_a_higher_epoch_after_
     await b.release()
 
 
+async def test_a_renewal_stored_after_its_answer_was_lost_is_adopted_not_taken_for_a_takeover(
+    conns: list[NatsClient], bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    a = await open_leases(conns[0], bucket, "a")
+    await a.acquire([0])
+    await a.renew()
+    epoch = a.epoch(0)
+    # The servers store a renewal of `a` that `a` never heard back about (its answer lost).
+    kv = await conns[1].jetstream().key_value(bucket)
+    entry = await kv.get(lease_key(0))
+    await kv.update(lease_key(0), entry.value, last=entry.revision)
+    with caplog.at_level(logging.ERROR, logger="node.jetstream.leases"):
+        await a.renew()
+    assert "lost" not in caplog.text
+    assert a.holds(0) and a.epoch(0) == epoch
+    # ... but a record of another instance at a later revision is a takeover: lost.
+    entry = await kv.get(lease_key(0))
+    other = await open_leases(conns[1], bucket, "a")  # same id, another process
+    await kv.delete(lease_key(0), last=entry.revision)
+    await other.acquire([0])
+    await a.renew()
+    assert not a.holds(0) and other.holds(0) and other.epoch(0) > epoch
+    await other.release()
+
+
 async def test_a_node_that_cannot_renew_stops_serving_before_its_ttl_could_expire_elsewhere(
     nats_cluster: NatsCluster, bucket: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -171,5 +196,5 @@ async def test_two_live_nodes_with_one_id_are_refused_and_a_dead_ones_id_is_take
 
 async def test_a_bucket_with_another_ttl_is_refused_naming_both(conns: list[NatsClient], bucket: str) -> None:
     await open_leases(conns[0], bucket, "a")
-    with pytest.raises(LeaseConflictError, match=r"has a TTL of 1.5s .* --lease-ttl 3"):
+    with pytest.raises(LeaseConflictError, match=r"has a TTL of 1.5s .* --lease-ttl-seconds 3"):
         await PartitionLeases.open(conns[1].jetstream(), "b", ttl=3.0, bucket=bucket)

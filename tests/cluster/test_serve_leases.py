@@ -85,6 +85,11 @@ async def test_a_second_node_is_refused_naming_the_holder_and_sigterm_hands_the_
                 await kv.get(lease_key(partition))
     finally:
         await nc.close()
+    line = refused(tmp_path / "d", *flags, "--node-id", "n3", "--lease-ttl-seconds", "5")
+    assert line.startswith(
+        f"unimeter serve: the lease bucket '{stream_name}_leases' has a TTL of 3s and this node was "
+        "given --lease-ttl-seconds 5: every node must use the bucket's TTL"
+    ), line
     second = start_serve(tmp_path / "b", *flags, "--node-id", "n2")
     try:
         taken = await partition_table(second.grpc_port)
@@ -156,6 +161,9 @@ async def test_a_node_cut_off_from_nats_stops_acknowledging_then_resumes_with_th
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.1)
         assert await partition_table(server.grpc_port) == epochs
+        # The metric registry's watch came back too: a new metric is created and used at once.
+        await create_metric(api, "after")
+        await ingest(api, ev(accounts[0], "after", 1, T0 + SEC), sync=True)
         await api.channel.close()
     finally:
         await server.stop(grace=0)
