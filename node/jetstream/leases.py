@@ -153,11 +153,6 @@ class PartitionLeases:
         held = self._leases.get(partition)
         return held.epoch if held is not None else 0
 
-    @property
-    def partitions(self) -> list[int]:
-        """The partitions whose leases this node holds or held (lost ones included), in order."""
-        return sorted(self._leases)
-
     # ------------------------------------------------------------------ taking
 
     async def join(self) -> None:
