@@ -176,6 +176,12 @@ class Node:
 
     async def start(self) -> None:
         """Start the flusher and the snapshot loop."""
+        # A shared registry may have changed while the node was being built (in a thread, its
+        # listener not yet set): catch up with it before serving.
+        for metric in self.registry.list():
+            self._metric_changed(metric.code, metric)
+        for code in [c for c in self._specs if self.registry.get(c) is None]:
+            self._metric_changed(code, None)
         self._check_disk(time.monotonic())
         self.commit.start(self.partitions)
         self._tasks = [asyncio.create_task(self._maintenance_loop(), name="unimeter-maintenance")]

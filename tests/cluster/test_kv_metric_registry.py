@@ -167,3 +167,30 @@ async def test_a_metric_created_through_one_node_is_usable_at_once_through_anoth
             await node.close()
         for registry in registries:
             await registry.close()
+
+
+async def test_metrics_created_while_a_node_is_being_built_are_usable_once_it_starts(
+    connections: list[NatsClient], bucket: str, tmp_path: Path
+) -> None:
+    first, second = await open_pair(connections, bucket)
+    try:
+        building = asyncio.create_task(
+            asyncio.to_thread(Node, NodeConfig(tmp_path / "n", partitions=4), registry=second)
+        )
+        created = 0
+        while not building.done() or created < 3:
+            await first.create(Metric(f"during{created}", AggType.SUM))
+            created += 1
+        node = await building
+        await node.start()
+        try:
+            await second.refresh()
+            codes = [m.code for m in second.list()]
+            assert codes == sorted(f"during{i}" for i in range(created))
+            for code in codes:  # none of them "unknown metric" to the node
+                assert (await node.query_realtime(0, 1, code)).value.sum == 0
+        finally:
+            await node.close()
+    finally:
+        await first.close()
+        await second.close()
