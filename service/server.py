@@ -23,9 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
-from node.embedded_backend import open_embedded_backend
 from node.jetstream.errors import NatsRefused
-from node.node import BackendFactory, Node, NodeConfig
+from node.node import Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
 
 from .api_keys import ApiKeyStore, load_api_keys
@@ -41,7 +40,6 @@ from .tls import ServerTls, load_server_tls
 
 if TYPE_CHECKING:
     from node.jetstream.backend import JetStreamBackend
-    from node.metric_registry import MetricRegistry
 
     from .nats_backend import ClusterState
 
@@ -177,28 +175,10 @@ class UnimeterServer:
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()
-        factory: BackendFactory = open_embedded_backend
-        registry: MetricRegistry | None = None  # the data directory's file
         if cfg.backend == "nats":
-            # The NATS client only loads for this backend.
-            from .nats_backend import open_backend, open_cluster_state
-
-            cluster = self._cluster = await open_cluster_state(cfg)
-            registry = cluster.registry
-            backend = self._jetstream = await open_backend(cfg)
-            factory = backend.factory
-            # Records are in JetStream: the data directory's free space no longer bounds ingest.
-            node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
-        node = self.node = await asyncio.to_thread(Node, node_config, factory, registry)
-        if self._jetstream is not None and node.partitions_count != self._jetstream.partitions:
-            raise NatsRefused(
-                f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
-                f"stream {cfg.nats_stream} has {self._jetstream.partitions}: use the data directory "
-                "this deployment's node had, or a new one"
-            )
-        if self._cluster is not None:
-            # Before anything is served: refused here if another live node holds a partition.
-            await self._cluster.take_partitions(node)
+            node = self.node = await self._start_node_on_jetstream(node_config)
+        else:
+            node = self.node = await asyncio.to_thread(Node, node_config)
         _tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
@@ -235,6 +215,29 @@ class UnimeterServer:
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_node_on_jetstream(self, node_config: NodeConfig) -> Node:
+        """Open the cluster's KV state (the metric registry) and the JetStream backend
+        (NatsUnavailable or NatsRefused before the data directory is touched), then the node over
+        them, whose partition count must be the stream's, and take the lease of every partition
+        before anything is served (NatsRefused naming a live node holding one)."""
+        # The NATS client only loads for this backend.
+        from .nats_backend import open_backend, open_cluster_state
+
+        cfg = self.config
+        cluster = self._cluster = await open_cluster_state(cfg)
+        backend = self._jetstream = await open_backend(cfg)
+        # Records are in JetStream: the data directory's free space no longer bounds ingest.
+        node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
+        node = self.node = await asyncio.to_thread(Node, node_config, backend.factory, cluster.registry)
+        if node.partitions_count != backend.partitions:
+            raise NatsRefused(
+                f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
+                f"stream {cfg.nats_stream} has {backend.partitions}: use the data directory "
+                "this deployment's node had, or a new one"
+            )
+        await cluster.take_partitions(node)
+        return node
 
     def _log_access(self, keys: ApiKeyStore | None) -> None:
         """Say at start who can reach what: an open API or node protocol is the operator's to see."""

@@ -36,7 +36,6 @@ __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_je
 
 log = logging.getLogger(__name__)
 
-_SNAPSHOT_WRITE_SECONDS = 60.0
 _SETUP_SECONDS = 20.0
 _T = TypeVar("_T")
 _HEADER_ROOM = 1024
@@ -89,8 +88,9 @@ class JetStreamStorage:
         written_at = time.time()
         meta = ObjectMeta(name=self._name, description=repr(written_at))
         try:
-            put = self._bucket.put(self._name, data, meta=meta)
-            await asyncio.wait_for(put, timeout=_SNAPSHOT_WRITE_SECONDS)
+            # Retried through a leader election of the bucket's stream: a put replaces the whole
+            # object, so a second attempt after a lost answer stores the same snapshot.
+            await _settled(partial(self._bucket.put, self._name, data, meta=meta), f"snapshot {self._name}")
         except Exception as exc:
             raise OSError(f"snapshot {self._name} not stored in JetStream: {exc}") from exc
         self._snapshot = (data, written_at)
@@ -115,6 +115,16 @@ class JetStreamBackend:
         self.layout = layout
         self._storages = storages
         self._commits: set[asyncio.Task[None]] = set()
+
+    @property
+    def client(self) -> NatsClient:
+        """The node's NATS connection (for the other JetStream users of the node: KV buckets)."""
+        return self._client
+
+    @property
+    def js(self) -> JetStreamContext:
+        """The JetStream context of that connection."""
+        return self._js
 
     @property
     def partitions(self) -> int:

@@ -144,29 +144,34 @@ async def stream_servers(js: JetStreamContext, name: str) -> list[str]:
 async def scan_stream(js: JetStreamContext, layout: StreamLayout) -> dict[str, list[tuple[int, str, bytes]]]:
     """Every record in the stream by subject, in order: (stream sequence, message id, bytes).
 
-    One ordered consumer reads the whole stream (one pass, not one per subject), up to what the
-    stream held when the scan started; each message waits at most ``_SCAN_IDLE_SECONDS``.
+    One ordered consumer reads the whole stream (one pass, not one per subject) until it has as
+    many messages as the stream leader counted when the scan started. Not until the consumer says
+    nothing is pending: an ordered consumer may sit on a replica still catching up (a server just
+    restarted), whose "nothing pending" would silently drop acknowledged records. Each message
+    waits at most ``_SCAN_IDLE_SECONDS`` (a TimeoutError: the caller may scan again).
     """
-    info = await js.stream_info(layout.stream)
+    info = await js.stream_info(layout.stream)  # answered by the stream leader
     by_subject: dict[str, list[tuple[int, str, bytes]]] = {}
-    if not info.state.messages:
+    expected = info.state.messages
+    if not expected:
         return by_subject
     last = info.state.last_seq
+    count = 0
     sub = await js.subscribe(f"unimeter.{layout.stream}.p.>", ordered_consumer=True, stream=layout.stream)
     try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=_SCAN_IDLE_SECONDS)
-            except TimeoutError:
-                raise NatsRefused(
-                    f"scanning JetStream stream {layout.stream} stalled for {_SCAN_IDLE_SECONDS:.0f}s"
-                ) from None
-            meta = msg.metadata
-            seq = meta.sequence.stream
+        while count < expected:
+            msg = await sub.next_msg(timeout=_SCAN_IDLE_SECONDS)
+            seq = msg.metadata.sequence.stream
             msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
             by_subject.setdefault(msg.subject, []).append((seq, msg_id, msg.data))
-            if seq >= last or not meta.num_pending:
+            count += 1
+            if seq >= last:
                 break
     finally:
         await asyncio.shield(sub.unsubscribe())
+    if count != expected:
+        raise NatsRefused(
+            f"scanning JetStream stream {layout.stream} found {count} messages up to its last "
+            f"sequence {last}, but the stream holds {expected}"
+        )
     return by_subject

@@ -18,6 +18,7 @@ from cluster_client.partitioning import partition_of
 from node.jetstream.backend import open_jetstream_backend
 from node.jetstream.errors import NatsRefused
 from node.node import Node, NodeConfig
+from node.records import decode_event_record
 from tests.integration.helpers import T0
 from tools.nats_cluster import NatsCluster
 
@@ -42,7 +43,7 @@ async def test_stream_leader_killed_during_sync_appends(
     """Writes stall for the election and resume; every acknowledged record is stored exactly once,
     in order, and so is every record whose wait gave up (it stays queued, with the same id)."""
     backend = await open_backend(faulty_cluster, stream_name, partitions=4)
-    leader = (await backend._js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
+    leader = (await backend.js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
     appended: dict[int, list[bytes]] = {p: [] for p in range(4)}
     acked: dict[int, int] = dict.fromkeys(range(4), 0)
 
@@ -127,7 +128,7 @@ async def test_nats_down_answers_unavailable_then_resumes(
 
 async def test_conflicting_stream_settings_are_refused(faulty_cluster: NatsCluster, stream_name: str) -> None:
     backend = await open_backend(faulty_cluster, stream_name, partitions=2)
-    await backend._js.add_stream(name=f"{stream_name}x", subjects=["other.>"], num_replicas=1)
+    await backend.js.add_stream(name=f"{stream_name}x", subjects=["other.>"], num_replicas=1)
     await backend.disconnect()
     with pytest.raises(
         NatsRefused, match=r"--partitions 3 differs from the 2 partitions of JetStream stream"
@@ -172,3 +173,50 @@ async def test_a_server_that_does_not_sync_every_write_is_refused(
     assert any(
         "--allow-unsynced-jetstream" in w and "do NOT mean the events are on disk" in w for w in warnings
     )
+
+
+async def test_stream_leader_killed_during_node_sync_ingests(
+    tmp_path: Path, faulty_cluster: NatsCluster, stream_name: str
+) -> None:
+    """SYNC ingests through a node, retried with the same event ids on UNAVAILABLE, while the
+    stream leader is killed: every event is acknowledged, counted once and stored once."""
+    backend = await open_backend(faulty_cluster, stream_name, partitions=4)
+    leader = (await backend.js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
+    node = Node(NodeConfig(tmp_path / "data", partitions=4), backend.factory)
+    await node.start()
+    accounts = list(range(1, 9))
+
+    async def writer(account: int) -> None:
+        partition = partition_of(account, 4)
+        for i in range(25):
+            row = (account, "calls", 1, T0 + i, None, 1, f"{account}-{i}")
+            while True:
+                try:
+                    await node.ingest([(partition, [row])], True, "")
+                    break
+                except UnavailableError:
+                    await asyncio.sleep(0.1)
+            if account == 1 and i == 5:
+                faulty_cluster.kill(faulty_cluster.server_named(leader))
+
+    try:
+        await node.create_metric(Metric("calls", AggType.SUM))
+        await asyncio.wait_for(asyncio.gather(*(writer(a) for a in accounts)), timeout=60)
+        for account in accounts:
+            result = await node.query(partition_of(account, 4), account, "calls", T0, T0 + DAY, 0, {}, [])
+            assert result.value.sum == 25
+    finally:
+        await node.close()
+        await backend.disconnect()
+        faulty_cluster.start_server(faulty_cluster.server_named(leader))
+    check = await open_backend(faulty_cluster, stream_name, partitions=4)
+    try:
+        ids = [
+            row[6]
+            for p in range(4)
+            for _, record in check.open_partition(p).events.scan()
+            for row in decode_event_record(record).rows
+        ]
+        assert sorted(ids) == sorted(f"{a}-{i}" for a in accounts for i in range(25))
+    finally:
+        await check.disconnect()

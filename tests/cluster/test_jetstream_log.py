@@ -103,7 +103,7 @@ async def test_a_second_writer_is_fenced(nats_cluster: NatsCluster, stream_name:
 async def test_a_retried_publish_is_stored_once(nats_cluster: NatsCluster, stream_name: str) -> None:
     backend = await open_backend(nats_cluster, stream_name)
     try:
-        js = backend._js
+        js = backend.js
         subject = backend.layout.subject(0, "events")
         headers = {"Nats-Msg-Id": "epoch.p0.0", "Nats-Expected-Last-Subject-Sequence": "0"}
         first = await js.publish(subject, b"once", headers=dict(headers))
@@ -121,12 +121,41 @@ async def test_a_record_larger_than_a_message_is_refused_up_front(
     backend = await open_backend(nats_cluster, stream_name)
     try:
         log = backend.open_partition(0).events
-        limit = backend._client.max_payload - 1024
+        limit = backend.client.max_payload - 1024
         with pytest.raises(InvalidArgumentError) as refused:
             log.append(b"x" * (limit + 1))
         assert refused.value.violations[0].field == "events"
         assert log.end_position == 0  # nothing appended
         assert log.append(b"x" * limit) == 0
         await log.wait_durable(1)
+    finally:
+        await backend.disconnect()
+
+
+@pytest.mark.parametrize("within_window", [True, False], ids=["duplicate-window", "after-the-window"])
+async def test_an_attempt_stored_before_its_ack_was_lost_counts_once(
+    nats_cluster: NatsCluster, stream_name: str, within_window: bool
+) -> None:
+    """The log's publish of a record an earlier attempt already stored (same message id): within
+    the duplicate window JetStream answers with the stored sequence; after it, the wrong-sequence
+    answer is recognised as this record's own earlier attempt. Either way: one message, acked."""
+    backend = await open_backend(nats_cluster, stream_name, epoch="e1")
+    try:
+        js = backend.js
+        if not within_window:
+            info = await js.stream_info(stream_name)
+            info.config.duplicate_window = 0.5
+            updated = await js.update_stream(info.config)
+            assert updated.config.duplicate_window == 0.5
+        subject = backend.layout.subject(0, "events")
+        headers = {"Nats-Msg-Id": f"e1.0.{subject}.0", "Nats-Expected-Last-Subject-Sequence": "0"}
+        earlier = await js.publish(subject, b"record", headers=headers)  # the attempt whose ack was lost
+        if not within_window:
+            await asyncio.sleep(1.0)
+        log = backend.open_partition(0).events
+        log.append(b"record")
+        await log.wait_durable(1)
+        assert "stream sequence" in log.describe(0) and str(earlier.seq) in log.describe(0)
+        assert (await js.stream_info(stream_name)).state.messages == 1
     finally:
         await backend.disconnect()
