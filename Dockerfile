@@ -9,9 +9,18 @@
 # environment variables. The node protocol (7001) is off unless UNIMETER_NODE_ADDR=0.0.0.0:7001.
 # Shutdown drains in-flight calls for up to 10 s, then flushes: give `docker stop` a longer -t.
 
-# ---- builder: generate the gRPC stubs, then build the wheel and install it into a virtualenv ----
+# ---- builder: generate the gRPC stubs, build the wheel and the native engine into a virtualenv ----
 FROM python:3.11-slim AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+
+# The Rust toolchain of the native ingest engine (native/), from the official image at a pinned
+# version, plus the C linker it needs. Both stay in this stage: the runtime gets the compiled module.
+COPY --from=rust:1.95-slim /usr/local/cargo /usr/local/cargo
+COPY --from=rust:1.95-slim /usr/local/rustup /usr/local/rustup
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 
 # Of the dev extras only grpcio-tools is needed (for protoc), at pyproject.toml's pin; it stays here.
 RUN python -m venv /opt/tools && /opt/tools/bin/pip install grpcio-tools==1.85.1
@@ -22,15 +31,17 @@ COPY proto/ proto/
 COPY service/ service/
 COPY cluster_client/ cluster_client/
 COPY node/ node/
+COPY native/ native/
 
 # The stubs must exist before the wheel is built: hatch packages proto/unimeter as `unimeter`.
 # Same protoc invocation as `make proto`, minus the mypy stubs a runtime does not need.
 RUN /opt/tools/bin/python -m grpc_tools.protoc -Iproto --python_out=proto --grpc_python_out=proto \
         proto/unimeter/v1/*.proto
 
+# ./native builds with maturin at native/pyproject.toml's pin (cargo --release, Cargo.lock's versions).
 RUN python -m venv /opt/unimeter \
-    && /opt/unimeter/bin/pip install . \
-    && cd / && /opt/unimeter/bin/python -c "import unimeter.v1.alert_service_pb2_grpc, service.cli"
+    && /opt/unimeter/bin/pip install . ./native \
+    && cd / && /opt/unimeter/bin/python -c "import unimeter.v1.alert_service_pb2_grpc, service.cli, unimeter_native"
 
 # ---- runtime: the virtualenv, a non-root user, a data volume ----
 FROM python:3.11-slim

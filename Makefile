@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv proto proto-go test test-fast lint run bench bench-quick clean docs
+.PHONY: all venv native proto proto-go test test-fast lint run bench bench-quick clean docs fuzz soak soak-crash soak-rate soak-smoke
 
 all: test
 
@@ -19,7 +19,29 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-venv: $(STAMP)
+# The native ingest engine (native/, Rust + PyO3), built into .venv by maturin (pinned in the dev
+# extras) wherever cargo exists. Without cargo everything still runs, on the Python engine; with it,
+# `make test` requires the extension (UNIMETER_REQUIRE_NATIVE) and runs the engine tests on both.
+NATIVE_DIR := native
+NATIVE_SRCS := $(NATIVE_DIR)/Cargo.toml $(NATIVE_DIR)/Cargo.lock $(NATIVE_DIR)/pyproject.toml $(wildcard $(NATIVE_DIR)/src/*.rs)
+NATIVE_STAMP := $(VENV)/.native-installed
+HAVE_CARGO := $(shell command -v cargo 2>/dev/null)
+CARGO := cd $(NATIVE_DIR) && PYO3_PYTHON=$(abspath $(PY)) cargo
+ifdef HAVE_CARGO
+export UNIMETER_REQUIRE_NATIVE := 1
+endif
+
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRCS)
+ifdef HAVE_CARGO
+	cd $(NATIVE_DIR) && VIRTUAL_ENV=$(abspath $(VENV)) $(abspath $(BIN))/maturin develop --release --locked
+	touch $@
+else
+	@echo "note: cargo not found, so the native ingest engine is not built; Unimeter runs on its Python engine"
+endif
+
+native: $(NATIVE_STAMP)
+
+venv: $(STAMP) $(NATIVE_STAMP)
 
 $(PROTO_STAMP): $(STAMP) $(PROTOS)
 	rm -f $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi
@@ -76,10 +98,37 @@ $(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
-test: $(PROTO_STAMP) $(GO_PROTO_STAMP) node-deps
+test: $(PROTO_STAMP) $(NATIVE_STAMP) $(GO_PROTO_STAMP) node-deps
+ifdef HAVE_CARGO
+	$(CARGO) test --locked --quiet
+endif
 	$(PY) -m pytest -q
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
+
+# The long reliability runs of docs/reliability.md. `make soak` runs both soaks:
+# soak-crash: CRASH_CYCLES kill/restart cycles of a real server under load, on every engine/backend of
+# tests/engines.py; prints one summary line each.
+# soak-rate: 70% of the max ASYNC rate held for SOAK_SECONDS (default 30 min; figures in
+# soak-results/soak.json, plot in docs/reliability-soak.png). soak-smoke is the 2-minute rate soak CI
+# can afford; it is not part of `make test`.
+CRASH_CYCLES ?= 100
+SOAK_SECONDS ?= 1800
+soak: soak-crash soak-rate
+
+soak-crash: $(PROTO_STAMP)
+	$(PY) -m tests.reliability.crash_loop --cycles $(CRASH_CYCLES) --progress
+
+soak-rate: $(PROTO_STAMP)
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
+
+soak-smoke: $(PROTO_STAMP)
+	$(PY) -m bench.soak --seconds 120 --plot soak-results/soak-smoke.png --json soak-results/soak-smoke.json
+
+# 10^6 fuzz inputs over every decoder (node protocol, storage, gRPC, the native Ingest decoder where
+# it is built); prints each one's count.
+fuzz: $(PROTO_STAMP) $(NATIVE_STAMP)
+	$(PY) -m tests.fuzz.run
 
 docs: $(STAMP)
 	$(PY) -m tools.api_reference
@@ -89,20 +138,24 @@ lint: $(PROTO_STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/buf lint
+ifdef HAVE_CARGO
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+endif
 
 # A development node on loopback: gRPC API, node protocol (the README's Python SDK) and /metrics,
 # /healthz, /readyz. Each can be moved by its environment variable; UNIMETER_NODE_ADDR= or
 # UNIMETER_HTTP_ADDR= (set, empty) turns that listener off.
-run: $(PROTO_STAMP)
+run: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(BIN)/unimeter serve --data-dir "$${UNIMETER_DATA_DIR:-./data}" --grpc-addr "$${UNIMETER_GRPC_ADDR:-127.0.0.1:50051}" \
 		--node-addr "$${UNIMETER_NODE_ADDR-127.0.0.1:7001}" --http-addr "$${UNIMETER_HTTP_ADDR-127.0.0.1:9464}" \
 		--log-format "$${UNIMETER_LOG_FORMAT:-text}"
 
-bench: $(PROTO_STAMP)
+bench: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench
 
-bench-quick: $(PROTO_STAMP)
+bench-quick: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi $(PROTO_STAMP)
+	rm -rf $(VENV) $(NATIVE_DIR)/target $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi $(PROTO_STAMP)

@@ -304,8 +304,10 @@ class _Worker:
         start_ns: int = 0,
         end_ns: int = 0,
         sync: bool = True,
+        calls_per_second: float | None = None,
     ) -> dict[str, Any]:
-        """Sequential calls of one kind (``ingest1``, ``realtime`` or ``query``); per-call latency."""
+        """Sequential calls of one kind (``ingest1``, ``realtime`` or ``query``); per-call latency.
+        ``calls_per_second`` paces them (a call that is late is sent at once, never skipped)."""
         p, pb = self._payloads, self._pb
         if kind == "ingest1":
             method = self._ingest(addr)
@@ -354,8 +356,16 @@ class _Worker:
             last = await method(make(), timeout=60)
         monotonic_ns = time.monotonic_ns
         latencies: list[int] = []
-        deadline = time.monotonic() + duration
+        started = time.monotonic()
+        deadline = started + duration
+        interval = 1.0 / calls_per_second if calls_per_second else 0.0
         while len(latencies) < max_calls and time.monotonic() < deadline:
+            if interval:
+                due = started + len(latencies) * interval
+                if due > time.monotonic():
+                    await asyncio.sleep(due - time.monotonic())
+                    if time.monotonic() >= deadline:
+                        break
             request = make()
             sent = monotonic_ns()
             last = await method(request, timeout=60)

@@ -35,7 +35,7 @@ from .types import (
 )
 from .validation import check_account_id, validate_rows
 
-__all__ = ["AlertsClient", "Client", "MetricsClient"]
+__all__ = ["AlertsClient", "Client", "MetricsClient", "partition_batch"]
 
 MetricLookup = Callable[[str], Metric | None]
 MetricRefresh = Callable[[], Awaitable[None]]
@@ -100,6 +100,29 @@ class AlertsClient:
             from_beginning=from_beginning,
             buffer=buffer,
         )
+
+
+def partition_batch(
+    rows: list[EventRow], metric_of: MetricLookup, partition_of: Callable[[int], int]
+) -> dict[int, tuple[list[EventRow], list[int]]]:
+    """Validate a whole batch, then split it: ``{partition: (rows, their indexes in the batch)}``
+    in order of first appearance. InvalidArgumentError (one violation per bad event) if it is empty
+    or any event is bad: then nothing is stored anywhere."""
+    if not rows:
+        raise InvalidArgumentError(
+            "a batch needs at least one event", violations=[FieldViolation("events", "must not be empty")]
+        )
+    validate_rows(rows, metric_of)
+    by_partition: dict[int, tuple[list[EventRow], list[int]]] = {}
+    for i, row in enumerate(rows):
+        p = partition_of(row[0])
+        entry = by_partition.get(p)
+        if entry is None:
+            by_partition[p] = ([row], [i])
+        else:
+            entry[0].append(row)
+            entry[1].append(i)
+    return by_partition
 
 
 class Client:
@@ -201,29 +224,31 @@ class Client:
         self, rows: list[EventRow], *, sync: bool, timeout: float | None = None
     ) -> IngestResult:
         """Store a batch of hot-path rows as given (no ids added): validate all, fan out per node."""
-        if not rows:
-            raise InvalidArgumentError(
-                "a batch needs at least one event", violations=[FieldViolation("events", "must not be empty")]
-            )
         lookup = await self._metric_resolver(rows)
         try:
-            validate_rows(rows, lookup)
+            by_partition = partition_batch(rows, lookup, self._topology.partition_of)
         except InvalidArgumentError:
             if self._metric_refresh is None:
                 raise
-            await self._metric_refresh()
-            validate_rows(rows, lookup)
+            await self._metric_refresh()  # a metric created through another node a moment ago?
+            by_partition = partition_batch(rows, lookup, self._topology.partition_of)
+        return await self.ingest_partitioned(by_partition, len(rows), sync=sync, timeout=timeout)
+
+    async def ingest_partitioned(
+        self,
+        by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
+        n_events: int,
+        *,
+        sync: bool,
+        timeout: float | None = None,
+    ) -> IngestResult:
+        """Store a batch already validated against :meth:`ingest_metric_lookup` and split by
+        partition: ``{partition: (rows, their indexes in the batch)}``, ``n_events`` rows in all.
+
+        The second half of :meth:`ingest_rows`, for a caller that decodes, validates and splits a
+        request itself (the native engine does all three in one pass over the request bytes).
+        """
         topology = self._topology
-        part_of = topology.partition_of
-        by_partition: dict[int, tuple[list[EventRow], list[int]]] = {}
-        for i, row in enumerate(rows):
-            p = part_of(row[0])
-            entry = by_partition.get(p)
-            if entry is None:
-                by_partition[p] = ([row], [i])
-            else:
-                entry[0].append(row)
-                entry[1].append(i)
         deadline = deadline_after(timeout, self._retry)
         # One request per owning node carries all of that node's partitions.
         by_node: dict[int, tuple[NodeApi, list[int]]] = {}
@@ -239,14 +264,32 @@ class Client:
             self._ingest_on(node, ps, by_partition, sync, batch_id, deadline) for node, ps in by_node.values()
         ]
         results = [await requests[0]] if len(requests) == 1 else await _gather(requests)
-        offsets = [0] * len(rows)
+        offsets = [0] * n_events
         n_dup = 0
         for partitions, outcomes in results:
             for p, outcome in zip(partitions, outcomes, strict=True):
                 n_dup += outcome.n_duplicates
                 for i, offset in zip(by_partition[p][1], outcome.offsets, strict=True):
                     offsets[i] = offset
-        return IngestResult(len(rows) - n_dup, n_dup, offsets)
+        return IngestResult(n_events - n_dup, n_dup, offsets)
+
+    def ingest_metric_lookup(self) -> MetricLookup:
+        """What ingest validates metric codes against: the local node's registry, or else this
+        client's cache of the cluster's metrics (see :meth:`refresh_metric_cache`)."""
+        return self._metric_lookup if self._metric_lookup is not None else self._metric_cache.get
+
+    async def refresh_metric_cache(self) -> bool:
+        """Bring what ingest validates against up to date: the local node's registry when it is
+        shared by several nodes (``metric_refresh``), else this client's cache of the cluster's
+        metrics; False (nothing done) for a local registry no other node writes."""
+        if self._metric_lookup is not None:
+            if self._metric_refresh is None:
+                return False
+            await self._metric_refresh()
+            return True
+        for metric in await self.metrics.list():
+            self._metric_cache[metric.code] = metric
+        return True
 
     async def _ingest_on(
         self,
@@ -269,13 +312,10 @@ class Client:
         return partitions, outcomes
 
     async def _metric_resolver(self, rows: Sequence[EventRow]) -> MetricLookup:
-        if self._metric_lookup is not None:
-            return self._metric_lookup
         cache = self._metric_cache
-        if any(row[1] not in cache for row in rows):
-            for metric in await self.metrics.list():
-                cache[metric.code] = metric
-        return cache.get
+        if self._metric_lookup is None and any(row[1] not in cache for row in rows):
+            await self.refresh_metric_cache()
+        return self.ingest_metric_lookup()
 
     # ------------------------------------------------------------------ queries
 

@@ -178,11 +178,18 @@ def _event_violation(row: EventRow, metric: Metric | None, path: str) -> FieldVi
     if props:
         if len(props) > MAX_PROPERTIES:
             return FieldViolation(f"{path}.properties", f"at most {MAX_PROPERTIES} properties")
-        for key, val in props.items():
+        bad = [
+            key
+            for key, val in props.items()
+            if not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS or len(val) > MAX_PROPERTY_VALUE_CHARS
+        ]
+        if bad:
+            # The smallest bad key, not the first met: a map's order on the wire is no order at all
+            # (protobuf parsers differ), and both engines must name the same property.
+            key = min(bad)
             if not 0 < len(key) <= MAX_PROPERTY_KEY_CHARS:
                 return FieldViolation(f"{path}.properties", f"key {key[:80]!r} must be 1-64 characters")
-            if len(val) > MAX_PROPERTY_VALUE_CHARS:
-                return FieldViolation(f"{path}.properties[{key}]", "must be at most 256 characters")
+            return FieldViolation(f"{path}.properties[{key}]", "must be at most 256 characters")
         for dim in metric.filters:
             got = props.get(dim.key)
             if got is not None and got not in dim.values:

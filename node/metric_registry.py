@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -25,6 +24,8 @@ from cluster_client.errors import AlreadyExistsError, NotFoundError
 from cluster_client.types import Metric
 from cluster_client.validation import normalize_metric
 from cluster_client.wire import metric_from_wire, metric_to_wire
+
+from .clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
     "FileMetricRegistry",
@@ -85,9 +86,10 @@ class FileMetricRegistry:
     """Metric definitions by code, durable in ``<data-dir>/metrics.msgpack``; this node is its
     only writer (the data directory's lock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, clock: Clock = SYSTEM_CLOCK) -> None:
         self.on_change: MetricListener | None = None
         self._path = path
+        self._clock = clock
         self._metrics: dict[str, Metric] = {}
         self._last_generation = 0
         if path.exists():
@@ -110,7 +112,7 @@ class FileMetricRegistry:
         normalized = normalize_metric(metric)
         if normalized.code in self._metrics:
             raise AlreadyExistsError(f"metric {metric.code!r} already exists", reason="METRIC_EXISTS")
-        generation = max(time.time_ns(), self._last_generation + 1)
+        generation = max(self._clock.now_ns(), self._last_generation + 1)
         stored = dataclasses.replace(normalized, create_time_unix_nano=generation)
         self._metrics[stored.code] = stored
         self._last_generation = generation

@@ -34,6 +34,7 @@ from cluster_client.validation import validate_rows
 
 from .aggregation import MetricSpec
 from .alert_stream import AlertStreamer
+from .clock import SYSTEM_CLOCK, Clock
 from .commit_scheduler import CommitScheduler
 from .data_dir_lock import DataDirectoryLock
 from .embedded_backend import open_embedded_backend
@@ -89,6 +90,8 @@ class NodeConfig:
     """Make a group of logs durable (a flush tick, a SYNC batch over partitions) with one
     ``syncfs`` of the data directory's filesystem where that is safe (Linux 5.8+, every log on
     that filesystem); False, or where it is not safe: one fdatasync per log."""
+    clock: Clock = SYSTEM_CLOCK
+    """The wall clock of every time the node reads (arrivals, dedup expiry, current periods)."""
 
 
 BackendFactory = Callable[[NodeConfig, NodeStats], RecordBackend]
@@ -113,11 +116,13 @@ class Node:
         self._lock = DataDirectoryLock.acquire(config.data_dir)
         try:
             self.node_id = self._load_identity()
-            self.registry = registry or FileMetricRegistry(config.data_dir / "metrics.msgpack")
+            self.registry = registry or FileMetricRegistry(config.data_dir / "metrics.msgpack", config.clock)
             self._specs: dict[str, MetricSpec] = {}
             for metric in self.registry.list():
                 self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
-            partition_config = PartitionConfig(dedup_window_ns=int(config.dedup_window_seconds * 1e9))
+            partition_config = PartitionConfig(
+                dedup_window_ns=int(config.dedup_window_seconds * 1e9), clock=config.clock
+            )
             self.stats = NodeStats()
             self.backend = backend_factory(config, self.stats)
             self.commit = CommitScheduler(self.backend, config.flush_interval)
@@ -219,9 +224,7 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             self._check_disk(time.monotonic())
-            now = time.time_ns()
-            for partition in self.partitions:
-                partition.expire(now)
+            self.expire()
             due = time.monotonic() - self._last_snapshot >= self.config.snapshot_interval
             for partition in self.partitions:
                 if partition.records_since_snapshot and (
@@ -238,6 +241,13 @@ class Node:
                         self.stats.snapshots += 1
             if due:
                 self._last_snapshot = time.monotonic()
+
+    def expire(self) -> None:
+        """Forget dedup keys that arrived more than the window before now by the node's clock (the
+        maintenance loop calls this every second)."""
+        now = self.config.clock.now_ns()
+        for partition in self.partitions:
+            partition.expire(now)
 
     def _partition(self, number: int) -> Partition:
         if self._closing:
@@ -340,7 +350,7 @@ class Node:
                     validate_rows(rows, self.registry.get)
         cancelled = False
         if len(parts) <= _PARTS_PER_SLICE:
-            now = time.time_ns()
+            now = self.config.clock.now_ns()
             outcomes = [
                 part.ingest(rows, batch_id, now, self._specs.get)
                 for part, (_, rows) in zip(targets, parts, strict=True)
@@ -416,7 +426,7 @@ class Node:
           the caller, as if it had come just after the batch.
         """
         spec_of = dict(self._specs).get
-        now = time.time_ns()
+        now = self.config.clock.now_ns()
         outcomes: list[IngestOutcome] = []
         cancelled = False
         for i, (part, (_, rows)) in enumerate(zip(targets, parts, strict=True)):
@@ -434,7 +444,7 @@ class Node:
         """The aggregate of the metric's current period."""
         part = self._partition(partition)
         spec = await self._spec(metric_code)
-        return part.query_realtime(spec, account_id, time.time_ns())
+        return part.query_realtime(spec, account_id, self.config.clock.now_ns())
 
     async def query(
         self,
@@ -451,7 +461,7 @@ class Node:
         part = self._partition(partition)
         spec = await self._spec(metric_code)
         if selector:
-            start, end = resolve_selector(spec.periods, selector, time.time_ns())
+            start, end = resolve_selector(spec.periods, selector, self.config.clock.now_ns())
         check_query(spec, start, end, filters, group_by)
         return part.query(spec, account_id, start, end, filters, group_by)
 

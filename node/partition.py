@@ -29,6 +29,7 @@ from cluster_client.node_api import IngestOutcome
 from cluster_client.types import Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from .clock import SYSTEM_CLOCK, Clock
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex
 from .record_log import PartitionStorage, RecordLog
@@ -70,6 +71,8 @@ class PartitionConfig:
     """How long (by arrival time) an event's dedup key is remembered."""
     batch_window_ns: int = 600 * 1_000_000_000
     """How long a retried batch id is answered with its original result."""
+    clock: Clock = SYSTEM_CLOCK
+    """The node's wall clock (here: the time of the last snapshot)."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
@@ -304,7 +307,7 @@ class Partition:
             await _until_done(self._storage.write_snapshot(data))
             # Records appended while the file was being written are not in it: they still count.
             self._records_since_snapshot -= covered
-            self.last_snapshot_time = time.time()
+            self.last_snapshot_time = self._config.clock.now_ns() / 1e9
 
     @property
     def records_since_snapshot(self) -> int:
@@ -408,7 +411,12 @@ class Partition:
         except RecordFormatError as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
             return 0
-        if state.event_position > self.events.end_position:
+        # A log cut below what the snapshot covers (damage, a lost disk write) puts the snapshot
+        # ahead of the log: replaying the log rebuilds the state and regenerates the lost alerts.
+        if (
+            state.event_position > self.events.end_position
+            or state.alert_position > self.alert_log.end_position
+        ):
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
         try:

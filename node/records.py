@@ -10,6 +10,7 @@ records mean (``node.partition`` applies them) and where they are stored (``node
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -171,8 +172,13 @@ def decode_alert_record(data: bytes) -> AlertRecord:
     return AlertRecord(event_first, first_alert, rows)
 
 
+_SNAPSHOT_CRC_BYTES = 4
+
+
 async def encode_snapshot(snapshot: Snapshot) -> bytes:
-    """The stored bytes of a snapshot, packed in slices with the loop free in between."""
+    """The stored bytes of a snapshot, packed in slices with the loop free in between: the msgpack
+    map, then the CRC-32 of it (4 bytes, little endian), so that a damaged snapshot is refused
+    instead of loaded as wrong numbers."""
     return await pack_in_slices(
         {
             "v": SNAPSHOT_VERSION,
@@ -186,7 +192,8 @@ async def encode_snapshot(snapshot: Snapshot) -> bytes:
             "dedup": snapshot.dedup,
             "index": snapshot.index,
             "batches": [list(b) for b in snapshot.batches],
-        }
+        },
+        crc32_trailer=True,
     )
 
 
@@ -194,9 +201,14 @@ _SNAPSHOT_INTS = ("partition", "event_pos", "last_offset", "last_arrival", "aler
 
 
 def decode_snapshot(data: bytes) -> Snapshot:
-    """A snapshot from its bytes; RecordFormatError unless they are one of this version. Its
-    ``aggregates``, ``dedup`` and ``index`` are checked by the modules that load them."""
-    state = _unpack(data, "snapshot", strict_map_key=False)
+    """A snapshot from its bytes; RecordFormatError unless they are one of this version with a
+    matching CRC. Its ``aggregates``, ``dedup`` and ``index`` are checked by the modules that load
+    them."""
+    view = memoryview(data)  # views, not copies, of what may be a large file
+    body, crc = view[:-_SNAPSHOT_CRC_BYTES], view[-_SNAPSHOT_CRC_BYTES:]
+    if len(view) < _SNAPSHOT_CRC_BYTES or zlib.crc32(body) != int.from_bytes(crc, "little"):
+        raise RecordFormatError("snapshot checksum mismatch (the file is damaged)")
+    state = _unpack(body, "snapshot", strict_map_key=False)
     if type(state) is not dict:
         raise RecordFormatError("snapshot is not a map")
     if state.get("v") != SNAPSHOT_VERSION:
@@ -235,7 +247,9 @@ def decode_snapshot(data: bytes) -> Snapshot:
     )
 
 
-def _unpack(data: bytes, what: str, *, strict_map_key: bool = True, use_list: bool = True) -> Any:
+def _unpack(
+    data: bytes | memoryview, what: str, *, strict_map_key: bool = True, use_list: bool = True
+) -> Any:
     try:
         return msgpack.unpackb(data, strict_map_key=strict_map_key, use_list=use_list)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:

@@ -66,6 +66,9 @@ class ServeConfig:
     records are not in the data directory)."""
     handshake_timeout_seconds: float = 10.0
     """Connections that do not finish their handshake (TLS, HTTP/2 or node hello) in time are closed."""
+    engine: str = "auto"
+    """Ingest engine: ``native`` (the compiled extension), ``python`` (the reference), or ``auto``:
+    native when the extension is installed."""
     node_id: str = ""
     """Id of a new data directory's node (generated when empty); an existing one keeps its own."""
     backend: str = "embedded"
@@ -133,6 +136,8 @@ class ServeConfig:
                 "anyone reaching it would bypass the keys: set a secret with UNIMETER_CLUSTER_SECRET "
                 "(or --cluster-secret), or pass --insecure-node-protocol on a trusted network"
             )
+        if self.engine not in ("auto", "native", "python"):
+            raise ValueError(f"engine must be auto, native or python, got {self.engine!r}")
 
     @property
     def nats_urls(self) -> tuple[str, ...]:
@@ -200,6 +205,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         float,
         "seconds a new connection has to finish its TLS/HTTP2/node hello",
     ),
+    ("engine", "--engine", str, "ingest engine: auto (native if installed), native or python"),
     ("node_id", "--node-id", str, "id of a new data directory's node (an existing one keeps its own)"),
     ("backend", "--backend", str, "embedded (files in the data directory) or nats (NATS JetStream)"),
     ("nats_url", "--nats-url", str, "comma-separated NATS server URLs (--backend nats)"),

@@ -10,7 +10,6 @@ docs/operations.md lists every metric; keep the two in step.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
@@ -104,6 +103,12 @@ class UnimeterCollector(Collector):
     def _ingest(self) -> Iterator[Metric]:
         stats = self._stats
         node = self._node()
+        if stats.ingest_engine:
+            engine = GaugeMetricFamily(
+                "unimeter_ingest_engine_info", "The ingest engine serving (value 1)", labels=["engine"]
+            )
+            engine.add_metric([stats.ingest_engine], 1)
+            yield engine
         batches = CounterMetricFamily(
             "unimeter_ingest_batches",
             "Ingest calls the node acknowledged, by delivery mode",
@@ -197,7 +202,7 @@ class UnimeterCollector(Collector):
             "Bytes of a partition's dedup index as allocated (table and expiry columns)",
             labels=["partition"],
         )
-        now = time.time()
+        now = node.config.clock.now_ns() / 1e9
         for p in node.partitions:
             label = str(p.number)
             for name, log in (("events", p.events), ("alerts", p.alert_log)):

@@ -31,6 +31,7 @@ from .api_keys import ApiKeyStore, load_api_keys
 from .config import ServeConfig
 from .health import HealthServicer
 from .http_endpoint import HttpEndpoint
+from .ingest_engine import choose_engine
 from .interceptors import AuthInterceptor, ObservabilityInterceptor
 from .listen_addresses import check_free, naming_address_in_use, split_host_port
 from .metrics_exporter import UnimeterCollector, new_registry
@@ -148,6 +149,7 @@ class UnimeterServer:
     async def _start(self) -> None:
         cfg = self.config
         keys = load_api_keys(cfg.api_keys_file, cfg.api_keys or None)
+        choice = choose_engine(cfg.engine)
         tls = load_server_tls(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         for addr in (cfg.grpc_addr, cfg.http_addr, cfg.node_addr):
             if addr:
@@ -183,6 +185,10 @@ class UnimeterServer:
         _shorten_gil_switch_interval()
         await node.start()
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)
+        # Chosen before anything was touched (a missing native engine refuses the start), said
+        # once the start can no longer be refused for another reason.
+        choice.announce()
+        self.stats.ingest_engine = choice.engine.name
         self.client = await Client.in_process(
             node, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
         )
@@ -203,7 +209,7 @@ class UnimeterServer:
             node.node_addr = f"{host}:{self.node_port}"  # what clients reach, even when asked for port 0
         self._log_access(keys)
 
-        names = add_servicers(server, self.client, self.stats)
+        names = add_servicers(server, self.client, self.stats, choice.engine)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],

@@ -65,6 +65,8 @@ class ServiceStats:
     """Events of ingest calls being handled right now."""
     max_inflight_ingest_events: int = 0
     """The configured limit of ``inflight_ingest_events``."""
+    ingest_engine: str = ""
+    """The ingest engine serving ("native" or "python"), once the server has chosen it."""
 
     def method(self, path: str, *, streaming: bool) -> MethodStats:
         """The stats of ``path``, created on first use (call only for methods the server serves)."""

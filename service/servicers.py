@@ -27,7 +27,6 @@ from unimeter.v1 import (
     cluster_service_pb2,
     cluster_service_pb2_grpc,
     ingest_service_pb2,
-    ingest_service_pb2_grpc,
     metrics_service_pb2,
     metrics_service_pb2_grpc,
     query_service_pb2,
@@ -39,13 +38,13 @@ from .convert import (
     alert_subscribe_item,
     alert_to_proto,
     cluster_status_to_proto,
-    ingest_rows_from_proto,
     metric_from_proto,
     metric_to_proto,
     query_response,
     realtime_response,
     stored_event_to_proto,
 )
+from .ingest_engine import DecodedIngest, IngestEngine, IngestRequestDecoder, PythonIngestEngine
 from .service_stats import ServiceStats, field_label
 from .status_mapping import abort_with_error, rpc_handler
 
@@ -109,24 +108,28 @@ class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.DeleteMetricResponse()
 
 
-class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    """IngestService over ``client.ingest_rows`` (the caller's ids are kept as given).
+class IngestServicer:
+    """IngestService over the ingest engine and the client core (the caller's ids are kept as given).
 
-    It bounds the events of calls in flight (waiting for a SYNC fsync, say) to
-    ``stats.max_inflight_ingest_events``: past it a call is answered RESOURCE_EXHAUSTED with a
-    retry delay instead of queueing without end. A lone call is always admitted, whatever its size.
+    The engine decodes the request's bytes in the handler's request-deserializer slot
+    (service/ingest_engine.py): protobuf for the Python engine, one native pass for the native
+    one; ``Ingest`` gets the decoded batch. It bounds the events of calls in flight (waiting for a
+    SYNC fsync, say) to ``stats.max_inflight_ingest_events``: past it a call is answered
+    RESOURCE_EXHAUSTED with a retry delay instead of queueing without end. A lone call is always
+    admitted, whatever its size.
     """
 
-    def __init__(self, client: Client, stats: ServiceStats) -> None:
+    def __init__(self, client: Client, stats: ServiceStats, engine: IngestEngine) -> None:
         self._client = client
         self._stats = stats
+        self._engine = engine
 
     @rpc_handler
     async def Ingest(
-        self, request: ingest_service_pb2.IngestRequest, context: grpc.aio.ServicerContext
+        self, request: DecodedIngest, context: grpc.aio.ServicerContext
     ) -> ingest_service_pb2.IngestResponse:
         stats = self._stats
-        n = len(request.events)
+        n = request.n_events
         try:
             if (
                 stats.inflight_ingest_events
@@ -140,8 +143,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 )
             stats.inflight_ingest_events += n
             try:
-                rows, sync = ingest_rows_from_proto(request)
-                result = await self._client.ingest_rows(rows, sync=sync, timeout=_timeout(context))
+                result = await request.store(_timeout(context))
             finally:
                 stats.inflight_ingest_events -= n
         except UnimeterError as exc:
@@ -153,6 +155,20 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return ingest_service_pb2.IngestResponse(
             n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
         )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        """Add IngestService to ``server``, like the generated ``add_IngestServiceServicer_to_server``
+        but with the engine as the request deserializer."""
+        handlers = {
+            "Ingest": grpc.unary_unary_rpc_method_handler(
+                self.Ingest,
+                request_deserializer=IngestRequestDecoder(self._engine, self._client).FromString,
+                response_serializer=ingest_service_pb2.IngestResponse.SerializeToString,
+            )
+        }
+        name = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+        server.add_registered_method_handlers(name, handlers)
 
 
 class QueryServicer(query_service_pb2_grpc.QueryServiceServicer):
@@ -264,28 +280,40 @@ class AlertServicer(alert_service_pb2_grpc.AlertServiceServicer):
 class ClusterServicer(cluster_service_pb2_grpc.ClusterServiceServicer):
     """ClusterService over ``client.cluster_status``."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, engine_name: str) -> None:
         self._client = client
+        self._engine_name = engine_name
 
     @rpc_handler
     async def GetClusterStatus(
         self, request: cluster_service_pb2.GetClusterStatusRequest, context: grpc.aio.ServicerContext
     ) -> cluster_service_pb2.GetClusterStatusResponse:
-        return cluster_status_to_proto(await self._client.cluster_status(timeout=_timeout(context)))
+        status = cluster_status_to_proto(await self._client.cluster_status(timeout=_timeout(context)))
+        status.engine = self._engine_name
+        return status
 
 
-def add_servicers(server: grpc.aio.Server, client: Client, stats: ServiceStats | None = None) -> list[str]:
+def add_servicers(
+    server: grpc.aio.Server,
+    client: Client,
+    stats: ServiceStats | None = None,
+    engine: IngestEngine | None = None,
+) -> list[str]:
     """Register every Unimeter service on ``server``; returns their full names (for reflection).
 
-    ``stats`` receives the ingest counters and holds the in-flight limit (default: unlimited).
+    ``stats`` receives the ingest counters and holds the in-flight limit (default: unlimited);
+    ``engine`` decodes ingest requests (default: the Python reference engine).
     """
     if stats is None:
         stats = ServiceStats(max_inflight_ingest_events=1 << 62)
+    if engine is None:
+        engine = PythonIngestEngine()
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(client), server)
-    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(client, stats), server)
+    IngestServicer(client, stats, engine).register(server)
     query_service_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(client), server)
     alert_service_pb2_grpc.add_AlertServiceServicer_to_server(AlertServicer(client), server)
-    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(ClusterServicer(client), server)
+    cluster = ClusterServicer(client, engine.name)
+    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(cluster, server)
     return [
         metrics_service_pb2.DESCRIPTOR.services_by_name["MetricsService"].full_name,
         ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,

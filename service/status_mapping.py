@@ -65,26 +65,54 @@ def grpc_code_of(error: UnimeterError) -> grpc.StatusCode:
     return _CODES.get(error.kind, grpc.StatusCode.INTERNAL)
 
 
+# A status travels in trailing metadata, which clients refuse past 8 KiB (grpc's default soft
+# limit; the message goes twice: as grpc-message, percent-encoded, and inside the base64 details).
+# Error texts quote what the client sent, so a huge field value or a batch of 10,000 bad events
+# would make the answer itself undeliverable (the client saw RESOURCE_EXHAUSTED instead of
+# INVALID_ARGUMENT): texts are shortened and violations listed up to a byte budget.
+_MAX_MESSAGE_CHARS = 300
+_MAX_FIELD_CHARS = 200
+_VIOLATIONS_BUDGET_BYTES = 2048
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def _bad_request(error: UnimeterError) -> error_details_pb2.BadRequest:
+    bad = error_details_pb2.BadRequest()
+    for i, v in enumerate(error.violations):
+        entry = error_details_pb2.BadRequest.FieldViolation(
+            field=_shorten(v.field, _MAX_FIELD_CHARS), description=_shorten(v.description, _MAX_FIELD_CHARS)
+        )
+        if bad.ByteSize() + entry.ByteSize() > _VIOLATIONS_BUDGET_BYTES and i > 0:
+            more = len(error.violations) - i
+            bad.field_violations.add(
+                field=entry.field, description=f"and {more} more violation(s) not listed"
+            )
+            break
+        bad.field_violations.append(entry)
+    return bad
+
+
 def status_of(error: UnimeterError) -> grpc.Status:
-    """The rich status of an error: ErrorInfo, plus BadRequest and RetryInfo when they apply."""
+    """The rich status of an error: ErrorInfo, plus BadRequest and RetryInfo when they apply, small
+    enough for any client to receive (long texts shortened, violations listed up to a budget)."""
     code = grpc_code_of(error)
     details = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
     details.append(info)
     if error.violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                    for v in error.violations
-                ]
-            )
-        )
+        details.append(_bad_request(error))
     if error.retry_after_seconds is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=error.message)
+    status = status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=_shorten(error.message, _MAX_MESSAGE_CHARS)
+    )
     for detail in details:
         status.details.add().Pack(detail)
     return rpc_status.to_status(status)

@@ -1,4 +1,9 @@
-"""Shared fixtures: a real Unimeter server on 127.0.0.1 port 0 with its own data directory."""
+"""Shared fixtures: a real Unimeter server on 127.0.0.1 port 0 with its own data directory.
+
+The ``api`` fixture serves with the engine ``api_engine`` names (default ``auto``); a module runs
+its tests on every engine this machine has (``tests.engines.ENGINES``) with
+``pytestmark = pytest.mark.parametrize("api_engine", ENGINES)``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,24 @@ import pytest
 
 from service.config import ServeConfig
 from service.server import UnimeterServer
+from tests.engines import ENGINES
 from unimeter.v1 import (
     alert_service_pb2_grpc,
     cluster_service_pb2_grpc,
     ingest_service_pb2_grpc,
     metrics_service_pb2_grpc,
     query_service_pb2_grpc,
+)
+
+# Tests of the extension itself exist only where it is built.
+collect_ignore = (
+    []
+    if "native" in ENGINES
+    else [
+        "unit/test_native_decoder.py",
+        "unit/test_native_dedup_key.py",
+        "integration/test_native_engine_end_to_end.py",
+    ]
 )
 
 
@@ -60,9 +77,15 @@ async def open_api(server: UnimeterServer) -> Api:
 
 
 @pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[Api]:
+def api_engine() -> str:
+    """The ingest engine of the ``api`` fixture's server."""
+    return "auto"
+
+
+@pytest.fixture
+async def api(tmp_path: Path, api_engine: str) -> AsyncIterator[Api]:
     """A running in-process server with an empty data directory, and stubs to it."""
-    server = UnimeterServer(serve_config(tmp_path / "data"))
+    server = UnimeterServer(serve_config(tmp_path / "data", engine=api_engine))
     await server.start()
     stubs = await open_api(server)
     try:

@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'proto'}"}
@@ -45,13 +46,16 @@ class ServeProcess:
             self.proc.stdout.close()
 
 
-def _port(addr: str) -> int:
+def listener_port(addr: str) -> int:
     """The port of a ready line's ``host:port``, 0 for ``off``."""
     return 0 if addr == "off" else int(addr.rpartition(":")[2])
 
 
-def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProcess:
-    """Start ``unimeter serve`` on 127.0.0.1 port 0 and wait for its ready line."""
+def spawn_serve(
+    data_dir: Path, *extra: str, log_level: str = "WARNING", stderr: int | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``unimeter serve`` on 127.0.0.1 port 0 without waiting: its stdout is a pipe (the
+    ready line is printed there), its stderr (the log) is ``stderr`` (None: this process's)."""
     cmd = [
         *CLI,
         "serve",
@@ -60,21 +64,34 @@ def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProces
         "--grpc-addr",
         "127.0.0.1:0",
         "--log-level",
-        "WARNING",
+        log_level,
         *extra,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=ENV, cwd=REPO)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=ENV, cwd=REPO)
+
+
+def ready_line(line: bytes) -> dict[str, Any] | None:
+    """The ready message of serve's stdout, if ``line`` is it."""
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return None
+    return msg if isinstance(msg, dict) and msg.get("event") == "ready" else None
+
+
+def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProcess:
+    """Start ``unimeter serve`` on 127.0.0.1 port 0 and wait for its ready line."""
+    proc = spawn_serve(data_dir, *extra)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"unimeter serve exited with {proc.wait()} before it was ready")
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            continue
-        if msg.get("event") == "ready":
-            return ServeProcess(proc, *(_port(msg[key]) for key in ("grpc_addr", "node_addr", "http_addr")))
+        msg = ready_line(line)
+        if msg is not None:
+            return ServeProcess(
+                proc, *(listener_port(msg[key]) for key in ("grpc_addr", "node_addr", "http_addr"))
+            )
     proc.kill()
     raise TimeoutError("unimeter serve did not become ready")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -71,8 +72,10 @@ def pack(data: object) -> bytes:
     return msgpack.packb(data, default=_resolve)  # type: ignore[no-any-return]
 
 
-async def pack_in_slices(data: object) -> bytes:
-    """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms."""
+async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> bytes:
+    """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
+    ``crc32_trailer``, followed by the CRC-32 of those bytes (4 bytes, little endian), computed a
+    piece at a time so that a large snapshot does not stall the loop."""
     packer = msgpack.Packer(default=_resolve)
     out: list[bytes] = []
     step_started = time.perf_counter()
@@ -113,6 +116,12 @@ async def pack_in_slices(data: object) -> bytes:
             out.append(packer.pack(value))
 
     await walk(data)
+    if crc32_trailer:
+        crc = 0
+        for piece in out:
+            crc = zlib.crc32(piece, crc)
+            await step_done()
+        out.append(crc.to_bytes(4, "little"))
     return b"".join(out)
 
 

@@ -52,6 +52,7 @@ def _summary(response: cs.GetClusterStatusResponse) -> str:
     events = sum(p.last_offset for p in infos)
     rows: list[tuple[str, object]] = [
         ("backend", response.backend),
+        *([("engine", response.engine)] if response.engine else []),  # servers before it: none
         ("partitions", response.partitions),
         ("events", events),
         ("alerts", sum(p.last_alert_offset for p in infos)),

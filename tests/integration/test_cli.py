@@ -29,6 +29,7 @@ from grpc_status import rpc_status
 
 from service.cli import main
 from tests.conftest import Api
+from tests.engines import ENGINES
 from tests.integration.helpers import DAY, SEC, T0
 from tests.process import REPO, start_serve
 from unimeter.v1 import (
@@ -771,7 +772,10 @@ async def test_import_from_stdin_with_everything_valid_exits_0(cli: Cli) -> None
 # ----------------------------------------------------------------------------------------- status
 
 
-async def test_status_shows_a_summary_and_the_partitions_on_request(api: Api, cli: Cli) -> None:
+@pytest.mark.parametrize("api_engine", ENGINES)
+async def test_status_shows_a_summary_and_the_partitions_on_request(
+    api: Api, cli: Cli, api_engine: str
+) -> None:
     await seed_regions(cli)
     run = await cli("status")
     assert run.code == 0, run.err
@@ -779,6 +783,7 @@ async def test_status_shows_a_summary_and_the_partitions_on_request(api: Api, cl
     p42 = api.server.client.partition_of(42)  # type: ignore[union-attr]
     assert summary.splitlines() == [
         "backend     embedded",
+        f"engine      {api_engine}",
         "partitions  8",
         "events      6",
         "alerts      2",
@@ -802,13 +807,21 @@ async def test_status_shows_a_summary_and_the_partitions_on_request(api: Api, cl
     ]
     as_json = json.loads((await cli("status", "--json")).out)
     assert (as_json["partitions"], as_json["backend"], len(as_json["partition_infos"])) == (8, "embedded", 8)
+    assert as_json["engine"] == api_engine
 
 
-async def test_status_of_an_empty_node_has_no_busiest_partition(cli: Cli) -> None:
+async def test_status_of_an_empty_node_has_no_busiest_partition(api: Api, cli: Cli) -> None:
     run = await cli("status")
     assert run.code == 0, run.err
     summary, nodes = run.out.rstrip("\n").split("\n\n")
-    assert summary.splitlines() == ["backend     embedded", "partitions  8", "events      0", "alerts      0"]
+    engine = api.server.stats.ingest_engine
+    assert summary.splitlines() == [
+        "backend     embedded",
+        f"engine      {engine}",
+        "partitions  8",
+        "events      0",
+        "alerts      0",
+    ]
     assert nodes.splitlines()[1].split()[-3:] == ["8", "0", "0"]
 
 

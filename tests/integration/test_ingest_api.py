@@ -1,4 +1,6 @@
-"""IngestService through a real server: storage, offsets, deduplication, delivery, bad input."""
+"""IngestService through a real server: storage, offsets, deduplication, delivery, bad input.
+
+Every test runs on each ingest engine this machine has (tests/conftest.py ``ENGINES``)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ from cluster_client.errors import FieldViolation, InvalidArgumentError
 from cluster_client.remote_node import RemoteNode
 from service.server import UnimeterServer
 from tests.conftest import Api, serve_config
+from tests.engines import ENGINES
 from tests.grpc_errors import details, fields
 from tests.integration.helpers import DAY, SEC, T0, agg, create_metric, ev, ingest, query
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import types_pb2 as t
 
 END = T0 + 30 * DAY
+
+pytestmark = pytest.mark.parametrize("api_engine", ENGINES)
 
 
 async def test_async_and_sync_batches_are_stored_with_increasing_offsets(api: Api) -> None:

@@ -21,6 +21,7 @@ from node.node import Node, NodeConfig
 from service.logging_setup import configure_logging
 from service.server import UnimeterServer
 from tests.conftest import Api, open_api, serve_config
+from tests.engines import ENGINES
 from tests.grpc_errors import details
 from tests.integration.helpers import T0, create_metric, ev, ingest
 from tests.integration.ops_helpers import http_get, sample, scrape, total
@@ -32,9 +33,9 @@ pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
-async def ops(tmp_path: Path) -> AsyncIterator[Api]:
+async def ops(tmp_path: Path, api_engine: str) -> AsyncIterator[Api]:
     """A server with the HTTP endpoint on, and stubs to it."""
-    server = UnimeterServer(serve_config(tmp_path / "data", http_addr="127.0.0.1:0"))
+    server = UnimeterServer(serve_config(tmp_path / "data", http_addr="127.0.0.1:0", engine=api_engine))
     await server.start()
     stubs = await open_api(server)
     try:
@@ -49,7 +50,10 @@ def partition_of(api: Api, account: int) -> str:
     return str(api.server.client.partition_of(account))
 
 
-async def test_metrics_count_ingest_by_mode_duplicates_rejects_and_rpc_codes(ops: Api) -> None:
+@pytest.mark.parametrize("api_engine", ENGINES)
+async def test_metrics_count_ingest_by_mode_duplicates_rejects_and_rpc_codes(
+    ops: Api, api_engine: str
+) -> None:
     await create_metric(ops, "calls", thresholds=[t.AlertThreshold(code="two", value=2)])
     # ASYNC: three events, one of them a duplicate of another in the same batch.
     await ingest(ops, ev(7, "calls", event_id="a"), ev(7, "calls", event_id="a"), ev(8, "calls"))
@@ -78,6 +82,7 @@ async def test_metrics_count_ingest_by_mode_duplicates_rejects_and_rpc_codes(ops
     assert sample(m, "unimeter_grpc_request_duration_seconds_bucket", le="+Inf", **ingest_rpc) == 3
     assert (sample(m, "unimeter_grpc_request_duration_seconds_sum", **ingest_rpc) or 0) > 0
     assert sample(m, "unimeter_ready") == 1
+    assert sample(m, "unimeter_ingest_engine_info", engine=api_engine) == 1
     # The standard process metrics come along in the server's own registry.
     assert sample(m, "process_resident_memory_bytes") is not None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import msgpack
@@ -18,9 +19,10 @@ ROWS: list[EventRow] = [(1 + n % 7, "calls", n, T0 + n, None, 1, f"e{n}") for n 
 
 def _downgrade_dedup_snapshots(directory: Path) -> None:
     for path in directory.rglob("snapshot.msgpack"):
-        state = msgpack.unpackb(path.read_bytes(), strict_map_key=False)
+        state = msgpack.unpackb(path.read_bytes()[:-4], strict_map_key=False)  # without its CRC
         state["dedup"] = ["dedup-oa-1", b"\0" * 8192, b"\0" * 8192, b"", b"", b"", []]  # the FIFO format
-        path.write_bytes(msgpack.packb(state))
+        packed = msgpack.packb(state)
+        path.write_bytes(packed + zlib.crc32(packed).to_bytes(4, "little"))
 
 
 async def test_an_old_dedup_snapshot_is_replaced_by_replaying_the_log(tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
 """The Dockerfile's invariants, checked without a Docker engine so the file cannot silently rot.
 
 Parses the Dockerfile into stages and instructions and checks what the image promises: stubs
-generated before the wheel is built, a non-root user, the data volume, ports, environment, the
-health check (which is also run, against a stand-in /readyz) and the entry point.
+generated before the wheel is built, the native engine compiled in the builder only, a non-root
+user, the data volume, ports, environment, the health check (which is also run, against a
+stand-in /readyz) and the entry point.
 """
 
 from __future__ import annotations
@@ -107,12 +108,13 @@ def test_builder_generates_the_stubs_like_make_proto_before_building_the_wheel(s
     pin = next(
         d for d in pyproject["project"]["optional-dependencies"]["dev"] if d.startswith("grpcio-tools==")
     )
-    assert pin in builder.all("RUN")[0]
+    assert pin in builder.instructions[builder.index("RUN", "/opt/tools/bin/pip install")][1]
     assert not any(".[dev]" in run for run in builder.all("RUN"))
 
 
 def test_builder_copies_every_packaged_directory_and_not_gitignore(stages: list[Stage]) -> None:
-    sources = [src for args in stages[0].all("COPY") for src in args.split()[:-1]]
+    copies = [args for args in stages[0].all("COPY") if not args.startswith("--from=")]
+    sources = [src for args in copies for src in args.split()[:-1]]
     for src in sources:
         assert (REPO / src).exists(), f"COPY {src}: not in the repository"
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -124,6 +126,26 @@ def test_builder_copies_every_packaged_directory_and_not_gitignore(stages: list[
     ignored = (REPO / ".dockerignore").read_text().splitlines()
     assert ".gitignore" in ignored
     assert "proto/unimeter/v1/*_pb2*.py" in ignored  # stubs come from the build, never the work tree
+    assert "native/target" in ignored  # cargo's build cache never enters the context
+
+
+def test_builder_compiles_the_native_engine_and_only_the_builder_has_rust(stages: list[Stage]) -> None:
+    builder, runtime = stages
+    toolchain = [args for args in builder.all("COPY") if args.startswith("--from=rust:")]
+    assert {args.split()[0] for args in toolchain} == {"--from=rust:1.95-slim"}, "one pinned Rust image"
+    assert {args.split()[1] for args in toolchain} == {"/usr/local/cargo", "/usr/local/rustup"}
+    assert env_of(builder)["PATH"].startswith("/usr/local/cargo/bin:")
+    assert "native/ native/" in builder.all("COPY")
+    install = builder.instructions[builder.index("RUN", "pip install .")][1]
+    assert "pip install . ./native" in install
+    assert "unimeter_native" in install, "the build fails unless the compiled module imports"
+    # maturin comes from native/pyproject.toml's build requirement, at the dev extras' pin.
+    native = tomllib.loads((REPO / "native" / "pyproject.toml").read_text())
+    dev = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    assert native["build-system"]["requires"] == [d for d in dev if d.startswith("maturin==")]
+    assert native["tool"]["maturin"]["locked"] is True
+    # The runtime carries the virtualenv (with the compiled module) and no toolchain.
+    assert not any("rust" in args or "cargo" in args for _, args in runtime.instructions)
 
 
 def test_runtime_runs_as_a_non_root_user_with_a_data_volume(stages: list[Stage]) -> None:

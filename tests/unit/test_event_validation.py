@@ -111,3 +111,12 @@ def test_the_column_check_accepts_the_common_batch_on_its_own() -> None:
     non_ascii = [(1, "calls", 1, 0, None, OperationType.ADD, "é" * 40)]  # 80 bytes: valid, checked per event
     assert not _all_valid(non_ascii, METRICS.get)
     validate_rows(non_ascii, METRICS.get)
+
+
+def test_the_smallest_bad_property_key_is_named_whatever_the_dict_order() -> None:
+    for props in ({"z" * 65: "v", "b": "x" * 257}, {"b": "x" * 257, "z" * 65: "v"}):
+        with pytest.raises(InvalidArgumentError) as err:
+            validate_rows([(1, "calls", 1, 0, props, 1, "")], METRICS.get)
+        assert [(v.field, v.description) for v in err.value.violations] == [
+            ("events[0].properties[b]", "must be at most 256 characters")
+        ]

@@ -4,6 +4,7 @@ trip through their decoders, and anything malformed is refused with RecordFormat
 from __future__ import annotations
 
 import contextlib
+import zlib
 
 import msgpack
 import pytest
@@ -118,8 +119,25 @@ async def test_a_snapshot_is_the_map_it_always_was_and_reads_back() -> None:
         "index": [[5, [[1, 0, 40]]]],
         "batches": [["b1", 10, [1, 2, 3], 0], ["b2", 11, [4, 2], 1]],
     }
-    assert data == pack(legacy)
+    body = pack(legacy)
+    assert data == body + zlib.crc32(body).to_bytes(4, "little")  # the map, then its CRC-32
     assert decode_snapshot(data) == snapshot
+
+
+def _with_crc(body: bytes) -> bytes:
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+async def test_a_snapshot_with_any_bit_flipped_is_refused() -> None:
+    data = await encode_snapshot(_snapshot())
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises(RecordFormatError, match="checksum mismatch"):
+            decode_snapshot(bytes(flipped))
+    for cut in range(len(data)):
+        with pytest.raises(RecordFormatError, match="checksum mismatch"):
+            decode_snapshot(data[:cut])
 
 
 _GOOD_EVENT = [1, 1, "", 5, {"calls": 1}, [[7, "calls", 2, 3, None, 1, "e"]], [], 1, []]
@@ -167,14 +185,15 @@ def test_a_malformed_alert_record_is_refused_saying_why(payload: bytes, why: str
 
 
 async def test_a_malformed_snapshot_is_refused_saying_why() -> None:
-    good = msgpack.unpackb(await encode_snapshot(_snapshot()), strict_map_key=False)
+    good = msgpack.unpackb((await encode_snapshot(_snapshot()))[:-4], strict_map_key=False)
     cases: list[tuple[bytes, str]] = [
-        (b"\xdf", "not valid msgpack"),
-        (msgpack.packb([1]), "not a map"),
-        (msgpack.packb({**good, "v": 2}), "version 2 is not 1"),
-        (msgpack.packb({k: v for k, v in good.items() if k != "dedup"}), "lacks dedup"),
-        (msgpack.packb({**good, "event_pos": "0"}), "not integers"),
-        (msgpack.packb({**good, "batches": [["b", 1, [1], 0, 9]]}), "batch entry"),
+        (_with_crc(b"\xdf"), "not valid msgpack"),
+        (_with_crc(msgpack.packb([1])), "not a map"),
+        (_with_crc(msgpack.packb({**good, "v": 2})), "version 2 is not 1"),
+        (_with_crc(msgpack.packb({k: v for k, v in good.items() if k != "dedup"})), "lacks dedup"),
+        (_with_crc(msgpack.packb({**good, "event_pos": "0"})), "not integers"),
+        (_with_crc(msgpack.packb({**good, "batches": [["b", 1, [1], 0, 9]]})), "batch entry"),
+        (msgpack.packb(good), "checksum mismatch"),
     ]
     for payload, why in cases:
         with pytest.raises(RecordFormatError, match=why):

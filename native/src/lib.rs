@@ -1,0 +1,252 @@
+//! `unimeter_native`: the compiled ingest core of Unimeter, a Python extension.
+//!
+//! Phase one of the native engine: it turns the raw bytes of a `unimeter.v1.IngestRequest` into
+//! exactly what the Python ingest path builds from a parsed message (per-partition lists of event
+//! row tuples in request order, and the delivery mode), applying every validation rule with the
+//! same violations. The Python engine (`service/convert.py` + `cluster_client/validation.py`) is
+//! the reference it is tested against. Everything Python-facing lives in this file; the modules
+//! below it are plain Rust.
+
+pub mod dedup_key;
+pub mod ingest_request;
+pub mod partitioning;
+pub mod validation;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use ingest_request::{decode_ingest_request, Event};
+use validation::{check_request, MetricRules, Piece, Rejection};
+
+create_exception!(
+    unimeter_native,
+    MalformedRequest,
+    PyValueError,
+    "The bytes are not a protobuf-encoded IngestRequest."
+);
+create_exception!(
+    unimeter_native,
+    NativePanic,
+    PyRuntimeError,
+    "A bug in the native engine, caught at its boundary: the call fails, the process keeps serving."
+);
+
+/// Run `body`, turning a Rust panic into a `NativePanic` for this call alone.
+fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(body))
+        .unwrap_or_else(|payload| Err(NativePanic::new_err(panic_message(payload.as_ref()))))
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("native engine panicked: {what}")
+}
+
+/// Decode, validate and split a serialized `IngestRequest`.
+///
+/// `metric_of(code)` returns the registered `Metric` or None (called once per distinct code);
+/// `partitions` is the cluster's partition count. Returns `(n_events, sync, by_partition,
+/// rejection)`: `by_partition` maps each partition (in order of first appearance) to its rows and
+/// their request indexes, as `Client.ingest_rows` builds it; `rejection` is None or `(message,
+/// [(field, description), ...])`, and then `by_partition` is None. Bytes that are not an
+/// `IngestRequest` raise `MalformedRequest`.
+#[pyfunction]
+fn decode_ingest<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    metric_of: &Bound<'py, PyAny>,
+    partitions: u64,
+) -> PyResult<Bound<'py, PyTuple>> {
+    guarded(|| {
+        if partitions == 0 {
+            return Err(PyValueError::new_err("partitions must be at least 1"));
+        }
+        let bytes = data.as_bytes();
+        // Decoding touches no Python object: other threads (grpc's) run meanwhile.
+        let request =
+            py.detach(|| decode_ingest_request(bytes)).map_err(|e| MalformedRequest::new_err(e.0))?;
+        let n = request.events.len();
+        let metrics = resolve_metrics(py, &request.events, metric_of)?;
+        match check_request(&request, |code| metrics.get(code).and_then(Option::as_ref)) {
+            Err(rejection) => (n, false, py.None(), rejection_to_python(py, &rejection)?).into_pyobject(py),
+            Ok(sync) => {
+                let by_partition = rows_by_partition(py, &request.events, partitions)?;
+                (n, sync, by_partition, py.None()).into_pyobject(py)
+            }
+        }
+    })
+}
+
+/// The `MetricRules` of every distinct metric code in the batch (None: not registered).
+fn resolve_metrics<'a>(
+    py: Python<'_>,
+    events: &[Event<'a>],
+    metric_of: &Bound<'_, PyAny>,
+) -> PyResult<HashMap<&'a str, Option<MetricRules>>> {
+    let mut metrics: HashMap<&'a str, Option<MetricRules>> = HashMap::new();
+    for event in events {
+        if metrics.contains_key(event.metric_code) {
+            continue;
+        }
+        let metric = metric_of.call1((event.metric_code,))?;
+        let rules = if metric.is_none() {
+            None
+        } else {
+            let mut dimensions = Vec::new();
+            for dimension in metric.getattr(intern!(py, "filters"))?.try_iter()? {
+                let dimension = dimension?;
+                dimensions.push((
+                    dimension.getattr(intern!(py, "key"))?.extract::<String>()?,
+                    dimension.getattr(intern!(py, "values"))?.extract::<Vec<String>>()?,
+                ));
+            }
+            Some(MetricRules { agg_type: metric.getattr(intern!(py, "agg_type"))?.extract()?, dimensions })
+        };
+        metrics.insert(event.metric_code, rules);
+    }
+    Ok(metrics)
+}
+
+/// Text pieces joined, user text quoted by Python's own `repr()`.
+fn render(py: Python<'_>, pieces: &[Piece<'_>]) -> PyResult<String> {
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Repr(raw) => out.push_str(PyString::new(py, raw).repr()?.to_str()?),
+        }
+    }
+    Ok(out)
+}
+
+fn rejection_to_python<'py>(py: Python<'py>, rejection: &Rejection<'_>) -> PyResult<Bound<'py, PyTuple>> {
+    let violations = rejection
+        .violations
+        .iter()
+        .map(|v| Ok((v.field.as_str(), render(py, &v.description)?)))
+        .collect::<PyResult<Vec<_>>>()?;
+    (render(py, &rejection.message)?, violations).into_pyobject(py)
+}
+
+/// `{partition: ([row, ...], [request index, ...])}` in order of first appearance, each row the
+/// `EventRow` tuple of `cluster_client/types.py`.
+fn rows_by_partition<'py>(
+    py: Python<'py>,
+    events: &[Event<'_>],
+    partitions: u64,
+) -> PyResult<Bound<'py, PyDict>> {
+    let mut slot_of: HashMap<u64, usize> = HashMap::new();
+    let mut slots: Vec<(u64, Vec<usize>)> = Vec::new();
+    for (i, event) in events.iter().enumerate() {
+        let p = partitioning::partition_of(event.account_id, partitions);
+        let slot = *slot_of.entry(p).or_insert_with(|| {
+            slots.push((p, Vec::new()));
+            slots.len() - 1
+        });
+        slots[slot].1.push(i);
+    }
+    // One string object per distinct metric code, shared by its rows (the registry's keys are strs too).
+    let mut codes: HashMap<&str, Bound<'py, PyString>> = HashMap::new();
+    let no_id = PyString::new(py, "");
+    let by_partition = PyDict::new(py);
+    for (p, indexes) in slots {
+        let mut rows = Vec::with_capacity(indexes.len());
+        for &i in &indexes {
+            let e = &events[i];
+            let code = codes.entry(e.metric_code).or_insert_with(|| PyString::new(py, e.metric_code)).clone();
+            let properties = if e.properties.is_empty() {
+                None
+            } else {
+                let dict = PyDict::new(py);
+                for (key, value) in &e.properties {
+                    dict.set_item(key, value)?;
+                }
+                Some(dict)
+            };
+            let event_id = if e.event_id.is_empty() { no_id.clone() } else { PyString::new(py, e.event_id) };
+            let operation = if e.operation == 0 { 1 } else { e.operation };
+            rows.push(
+                (e.account_id, code, e.value, e.time_unix_nano, properties, operation, event_id)
+                    .into_pyobject(py)?,
+            );
+        }
+        by_partition.set_item(p, (PyList::new(py, rows)?, PyList::new(py, indexes)?))?;
+    }
+    Ok(by_partition)
+}
+
+/// `node.dedup_index.event_key`: the dedup key of an event with an explicit id.
+#[pyfunction]
+fn event_key(account_id: u64, metric_code: &str, generation: u64, event_id: &str) -> PyResult<u64> {
+    guarded(|| Ok(dedup_key::event_key(account_id, metric_code, generation, event_id)))
+}
+
+/// `node.dedup_index.derived_key`: the dedup key of an event with its own time and no id.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)] // the signature of the Python function it mirrors
+fn derived_key(
+    account_id: u64,
+    metric_code: &str,
+    generation: u64,
+    time_ns: i64,
+    value: u64,
+    operation: i64,
+    properties: Option<&Bound<'_, PyDict>>,
+) -> PyResult<u64> {
+    guarded(|| {
+        let mut owned: Vec<(String, String)> = Vec::new();
+        for (key, value) in properties.into_iter().flat_map(|dict| dict.iter()) {
+            owned.push((key.extract()?, value.extract()?));
+        }
+        Ok(dedup_key::derived_key(dedup_key::DerivedKeyInput {
+            account_id,
+            metric_code,
+            generation,
+            time_unix_nano: time_ns,
+            value,
+            operation,
+            properties: owned.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+        }))
+    })
+}
+
+/// `cluster_client.partitioning.mix64`, exposed so tests can compare the two.
+#[pyfunction]
+fn mix64(x: u64) -> u64 {
+    partitioning::mix64(x)
+}
+
+#[pymodule]
+fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_ingest, m)?)?;
+    m.add_function(wrap_pyfunction!(mix64, m)?)?;
+    m.add_function(wrap_pyfunction!(event_key, m)?)?;
+    m.add_function(wrap_pyfunction!(derived_key, m)?)?;
+    m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
+    m.add("NativePanic", m.py().get_type::<NativePanic>())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_of_that_call() {
+        let result: PyResult<()> = guarded(|| panic!("boom"));
+        assert!(result.is_err());
+        let payload = catch_unwind(|| panic!("{}", String::from("bad index"))).unwrap_err();
+        assert_eq!(panic_message(payload.as_ref()), "native engine panicked: bad index");
+    }
+}
