@@ -33,6 +33,7 @@ from cluster_client.types import Metric
 from cluster_client.validation import normalize_metric
 from cluster_client.wire import metric_from_wire, metric_to_wire
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..metric_registry import MetricListener, metric_not_found
 from .kv_bucket import open_bucket
 
@@ -77,8 +78,11 @@ def _is_wrong_last_sequence(exc: nats.js.errors.APIError) -> bool:
 class KvMetricRegistry:
     """Metric definitions by code in KV bucket ``bucket``, shared by every node of the cluster."""
 
-    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str, timeout: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, kv: KeyValue, bucket: str, timeout: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.on_change: MetricListener | None = None
+        self._clock = clock
         self._js = js
         self._kv = kv
         self._stream = f"KV_{bucket}"
@@ -98,6 +102,7 @@ class KvMetricRegistry:
         bucket: str,
         replicas: int = 1,
         timeout: float = 5.0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> KvMetricRegistry:
         """Open (creating it if needed) the bucket, start watching it, and catch up with it."""
         kv = await open_bucket(
@@ -110,7 +115,7 @@ class KvMetricRegistry:
                 replicas=replicas,
             ),
         )
-        registry = cls(js, kv, bucket, timeout)
+        registry = cls(js, kv, bucket, timeout, clock)
         await registry._start_watch()
         await registry.refresh()
         return registry
@@ -221,7 +226,7 @@ class KvMetricRegistry:
                 last, revision = int(entry.value or b"0"), entry.revision
             except nats.js.errors.KeyNotFoundError:
                 last, revision = 0, 0
-            generation = max(time.time_ns(), last + 1)
+            generation = max(self._clock.now_ns(), last + 1)
             try:
                 await self._kv.update(_GENERATION_KEY, str(generation).encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:

@@ -194,3 +194,35 @@ async def test_metrics_created_while_a_node_is_being_built_are_usable_once_it_st
     finally:
         await first.close()
         await second.close()
+
+
+class SetClock:
+    """A wall clock the test sets."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+async def test_generations_increase_across_nodes_whose_clocks_disagree(
+    connections: list[NatsClient], bucket: str
+) -> None:
+    ahead = SetClock(T0 + 3600 * 10**9)
+    behind = SetClock(T0)
+    first = await KvMetricRegistry.open(connections[0].jetstream(), bucket=bucket, replicas=3, clock=ahead)
+    second = await KvMetricRegistry.open(connections[1].jetstream(), bucket=bucket, replicas=3, clock=behind)
+    try:
+        a = await first.create(Metric("a", AggType.SUM))
+        b = await second.create(Metric("b", AggType.SUM))  # its clock is an hour behind
+        await second.delete("a")
+        a2 = await second.create(Metric("a", AggType.SUM))
+        behind.now = T0 + 7200 * 10**9  # now it is ahead
+        c = await second.create(Metric("c", AggType.SUM))
+        assert a.create_time_unix_nano == ahead.now
+        assert (b.create_time_unix_nano, a2.create_time_unix_nano) == (ahead.now + 1, ahead.now + 2)
+        assert c.create_time_unix_nano == behind.now
+    finally:
+        await first.close()
+        await second.close()
