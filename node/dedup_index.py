@@ -348,9 +348,17 @@ class DedupIndex:
             and 0 <= base < floor <= last + 1
         ):  # fmt: skip
             raise ValueError("dedup snapshot: bad base or floor")
+        used = capacity - offs.count(0)
+        if used == capacity:
+            # Never written (a table is rebuilt long before it fills), and a lookup of a key not
+            # in it would probe forever.
+            raise ValueError("dedup snapshot: table has no empty slot")
+        live = sum(g_live)
+        if live > used:  # the groups own live entries of the table, each once
+            raise ValueError("dedup snapshot: bad groups")
         index = cls(window_ns)
         index._keys, index._offs, index._cap, index._base = kcol, offs, capacity, base
-        index._live, index._used = sum(g_live), capacity - offs.count(0)
+        index._live, index._used = live, used
         index._floor, index._last = floor, last
         index._g_arrival, index._g_first, index._g_live = g_arrival, g_first, g_live
         return index

@@ -41,6 +41,7 @@ from .embedded_backend import open_embedded_backend
 from .metric_registry import FileMetricRegistry, MetricRegistry, metric_not_found, write_file_atomically
 from .ownership import PartitionOwnership, not_owned
 from .partition import Partition, PartitionConfig
+from .partition_engine import partition_engine
 from .query_validation import check_page_size, check_query
 from .record_log import RecordBackend
 from .stats import NodeStats
@@ -92,6 +93,10 @@ class NodeConfig:
     that filesystem); False, or where it is not safe: one fdatasync per log."""
     clock: Clock = SYSTEM_CLOCK
     """The wall clock of every time the node reads (arrivals, dedup expiry, current periods)."""
+    engine: str = "python"
+    """Where the partitions' per-event work runs: ``python`` (the reference) or ``native`` (the
+    ``unimeter_native`` extension; ValueError at start if it cannot be loaded). A server passes
+    the ingest engine it chose. Both read and write the same data directory."""
 
 
 BackendFactory = Callable[[NodeConfig, NodeStats], RecordBackend]
@@ -121,7 +126,9 @@ class Node:
             for metric in self.registry.list():
                 self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
             partition_config = PartitionConfig(
-                dedup_window_ns=int(config.dedup_window_seconds * 1e9), clock=config.clock
+                dedup_window_ns=int(config.dedup_window_seconds * 1e9),
+                clock=config.clock,
+                engine=partition_engine(config.engine),
             )
             self.stats = NodeStats()
             self.backend = backend_factory(config, self.stats)

@@ -30,8 +30,8 @@ from cluster_client.types import Alert, EventRow, OperationType, Period, QueryRe
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .clock import SYSTEM_CLOCK, Clock
-from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex
+from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog
 from .records import (
     AlertRecord,
@@ -73,6 +73,8 @@ class PartitionConfig:
     """How long a retried batch id is answered with its original result."""
     clock: Clock = SYSTEM_CLOCK
     """The node's wall clock (here: the time of the last snapshot)."""
+    engine: PartitionEngine = PYTHON
+    """Where the per-event work runs (dedup index and keys): ``node.partition_engine``."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
@@ -101,7 +103,8 @@ class Partition:
         self.alert_log = storage.alerts
         self.last_offset = 0
         self.aggregates = PartitionAggregates(self._fetch_events)
-        self.dedup = DedupIndex(config.dedup_window_ns)
+        self._engine = config.engine
+        self.dedup = config.engine.new_dedup(config.dedup_window_ns)
         self.index = EventIndex()
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
@@ -135,46 +138,9 @@ class Partition:
             if seen is not None:
                 return seen[1]
         arrival = max(now_ns, self._last_arrival)
-        dedup_get = self.dedup.get
-        next_offset = self.last_offset + 1
-        offsets: list[int] = []
-        stored: list[EventRow] = []
-        stamped: list[int] = []
-        dups: list[list[int]] = []
-        new_keys: list[int] = []
-        key_offsets: list[int] = []
-        batch_keys: dict[int, int] = {}
-        gens: dict[str, int] = {}
-        for i, row in enumerate(rows):
-            account, code, value, t, props, op, event_id = row
-            gen = gens.get(code)
-            if gen is None:
-                spec = spec_of(code)
-                assert spec is not None, "rows are validated before ingest"
-                gen = gens[code] = spec.generation
-            if event_id:
-                key: int | None = event_key(account, code, gen, event_id)
-            elif t:
-                key = derived_key(account, code, gen, t, value, op, props)
-            else:
-                key = None
-            if key is not None:
-                original = batch_keys.get(key)
-                if original is None:
-                    original = dedup_get(key)
-                if original is not None:
-                    offsets.append(original)
-                    dups.append([i, original])
-                    continue
-                batch_keys[key] = next_offset
-                new_keys.append(key)
-                key_offsets.append(next_offset)
-            if not t:
-                stamped.append(len(stored))
-                row = (account, code, value, arrival, props, op, event_id)
-            stored.append(row)
-            offsets.append(next_offset)
-            next_offset += 1
+        offsets, stored, stamped, dups, gens, new_keys, key_offsets = self._engine.dedup_batch(
+            self.dedup, rows, spec_of, self.last_offset + 1, arrival
+        )
         outcome = IngestOutcome(offsets, len(dups))
         if stored or batch_id:
             first_offset = self.last_offset + 1
@@ -354,7 +320,8 @@ class Partition:
                     # Every record starts right after the one before it; anything else is what two
                     # processes appending to one log at once leave behind.
                     raise ValueError(f"its offsets start at {first}, not at {self.last_offset + 1}")
-                self._replay_dedup(first, gens, rows, set(stamped), arrival)
+                keys, key_offsets = self._engine.replay_keys(rows, gens, stamped, first)
+                self.dedup.add(arrival, keys, key_offsets)
                 fired = self._apply(ref, first, gens, rows)
             except Exception as exc:
                 raise self._unrecoverable(self.events, ref, exc) from exc
@@ -421,7 +388,7 @@ class Partition:
             return 0
         try:
             aggregates = PartitionAggregates.from_snapshot(state.aggregates, self._fetch_events, self._specs)
-            dedup = DedupIndex.from_snapshot(self._config.dedup_window_ns, state.dedup)
+            dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
@@ -434,21 +401,6 @@ class Partition:
         for batch_id, arrival, offsets, n_dup in state.batches:
             self._batches[batch_id] = (arrival, IngestOutcome(offsets, n_dup))
         return state.event_position
-
-    def _replay_dedup(
-        self, first: int, gens: dict[str, int], rows: Sequence[EventRow], stamped: set[int], arrival: int
-    ) -> None:
-        keys: list[int] = []
-        offsets: list[int] = []
-        for i, (account, code, value, t, props, op, event_id) in enumerate(rows):
-            if event_id:
-                keys.append(event_key(account, code, gens[code], event_id))
-            elif i not in stamped:
-                keys.append(derived_key(account, code, gens[code], t, value, op, props))
-            else:
-                continue
-            offsets.append(first + i)
-        self.dedup.add(arrival, keys, offsets)
 
     # ------------------------------------------------------------------ reads
 

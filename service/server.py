@@ -174,6 +174,7 @@ class UnimeterServer:
             node_addr=cfg.node_addr,
             grpc_addr=cfg.grpc_addr,
             node_id=cfg.node_id,
+            engine=choice.engine.name,  # the partitions' per-event work runs on the same engine
         )
         # Recovery is CPU-bound; a thread keeps /healthz answering while it runs.
         _raise_open_file_limit()

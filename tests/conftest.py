@@ -32,6 +32,9 @@ collect_ignore = (
     else [
         "unit/test_native_decoder.py",
         "unit/test_native_dedup_key.py",
+        "unit/test_native_dedup_index.py",
+        "unit/test_native_dedup_batch.py",
+        "integration/test_native_partition.py",
         "integration/test_native_engine_end_to_end.py",
     ]
 )

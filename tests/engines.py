@@ -6,9 +6,10 @@ the extension is built (``make`` requires it wherever cargo exists, by setting
 clock-jump tests run once per entry of :data:`TARGETS`. An entry says how to run that combination
 two ways: the extra ``unimeter serve`` flags that select it (for the tests that run real
 processes) and the factory of an in-process node (for the tests that drive a node directly).
-Adding an engine or a backend to the net is adding one line here. Phase 1 of the native engine
-decodes, validates and splits ingest requests in the server; the node behind it is the same, so
-its in-process node is the Python one.
+Adding an engine or a backend to the net is adding one line here. The native engine decodes,
+validates and splits ingest requests in the server and runs the partitions' dedup index, keys and
+per-event ingest loop (``node/partition_engine.py``), so its in-process node is a node with
+``engine="native"``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -53,8 +54,17 @@ class Target:
         return f"{self.engine}-{self.backend}"
 
 
+def _node_on(engine: str) -> Callable[[NodeConfig], Node]:
+    def make_node(config: NodeConfig) -> Node:
+        return Node(replace(config, engine=engine))
+
+    return make_node
+
+
 # The engine is always named: a serve without --engine runs native where it is installed.
-TARGETS: tuple[Target, ...] = tuple(Target(engine, "embedded", ("--engine", engine)) for engine in ENGINES)
+TARGETS: tuple[Target, ...] = tuple(
+    Target(engine, "embedded", ("--engine", engine), _node_on(engine)) for engine in ENGINES
+)
 
 over_targets = pytest.mark.parametrize("target", TARGETS, ids=lambda target: target.name)
 """Decorator: run a test once per target, with the ``target`` argument."""

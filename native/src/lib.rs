@@ -4,12 +4,17 @@
 //! exactly what the Python ingest path builds from a parsed message (per-partition lists of event
 //! row tuples in request order, and the delivery mode), applying every validation rule with the
 //! same violations. The Python engine (`service/convert.py` + `cluster_client/validation.py`) is
-//! the reference it is tested against. Everything Python-facing lives in this file; the modules
-//! below it are plain Rust.
+//! the reference it is tested against. Phase two adds the partition's dedup index
+//! (`dedup_table`, a port of `node/dedup_index.py` with the same snapshot bytes) and the
+//! per-event dedup loops of ingest and replay over it (`py_partition_batch`). The Python-facing
+//! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
 pub mod dedup_key;
+pub mod dedup_table;
 pub mod ingest_request;
 pub mod partitioning;
+mod py_dedup_index;
+mod py_partition_batch;
 pub mod validation;
 pub mod wire;
 
@@ -39,7 +44,7 @@ create_exception!(
 );
 
 /// Run `body`, turning a Rust panic into a `NativePanic` for this call alone.
-fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+pub(crate) fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
     catch_unwind(AssertUnwindSafe(body))
         .unwrap_or_else(|payload| Err(NativePanic::new_err(panic_message(payload.as_ref()))))
 }
@@ -233,6 +238,9 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(mix64, m)?)?;
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
     m.add_function(wrap_pyfunction!(derived_key, m)?)?;
+    m.add_class::<py_dedup_index::PyDedupIndex>()?;
+    m.add_function(wrap_pyfunction!(py_partition_batch::dedup_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())
