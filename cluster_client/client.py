@@ -38,6 +38,7 @@ from .validation import check_account_id, validate_rows
 __all__ = ["AlertsClient", "Client", "MetricsClient", "partition_batch"]
 
 MetricLookup = Callable[[str], Metric | None]
+MetricRefresh = Callable[[], Awaitable[None]]
 T = TypeVar("T")
 
 
@@ -133,18 +134,28 @@ class Client:
         *,
         retry: RetryPolicy | None = None,
         metric_lookup: MetricLookup | None = None,
+        metric_refresh: MetricRefresh | None = None,
     ) -> None:
         self._topology = topology
         self._retry = retry or RetryPolicy()
         self._metric_lookup = metric_lookup
+        self._metric_refresh = metric_refresh
         self._metric_cache: dict[str, Metric] = {}
         self.metrics = MetricsClient(self)
         self.alerts = AlertsClient(self)
 
     @classmethod
-    async def in_process(cls, node: NodeApi, *, metric_lookup: MetricLookup | None = None) -> Client:
-        """A client calling ``node`` directly (no encoding); ``metric_lookup`` reads its registry."""
-        return cls(await Topology.local(node), metric_lookup=metric_lookup)
+    async def in_process(
+        cls,
+        node: NodeApi,
+        *,
+        metric_lookup: MetricLookup | None = None,
+        metric_refresh: MetricRefresh | None = None,
+    ) -> Client:
+        """A client calling ``node`` directly (no encoding); ``metric_lookup`` reads its registry,
+        ``metric_refresh`` brings that up to date (asked before a batch is refused for a metric
+        the lookup does not know: one created through another node a moment ago)."""
+        return cls(await Topology.local(node), metric_lookup=metric_lookup, metric_refresh=metric_refresh)
 
     @classmethod
     async def connect(
@@ -213,7 +224,14 @@ class Client:
         self, rows: list[EventRow], *, sync: bool, timeout: float | None = None
     ) -> IngestResult:
         """Store a batch of hot-path rows as given (no ids added): validate all, fan out per node."""
-        by_partition = partition_batch(rows, await self._metric_resolver(rows), self._topology.partition_of)
+        lookup = await self._metric_resolver(rows)
+        try:
+            by_partition = partition_batch(rows, lookup, self._topology.partition_of)
+        except InvalidArgumentError:
+            if self._metric_refresh is None:
+                raise
+            await self._metric_refresh()  # a metric created through another node a moment ago?
+            by_partition = partition_batch(rows, lookup, self._topology.partition_of)
         return await self.ingest_partitioned(by_partition, len(rows), sync=sync, timeout=timeout)
 
     async def ingest_partitioned(
@@ -261,10 +279,14 @@ class Client:
         return self._metric_lookup if self._metric_lookup is not None else self._metric_cache.get
 
     async def refresh_metric_cache(self) -> bool:
-        """Reload the cache of the cluster's metrics; False (nothing done) when ingest validates
-        against the local node's registry, which is always current."""
+        """Bring what ingest validates against up to date: the local node's registry when it is
+        shared by several nodes (``metric_refresh``), else this client's cache of the cluster's
+        metrics; False (nothing done) for a local registry no other node writes."""
         if self._metric_lookup is not None:
-            return False
+            if self._metric_refresh is None:
+                return False
+            await self._metric_refresh()
+            return True
         for metric in await self.metrics.list():
             self._metric_cache[metric.code] = metric
         return True

@@ -41,6 +41,8 @@ class PartitionInfo:
     owner_node_id: str
     last_offset: int
     last_alert_offset: int
+    lease_epoch: int = 0
+    """Fencing epoch of the owner's lease; 0 where partitions have no leases (embedded)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -610,12 +610,15 @@ def alerts_page_from_wire(x: object) -> tuple[list[Alert], bool]:
 
 def cluster_status_to_wire(s: ClusterStatus) -> list[Any]:
     """``[partitions, backend, [[node_id, node_addr, grpc_addr, alive]],
-    [[partition, owner_node_id, last_offset, last_alert_offset]]]``."""
+    [[partition, owner_node_id, last_offset, last_alert_offset, lease_epoch]]]``."""
     return [
         s.partitions,
         s.backend,
         [[n.node_id, n.node_addr, n.grpc_addr, n.alive] for n in s.nodes],
-        [[p.partition, p.owner_node_id, p.last_offset, p.last_alert_offset] for p in s.partition_infos],
+        [
+            [p.partition, p.owner_node_id, p.last_offset, p.last_alert_offset, p.lease_epoch]
+            for p in s.partition_infos
+        ],
     ]
 
 
@@ -630,12 +633,13 @@ def _node_info_from_wire(x: object) -> NodeInfo:
 
 
 def _partition_info_from_wire(x: object) -> PartitionInfo:
-    partition, owner, last, last_alert = _fields(x, 4, "cluster_status.partition_infos[]")
+    partition, owner, last, last_alert, epoch = _fields(x, 5, "cluster_status.partition_infos[]")
     return PartitionInfo(
         _int(partition, "cluster_status.partition_infos[].partition"),
         _str(owner, "cluster_status.partition_infos[].owner_node_id"),
         _int(last, "cluster_status.partition_infos[].last_offset"),
         _int(last_alert, "cluster_status.partition_infos[].last_alert_offset"),
+        _int(epoch, "cluster_status.partition_infos[].lease_epoch"),
     )
 
 

@@ -1,16 +1,22 @@
-"""The embedded backend's durable metric registry: one small file, rewritten atomically on change.
+"""The metric registry a node reads its metrics from: the protocol, and the embedded backend's file.
 
-Metrics are few and change rarely, so the whole registry is one msgpack document written to a
-temporary file, fsynced and renamed over the old one (then the directory is fsynced). Each creation
-gets a generation, strictly increasing, that event records carry so a deleted and re-created metric
-starts from empty aggregates.
+A registry holds metric definitions by code. Each creation gets a generation (the metric's
+``create_time_unix_nano``), strictly increasing per registry, that event records carry so a deleted
+and re-created metric starts from empty aggregates. A registry tells its ``on_change`` listener (the
+node) of every creation and deletion, its own and, for a shared registry, those made through other
+nodes, before the call that made it returns. The embedded one here is one small file: metrics are
+few and change rarely, so the whole registry is one msgpack document written to a temporary file,
+fsynced and renamed over the old one (then the directory is fsynced). The replicated one lives in a
+JetStream KV bucket (``node.jetstream.metric_registry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import msgpack
 
@@ -21,7 +27,44 @@ from cluster_client.wire import metric_from_wire, metric_to_wire
 
 from .clock import SYSTEM_CLOCK, Clock
 
-__all__ = ["MetricRegistry", "write_file_atomically"]
+__all__ = [
+    "FileMetricRegistry",
+    "MetricListener",
+    "MetricRegistry",
+    "metric_not_found",
+    "write_file_atomically",
+]
+
+MetricListener = Callable[[str, Metric | None], None]
+"""Told ``(code, metric)`` when a metric is created, ``(code, None)`` when it is deleted."""
+
+
+class MetricRegistry(Protocol):
+    """What a node needs of its metric registry."""
+
+    on_change: MetricListener | None
+
+    def get(self, code: str) -> Metric | None:
+        """The metric named ``code`` as this registry knows it now, or None."""
+
+    def list(self) -> list[Metric]:
+        """Every metric as this registry knows it now, ordered by code."""
+
+    async def create(self, metric: Metric) -> Metric:
+        """Validate and store a new metric with the next generation; AlreadyExistsError if the
+        code exists."""
+
+    async def delete(self, code: str) -> Metric:
+        """Remove a metric and return it; NotFoundError if there is none."""
+
+    async def refresh(self) -> None:
+        """Catch up with every change made anywhere before this call (a node asks before it
+        answers "unknown metric")."""
+
+
+def metric_not_found(code: str) -> NotFoundError:
+    """The error for a code no registry has."""
+    return NotFoundError(f"metric {code!r} does not exist", reason="METRIC_NOT_FOUND")
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:
@@ -39,10 +82,12 @@ def write_file_atomically(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-class MetricRegistry:
-    """Metric definitions by code, durable in ``<data-dir>/metrics.msgpack``."""
+class FileMetricRegistry:
+    """Metric definitions by code, durable in ``<data-dir>/metrics.msgpack``; this node is its
+    only writer (the data directory's lock)."""
 
     def __init__(self, path: Path, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.on_change: MetricListener | None = None
         self._path = path
         self._clock = clock
         self._metrics: dict[str, Metric] = {}
@@ -58,18 +103,11 @@ class MetricRegistry:
         """The metric named ``code``, or None."""
         return self._metrics.get(code)
 
-    def require(self, code: str) -> Metric:
-        """The metric named ``code``, or NotFoundError."""
-        metric = self._metrics.get(code)
-        if metric is None:
-            raise NotFoundError(f"metric {code!r} does not exist", reason="METRIC_NOT_FOUND")
-        return metric
-
     def list(self) -> list[Metric]:
         """Every metric, ordered by code."""
         return [self._metrics[code] for code in sorted(self._metrics)]
 
-    def create(self, metric: Metric) -> Metric:
+    async def create(self, metric: Metric) -> Metric:
         """Validate and store a new metric; its create time is its generation."""
         normalized = normalize_metric(metric)
         if normalized.code in self._metrics:
@@ -79,14 +117,25 @@ class MetricRegistry:
         self._metrics[stored.code] = stored
         self._last_generation = generation
         self._save()
+        self._tell(stored.code, stored)
         return stored
 
-    def delete(self, code: str) -> Metric:
+    async def delete(self, code: str) -> Metric:
         """Remove a metric; returns what was removed."""
-        metric = self.require(code)
+        metric = self._metrics.get(code)
+        if metric is None:
+            raise metric_not_found(code)
         del self._metrics[code]
         self._save()
+        self._tell(code, None)
         return metric
+
+    async def refresh(self) -> None:
+        """Nothing to catch up with: every change goes through this object."""
+
+    def _tell(self, code: str, metric: Metric | None) -> None:
+        if self.on_change is not None:
+            self.on_change(code, metric)
 
     def _save(self) -> None:
         doc = {

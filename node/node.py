@@ -38,7 +38,8 @@ from .clock import SYSTEM_CLOCK, Clock
 from .commit_scheduler import CommitScheduler
 from .data_dir_lock import DataDirectoryLock
 from .embedded_backend import open_embedded_backend
-from .metric_registry import MetricRegistry, write_file_atomically
+from .metric_registry import FileMetricRegistry, MetricRegistry, metric_not_found, write_file_atomically
+from .ownership import PartitionOwnership, not_owned
 from .partition import Partition, PartitionConfig
 from .partition_engine import partition_engine
 from .query_validation import check_page_size, check_query
@@ -106,14 +107,21 @@ class Node:
     """One node owning all partitions of its data directory, over the backend ``backend_factory``
     builds (the embedded one by default)."""
 
-    def __init__(self, config: NodeConfig, backend_factory: BackendFactory = open_embedded_backend) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        backend_factory: BackendFactory = open_embedded_backend,
+        registry: MetricRegistry | None = None,
+    ) -> None:
+        """``registry``: where metrics live (a shared one already open); the data directory's
+        own file when None."""
         self.config = config
         # Before anything in the directory is read or written: a second process (or a second node
         # in this one) on it would hand out the same offsets and overwrite this one's snapshots.
         self._lock = DataDirectoryLock.acquire(config.data_dir)
         try:
             self.node_id = self._load_identity()
-            self.registry = MetricRegistry(config.data_dir / "metrics.msgpack", config.clock)
+            self.registry = registry or FileMetricRegistry(config.data_dir / "metrics.msgpack", config.clock)
             self._specs: dict[str, MetricSpec] = {}
             for metric in self.registry.list():
                 self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
@@ -140,9 +148,13 @@ class Node:
             raise
         for partition in self.partitions:
             partition.events.on_failure = partition.alert_log.on_failure = self._count_failed_log
+        self.registry.on_change = self._metric_changed
         self.alerts = AlertStreamer(self.partitions, heartbeat_interval=config.heartbeat_interval)
         self.node_addr = config.node_addr
         self.grpc_addr = config.grpc_addr
+        self.ownership: PartitionOwnership | None = None
+        """The leases this node serves its partitions under (set before ``start`` by whoever took
+        them); None: it owns every partition of its data directory."""
         self._closing = False
         self._disk_checked = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,6 +188,12 @@ class Node:
 
     async def start(self) -> None:
         """Start the flusher and the snapshot loop."""
+        # A shared registry may have changed while the node was being built (in a thread, its
+        # listener not yet set): catch up with it before serving.
+        for metric in self.registry.list():
+            self._metric_changed(metric.code, metric)
+        for code in [c for c in self._specs if self.registry.get(c) is None]:
+            self._metric_changed(code, None)
         self._check_disk(time.monotonic())
         self.commit.start(self.partitions)
         self._tasks = [asyncio.create_task(self._maintenance_loop(), name="unimeter-maintenance")]
@@ -246,10 +264,15 @@ class Node:
                 f"partition {number} does not exist",
                 violations=[FieldViolation("partition", f"must be below {len(self.partitions)}")],
             )
+        if self.ownership is not None and not self.ownership.holds(number):
+            raise not_owned(number)
         return self.partitions[number]
 
-    def _spec(self, code: str, field: str = "metric_code") -> MetricSpec:
+    async def _spec(self, code: str, field: str = "metric_code") -> MetricSpec:
         spec = self._specs.get(code)
+        if spec is None:
+            await self.registry.refresh()  # created through another node a moment ago?
+            spec = self._specs.get(code)
         if spec is None:
             raise InvalidArgumentError(
                 f"unknown metric {code!r}", violations=[FieldViolation(field, f"unknown metric {code!r}")]
@@ -261,35 +284,61 @@ class Node:
     async def cluster_status(self) -> ClusterStatus:
         """This node, every partition it owns, and their offsets."""
         me = NodeInfo(self.node_id, self.node_addr, self.grpc_addr, True)
+        held = self.ownership
         infos = tuple(
-            PartitionInfo(p.number, self.node_id, p.last_offset, len(p.alerts)) for p in self.partitions
+            PartitionInfo(
+                p.number,
+                self.node_id if held is None or held.holds(p.number) else "",
+                p.last_offset,
+                len(p.alerts),
+                held.epoch(p.number) if held is not None else 0,
+            )
+            for p in self.partitions
         )
         return ClusterStatus(len(self.partitions), self.backend.name, (me,), infos)
 
     async def create_metric(self, metric: Metric) -> Metric:
-        """Validate and register a metric."""
-        stored = self.registry.create(metric)
-        self._specs[stored.code] = MetricSpec.compile(stored, stored.create_time_unix_nano)
-        return stored
+        """Validate and register a metric (the registry tells ``_metric_changed``)."""
+        return await self.registry.create(metric)
 
     async def get_metric(self, code: str) -> Metric:
         """One metric, or NotFoundError."""
-        return self.registry.require(code)
+        metric = self.registry.get(code)
+        if metric is None:
+            await self.registry.refresh()
+            metric = self.registry.get(code)
+        if metric is None:
+            raise metric_not_found(code)
+        return metric
 
     async def list_metrics(self) -> list[Metric]:
         """Every metric by code."""
+        await self.registry.refresh()
         return self.registry.list()
 
     async def delete_metric(self, code: str) -> None:
         """Remove a metric; its aggregates are dropped, its events stay in the logs."""
-        self.registry.delete(code)
-        del self._specs[code]
-        for partition in self.partitions:
-            partition.aggregates.forget_metric(code)
+        await self.registry.delete(code)
 
     def metric_of(self, code: str) -> Metric | None:
         """The registered metric named ``code`` (for validation)."""
         return self.registry.get(code)
+
+    async def refresh_metrics(self) -> None:
+        """Catch up with metric changes made through other nodes (before "unknown metric")."""
+        await self.registry.refresh()
+
+    def _metric_changed(self, code: str, metric: Metric | None) -> None:
+        """The registry created or deleted ``code`` (through this node or another): a new
+        generation gets a spec of its own, and the aggregates of the one it replaces are dropped
+        (its events stay in the logs)."""
+        old = self._specs.get(code)
+        if old is not None and (metric is None or old.generation != metric.create_time_unix_nano):
+            del self._specs[code]
+            for partition in self.partitions:
+                partition.aggregates.forget_metric(code)
+        if metric is not None and code not in self._specs:
+            self._specs[code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
 
     # ------------------------------------------------------------------ NodeApi: ingest
 
@@ -301,7 +350,11 @@ class Node:
         targets = [self._partition(p) for p, _ in parts]
         if not validated:
             for _, rows in parts:
-                validate_rows(rows, self.registry.get)
+                try:
+                    validate_rows(rows, self.registry.get)
+                except InvalidArgumentError:
+                    await self.registry.refresh()  # a metric created through another node?
+                    validate_rows(rows, self.registry.get)
         cancelled = False
         if len(parts) <= _PARTS_PER_SLICE:
             now = self.config.clock.now_ns()
@@ -397,7 +450,7 @@ class Node:
     async def query_realtime(self, partition: int, account_id: int, metric_code: str) -> QueryResult:
         """The aggregate of the metric's current period."""
         part = self._partition(partition)
-        spec = self._spec(metric_code)
+        spec = await self._spec(metric_code)
         return part.query_realtime(spec, account_id, self.config.clock.now_ns())
 
     async def query(
@@ -413,7 +466,7 @@ class Node:
     ) -> QueryResult:
         """The aggregate over an exact range or the metric's current/previous period."""
         part = self._partition(partition)
-        spec = self._spec(metric_code)
+        spec = await self._spec(metric_code)
         if selector:
             start, end = resolve_selector(spec.periods, selector, self.config.clock.now_ns())
         check_query(spec, start, end, filters, group_by)
@@ -432,7 +485,7 @@ class Node:
         """A page of the account's stored events."""
         part = self._partition(partition)
         if metric_code:
-            self._spec(metric_code)
+            await self._spec(metric_code)
         check_page_size(page_size)
         if end <= start:
             raise InvalidArgumentError(

@@ -102,6 +102,9 @@ class ServeConfig:
     """PEM client certificate for NATS (with ``nats_tls_key``)."""
     nats_tls_key: Path | None = None
     """PEM private key of ``nats_tls_cert``."""
+    lease_ttl_seconds: float = 10.0
+    """Partition leases (``--backend nats``) expire this long after their last renewal; renewed
+    every third of it. Every node must use the lease bucket's TTL."""
 
     def __post_init__(self) -> None:
         if self.fsync_mode not in ("filesystem", "file"):
@@ -120,6 +123,8 @@ class ServeConfig:
             raise ValueError(f"backend must be embedded or nats, got {self.backend!r}")
         if self.backend == "nats" and not self.nats_urls:
             raise ValueError("--backend nats needs --nats-url (UNIMETER_NATS_URL): the NATS servers to use")
+        if self.lease_ttl_seconds < 1:
+            raise ValueError("--lease-ttl-seconds must be at least 1")
         if self.nats_replicas < 1:
             raise ValueError("--nats-replicas must be at least 1")
         if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
@@ -226,6 +231,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
     ("nats_tls_ca", "--nats-tls-ca", Path, "PEM CA bundle for the NATS servers' certificates (TLS on)"),
     ("nats_tls_cert", "--nats-tls-cert", Path, "PEM client certificate for NATS"),
     ("nats_tls_key", "--nats-tls-key", Path, "PEM private key of --nats-tls-cert"),
+    (
+        "lease_ttl_seconds",
+        "--lease-ttl-seconds",
+        float,
+        "seconds a partition lease outlives its last renewal (--backend nats; the lease bucket's TTL)",
+    ),
 ]
 
 

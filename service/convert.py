@@ -211,6 +211,7 @@ def cluster_status_to_proto(s: ClusterStatus) -> cluster_service_pb2.GetClusterS
                 owner_node_id=p.owner_node_id,
                 last_offset=p.last_offset,
                 last_alert_offset=p.last_alert_offset,
+                lease_epoch=p.lease_epoch,
             )
             for p in s.partition_infos
         ],

@@ -1,23 +1,36 @@
-"""``unimeter serve --backend nats``: the JetStream backend opened from serve's configuration.
+"""``unimeter serve --backend nats``: the JetStream backend and the cluster's KV state, opened from
+serve's configuration.
 
-Imported only when that backend is chosen, so an embedded node never loads the NATS client. Not
-here: the backend itself (``node.jetstream``).
+Imported only when that backend is chosen, so an embedded node never loads the NATS client. The
+record backend has a connection of its own; the cluster state (the metric registry and this node's
+partition leases, ``node.jetstream.metric_registry`` and ``node.jetstream.leases``) has another,
+so lease renewals never queue behind record publishes. Not here: the backend and the buckets
+themselves (``node.jetstream``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Iterator
+
+import nats.errors
+from nats.aio.client import Client as NatsClient
+
 from node.jetstream.backend import JetStreamBackend, JetStreamSettings, open_jetstream_backend
-from node.jetstream.connection import NatsOptions
+from node.jetstream.connection import NatsOptions, connect
+from node.jetstream.errors import NatsUnavailable
+from node.jetstream.leases import PartitionLeases
+from node.jetstream.metric_registry import KvMetricRegistry
+from node.node import Node
 
 from .config import ServeConfig
 
-__all__ = ["open_backend"]
+__all__ = ["ClusterState", "open_backend", "open_cluster_state"]
 
 
-async def open_backend(cfg: ServeConfig) -> JetStreamBackend:
-    """Connect to ``cfg``'s NATS servers and open the deployment's stream (see
-    ``node.jetstream.backend.open_jetstream_backend`` for what is checked and refused)."""
-    options = NatsOptions(
+def _options(cfg: ServeConfig) -> NatsOptions:
+    return NatsOptions(
         urls=cfg.nats_urls,
         user=cfg.nats_user,
         password=cfg.nats_password,
@@ -28,6 +41,11 @@ async def open_backend(cfg: ServeConfig) -> JetStreamBackend:
         tls_cert=cfg.nats_tls_cert,
         tls_key=cfg.nats_tls_key,
     )
+
+
+async def open_backend(cfg: ServeConfig) -> JetStreamBackend:
+    """Connect to ``cfg``'s NATS servers and open the deployment's stream (see
+    ``node.jetstream.backend.open_jetstream_backend`` for what is checked and refused)."""
     settings = JetStreamSettings(
         stream=cfg.nats_stream,
         replicas=cfg.nats_replicas,
@@ -35,4 +53,75 @@ async def open_backend(cfg: ServeConfig) -> JetStreamBackend:
         monitor_urls=cfg.nats_monitor_urls,
         allow_unsynced=cfg.allow_unsynced_jetstream,
     )
-    return await open_jetstream_backend(options, settings)
+    return await open_jetstream_backend(_options(cfg), settings)
+
+
+class ClusterState:
+    """This node's view of the cluster's KV buckets: the shared metric registry, and the leases of
+    the partitions it serves, renewed in the background."""
+
+    def __init__(self, cfg: ServeConfig, client: NatsClient, registry: KvMetricRegistry) -> None:
+        self._cfg = cfg
+        self._client = client
+        self.registry = registry
+        self.leases: PartitionLeases | None = None
+        self._renewal: asyncio.Task[None] | None = None
+
+    async def take_partitions(self, node: Node) -> None:
+        """Take ``node``'s liveness record and the lease of every partition, and keep renewing
+        them; NatsRefused (LeaseConflictError) naming the holder if another live node has one."""
+        cfg = self._cfg
+        with _naming_nats_failures(cfg, f"{cfg.nats_stream}_leases"):
+            leases = self.leases = await PartitionLeases.open(
+                self._client.jetstream(timeout=5.0),
+                node.node_id,
+                ttl=cfg.lease_ttl_seconds,
+                replicas=cfg.nats_replicas,
+                bucket=f"{cfg.nats_stream}_leases",
+                node_addr=cfg.node_addr or cfg.grpc_addr,
+            )
+            await leases.join()
+            await leases.acquire(range(node.partitions_count))
+        node.ownership = leases
+        self._renewal = asyncio.create_task(leases.run(), name="unimeter-lease-renewal")
+
+    async def close(self) -> None:
+        """Stop renewing, give the leases back (the node has flushed and snapshotted: the next
+        owner takes them at once), stop watching the registry, disconnect."""
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
+        try:
+            if self.leases is not None:
+                await self.leases.release()
+            await self.registry.close()
+        finally:
+            await self._client.close()
+
+
+async def open_cluster_state(cfg: ServeConfig) -> ClusterState:
+    """Connect (NatsUnavailable naming the URLs if no server answers) and open the metric registry."""
+    client = await connect(_options(cfg))
+    bucket = f"{cfg.nats_stream}_metrics"
+    try:
+        with _naming_nats_failures(cfg, bucket):
+            registry = await KvMetricRegistry.open(
+                client.jetstream(timeout=5.0), bucket=bucket, replicas=cfg.nats_replicas
+            )
+    except BaseException:
+        await client.close()
+        raise
+    return ClusterState(cfg, client, registry)
+
+
+@contextlib.contextmanager
+def _naming_nats_failures(cfg: ServeConfig, bucket: str) -> Iterator[None]:
+    """A NATS error while a bucket is opened or taken refuses the start in one line naming it."""
+    try:
+        yield
+    except (TimeoutError, nats.errors.Error) as exc:
+        urls = ", ".join(cfg.nats_urls)
+        raise NatsUnavailable(
+            f"JetStream KV bucket {bucket} could not be opened at {urls}: {type(exc).__name__}: {exc}"
+        ) from None

@@ -42,6 +42,8 @@ from .tls import ServerTls, load_server_tls
 if TYPE_CHECKING:
     from node.jetstream.backend import JetStreamBackend
 
+    from .nats_backend import ClusterState
+
 __all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class UnimeterServer:
         self._http: HttpEndpoint | None = None
         self._health = HealthServicer()
         self._jetstream: JetStreamBackend | None = None
+        self._cluster: ClusterState | None = None
         self._serving = False
         self._stopping = False
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
@@ -187,7 +190,9 @@ class UnimeterServer:
         # once the start can no longer be refused for another reason.
         choice.announce()
         self.stats.ingest_engine = choice.engine.name
-        self.client = await Client.in_process(node, metric_lookup=node.metric_of)
+        self.client = await Client.in_process(
+            node, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
+        )
 
         if cfg.node_addr:
             host, port = split_host_port(cfg.node_addr)
@@ -219,21 +224,26 @@ class UnimeterServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_node_on_jetstream(self, node_config: NodeConfig) -> Node:
-        """Open the JetStream backend (NatsUnavailable or NatsRefused before the data directory is
-        touched), then the node over it, whose partition count must be the stream's."""
-        from .nats_backend import open_backend  # the NATS client only loads for this backend
+        """Open the cluster's KV state (the metric registry) and the JetStream backend
+        (NatsUnavailable or NatsRefused before the data directory is touched), then the node over
+        them, whose partition count must be the stream's, and take the lease of every partition
+        before anything is served (NatsRefused naming a live node holding one)."""
+        # The NATS client only loads for this backend.
+        from .nats_backend import open_backend, open_cluster_state
 
         cfg = self.config
+        cluster = self._cluster = await open_cluster_state(cfg)
         backend = self._jetstream = await open_backend(cfg)
         # Records are in JetStream: the data directory's free space no longer bounds ingest.
         node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
-        node = self.node = await asyncio.to_thread(Node, node_config, backend.factory)
+        node = self.node = await asyncio.to_thread(Node, node_config, backend.factory, cluster.registry)
         if node.partitions_count != backend.partitions:
             raise NatsRefused(
                 f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
                 f"stream {cfg.nats_stream} has {backend.partitions}: use the data directory "
                 "this deployment's node had, or a new one"
             )
+        await cluster.take_partitions(node)
         return node
 
     def _log_access(self, keys: ApiKeyStore | None) -> None:
@@ -303,7 +313,11 @@ class UnimeterServer:
             if self.node is not None:
                 await self.node.close()
         finally:
-            if self._jetstream is not None:
-                await self._jetstream.disconnect()
+            try:
+                if self._cluster is not None:
+                    await self._cluster.close()  # after the node flushed: the next owner has it all
+            finally:
+                if self._jetstream is not None:
+                    await self._jetstream.disconnect()
             if self._http is not None:
                 await self._http.close()

@@ -30,8 +30,17 @@ def status(api: Api, *, as_json: bool, per_partition: bool = False) -> int:
     if per_partition:
         sections.append(
             table(
-                ["PARTITION", "OWNER", "LAST_OFFSET", "LAST_ALERT_OFFSET"],
-                [[p.partition, p.owner_node_id or "-", p.last_offset, p.last_alert_offset] for p in infos],
+                ["PARTITION", "OWNER", "LAST_OFFSET", "LAST_ALERT_OFFSET", "LEASE_EPOCH"],
+                [
+                    [
+                        p.partition,
+                        p.owner_node_id or "-",
+                        p.last_offset,
+                        p.last_alert_offset,
+                        p.lease_epoch or "-",
+                    ]
+                    for p in infos
+                ],
             )
         )
     print_stdout("\n\n".join(sections))

@@ -66,7 +66,7 @@ cluster_statuses = st.builds(
     i64,
     text,
     st.lists(st.builds(NodeInfo, text, text, text, st.booleans()), max_size=3).map(tuple),
-    st.lists(st.builds(PartitionInfo, i64, text, i64, i64), max_size=3).map(tuple),
+    st.lists(st.builds(PartitionInfo, i64, text, i64, i64, i64), max_size=3).map(tuple),
 )
 alert_stream_items = st.builds(
     AlertStreamItem, st.none() | alerts, st.dictionaries(st.integers(0, 4096), i64, max_size=4)

@@ -1,0 +1,42 @@
+"""Opening one of the cluster's KV buckets: get it, or create it, and wait until it can be written.
+
+A bucket just created (or one whose servers are electing a leader) answers writes with "no
+responders" until its stream has a leader; the cluster's state (``metric_registry``, ``leases``)
+is written right after it is opened, so opening waits for the leader, bounded. Not here: what the
+buckets hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext, api
+from nats.js.kv import KeyValue
+
+__all__ = ["open_bucket"]
+
+_LEADER_WAIT_SECONDS = 20.0
+"""Longer than a leader election (about 6 s measured)."""
+
+
+async def open_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
+    """Bucket ``config.bucket`` (created with ``config`` when missing), once its stream has a
+    leader; TimeoutError if it gets none within 20 s."""
+    try:
+        kv = await js.key_value(config.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        kv = await js.create_key_value(config)
+    deadline = time.monotonic() + _LEADER_WAIT_SECONDS
+    while True:
+        try:
+            info = await js.stream_info(f"KV_{config.bucket}")
+            if info.cluster is None or info.cluster.leader:
+                return kv
+        except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"KV bucket {config.bucket} has no leader after {_LEADER_WAIT_SECONDS:.0f}s")
+        await asyncio.sleep(0.1)
