@@ -67,9 +67,15 @@ def serve_config(data_dir: Path, **overrides: object) -> ServeConfig:
 
 async def open_api(server: UnimeterServer) -> Api:
     """Stubs on a fresh channel to ``server``."""
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    return api_on_port(server.grpc_port, server)
+
+
+def api_on_port(port: int, server: UnimeterServer | None = None) -> Api:
+    """Stubs on a fresh channel to 127.0.0.1:``port`` (``server``: the in-process server there, if
+    any; None for a server in another process)."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     return Api(
-        server,
+        server,  # type: ignore[arg-type]
         channel,
         metrics_service_pb2_grpc.MetricsServiceStub(channel),
         ingest_service_pb2_grpc.IngestServiceStub(channel),

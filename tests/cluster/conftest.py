@@ -19,15 +19,21 @@ from tools.nats_cluster import NatsCluster
 _names = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    """Three JetStream servers with ``sync_interval: always``."""
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), 3)
+def running_cluster(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[NatsCluster]:
+    """Three JetStream servers with ``sync_interval: always``, stopped when the generator ends
+    (the body of a module-scoped fixture)."""
+    cluster = NatsCluster(tmp_path_factory.mktemp(name), 3)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """Three JetStream servers with ``sync_interval: always``, shared by a module's tests."""
+    yield from running_cluster(tmp_path_factory, "nats")
 
 
 @pytest.fixture

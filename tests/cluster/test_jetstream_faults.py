@@ -22,19 +22,15 @@ from node.records import decode_event_record
 from tests.integration.helpers import T0
 from tools.nats_cluster import NatsCluster
 
-from .conftest import nats_options, open_backend, settings
+from .conftest import nats_options, open_backend, running_cluster, settings
 
 DAY = 86_400 * 1_000_000_000
 
 
 @pytest.fixture(scope="module")
 def faulty_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats-faults"), 3)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    """A cluster of this module's own: its tests kill servers."""
+    yield from running_cluster(tmp_path_factory, "nats-faults")
 
 
 async def test_stream_leader_killed_during_sync_appends(

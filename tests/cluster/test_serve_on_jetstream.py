@@ -8,20 +8,11 @@ import socket
 import subprocess
 from pathlib import Path
 
-import grpc
-
-from tests.conftest import Api
+from tests.conftest import Api, api_on_port
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest
 from tests.process import CLI, ENV, REPO, start_serve
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import alert_service_pb2 as als
-from unimeter.v1 import (
-    alert_service_pb2_grpc,
-    cluster_service_pb2_grpc,
-    ingest_service_pb2_grpc,
-    metrics_service_pb2_grpc,
-    query_service_pb2_grpc,
-)
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
 
@@ -59,19 +50,6 @@ def test_unverified_sync_refuses_the_start(
     assert "cannot verify that the NATS servers sync every write" in done.stderr
     assert "--nats-monitor-url" in done.stderr
     assert not (tmp_path / "data").exists()
-
-
-def _open(port: int) -> Api:
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    return Api(
-        None,  # type: ignore[arg-type]
-        channel,
-        metrics_service_pb2_grpc.MetricsServiceStub(channel),
-        ingest_service_pb2_grpc.IngestServiceStub(channel),
-        query_service_pb2_grpc.QueryServiceStub(channel),
-        alert_service_pb2_grpc.AlertServiceStub(channel),
-        cluster_service_pb2_grpc.ClusterServiceStub(channel),
-    )
 
 
 async def _workload(api: Api) -> list[list[int]]:
@@ -137,7 +115,7 @@ async def test_kill9_recovers_the_answers_an_embedded_node_gives(
     ]  # fmt: skip
     embedded = start_serve(tmp_path / "embedded", "--partitions", "4")
     try:
-        api = _open(embedded.grpc_port)
+        api = api_on_port(embedded.grpc_port)
         expected_offsets = await _workload(api)
         expected = await _answers(api)
         await api.channel.close()
@@ -146,7 +124,7 @@ async def test_kill9_recovers_the_answers_an_embedded_node_gives(
 
     node = start_serve(tmp_path / "nats", *nats_flags)
     try:
-        api = _open(node.grpc_port)
+        api = api_on_port(node.grpc_port)
         assert await _workload(api) == expected_offsets
         before = await _answers(api)
         await api.channel.close()
@@ -157,7 +135,7 @@ async def test_kill9_recovers_the_answers_an_embedded_node_gives(
 
     again = start_serve(tmp_path / "nats", *nats_flags)
     try:
-        api = _open(again.grpc_port)
+        api = api_on_port(again.grpc_port)
         assert await _answers(api) == expected
         # A retry of a SYNC batch after the restart is answered from the recovered dedup keys.
         retry = await ingest(

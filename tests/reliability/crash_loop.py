@@ -510,19 +510,7 @@ class CrashLoop:
             return  # the model cannot follow a log that changed
         for p, rows in by_partition.items():
             for _, offset, e in rows[self.fed[p] :]:
-                self.models[e.account_id].ingest(
-                    [
-                        (
-                            e.account_id,
-                            e.metric_code,
-                            e.value,
-                            e.time_unix_nano,
-                            dict(e.properties),
-                            e.operation,
-                            offset,
-                        )
-                    ]
-                )
+                self.models[e.account_id].ingest([(*content(e)[:6], offset)])
             self.fed[p] = len(rows)
             self.verified[p] = rows
         await self._check_queries(api, stored, bad)
