@@ -48,12 +48,16 @@ class UnimeterError(Exception):
         reason: str | None = None,
         violations: tuple[FieldViolation, ...] | list[FieldViolation] = (),
         retry_after_seconds: float | None = None,
+        owner_hint: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
         self.violations = tuple(violations)
         self.retry_after_seconds = retry_after_seconds
+        self.owner_hint = owner_hint
+        """For a partition this node does not serve: the node address of its owner, if known, so
+        a router can go there at once instead of refreshing the whole partition map first."""
 
     def to_wire(self) -> list[object]:
         """The error as a msgpack-friendly list for the node protocol."""
@@ -63,6 +67,7 @@ class UnimeterError(Exception):
             self.reason,
             [[v.field, v.description] for v in self.violations],
             self.retry_after_seconds,
+            self.owner_hint,
         ]
 
 
@@ -163,11 +168,12 @@ _BY_KIND: dict[str, type[UnimeterError]] = {
 
 def error_from_wire(payload: list[object]) -> UnimeterError:
     """Rebuild an error sent by :meth:`UnimeterError.to_wire`; unknown kinds become InternalError."""
-    kind, message, reason, violations, retry = (list(payload) + [None] * 5)[:5]
+    kind, message, reason, violations, retry, hint = (list(payload) + [None] * 6)[:6]
     cls = _BY_KIND.get(str(kind), InternalError)
     return cls(
         str(message),
         reason=str(reason) if reason else None,
         violations=[FieldViolation(str(f), str(d)) for f, d in (violations or [])],  # type: ignore[attr-defined]
         retry_after_seconds=float(retry) if retry is not None else None,  # type: ignore[arg-type]
+        owner_hint=str(hint) if hint else None,
     )

@@ -27,11 +27,13 @@ class PartitionOwnership(Protocol):
         """The fencing epoch of this node's lease on ``partition`` (0 if it never held it)."""
 
 
-def not_owned(partition: int) -> UnavailableError:
-    """The retryable error for a partition this node does not hold (now)."""
+def not_owned(partition: int, owner_addr: str | None = None) -> UnavailableError:
+    """The retryable error for a partition this node does not hold (now); ``owner_addr``: the node
+    address of the node holding it, when this node knows it (sent back as the error's hint)."""
     return UnavailableError(
         f"partition {partition} is not served by this node now: it does not hold the partition's "
         "lease (it could not renew it in time, or another node took it over)",
         reason="PARTITION_NOT_OWNED",
         retry_after_seconds=_RETRY_SECONDS,
+        owner_hint=owner_addr,
     )

@@ -215,6 +215,7 @@ ERRORS = [
     errors.OutOfRangeError("past the end"),
     errors.ResourceExhaustedError("slow down", retry_after_seconds=0.25),
     errors.UnavailableError("moving"),
+    errors.UnavailableError("moved", reason="PARTITION_NOT_OWNED", owner_hint="127.0.0.1:7002"),
     errors.DeadlineExceededError("late"),
     errors.UnauthenticatedError("who"),
     errors.PermissionDeniedError("no"),
@@ -222,15 +223,16 @@ ERRORS = [
 ]
 
 
-@pytest.mark.parametrize("error", ERRORS, ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: f"{type(e).__name__}-{e.reason}")
 def test_errors_round_trip_as_the_same_subclass(error: errors.UnimeterError) -> None:
     got = wire.remote_error(through_msgpack(wire.error_to_wire(error)))
     assert type(got) is type(error)
-    assert (got.message, got.reason, got.violations, got.retry_after_seconds) == (
+    assert (got.message, got.reason, got.violations, got.retry_after_seconds, got.owner_hint) == (
         error.message,
         error.reason,
         error.violations,
         error.retry_after_seconds,
+        error.owner_hint,
     )
 
 
@@ -254,7 +256,7 @@ EXPECTED_BODIES = [
     (wire.HELLO, (1, 0), {"node_id": "n1", "max_frame_bytes": 1024}),
     (wire.REQUEST, 1, "ingest", (((3, ((7, "m", 1, 0, {"k": "v"}, 1, "e"),)),), True, "b")),
     (wire.RESPONSE, 1, True, (((5,), 0),)),
-    (wire.RESPONSE, 2, False, ("NOT_FOUND", "gone", "NOT_FOUND", (), None)),
+    (wire.RESPONSE, 2, False, ("NOT_FOUND", "gone", "NOT_FOUND", (), None, None)),
     (wire.PUSH, 3, (None, {0: 5})),
     (wire.CANCEL, 3),
     (wire.REQUEST, 4, "cluster_status", ()),
