@@ -1,5 +1,6 @@
-"""Connecting to a NATS server that requires TLS and authentication: user and password, an NKey
-seed file; a wrong password is refused naming the URL, and no secret reaches a message or a log."""
+"""Connecting to a NATS server that requires authentication: user and password or an NKey seed file
+over TLS, a token, a ``.creds`` file (operator mode); a wrong secret is refused naming the URL, and
+no secret reaches a message or a log."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 from node.jetstream.backend import JetStreamSettings, open_jetstream_backend
 from node.jetstream.connection import NatsOptions
 from node.jetstream.errors import NatsUnavailable
+from tests.cluster.nats_jwt import mint_operator_setup
 from tests.integration.test_security import make_cert
 from tools.nats_cluster import NatsCluster
 
 PASSWORD = "pw-0f3c9a-never-logged"
+TOKEN = "tok-5d1e77-never-logged"
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +45,50 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsClus
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    """One server that admits clients presenting ``TOKEN``."""
+    cluster = NatsCluster(
+        tmp_path_factory.mktemp("nats-token"), 1, extra_config=f'authorization {{\n  token: "{TOKEN}"\n}}\n'
+    )
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def operator_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NatsCluster, Path]]:
+    """One server in operator mode (JWT accounts), and a user's ``.creds`` file it accepts."""
+    root = tmp_path_factory.mktemp("nats-operator")
+    setup = mint_operator_setup()
+    creds = root / "unimeter.creds"
+    creds.write_text(setup.creds)
+    cluster = NatsCluster(root, 1, extra_config=setup.server_config)
+    cluster.start()
+    try:
+        yield cluster, creds
+    finally:
+        cluster.stop()
+
+
 def _settings(cluster: NatsCluster, stream: str) -> JetStreamSettings:
     return JetStreamSettings(
         stream=stream, replicas=1, partitions=1, monitor_urls=tuple(cluster.monitor_urls)
     )
+
+
+async def _append_durably(options: NatsOptions, cluster: NatsCluster, stream: str) -> None:
+    """Open the backend with ``options`` and make one record durable through it."""
+    backend = await open_jetstream_backend(options, _settings(cluster, stream))
+    try:
+        log = backend.open_partition(0).events
+        position = log.append(b"secured")
+        await log.wait_durable(position + 1)
+        assert log.durable_position == position + 1
+    finally:
+        await backend.disconnect()
 
 
 async def test_password_and_nkey_over_tls(secured: tuple[NatsCluster, Path, Path], stream_name: str) -> None:
@@ -55,12 +98,21 @@ async def test_password_and_nkey_over_tls(secured: tuple[NatsCluster, Path, Path
         NatsOptions(urls, user="meter", password=PASSWORD, tls_ca=ca),
         NatsOptions(urls, nkey_seed_file=seed_file, tls_ca=ca),
     ):
-        backend = await open_jetstream_backend(options, _settings(cluster, stream_name))
-        log = backend.open_partition(0).events
-        position = log.append(b"secured")
-        await log.wait_durable(position + 1)
-        await backend.disconnect()
+        await _append_durably(options, cluster, stream_name)
         assert PASSWORD not in repr(options)
+
+
+async def test_a_token(token_server: NatsCluster, stream_name: str) -> None:
+    options = NatsOptions(tuple(token_server.urls), token=TOKEN)
+    await _append_durably(options, token_server, stream_name)
+    assert TOKEN not in repr(options)
+
+
+async def test_a_credentials_file_in_operator_mode(
+    operator_server: tuple[NatsCluster, Path], stream_name: str
+) -> None:
+    cluster, creds = operator_server
+    await _append_durably(NatsOptions(tuple(cluster.urls), credentials_file=creds), cluster, stream_name)
 
 
 async def test_a_wrong_password_is_refused_without_the_secret(
@@ -73,6 +125,20 @@ async def test_a_wrong_password_is_refused_without_the_secret(
         await open_jetstream_backend(
             NatsOptions(urls, user="meter", password=wrong, tls_ca=ca, connect_timeout=2),
             _settings(cluster, stream_name),
+        )
+    assert str(refused.value).startswith(f"cannot connect to NATS at {urls[0]}")
+    assert wrong not in str(refused.value)
+    assert all(wrong not in r.getMessage() for r in caplog.records)
+
+
+async def test_a_wrong_token_is_refused_without_the_secret(
+    token_server: NatsCluster, stream_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    urls = tuple(token_server.urls)
+    wrong = f"{TOKEN}-wrong"
+    with caplog.at_level(logging.DEBUG), pytest.raises(NatsUnavailable) as refused:
+        await open_jetstream_backend(
+            NatsOptions(urls, token=wrong, connect_timeout=2), _settings(token_server, stream_name)
         )
     assert str(refused.value).startswith(f"cannot connect to NATS at {urls[0]}")
     assert wrong not in str(refused.value)
