@@ -5,22 +5,24 @@ A registry holds metric definitions by code. Each creation gets a generation (th
 and re-created metric starts from empty aggregates. A registry tells its ``on_change`` listener (the
 node) of every creation and deletion, its own and, for a shared registry, those made through other
 nodes, before the call that made it returns. The embedded one here is one small file: metrics are
-few and change rarely, so the whole registry is one msgpack document written to a temporary file,
-fsynced and renamed over the old one (then the directory is fsynced). The replicated one lives in a
-JetStream KV bucket (``node.jetstream.metric_registry``).
+few and change rarely, so the whole registry is one msgpack document (with a version and a CRC-32,
+``encode_registry_file``) written to a temporary file, fsynced and renamed over the old one (then the
+directory is fsynced). The replicated one lives in a JetStream KV bucket
+(``node.jetstream.metric_registry``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import msgpack
 
-from cluster_client.errors import AlreadyExistsError, NotFoundError
+from cluster_client.errors import AlreadyExistsError, NotFoundError, UnimeterError
 from cluster_client.types import Metric
 from cluster_client.validation import normalize_metric
 from cluster_client.wire import metric_from_wire, metric_to_wire
@@ -28,12 +30,21 @@ from cluster_client.wire import metric_from_wire, metric_to_wire
 from .clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
+    "REGISTRY_FILE_VERSION",
     "FileMetricRegistry",
     "MetricListener",
     "MetricRegistry",
+    "RegistryFileError",
+    "decode_registry_file",
+    "encode_registry_file",
     "metric_not_found",
     "write_file_atomically",
 ]
+
+REGISTRY_FILE_VERSION = 1
+"""The ``"v"`` key of the registry file. Files written before versions existed have no ``"v"``
+and no checksum (version 0); they are read, and the next change rewrites them as version 1."""
+_CRC_BYTES = 4
 
 MetricListener = Callable[[str, Metric | None], None]
 """Told ``(code, metric)`` when a metric is created, ``(code, None)`` when it is deleted."""
@@ -60,6 +71,55 @@ class MetricRegistry(Protocol):
     async def refresh(self) -> None:
         """Catch up with every change made anywhere before this call (a node asks before it
         answers "unknown metric")."""
+
+
+class RegistryFileError(RuntimeError):
+    """The registry file cannot be read: its message names the file, what is wrong and what to do."""
+
+
+def encode_registry_file(last_generation: int, metrics: list[Metric]) -> bytes:
+    """The registry file's bytes: a msgpack map (version, last generation, metrics), then the
+    CRC-32 of it (4 bytes, little endian), so that a damaged file is refused, never half-read."""
+    body: bytes = msgpack.packb(
+        {
+            "v": REGISTRY_FILE_VERSION,
+            "last_generation": last_generation,
+            "metrics": [metric_to_wire(m) for m in metrics],
+        }
+    )
+    return body + zlib.crc32(body).to_bytes(_CRC_BYTES, "little")
+
+
+def decode_registry_file(data: bytes) -> tuple[int, list[Metric]]:
+    """``(last_generation, metrics)`` from a registry file's bytes; ValueError saying what is
+    wrong unless they are a well-formed file of version 1, or of version 0 (before checksums)."""
+    body, crc = data[:-_CRC_BYTES], data[-_CRC_BYTES:]
+    if len(data) > _CRC_BYTES and zlib.crc32(body) == int.from_bytes(crc, "little"):
+        doc, expected_version = _unpack(body, "the checksum matches but the body does not decode"), 1
+    else:
+        doc, expected_version = _unpack(data, "checksum mismatch"), 0
+    if type(doc) is not dict:
+        raise ValueError("not a map")
+    if doc.get("v", 0) != expected_version:
+        raise ValueError(
+            f"version {doc.get('v')!r} is not supported" if expected_version else "checksum mismatch"
+        )
+    generation, raw_metrics = doc.get("last_generation"), doc.get("metrics")
+    if type(generation) is not int or type(raw_metrics) is not list:
+        raise ValueError("last_generation or metrics missing or of the wrong type")
+    try:
+        return generation, [metric_from_wire(raw) for raw in raw_metrics]
+    except UnimeterError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _unpack(data: bytes, what_is_wrong: str) -> object:
+    try:
+        return msgpack.unpackb(data)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        # ExtraData, FormatError and StackError are ValueErrors; a truncated payload is an
+        # UnpackException; a map key of a type Python cannot hash is a TypeError.
+        raise ValueError(what_is_wrong) from None
 
 
 def metric_not_found(code: str) -> NotFoundError:
@@ -93,11 +153,14 @@ class FileMetricRegistry:
         self._metrics: dict[str, Metric] = {}
         self._last_generation = 0
         if path.exists():
-            doc = msgpack.unpackb(path.read_bytes())
-            self._last_generation = int(doc["last_generation"])
-            for raw in doc["metrics"]:
-                metric = metric_from_wire(raw)
-                self._metrics[metric.code] = metric
+            try:
+                self._last_generation, metrics = decode_registry_file(path.read_bytes())
+            except ValueError as exc:
+                raise RegistryFileError(
+                    f"metric registry {path} is damaged ({exc}): restore it from a backup of the data "
+                    "directory; metric definitions cannot be rebuilt from the event log"
+                ) from None
+            self._metrics = {metric.code: metric for metric in metrics}
 
     def get(self, code: str) -> Metric | None:
         """The metric named ``code``, or None."""
@@ -138,8 +201,4 @@ class FileMetricRegistry:
             self.on_change(code, metric)
 
     def _save(self) -> None:
-        doc = {
-            "last_generation": self._last_generation,
-            "metrics": [metric_to_wire(m) for m in self.list()],
-        }
-        write_file_atomically(self._path, msgpack.packb(doc))
+        write_file_atomically(self._path, encode_registry_file(self._last_generation, self.list()))

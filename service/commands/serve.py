@@ -9,6 +9,7 @@ import signal
 
 from node.data_dir_lock import DataDirectoryLocked
 from node.jetstream.errors import NatsRefused, NatsUnavailable
+from node.metric_registry import RegistryFileError
 from node.partition import PartitionRecoveryError
 
 from ..config import ServeConfig
@@ -40,12 +41,13 @@ async def _serve(config: ServeConfig) -> int:
         AddressInUse,
         DataDirectoryLocked,
         PartitionRecoveryError,
+        RegistryFileError,
         NatsUnavailable,
         NatsRefused,
     ) as exc:
         # Unreadable key or TLS files, bad or taken addresses, a data directory another process
-        # serves, a log that does not replay, NATS unreachable or unfit: one line each, and
-        # whatever was opened is closed.
+        # serves, a log that does not replay, a damaged registry file, NATS unreachable or unfit:
+        # one line each, and whatever was opened is closed.
         raise SystemExit(f"unimeter serve: {exc}") from None
     except OSError as exc:  # the data directory cannot be made or opened (a file there, no permission)
         where = f": {exc.filename}" if exc.filename else ""
