@@ -105,8 +105,8 @@ class Partition:
         self.events = storage.events
         self.alert_log = storage.alerts
         self.last_offset = 0
-        self.aggregates = PartitionAggregates(self._fetch_events)
         self._engine = config.engine
+        self.aggregates = PartitionAggregates(self._fetch_events, config.engine.series)
         self.dedup = config.engine.new_dedup(config.dedup_window_ns)
         self.index = EventIndex()
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
@@ -388,7 +388,9 @@ class Partition:
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
         try:
-            aggregates = PartitionAggregates.from_snapshot(state.aggregates, self._fetch_events, self._specs)
+            aggregates = PartitionAggregates.from_snapshot(
+                state.aggregates, self._fetch_events, self._specs, self._engine.series
+            )
             dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)

@@ -2,11 +2,13 @@
 
 A :class:`PartitionEngine` is the set of parts a partition takes its per-event work from: the
 dedup index (a new one, and one loaded from a snapshot), the dedup key functions, the batch loop
-of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`) and its
-counterpart in recovery's replay (:func:`python_replay_keys`).
-``python`` is this module and ``node/dedup_index.py``; ``native`` is the same parts from the
-compiled ``unimeter_native`` extension (``native/``), which hold the same keys, answer the same
-and write the same snapshot bytes, so a data directory moves between engines freely. The node
+of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`), its
+counterpart in recovery's replay (:func:`python_replay_keys`) and the stores of the COUNT, SUM,
+MAX and LATEST metrics' cells (``node/aggregation``'s ``SeriesStores``).
+``python`` is this module, ``node/dedup_index.py`` and ``node/aggregation/series.py``; ``native``
+is the same parts from the compiled ``unimeter_native`` extension (``native/``), which hold the
+same keys and cells, answer the same and write the same snapshot bytes, so a data directory moves
+between engines freely. The node
 gets the engine's name from its config (the server passes the ingest engine it chose,
 ``service/ingest_engine.py``). Not here: what a partition does with the parts (``node.partition``).
 """
@@ -16,11 +18,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from cluster_client.types import EventRow
 
 from .aggregation import MetricSpec
+from .aggregation.aggregates import PYTHON_SERIES, SeriesStores
+from .aggregation.native_series import NativeSeriesStore
 from .dedup_index import DedupIndex, derived_key, event_key
 
 __all__ = [
@@ -167,6 +172,8 @@ class PartitionEngine:
     derived_key: DerivedKey
     dedup_batch: DedupBatch
     replay_keys: ReplayKeys
+    series: SeriesStores
+    """The stores of COUNT, SUM, MAX and LATEST metrics (their cells, apply step and snapshots)."""
 
 
 PYTHON = PartitionEngine(
@@ -177,6 +184,7 @@ PYTHON = PartitionEngine(
     derived_key,
     python_dedup_batch,
     python_replay_keys,
+    PYTHON_SERIES,
 )
 
 
@@ -192,6 +200,7 @@ def partition_engine(name: str) -> PartitionEngine:
     except ImportError as exc:
         raise ValueError(f"the native engine needs {NATIVE_MODULE}, which cannot be loaded ({exc})") from exc
     index = module.DedupIndex
+    cells = module.SeriesCells
     return PartitionEngine(
         "native",
         index,
@@ -200,4 +209,8 @@ def partition_engine(name: str) -> PartitionEngine:
         module.derived_key,
         module.dedup_batch,
         module.replay_keys,
+        SeriesStores(
+            partial(NativeSeriesStore, cells_type=cells),
+            partial(NativeSeriesStore.from_snapshot, cells_type=cells),
+        ),
     )

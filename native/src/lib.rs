@@ -9,12 +9,16 @@
 //! per-event dedup loops of ingest and replay over it (`py_partition_batch`). The Python-facing
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
+pub mod cell;
+pub mod cell_map;
 pub mod dedup_key;
 pub mod dedup_table;
 pub mod ingest_request;
 pub mod partitioning;
 mod py_dedup_index;
 mod py_partition_batch;
+mod py_series_store;
+pub mod series_cells;
 pub mod validation;
 pub mod wire;
 
@@ -239,6 +243,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
     m.add_function(wrap_pyfunction!(derived_key, m)?)?;
     m.add_class::<py_dedup_index::PyDedupIndex>()?;
+    m.add_class::<py_series_store::PySeriesCells>()?;
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_batch, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;

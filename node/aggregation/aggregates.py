@@ -1,35 +1,54 @@
 """The aggregation engine of one partition: one store per metric, pure in-memory, no I/O.
 
 :class:`PartitionAggregates` routes each call to the metric's store (bucketed cells for COUNT, SUM,
-MAX and LATEST; member histories for COUNT_UNIQUE) and owns the snapshot format. A store belongs to
-one metric generation: a spec of another generation (the metric was deleted and created again)
-finds an empty store, never the old one's state.
+MAX and LATEST, in Python or in Rust as the engine chose: :class:`SeriesStores`; member histories
+for COUNT_UNIQUE) and owns the snapshot format. A store belongs to one metric generation: a spec
+of another generation (the metric was deleted and created again) finds an empty store, never the
+old one's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from cluster_client.types import AggValue, GroupValue, Period
 
 from .cells import agg_value, empty_cell
+from .native_series import NativeSeriesStore
 from .series import SeriesStore
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .unique import UniqueStore
 
-__all__ = ["PartitionAggregates"]
+__all__ = ["PYTHON_SERIES", "PartitionAggregates", "SeriesStores"]
 
 _SNAPSHOT_VERSION = 1
-_Store = SeriesStore | UniqueStore
+_Series = SeriesStore | NativeSeriesStore
+_Store = _Series | UniqueStore
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesStores:
+    """How the stores of COUNT, SUM, MAX and LATEST metrics are made: the engine's choice
+    (``node/partition_engine.py``). Both kinds hold the same cells and write the same snapshots."""
+
+    new: Callable[[MetricSpec], _Series]
+    """An empty store for a metric."""
+    load: Callable[[MetricSpec, Mapping[str, object]], _Series]
+    """A store from a snapshot's data for it (either kind's)."""
+
+
+PYTHON_SERIES = SeriesStores(SeriesStore, SeriesStore.from_snapshot)
 
 
 class PartitionAggregates:
     """Every metric's aggregates for the accounts of one partition."""
 
-    __slots__ = ("_captured", "_fetch_events", "_stores")
+    __slots__ = ("_captured", "_fetch_events", "_series", "_stores")
 
-    def __init__(self, fetch_events: FetchEvents) -> None:
+    def __init__(self, fetch_events: FetchEvents, series: SeriesStores = PYTHON_SERIES) -> None:
         self._fetch_events = fetch_events
+        self._series = series
         self._stores: dict[str, _Store] = {}
         self._captured: list[_Store] = []
         """Stores that are copy-on-write for the snapshot being packed."""
@@ -41,7 +60,7 @@ class PartitionAggregates:
             return []
         store = self._stores.get(spec.code)
         if store is None or store.spec.generation != spec.generation:
-            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else SeriesStore(spec)
+            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else self._series.new(spec)
         return store.apply(rows, record_ref)
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
@@ -107,11 +126,15 @@ class PartitionAggregates:
 
     @classmethod
     def from_snapshot(
-        cls, data: object, fetch_events: FetchEvents, specs: Mapping[str, MetricSpec]
+        cls,
+        data: object,
+        fetch_events: FetchEvents,
+        specs: Mapping[str, MetricSpec],
+        series: SeriesStores = PYTHON_SERIES,
     ) -> PartitionAggregates:
         """Rebuild the state saved by :meth:`to_snapshot`, keeping only metrics whose code is in
         ``specs`` with the same generation (a deleted or re-created metric starts empty)."""
-        aggregates = cls(fetch_events)
+        aggregates = cls(fetch_events, series)
         if not isinstance(data, Mapping) or data.get("v") != _SNAPSHOT_VERSION:
             raise ValueError("unsupported aggregates snapshot")
         for code, generation, agg_type, state in data["metrics"]:
@@ -121,5 +144,5 @@ class PartitionAggregates:
             if spec.unique:
                 aggregates._stores[code] = UniqueStore.from_snapshot(spec, state)
             else:
-                aggregates._stores[code] = SeriesStore.from_snapshot(spec, state)
+                aggregates._stores[code] = series.load(spec, state)
         return aggregates

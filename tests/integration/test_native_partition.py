@@ -1,9 +1,11 @@
 """A node's partitions on the native engine (``node/partition_engine.py``) against the Python
 reference, in process and in lock step: random workloads (every aggregation type of the hot path,
 thresholds, corrections, duplicates by id and by content, events stamped with the arrival time,
-retried batch ids, clock moves, expiry and snapshots) give the same outcomes, the same log bytes,
-the same snapshot bytes, the same answers, event pages and alerts; then each data directory is
-recovered by the other engine, which answers alike and goes on deduplicating alike. Collected only
+retried batch ids, clock moves, expiry and snapshots; calendar, week, day and fixed periods in
+time zones, dimension filters and groups, sums past 64 bits, late events) give the same outcomes,
+the same log bytes, the same snapshot bytes, the same answers, event pages and alerts; then each
+data directory is recovered by the other engine, which answers alike and goes on deduplicating
+alike. Collected only
 where the extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from hypothesis import strategies as st
 
 from cluster_client import AggType, AlertThreshold, DimensionFilter, Metric
 from cluster_client.partitioning import partition_of
-from cluster_client.types import EventRow, OperationType
+from cluster_client.types import EventRow, OperationType, PeriodType
+from node.aggregation import MetricSpec
 from node.node import Node, NodeConfig
 
 pytestmark = pytest.mark.timeout(300)
@@ -33,14 +36,38 @@ WINDOW = 600 * SEC
 PARTITIONS = 2
 ACCOUNTS = (1, 2, 3, 1 << 40)
 INT64_MAX = 2**63 - 1
+DAY = 24 * HOUR
 METRICS = (
     Metric("calls", AggType.COUNT, thresholds=(AlertThreshold("every_5", 5, recurring=True),)),
-    Metric("bytes", AggType.SUM, filters=(DimensionFilter("region", ("eu", "us")),)),
-    Metric("peak", AggType.MAX, thresholds=(AlertThreshold("over_900", 900),)),
-    Metric("last", AggType.LATEST),
+    Metric(
+        "bytes",
+        AggType.SUM,
+        period_type=PeriodType.CALENDAR,
+        time_zone="Asia/Kathmandu",
+        filters=(DimensionFilter("region", ("eu", "us")), DimensionFilter("tier", ("free", "pro"))),
+        thresholds=(AlertThreshold("every_2_62", 2**62, recurring=True), AlertThreshold("over_2k", 2000)),
+    ),
+    Metric(
+        "peak",
+        AggType.MAX,
+        period_type=PeriodType.WEEK,
+        time_zone="America/New_York",
+        thresholds=(AlertThreshold("over_900", 900),),
+    ),
+    Metric("last", AggType.LATEST, period_type=PeriodType.DAY, time_zone="Australia/Lord_Howe"),
     Metric("seats", AggType.COUNT_UNIQUE),
 )
+RANGES = (
+    (0, INT64_MAX),
+    (T, T + HOUR),
+    (T + 5 * SEC, T + 3 * HOUR + 1),  # partial minutes at both edges
+    (T - DAY + 3, T + DAY),  # across the month's start in Kathmandu
+)
 REMOVABLE = {"calls", "bytes", "seats"}
+
+
+def compile_metric(metric: Metric) -> MetricSpec:
+    return MetricSpec.compile(metric, 1)
 
 
 @dataclass
@@ -55,9 +82,10 @@ rows_st = st.lists(
     st.tuples(
         st.sampled_from(ACCOUNTS),
         st.sampled_from([m.code for m in METRICS]),
-        st.sampled_from([1, 2, 7, 1000]),
-        st.sampled_from([0, 0, T, T + 5 * SEC, T + HOUR, T + 3 * HOUR]),  # 0: stamped on arrival
-        st.sampled_from([None, {"region": "eu"}, {"region": "us"}]),
+        st.sampled_from([1, 2, 7, 1000, 2**62]),  # 2**62: sums past 64 bits, snapshot strings
+        # 0: stamped on arrival; T - 6 h: a late event, in the previous month in Kathmandu
+        st.sampled_from([0, 0, T, T + 5 * SEC, T + HOUR, T + 3 * HOUR, T - 6 * HOUR + 7 * SEC]),
+        st.sampled_from([None, {"region": "eu"}, {"region": "us", "tier": "pro"}, {"tier": "free"}]),
         st.booleans(),  # a correction, where the metric allows one
         st.sampled_from(["", "", "a", "b", "c"]),
     ),
@@ -91,10 +119,12 @@ class _Node:
                 data_dir, partitions=PARTITIONS, dedup_window_seconds=WINDOW / SEC, clock=clock, engine=engine
             )
         )
-        # The engine is the one asked for, down to the dedup index each partition holds.
-        assert type(self.node.partitions[0].dedup).__module__ == (
-            "unimeter_native" if engine == "native" else "node.dedup_index"
-        )
+        # The engine is the one asked for, down to the dedup index and the cell stores.
+        partition = self.node.partitions[0]
+        native = engine == "native"
+        assert type(partition.dedup).__module__ == ("unimeter_native" if native else "node.dedup_index")
+        store = partition.aggregates._series.new(compile_metric(METRICS[0]))
+        assert type(store).__name__ == ("NativeSeriesStore" if native else "SeriesStore")
 
     async def ingest(self, rows: list[EventRow], batch_id: str) -> list[tuple[list[int], int]]:
         parts: dict[int, list[EventRow]] = {}
@@ -123,9 +153,18 @@ class _Node:
         for account in ACCOUNTS:
             p = partition_of(account, PARTITIONS)
             for metric in METRICS:
-                for start, end in ((0, INT64_MAX), (T, T + HOUR), (T + 5 * SEC, T + 3 * HOUR + 1)):
-                    groups = ["region"] if metric.code == "bytes" else []
+                dimensioned = metric.code == "bytes"
+                for start, end in RANGES:
+                    groups = ["region"] if dimensioned else []
                     out.append(await node.query(p, account, metric.code, start, end, 0, {}, groups))
+                    if dimensioned:
+                        tier = {"tier": "pro"}
+                        out.append(
+                            await node.query(p, account, metric.code, start, end, 0, tier, ["region", "tier"])
+                        )
+                for selector in (1, 2):  # the current and the previous period
+                    out.append(await node.query(p, account, metric.code, 0, 0, selector, {}, []))
+                out.append(await node.query_realtime(p, account, metric.code))
             out.append(await node.list_events(p, account, 0, INT64_MAX, "", 1000, ""))
             out.append(await node.list_alerts(p, account, 0, 1000))
         out.append([(len(p.dedup), p.last_offset) for p in node.partitions])
