@@ -72,6 +72,32 @@ impl PySeriesCells {
         Ok(self.cells.combos.id_of(key) + 1)
     }
 
+    /// Apply resolved events; the alert rows they fire.
+    fn apply_events<'py>(
+        &mut self,
+        py: Python<'py>,
+        events: &[Event],
+        record: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut fired = Vec::new();
+        self.cells.apply(events, record, &mut fired);
+        let out = PyList::empty(py);
+        for alert in fired {
+            let item = (
+                alert.account,
+                self.code.bind(py),
+                self.threshold_codes[alert.threshold].bind(py),
+                self.limits[alert.threshold],
+                alert.multiple,
+                alert.value,
+                alert.period_start,
+                alert.time,
+            );
+            out.append(item.into_pyobject(py)?)?;
+        }
+        Ok(out)
+    }
+
     fn check_level(level: usize, slot: usize, cells: &SeriesCells) -> PyResult<()> {
         if level >= N_LEVELS || slot >= cells.slot_count() {
             return Err(PyValueError::new_err("no such level or slot"));
@@ -84,6 +110,14 @@ impl PySeriesCells {
         self.cells
             .captured_len(level, slot)
             .ok_or_else(|| PyValueError::new_err("no snapshot is being packed"))
+    }
+}
+
+/// Item `i` of a row: a tuple on the ingest path, a list where it came through msgpack.
+pub(crate) fn row_item<'py>(row: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
+    match row.cast::<PyTuple>() {
+        Ok(tuple) => tuple.get_item(i),
+        Err(_) => row.get_item(i),
     }
 }
 
@@ -139,35 +173,53 @@ impl PySeriesCells {
         guarded(|| {
             let mut events = Vec::with_capacity(rows.len());
             for row in rows.iter() {
-                let row = row.cast_into::<PyTuple>()?;
-                let time: i64 = row.get_item(2)?.extract()?;
+                let time: i64 = row_item(&row, 2)?.extract()?;
                 events.push(Event {
-                    account: row.get_item(0)?.extract()?,
-                    value: row.get_item(1)?.extract()?,
+                    account: row_item(&row, 0)?.extract()?,
+                    value: row_item(&row, 1)?.extract()?,
                     time,
-                    remove: row.get_item(4)?.extract::<i64>()? == REMOVE,
-                    offset: row.get_item(5)?.extract()?,
-                    slot: self.slot_of(py, &row.get_item(3)?)?,
+                    remove: row_item(&row, 4)?.extract::<i64>()? == REMOVE,
+                    offset: row_item(&row, 5)?.extract()?,
+                    slot: self.slot_of(py, &row_item(&row, 3)?)?,
                     period_start: self.period_start(py, time)?,
                 });
             }
-            let mut fired = Vec::new();
-            self.cells.apply(&events, record, &mut fired);
-            let out = PyList::empty(py);
-            for alert in fired {
-                let item = (
-                    alert.account,
-                    self.code.bind(py),
-                    self.threshold_codes[alert.threshold].bind(py),
-                    self.limits[alert.threshold],
-                    alert.multiple,
-                    alert.value,
-                    alert.period_start,
-                    alert.time,
-                );
-                out.append(item.into_pyobject(py)?)?;
+            self.apply_events(py, &events, record)
+        })
+    }
+
+    /// Apply the rows of metric ``code`` among a stored record's rows (``EventRow`` sequences;
+    /// row ``i`` has offset ``first_offset + i``), read from position ``record``; returns the
+    /// alert rows they fire. The same as ``apply`` with those rows, without making them.
+    fn apply_record<'py>(
+        &mut self,
+        py: Python<'py>,
+        rows: &Bound<'py, PyAny>,
+        first_offset: i64,
+        record: u64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        guarded(|| {
+            let code = self.code.clone_ref(py).into_bound(py);
+            let code_text = code.to_str()?.to_owned();
+            let mut events = Vec::new();
+            for (i, row) in rows.try_iter()?.enumerate() {
+                let row = row?;
+                let row_code = row_item(&row, 1)?;
+                if !row_code.is(&code) && row_code.cast::<PyString>()?.to_str()? != code_text {
+                    continue;
+                }
+                let time: i64 = row_item(&row, 3)?.extract()?;
+                events.push(Event {
+                    account: row_item(&row, 0)?.extract()?,
+                    value: row_item(&row, 2)?.extract()?,
+                    time,
+                    remove: row_item(&row, 5)?.extract::<i64>()? == REMOVE,
+                    offset: first_offset + i as i64,
+                    slot: self.slot_of(py, &row_item(&row, 4)?)?,
+                    period_start: self.period_start(py, time)?,
+                });
             }
-            Ok(out)
+            self.apply_events(py, &events, record)
         })
     }
 

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use crate::cell::{Cell, Fold, TimeOrderedMerge};
 use crate::cell_map::{CellMap, Key};
+use crate::positions::Positions;
 
 pub const N_LEVELS: usize = 4;
 pub const MINUTE_LEVEL: usize = 0;
@@ -136,7 +137,7 @@ pub struct SeriesCells {
     pub combos: Combos,
     slots: Vec<Slot>,
     positions: Vec<u64>,
-    position_lists: Vec<Vec<u64>>,
+    position_lists: Vec<Positions>,
     alert_state: Vec<i128>,
     /// Dimensioned metrics: the combination slots each account has events in, accounts in order
     /// of first appearance (the Python dict's order).
@@ -185,7 +186,7 @@ impl SeriesCells {
     /// the per-account slot lists are not counted).
     pub fn memory_bytes(&self) -> usize {
         let maps: usize = self.slots.iter().flat_map(|s| s.levels.iter()).map(CellMap::memory_bytes).sum();
-        let lists: usize = self.position_lists.iter().map(|l| l.capacity() * 8 + 24).sum();
+        let lists: usize = self.position_lists.iter().map(|l| l.memory_bytes() + 32).sum();
         maps + self.positions.capacity() * 8 + lists + self.alert_state.capacity() * 16
     }
 
@@ -256,13 +257,10 @@ impl SeriesCells {
         if word & LIST_TAG == 0 {
             if word != record {
                 self.positions[entry] = LIST_TAG | self.position_lists.len() as u64;
-                self.position_lists.push(vec![word, record]);
+                self.position_lists.push(Positions::from_sorted(&[word, record]));
             }
         } else {
-            let list = &mut self.position_lists[(word & !LIST_TAG) as usize];
-            if list.last() != Some(&record) {
-                list.push(record);
-            }
+            self.position_lists[(word & !LIST_TAG) as usize].push_new(record);
         }
     }
 
@@ -356,7 +354,7 @@ impl SeriesCells {
         if word & LIST_TAG == 0 {
             vec![word]
         } else {
-            self.position_lists[(word & !LIST_TAG) as usize].clone()
+            self.position_lists[(word & !LIST_TAG) as usize].to_vec()
         }
     }
 
@@ -456,7 +454,7 @@ impl SeriesCells {
                     Some([one]) => self.positions.push(*one),
                     Some([_, _, ..]) => {
                         self.positions.push(LIST_TAG | self.position_lists.len() as u64);
-                        self.position_lists.push(positions.expect("matched Some"));
+                        self.position_lists.push(Positions::from_sorted(&positions.expect("matched Some")));
                     }
                     _ => return Err("aggregates snapshot: a minute cell without record positions".to_owned()),
                 }

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cluster_client.types import AggValue, GroupValue, Period
+from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
 from .cells import agg_value, empty_cell
 from .native_series import NativeSeriesStore
@@ -58,10 +58,24 @@ class PartitionAggregates:
         fire, in order."""
         if not rows:
             return []
-        store = self._stores.get(spec.code)
-        if store is None or store.spec.generation != spec.generation:
-            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else self._series.new(spec)
-        return store.apply(rows, record_ref)
+        return self._store_for(spec).apply(rows, record_ref)
+
+    def apply_record(
+        self, spec: MetricSpec, rows: Sequence[EventRow], first_offset: int, record_ref: int
+    ) -> list[AlertRow]:
+        """:meth:`apply` for the rows of ``spec``'s metric among a stored record's rows (row ``i``
+        has offset ``first_offset + i``; at least one is of the metric): a native store reads
+        them where they are, the others get them as :data:`AppliedRow` tuples."""
+        store = self._store_for(spec)
+        if isinstance(store, NativeSeriesStore):
+            return store.apply_record(rows, first_offset, record_ref)
+        code = spec.code
+        applied = [
+            (account, value, t, props, op, first_offset + i)
+            for i, (account, row_code, value, t, props, op, _) in enumerate(rows)
+            if row_code == code
+        ]
+        return store.apply(applied, record_ref)
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, and that period."""
@@ -96,6 +110,13 @@ class PartitionAggregates:
     def forget_metric(self, code: str) -> None:
         """Drop the state of a deleted metric."""
         self._stores.pop(code, None)
+
+    def _store_for(self, spec: MetricSpec) -> _Store:
+        """The metric's store, a new one if it has none of this generation."""
+        store = self._stores.get(spec.code)
+        if store is None or store.spec.generation != spec.generation:
+            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else self._series.new(spec)
+        return store
 
     def _store(self, spec: MetricSpec) -> _Store | None:
         store = self._stores.get(spec.code)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
-from cluster_client.types import AggValue, GroupValue, Period
+from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
 from .combos import Combos
 from .grid import N_GRID_LEVELS
@@ -32,7 +32,7 @@ CellsType = Callable[..., Any]
 class NativeSeriesStore:
     """Pre-aggregated cells of one non-COUNT_UNIQUE metric, for every account of a partition, in Rust."""
 
-    __slots__ = ("_cells", "_combos", "apply", "spec")
+    __slots__ = ("_cells", "_combos", "apply", "apply_record", "spec")
 
     def __init__(self, spec: MetricSpec, cells_type: CellsType) -> None:
         self.spec = spec
@@ -42,6 +42,9 @@ class NativeSeriesStore:
         self.apply: Callable[[Sequence[AppliedRow], int], list[AlertRow]] = self._cells.apply
         """Apply one log record's rows of this metric (a list, offset order); return the alerts
         they fire (``SeriesStore.apply``)."""
+        self.apply_record: Callable[[Sequence[EventRow], int, int], list[AlertRow]] = self._cells.apply_record
+        """``(rows, first_offset, record_ref)``: :attr:`apply` for this metric's rows among a stored
+        record's ``EventRow`` rows (row ``i`` has offset ``first_offset + i``), read in place."""
         self._combos = Combos(spec.dims)
 
     # ------------------------------------------------------------------------------------ reads
