@@ -138,4 +138,13 @@ mod tests {
         }
         assert_eq!(map.find((99, 0)), None);
     }
+
+    #[test]
+    fn one_partition_s_accounts_spread_over_the_table() {
+        // They share mix64(account) % 64: the hash must not inherit that.
+        let accounts = (1..200_000u64).filter(|&a| crate::partitioning::partition_of(a, 64) == 9);
+        let slots: std::collections::HashSet<u64> =
+            accounts.take(1000).map(|a| hash((a, 29_538_720)) & 1023).collect();
+        assert!(slots.len() > 500, "{} of 1024 slots", slots.len());
+    }
 }

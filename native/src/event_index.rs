@@ -7,7 +7,9 @@
 //! grow past the log's end at capture, so reading the first `n` accounts' positions below that end
 //! later gives the index as it was.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::int_hash::IntMap;
 
 use crate::positions::Positions;
 
@@ -21,7 +23,7 @@ enum Hours {
 #[derive(Default)]
 pub struct EventIndex {
     accounts: Vec<(u64, Hours)>,
-    slot_of: HashMap<u64, u32>,
+    slot_of: IntMap<u64, u32>,
 }
 
 /// One account's (hour, positions) as a snapshot lists them.

@@ -15,6 +15,7 @@ pub mod dedup_key;
 pub mod dedup_table;
 pub mod event_index;
 pub mod ingest_request;
+pub mod int_hash;
 pub mod partitioning;
 pub mod positions;
 mod py_dedup_index;

@@ -354,7 +354,7 @@ impl PySeriesCells {
         guarded(|| {
             let n = self.captured_len(level, slot)?;
             Ok((0..n)
-                .filter(|&i| !(WIRE_MIN..=WIRE_MAX).contains(&self.cells.captured(level, slot, i).cell.sum()))
+                .filter(|&i| !(WIRE_MIN..=WIRE_MAX).contains(&self.cells.captured_cell(level, slot, i).sum()))
                 .collect())
         })
     }

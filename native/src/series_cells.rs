@@ -16,6 +16,7 @@ use std::collections::HashMap;
 
 use crate::cell::{Cell, Fold, TimeOrderedMerge};
 use crate::cell_map::{CellMap, Key};
+use crate::int_hash::IntMap;
 use crate::positions::Positions;
 
 pub const N_LEVELS: usize = 4;
@@ -128,7 +129,7 @@ struct Slot {
 /// A snapshot being packed: the maps' lengths at capture and the cells changed since.
 struct Capture {
     lengths: Vec<[usize; N_LEVELS]>,
-    saved: Vec<[HashMap<u32, SnapshotCell>; N_LEVELS]>,
+    saved: Vec<[IntMap<u32, SnapshotCell>; N_LEVELS]>,
 }
 
 pub struct SeriesCells {
@@ -142,7 +143,7 @@ pub struct SeriesCells {
     /// Dimensioned metrics: the combination slots each account has events in, accounts in order
     /// of first appearance (the Python dict's order).
     account_slots: Vec<(u64, Vec<u32>)>,
-    account_index: HashMap<u64, u32>,
+    account_index: IntMap<u64, u32>,
     pub first_minute: i64,
     pub last_minute: i64,
     capture: Option<Capture>,
@@ -163,7 +164,7 @@ impl SeriesCells {
             position_lists: Vec::new(),
             alert_state: Vec::new(),
             account_slots: Vec::new(),
-            account_index: HashMap::new(),
+            account_index: IntMap::default(),
             first_minute: NO_MINUTE,
             last_minute: -1,
             capture: None,
@@ -399,6 +400,14 @@ impl SeriesCells {
             return saved.clone();
         }
         self.live(level, slot, entry)
+    }
+
+    /// The statistics of cell `entry` of (level, slot) as they were at capture (no tail).
+    pub fn captured_cell(&self, level: usize, slot: usize, entry: usize) -> Cell {
+        match self.capture.as_ref().and_then(|c| c.saved[slot][level].get(&(entry as u32))) {
+            Some(saved) => saved.cell,
+            None => *self.slots[slot].levels[level].value(entry),
+        }
     }
 
     fn live(&self, level: usize, slot: usize, entry: usize) -> SnapshotCell {
