@@ -21,8 +21,10 @@ pub mod positions;
 mod py_dedup_index;
 mod py_event_index;
 mod py_partition_batch;
+mod py_rows;
 mod py_series_store;
 pub mod series_cells;
+pub mod thresholds;
 pub mod validation;
 pub mod wire;
 

@@ -8,11 +8,11 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString};
+use pyo3::types::PyString;
 
 use crate::event_index::{AccountEntry, EventIndex, HOUR_NS};
 use crate::guarded;
-use crate::py_series_store::row_item;
+use crate::py_rows::row_item;
 
 #[pyclass(module = "unimeter_native", name = "EventIndex")]
 #[derive(Default)]
@@ -51,7 +51,7 @@ impl PyEventIndex {
     fn add_record<'py>(
         &mut self,
         position: u64,
-        rows: &Bound<'py, PyList>,
+        rows: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<Bound<'py, PyString>>> {
         guarded(|| {
             let mut codes: Vec<Bound<'py, PyString>> = Vec::new();
@@ -92,10 +92,11 @@ impl PyEventIndex {
 
     /// An index from either engine's snapshot list; ValueError if it is not one.
     #[staticmethod]
-    fn from_snapshot(data: &Bound<'_, PyList>) -> PyResult<Self> {
+    fn from_snapshot(data: &Bound<'_, PyAny>) -> PyResult<Self> {
         guarded(|| {
             let mut index = EventIndex::default();
-            for entry in data.iter() {
+            for entry in data.try_iter()? {
+                let entry = entry?;
                 let account: u64 = row_item(&entry, 0)?.extract()?;
                 let mut hours = Vec::new();
                 for pair in row_item(&entry, 1)?.try_iter()? {

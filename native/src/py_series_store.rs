@@ -3,23 +3,18 @@
 //! `node/aggregation/native_series.py` wraps it into a store with the interface of `SeriesStore`.
 //! Conversion happens here only: applied rows in (the tuples `Partition._apply` builds), alert
 //! tuples out, and the snapshot's columns as the plain lists `SeriesStore.to_snapshot` packs, so
-//! the bytes are the same whichever engine wrote them. A row's period comes from the metric's
-//! Python `period_of` (time zones and calendars stay in one place), called only when an event
-//! falls outside the few periods seen last.
+//! the bytes are the same whichever engine wrote them. Rows are read through `py_rows`.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyList, PyString, PyTuple};
 
 use crate::cell::Cell;
 use crate::cell_map::Key;
 use crate::guarded;
-use crate::series_cells::{AggKind, Event, SeriesCells, SnapshotCell, Threshold, N_LEVELS};
+use crate::py_rows::{items, row_item, MetricRows, REMOVE};
+use crate::series_cells::{AggKind, Event, SeriesCells, SnapshotCell, N_LEVELS};
 
-/// Periods remembered for the events' lookups (a record's events mostly share one or two).
-const RECENT_PERIODS: usize = 8;
-/// `OperationType.REMOVE`.
-const REMOVE: i64 = 2;
 /// A cell's sum outside these goes to a snapshot as decimal strings (`cells.pack_cells`).
 const WIRE_MIN: i128 = i64::MIN as i128;
 const WIRE_MAX: i128 = u64::MAX as i128;
@@ -27,49 +22,16 @@ const WIRE_MAX: i128 = u64::MAX as i128;
 #[pyclass(module = "unimeter_native", name = "SeriesCells")]
 pub struct PySeriesCells {
     cells: SeriesCells,
-    code: Py<PyString>,
-    dims: Vec<Py<PyString>>,
-    threshold_codes: Vec<Py<PyString>>,
-    limits: Vec<i64>,
-    period_of: Py<PyAny>,
-    /// (start, end) of recently seen periods, the latest first.
-    recent: Vec<(i64, i128)>,
+    rows: MetricRows,
 }
 
 impl PySeriesCells {
-    fn period_start(&mut self, py: Python<'_>, time: i64) -> PyResult<i64> {
-        let t = i128::from(time);
-        if let Some(i) = self.recent.iter().position(|&(s, e)| i128::from(s) <= t && t < e) {
-            if i != 0 {
-                let found = self.recent.remove(i);
-                self.recent.insert(0, found);
-            }
-            return Ok(self.recent[0].0);
-        }
-        let (start, end): (i64, i128) = self.period_of.bind(py).call1((time,))?.extract()?;
-        self.recent.insert(0, (start, end));
-        self.recent.truncate(RECENT_PERIODS);
-        Ok(start)
-    }
-
     /// The slot of an event with these properties (`Combos.id_of` + 1; 0 without dimensions).
     fn slot_of(&mut self, py: Python<'_>, properties: &Bound<'_, PyAny>) -> PyResult<u32> {
-        if self.dims.is_empty() {
-            return Ok(0);
-        }
-        let mut key = Vec::with_capacity(self.dims.len());
-        let props = if properties.is_none() { None } else { Some(properties.cast::<PyDict>()?) };
-        for dim in &self.dims {
-            let value = match props {
-                Some(props) => props.get_item(dim.bind(py))?,
-                None => None,
-            };
-            key.push(match value {
-                Some(value) => value.extract::<String>()?,
-                None => String::new(),
-            });
-        }
-        Ok(self.cells.combos.id_of(key) + 1)
+        Ok(match self.rows.combination(py, properties)? {
+            Some(key) => self.cells.combos.id_of(key) + 1,
+            None => 0,
+        })
     }
 
     /// Apply resolved events; the alert rows they fire.
@@ -82,18 +44,16 @@ impl PySeriesCells {
         let mut fired = Vec::new();
         self.cells.apply(events, record, &mut fired);
         let out = PyList::empty(py);
-        for alert in fired {
-            let item = (
-                alert.account,
-                self.code.bind(py),
-                self.threshold_codes[alert.threshold].bind(py),
-                self.limits[alert.threshold],
-                alert.multiple,
-                alert.value,
-                alert.period_start,
-                alert.time,
-            );
-            out.append(item.into_pyobject(py)?)?;
+        for a in fired {
+            out.append(self.rows.alert_row(
+                py,
+                a.account,
+                a.threshold,
+                a.multiple,
+                a.value,
+                a.period_start,
+                a.time,
+            )?)?;
         }
         Ok(out)
     }
@@ -110,14 +70,6 @@ impl PySeriesCells {
         self.cells
             .captured_len(level, slot)
             .ok_or_else(|| PyValueError::new_err("no snapshot is being packed"))
-    }
-}
-
-/// Item `i` of a row: a tuple on the ingest path, a list where it came through msgpack.
-pub(crate) fn row_item<'py>(row: &Bound<'py, PyAny>, i: usize) -> PyResult<Bound<'py, PyAny>> {
-    match row.cast::<PyTuple>() {
-        Ok(tuple) => tuple.get_item(i),
-        Err(_) => row.get_item(i),
     }
 }
 
@@ -141,6 +93,7 @@ impl PySeriesCells {
     /// ``(code, value, recurring)``, and ``period_of(t) -> (start, end)``.
     #[new]
     fn new(
+        py: Python<'_>,
         agg_type: i64,
         code: Py<PyString>,
         dims: Vec<Py<PyString>>,
@@ -149,17 +102,10 @@ impl PySeriesCells {
     ) -> PyResult<Self> {
         let agg = AggKind::from_number(agg_type)
             .ok_or_else(|| PyValueError::new_err(format!("no cells for aggregation type {agg_type}")))?;
-        let rules = thresholds.iter().map(|&(_, limit, recurring)| Threshold { limit, recurring }).collect();
+        let recurring: Vec<bool> = thresholds.iter().map(|t| t.2).collect();
         let dimensioned = !dims.is_empty();
-        Ok(Self {
-            cells: SeriesCells::new(agg, rules, dimensioned),
-            code,
-            dims,
-            limits: thresholds.iter().map(|t| t.1).collect(),
-            threshold_codes: thresholds.into_iter().map(|t| t.0).collect(),
-            period_of,
-            recent: Vec::new(),
-        })
+        let rows = MetricRows::new(py, code, dims, thresholds, period_of)?;
+        Ok(Self { cells: SeriesCells::new(agg, rows.thresholds(&recurring), dimensioned), rows })
     }
 
     /// Apply one log record's rows ``(account, value, time, properties, operation, offset)`` in
@@ -181,7 +127,7 @@ impl PySeriesCells {
                     remove: row_item(&row, 4)?.extract::<i64>()? == REMOVE,
                     offset: row_item(&row, 5)?.extract()?,
                     slot: self.slot_of(py, &row_item(&row, 3)?)?,
-                    period_start: self.period_start(py, time)?,
+                    period_start: self.rows.period(py, time)?.0,
                 });
             }
             self.apply_events(py, &events, record)
@@ -199,13 +145,11 @@ impl PySeriesCells {
         record: u64,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
-            let code = self.code.clone_ref(py).into_bound(py);
-            let code_text = code.to_str()?.to_owned();
             let mut events = Vec::new();
             for (i, row) in rows.try_iter()?.enumerate() {
                 let row = row?;
                 let row_code = row_item(&row, 1)?;
-                if !row_code.is(&code) && row_code.cast::<PyString>()?.to_str()? != code_text {
+                if !self.rows.is_ours(py, &row_code)? {
                     continue;
                 }
                 let time: i64 = row_item(&row, 3)?.extract()?;
@@ -216,7 +160,7 @@ impl PySeriesCells {
                     remove: row_item(&row, 5)?.extract::<i64>()? == REMOVE,
                     offset: first_offset + i as i64,
                     slot: self.slot_of(py, &row_item(&row, 4)?)?,
-                    period_start: self.period_start(py, time)?,
+                    period_start: self.rows.period(py, time)?.0,
                 });
             }
             self.apply_events(py, &events, record)
@@ -365,43 +309,41 @@ impl PySeriesCells {
         &mut self,
         combos: Vec<Vec<String>>,
         extent: Vec<i64>,
-        levels: &Bound<'_, PyList>,
-        account_slots: &Bound<'_, PyList>,
+        levels: &Bound<'_, PyAny>,
+        account_slots: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         guarded(|| {
             for combo in combos {
-                if combo.len() != self.dims.len() {
+                if combo.len() != self.rows.dimension_count() {
                     return Err(PyValueError::new_err(
                         "aggregates snapshot: a combination of other dimensions",
                     ));
                 }
                 self.cells.combos.id_of(combo);
             }
+            let levels = items(levels)?;
             if levels.len() != N_LEVELS {
                 return Err(PyValueError::new_err("aggregates snapshot: not four levels"));
             }
             for (level, slots) in levels.iter().enumerate() {
-                let slots = slots.cast_into::<PyList>()?;
+                let slots = items(slots)?;
                 self.cells.reserve_slots(slots.len());
                 for (slot, columns) in slots.iter().enumerate() {
-                    let columns = columns.cast_into::<PyList>()?;
-                    if columns.len() != 4 {
+                    let columns = items(columns)?;
+                    let [accounts, second, cells, _big] = &columns[..] else {
                         return Err(PyValueError::new_err("aggregates snapshot: not four columns"));
-                    }
-                    let accounts: Vec<u64> = columns.get_item(0)?.extract()?;
-                    let second: Vec<i64> = columns.get_item(1)?.extract()?;
-                    let cells = columns.get_item(2)?.cast_into::<PyList>()?;
+                    };
+                    let accounts: Vec<u64> = accounts.extract()?;
+                    let second: Vec<i64> = second.extract()?;
+                    let cells = items(cells)?;
                     if accounts.len() != second.len() || accounts.len() != cells.len() {
                         return Err(PyValueError::new_err(
                             "aggregates snapshot: columns of different lengths",
                         ));
                     }
-                    for ((account, bucket), cell) in accounts.into_iter().zip(second).zip(cells.iter()) {
-                        let values = cell
-                            .cast_into::<PyList>()?
-                            .iter()
-                            .map(|v| snapshot_int(&v))
-                            .collect::<PyResult<Vec<i128>>>()?;
+                    for ((account, bucket), cell) in accounts.into_iter().zip(second).zip(cells) {
+                        let values =
+                            items(&cell)?.iter().map(snapshot_int).collect::<PyResult<Vec<i128>>>()?;
                         let bad = || PyValueError::new_err("aggregates snapshot: a bad cell");
                         let stats: [i128; 6] =
                             values.get(..6).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
@@ -418,12 +360,12 @@ impl PySeriesCells {
                 return Err(PyValueError::new_err("aggregates snapshot: a bad extent"));
             };
             (self.cells.first_minute, self.cells.last_minute) = (first, last);
-            for entry in account_slots.iter() {
-                let entry = entry.cast_into::<PyList>()?;
-                if entry.len() != 2 {
+            for entry in items(account_slots)? {
+                let entry = items(&entry)?;
+                let [account, slots] = &entry[..] else {
                     return Err(PyValueError::new_err("aggregates snapshot: a bad account slot list"));
-                }
-                self.cells.load_account_slots(entry.get_item(0)?.extract()?, entry.get_item(1)?.extract()?);
+                };
+                self.cells.load_account_slots(account.extract()?, slots.extract()?);
             }
             Ok(())
         })

@@ -18,6 +18,8 @@ use crate::cell::{Cell, Fold, TimeOrderedMerge};
 use crate::cell_map::{CellMap, Key};
 use crate::int_hash::IntMap;
 use crate::positions::Positions;
+pub use crate::thresholds::Threshold;
+use crate::thresholds::{evaluate, state_len};
 
 pub const N_LEVELS: usize = 4;
 pub const MINUTE_LEVEL: usize = 0;
@@ -59,12 +61,6 @@ impl AggKind {
             Self::Latest => i128::from(cell.last_value),
         }
     }
-}
-
-#[derive(Clone, Copy, Debug)]
-pub struct Threshold {
-    pub limit: i64,
-    pub recurring: bool,
 }
 
 /// One stored event of the metric, resolved: its combination slot and its period's start.
@@ -172,11 +168,7 @@ impl SeriesCells {
     }
 
     fn alert_stride(&self) -> usize {
-        if self.thresholds.is_empty() {
-            0
-        } else {
-            1 + self.thresholds.len()
-        }
+        state_len(&self.thresholds)
     }
 
     pub fn slot_count(&self) -> usize {
@@ -285,34 +277,16 @@ impl SeriesCells {
         let value = self.agg.value(periods.value(entry));
         let stride = self.alert_stride();
         let state = &mut self.alert_state[entry * stride..(entry + 1) * stride];
-        let mut flags = state[0];
-        for (i, threshold) in self.thresholds.iter().enumerate() {
-            let bit = 1i128 << i;
-            let limit = i128::from(threshold.limit);
-            if value < limit {
-                flags &= !bit; // fell back below: a one-shot threshold re-arms
-                continue;
-            }
-            let fire = |multiple| Alert {
+        evaluate(&self.thresholds, state, value, |threshold, multiple| {
+            alerts.push(Alert {
                 account: event.account,
-                threshold: i,
+                threshold,
                 multiple,
                 value,
                 period_start: event.period_start,
                 time: event.time,
-            };
-            if threshold.recurring {
-                let multiple = value / limit; // both positive here: floor division
-                if multiple > state[1 + i] {
-                    state[1 + i] = multiple;
-                    alerts.push(fire(multiple));
-                }
-            } else if flags & bit == 0 {
-                alerts.push(fire(1));
-            }
-            flags |= bit;
-        }
-        state[0] = flags;
+            })
+        });
     }
 
     // -------------------------------------------------------------------------------- reads
