@@ -106,7 +106,7 @@ class Partition:
         self.alert_log = storage.alerts
         self.last_offset = 0
         self._engine = config.engine
-        self.aggregates = PartitionAggregates(self._fetch_events, config.engine.series)
+        self.aggregates = PartitionAggregates(self._fetch_events, config.engine.stores)
         self.dedup = config.engine.new_dedup(config.dedup_window_ns)
         self.index = config.engine.new_index()
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
@@ -373,7 +373,7 @@ class Partition:
             return 0
         try:
             aggregates = PartitionAggregates.from_snapshot(
-                state.aggregates, self._fetch_events, self._specs, self._engine.series
+                state.aggregates, self._fetch_events, self._specs, self._engine.stores
             )
             dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth

@@ -3,11 +3,11 @@
 A :class:`PartitionEngine` is the set of parts a partition takes its per-event work from: the
 dedup index (a new one, and one loaded from a snapshot), the dedup key functions, the batch loop
 of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`), its
-counterpart in recovery's replay (:func:`python_replay_keys`), the stores of the COUNT, SUM,
-MAX and LATEST metrics' cells (``node/aggregation``'s ``SeriesStores``), the event index, and the
+counterpart in recovery's replay (:func:`python_replay_keys`), the aggregates' stores
+(``node/aggregation``'s ``StoreKinds``), the event index, and the
 step that applies a stored record to the index and the aggregates (:func:`python_apply_record`).
-``python`` is this module, ``node/dedup_index.py``, ``node/event_index.py`` and
-``node/aggregation/series.py``; ``native``
+``python`` is this module, ``node/dedup_index.py``, ``node/event_index.py``,
+``node/aggregation/series.py`` and ``unique.py``; ``native``
 is the same parts from the compiled ``unimeter_native`` extension (``native/``), which hold the
 same keys and cells, answer the same and write the same snapshot bytes, so a data directory moves
 between engines freely. The node
@@ -26,8 +26,9 @@ from typing import Any, Protocol
 from cluster_client.types import EventRow
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
-from .aggregation.aggregates import PYTHON_SERIES, SeriesStores
+from .aggregation.aggregates import PYTHON_STORES, StoreKinds
 from .aggregation.native_series import NativeSeriesStore
+from .aggregation.native_unique import NativeUniqueStore
 from .aggregation.snapshot_data import Chunked
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
@@ -224,8 +225,8 @@ def native_apply_record(
     spec_of: SpecOf,
 ) -> list[AlertRow]:
     """:func:`python_apply_record` on the native index and stores: the index reads the rows in
-    one call and names their metrics in order; each native store then reads its metric's rows in
-    one call (``PartitionAggregates.apply_record``). No Python object is made per event."""
+    one call and names their metrics in order; each store then reads its metric's rows in one
+    call (``PartitionAggregates.apply_record``). No Python object is made per event."""
     fired: list[AlertRow] = []
     for code in index.add_record(ref, rows):
         spec = spec_of(code)
@@ -248,8 +249,8 @@ class PartitionEngine:
     derived_key: DerivedKey
     dedup_batch: DedupBatch
     replay_keys: ReplayKeys
-    series: SeriesStores
-    """The stores of COUNT, SUM, MAX and LATEST metrics (their cells, apply step and snapshots)."""
+    stores: StoreKinds
+    """The aggregates' stores (their state, apply step and snapshots)."""
     new_index: Callable[[], RecordIndex]
     """A new, empty event index."""
     load_index: Callable[[list[list[Any]]], RecordIndex]
@@ -266,7 +267,7 @@ PYTHON = PartitionEngine(
     derived_key,
     python_dedup_batch,
     python_replay_keys,
-    PYTHON_SERIES,
+    PYTHON_STORES,
     EventIndex,
     EventIndex.from_snapshot,
     python_apply_record,
@@ -285,7 +286,7 @@ def partition_engine(name: str) -> PartitionEngine:
     except ImportError as exc:
         raise ValueError(f"the native engine needs {NATIVE_MODULE}, which cannot be loaded ({exc})") from exc
     index = module.DedupIndex
-    cells = module.SeriesCells
+    cells, sets = module.SeriesCells, module.UniqueSets
     native_index = module.EventIndex
     return PartitionEngine(
         "native",
@@ -295,9 +296,11 @@ def partition_engine(name: str) -> PartitionEngine:
         module.derived_key,
         module.dedup_batch,
         module.replay_keys,
-        SeriesStores(
+        StoreKinds(
             partial(NativeSeriesStore, cells_type=cells),
             partial(NativeSeriesStore.from_snapshot, cells_type=cells),
+            partial(NativeUniqueStore, sets_type=sets),
+            partial(NativeUniqueStore.from_snapshot, sets_type=sets),
         ),
         lambda: NativeEventIndex(native_index()),
         partial(NativeEventIndex.from_snapshot, native_index),

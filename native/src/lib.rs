@@ -23,8 +23,10 @@ mod py_event_index;
 mod py_partition_batch;
 mod py_rows;
 mod py_series_store;
+mod py_unique_store;
 pub mod series_cells;
 pub mod thresholds;
+pub mod unique_sets;
 pub mod validation;
 pub mod wire;
 
@@ -251,6 +253,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_dedup_index::PyDedupIndex>()?;
     m.add_class::<py_series_store::PySeriesCells>()?;
     m.add_class::<py_event_index::PyEventIndex>()?;
+    m.add_class::<py_unique_store::PyUniqueSets>()?;
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_batch, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;

@@ -1,8 +1,8 @@
 """The aggregation engine of one partition: one store per metric, pure in-memory, no I/O.
 
 :class:`PartitionAggregates` routes each call to the metric's store (bucketed cells for COUNT, SUM,
-MAX and LATEST, in Python or in Rust as the engine chose: :class:`SeriesStores`; member histories
-for COUNT_UNIQUE) and owns the snapshot format. A store belongs to one metric generation: a spec
+MAX and LATEST, member histories for COUNT_UNIQUE; in Python or in Rust as the engine chose:
+:class:`StoreKinds`) and owns the snapshot format. A store belongs to one metric generation: a spec
 of another generation (the metric was deleted and created again) finds an empty store, never the
 old one's state.
 """
@@ -16,39 +16,46 @@ from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
 from .cells import agg_value, empty_cell
 from .native_series import NativeSeriesStore
+from .native_unique import NativeUniqueStore
 from .series import SeriesStore
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .unique import UniqueStore
 
-__all__ = ["PYTHON_SERIES", "PartitionAggregates", "SeriesStores"]
+__all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds"]
 
 _SNAPSHOT_VERSION = 1
 _Series = SeriesStore | NativeSeriesStore
-_Store = _Series | UniqueStore
+_Unique = UniqueStore | NativeUniqueStore
+_Store = _Series | _Unique
+_Native = NativeSeriesStore | NativeUniqueStore
 
 
 @dataclass(frozen=True, slots=True)
-class SeriesStores:
-    """How the stores of COUNT, SUM, MAX and LATEST metrics are made: the engine's choice
-    (``node/partition_engine.py``). Both kinds hold the same cells and write the same snapshots."""
+class StoreKinds:
+    """How a partition's stores are made: the engine's choice (``node/partition_engine.py``). Both
+    engines' stores hold the same state and write the same snapshots."""
 
-    new: Callable[[MetricSpec], _Series]
-    """An empty store for a metric."""
-    load: Callable[[MetricSpec, Mapping[str, object]], _Series]
-    """A store from a snapshot's data for it (either kind's)."""
+    new_series: Callable[[MetricSpec], _Series]
+    """An empty store for a COUNT, SUM, MAX or LATEST metric."""
+    load_series: Callable[[MetricSpec, Mapping[str, object]], _Series]
+    """Such a store from a snapshot's data for it (either engine's)."""
+    new_unique: Callable[[MetricSpec], _Unique]
+    """An empty store for a COUNT_UNIQUE metric."""
+    load_unique: Callable[[MetricSpec, Mapping[str, object]], _Unique]
+    """Such a store from a snapshot's data for it (either engine's)."""
 
 
-PYTHON_SERIES = SeriesStores(SeriesStore, SeriesStore.from_snapshot)
+PYTHON_STORES = StoreKinds(SeriesStore, SeriesStore.from_snapshot, UniqueStore, UniqueStore.from_snapshot)
 
 
 class PartitionAggregates:
     """Every metric's aggregates for the accounts of one partition."""
 
-    __slots__ = ("_captured", "_fetch_events", "_series", "_stores")
+    __slots__ = ("_captured", "_fetch_events", "_kinds", "_stores")
 
-    def __init__(self, fetch_events: FetchEvents, series: SeriesStores = PYTHON_SERIES) -> None:
+    def __init__(self, fetch_events: FetchEvents, kinds: StoreKinds = PYTHON_STORES) -> None:
         self._fetch_events = fetch_events
-        self._series = series
+        self._kinds = kinds
         self._stores: dict[str, _Store] = {}
         self._captured: list[_Store] = []
         """Stores that are copy-on-write for the snapshot being packed."""
@@ -67,7 +74,7 @@ class PartitionAggregates:
         has offset ``first_offset + i``; at least one is of the metric): a native store reads
         them where they are, the others get them as :data:`AppliedRow` tuples."""
         store = self._store_for(spec)
-        if isinstance(store, NativeSeriesStore):
+        if isinstance(store, _Native):
             return store.apply_record(rows, first_offset, record_ref)
         code = spec.code
         applied = [
@@ -103,7 +110,7 @@ class PartitionAggregates:
         store = self._store(spec)
         if store is None or start >= end:
             return agg_value(spec.agg_type, empty_cell()), []
-        if isinstance(store, UniqueStore):
+        if isinstance(store, _Unique):
             return store.query(account_id, start, end, filters, group_by)
         return store.query(account_id, start, end, filters, group_by, self._fetch_events)
 
@@ -115,7 +122,10 @@ class PartitionAggregates:
         """The metric's store, a new one if it has none of this generation."""
         store = self._stores.get(spec.code)
         if store is None or store.spec.generation != spec.generation:
-            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else self._series.new(spec)
+            kinds = self._kinds
+            store = self._stores[spec.code] = (
+                kinds.new_unique(spec) if spec.unique else kinds.new_series(spec)
+            )
         return store
 
     def _store(self, spec: MetricSpec) -> _Store | None:
@@ -151,11 +161,11 @@ class PartitionAggregates:
         data: object,
         fetch_events: FetchEvents,
         specs: Mapping[str, MetricSpec],
-        series: SeriesStores = PYTHON_SERIES,
+        kinds: StoreKinds = PYTHON_STORES,
     ) -> PartitionAggregates:
         """Rebuild the state saved by :meth:`to_snapshot`, keeping only metrics whose code is in
         ``specs`` with the same generation (a deleted or re-created metric starts empty)."""
-        aggregates = cls(fetch_events, series)
+        aggregates = cls(fetch_events, kinds)
         if not isinstance(data, Mapping) or data.get("v") != _SNAPSHOT_VERSION:
             raise ValueError("unsupported aggregates snapshot")
         for code, generation, agg_type, state in data["metrics"]:
@@ -163,7 +173,7 @@ class PartitionAggregates:
             if spec is None or spec.generation != generation or int(spec.agg_type) != agg_type:
                 continue
             if spec.unique:
-                aggregates._stores[code] = UniqueStore.from_snapshot(spec, state)
+                aggregates._stores[code] = kinds.load_unique(spec, state)
             else:
-                aggregates._stores[code] = series.load(spec, state)
+                aggregates._stores[code] = kinds.load_series(spec, state)
         return aggregates

@@ -59,6 +59,15 @@ METRICS = (
     ),
     Metric("last", AggType.LATEST, period_type=PeriodType.DAY, time_zone="Australia/Lord_Howe"),
     Metric("seats", AggType.COUNT_UNIQUE),
+    Metric(
+        "members",
+        AggType.COUNT_UNIQUE,
+        period_type=PeriodType.CALENDAR,
+        time_zone="Asia/Kathmandu",
+        carry_over=True,
+        filters=(DimensionFilter("region", ("eu", "us")),),
+        thresholds=(AlertThreshold("three", 3),),
+    ),
 )
 RANGES = (
     (0, INT64_MAX),
@@ -66,7 +75,7 @@ RANGES = (
     (T + 5 * SEC, T + 3 * HOUR + 1),  # partial minutes at both edges
     (T - DAY + 3, T + DAY),  # across the month's start in Kathmandu
 )
-REMOVABLE = {"calls", "bytes", "seats"}
+REMOVABLE = {"calls", "bytes", "seats", "members"}
 
 
 def compile_metric(metric: Metric) -> MetricSpec:
@@ -134,8 +143,10 @@ class _Node:
         partition = self.node.partitions[0]
         native = engine == "native"
         assert type(partition.dedup).__module__ == ("unimeter_native" if native else "node.dedup_index")
-        store = partition.aggregates._series.new(compile_metric(METRICS[0]))
+        store = partition.aggregates._kinds.new_series(compile_metric(METRICS[0]))
         assert type(store).__name__ == ("NativeSeriesStore" if native else "SeriesStore")
+        unique = partition.aggregates._kinds.new_unique(compile_metric(METRICS[4]))
+        assert type(unique).__name__ == ("NativeUniqueStore" if native else "UniqueStore")
         assert type(partition.index).__name__ == ("NativeEventIndex" if native else "EventIndex")
 
     async def ingest(self, rows: list[EventRow], batch_id: str) -> list[tuple[list[int], int]]:
@@ -167,7 +178,7 @@ class _Node:
             for metric in METRICS:
                 code = metric.code
                 for start, end in RANGES:
-                    groups = ["region"] if code == "bytes" else []
+                    groups = ["region"] if code in ("bytes", "members") else []
                     out.append(await _answer(node.query(p, account, code, start, end, 0, {}, groups)))
                     if code == "bytes":
                         pro, both = {"tier": "pro"}, ["region", "tier"]

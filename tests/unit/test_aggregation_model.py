@@ -52,7 +52,7 @@ class Engine:
         self.records: dict[int, list[AppliedRow]] = {}
         # Restores go round the engines, starting with the one under test.
         at = ENGINES.index(engine)
-        self.engines = [partition_engine(e).series for e in ENGINES[at:] + ENGINES[:at]]
+        self.engines = [partition_engine(e).stores for e in ENGINES[at:] + ENGINES[:at]]
         self.aggregates = PartitionAggregates(self.fetch_events, self.engines[0])
         self.next_offset = 1
         self.fetched_refs = 0

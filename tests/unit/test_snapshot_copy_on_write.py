@@ -77,7 +77,7 @@ class Store:
     def __init__(self, metric: Metric, engine: str = "python") -> None:
         self.spec = MetricSpec.compile(metric, 1)
         self.dimensioned = bool(metric.filters)
-        self.aggregates = PartitionAggregates(lambda *_: [], partition_engine(engine).series)
+        self.aggregates = PartitionAggregates(lambda *_: [], partition_engine(engine).stores)
         self.offset = 0
         self.records = 0
 
