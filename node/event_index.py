@@ -5,20 +5,25 @@ index maps account → hour → record positions (each position once per hour, i
 
 Memory: one entry per (record, account, hour), which under load spread over many accounts is about
 one per stored event, for as long as the process runs; positions are packed
-(:mod:`.aggregation.positions`), 4 bytes each under 4 GiB of log.
+(:mod:`.aggregation.positions`), 4 bytes each under 4 GiB of log. :class:`EventIndex` is the Python
+engine's; :class:`NativeEventIndex` wraps the native engine's (``unimeter_native.EventIndex``,
+native/src/event_index.rs), which holds the same entries and writes the same snapshot lists.
 """
 
 from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from functools import partial
+from typing import Any, cast
+
+from cluster_client.types import EventRow
 
 from .aggregation.positions import positions_of, widened
 from .aggregation.snapshot_data import Chunked
 
-__all__ = ["HOUR_NS", "EventIndex"]
+__all__ = ["HOUR_NS", "EventIndex", "NativeEventIndex"]
 
 HOUR_NS = 3_600_000_000_000
 
@@ -106,6 +111,35 @@ class EventIndex:
             else:
                 index._accounts[int(account)] = {int(h): positions_of(refs) for h, refs in hours}
         return index
+
+
+class NativeEventIndex:
+    """The native engine's index: :class:`EventIndex`'s reads and snapshots, filled a whole record at
+    a time by :meth:`add_record` (no (account, hour) object per event)."""
+
+    __slots__ = ("_index",)
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+        """A ``unimeter_native.EventIndex`` (the extension ships no type stubs)."""
+
+    def add_record(self, record_ref: int, rows: Sequence[EventRow]) -> list[str]:
+        """Index a stored record's rows; return their metric codes in order of first appearance."""
+        return cast("list[str]", self._index.add_record(record_ref, rows))
+
+    def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
+        """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order."""
+        return iter(self._index.hours(account, start, end))
+
+    def to_snapshot(self, below: int) -> Chunked:
+        """:meth:`EventIndex.to_snapshot`'s data for the same entries: nothing copied now, every
+        account then indexed read as its chunk is packed, its positions at or past ``below`` cut."""
+        return Chunked(len(self._index), partial(self._index.chunk, below))
+
+    @classmethod
+    def from_snapshot(cls, index_type: Any, data: list[list[Any]]) -> NativeEventIndex:
+        """Rebuild an index saved by either engine (``index_type`` is ``unimeter_native.EventIndex``)."""
+        return cls(index_type.from_snapshot(data))
 
 
 def _items(hours: _Hours | None) -> list[tuple[int, array[int]]]:

@@ -32,7 +32,7 @@ from cluster_client.types import Alert, EventRow, OperationType, Period, QueryRe
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .alert_list import AlertList
 from .clock import SYSTEM_CLOCK, Clock
-from .event_index import HOUR_NS, EventIndex
+from .event_index import HOUR_NS
 from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog
 from .records import (
@@ -105,10 +105,10 @@ class Partition:
         self.events = storage.events
         self.alert_log = storage.alerts
         self.last_offset = 0
-        self.aggregates = PartitionAggregates(self._fetch_events)
         self._engine = config.engine
+        self.aggregates = PartitionAggregates(self._fetch_events, config.engine.stores)
         self.dedup = config.engine.new_dedup(config.dedup_window_ns)
-        self.index = EventIndex()
+        self.index = config.engine.new_index()
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
@@ -169,25 +169,9 @@ class Partition:
         if not rows:
             return []
         self.last_offset = first_offset + len(rows) - 1
-        by_metric: dict[str, list[AppliedRow]] = {}
-        hours: set[tuple[int, int]] = set()
-        add_hour = hours.add
-        offset = first_offset
-        for account, code, value, t, props, op, _ in rows:
-            group = by_metric.get(code)
-            if group is None:
-                group = by_metric[code] = []
-            group.append((account, value, t, props, op, offset))
-            add_hour((account, t // HOUR_NS))
-            offset += 1
-        self.index.add(ref, hours)
-        fired: list[_AlertRow] = []
-        for code, applied in by_metric.items():
-            spec = self._spec_of(code)
-            if spec is None or spec.generation != gens[code]:
-                continue  # the metric was deleted (and maybe re-created) after this record
-            fired.extend(self.aggregates.apply(spec, applied, ref))
-        return fired
+        return self._engine.apply_record(
+            self.index, self.aggregates, ref, first_offset, gens, rows, self._spec_of
+        )
 
     def _log_alerts(self, event_first_offset: int, fired: list[_AlertRow], record_time: int) -> None:
         """Give alerts their offsets and append them, as one record, to the alert log."""
@@ -388,14 +372,16 @@ class Partition:
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
             return 0
         try:
-            aggregates = PartitionAggregates.from_snapshot(state.aggregates, self._fetch_events, self._specs)
+            aggregates = PartitionAggregates.from_snapshot(
+                state.aggregates, self._fetch_events, self._specs, self._engine.stores
+            )
             dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
         self.aggregates = aggregates
         self.dedup = dedup
-        self.index = EventIndex.from_snapshot(state.index)
+        self.index = self._engine.load_index(state.index)
         self.last_offset = state.last_offset
         self._last_arrival = state.last_arrival
         self.last_snapshot_time = written_at

@@ -2,11 +2,15 @@
 
 A :class:`PartitionEngine` is the set of parts a partition takes its per-event work from: the
 dedup index (a new one, and one loaded from a snapshot), the dedup key functions, the batch loop
-of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`) and its
-counterpart in recovery's replay (:func:`python_replay_keys`).
-``python`` is this module and ``node/dedup_index.py``; ``native`` is the same parts from the
-compiled ``unimeter_native`` extension (``native/``), which hold the same keys, answer the same
-and write the same snapshot bytes, so a data directory moves between engines freely. The node
+of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`), its
+counterpart in recovery's replay (:func:`python_replay_keys`), the aggregates' stores
+(``node/aggregation``'s ``StoreKinds``), the event index, and the
+step that applies a stored record to the index and the aggregates (:func:`python_apply_record`).
+``python`` is this module, ``node/dedup_index.py``, ``node/event_index.py``,
+``node/aggregation/series.py`` and ``unique.py``; ``native``
+is the same parts from the compiled ``unimeter_native`` extension (``native/``), which hold the
+same keys and cells, answer the same and write the same snapshot bytes, so a data directory moves
+between engines freely. The node
 gets the engine's name from its config (the server passes the ingest engine it chose,
 ``service/ingest_engine.py``). Not here: what a partition does with the parts (``node.partition``).
 """
@@ -14,21 +18,30 @@ gets the engine's name from its config (the server passes the ingest engine it c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from cluster_client.types import EventRow
 
-from .aggregation import MetricSpec
+from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from .aggregation.aggregates import PYTHON_STORES, StoreKinds
+from .aggregation.native_series import NativeSeriesStore
+from .aggregation.native_unique import NativeUniqueStore
+from .aggregation.snapshot_data import Chunked
 from .dedup_index import DedupIndex, derived_key, event_key
+from .event_index import HOUR_NS, EventIndex, NativeEventIndex
 
 __all__ = [
     "PARTITION_ENGINES",
     "BatchDedup",
     "DedupTable",
     "PartitionEngine",
+    "RecordIndex",
+    "native_apply_record",
     "partition_engine",
+    "python_apply_record",
     "python_dedup_batch",
     "python_replay_keys",
 ]
@@ -154,6 +167,75 @@ def python_replay_keys(
     return keys, offsets
 
 
+class RecordIndex(Protocol):
+    """What a partition reads of its event index (``node.event_index.EventIndex`` documents it)."""
+
+    def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]: ...
+
+    def to_snapshot(self, below: int) -> Chunked: ...
+
+
+SpecOf = Callable[[str], "MetricSpec | None"]
+RecordApply = Callable[
+    [Any, PartitionAggregates, int, int, dict[str, int], Sequence[EventRow], SpecOf], list[AlertRow]
+]
+"""``(index, aggregates, record_ref, first_offset, generations, rows, spec_of) -> alerts``."""
+
+
+def python_apply_record(
+    index: EventIndex,
+    aggregates: PartitionAggregates,
+    ref: int,
+    first_offset: int,
+    gens: dict[str, int],
+    rows: Sequence[EventRow],
+    spec_of: SpecOf,
+) -> list[AlertRow]:
+    """The reference apply step of a stored record (row ``i`` has offset ``first_offset + i``):
+    its (account, hour) pairs into the event index, in order of first appearance; its rows grouped
+    by metric, in order of first appearance, each group applied to the aggregates if the metric
+    still has the record's generation. Returns the alerts they fire, in order."""
+    by_metric: dict[str, list[AppliedRow]] = {}
+    hours: dict[tuple[int, int], None] = {}  # an ordered set: the index keeps accounts in row order
+    offset = first_offset
+    for account, code, value, t, props, op, _ in rows:
+        group = by_metric.get(code)
+        if group is None:
+            group = by_metric[code] = []
+        group.append((account, value, t, props, op, offset))
+        hours[(account, t // HOUR_NS)] = None
+        offset += 1
+    index.add(ref, hours)
+    fired: list[AlertRow] = []
+    for code, applied in by_metric.items():
+        spec = spec_of(code)
+        if spec is None or spec.generation != gens[code]:
+            continue  # the metric was deleted (and maybe re-created) after this record
+        fired.extend(aggregates.apply(spec, applied, ref))
+    return fired
+
+
+def native_apply_record(
+    index: NativeEventIndex,
+    aggregates: PartitionAggregates,
+    ref: int,
+    first_offset: int,
+    gens: dict[str, int],
+    rows: Sequence[EventRow],
+    spec_of: SpecOf,
+) -> list[AlertRow]:
+    """:func:`python_apply_record` on the native index and stores: the index reads the rows in
+    one call and names their metrics in order; each store then reads its metric's rows in one
+    call (``PartitionAggregates.apply_record``). No Python object is made per event."""
+    fired: list[AlertRow] = []
+    for code in index.add_record(ref, rows):
+        spec = spec_of(code)
+        if spec is None or spec.generation != gens[code]:
+            continue
+        fired.extend(aggregates.apply_record(spec, rows, first_offset, ref))
+    return fired
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionEngine:
     """The parts of one engine."""
@@ -167,6 +249,14 @@ class PartitionEngine:
     derived_key: DerivedKey
     dedup_batch: DedupBatch
     replay_keys: ReplayKeys
+    stores: StoreKinds
+    """The aggregates' stores (their state, apply step and snapshots)."""
+    new_index: Callable[[], RecordIndex]
+    """A new, empty event index."""
+    load_index: Callable[[list[list[Any]]], RecordIndex]
+    """An event index from a snapshot's index part (either engine's)."""
+    apply_record: RecordApply
+    """A stored record into the event index and the aggregates."""
 
 
 PYTHON = PartitionEngine(
@@ -177,6 +267,10 @@ PYTHON = PartitionEngine(
     derived_key,
     python_dedup_batch,
     python_replay_keys,
+    PYTHON_STORES,
+    EventIndex,
+    EventIndex.from_snapshot,
+    python_apply_record,
 )
 
 
@@ -192,6 +286,8 @@ def partition_engine(name: str) -> PartitionEngine:
     except ImportError as exc:
         raise ValueError(f"the native engine needs {NATIVE_MODULE}, which cannot be loaded ({exc})") from exc
     index = module.DedupIndex
+    cells, sets = module.SeriesCells, module.UniqueSets
+    native_index = module.EventIndex
     return PartitionEngine(
         "native",
         index,
@@ -200,4 +296,13 @@ def partition_engine(name: str) -> PartitionEngine:
         module.derived_key,
         module.dedup_batch,
         module.replay_keys,
+        StoreKinds(
+            partial(NativeSeriesStore, cells_type=cells),
+            partial(NativeSeriesStore.from_snapshot, cells_type=cells),
+            partial(NativeUniqueStore, sets_type=sets),
+            partial(NativeUniqueStore.from_snapshot, sets_type=sets),
+        ),
+        lambda: NativeEventIndex(native_index()),
+        partial(NativeEventIndex.from_snapshot, native_index),
+        native_apply_record,
     )

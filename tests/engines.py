@@ -7,9 +7,9 @@ clock-jump tests run once per entry of :data:`TARGETS`. An entry says how to run
 two ways: the extra ``unimeter serve`` flags that select it (for the tests that run real
 processes) and the factory of an in-process node (for the tests that drive a node directly).
 Adding an engine or a backend to the net is adding one line here. The native engine decodes,
-validates and splits ingest requests in the server and runs the partitions' dedup index, keys and
-per-event ingest loop (``node/partition_engine.py``), so its in-process node is a node with
-``engine="native"``.
+validates and splits ingest requests in the server and runs the partitions' dedup index, keys,
+per-event ingest loop, event index and aggregate cells (``node/partition_engine.py``), so its
+in-process node is a node with ``engine="native"``.
 """
 
 from __future__ import annotations

@@ -9,12 +9,24 @@
 //! per-event dedup loops of ingest and replay over it (`py_partition_batch`). The Python-facing
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
+pub mod cell;
+pub mod cell_map;
 pub mod dedup_key;
 pub mod dedup_table;
+pub mod event_index;
 pub mod ingest_request;
+pub mod int_hash;
 pub mod partitioning;
+pub mod positions;
 mod py_dedup_index;
+mod py_event_index;
 mod py_partition_batch;
+mod py_rows;
+mod py_series_store;
+mod py_unique_store;
+pub mod series_cells;
+pub mod thresholds;
+pub mod unique_sets;
 pub mod validation;
 pub mod wire;
 
@@ -239,6 +251,9 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
     m.add_function(wrap_pyfunction!(derived_key, m)?)?;
     m.add_class::<py_dedup_index::PyDedupIndex>()?;
+    m.add_class::<py_series_store::PySeriesCells>()?;
+    m.add_class::<py_event_index::PyEventIndex>()?;
+    m.add_class::<py_unique_store::PyUniqueSets>()?;
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_batch, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;

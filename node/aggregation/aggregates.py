@@ -1,35 +1,61 @@
 """The aggregation engine of one partition: one store per metric, pure in-memory, no I/O.
 
 :class:`PartitionAggregates` routes each call to the metric's store (bucketed cells for COUNT, SUM,
-MAX and LATEST; member histories for COUNT_UNIQUE) and owns the snapshot format. A store belongs to
-one metric generation: a spec of another generation (the metric was deleted and created again)
-finds an empty store, never the old one's state.
+MAX and LATEST, member histories for COUNT_UNIQUE; in Python or in Rust as the engine chose:
+:class:`StoreKinds`) and owns the snapshot format. A store belongs to one metric generation: a spec
+of another generation (the metric was deleted and created again) finds an empty store, never the
+old one's state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from cluster_client.types import AggValue, GroupValue, Period
+from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
 from .cells import agg_value, empty_cell
+from .native_series import NativeSeriesStore
+from .native_unique import NativeUniqueStore
 from .series import SeriesStore
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .unique import UniqueStore
 
-__all__ = ["PartitionAggregates"]
+__all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds"]
 
 _SNAPSHOT_VERSION = 1
-_Store = SeriesStore | UniqueStore
+_Series = SeriesStore | NativeSeriesStore
+_Unique = UniqueStore | NativeUniqueStore
+_Store = _Series | _Unique
+_Native = NativeSeriesStore | NativeUniqueStore
+
+
+@dataclass(frozen=True, slots=True)
+class StoreKinds:
+    """How a partition's stores are made: the engine's choice (``node/partition_engine.py``). Both
+    engines' stores hold the same state and write the same snapshots."""
+
+    new_series: Callable[[MetricSpec], _Series]
+    """An empty store for a COUNT, SUM, MAX or LATEST metric."""
+    load_series: Callable[[MetricSpec, Mapping[str, object]], _Series]
+    """Such a store from a snapshot's data for it (either engine's)."""
+    new_unique: Callable[[MetricSpec], _Unique]
+    """An empty store for a COUNT_UNIQUE metric."""
+    load_unique: Callable[[MetricSpec, Mapping[str, object]], _Unique]
+    """Such a store from a snapshot's data for it (either engine's)."""
+
+
+PYTHON_STORES = StoreKinds(SeriesStore, SeriesStore.from_snapshot, UniqueStore, UniqueStore.from_snapshot)
 
 
 class PartitionAggregates:
     """Every metric's aggregates for the accounts of one partition."""
 
-    __slots__ = ("_captured", "_fetch_events", "_stores")
+    __slots__ = ("_captured", "_fetch_events", "_kinds", "_stores")
 
-    def __init__(self, fetch_events: FetchEvents) -> None:
+    def __init__(self, fetch_events: FetchEvents, kinds: StoreKinds = PYTHON_STORES) -> None:
         self._fetch_events = fetch_events
+        self._kinds = kinds
         self._stores: dict[str, _Store] = {}
         self._captured: list[_Store] = []
         """Stores that are copy-on-write for the snapshot being packed."""
@@ -39,10 +65,24 @@ class PartitionAggregates:
         fire, in order."""
         if not rows:
             return []
-        store = self._stores.get(spec.code)
-        if store is None or store.spec.generation != spec.generation:
-            store = self._stores[spec.code] = UniqueStore(spec) if spec.unique else SeriesStore(spec)
-        return store.apply(rows, record_ref)
+        return self._store_for(spec).apply(rows, record_ref)
+
+    def apply_record(
+        self, spec: MetricSpec, rows: Sequence[EventRow], first_offset: int, record_ref: int
+    ) -> list[AlertRow]:
+        """:meth:`apply` for the rows of ``spec``'s metric among a stored record's rows (row ``i``
+        has offset ``first_offset + i``; at least one is of the metric): a native store reads
+        them where they are, the others get them as :data:`AppliedRow` tuples."""
+        store = self._store_for(spec)
+        if isinstance(store, _Native):
+            return store.apply_record(rows, first_offset, record_ref)
+        code = spec.code
+        applied = [
+            (account, value, t, props, op, first_offset + i)
+            for i, (account, row_code, value, t, props, op, _) in enumerate(rows)
+            if row_code == code
+        ]
+        return store.apply(applied, record_ref)
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, and that period."""
@@ -70,13 +110,23 @@ class PartitionAggregates:
         store = self._store(spec)
         if store is None or start >= end:
             return agg_value(spec.agg_type, empty_cell()), []
-        if isinstance(store, UniqueStore):
+        if isinstance(store, _Unique):
             return store.query(account_id, start, end, filters, group_by)
         return store.query(account_id, start, end, filters, group_by, self._fetch_events)
 
     def forget_metric(self, code: str) -> None:
         """Drop the state of a deleted metric."""
         self._stores.pop(code, None)
+
+    def _store_for(self, spec: MetricSpec) -> _Store:
+        """The metric's store, a new one if it has none of this generation."""
+        store = self._stores.get(spec.code)
+        if store is None or store.spec.generation != spec.generation:
+            kinds = self._kinds
+            store = self._stores[spec.code] = (
+                kinds.new_unique(spec) if spec.unique else kinds.new_series(spec)
+            )
+        return store
 
     def _store(self, spec: MetricSpec) -> _Store | None:
         store = self._stores.get(spec.code)
@@ -107,11 +157,15 @@ class PartitionAggregates:
 
     @classmethod
     def from_snapshot(
-        cls, data: object, fetch_events: FetchEvents, specs: Mapping[str, MetricSpec]
+        cls,
+        data: object,
+        fetch_events: FetchEvents,
+        specs: Mapping[str, MetricSpec],
+        kinds: StoreKinds = PYTHON_STORES,
     ) -> PartitionAggregates:
         """Rebuild the state saved by :meth:`to_snapshot`, keeping only metrics whose code is in
         ``specs`` with the same generation (a deleted or re-created metric starts empty)."""
-        aggregates = cls(fetch_events)
+        aggregates = cls(fetch_events, kinds)
         if not isinstance(data, Mapping) or data.get("v") != _SNAPSHOT_VERSION:
             raise ValueError("unsupported aggregates snapshot")
         for code, generation, agg_type, state in data["metrics"]:
@@ -119,7 +173,7 @@ class PartitionAggregates:
             if spec is None or spec.generation != generation or int(spec.agg_type) != agg_type:
                 continue
             if spec.unique:
-                aggregates._stores[code] = UniqueStore.from_snapshot(spec, state)
+                aggregates._stores[code] = kinds.load_unique(spec, state)
             else:
-                aggregates._stores[code] = SeriesStore.from_snapshot(spec, state)
+                aggregates._stores[code] = kinds.load_series(spec, state)
         return aggregates

@@ -30,17 +30,15 @@ from .cells import (
     MAX,
     N_STATS,
     SUM,
-    agg_value,
-    empty_cell,
-    fold_row,
     merge_cells,
     pack_cells,
     unpack_cells,
 )
 from .combos import Combos
-from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL, plan_range
+from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL
 from .keys import grid_base, join_keys, period_key, split_keys
 from .positions import positions_of, tail_positions, widened, with_packed_tail
+from .series_reads import series_query, series_realtime
 from .snapshot_data import Chunked, Deferred
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .thresholds import alert_slots, evaluate
@@ -252,13 +250,7 @@ class SeriesStore:
 
     def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
-        spec = self.spec
-        p_start, p_end = spec.periods.period_of(now_ns)
-        cell = self.levels[PERIOD_LEVEL][0].get(period_key(account_id, p_start))
-        if cell is None:
-            return agg_value(spec.agg_type, empty_cell()), Period(p_start, p_end)
-        flags = cell[N_STATS] if spec.thresholds else 0
-        return agg_value(spec.agg_type, cell, flags), Period(p_start, p_end)
+        return series_realtime(self, account_id, now_ns)
 
     def query(
         self,
@@ -270,111 +262,33 @@ class SeriesStore:
         fetch_events: FetchEvents,
     ) -> tuple[AggValue, list[GroupValue]]:
         """The aggregate over ``[start, end)`` after ``filters``, and one per ``group_by`` group."""
-        spec = self.spec
-        levels = self.levels
-        p_start, p_end = spec.periods.period_of(start)
-        exact = p_start == start and p_end == end
+        return series_query(self, account_id, start, end, filters, group_by, fetch_events)
 
-        # Which slots answer: the total when unfiltered, else the account's matching combinations.
-        combos = self.combos
-        group_of: dict[int, tuple[str, ...]] = {}
-        if filters or group_by:
-            used = self.account_slots.get(account_id, [])
-            selected = [s for s in used if combos.matches(s - 1, filters)] if filters else list(used)
-            if group_by:
-                projection = combos.projection(group_by)
-                group_of = {s: projection[s - 1] for s in selected}
-            main_slots = selected if filters else [0]
-        else:
-            main_slots = [0]
-        wanted = set(main_slots) | set(group_of)
+    # The lookups of :class:`.series_reads.SeriesCellsView`.
 
-        # Whole buckets: one key list per segment, shared by every slot.
-        found: dict[int, list[list[int]]] = {slot: [] for slot in wanted}
-        raw: list[tuple[int, int, int]] = []
-        if exact:
-            segments = [(PERIOD_LEVEL, [period_key(account_id, p_start)])]
-        else:
-            # Clipping changes no answer (no event lies outside) but bounds the walk.
-            start = max(start, self.first_minute * MINUTE)
-            end = min(end, (self.last_minute + 1) * MINUTE)
-            plan = plan_range(start, end, spec.periods if spec.long_periods else None)
-            raw = plan.raw
-            base = grid_base(account_id)
-            segments = [
-                (level, [period_key(account_id, s) for s in idx])
-                if level == PERIOD_LEVEL
-                else (level, [base + i for i in idx])
-                for level, idx in plan.segments
-            ]
-        for slot, cells in found.items():
-            for level, keys in segments:
-                cells.extend([c for c in map(levels[level][slot].get, keys) if c is not None])
+    def slots_of(self, account_id: int) -> Sequence[int]:
+        return self.account_slots.get(account_id, [])
 
-        # Partial minutes at the edges: fold the raw events of the records that fed those minutes.
-        with_sum = spec.agg_type is AggType.SUM
-        main_raw: list[int] | None = None
-        group_raw: dict[tuple[str, ...], list[int]] = {}
-        if raw:
-            main_set = set(main_slots)
-            for _, value, t, props, op, offset in self._edge_rows(account_id, raw, fetch_events):
-                if group_of or filters:
-                    combo = combos.find(props)
-                    slot = -1 if combo is None else combo + 1
-                    group = group_of.get(slot)
-                    if group is not None:
-                        cell = group_raw.get(group)
-                        if cell is None:
-                            cell = group_raw[group] = empty_cell()
-                        fold_row(cell, value, t, op, offset, with_sum)
-                    if filters and slot not in main_set:
-                        continue
-                if main_raw is None:
-                    main_raw = empty_cell()
-                fold_row(main_raw, value, t, op, offset, with_sum)
-
-        # Merge each slot's cells first (they are in time order: the cheap "last" scan applies),
-        # then the few per-slot results into each answer.
-        agg = spec.agg_type
-        merged = {slot: merge_cells(cells, latest_last=True) for slot, cells in found.items() if cells}
-        parts = [merged[slot] for slot in main_slots if slot in merged]
-        if main_raw is not None:
-            parts.append(main_raw)
-        main = merge_cells(parts)
-        flags = 0
-        if exact and not filters and spec.thresholds:
-            total = levels[PERIOD_LEVEL][0].get(period_key(account_id, p_start))
-            flags = total[N_STATS] if total is not None else 0
-        groups: list[GroupValue] = []
-        if group_by:
-            by_group: dict[tuple[str, ...], list[list[int]]] = {}
-            for slot, group in group_of.items():
-                if slot in merged:
-                    by_group.setdefault(group, []).append(merged[slot])
-            for group, cell in group_raw.items():
-                by_group.setdefault(group, []).append(cell)
-            groups = [
-                GroupValue(
-                    dict(zip(group_by, group, strict=True)), agg_value(agg, merge_cells(by_group[group]))
-                )
-                for group in sorted(by_group)
-            ]
-        return agg_value(agg, main, flags), groups
-
-    def _edge_rows(
-        self, account_id: int, raw: list[tuple[int, int, int]], fetch_events: FetchEvents
-    ) -> list[AppliedRow]:
-        """The account's events inside the raw windows, read back from the records that hold them."""
-        minutes = self.levels[0][0]
+    def merged(self, account_id: int, slot: int, segments: list[tuple[int, list[int]]]) -> list[int] | None:
+        cells: list[list[int]] = []
         base = grid_base(account_id)
-        refs: list[int] = []
-        for minute, _, _ in raw:
-            cell = minutes.get(base + minute)
-            if cell is not None:
-                refs.extend(r for r in tail_positions(cell, N_STATS) if r not in refs)
-        if not refs:
-            return []
-        return fetch_events(refs, account_id, self.spec.code, [(lo, hi) for _, lo, hi in raw])
+        for level, idx in segments:
+            if level == PERIOD_LEVEL:
+                keys = [period_key(account_id, s) for s in idx]
+            else:
+                keys = [base + i for i in idx]
+            cells.extend([c for c in map(self.levels[level][slot].get, keys) if c is not None])
+        return merge_cells(cells, latest_last=True) if cells else None
+
+    def total(self, account_id: int, period_start: int) -> tuple[list[int], int] | None:
+        cell = self.levels[PERIOD_LEVEL][0].get(period_key(account_id, period_start))
+        if cell is None:
+            return None
+        return cell[:N_STATS], cell[N_STATS] if self.spec.thresholds else 0
+
+    def minute_positions(self, account_id: int, minute: int) -> Sequence[int]:
+        cell = self.levels[0][0].get(grid_base(account_id) + minute)
+        return () if cell is None else tail_positions(cell, N_STATS)
 
     # --------------------------------------------------------------------------------- snapshot
 

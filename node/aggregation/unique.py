@@ -19,11 +19,12 @@ from typing import Any, cast
 
 from cluster_client.types import AggValue, GroupValue, Period
 
-from .cells import COUNT, LAST_OFFSET, LAST_TIME, LAST_VALUE, MAX, N_STATS, agg_value, empty_cell
+from .cells import COUNT, LAST_OFFSET, LAST_TIME, LAST_VALUE, MAX, N_STATS, empty_cell
 from .combos import Combos
 from .snapshot_data import Chunked
 from .spec import AlertRow, AppliedRow, MetricSpec
 from .thresholds import alert_slots, evaluate
+from .unique_reads import Scan, unique_query, unique_realtime
 from .untracked import untracked
 
 __all__ = ["UniqueStore"]
@@ -130,24 +131,7 @@ class UniqueStore:
 
     def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
-        spec = self.spec
-        p_start, p_end = spec.periods.period_of(now_ns)
-        cell, flags = self._period_cell(account_id, p_start)
-        return agg_value(spec.agg_type, cell, flags), Period(p_start, p_end)
-
-    def _period_cell(self, account_id: int, p_start: int) -> tuple[list[int], int]:
-        """The period row's statistics and alert flags (a carried-over set if it has no row)."""
-        acc = self.accounts.get(account_id)
-        if acc is None:
-            return empty_cell(), 0
-        j = bisect_left(acc.starts, p_start)
-        if j < len(acc.starts) and acc.starts[j] == p_start:
-            row = acc.rows[j]
-            return row[:N_STATS], row[N_STATS] if self.spec.thresholds else 0
-        if self.spec.carry_over and j:
-            # No event in this period: the set is the one at the end of the last period with events.
-            return acc.rows[j - 1][:N_STATS], 0
-        return empty_cell(), 0
+        return unique_realtime(self, account_id, now_ns)
 
     def query(
         self,
@@ -159,29 +143,34 @@ class UniqueStore:
     ) -> tuple[AggValue, list[GroupValue]]:
         """The set over ``[start, end)`` (with carry_over: every event before ``end``), after
         ``filters``, and one per ``group_by`` group."""
-        spec = self.spec
-        agg = spec.agg_type
-        p_start, p_end = spec.periods.period_of(start)
-        exact = p_start == start and p_end == end
-        if exact and not filters and not group_by:
-            cell, flags = self._period_cell(account_id, p_start)
-            return agg_value(agg, cell, flags), []
-        flags = self._period_cell(account_id, p_start)[1] if exact and not filters else 0
+        return unique_query(self, account_id, start, end, filters, group_by)
+
+    # The lookups of :class:`.unique_reads.UniqueSetsView`.
+
+    def period_row(self, account_id: int, period_start: int) -> tuple[list[int], int]:
         acc = self.accounts.get(account_id)
         if acc is None:
-            return agg_value(agg, empty_cell(), flags), []
-        lo = None if spec.carry_over else start
+            return empty_cell(), 0
+        j = bisect_left(acc.starts, period_start)
+        if j < len(acc.starts) and acc.starts[j] == period_start:
+            row = acc.rows[j]
+            return row[:N_STATS], row[N_STATS] if self.spec.thresholds else 0
+        if self.spec.carry_over and j:
+            # No event in this period: the set is the one at the end of the last period with events.
+            return acc.rows[j - 1][:N_STATS], 0
+        return empty_cell(), 0
 
-        # combination -> whether it feeds the main answer, and its group (None: no group_by)
-        combos = self.combos
-        wanted = [not filters or combos.matches(c, filters) for c in range(len(combos.values))]
-        projection = combos.projection(group_by) if group_by else []
-
+    def scan(
+        self, account_id: int, lo: int | None, end: int, wanted: list[bool], group_of: list[int | None]
+    ) -> Scan | None:
+        acc = self.accounts.get(account_id)
+        if acc is None:
+            return None
         main = empty_cell()
-        groups: dict[tuple[str, ...], list[int]] = {}
+        groups: dict[int, list[int]] = {}
         for member, history in acc.members.items():
             main_last: bool | None = None
-            group_last: dict[tuple[str, ...], bool] = {}
+            group_last: dict[int, bool] = {}
             for i in range(0, len(history), 3):
                 t = history[i]
                 if t >= end:
@@ -196,8 +185,8 @@ class UniqueStore:
                 main_last = add
                 if add:
                     _note_add_any(main, member, t, history[i + 1])
-                if group_by:
-                    group = projection[combo]
+                group = group_of[combo]
+                if group is not None:
                     group_last[group] = add
                     group_cell = groups.get(group)
                     if group_cell is None:
@@ -209,11 +198,7 @@ class UniqueStore:
             for group, present in group_last.items():
                 if present:
                     groups[group][COUNT] += 1
-        result = [
-            GroupValue(dict(zip(group_by, group, strict=True)), agg_value(agg, groups[group]))
-            for group in sorted(groups)
-        ]
-        return agg_value(agg, main, flags), result
+        return main, list(groups.items())
 
     # --------------------------------------------------------------------------------- snapshot
 

@@ -5,7 +5,10 @@ in UTC or America/New_York, 0-2 dimensions, thresholds), then runs a random prog
 (records of a few rows with late and out-of-order times, corrections where the type allows them),
 range queries (nanosecond-unaligned, on period and bucket boundaries, filters, group_by), realtime
 reads and snapshot/restore (through msgpack). Every answer and the whole alert sequence must equal
-the model's; an int64 overflow must raise OutOfRangeError on both sides.
+the model's; an int64 overflow must raise OutOfRangeError on both sides. Each test runs once per
+engine (``tests/engines.py``): the COUNT, SUM, MAX and LATEST cells are the Python store's or the
+native one's, and each restore loads the snapshot into the next engine's store, so a snapshot
+written by one engine is read by the other and must go on answering like the model.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +25,8 @@ from cluster_client.errors import OutOfRangeError
 from cluster_client.types import AggType, AlertThreshold, DimensionFilter, Metric, PeriodType
 from node.aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from node.aggregation.snapshot_data import pack
+from node.partition_engine import partition_engine
+from tests.engines import ENGINES
 from tests.reference_model import ReferenceModel, model_period
 
 NS = 1_000_000_000
@@ -40,11 +46,14 @@ ACCOUNTS = (1, 2, 2**64 - 1)
 class Engine:
     """PartitionAggregates with an in-memory log: record_ref -> rows, offsets assigned in order."""
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: Metric, engine: str) -> None:
         self.metric = metric
         self.spec = MetricSpec.compile(metric, 7)
         self.records: dict[int, list[AppliedRow]] = {}
-        self.aggregates = PartitionAggregates(self.fetch_events)
+        # Restores go round the engines, starting with the one under test.
+        at = ENGINES.index(engine)
+        self.engines = [partition_engine(e).stores for e in ENGINES[at:] + ENGINES[:at]]
+        self.aggregates = PartitionAggregates(self.fetch_events, self.engines[0])
         self.next_offset = 1
         self.fetched_refs = 0
 
@@ -76,8 +85,9 @@ class Engine:
 
     def restore(self) -> None:
         data = msgpack.unpackb(pack(self.aggregates.to_snapshot()), strict_map_key=False)
+        self.engines.append(self.engines.pop(0))
         self.aggregates = PartitionAggregates.from_snapshot(
-            data, self.fetch_events, {self.metric.code: self.spec}
+            data, self.fetch_events, {self.metric.code: self.spec}, self.engines[0]
         )
 
 
@@ -219,9 +229,9 @@ def workloads(draw: st.DrawFn, agg_types: tuple[AggType, ...] = tuple(AggType)) 
 # ------------------------------------------------------------------------------------------ runner
 
 
-def run(workload: Workload) -> None:
+def run(workload: Workload, engine_name: str) -> None:
     metric = workload.metric
-    engine = Engine(metric)
+    engine = Engine(metric, engine_name)
     engine.alerts = []
     model = ReferenceModel([metric])
     checked_times: set[int] = set()
@@ -256,6 +266,8 @@ def run(workload: Workload) -> None:
     assert engine.alerts == model.alerts()
 
 
+over_engines = pytest.mark.parametrize("engine", ENGINES)
+
 COMMON = settings(
     max_examples=250,
     deadline=None,
@@ -263,19 +275,22 @@ COMMON = settings(
 )
 
 
+@over_engines
 @COMMON
 @given(workloads((AggType.COUNT, AggType.SUM)))
-def test_count_and_sum_match_the_model(workload: Workload) -> None:
-    run(workload)
+def test_count_and_sum_match_the_model(engine: str, workload: Workload) -> None:
+    run(workload, engine)
 
 
+@over_engines
 @COMMON
 @given(workloads((AggType.MAX, AggType.LATEST)))
-def test_max_and_latest_match_the_model(workload: Workload) -> None:
-    run(workload)
+def test_max_and_latest_match_the_model(engine: str, workload: Workload) -> None:
+    run(workload, engine)
 
 
+@over_engines
 @COMMON
 @given(workloads((AggType.COUNT_UNIQUE,)))
-def test_count_unique_matches_the_model(workload: Workload) -> None:
-    run(workload)
+def test_count_unique_matches_the_model(engine: str, workload: Workload) -> None:
+    run(workload, engine)

@@ -6,6 +6,8 @@ A capture copies no cell: until its data is packed, ingestion saves a cell's val
 it, and the packer reads the saved value. Whatever is applied while the packer runs (here between
 every chunk of 3 cells), the packed bytes must be exactly those of a store that only ever saw the
 records before the capture, and once released the store goes on as if no snapshot had been taken.
+It runs once per engine (``tests/engines.py``), the reference always on the Python stores: the
+native cells' copy-on-write must give the Python store's bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 from unittest import mock
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +24,8 @@ from cluster_client.types import AggType, AlertThreshold, DimensionFilter, Metri
 from node.aggregation import AppliedRow, MetricSpec, PartitionAggregates, snapshot_data
 from node.aggregation.snapshot_data import pack, pack_in_slices
 from node.event_index import HOUR_NS, EventIndex
+from node.partition_engine import partition_engine
+from tests.engines import ENGINES
 
 NS = 1_000_000_000
 MINUTE = 60 * NS
@@ -69,10 +74,10 @@ class Store:
     """PartitionAggregates of one metric fed records in order, with refs and offsets as a log
     would assign them (the same records give the same refs and offsets)."""
 
-    def __init__(self, metric: Metric) -> None:
+    def __init__(self, metric: Metric, engine: str = "python") -> None:
         self.spec = MetricSpec.compile(metric, 1)
         self.dimensioned = bool(metric.filters)
-        self.aggregates = PartitionAggregates(lambda *_: [])
+        self.aggregates = PartitionAggregates(lambda *_: [], partition_engine(engine).stores)
         self.offset = 0
         self.records = 0
 
@@ -119,6 +124,7 @@ async def _pack_while_applying(
         await task
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(sorted(METRICS)), _records, _records)
 @example(  # sums past 64 bits in cells captured before and changed during the packing
@@ -127,12 +133,13 @@ async def _pack_while_applying(
     [[(1, HUGE, 5, False, "eu")], [(1, 3, 5, True, "eu")], [(2, 9, 60 * 24 * 31, False, "us")]],
 )
 def test_a_capture_packs_the_state_it_was_taken_at_while_ingestion_changes_the_cells(
+    engine: str,
     name: str,
     before: list[list[tuple[int, int, int, bool, str | None]]],
     during: list[list[tuple[int, int, int, bool, str | None]]],
 ) -> None:
     metric = METRICS[name]
-    live, reference, after = Store(metric), Store(metric), Store(metric)
+    live, reference, after = Store(metric, engine), Store(metric), Store(metric, engine)
     for record in before:
         live.apply(record)
         reference.apply(record)

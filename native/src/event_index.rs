@@ -1,0 +1,138 @@
+//! Which log records hold an account's events, by hour of event time: `node/event_index.py`'s
+//! `EventIndex` in Rust, with the same snapshot lists.
+//!
+//! Accounts are kept in order of first appearance (the Python dict's order, hence the snapshot's),
+//! an account with events in one hour only as that hour and its positions, one with several as
+//! a map by hour. A snapshot needs no copy: accounts are only ever appended and positions only
+//! grow past the log's end at capture, so reading the first `n` accounts' positions below that end
+//! later gives the index as it was.
+
+use std::collections::BTreeMap;
+
+use crate::int_hash::IntMap;
+
+use crate::positions::Positions;
+
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+
+enum Hours {
+    One(i64, Positions),
+    Many(BTreeMap<i64, Positions>),
+}
+
+#[derive(Default)]
+pub struct EventIndex {
+    accounts: Vec<(u64, Hours)>,
+    slot_of: IntMap<u64, u32>,
+}
+
+/// One account's (hour, positions) as a snapshot lists them.
+pub type AccountEntry = (u64, Vec<(i64, Vec<u64>)>);
+
+impl EventIndex {
+    pub fn len(&self) -> usize {
+        self.accounts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    /// Note that record `position` holds events of `account` in `hour`.
+    pub fn add(&mut self, position: u64, account: u64, hour: i64) {
+        let n = self.accounts.len() as u32;
+        let slot = *self.slot_of.entry(account).or_insert(n) as usize;
+        if slot == self.accounts.len() {
+            self.accounts.push((account, Hours::One(hour, Positions::of(position))));
+            return;
+        }
+        let hours = &mut self.accounts[slot].1;
+        if let Hours::One(only, positions) = hours {
+            if *only == hour {
+                positions.push_new(position);
+                return;
+            }
+            let first = std::mem::replace(positions, Positions::Narrow(Vec::new()));
+            *hours = Hours::Many(BTreeMap::from([(*only, first)]));
+        }
+        if let Hours::Many(map) = hours {
+            match map.get_mut(&hour) {
+                Some(positions) => positions.push_new(position),
+                None => {
+                    map.insert(hour, Positions::of(position));
+                }
+            }
+        }
+    }
+
+    /// (hour, positions) of the account's hours from `first` to `last` (inclusive), in hour order.
+    pub fn hours(&self, account: u64, first: i64, last: i64) -> Vec<(i64, Vec<u64>)> {
+        let Some(&slot) = self.slot_of.get(&account) else { return Vec::new() };
+        match &self.accounts[slot as usize].1 {
+            Hours::One(hour, positions) if first <= *hour && *hour <= last => {
+                vec![(*hour, positions.to_vec())]
+            }
+            Hours::One(..) => Vec::new(),
+            Hours::Many(map) => map.range(first..=last).map(|(h, p)| (*h, p.to_vec())).collect(),
+        }
+    }
+
+    /// Accounts `lo` to `hi` with their positions below `below`, hours in order (hours left
+    /// without one omitted).
+    pub fn entries(&self, lo: usize, hi: usize, below: u64) -> Vec<AccountEntry> {
+        let hi = hi.min(self.accounts.len());
+        self.accounts[lo.min(hi)..hi]
+            .iter()
+            .map(|(account, hours)| {
+                let listed: Vec<(i64, &Positions)> = match hours {
+                    Hours::One(hour, positions) => vec![(*hour, positions)],
+                    Hours::Many(map) => map.iter().map(|(h, p)| (*h, p)).collect(),
+                };
+                let kept = listed
+                    .into_iter()
+                    .map(|(hour, positions)| (hour, positions.below(below)))
+                    .filter(|(_, kept)| !kept.is_empty())
+                    .collect();
+                (*account, kept)
+            })
+            .collect()
+    }
+
+    /// Append a snapshot's account (in snapshot order); Err if it is listed twice.
+    pub fn load(&mut self, account: u64, hours: Vec<(i64, Vec<u64>)>) -> Result<(), &'static str> {
+        if self.slot_of.contains_key(&account) {
+            return Err("event index snapshot: an account twice");
+        }
+        let entry = match <[_; 1]>::try_from(hours) {
+            Ok([(hour, positions)]) => Hours::One(hour, Positions::from_sorted(&positions)),
+            Err(hours) => {
+                Hours::Many(hours.into_iter().map(|(h, p)| (h, Positions::from_sorted(&p))).collect())
+            }
+        };
+        self.slot_of.insert(account, self.accounts.len() as u32);
+        self.accounts.push((account, entry));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accounts_keep_their_order_and_hours_their_positions() {
+        let mut index = EventIndex::default();
+        index.add(10, 5, 100);
+        index.add(10, 3, 7);
+        index.add(20, 5, 100);
+        index.add(20, 5, 99);
+        index.add(30, 5, 101);
+        assert_eq!(index.hours(5, 0, 1000), vec![(99, vec![20]), (100, vec![10, 20]), (101, vec![30])]);
+        assert_eq!(index.hours(5, 100, 100), vec![(100, vec![10, 20])]);
+        assert_eq!(index.hours(3, 8, 9), vec![]);
+        assert_eq!(
+            index.entries(0, 9, 25),
+            vec![(5, vec![(99, vec![20]), (100, vec![10, 20])]), (3, vec![(7, vec![10])])]
+        );
+    }
+}

@@ -1,0 +1,114 @@
+//! `unimeter_native.EventIndex`: the Python face of `event_index::EventIndex`, wrapped by
+//! `node/event_index.py`'s `NativeEventIndex`.
+//!
+//! It takes a stored record's rows as they are (the `EventRow` sequences `Partition._apply`
+//! holds) and reads the account and the time of each, so no (account, hour) object is made per
+//! event; it also reports the rows' metric codes in order of first appearance, which is the order
+//! the record's metrics are aggregated in.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+
+use crate::event_index::{AccountEntry, EventIndex, HOUR_NS};
+use crate::guarded;
+use crate::py_rows::row_item;
+
+#[pyclass(module = "unimeter_native", name = "EventIndex")]
+#[derive(Default)]
+pub struct PyEventIndex {
+    index: EventIndex,
+}
+
+/// `code` is one of `codes` (the same object, as the rows of one batch share one per code, or an
+/// equal string).
+fn has_code(codes: &[Bound<'_, PyString>], code: &Bound<'_, PyString>) -> PyResult<bool> {
+    if codes.iter().any(|c| c.is(code)) {
+        return Ok(true);
+    }
+    for c in codes {
+        if c.to_str()? == code.to_str()? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[pymethods]
+impl PyEventIndex {
+    #[new]
+    fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of accounts indexed.
+    fn __len__(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Index the rows of the record at ``position``; returns their metric codes in order of first
+    /// appearance.
+    fn add_record<'py>(
+        &mut self,
+        position: u64,
+        rows: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<Bound<'py, PyString>>> {
+        guarded(|| {
+            let mut codes: Vec<Bound<'py, PyString>> = Vec::new();
+            for row in rows.try_iter()? {
+                let row = row?;
+                let account: u64 = row_item(&row, 0)?.extract()?;
+                let code = row_item(&row, 1)?.cast_into::<PyString>()?;
+                let time: i64 = row_item(&row, 3)?.extract()?;
+                self.index.add(position, account, time.div_euclid(HOUR_NS));
+                if !has_code(&codes, &code)? {
+                    codes.push(code);
+                }
+            }
+            Ok(codes)
+        })
+    }
+
+    /// ``[(hour, [position, ...]), ...]`` of the account's hours overlapping ``[start, end)``, in
+    /// hour order.
+    fn hours(&self, account: u64, start: i128, end: i128) -> PyResult<Vec<(i64, Vec<u64>)>> {
+        guarded(|| {
+            let hour = |t: i128| {
+                i64::try_from(t.div_euclid(i128::from(HOUR_NS))).unwrap_or(if t < 0 {
+                    i64::MIN
+                } else {
+                    i64::MAX
+                })
+            };
+            Ok(self.index.hours(account, hour(start), hour(end - 1)))
+        })
+    }
+
+    /// Snapshot entries ``lo`` to ``hi`` (``[account, [[hour, [position, ...]], ...]]``, the
+    /// format of ``node.event_index.EventIndex.to_snapshot``) with the positions below ``below``.
+    fn chunk(&self, below: u64, lo: usize, hi: usize) -> PyResult<Vec<AccountEntry>> {
+        guarded(|| Ok(self.index.entries(lo, hi, below)))
+    }
+
+    /// An index from either engine's snapshot list; ValueError if it is not one.
+    #[staticmethod]
+    fn from_snapshot(data: &Bound<'_, PyAny>) -> PyResult<Self> {
+        guarded(|| {
+            let mut index = EventIndex::default();
+            for entry in data.try_iter()? {
+                let entry = entry?;
+                let account: u64 = row_item(&entry, 0)?.extract()?;
+                let mut hours = Vec::new();
+                for pair in row_item(&entry, 1)?.try_iter()? {
+                    let pair = pair?;
+                    hours.push((
+                        row_item(&pair, 0)?.extract::<i64>()?,
+                        row_item(&pair, 1)?.extract::<Vec<u64>>()?,
+                    ));
+                }
+                index.load(account, hours).map_err(PyValueError::new_err)?;
+            }
+            Ok(Self { index })
+        })
+    }
+}

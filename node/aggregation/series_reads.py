@@ -1,0 +1,174 @@
+"""Reads of a COUNT, SUM, MAX or LATEST metric's cells: realtime values and range queries.
+
+Both stores of those metrics, the pure-Python :class:`~.series.SeriesStore` and the native
+engine's :class:`~.native_series.NativeSeriesStore`, answer through these functions, so the two
+can only differ in the cells they hold, never in how a range is cut, filtered, grouped or merged.
+A store offers the few lookups of :class:`SeriesCellsView`; the range is planned here
+(:mod:`.grid`), whole buckets are merged by the store, and the partial minutes at the edges are
+folded here from the raw events the partition reads back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from cluster_client.types import AggType, AggValue, GroupValue, Period
+
+from .cells import agg_value, empty_cell, fold_row, merge_cells
+from .combos import Combos
+from .grid import MINUTE, PERIOD_LEVEL, plan_range
+from .spec import AppliedRow, FetchEvents, MetricSpec
+
+__all__ = ["SeriesCellsView", "series_query", "series_realtime"]
+
+Segments = list[tuple[int, list[int]]]
+"""(level, bucket indexes, or period starts for PERIOD_LEVEL), in time order, no overlaps."""
+
+
+class SeriesCellsView(Protocol):
+    """What the reads need of a store's cells."""
+
+    @property
+    def spec(self) -> MetricSpec: ...
+
+    @property
+    def combos(self) -> Combos: ...
+
+    @property
+    def first_minute(self) -> int: ...
+
+    @property
+    def last_minute(self) -> int: ...
+
+    def slots_of(self, account_id: int) -> Sequence[int]:
+        """The combination slots (``1 + combination``) the account has events in."""
+        ...
+
+    def merged(self, account_id: int, slot: int, segments: Segments) -> list[int] | None:
+        """The statistics of the account's cells of ``slot`` in ``segments`` merged (None: none)."""
+        ...
+
+    def total(self, account_id: int, period_start: int) -> tuple[list[int], int] | None:
+        """The account's unfiltered period cell's statistics and alert flags (None: no events)."""
+        ...
+
+    def minute_positions(self, account_id: int, minute: int) -> Sequence[int]:
+        """The positions of the records that fed the account's unfiltered minute cell."""
+        ...
+
+
+def series_realtime(view: SeriesCellsView, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
+    """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
+    spec = view.spec
+    p_start, p_end = spec.periods.period_of(now_ns)
+    found = view.total(account_id, p_start)
+    if found is None:
+        return agg_value(spec.agg_type, empty_cell()), Period(p_start, p_end)
+    cell, flags = found
+    return agg_value(spec.agg_type, cell, flags if spec.thresholds else 0), Period(p_start, p_end)
+
+
+def series_query(
+    view: SeriesCellsView,
+    account_id: int,
+    start: int,
+    end: int,
+    filters: Mapping[str, str],
+    group_by: Sequence[str],
+    fetch_events: FetchEvents,
+) -> tuple[AggValue, list[GroupValue]]:
+    """The aggregate over ``[start, end)`` after ``filters``, and one per ``group_by`` group."""
+    spec = view.spec
+    p_start, p_end = spec.periods.period_of(start)
+    exact = p_start == start and p_end == end
+
+    # Which slots answer: the total when unfiltered, else the account's matching combinations.
+    combos = view.combos
+    group_of: dict[int, tuple[str, ...]] = {}
+    if filters or group_by:
+        used = view.slots_of(account_id)
+        selected = [s for s in used if combos.matches(s - 1, filters)] if filters else list(used)
+        if group_by:
+            projection = combos.projection(group_by)
+            group_of = {s: projection[s - 1] for s in selected}
+        main_slots = selected if filters else [0]
+    else:
+        main_slots = [0]
+    wanted = set(main_slots) | set(group_of)
+
+    # Whole buckets, merged per slot by the store (in time order: the cheap "last" scan applies).
+    raw: list[tuple[int, int, int]] = []
+    if exact:
+        segments: Segments = [(PERIOD_LEVEL, [p_start])]
+    else:
+        # Clipping changes no answer (no event lies outside) but bounds the walk.
+        start = max(start, view.first_minute * MINUTE)
+        end = min(end, (view.last_minute + 1) * MINUTE)
+        plan = plan_range(start, end, spec.periods if spec.long_periods else None)
+        raw = plan.raw
+        segments = plan.segments
+    merged: dict[int, list[int]] = {}
+    if segments:
+        for slot in wanted:
+            cell = view.merged(account_id, slot, segments)
+            if cell is not None:
+                merged[slot] = cell
+
+    # Partial minutes at the edges: fold the raw events of the records that fed those minutes.
+    with_sum = spec.agg_type is AggType.SUM
+    main_raw: list[int] | None = None
+    group_raw: dict[tuple[str, ...], list[int]] = {}
+    if raw:
+        main_set = set(main_slots)
+        for _, value, t, props, op, offset in _edge_rows(view, account_id, raw, fetch_events):
+            if group_of or filters:
+                combo = combos.find(props)
+                slot = -1 if combo is None else combo + 1
+                group = group_of.get(slot)
+                if group is not None:
+                    cell = group_raw.get(group)
+                    if cell is None:
+                        cell = group_raw[group] = empty_cell()
+                    fold_row(cell, value, t, op, offset, with_sum)
+                if filters and slot not in main_set:
+                    continue
+            if main_raw is None:
+                main_raw = empty_cell()
+            fold_row(main_raw, value, t, op, offset, with_sum)
+
+    # The few per-slot results merged into each answer.
+    agg = spec.agg_type
+    parts = [merged[slot] for slot in main_slots if slot in merged]
+    if main_raw is not None:
+        parts.append(main_raw)
+    main = merge_cells(parts)
+    flags = 0
+    if exact and not filters and spec.thresholds:
+        found = view.total(account_id, p_start)
+        flags = found[1] if found is not None else 0
+    groups: list[GroupValue] = []
+    if group_by:
+        by_group: dict[tuple[str, ...], list[list[int]]] = {}
+        for slot, group in group_of.items():
+            if slot in merged:
+                by_group.setdefault(group, []).append(merged[slot])
+        for group, cell in group_raw.items():
+            by_group.setdefault(group, []).append(cell)
+        groups = [
+            GroupValue(dict(zip(group_by, group, strict=True)), agg_value(agg, merge_cells(by_group[group])))
+            for group in sorted(by_group)
+        ]
+    return agg_value(agg, main, flags), groups
+
+
+def _edge_rows(
+    view: SeriesCellsView, account_id: int, raw: list[tuple[int, int, int]], fetch_events: FetchEvents
+) -> list[AppliedRow]:
+    """The account's events inside the raw windows, read back from the records that hold them."""
+    refs: list[int] = []
+    for minute, _, _ in raw:
+        refs.extend(r for r in view.minute_positions(account_id, minute) if r not in refs)
+    if not refs:
+        return []
+    return fetch_events(refs, account_id, view.spec.code, [(lo, hi) for _, lo, hi in raw])
