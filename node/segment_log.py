@@ -599,18 +599,22 @@ class SegmentLog:
 
     def _sync_in_kernel(self, job: _Job) -> bool:
         """Hand a round whose data is written and which only has to fdatasync one existing
-        segment (a SYNC caller's round, nearly always) to the kernel's asynchronous fdatasync;
-        False if it is not such a round or the kernel refused it (the executor takes it).
+        segment (a SYNC caller's round, nearly always) to the kernel's asynchronous fdatasync,
+        if no other sync is in the kernel; False if not (the executor takes it).
 
         The thread hand-off cost as much as the sync itself: waking a pool thread that then waits
         for the GIL, and handing the result back through the loop's self-pipe and a future chain.
         Here the loop thread submits the request and is woken by its completion's eventfd, and
         the kernel worker runs the same ``vfs_fsync`` as ``fdatasync`` does, so the round is as
-        durable, and a stalled disk still never blocks the loop.
+        durable, and a stalled disk still never blocks the loop. The kernel starts that work on
+        the loop's own CPU (``io_submit`` returns after 30-50 µs of it), where a pool thread can
+        do it on the other core: rounds that pile up (SYNC callers of many partitions at once)
+        go to the threads, which spread them, and only a lone round takes the short path.
         """
         kernel = self._kernel_sync
         if (
             kernel is None
+            or kernel.in_flight
             or _fsync is not _FDATASYNC
             or not job.fsync
             or not job.written

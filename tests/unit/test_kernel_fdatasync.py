@@ -155,3 +155,19 @@ async def test_rounds_that_create_a_segment_or_run_with_a_replaced_fsync_use_the
     assert executor.submitted == 2 and len(synced) == 1  # the replaced fsync was the one called
     assert log.durable_position == log.end_position
     await log.close()
+
+
+async def test_a_round_started_while_another_sync_is_in_the_kernel_goes_to_the_executor(
+    tmp_path: Path, kernel: KernelFdatasync, executor: CountingExecutor
+) -> None:
+    first, second = (
+        SegmentLog.open(tmp_path / name, executor=executor, kernel_sync=kernel) for name in ("a", "b")
+    )
+    first.append(b"one")
+    second.append(b"two")
+    # Both rounds start in the same loop step: the first one's sync is still in the kernel.
+    await asyncio.wait_for(asyncio.gather(first.flush(), second.flush()), 10)
+    assert executor.submitted == 1
+    assert first.durable_position == first.end_position and second.durable_position == second.end_position
+    await first.close()
+    await second.close()
