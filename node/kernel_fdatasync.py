@@ -175,7 +175,15 @@ class KernelFdatasync:
                 code = ctypes.get_errno()
                 if code == errno.EINTR:
                     continue
-                raise OSError(code, f"io_getevents: {os.strerror(code)}")
+                # Which syncs finished is unknown now: every one in flight fails (its log fails, as
+                # after a failed fdatasync), none is left waiting, and no more go to the kernel.
+                log.error(
+                    "io_getevents failed (%s): %d kernel fdatasyncs fail", os.strerror(code), self.in_flight
+                )
+                finished.extend((then, -(code or errno.EIO)) for then in self._pending.values())
+                self._pending.clear()
+                self._usable = False
+                break
             finished.extend((self._pending.pop(events[i].data), events[i].res) for i in range(got))
             at_least -= got
             if got < self._BATCH and at_least <= 0:
