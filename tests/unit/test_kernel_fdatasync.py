@@ -1,7 +1,8 @@
 """The kernel's asynchronous fdatasync (node/kernel_fdatasync.py) and the log rounds it takes.
 
 A round that only has to fdatasync its active segment is handed to the kernel (no executor
-thread); every other round, and every round while ``_fsync`` is replaced, stays on the executor.
+thread) when no other sync is there; every other round, and every round while ``_fsync`` is
+replaced, stays on the executor.
 Whatever path a round takes, a waiter returns only once ``durable_position`` covers its record.
 """
 
