@@ -81,16 +81,18 @@ class ServerProcess:
             return ""
 
 
-def _env() -> dict[str, str]:
-    path = os.pathsep.join([str(REPO), str(REPO / "proto"), os.environ.get("PYTHONPATH", "")])
+def _env(source: Path) -> dict[str, str]:
+    path = os.pathsep.join([str(source), str(source / "proto"), os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path.rstrip(os.pathsep)}
 
 
-def _start(name: str, cmd: list[str], stderr_path: Path, timeout: float) -> ServerProcess:
+def _start(
+    name: str, cmd: list[str], stderr_path: Path, timeout: float, source: Path = REPO
+) -> ServerProcess:
     stderr_path.parent.mkdir(parents=True, exist_ok=True)
     with stderr_path.open("ab") as err:
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=_env(), cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=_env(source), cwd=source)
     assert proc.stdout is not None
     deadline = started + timeout
     while time.monotonic() < deadline:
@@ -122,9 +124,11 @@ def _unimeter_command() -> list[str]:
 
 
 def start_unimeter(
-    data_dir: Path, *extra: str, name: str = "unimeter", timeout: float = 600
+    data_dir: Path, *extra: str, name: str = "unimeter", timeout: float = 600, source: Path = REPO
 ) -> ServerProcess:
-    """``unimeter serve`` on 127.0.0.1 port 0 with the embedded backend in ``data_dir``."""
+    """``unimeter serve`` on 127.0.0.1 port 0 with the embedded backend in ``data_dir``; the
+    server's code is imported from ``source`` (another checkout, to compare two versions in one
+    run; the installed native extension is shared)."""
     cmd = [
         *_unimeter_command(),
         "serve",
@@ -136,7 +140,7 @@ def start_unimeter(
         "WARNING",
         *extra,
     ]
-    return _start(name, cmd, data_dir.parent / f"{data_dir.name}.stderr.log", timeout)
+    return _start(name, cmd, data_dir.parent / f"{data_dir.name}.stderr.log", timeout, source)
 
 
 def start_ceiling(log_dir: Path, *, timeout: float = 60) -> ServerProcess:

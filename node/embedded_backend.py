@@ -4,9 +4,10 @@ It implements ``node.record_log.RecordBackend`` for one machine. A partition's d
 its two ``SegmentLog`` directories (``events``, ``alerts``) and its snapshot file. Durability of
 many logs at once is grouped: every pending log's fsync round is taken in one go and either synced
 with one ``syncfs`` of the data directory's filesystem (``node.filesystem_sync``; where it is
-sound) or dealt to the fsync threads, one hand-off per thread (see docs/design.md, "Durability and
-group commit"). The fsync durations feed the node's per-log histograms. Not here: when durability
-is asked for (``node.commit_scheduler``) and what the records mean.
+sound) or dealt to the fsync threads, one hand-off per thread; a single log's own round (a SYNC
+call's) is synced by the kernel where it can be (``node.kernel_fdatasync``; see docs/design.md,
+"Durability and group commit"). The fsync durations feed the node's per-log histograms. Not
+here: when durability is asked for (``node.commit_scheduler``) and what the records mean.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .filesystem_sync import syncfs_supported
+from .kernel_fdatasync import KernelFdatasync
 from .metric_registry import write_file_atomically
 from .segment_log import SegmentLog, run_rounds, run_rounds_on_filesystem
 from .stats import NodeStats
@@ -39,11 +41,21 @@ _SNAPSHOT_FILE = "snapshot.msgpack"
 class SegmentPartitionStorage:
     """One partition's directory: ``events/`` and ``alerts/`` segment logs and its snapshot file."""
 
-    def __init__(self, directory: Path, segment_bytes: int, executor: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        segment_bytes: int,
+        executor: ThreadPoolExecutor,
+        kernel_sync: KernelFdatasync | None = None,
+    ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
-        self.events = SegmentLog.open(directory / "events", segment_bytes=segment_bytes, executor=executor)
-        self.alerts = SegmentLog.open(directory / "alerts", segment_bytes=segment_bytes, executor=executor)
+        self.events, self.alerts = (
+            SegmentLog.open(
+                directory / name, segment_bytes=segment_bytes, executor=executor, kernel_sync=kernel_sync
+            )
+            for name in ("events", "alerts")
+        )
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
         """The snapshot file's bytes and mtime, or None if there is none."""
@@ -84,6 +96,9 @@ class EmbeddedBackend:
         self._tick_executor = ThreadPoolExecutor(
             max_workers=fsync_threads, thread_name_prefix="unimeter-tick"
         )
+        # A log's own round (a SYNC caller's, one partition) is synced by the kernel where it can
+        # be: no thread hand-off on the SYNC path (see node.kernel_fdatasync).
+        self._kernel_sync = KernelFdatasync.open()
         self._partitions: dict[int, SegmentPartitionStorage] = {}
         self._device = os.stat(data_dir).st_dev
         self._filesystem_fd: int | None = None
@@ -96,9 +111,18 @@ class EmbeddedBackend:
         """Whether a group of logs is made durable by one ``syncfs`` (else one fdatasync per log)."""
         return self._filesystem_fd is not None
 
+    @property
+    def syncs_in_kernel(self) -> bool:
+        """Whether a log's own round is handed to the kernel's asynchronous fdatasync (else to
+        the fsync threads)."""
+        return self._kernel_sync is not None
+
     def open_partition(self, number: int) -> SegmentPartitionStorage:
         storage = SegmentPartitionStorage(
-            self._data_dir / "partitions" / f"{number:04d}", self._segment_bytes, self._executor
+            self._data_dir / "partitions" / f"{number:04d}",
+            self._segment_bytes,
+            self._executor,
+            self._kernel_sync,
         )
         self._partitions[number] = storage
         if self._stats is not None:
@@ -169,9 +193,12 @@ class EmbeddedBackend:
                 finish(share, [OSError(errno.EIO, f"flush not started: {exc}")] * len(share))
 
     def close(self) -> None:
-        """Stop the fsync threads (after their rounds) and close the filesystem descriptor."""
+        """Stop the fsync threads and the kernel's syncs (after their rounds) and close the
+        filesystem descriptor."""
         self._tick_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
+        if self._kernel_sync is not None:
+            self._kernel_sync.close()
         if self._filesystem_fd is not None:
             os.close(self._filesystem_fd)
             self._filesystem_fd = None

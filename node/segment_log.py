@@ -6,8 +6,9 @@ little endian) in segment files named by their base position, addresses every re
 byte position that is stable across restarts, buffers appends in memory, and makes them durable by
 group commit (one ``write`` + ``fdatasync`` serves every flush waiting at that time). The ``write``
 to the page cache is made on the loop thread when the round starts; only the ``fdatasync`` (and the
-rare round that creates a segment file) runs in an executor thread, so a stalled disk never blocks
-the loop on a sync. Opening a log validates every record and cuts a torn or corrupt tail. It is for
+rare round that creates a segment file) runs in an executor thread, or, for a round of the active
+segment alone, in the kernel (``node.kernel_fdatasync``), so a stalled disk never blocks the loop
+on a sync. Opening a log validates every record and cuts a torn or corrupt tail. It is for
 one writer on one event loop; it knows nothing about what the payloads mean, does not compact or
 expire segments, and is not thread-safe (only its own I/O runs in the executor).
 """
@@ -33,6 +34,7 @@ from types import TracebackType
 from typing import Self
 
 from . import filesystem_sync
+from .kernel_fdatasync import KernelFdatasync
 
 __all__ = ["SegmentLog", "run_rounds", "run_rounds_on_filesystem"]
 
@@ -60,6 +62,10 @@ if sys.platform == "linux":
 else:  # pragma: no cover
     _fsync = os.fsync
 _fsync_dir: Callable[[int], None] = os.fsync
+_FDATASYNC: Callable[[int], None] = _fsync
+"""What the kernel's asynchronous fdatasync does (``node.kernel_fdatasync``): rounds go to the
+kernel only while ``_fsync`` is this, so a test that counts, fails or holds ``_fsync`` keeps every
+round on the thread that calls it."""
 
 
 class _Corrupt(Exception):
@@ -284,6 +290,7 @@ class SegmentLog:
         directory: Path,
         segment_bytes: int,
         executor: Executor | None,
+        kernel_sync: KernelFdatasync | None,
         dir_fd: int,
         bases: list[int],
         rfds: dict[int, int],
@@ -294,6 +301,7 @@ class SegmentLog:
         self._dir = directory
         self._segment_bytes = segment_bytes
         self._executor = executor
+        self._kernel_sync = kernel_sync
         self._dir_fd = dir_fd
         self._bases = bases  # bases of the segments whose files exist, sorted; the last is active
         self._rfds = rfds  # read-only fds, opened lazily per segment
@@ -328,6 +336,7 @@ class SegmentLog:
         *,
         segment_bytes: int = 64 << 20,
         executor: Executor | None = None,
+        kernel_sync: KernelFdatasync | None = None,
     ) -> SegmentLog:
         """Open (or create) the log in ``directory``, validating every record.
 
@@ -336,7 +345,8 @@ class SegmentLog:
         later segment whose base does not continue its predecessor is deleted the same way. Every
         kept segment is fsynced, so ``durable_position`` is honest even after a process crash that
         left unsynced data in the page cache. ``executor`` runs the write/fsync rounds (default: the
-        loop's default executor).
+        loop's default executor); with ``kernel_sync``, a round that only has to fdatasync the
+        active segment hands that to the kernel instead (see :meth:`_start_job`).
         """
         if segment_bytes <= 0:
             raise ValueError(f"segment_bytes must be positive, got {segment_bytes}")
@@ -352,7 +362,7 @@ class SegmentLog:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         rfds: dict[int, int] = {}
         try:
-            return cls._recover(directory, segment_bytes, executor, dir_fd, found, rfds)
+            return cls._recover(directory, segment_bytes, executor, kernel_sync, dir_fd, found, rfds)
         except BaseException:
             for fd in rfds.values():
                 os.close(fd)
@@ -365,6 +375,7 @@ class SegmentLog:
         directory: Path,
         segment_bytes: int,
         executor: Executor | None,
+        kernel_sync: KernelFdatasync | None,
         dir_fd: int,
         found: list[int],
         rfds: dict[int, int],
@@ -421,7 +432,7 @@ class SegmentLog:
                 cut_bytes,
                 len(doomed),
             )
-        return cls(directory, segment_bytes, executor, dir_fd, kept, rfds, active_fd, end)
+        return cls(directory, segment_bytes, executor, kernel_sync, dir_fd, kept, rfds, active_fd, end)
 
     # ------------------------------------------------------------------ properties
 
@@ -574,6 +585,8 @@ class SegmentLog:
         job = self._detach(fsync)
         job.future = future
         self._job = job
+        if self._sync_in_kernel(job):
+            return
         try:
             done = asyncio.get_running_loop().run_in_executor(self._executor, _run_job, job)
         except Exception as exc:  # e.g. the executor was shut down; the detached buffer is lost
@@ -583,6 +596,40 @@ class SegmentLog:
             future.exception()  # mark retrieved: every waiter may have been cancelled
             return
         done.add_done_callback(partial(self._on_job_done, job))
+
+    def _sync_in_kernel(self, job: _Job) -> bool:
+        """Hand a round whose data is written and which only has to fdatasync one existing
+        segment (a SYNC caller's round, nearly always) to the kernel's asynchronous fdatasync,
+        if no other sync is in the kernel; False if not (the executor takes it).
+
+        The thread hand-off cost as much as the sync itself: waking a pool thread that then waits
+        for the GIL, and handing the result back through the loop's self-pipe and a future chain.
+        Here the loop thread submits the request and is woken by its completion's eventfd, and
+        the kernel worker runs the same ``vfs_fsync`` as ``fdatasync`` does, so the round is as
+        durable, and a stalled disk still never blocks the loop. The kernel starts that work on
+        the loop's own CPU (``io_submit`` returns after 30-50 µs of it), where a pool thread can
+        do it on the other core: rounds that pile up (SYNC callers of many partitions at once)
+        go to the threads, which spread them, and only a lone round takes the short path.
+        """
+        kernel = self._kernel_sync
+        if (
+            kernel is None
+            or kernel.in_flight
+            or _fsync is not _FDATASYNC
+            or not job.fsync
+            or not job.written
+            or job.write_error is not None
+            or job.sync_dir
+            or len(job.sync_bases) != 1
+        ):
+            return False
+        started = time.perf_counter()
+        return kernel.submit(job.wfds[job.sync_bases[0]], partial(self._kernel_synced, job, started))
+
+    def _kernel_synced(self, job: _Job, started: float, exc: OSError | None) -> None:
+        if exc is None:
+            job.sync_seconds = time.perf_counter() - started
+        self.finish_round(job, exc)
 
     def _on_job_done(self, job: _Job, done: asyncio.Future[None]) -> None:
         if done.cancelled():

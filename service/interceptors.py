@@ -157,34 +157,49 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         self._malformed_log = ThrottledLog(
             log, logging.WARNING, interval_seconds=MALFORMED_LOG_INTERVAL_SECONDS
         )
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        """Per method path: the handler last given by the continuation and its wrapped handler."""
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         given = _metadata(handler_call_details, REQUEST_ID_HEADER)
-        request_id = accept_request_id(given[0] if len(given) == 1 else None)
-        # The interceptors and the handler share one context: everything the call logs names it.
-        request_id_var.set(request_id)
+        # The interceptors and the handler share one context: everything the call logs names it,
+        # and the wrapped handler echoes it.
+        request_id_var.set(accept_request_id(given[0] if len(given) == 1 else None))
         handler = await continuation(handler_call_details)
         if handler is None:
             # No such method: grpc itself answers UNIMPLEMENTED. Not counted per path, since
             # arbitrary client-chosen paths would make an unbounded metric label.
             return None
+        # A method's handler is the same object call after call (a refusal of the auth
+        # interceptor is a new one each time): its wrapping is built once, not per call, which
+        # took closures, a deserializer wrapper and a handler tuple each time.
         path = _method_path(handler_call_details)
+        cached = self._wrapped.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, path)
+        self._wrapped[path] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, path: str) -> grpc.RpcMethodHandler:
+        """``handler`` with the request id echoed, its status code and latency counted, a body that
+        did not decode answered, and an escaped exception mapped."""
         stats = self._stats.method(path, streaming=_is_streaming_response(handler))
         inner = _behavior(handler)
-        echo = ((REQUEST_ID_HEADER, request_id),)
         if handler.request_streaming:
             inner = self._checking_each_request(inner, path, stats)
         if inspect.isasyncgenfunction(inner):
 
             async def stream_behavior(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 started = time.perf_counter()
-                context.set_trailing_metadata(echo)
+                context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id_var.get()),))
                 error: BaseException | None = None
                 try:
                     try:
-                        await self._refuse_if_malformed(request, context, path, stats)
+                        if isinstance(request, _MalformedRequest):
+                            await self._refuse_malformed(request, context, path, stats)
                         async for item in inner(request, context):
                             yield item
                     except grpc.aio.AbortError:
@@ -201,11 +216,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
         async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
-            context.set_trailing_metadata(echo)
+            context.set_trailing_metadata(((REQUEST_ID_HEADER, request_id_var.get()),))
             error: BaseException | None = None
             try:
                 try:
-                    await self._refuse_if_malformed(request, context, path, stats)
+                    if isinstance(request, _MalformedRequest):
+                        await self._refuse_malformed(request, context, path, stats)
                     result = inner(request, context)
                     # A servicer written as a plain function (like generated base classes) returns
                     # its response, or raises, without an awaitable.
@@ -222,14 +238,13 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
 
         return _with_behavior(handler, behavior, tolerate_malformed=True)
 
-    async def _refuse_if_malformed(
-        self, request: Any, context: grpc.aio.ServicerContext, path: str, stats: MethodStats
+    async def _refuse_malformed(
+        self, request: _MalformedRequest, context: grpc.aio.ServicerContext, path: str, stats: MethodStats
     ) -> None:
-        """Answer INVALID_ARGUMENT if ``request`` is a body that did not decode."""
-        if isinstance(request, _MalformedRequest):
-            stats.malformed += 1
-            self._malformed_log.emit("%s answered INVALID_ARGUMENT: %s", path, request.error.message)
-            await abort_with_error(context, request.error)
+        """Answer INVALID_ARGUMENT for a body that did not decode."""
+        stats.malformed += 1
+        self._malformed_log.emit("%s answered INVALID_ARGUMENT: %s", path, request.error.message)
+        await abort_with_error(context, request.error)
 
     def _checking_each_request(
         self, inner: Callable[..., Any], path: str, stats: MethodStats
@@ -239,7 +254,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         def checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             async def each() -> AsyncIterator[Any]:
                 async for request in requests:
-                    await self._refuse_if_malformed(request, context, path, stats)
+                    if isinstance(request, _MalformedRequest):
+                        await self._refuse_malformed(request, context, path, stats)
                     yield request
 
             return inner(each(), context)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from cluster_client import AggType, Client, Metric, Period
 from node import filesystem_sync
 from node.embedded_backend import EmbeddedBackend
+from node.kernel_fdatasync import KernelFdatasync
 from node.node import Node, NodeConfig
 from node.stats import NodeStats
 from service.config import add_serve_arguments, serve_config_from_args
@@ -86,5 +89,46 @@ async def test_a_node_runs_on_the_backend_its_factory_builds(tmp_path: Path) -> 
             assert partition.events.segment_count > 1  # 1 KiB segments, not the 64 MiB default
         assert node.stats.fsync_events.count > 0
         assert (await node.cluster_status()).backend == "embedded"
+    finally:
+        await node.close()
+
+
+async def test_a_sync_call_to_one_partition_is_synced_by_the_kernel_and_acked_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/design.md, "Durability and group commit": a SYNC call whose events land in one
+    partition has that log's round synced by the kernel (no fsync thread), and its answer comes
+    only once the log's durable position covers its record."""
+    submitted: list[int] = []
+    real_submit = KernelFdatasync.submit
+
+    def spying(self: KernelFdatasync, fd: int, then: Callable[[OSError | None], None]) -> bool:
+        submitted.append(fd)
+        return real_submit(self, fd, then)
+
+    monkeypatch.setattr(KernelFdatasync, "submit", spying)
+    node = Node(NodeConfig(tmp_path / "data", partitions=1))
+    assert node.backend.syncs_in_kernel
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        events = node.partitions[0].events
+        durable_at_sync: list[int] = []
+        events.on_sync = lambda seconds: durable_at_sync.append(events.durable_position)
+        for n in range(5):
+            call = asyncio.create_task(
+                client.ingest_rows([(1, "calls", 1, T0 + n, None, 1, f"e{n}")], sync=True)
+            )
+            while len(submitted) == n:  # the call runs up to its wait for the kernel's sync
+                assert not call.done()
+                await asyncio.sleep(0)
+            end = events.end_position
+            assert events.durable_position < end
+            result = await asyncio.wait_for(call, 10)
+            assert result.offsets == [n + 1]
+            assert durable_at_sync[-1] == events.durable_position == end
+        assert len(submitted) == 5
+        assert (await client.query(1, "calls", DAY)).value.sum == 5
     finally:
         await node.close()

@@ -240,3 +240,32 @@ async def test_with_api_keys_a_malformed_body_is_refused_by_the_key_check_first(
         await server.stop(grace=1.0)
     assert server.stats.methods[path].malformed == 1
     assert dict(server.stats.methods[path].codes) == {"UNAUTHENTICATED": 1, "INVALID_ARGUMENT": 1}
+
+
+async def test_calls_of_one_method_each_echo_their_own_request_id_refused_or_not(tmp_path: Path) -> None:
+    """The interceptors' wrapping of a method is built once and reused: every call still echoes
+    its own request id and is counted under its own code, with refusals (a new handler each time)
+    and admitted calls alternating."""
+    server = UnimeterServer(serve_config(tmp_path / "data", api_keys=f"ops:{hash_key('k')}:admin"))
+    await server.start()
+    path = "/unimeter.v1.ClusterService/GetClusterStatus"
+    key = (("authorization", "Bearer k"),)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = cluster_service_pb2_grpc.ClusterServiceStub(channel)
+            request = cluster_service_pb2.GetClusterStatusRequest()
+            for n in range(6):
+                request_id = (("x-request-id", f"call-{n}"),)
+                if n % 3 == 2:
+                    with pytest.raises(grpc.aio.AioRpcError) as refused:
+                        await stub.GetClusterStatus(request, metadata=request_id, timeout=10)
+                    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+                    trailing = tuple(refused.value.trailing_metadata())
+                else:
+                    call = stub.GetClusterStatus(request, metadata=request_id + key, timeout=10)
+                    assert (await call).partitions == 8  # serve_config's partitions
+                    trailing = tuple(await call.trailing_metadata())
+                assert dict(trailing)["x-request-id"] == f"call-{n}"
+    finally:
+        await server.stop(grace=1.0)
+    assert dict(server.stats.methods[path].codes) == {"OK": 4, "UNAUTHENTICATED": 2}

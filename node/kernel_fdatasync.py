@@ -1,0 +1,208 @@
+"""fdatasync handed to the kernel, its completion delivered to the event loop: no thread of ours.
+
+A SYNC call's round used to run ``fdatasync`` on a thread of the fsync pool: waking that thread,
+then winning the GIL back to hand the result to the loop, cost about as much as the sync itself on
+the reference machine (docs/design.md, "Durability and group commit"). Linux's native AIO accepts
+an fdatasync request (``IOCB_CMD_FDSYNC``, Linux 4.18 and later): ``io_submit`` queues it to a
+kernel worker, which runs the very ``vfs_fsync(file, datasync=1)`` of the ``fdatasync`` system call
+(same file, same write-back error reporting), and signals an ``eventfd`` the loop watches. The loop
+never blocks on the disk, and no Python thread wakes. Where it is missing (another OS or machine
+architecture, a kernel or filesystem without it, a seccomp policy refusing ``io_setup``) or a
+submission is refused, the caller keeps its thread path: this module only says so. Not here: what
+is synced when (``node.segment_log``, ``node.commit_scheduler``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import platform
+import sys
+from collections.abc import Callable
+
+__all__ = ["KernelFdatasync"]
+
+log = logging.getLogger(__name__)
+
+_SYSCALLS = {"x86_64": (206, 207, 208, 209), "aarch64": (0, 1, 4, 2)}
+"""io_setup, io_destroy, io_getevents, io_submit per machine architecture."""
+_IOCB_CMD_FDSYNC = 3
+_IOCB_FLAG_RESFD = 1
+
+
+class _Iocb(ctypes.Structure):
+    """``struct iocb`` of <linux/aio_abi.h> (little endian: key before rw_flags)."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint64),
+        ("key", ctypes.c_uint32),
+        ("rw_flags", ctypes.c_int32),
+        ("opcode", ctypes.c_uint16),
+        ("reqprio", ctypes.c_int16),
+        ("fildes", ctypes.c_uint32),
+        ("buf", ctypes.c_uint64),
+        ("nbytes", ctypes.c_uint64),
+        ("offset", ctypes.c_int64),
+        ("reserved2", ctypes.c_uint64),
+        ("flags", ctypes.c_uint32),
+        ("resfd", ctypes.c_uint32),
+    ]
+
+
+class _Event(ctypes.Structure):
+    """``struct io_event``: the request's ``data``, its iocb's address, the result (or -errno)."""
+
+    _fields_ = [
+        ("data", ctypes.c_uint64),
+        ("obj", ctypes.c_uint64),
+        ("res", ctypes.c_int64),
+        ("res2", ctypes.c_int64),
+    ]
+
+
+def _syscall() -> Callable[..., int] | None:
+    if sys.platform != "linux" or sys.byteorder != "little" or platform.machine() not in _SYSCALLS:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    function = libc.syscall
+    function.restype = ctypes.c_long
+    return function
+
+
+class KernelFdatasync:
+    """One AIO context of a node and the eventfd its completions ring, read on one event loop.
+
+    ``submit(fd, then)`` queues an fdatasync of ``fd`` and returns True; ``then(error)`` runs on
+    the loop once it is done (``error`` None, or the ``OSError`` the sync returned). False: the
+    kernel refused the request (the caller syncs on its thread instead), and, if the refusal says
+    the kernel or the file's filesystem cannot do it, every later ``submit`` is refused at once.
+    The file descriptor must stay open until ``then`` has run.
+    """
+
+    _BATCH = 64  # completions read per io_getevents call
+
+    def __init__(self, syscall: Callable[..., int], numbers: tuple[int, int, int, int], depth: int) -> None:
+        # Private: use KernelFdatasync.open().
+        self._syscall = syscall
+        self._setup, self._destroy, self._getevents, self._submit = numbers
+        self._context = ctypes.c_ulong(0)
+        if syscall(ctypes.c_long(self._setup), ctypes.c_long(depth), ctypes.byref(self._context)) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"io_setup: {os.strerror(code)}")
+        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: dict[int, Callable[[OSError | None], None]] = {}
+        self._next_id = 0
+        self._usable = True
+        self._iocb = _Iocb(opcode=_IOCB_CMD_FDSYNC, flags=_IOCB_FLAG_RESFD, resfd=self._eventfd)
+        self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
+        self._events = (_Event * self._BATCH)()
+
+    @classmethod
+    def open(cls, depth: int = 256) -> KernelFdatasync | None:
+        """A context for up to ``depth`` syncs in flight, or None where this machine has none."""
+        syscall = _syscall()
+        if syscall is None:
+            return None
+        try:
+            return cls(syscall, _SYSCALLS[platform.machine()], depth)
+        except OSError as exc:
+            log.info("kernel fdatasync unavailable (%s): SYNC rounds sync on the fsync threads", exc)
+            return None
+
+    @property
+    def in_flight(self) -> int:
+        """Syncs submitted whose ``then`` has not run yet."""
+        return len(self._pending)
+
+    def submit(self, fd: int, then: Callable[[OSError | None], None]) -> bool:
+        """Queue an fdatasync of ``fd``; ``then(error)`` runs on the running loop when it is done."""
+        if not self._usable:
+            return False
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            if self._loop is not None and self._pending:
+                return False  # completions owed to another loop: this one uses its threads
+            if self._loop is not None:
+                self._loop.remove_reader(self._eventfd)
+            loop.add_reader(self._eventfd, self._drain)
+            self._loop = loop
+        request = self._next_id = self._next_id + 1
+        iocb = self._iocb
+        iocb.data = request
+        iocb.fildes = fd
+        submitted = self._syscall(ctypes.c_long(self._submit), self._context, ctypes.c_long(1), self._iocbs)
+        if submitted != 1:
+            code = ctypes.get_errno()
+            if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+                # The kernel has no asynchronous fdatasync, or this file's filesystem cannot do one.
+                log.info(
+                    "kernel fdatasync refused (%s): SYNC rounds sync on the fsync threads", os.strerror(code)
+                )
+                self._usable = False
+            return False  # EAGAIN (the context is full) and the like: this round takes the thread
+        self._pending[request] = then
+        return True
+
+    def _drain(self) -> None:
+        """The eventfd rang: run the ``then`` of every finished sync (on the loop)."""
+        try:
+            os.eventfd_read(self._eventfd)
+        except BlockingIOError:
+            return
+        self._collect(0)
+
+    def _collect(self, at_least: int) -> None:
+        """Reap finished syncs (waiting for ``at_least`` of them) and run their ``then``."""
+        events = self._events
+        finished: list[tuple[Callable[[OSError | None], None], int]] = []
+        while self._pending:
+            got = self._syscall(
+                ctypes.c_long(self._getevents),
+                self._context,
+                ctypes.c_long(min(max(at_least, 0), self._BATCH)),
+                ctypes.c_long(self._BATCH),
+                events,
+                None,
+            )
+            if got < 0:
+                code = ctypes.get_errno()
+                if code == errno.EINTR:
+                    continue
+                # Which syncs finished is unknown now: every one in flight fails (its log fails, as
+                # after a failed fdatasync), none is left waiting, and no more go to the kernel.
+                log.error(
+                    "io_getevents failed (%s): %d kernel fdatasyncs fail", os.strerror(code), self.in_flight
+                )
+                finished.extend((then, -(code or errno.EIO)) for then in self._pending.values())
+                self._pending.clear()
+                self._usable = False
+                break
+            finished.extend((self._pending.pop(events[i].data), events[i].res) for i in range(got))
+            at_least -= got
+            if got < self._BATCH and at_least <= 0:
+                break
+        for then, res in finished:
+            try:
+                then(None if res >= 0 else OSError(-res, os.strerror(-res)))
+            except Exception:  # a bug in one waiter's completion must not strand the others
+                log.exception("completion of a kernel fdatasync failed")
+
+    def close(self) -> None:
+        """Wait for the syncs in flight (their ``then`` runs here), then free the context."""
+        if self._eventfd < 0:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._eventfd)
+            self._loop = None
+        self._collect(len(self._pending))
+        self._syscall(ctypes.c_long(self._destroy), self._context)
+        os.close(self._eventfd)
+        self._eventfd = -1
+        self._usable = False

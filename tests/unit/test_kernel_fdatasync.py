@@ -1,0 +1,174 @@
+"""The kernel's asynchronous fdatasync (node/kernel_fdatasync.py) and the log rounds it takes.
+
+A round that only has to fdatasync its active segment is handed to the kernel (no executor
+thread) when no other sync is there; every other round, and every round while ``_fsync`` is
+replaced, stays on the executor.
+Whatever path a round takes, a waiter returns only once ``durable_position`` covers its record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from node import segment_log
+from node.kernel_fdatasync import KernelFdatasync
+from node.segment_log import SegmentLog
+
+
+@pytest.fixture
+def kernel() -> Iterator[KernelFdatasync]:
+    opened = KernelFdatasync.open(depth=8)
+    if opened is None:
+        # The fallback is the executor, which every other log test covers; this module is about
+        # the kernel path, which this machine (another OS or architecture) does not have.
+        pytest.fail("this suite runs on Linux x86_64/aarch64, which has AIO fdatasync")
+    yield opened
+    opened.close()
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A thread pool that counts the rounds handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.submitted = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture
+def executor() -> Iterator[CountingExecutor]:
+    pool = CountingExecutor()
+    yield pool
+    pool.shutdown(wait=True)
+
+
+async def test_a_sync_of_a_file_completes_on_the_loop(tmp_path: Path, kernel: KernelFdatasync) -> None:
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"x" * 100)
+        done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
+        assert kernel.submit(fd, done.set_result)
+        assert kernel.in_flight == 1
+        assert await asyncio.wait_for(done, 10) is None
+        assert kernel.in_flight == 0
+    finally:
+        os.close(fd)
+
+
+async def test_many_syncs_in_flight_each_complete_once(tmp_path: Path, kernel: KernelFdatasync) -> None:
+    fds = [os.open(tmp_path / f"f{i}", os.O_WRONLY | os.O_CREAT, 0o644) for i in range(6)]
+    results: list[tuple[int, OSError | None]] = []
+    try:
+        for i, fd in enumerate(fds):
+            os.write(fd, b"y" * (10 + i))
+            assert kernel.submit(fd, lambda error, i=i: results.append((i, error)))
+        async with asyncio.timeout(10):
+            while kernel.in_flight:
+                await asyncio.sleep(0.001)
+        assert sorted(results, key=lambda r: r[0]) == [(i, None) for i in range(6)]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def test_close_waits_for_the_syncs_in_flight(tmp_path: Path) -> None:
+    kernel = KernelFdatasync.open(depth=4)
+    assert kernel is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    results: list[OSError | None] = []
+    try:
+        os.write(fd, b"z")
+        assert kernel.submit(fd, results.append)
+        kernel.close()  # before the loop could read the eventfd: the completion runs here
+        assert results == [None]
+        kernel.close()  # twice is harmless
+        assert not kernel.submit(fd, results.append)
+    finally:
+        os.close(fd)
+
+
+async def test_a_file_that_cannot_be_synced_asynchronously_is_refused_for_good(
+    kernel: KernelFdatasync,
+) -> None:
+    read, write = os.pipe()  # a pipe has no fsync: the kernel refuses the request outright
+    try:
+        assert not kernel.submit(write, lambda error: None)
+        assert kernel.in_flight == 0
+    finally:
+        os.close(read)
+        os.close(write)
+    # Refused as a kind the kernel cannot do: later requests go to the threads without asking.
+    assert not kernel.submit(0, lambda error: None)
+
+
+async def test_a_round_of_the_active_segment_goes_to_the_kernel_and_acks_after_it(
+    tmp_path: Path, kernel: KernelFdatasync, executor: CountingExecutor
+) -> None:
+    log = SegmentLog.open(tmp_path / "log", executor=executor, kernel_sync=kernel)
+    observed: list[float] = []
+    log.on_sync = observed.append
+    end = log.append(b"event") + 8 + 5
+    waiter = asyncio.create_task(log.wait_durable(end))
+    await asyncio.sleep(0)  # the round starts: its sync is in the kernel, the record not yet durable
+    assert kernel.in_flight == 1 and log.durable_position < end and not waiter.done()
+    await asyncio.wait_for(waiter, 10)
+    # The waiter returned after the kernel's completion was taken, never before.
+    assert kernel.in_flight == 0
+    assert log.durable_position == end == log.end_position
+    assert executor.submitted == 0
+    assert len(observed) == 1 and observed[0] > 0
+    await log.close()
+    reopened = SegmentLog.open(tmp_path / "log")
+    assert list(reopened.scan()) == [(0, b"event")]
+    await reopened.close()
+
+
+async def test_rounds_that_create_a_segment_or_run_with_a_replaced_fsync_use_the_executor(
+    tmp_path: Path, kernel: KernelFdatasync, executor: CountingExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = SegmentLog.open(tmp_path / "log", segment_bytes=64, executor=executor, kernel_sync=kernel)
+    log.append(b"a" * 40)
+    await log.flush()
+    assert executor.submitted == 0  # the active segment alone: the kernel
+    log.append(b"b" * 40)  # rolls over: a new segment file (a directory update) is the thread's
+    await log.flush()
+    assert executor.submitted == 1
+    synced: list[int] = []
+    real = segment_log._fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(segment_log, "_fsync", counting)
+    log.append(b"c")
+    await log.flush()
+    assert executor.submitted == 2 and len(synced) == 1  # the replaced fsync was the one called
+    assert log.durable_position == log.end_position
+    await log.close()
+
+
+async def test_a_round_started_while_another_sync_is_in_the_kernel_goes_to_the_executor(
+    tmp_path: Path, kernel: KernelFdatasync, executor: CountingExecutor
+) -> None:
+    first, second = (
+        SegmentLog.open(tmp_path / name, executor=executor, kernel_sync=kernel) for name in ("a", "b")
+    )
+    first.append(b"one")
+    second.append(b"two")
+    # Both rounds start in the same loop step: the first one's sync is still in the kernel.
+    await asyncio.wait_for(asyncio.gather(first.flush(), second.flush()), 10)
+    assert executor.submitted == 1
+    assert first.durable_position == first.end_position and second.durable_position == second.end_position
+    await first.close()
+    await second.close()
