@@ -83,6 +83,26 @@ class PartitionConfig:
 _Decoded = tuple[int, dict[str, int], Sequence[EventRow]]
 _AlertRow = AlertRow
 _NO_ALERTS = array("q")
+_INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
+
+
+def _storable(alert: _AlertRow) -> list[object]:
+    """The alert as its log row stores it: ``value_at_cross`` saturated to int64 and ``multiple``
+    to uint64, the ranges of the API's fields (docs/semantics.md, "Alerts"). Sums are exact past
+    them, so a crossing whose value does not fit still fires and is logged, with the field's
+    largest value, instead of failing the call after its record was stored."""
+    account, metric, threshold, threshold_value, multiple, value, period_start, event_time = alert
+    return [
+        account,
+        metric,
+        threshold,
+        threshold_value,
+        min(multiple, _UINT64_MAX),
+        max(min(value, _INT64_MAX), -_INT64_MAX - 1),
+        period_start,
+        event_time,
+    ]
 
 
 class Partition:
@@ -176,7 +196,7 @@ class Partition:
     def _log_alerts(self, event_first_offset: int, fired: list[_AlertRow], record_time: int) -> None:
         """Give alerts their offsets and append them, as one record, to the alert log."""
         first = len(self.alerts) + 1
-        rows = [[*a, record_time] for a in fired]
+        rows = [[*_storable(a), record_time] for a in fired]
         self.alert_log.append(encode_alert_record(AlertRecord(event_first_offset, first, rows)))
         self._load_alerts(rows)
 
