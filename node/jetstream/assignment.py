@@ -137,6 +137,7 @@ class Assignment:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
+        self._follows: list[asyncio.Task[None]] = []
         self._last_entry = clock()
         self._stopped = False
 
@@ -245,6 +246,9 @@ class Assignment:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self._unwatch()
+        for partition in self._node.partitions:
+            if self.lease_state(partition.number) == LOST:  # another node's now: nothing to close
+                await self._drop(partition.number)
         with contextlib.suppress(TimeoutError, nats.errors.Error):
             await self._members_kv.put(_member_key(self._me), msgpack.packb(self._report({})))
 
@@ -253,12 +257,15 @@ class Assignment:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _TICK_SECONDS)
             self._wake.clear()
-            try:
-                if self._clock() - self._last_entry > self._leases.ttl:
-                    # This node's own renewals go through the bucket every TTL/3: a watch that saw
-                    # nothing for a TTL lost its consumer (a server restarted); watch again.
-                    await self._unwatch()
+            if self._clock() - self._last_entry > self._leases.ttl:
+                # This node's own renewals go through the bucket every TTL/3: a watch that saw
+                # nothing for a TTL lost its consumer (a server restarted) or NATS is away.
+                await self._unwatch()
+                try:
                     await self._watch()
+                except (TimeoutError, nats.errors.Error) as exc:
+                    log.warning("lease bucket not watched (%s); trying again", exc)
+            try:
                 self._reconcile()
             except Exception:
                 log.exception("partition assignment failed; trying again")
@@ -377,15 +384,17 @@ class Assignment:
         for kv, apply in ((self._leases.kv, self._apply_lease), (self._members_kv, self._apply_member)):
             watcher = await kv.watchall()
             self._watchers.append(watcher)
-            self._tasks.append(
-                asyncio.create_task(self._follow(watcher, apply), name="unimeter-assignment-watch")
-            )
+            follow = asyncio.create_task(self._follow(watcher, apply), name="unimeter-assignment-watch")
+            self._follows.append(follow)
 
     async def _unwatch(self) -> None:
+        for follow in self._follows:
+            follow.cancel()
         for watcher in self._watchers:
             with contextlib.suppress(TimeoutError, nats.errors.Error):
                 await watcher.stop()  # type: ignore[no-untyped-call]
         self._watchers = []
+        self._follows = []
 
     async def _follow(self, watcher: KeyValue.KeyWatcher, apply: Callable[[KeyValue.Entry], None]) -> None:
         async for entry in watcher:

@@ -38,7 +38,7 @@ from ..stats import NodeStats
 from .connection import NatsOptions, check_server_version, check_sync_always, connect
 from .errors import NatsRefused, NatsUnavailable
 from .stream import PEERS_OFFLINE, StreamLayout, ensure_stream, scan_stream, stream_servers, subject_counts
-from .subject_log import JetStreamLog
+from .subject_log import HELD, JetStreamLog
 
 __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_jetstream_backend"]
 
@@ -79,12 +79,15 @@ class JetStreamStorage:
         bucket: ObjectStore,
         name: str,
         snapshot: tuple[bytes, float] | None,
+        held: Callable[[], bool] | None = None,
     ) -> None:
+        """``held``: whether this node still holds the partition's lease (None: it always does)."""
         self.events = events
         self.alerts = alerts
         self._bucket = bucket
         self._name = name
         self._snapshot = snapshot
+        self._held = held
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
         return self._snapshot
@@ -93,6 +96,9 @@ class JetStreamStorage:
         return asyncio.ensure_future(self._put(data))
 
     async def _put(self, data: bytes) -> None:
+        if self._held is not None and not self._held():
+            # A former owner resumed after a pause must not replace the new owner's snapshot.
+            raise OSError(f"snapshot {self._name} not stored: this node no longer holds the partition")
         written_at = time.time()
         meta = ObjectMeta(name=self._name, description=repr(written_at))
         try:
@@ -202,7 +208,9 @@ class JetStreamBackend:
             )
             for kind in ("events", "alerts")
         ]
-        storage = JetStreamStorage(logs[0], logs[1], self._bucket, f"partition-{number}", snapshot)
+        lease = self.lease_state
+        held = (lambda: lease(number) == HELD) if lease is not None else None
+        storage = JetStreamStorage(logs[0], logs[1], self._bucket, f"partition-{number}", snapshot, held)
         self._observe(storage)
         self._storages[number] = storage
         return storage

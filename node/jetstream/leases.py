@@ -288,12 +288,28 @@ class PartitionLeases:
         which proves nobody took it meanwhile (the key is still at this node's revision)."""
         held = [(p, h) for p, h in self._leases.items() if p not in self._lost]
         if self._node is not None:
-            held.append((-1, self._node))
+            if self._node.deadline == float("-inf"):
+                await self._rejoin()
+            else:
+                held.append((-1, self._node))
         await asyncio.gather(*(self._renew_one(p, h) for p, h in held))
         now = self._clock()
         for partition, lease in self._leases.items():
             if now >= lease.deadline:
                 self._report_lapse(partition, lease)
+
+    async def _rejoin(self) -> None:
+        """Take the liveness record again after losing it (a pause longer than the TTL: the
+        servers expired it), so the other nodes count this node again; one attempt a round."""
+        assert self._node is not None
+        sent = self._clock()
+        key = node_key(self.node_id)
+        try:
+            revision = await self._kv.create(key, self._record)
+        except (TimeoutError, nats.errors.Error):
+            return  # still held by another instance with this id, or NATS unreachable: next round
+        self._node = _Held(key, revision, revision, sent + self.ttl - self.margin)
+        log.warning("node id %r: liveness record taken again", self.node_id)
 
     async def _renew_one(self, partition: int, held: _Held) -> None:
         sent = self._clock()
@@ -377,11 +393,15 @@ class PartitionLeases:
             try:
                 await self._kv.delete(held.key, last=revision)
                 return
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except nats.js.errors.APIError as exc:
+                # A refused delete comes back as a plain API error with the wrong-last-sequence code.
+                if not isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) and exc.err_code != 10071:
+                    log.warning("%s: not deleted (%s); it expires within %gs", held.key, exc, self.ttl)
+                    return
                 try:
                     entry = await self._kv.get(held.key)
-                except nats.js.errors.KeyNotFoundError:
-                    return
+                except (TimeoutError, nats.errors.Error):
+                    return  # gone already (expired, deleted), or unreadable: it expires anyway
                 if msgpack.unpackb(entry.value).get("instance") != self._instance:
                     return  # another node's record now
                 revision = int(entry.revision or 0)

@@ -5,13 +5,16 @@ route by hand: routing between nodes is not what they test)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
 from cluster_client.partitioning import partition_of
+from tests.conftest import Api, api_on_port
 from tests.process import ServeProcess, start_serve
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import cluster_service_pb2 as cs
@@ -19,6 +22,7 @@ from unimeter.v1 import cluster_service_pb2_grpc
 
 TTL = 2.0
 """The lease TTL of these tests' nodes (seconds)."""
+T = TypeVar("T")
 
 
 def cluster_flags(cluster: NatsCluster, stream: str, partitions: int) -> list[str]:
@@ -73,3 +77,56 @@ def accounts_by_partition(partitions: int) -> list[int]:
         found.setdefault(partition_of(account, partitions), account)
         account += 1
     return [found[p] for p in range(partitions)]
+
+
+class Router:
+    """Sends each request to its partition's owner as GetClusterStatus of a live node says; after a
+    failure, :meth:`refresh` asks again (the test decides when)."""
+
+    def __init__(self, ports: list[int], partitions: int) -> None:
+        self.ports = list(ports)
+        self.partitions = partitions
+        self.table: list[str] = []
+        self.grpc_port: dict[str, int] = {}
+        self._apis: dict[int, Api] = {}
+
+    async def refresh(self) -> None:
+        """Read the map from the first node that answers (every node gives the same one)."""
+        for port in self.ports:
+            try:
+                response = await status(port)
+            except grpc.aio.AioRpcError:
+                continue
+            self.table = owners(response)
+            self.grpc_port = {n.node_id: int(n.grpc_addr.rpartition(":")[2]) for n in response.nodes}
+            return
+        raise RuntimeError("no node answered GetClusterStatus")
+
+    def api(self, account: int) -> Api:
+        """Stubs on a channel to the owner of ``account``'s partition (as last read)."""
+        port = self.grpc_port[self.table[partition_of(account, self.partitions)]]
+        api = self._apis.get(port)
+        if api is None:
+            api = self._apis[port] = api_on_port(port)
+        return api
+
+    async def close(self) -> None:
+        for api in self._apis.values():
+            await api.channel.close()
+        self._apis.clear()
+
+    async def until_done(self, account: int, call: Callable[[Api], Awaitable[T]], timeout: float = 30.0) -> T:
+        """``call`` on the owner of ``account``'s partition, retried (refreshing the map) until it
+        succeeds, bounded by ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if not self.table or not self.table[partition_of(account, self.partitions)]:
+                    raise LookupError("no owner yet")
+                return await call(self.api(account))
+            except (grpc.aio.AioRpcError, LookupError, KeyError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+                with contextlib.suppress(RuntimeError):
+                    await self.refresh()
