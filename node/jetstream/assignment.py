@@ -52,6 +52,7 @@ MEMBER_MAX_AGE = 3600.0
 _TICK_SECONDS = 0.25
 """Longest wait between two looks at the assignment without a change seen by the watch."""
 _REPORT_SECONDS = 1.0
+_LAG_MEASURE_SECONDS = 0.5
 _LOADS_AT_ONCE = 8
 _RETRY_FAILED_LOAD_SECONDS = 5.0
 
@@ -166,8 +167,9 @@ class Assignment:
         partition: its holder and lease epoch from the lease bucket, its offsets and lag from this
         node's own state when it serves it, else from its owner's last report (at most about a
         second old)."""
-        with contextlib.suppress(Exception):  # the lags of the last report stand in for fresh ones
-            await self._measure_lags()
+        # Bounded: a status must answer while NATS is away (the last report's lags stand in).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._measure_lags(), _LAG_MEASURE_SECONDS)
         nodes: dict[str, NodeInfo] = {}
         for node_id, member in self._members.items():
             nodes[node_id] = NodeInfo(
