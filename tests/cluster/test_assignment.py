@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cluster_client.errors import UnavailableError
 from cluster_client.remote_node import RemoteNode
@@ -48,6 +50,21 @@ def test_the_balanced_assignment_is_even_and_moves_little_when_a_node_joins() ->
     moved = sum(1 for a, b in zip(three, four, strict=True) if a != b)
     assert moved < 32  # about the newcomer's share, not the whole map
     assert balanced_assignment(3, []) == ["", "", ""]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    partitions=st.integers(1, 256),
+    nodes=st.sets(st.text("abcdefgh0123456789-", min_size=1, max_size=6), min_size=1, max_size=9),
+)
+def test_the_balanced_assignment_gives_every_partition_to_one_live_node_within_one_of_even(
+    partitions: int, nodes: set[str]
+) -> None:
+    owners_ = balanced_assignment(partitions, nodes)
+    assert owners_ == balanced_assignment(partitions, sorted(nodes, reverse=True))
+    assert len(owners_) == partitions and set(owners_) <= nodes
+    shares = [owners_.count(node) for node in nodes]
+    assert sum(shares) == partitions and max(shares) - min(shares) <= 1
 
 
 def evenly_split(nodes: set[str]) -> Callable[[list[str]], bool]:
