@@ -290,8 +290,12 @@ class Assignment:
         for p in held:
             if target[p] != self._me and self._node.served(p) is not None:
                 self._begin(p, self._hand_over(p))
-            elif self._node.served(p) is None and now >= self._retry_at.get(p, 0.0):
-                self._begin(p, self._load(p))  # a load that failed: again
+            elif (
+                self._node.served(p) is None
+                and self._leases.holds(p)  # not while lapsed: loading would fail, again and again
+                and now >= self._retry_at.get(p, 0.0)
+            ):
+                self._begin(p, self._load(p))  # dropped (its log failed) while the lease lapsed
         for p, owner in enumerate(target):
             if owner != self._me or p in held or now < self._retry_at.get(p, 0.0):
                 continue
