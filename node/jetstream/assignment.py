@@ -136,6 +136,7 @@ class Assignment:
         self._loads = asyncio.Semaphore(_LOADS_AT_ONCE)
         self._lags: dict[int, int] = {}
         self._wake = asyncio.Event()
+        self._report_soon = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
         self._follows: list[asyncio.Task[None]] = []
@@ -197,22 +198,23 @@ class Assignment:
 
     def _elsewhere(self, partition: int) -> PartitionInfo:
         """A partition this node does not serve: its live holder and epoch from the lease bucket,
-        offsets and lag from the holder's last report. Without a live holder (its node died, the
-        lease not yet taken over) no owner, and the offsets of the latest report that had it."""
+        its lag from the holder's last report, its offsets the highest any node reported (without
+        a live holder, when its node died and the lease is not yet taken over: no owner)."""
         holder = self._holders.get(partition)
         owner, epoch = "", 0
         if holder is not None and self._alive(holder):
             owner = str(holder.value["node"])
             epoch = int(holder.value.get("epoch") or holder.revision)
-            reports = [self._members[owner]] if owner in self._members else []
-        else:
-            reports = sorted(self._members.values(), key=lambda m: float(m.get("reported_at", 0.0)))
+        # Offsets only grow: the highest any report has is the latest known (the new owner's
+        # first report may be a moment behind the hand-over, or show the partition loading).
         last = alerts = lag = 0
-        for report in reports:
+        for node_id, report in self._members.items():
             progress = report.get("partitions", {}).get(partition)
             if progress is not None:
-                last, alerts, lag = (int(x) for x in progress)
-        return PartitionInfo(partition, owner, last, alerts, epoch, lag if owner else 0)
+                last, alerts = max(last, int(progress[0])), max(alerts, int(progress[1]))
+                if node_id == owner:
+                    lag = int(progress[2])
+        return PartitionInfo(partition, owner, last, alerts, epoch, lag)
 
     # ------------------------------------------------------------------ running
 
@@ -314,6 +316,7 @@ class Assignment:
         def done(_: asyncio.Task[None]) -> None:
             self._busy.pop(partition, None)
             self._wake.set()
+            self._report_soon.set()  # what this node serves changed: tell the others now
 
         task.add_done_callback(done)
 
@@ -478,7 +481,9 @@ class Assignment:
                 await self._members_kv.put(_member_key(self._me), msgpack.packb(self._report(progress)))
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("progress report not stored: %s", exc)
-            await asyncio.sleep(_REPORT_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_soon.wait(), _REPORT_SECONDS)
+            self._report_soon.clear()
 
 
 def _member_key(node_id: str) -> str:
