@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import nats.errors
@@ -36,7 +36,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from cluster_client.node_api import ClusterStatus, NodeInfo, PartitionInfo
 
 from .kv_bucket import open_bucket
-from .leases import PartitionLeases
+from .leases import LEASE_PREFIX, NODE_PREFIX, PartitionLeases
 from .subject_log import HELD, LAPSED, LOST
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ _REPORT_SECONDS = 1.0
 _LAG_MEASURE_SECONDS = 0.5
 _LOADS_AT_ONCE = 8
 _RETRY_FAILED_LOAD_SECONDS = 5.0
+_K = TypeVar("_K", int, str)
 
 
 def balanced_assignment(partitions: int, nodes: Iterable[str]) -> list[str]:
@@ -424,22 +425,13 @@ class Assignment:
 
     def _apply_lease(self, entry: KeyValue.Entry) -> None:
         key = entry.key
-        gone = entry.operation in (KV_DEL, KV_PURGE)
-        if key.startswith("partition."):
-            p = int(key.partition(".")[2])
-            if gone:
-                self._holders.pop(p, None)
-            else:
-                self._holders[p] = _Seen(
-                    msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry)
-                )
-        elif key.startswith("node."):
-            if gone:
-                self._live_nodes.pop(key, None)
-            else:
-                self._live_nodes[key] = _Seen(
-                    msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry)
-                )
+        seen = None
+        if entry.operation not in (KV_DEL, KV_PURGE):
+            seen = _Seen(msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry))
+        if key.startswith(LEASE_PREFIX):
+            _put(self._holders, int(key[len(LEASE_PREFIX) :]), seen)
+        elif key.startswith(NODE_PREFIX):
+            _put(self._live_nodes, key, seen)
 
     def _apply_member(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
@@ -464,7 +456,6 @@ class Assignment:
             "node": self._me,
             "addr": self._node.node_addr,
             "grpc": self._node.grpc_addr,
-            "reported_at": time.time(),
             "partitions": partitions,
         }
 
@@ -484,6 +475,14 @@ class Assignment:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._report_soon.wait(), _REPORT_SECONDS)
             self._report_soon.clear()
+
+
+def _put(table: dict[_K, _Seen], name: _K, seen: _Seen | None) -> None:
+    """Record ``seen`` under ``name``, or forget ``name`` (None: the key was deleted)."""
+    if seen is None:
+        table.pop(name, None)
+    else:
+        table[name] = seen
 
 
 def _member_key(node_id: str) -> str:
