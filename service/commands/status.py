@@ -30,7 +30,7 @@ def status(api: Api, *, as_json: bool, per_partition: bool = False) -> int:
     if per_partition:
         sections.append(
             table(
-                ["PARTITION", "OWNER", "LAST_OFFSET", "LAST_ALERT_OFFSET", "LEASE_EPOCH"],
+                ["PARTITION", "OWNER", "LAST_OFFSET", "LAST_ALERT_OFFSET", "LEASE_EPOCH", "LAG"],
                 [
                     [
                         p.partition,
@@ -38,6 +38,7 @@ def status(api: Api, *, as_json: bool, per_partition: bool = False) -> int:
                         p.last_offset,
                         p.last_alert_offset,
                         p.lease_epoch or "-",
+                        p.lag,
                     ]
                     for p in infos
                 ],
@@ -64,6 +65,11 @@ def _summary(response: cs.GetClusterStatusResponse) -> str:
         rows.append(
             ("busiest", f"partition {busiest.partition}: {busiest.last_offset} events ({share:.0f}%)")
         )
+    lagging = [p for p in infos if p.lag]
+    if lagging:
+        # Partitions being loaded by a node that just took them over (see docs/operations.md).
+        behind = sum(p.lag for p in lagging)
+        rows.append(("lag", f"{behind} records of {len(lagging)} partitions not yet applied by their owner"))
     unowned = sum(1 for p in infos if not p.owner_node_id)
     if unowned:
         rows.append(("unowned", f"{unowned} of {len(infos)} partitions: their accounts cannot be served"))
