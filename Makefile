@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv native proto proto-go test test-fast lint run bench bench-quick clean docs fuzz soak soak-crash soak-rate soak-smoke
+.PHONY: all venv native proto proto-go test test-fast lint run cluster bench bench-quick clean docs fuzz soak soak-crash soak-rate soak-smoke
 
 all: test
 
@@ -150,6 +150,12 @@ run: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(BIN)/unimeter serve --data-dir "$${UNIMETER_DATA_DIR:-./data}" --grpc-addr "$${UNIMETER_GRPC_ADDR:-127.0.0.1:50051}" \
 		--node-addr "$${UNIMETER_NODE_ADDR-127.0.0.1:7001}" --http-addr "$${UNIMETER_HTTP_ADDR-127.0.0.1:9464}" \
 		--log-format "$${UNIMETER_LOG_FORMAT:-text}"
+
+# A cluster on loopback (tools/local_cluster.py): three nats-servers forming one JetStream cluster
+# (replicas 3) and three nodes, everything under $UNIMETER_CLUSTER_DIR (./cluster-data); each one's
+# addresses are printed once all are up. Ctrl-C stops the nodes, then the servers.
+cluster: $(PROTO_STAMP) $(NATIVE_STAMP)
+	$(PY) -m tools.local_cluster --dir "$${UNIMETER_CLUSTER_DIR:-./cluster-data}"
 
 bench: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench
