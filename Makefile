@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv native proto proto-go test test-fast lint run cluster bench bench-quick clean docs fuzz soak soak-crash soak-rate soak-smoke
+.PHONY: all venv native proto proto-go test test-fast lint run cluster bench bench-quick bench-cluster clean docs fuzz soak soak-crash soak-rate soak-smoke
 
 all: test
 
@@ -162,6 +162,10 @@ bench: $(PROTO_STAMP) $(NATIVE_STAMP)
 
 bench-quick: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench --quick
+
+# The cluster section of `make bench` alone (3 nats-servers, the nodes, an embedded node; minutes).
+bench-cluster: $(PROTO_STAMP) $(NATIVE_STAMP)
+	$(PY) -m bench --only cluster
 
 clean:
 	rm -rf $(VENV) $(NATIVE_DIR)/target $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi $(PROTO_STAMP)
