@@ -1,0 +1,168 @@
+"""``unimeter serve --backend nats`` (a real process) through NATS outages, seen by a gRPC client
+that retries with the same event ids: every nats-server killed and started again on the same ports
+and stores, and the server leading the stream killed during SYNC ingests. Whatever the node
+acknowledged is counted exactly once, by it and by a node started afresh on the stream; nothing
+it refused is counted twice after the retry. Its own cluster: it kills servers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+
+from cluster_client.partitioning import partition_of
+from tests.conftest import Api, api_on_port
+from tests.grpc_errors import details
+from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
+from tests.process import ServeProcess, start_serve
+from tools.nats_cluster import NatsCluster
+from unimeter.v1 import query_service_pb2 as qs
+from unimeter.v1 import types_pb2 as t
+
+from .conftest import running_cluster
+
+TTL = 6.0
+PARTITIONS = 4
+HOUR = 3600 * SEC
+
+
+@pytest.fixture(scope="module")
+def outage_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    yield from running_cluster(tmp_path_factory, "nats-outage")
+
+
+def _serve(cluster: NatsCluster, data_dir: Path, stream: str) -> ServeProcess:
+    return start_serve(
+        data_dir,
+        "--backend", "nats",
+        "--node-id", "n1",
+        "--nats-url", ",".join(cluster.urls),
+        "--nats-monitor-url", ",".join(cluster.monitor_urls),
+        "--nats-stream", stream,
+        "--partitions", str(PARTITIONS),
+        "--lease-ttl-seconds", str(TTL),
+    )  # fmt: skip
+
+
+async def _until_acknowledged(api: Api, *events: t.Event, sync: bool = True, seconds: float = 60) -> None:
+    """Send ``events`` until the node acknowledges them (retried on UNAVAILABLE, same ids)."""
+    async with asyncio.timeout(seconds):
+        while True:
+            try:
+                await ingest(api, *events, sync=sync)
+                return
+            except grpc.aio.AioRpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                await asyncio.sleep(0.1)
+
+
+async def _sums(api: Api, accounts: list[int]) -> dict[int, int]:
+    return {a: (await query(api, a, "calls", T0, T0 + HOUR)).value.sum for a in accounts}
+
+
+async def _event_ids(api: Api, account: int) -> list[str]:
+    page = await api.query.ListEvents(
+        qs.ListEventsRequest(account_id=account, start_unix_nano=T0, end_unix_nano=T0 + HOUR, page_size=1000),
+        timeout=10,
+    )
+    return sorted(e.event.event_id for e in page.events)
+
+
+async def test_every_server_down_then_back_refuses_writes_answers_reads_and_resumes(
+    tmp_path: Path, outage_cluster: NatsCluster, stream_name: str
+) -> None:
+    account = 7
+    node = _serve(outage_cluster, tmp_path / "data", stream_name)
+    try:
+        api = api_on_port(node.grpc_port)
+        await create_metric(api, "calls", t.AGG_TYPE_SUM)
+        await ingest(api, ev(account, "calls", 5, T0 + SEC, event_id="a"), sync=True)
+        for server in outage_cluster.servers:
+            outage_cluster.kill(server)
+        # The lease is still held locally (renewed every TTL/3, held until 0.8 TTL after the last
+        # renewal): reads answer from applied state.
+        assert (await query(api, account, "calls", T0, T0 + HOUR)).value.sum == 5
+        # A SYNC write is never acknowledged while nothing can store it: UNAVAILABLE, with a delay
+        # to retry after (the log stalled, or the lease lapsed locally first).
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await ingest(api, ev(account, "calls", 7, T0 + 2 * SEC, event_id="b"), sync=True)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        reason, _, retry = details(refused.value)
+        assert reason in ("NATS_UNAVAILABLE", "PARTITION_NOT_OWNED") and retry, (reason, retry)
+        # Once the lease has lapsed locally, the partition is not served at all (a takeover elsewhere
+        # could be answering by then): reads are refused too, retryably.
+        async with asyncio.timeout(30):
+            while True:
+                try:
+                    await query(api, account, "calls", T0, T0 + HOUR)
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNAVAILABLE
+                    assert details(err)[0] == "PARTITION_NOT_OWNED" and details(err)[2]
+                    break
+                await asyncio.sleep(0.1)
+
+        outage_cluster.start()  # the same ports and stores
+        # No restart of the node: the retry of "b" is stored once, and new writes go through.
+        await _until_acknowledged(api, ev(account, "calls", 7, T0 + 2 * SEC, event_id="b"))
+        await _until_acknowledged(api, ev(account, "calls", 11, T0 + 3 * SEC, event_id="c"))
+        assert (await query(api, account, "calls", T0, T0 + HOUR)).value.sum == 23
+        assert await _event_ids(api, account) == ["a", "b", "c"]
+        await api.channel.close()
+    finally:
+        node.kill9()
+    # A node started afresh on the stream (after the old one's lease expired) has exactly that.
+    again = _serve(outage_cluster, tmp_path / "again", stream_name)
+    try:
+        api = api_on_port(again.grpc_port)
+        assert (await query(api, account, "calls", T0, T0 + HOUR)).value.sum == 23
+        assert await _event_ids(api, account) == ["a", "b", "c"]
+        await api.channel.close()
+    finally:
+        assert again.terminate() == 0
+
+
+async def test_stream_leader_killed_during_sync_ingests_through_a_retrying_client(
+    tmp_path: Path, outage_cluster: NatsCluster, stream_name: str
+) -> None:
+    """Writes stall for the election, then resume; every event acknowledged exactly once."""
+    accounts = [next(a for a in range(1, 100) if partition_of(a, PARTITIONS) == p) for p in range(PARTITIONS)]
+    node = _serve(outage_cluster, tmp_path / "data", stream_name)
+    nc = await nats.connect(servers=outage_cluster.urls)
+    leader = ""
+    try:
+        api = api_on_port(node.grpc_port)
+        await create_metric(api, "calls", t.AGG_TYPE_SUM)
+        info = await nc.jetstream().stream_info(stream_name)
+        assert info.cluster is not None and info.cluster.leader
+        leader = info.cluster.leader
+        rounds = 30
+
+        async def writer(account: int) -> None:
+            for i in range(rounds):
+                event = ev(account, "calls", 1, T0 + (i + 1) * SEC, event_id=f"{account}-{i}")
+                await _until_acknowledged(api, event)
+                if account == accounts[0] and i == 5:
+                    await asyncio.to_thread(outage_cluster.kill, outage_cluster.server_named(leader))
+
+        await asyncio.wait_for(asyncio.gather(*(writer(a) for a in accounts)), timeout=90)
+        assert await _sums(api, accounts) == dict.fromkeys(accounts, rounds)
+        await api.channel.close()
+    finally:
+        await nc.close()
+        node.kill9()
+        if leader:
+            outage_cluster.start_server(outage_cluster.server_named(leader))
+    again = _serve(outage_cluster, tmp_path / "again", stream_name)
+    try:
+        api = api_on_port(again.grpc_port)
+        assert await _sums(api, accounts) == dict.fromkeys(accounts, rounds)
+        for account in accounts:
+            assert await _event_ids(api, account) == sorted(f"{account}-{i}" for i in range(rounds))
+        await api.channel.close()
+    finally:
+        assert again.terminate() == 0
