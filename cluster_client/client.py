@@ -16,13 +16,19 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from .errors import FieldViolation, InvalidArgumentError, ResourceExhaustedError, UnavailableError
+from .errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+    UnimeterError,
+)
 from .ids import uuid7
 from .node_api import AlertStreamItem, ClusterStatus, IngestOutcome, NodeApi
 from .retry import RetryPolicy, call_with_retries, deadline_after
 from .routed_alerts import routed_alert_stream
 from .subscription import AlertSubscription, open_subscription
-from .topology import REFRESH_INTERVAL, RemoteFactory, Topology
+from .topology import PARTITION_NOT_OWNED, REFRESH_INTERVAL, RemoteFactory, Topology
 from .types import (
     Alert,
     DeliveryMode,
@@ -171,6 +177,7 @@ class Client:
         node_id: str,
         connect: RemoteFactory,
         *,
+        peers: Sequence[str] = (),
         retry: RetryPolicy | None = None,
         metric_lookup: MetricLookup | None = None,
         metric_refresh: MetricRefresh | None = None,
@@ -178,8 +185,9 @@ class Client:
         """The client core of a node in a cluster: ``node`` (this process's, ``node_id``) serves
         its own partitions in process; the other nodes' are reached through ``connect`` (a node
         address → a ``RemoteNode``), one connection per node. Any call can be made through any
-        node: it is routed to the partition's owner and follows it when it moves."""
-        topology = await Topology.in_cluster(node, node_id, connect)
+        node: it is routed to the partition's owner and follows it when it moves. ``peers``: other
+        nodes' addresses to ask for the partition map where this node's status names no owner."""
+        topology = await Topology.in_cluster(node, node_id, connect, peers=peers)
         return cls(topology, retry=retry, metric_lookup=metric_lookup, metric_refresh=metric_refresh)
 
     @classmethod
@@ -351,22 +359,34 @@ class Client:
             return await node.ingest(parts, sync, batch_id, validated=validated and topology.is_local(node))
 
         failed: list[int] = []
+        # A node refuses a whole request when one of its partitions has moved, without saying
+        # which: the partitions of such a request are sent one per request from then on, so the
+        # others are stored and the moved one's refusal carries its own owner hint.
+        alone: set[int] = set()
+        rerouted = [False]
 
         async def attempt(_left: float) -> None:
-            groups: dict[int, tuple[NodeApi | None, list[int]]] = {}
+            groups: dict[tuple[int, int], tuple[NodeApi | None, list[int]]] = {}
             for p in by_partition:
                 if p not in outcomes:
                     node = topology.owner_or_none(p)
-                    groups.setdefault(id(node), (node, []))[1].append(p)
+                    groups.setdefault((id(node), p if p in alone else -1), (node, []))[1].append(p)
             calls = [send(node, ps) for node, ps in groups.values()]
             results = [await calls[0]] if len(calls) == 1 else await _gather_settled(calls)
             failed.clear()
+            rerouted[0] = False
             error: Exception | None = None
             for (_, ps), result in zip(groups.values(), results, strict=True):
                 if isinstance(result, BaseException):
                     if not isinstance(result, Exception):
                         raise result
                     failed.extend(ps)
+                    if isinstance(result, UnimeterError) and result.reason == PARTITION_NOT_OWNED:
+                        if len(ps) > 1:
+                            alone.update(ps)
+                            rerouted[0] = True
+                        elif result.owner_hint:
+                            rerouted[0] |= topology.follow_hint(ps[0], result.owner_hint)
                     # A failure no retry can mend is the one to report.
                     if error is None or not _retryable(result):
                         error = result
@@ -375,9 +395,13 @@ class Client:
             if error is not None:
                 raise error
 
-        await call_with_retries(
-            attempt, deadline, self._retry, on_retry=lambda exc: topology.reroute(failed, exc)
-        )
+        async def reroute(exc: Exception) -> bool:
+            if rerouted[0]:  # the next try already goes elsewhere; the map catches up meanwhile
+                topology.refresh_soon()
+                return True
+            return await topology.reroute(failed, exc)
+
+        await call_with_retries(attempt, deadline, self._retry, on_retry=reroute)
         return outcomes
 
     async def _metric_resolver(self, rows: Sequence[EventRow]) -> MetricLookup:

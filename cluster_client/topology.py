@@ -77,12 +77,18 @@ class Topology:
         return topology
 
     @classmethod
-    async def in_cluster(cls, node: NodeApi, node_id: str, connect: RemoteFactory) -> Topology:
+    async def in_cluster(
+        cls, node: NodeApi, node_id: str, connect: RemoteFactory, *, peers: Sequence[str] = ()
+    ) -> Topology:
         """The map of the cluster ``node`` (this process's node, ``node_id``) belongs to: its own
-        partitions called in process, the others over the node protocol through ``connect``."""
+        partitions called in process, the others over the node protocol through ``connect``.
+        ``peers``: node addresses also asked for the map when this node's status does not name
+        every partition's owner."""
         status = await node.cluster_status()
-        topology = cls(status.partitions, routed=True, connect=connect, local=node, local_id=node_id)
-        topology.apply(status)
+        topology = cls(
+            status.partitions, routed=True, connect=connect, local=node, local_id=node_id, seeds=peers
+        )
+        await topology._complete(status)
         return topology
 
     @classmethod
@@ -99,7 +105,7 @@ class Topology:
                 continue
             topology = cls(status.partitions, routed=True, connect=connect, seeds=seeds)
             topology._pool[seed] = api
-            topology.apply(status)
+            await topology._complete(status)
             return topology
         raise UnavailableError(f"no seed answered: {'; '.join(errors) or 'no seeds given'}")
 
@@ -261,6 +267,13 @@ class Topology:
 
     # ------------------------------------------------------------------ internals
 
+    async def _complete(self, status: ClusterStatus) -> None:
+        """Take a first status, and ask the other nodes if it does not name every owner."""
+        self.apply(status)
+        if any(not p.owner_node_id for p in status.partition_infos):
+            with contextlib.suppress(UnimeterError):
+                await self.refresh()
+
     def _bump(self) -> None:
         self.version += 1
         self._changed.set()
@@ -287,16 +300,25 @@ class Topology:
         return list(dict.fromkeys(sources))
 
     async def _fetch(self) -> None:
+        # Usually the first node's status names every partition's owner. One that names none for
+        # some (it knows only its own, or a partition is between owners) sends the fetch on to
+        # the next node, until every partition has been named or every node asked.
         errors: list[str] = []
+        unnamed = set(range(self.partitions))
+        answered = False
         for source in self._sources():
             try:
                 status = await source.cluster_status()
             except UnimeterError as exc:
                 errors.append(exc.message)
                 continue
+            answered = True
             self.apply(status)
-            return
-        raise UnavailableError(f"no node answered for the partition map: {'; '.join(errors)}")
+            unnamed -= {p.partition for p in status.partition_infos if p.owner_node_id}
+            if not unnamed:
+                return
+        if not answered:
+            raise UnavailableError(f"no node answered for the partition map: {'; '.join(errors)}")
 
     def _refreshed(self, task: asyncio.Task[None]) -> None:
         self._refreshing = None
