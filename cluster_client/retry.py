@@ -55,9 +55,17 @@ async def call_with_retries(
     deadline: float,
     policy: RetryPolicy,
     *,
-    on_retry: Callable[[Exception], Awaitable[None]] | None = None,
+    on_retry: Callable[[Exception], Awaitable[bool]] | None = None,
 ) -> T:
-    """Run ``attempt(seconds_left)`` until it succeeds, fails for good, or the deadline passes."""
+    """Run ``attempt(seconds_left)`` until it succeeds, fails for good, or the deadline passes.
+
+    Between tries it waits a jittered, growing backoff, at least the error's own retry delay,
+    unless ``on_retry`` (called with the failure) answers True: the next try goes somewhere else
+    (a partition's new owner), so only the jittered backoff is waited, not the delay the node that
+    no longer serves it asked for. When the deadline leaves no room for another try, the last
+    failure is raised as it is (an UNAVAILABLE with its reason and owner hint, not a bare
+    DEADLINE_EXCEEDED), so the caller learns why.
+    """
     backoff = policy.initial_backoff
     while True:
         left = deadline - time.monotonic()
@@ -68,11 +76,10 @@ async def call_with_retries(
         except TimeoutError:
             raise DeadlineExceededError("deadline exceeded") from None
         except (UnavailableError, ResourceExhaustedError) as exc:
-            hint = exc.retry_after_seconds or 0.0
-            delay = max(hint, random.uniform(0, backoff))
+            jitter = random.uniform(0, backoff)
+            rerouted = on_retry is not None and await on_retry(exc)
+            delay = jitter if rerouted else max(exc.retry_after_seconds or 0.0, jitter)
             if time.monotonic() + delay >= deadline:
                 raise
-            if on_retry is not None:
-                await on_retry(exc)
             await asyncio.sleep(delay)
             backoff = min(policy.max_backoff, backoff * policy.multiplier)
