@@ -230,6 +230,7 @@ async def open_jetstream_backend(options: NatsOptions, settings: JetStreamSettin
                     stall_seconds=settings.stall_seconds,
                     refuses_when_stalled=kind == "events",
                     max_record_bytes=client.max_payload - _HEADER_ROOM,
+                    connected=lambda: client.is_connected,
                 )
                 for kind in ("events", "alerts")
             ]

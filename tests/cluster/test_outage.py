@@ -20,6 +20,9 @@ from tests.grpc_errors import details
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
 from tests.process import ServeProcess, start_serve
 from tools.nats_cluster import NatsCluster
+from unimeter.v1 import cluster_service_pb2 as cs
+from unimeter.v1 import cluster_service_pb2_grpc
+from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
 
@@ -49,16 +52,24 @@ def _serve(cluster: NatsCluster, data_dir: Path, stream: str) -> ServeProcess:
 
 
 async def _until_acknowledged(api: Api, *events: t.Event, sync: bool = True, seconds: float = 60) -> None:
-    """Send ``events`` until the node acknowledges them (retried on UNAVAILABLE, same ids)."""
+    """Send ``events`` until the node acknowledges them (retried, with the same ids, after an
+    UNAVAILABLE or a deadline: neither acknowledged anything)."""
     async with asyncio.timeout(seconds):
         while True:
             try:
                 await ingest(api, *events, sync=sync)
                 return
             except grpc.aio.AioRpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                if err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     raise
                 await asyncio.sleep(0.1)
+
+
+async def _owners(api: Api) -> list[str]:
+    """The owner of each partition, as the node's GetClusterStatus reports it ("": none)."""
+    stub = cluster_service_pb2_grpc.ClusterServiceStub(api.channel)
+    status = await stub.GetClusterStatus(cs.GetClusterStatusRequest(), timeout=10)
+    return [p.owner_node_id for p in status.partition_infos]
 
 
 async def _sums(api: Api, accounts: list[int]) -> dict[int, int]:
@@ -87,24 +98,28 @@ async def test_every_server_down_then_back_refuses_writes_answers_reads_and_resu
         # The lease is still held locally (renewed every TTL/3, held until 0.8 TTL after the last
         # renewal): reads answer from applied state.
         assert (await query(api, account, "calls", T0, T0 + HOUR)).value.sum == 5
-        # A SYNC write is never acknowledged while nothing can store it: UNAVAILABLE, with a delay
-        # to retry after (the log stalled, or the lease lapsed locally first).
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await ingest(api, ev(account, "calls", 7, T0 + 2 * SEC, event_id="b"), sync=True)
-        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        reason, _, retry = details(refused.value)
-        assert reason in ("NATS_UNAVAILABLE", "PARTITION_NOT_OWNED") and retry, (reason, retry)
-        # Once the lease has lapsed locally, the partition is not served at all (a takeover elsewhere
-        # could be answering by then): reads are refused too, retryably.
+        # Neither a SYNC nor an ASYNC write is acknowledged while nothing can store it: the node
+        # refuses it, UNAVAILABLE with a retry delay. (The node retries a refusal inside the call's
+        # deadline, every second, and answers the last refusal when the next retry would not fit:
+        # 1.5 s answers after the second.)
+        for delivery in (t.DELIVERY_MODE_SYNC, t.DELIVERY_MODE_ASYNC):
+            event = ev(account, "calls", 7, T0 + 2 * SEC, event_id="b")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await api.ingest.Ingest(ing.IngestRequest(events=[event], delivery=delivery), timeout=1.5)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            reason, _, retry = details(refused.value)
+            assert reason == "NATS_UNAVAILABLE" and retry, refused.value.details()
+        # Once the lease has lapsed locally (the status shows the partition without an owner), the
+        # partition is not served at all: a takeover elsewhere could be answering by then. Reads
+        # get no answer from the stale state (UNAVAILABLE, or the deadline while the node looks
+        # for an owner).
+        partition = partition_of(account, PARTITIONS)
         async with asyncio.timeout(30):
-            while True:
-                try:
-                    await query(api, account, "calls", T0, T0 + HOUR)
-                except grpc.aio.AioRpcError as err:
-                    assert err.code() == grpc.StatusCode.UNAVAILABLE
-                    assert details(err)[0] == "PARTITION_NOT_OWNED" and details(err)[2]
-                    break
+            while (await _owners(api))[partition]:
                 await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as unanswered:
+            await query(api, account, "calls", T0, T0 + HOUR)
+        assert unanswered.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
         outage_cluster.start()  # the same ports and stores
         # No restart of the node: the retry of "b" is stored once, and new writes go through.
