@@ -21,7 +21,7 @@ from tests.process import ENV, REPO
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
 
-NODES = 1
+NODES = 3
 _NODE_LINE = re.compile(r"node (n\d)  grpc 127\.0\.0\.1:(\d+)  node \S+  http \S+  pid (\d+)  log (\S+)")
 _SERVER_LINE = re.compile(r"nats-server (n\d)  client nats://127\.0\.0\.1:\d+  monitor \S+  pid (\d+)")
 

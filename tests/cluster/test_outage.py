@@ -14,19 +14,20 @@ import grpc
 import nats
 import pytest
 
+from cluster_client import AggType, Metric
+from cluster_client.errors import UnavailableError
 from cluster_client.partitioning import partition_of
+from node.node import Node, NodeConfig
 from tests.conftest import Api, api_on_port
 from tests.grpc_errors import details
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
 from tests.process import ServeProcess, start_serve
 from tools.nats_cluster import NatsCluster
-from unimeter.v1 import cluster_service_pb2 as cs
-from unimeter.v1 import cluster_service_pb2_grpc
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
 
-from .conftest import running_cluster
+from .conftest import open_backend, running_cluster
 
 TTL = 6.0
 PARTITIONS = 4
@@ -34,8 +35,18 @@ HOUR = 3600 * SEC
 
 
 @pytest.fixture(scope="module")
-def outage_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+def outage_module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     yield from running_cluster(tmp_path_factory, "nats-outage")
+
+
+@pytest.fixture
+def outage_cluster(outage_module_cluster: NatsCluster) -> NatsCluster:
+    """The module's cluster with every server running (one a failed test left down started again)."""
+    for server in outage_module_cluster.servers:
+        if server.proc is None:
+            outage_module_cluster.start_server(server, wait=False)
+    outage_module_cluster.wait_healthy()
+    return outage_module_cluster
 
 
 def _serve(cluster: NatsCluster, data_dir: Path, stream: str) -> ServeProcess:
@@ -65,13 +76,6 @@ async def _until_acknowledged(api: Api, *events: t.Event, sync: bool = True, sec
                 await asyncio.sleep(0.1)
 
 
-async def _owners(api: Api) -> list[str]:
-    """The owner of each partition, as the node's GetClusterStatus reports it ("": none)."""
-    stub = cluster_service_pb2_grpc.ClusterServiceStub(api.channel)
-    status = await stub.GetClusterStatus(cs.GetClusterStatusRequest(), timeout=10)
-    return [p.owner_node_id for p in status.partition_infos]
-
-
 async def _sums(api: Api, accounts: list[int]) -> dict[int, int]:
     return {a: (await query(api, a, "calls", T0, T0 + HOUR)).value.sum for a in accounts}
 
@@ -99,27 +103,27 @@ async def test_every_server_down_then_back_refuses_writes_answers_reads_and_resu
         # renewal): reads answer from applied state.
         assert (await query(api, account, "calls", T0, T0 + HOUR)).value.sum == 5
         # Neither a SYNC nor an ASYNC write is acknowledged while nothing can store it: the node
-        # refuses it, UNAVAILABLE with a retry delay. (The node retries a refusal inside the call's
-        # deadline, every second, and answers the last refusal when the next retry would not fit:
-        # 1.5 s answers after the second.)
+        # refuses it (UNAVAILABLE, NATS_UNAVAILABLE, with a retry delay), and retries the refusal
+        # inside the call's deadline, so the caller sees that refusal or the deadline.
         for delivery in (t.DELIVERY_MODE_SYNC, t.DELIVERY_MODE_ASYNC):
             event = ev(account, "calls", 7, T0 + 2 * SEC, event_id="b")
             with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await api.ingest.Ingest(ing.IngestRequest(events=[event], delivery=delivery), timeout=1.5)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            reason, _, retry = details(refused.value)
-            assert reason == "NATS_UNAVAILABLE" and retry, refused.value.details()
-        # Once the lease has lapsed locally (the status shows the partition without an owner), the
-        # partition is not served at all: a takeover elsewhere could be answering by then. Reads
-        # get no answer from the stale state (UNAVAILABLE, or the deadline while the node looks
-        # for an owner).
-        partition = partition_of(account, PARTITIONS)
+                await api.ingest.Ingest(ing.IngestRequest(events=[event], delivery=delivery), timeout=3)
+            assert refused.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if refused.value.code() == grpc.StatusCode.UNAVAILABLE:
+                reason, _, retry = details(refused.value)
+                assert reason == "NATS_UNAVAILABLE" and retry, refused.value.details()
+        # Once the lease has lapsed locally, the partition is not served at all: a takeover
+        # elsewhere could be answering by then. Reads get no answer from the stale state
+        # (UNAVAILABLE, or the deadline while the node looks for an owner).
         async with asyncio.timeout(30):
-            while (await _owners(api))[partition]:
+            while True:
+                try:
+                    await query(api, account, "calls", T0, T0 + HOUR)
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+                    break
                 await asyncio.sleep(0.1)
-        with pytest.raises(grpc.aio.AioRpcError) as unanswered:
-            await query(api, account, "calls", T0, T0 + HOUR)
-        assert unanswered.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
         outage_cluster.start()  # the same ports and stores
         # No restart of the node: the retry of "b" is stored once, and new writes go through.
@@ -181,3 +185,44 @@ async def test_stream_leader_killed_during_sync_ingests_through_a_retrying_clien
         await api.channel.close()
     finally:
         assert again.terminate() == 0
+
+
+async def test_a_node_refuses_appends_at_once_while_its_connection_is_down(
+    tmp_path: Path, outage_cluster: NatsCluster, stream_name: str
+) -> None:
+    """No ASYNC acknowledgement for a record nothing can store: while the connection is down the
+    event log refuses at once, storing nothing; once it is back, the same event is stored."""
+    backend = await open_backend(outage_cluster, stream_name, partitions=2)
+    node = Node(NodeConfig(tmp_path / "data", partitions=2), backend.factory)
+    await node.start()
+    partition = partition_of(7, 2)
+    log = backend.open_partition(partition).events
+    try:
+        await node.create_metric(Metric("calls", AggType.SUM))
+        await node.ingest([(partition, [(7, "calls", 5, T0, None, 1, "a")])], True, "")
+        for server in outage_cluster.servers:
+            outage_cluster.kill(server)
+        async with asyncio.timeout(10):
+            while backend.client.is_connected:
+                await asyncio.sleep(0.01)
+        stored = log.end_position
+        for sync in (False, True):
+            with pytest.raises(UnavailableError) as refused:
+                await node.ingest([(partition, [(7, "calls", 7, T0 + 1, None, 1, "b")])], sync, "")
+            assert refused.value.reason == "NATS_UNAVAILABLE"
+            assert refused.value.retry_after_seconds == 1.0
+            assert refused.value.message.startswith("the node's connection to NATS is down (reconnecting): ")
+        assert log.end_position == stored
+        assert (await node.query(partition, 7, "calls", T0, T0 + HOUR, 0, {}, [])).value.sum == 5
+        outage_cluster.start()
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    await node.ingest([(partition, [(7, "calls", 7, T0 + 1, None, 1, "b")])], True, "")
+                    break
+                except UnavailableError:
+                    await asyncio.sleep(0.1)
+        assert (await node.query(partition, 7, "calls", T0, T0 + HOUR, 0, {}, [])).value.sum == 12
+    finally:
+        await node.close()
+        await backend.disconnect()
