@@ -81,7 +81,7 @@ class BenchConfig:
     """Wait before each RSS reading (longer than the flush interval)."""
     cluster_servers: int = 3
     """nats-servers of the cluster section (one JetStream cluster; the stream's replicas)."""
-    cluster_nodes: int = 1
+    cluster_nodes: int = 3
     """Unimeter nodes of the cluster section."""
     cluster_lease_ttl_seconds: float = 5.0
     """The cluster nodes' ``--lease-ttl-seconds``: the failover target is this + 2 s."""
