@@ -93,8 +93,12 @@ def section_cluster(bench: Bench) -> dict[str, Any]:
         bench.create_metrics(embedded)
         progress.end()
 
-        sync: dict[str, Any] = {}
-        for name, server in (("cluster", cluster.nodes[0]), ("embedded", embedded)):
+        # The SDK sends each partition's share to its owner; a gRPC caller may reach any node,
+        # which forwards it over the node protocol: both paths are measured.
+        owner, other = asyncio.run(_owner_and_other(cluster.nodes, account=1))
+        sync: dict[str, Any] = {"owner_node": owner.name, "other_node": other.name if other else None}
+        paths = [("cluster", owner), ("cluster_forwarded", other), ("embedded", embedded)]
+        for name, server in ((n, s) for n, s in paths if s is not None):
             progress.begin(f"cluster: SYNC single-event latency → {name}", cfg.latency_seconds + 0.4)
             sync[name] = bench.measure_latency(server, "ingest1", account=1, sync=True)
             progress.end()
@@ -139,6 +143,17 @@ def section_cluster(bench: Bench) -> dict[str, Any]:
         }
     finally:
         cluster.stop()
+
+
+async def _owner_and_other(
+    nodes: list[ServerProcess], account: int
+) -> tuple[ServerProcess, ServerProcess | None]:
+    """The node owning ``account``'s partition, and another node (None with one node)."""
+    status = await _status(nodes[0].addr)
+    partition = partition_of(account, status.partitions)
+    owner_id = next(p.owner_node_id for p in status.partition_infos if p.partition == partition)
+    owner = next(n for n in nodes if n.name == f"cluster-{owner_id}")
+    return owner, next((n for n in nodes if n is not owner), None)
 
 
 async def _record_bytes(urls: list[str]) -> int:

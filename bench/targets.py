@@ -183,7 +183,7 @@ def evaluate_targets(results: dict[str, Any], config: BenchConfig) -> list[dict[
         out.append(
             _target(
                 "cluster_sync_single_p50",
-                "cluster SYNC single-event p50",
+                "cluster SYNC single-event p50, through the partition's owner",
                 sync["cluster"]["p50_ms"],
                 None if bare is None else 1.5 * bare,
                 "ms",
@@ -367,8 +367,14 @@ def _cluster_rows(cluster: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> 
     where = f"{cluster['nodes']} node(s), {cluster['servers']} nats-servers"
     rows = _quantile_rows(f"bare JetStream publish {bare['payload_bytes']} B", "", bare, None)
     rows += _quantile_rows(
-        "cluster SYNC 1 event", f" ({where})", sync["cluster"], bare, p50=by_id.get("cluster_sync_single_p50")
+        "cluster SYNC 1 event, to its owner",
+        f" ({where})",
+        sync["cluster"],
+        bare,
+        p50=by_id.get("cluster_sync_single_p50"),
     )
+    if sync.get("cluster_forwarded") is not None:
+        rows += _quantile_rows("cluster SYNC 1 event, via another node", "", sync["cluster_forwarded"], bare)
     rows += _quantile_rows("embedded SYNC 1 event", " (same run)", sync["embedded"], bare)
     shape = cluster["async"]
     rows.append(

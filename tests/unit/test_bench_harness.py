@@ -168,6 +168,9 @@ def test_cluster_section(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
     sync = cluster["sync"]
     for key in ("bare_publish", "cluster", "embedded"):
         _latency(sync[key])
+    assert sync["owner_node"] != sync["other_node"]
+    if config.cluster_nodes > 1:
+        _latency(sync["cluster_forwarded"])
     assert sync["bare_publish"]["payload_bytes"] > 0
     assert _number(sync["ratio_p50"])
     shape = cluster["async"]
