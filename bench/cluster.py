@@ -13,6 +13,7 @@ embedded node at the target shape; and, with several nodes, failover: an owner k
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import time
 from pathlib import Path
@@ -108,6 +109,13 @@ def section_cluster(bench: Bench) -> dict[str, Any]:
             _bare_publish(cluster.nats.urls, record_bytes, cfg.latency_seconds, cfg.latency_max_calls)
         )
         progress.end()
+        progress.begin("cluster: the same publishes with a node's headers (diagnostic)", cfg.latency_seconds)
+        sync["bare_publish_fenced"] = asyncio.run(
+            _bare_publish(
+                cluster.nats.urls, record_bytes, cfg.latency_seconds, cfg.latency_max_calls, fenced=True
+            )
+        )
+        progress.end()
         sync["bare_publish"] = {**bare, "payload_bytes": record_bytes}
         sync["ratio_p50"] = ratio(sync["cluster"]["p50_ms"], bare["p50_ms"])
 
@@ -170,26 +178,38 @@ async def _record_bytes(urls: list[str]) -> int:
         await nc.close()
 
 
-async def _bare_publish(urls: list[str], size: int, seconds: float, max_calls: int) -> dict[str, Any]:
+async def _bare_publish(
+    urls: list[str], size: int, seconds: float, max_calls: int, *, fenced: bool = False
+) -> dict[str, Any]:
     """Sequential publishes with ack of ``size`` random bytes to a stream of its own with the
-    nodes' settings (file storage, one replica per server); latency percentiles in ms."""
+    nodes' settings (file storage, one replica per server); latency percentiles in ms.
+    ``fenced``: each with the headers a node's publish carries (a message id for deduplication,
+    the expected last subject sequence for fencing), on a subject of its own."""
+    subject = f"bench.bare.{'fenced' if fenced else 'plain'}"
     nc = await nats.connect(servers=urls)
     try:
         js = nc.jetstream(timeout=10)
-        await js.add_stream(
-            StreamConfig(
-                name=_BARE_STREAM, subjects=["bench.bare"], storage=StorageType.FILE, num_replicas=len(urls)
-            )
+        config = StreamConfig(
+            name=_BARE_STREAM, subjects=["bench.bare.*"], storage=StorageType.FILE, num_replicas=len(urls)
         )
+        await js.add_stream(config)  # the same config again is accepted
         payload = os.urandom(size)
-        for _ in range(_WARM_PUBLISHES):
-            await js.publish("bench.bare", payload)
+        last = 0
         latencies: list[int] = []
         end = time.monotonic() + seconds
-        while time.monotonic() < end and len(latencies) < max_calls:
+        for i in itertools.count():
+            if i >= _WARM_PUBLISHES and (time.monotonic() >= end or len(latencies) >= max_calls):
+                break
+            headers = (
+                {"Nats-Msg-Id": f"bench-{i}", "Nats-Expected-Last-Subject-Sequence": str(last)}
+                if fenced
+                else None
+            )
             started = time.perf_counter_ns()
-            await js.publish("bench.bare", payload)
-            latencies.append(time.perf_counter_ns() - started)
+            ack = await js.publish(subject, payload, headers=headers)
+            if i >= _WARM_PUBLISHES:
+                latencies.append(time.perf_counter_ns() - started)
+            last = ack.seq
         return latency_summary(latencies)
     finally:
         await nc.close()

@@ -367,6 +367,9 @@ def _cluster_rows(cluster: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> 
     where = f"{cluster['nodes']} node(s), {cluster['servers']} nats-servers"
     rows = _quantile_rows(f"bare JetStream publish {bare['payload_bytes']} B", "", bare, None)
     rows += _quantile_rows(
+        "bare publish with a node's headers", " (diagnostic)", sync["bare_publish_fenced"], bare
+    )
+    rows += _quantile_rows(
         "cluster SYNC 1 event, to its owner",
         f" ({where})",
         sync["cluster"],

@@ -89,7 +89,7 @@ def estimate_seconds(cfg: BenchConfig) -> float:
     if "restart" in s:
         total += 2 * _W_SERVER + _w_fill(cfg.restart_events) + 2 * _w_recover(cfg.restart_events)
     if "cluster" in s:
-        total += (cfg.cluster_nodes + 2) * _W_SERVER + 3 * _w_lat(cfg) + 2 * _w_run(cfg.run_seconds)
+        total += (cfg.cluster_nodes + 2) * _W_SERVER + 5 * _w_lat(cfg) + 2 * _w_run(cfg.run_seconds)
         if cfg.cluster_nodes > 1:
             total += cfg.failover_kills * (cfg.cluster_lease_ttl_seconds + 4)
     return total

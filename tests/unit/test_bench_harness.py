@@ -166,7 +166,7 @@ def test_cluster_section(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
     cluster = tiny_run[1]["cluster"]
     assert (cluster["servers"], cluster["nodes"]) == (config.cluster_servers, config.cluster_nodes)
     sync = cluster["sync"]
-    for key in ("bare_publish", "cluster", "embedded"):
+    for key in ("bare_publish", "bare_publish_fenced", "cluster", "embedded"):
         _latency(sync[key])
     assert sync["owner_node"] != sync["other_node"]
     if config.cluster_nodes > 1:
