@@ -25,8 +25,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 import nats.errors
@@ -52,6 +52,7 @@ MEMBER_MAX_AGE = 3600.0
 _TICK_SECONDS = 0.25
 """Longest wait between two looks at the assignment without a change seen by the watch."""
 _REPORT_SECONDS = 1.0
+_LAG_MEASURE_SECONDS = 0.5
 _LOADS_AT_ONCE = 8
 _RETRY_FAILED_LOAD_SECONDS = 5.0
 
@@ -101,7 +102,7 @@ async def open_members_bucket(js: JetStreamContext, bucket: str, replicas: int) 
 class _Seen:
     """The last value the watch saw for a key, its revision, and when (monotonic) it was written."""
 
-    value: dict[str, object]
+    value: dict[str, Any]
     revision: int
     written: float
 
@@ -128,7 +129,7 @@ class Assignment:
         self._count = node.partitions_count
         self._live_nodes: dict[str, _Seen] = {}
         self._holders: dict[int, _Seen] = {}
-        self._members: dict[str, dict[str, object]] = {}
+        self._members: dict[str, dict[str, Any]] = {}
         self._targets: tuple[frozenset[str], list[str]] = (frozenset(), [])
         self._busy: dict[int, asyncio.Task[None]] = {}
         self._retry_at: dict[int, float] = {}
@@ -166,8 +167,9 @@ class Assignment:
         partition: its holder and lease epoch from the lease bucket, its offsets and lag from this
         node's own state when it serves it, else from its owner's last report (at most about a
         second old)."""
-        with contextlib.suppress(Exception):  # the lags of the last report stand in for fresh ones
-            await self._measure_lags()
+        # Bounded: a status must answer while NATS is away (the last report's lags stand in).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._measure_lags(), _LAG_MEASURE_SECONDS)
         nodes: dict[str, NodeInfo] = {}
         for node_id, member in self._members.items():
             nodes[node_id] = NodeInfo(
@@ -181,38 +183,36 @@ class Assignment:
                 )
         for me in local.nodes:
             nodes[me.node_id] = me
-        served = {p.partition: p for p in local.partition_infos}
-        infos: list[PartitionInfo] = []
-        for p in range(self._count):
-            mine = served.get(p)
-            if mine is not None and mine.owner_node_id:
-                infos.append(
-                    PartitionInfo(
-                        p,
-                        mine.owner_node_id,
-                        mine.last_offset,
-                        mine.last_alert_offset,
-                        mine.lease_epoch,
-                        self._lags.get(p, 0),
-                    )
-                )
-                continue
-            holder = self._holders.get(p)
-            if holder is None or not self._alive(holder):
-                infos.append(PartitionInfo(p, "", 0, 0, 0, 0))
-                continue
-            owner = str(holder.value["node"])
-            epoch = int(holder.value.get("epoch") or holder.revision)  # type: ignore[call-overload]
-            report = self._members.get(owner, {}).get("partitions", {})
-            progress = report.get(p) if isinstance(report, dict) else None
-            last, alerts, lag = progress if progress is not None else (0, 0, 0)
-            infos.append(PartitionInfo(p, owner, last, alerts, epoch, lag))
+        served = {p.partition: p for p in local.partition_infos if p.owner_node_id}
+        infos = [
+            replace(served[p], lag=self._lags.get(p, 0)) if p in served else self._elsewhere(p)
+            for p in range(self._count)
+        ]
         return ClusterStatus(
             local.partitions,
             local.backend,
             tuple(sorted(nodes.values(), key=lambda n: n.node_id)),
             tuple(infos),
         )
+
+    def _elsewhere(self, partition: int) -> PartitionInfo:
+        """A partition this node does not serve: its live holder and epoch from the lease bucket,
+        offsets and lag from the holder's last report. Without a live holder (its node died, the
+        lease not yet taken over) no owner, and the offsets of the latest report that had it."""
+        holder = self._holders.get(partition)
+        owner, epoch = "", 0
+        if holder is not None and self._alive(holder):
+            owner = str(holder.value["node"])
+            epoch = int(holder.value.get("epoch") or holder.revision)
+            reports = [self._members[owner]] if owner in self._members else []
+        else:
+            reports = sorted(self._members.values(), key=lambda m: float(m.get("reported_at", 0.0)))
+        last = alerts = lag = 0
+        for report in reports:
+            progress = report.get("partitions", {}).get(partition)
+            if progress is not None:
+                last, alerts, lag = (int(x) for x in progress)
+        return PartitionInfo(partition, owner, last, alerts, epoch, lag if owner else 0)
 
     # ------------------------------------------------------------------ running
 
@@ -452,7 +452,7 @@ class Assignment:
             lags[p] = max(0, stored - applied)
         self._lags = lags
 
-    def _report(self, partitions: dict[int, list[int]]) -> dict[str, object]:
+    def _report(self, partitions: dict[int, list[int]]) -> dict[str, Any]:
         return {
             "node": self._me,
             "addr": self._node.node_addr,

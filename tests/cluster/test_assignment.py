@@ -5,11 +5,14 @@ expire, the answers staying what they were."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cluster_client.errors import UnavailableError
 from cluster_client.remote_node import RemoteNode
@@ -49,7 +52,24 @@ def test_the_balanced_assignment_is_even_and_moves_little_when_a_node_joins() ->
     assert balanced_assignment(3, []) == ["", "", ""]
 
 
-def evenly_split(nodes: set[str]) -> object:
+@settings(max_examples=200, deadline=None)
+@given(
+    partitions=st.integers(1, 256),
+    nodes=st.sets(st.text("abcdefgh0123456789-", min_size=1, max_size=6), min_size=1, max_size=9),
+)
+def test_the_balanced_assignment_gives_every_partition_to_one_live_node_within_one_of_even(
+    partitions: int, nodes: set[str]
+) -> None:
+    owners_ = balanced_assignment(partitions, nodes)
+    assert owners_ == balanced_assignment(partitions, sorted(nodes, reverse=True))
+    assert len(owners_) == partitions and set(owners_) <= nodes
+    shares = [owners_.count(node) for node in nodes]
+    assert sum(shares) == partitions and max(shares) - min(shares) <= 1
+
+
+def evenly_split(nodes: set[str]) -> Callable[[list[str]], bool]:
+    """Every partition owned, by exactly ``nodes``, shares differing by at most one."""
+
     def accept(current: list[str]) -> bool:
         counts = Counter(current)
         return set(counts) == nodes and max(counts.values()) - min(counts.values()) <= 1
@@ -174,3 +194,39 @@ async def test_requests_for_a_partition_of_another_node_are_refused_naming_its_o
         await remote.close()
         a.terminate()
         b.terminate()
+
+
+async def test_an_alert_stream_on_a_partition_handed_over_ends_with_not_owned(
+    tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    flags = cluster_flags(nats_cluster, "STREAMS", 2)
+    a = start_serve(tmp_path / "a", *flags, "--node-id", "a")
+    remote = RemoteNode(f"127.0.0.1:{a.node_port}", connect_timeout=5.0)
+    b: ServeProcess | None = None
+    try:
+        api = api_on_port(a.grpc_port)
+        await create_metric(api, "calls", thresholds=[t.AlertThreshold(code="one", value=1)])
+        accounts = accounts_by_partition(2)
+        for account in accounts:
+            await ingest(api, ev(account, "calls", 1, T0, event_id=f"e{account}"), sync=True)
+        await api.channel.close()
+        stream = remote.subscribe_alerts([0, 1], {}, True, [], [], [])
+        seen: dict[int, int] = {}
+        items = aiter(stream)
+        while len(seen) < 2:  # the first item is where the stream starts; then both alerts
+            item = await anext(items)
+            if item.alert is not None:
+                seen[item.alert.partition] = item.alert.offset
+        assert seen == {0: 1, 1: 1}
+        b = start_serve(tmp_path / "b", *flags, "--node-id", "b")  # takes one of the two partitions
+        with pytest.raises(UnavailableError) as ended:
+            async with asyncio.timeout(20):
+                while True:
+                    await anext(items)
+        assert ended.value.reason == "PARTITION_NOT_OWNED"
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await remote.close()
+        a.terminate()
+        if b is not None:
+            b.terminate()
