@@ -19,7 +19,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from cluster_client import AggType, AlertThreshold, Client, DeliveryMode, Event, Metric
-from cluster_client.errors import UnavailableError
+from cluster_client.errors import InvalidArgumentError, UnavailableError
 from cluster_client.remote_node import RemoteNode
 from cluster_client.topology import PARTITION_NOT_OWNED, Topology
 from cluster_client.types import Alert
@@ -291,3 +291,48 @@ def test_an_escaped_not_owned_is_unavailable_naming_the_owner_and_a_retry_delay(
         {OWNER_HINT_KEY: "10.0.0.7:7001"},
     )
     assert retry.retry_delay.ToNanoseconds() == 1_000_000_000
+
+
+async def test_a_subscription_follows_a_moved_partition_without_gap_or_repeat(
+    pair: tuple[Member, Member],
+) -> None:
+    a, b = pair
+    p = 2
+    account = ACCOUNTS[p]
+
+    def event(i: int) -> Event:
+        return Event(account, "calls", 1, T0 + i, event_id=f"m{i}")
+
+    # Both nodes hold the same first three alerts of partition 2 (what a takeover replays).
+    a.assignment.epochs[p] = 0
+    for member in (a, b):
+        for i in range(3):
+            await member.node.ingest([(p, [event(i).row()])], True, "")
+    del a.assignment.epochs[p]
+    async with (
+        await Client.connect([a.addr, b.addr]) as client,
+        client.alerts.subscribe(account_ids=[account], from_beginning=True) as sub,
+    ):
+        assert [x.offset for x in await take(sub, 3)] == [1, 2, 3]  # from b, its owner
+        # Partition 2 moves to a, which stores the next alert; b's stream is left behind.
+        del b.assignment.epochs[p]
+        a.assignment.epochs[p] = 2
+        await client.topology.refresh()
+        await client.ingest([event(3)], delivery=DeliveryMode.SYNC)
+        (fourth,) = await take(sub, 1)
+        assert (fourth.partition, fourth.offset, fourth.value_at_cross) == (p, 4, 4)
+        assert sub.offsets()[p] == 4
+    assert stored(a)[p] == 4
+    assert stored(b)[p] == 3
+
+
+async def test_a_subscription_naming_an_unknown_metric_is_refused_when_it_opens(
+    pair: tuple[Member, Member],
+) -> None:
+    a, b = pair
+    async with await Client.connect([a.addr, b.addr]) as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.alerts.subscribe(metric_codes=["nope"]).start()
+        assert [(v.field, v.description) for v in caught.value.violations] == [
+            ("metric_codes[0]", "unknown metric 'nope'")
+        ]
