@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgumentError, OutOfRangeError, UnimeterError
@@ -74,9 +74,12 @@ async def routed_alert_stream(
 
     def open_group(node: NodeApi, partitions: list[int], bounds: Iterator[float]) -> _Group:
         since = {p: positions[p] for p in partitions if p in positions}
-        stream = node.subscribe_alerts(partitions, since, from_beginning, *filters)
         group = _Group(node, partitions, bounds=bounds)
-        group.task = asyncio.get_running_loop().create_task(_pump(group, stream, queue))
+
+        def subscribe() -> AsyncIterator[AlertStreamItem]:
+            return node.subscribe_alerts(partitions, since, from_beginning, *filters)
+
+        group.task = asyncio.get_running_loop().create_task(_pump(group, subscribe, queue))
         groups.append(group)
         return group
 
@@ -207,10 +210,13 @@ def _log_interruption(group: _Group, error: BaseException | None) -> None:
 
 
 async def _pump(
-    group: _Group, stream: AsyncIterator[AlertStreamItem], queue: asyncio.Queue[_Message]
+    group: _Group, subscribe: Callable[[], AsyncIterator[AlertStreamItem]], queue: asyncio.Queue[_Message]
 ) -> None:
-    """Move ``stream``'s items into the merge queue, then its end (None) or its failure."""
+    """Move the stream's items into the merge queue, then its end (None) or its failure (an
+    in-process node refuses a request when it is made, a remote one at the first item)."""
+    stream: AsyncIterator[AlertStreamItem] | None = None
     try:
+        stream = subscribe()
         async for item in stream:
             await queue.put((group, item))
     except asyncio.CancelledError:
@@ -220,4 +226,5 @@ async def _pump(
     else:
         await queue.put((group, None))
     finally:
-        await close_stream(stream)
+        if stream is not None:
+            await close_stream(stream)
