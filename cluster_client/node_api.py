@@ -43,6 +43,9 @@ class PartitionInfo:
     last_alert_offset: int
     lease_epoch: int = 0
     """Fencing epoch of the owner's lease; 0 where partitions have no leases (embedded)."""
+    lag: int = 0
+    """Records of the partition's event log in the replicated log that its owner has not applied
+    (0 when caught up, and always on the embedded backend)."""
 
 
 @dataclass(frozen=True, slots=True)

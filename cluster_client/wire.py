@@ -610,13 +610,14 @@ def alerts_page_from_wire(x: object) -> tuple[list[Alert], bool]:
 
 def cluster_status_to_wire(s: ClusterStatus) -> list[Any]:
     """``[partitions, backend, [[node_id, node_addr, grpc_addr, alive]],
-    [[partition, owner_node_id, last_offset, last_alert_offset, lease_epoch]]]``."""
+    [[partition, owner_node_id, last_offset, last_alert_offset, lease_epoch, lag]]]`` (``lag`` is
+    absent from older peers: read as 0)."""
     return [
         s.partitions,
         s.backend,
         [[n.node_id, n.node_addr, n.grpc_addr, n.alive] for n in s.nodes],
         [
-            [p.partition, p.owner_node_id, p.last_offset, p.last_alert_offset, p.lease_epoch]
+            [p.partition, p.owner_node_id, p.last_offset, p.last_alert_offset, p.lease_epoch, p.lag]
             for p in s.partition_infos
         ],
     ]
@@ -633,13 +634,16 @@ def _node_info_from_wire(x: object) -> NodeInfo:
 
 
 def _partition_info_from_wire(x: object) -> PartitionInfo:
-    partition, owner, last, last_alert, epoch = _fields(x, 5, "cluster_status.partition_infos[]")
+    what = "cluster_status.partition_infos[]"
+    fields = _seq(x, what)
+    partition, owner, last, last_alert, epoch, *rest = _fields(x, 6 if len(fields) == 6 else 5, what)
     return PartitionInfo(
-        _int(partition, "cluster_status.partition_infos[].partition"),
-        _str(owner, "cluster_status.partition_infos[].owner_node_id"),
-        _int(last, "cluster_status.partition_infos[].last_offset"),
-        _int(last_alert, "cluster_status.partition_infos[].last_alert_offset"),
-        _int(epoch, "cluster_status.partition_infos[].lease_epoch"),
+        _int(partition, f"{what}.partition"),
+        _str(owner, f"{what}.owner_node_id"),
+        _int(last, f"{what}.last_offset"),
+        _int(last_alert, f"{what}.last_alert_offset"),
+        _int(epoch, f"{what}.lease_epoch"),
+        _int(rest[0], f"{what}.lag") if rest else 0,
     )
 
 

@@ -3,19 +3,22 @@
 A subscription keeps its own position per partition and reads the durable alerts after it, so a
 slow subscriber is served from the log and nothing is ever dropped on the server side. A waiting
 subscription is a future, woken when a partition publishes alerts its filters may match; one that
-cannot match them just has its position moved past them, without being woken.
+cannot match them just has its position moved past them, without being woken. A partition the
+node stops serving (handed over to another node) ends the streams that read it with
+PARTITION_NOT_OWNED, so a subscriber resumes at its new owner from the offsets it has.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
 from cluster_client.node_api import AlertStreamItem
 from cluster_client.types import Metric
 
+from .ownership import not_owned
 from .partition import Partition
 
 __all__ = ["AlertStreamer", "release"]
@@ -26,8 +29,11 @@ _BATCH = 256
 class AlertStreamer:
     """Serves alert streams for a node's partitions."""
 
-    def __init__(self, partitions: Sequence[Partition], *, heartbeat_interval: float) -> None:
-        self._partitions = {p.number: p for p in partitions}
+    def __init__(self, partitions: Mapping[int, Partition], count: int, *, heartbeat_interval: float) -> None:
+        """``partitions``: the node's served partitions by number, a live mapping (see
+        :meth:`attach`); ``count``: the deployment's partition count."""
+        self._partitions = partitions
+        self._count_partitions = count
         self._heartbeat = heartbeat_interval
         # One future per waiting subscription, set directly on a publish: under load every hop
         # through the loop's ready queue waits behind ingest slices, and an Event waited with
@@ -40,8 +46,19 @@ class AlertStreamer:
         # keyed by a serial; read by the metrics exporter, never copied on the hot path.
         self._positions: dict[int, dict[int, int]] = {}
         self._serial = 0
-        for partition in partitions:
+        for partition in partitions.values():
             partition.on_alerts_published = self._published
+
+    def attach(self, partition: Partition) -> None:
+        """``partition`` is served from now on (the node added it to the mapping)."""
+        partition.on_alerts_published = self._published
+
+    def detach(self, number: int) -> None:
+        """Partition ``number`` is no longer served (the node removed it from the mapping): wake
+        the streams reading it, which end with PARTITION_NOT_OWNED."""
+        for waiter, sub in self._waiters.items():
+            if number in sub.positions:
+                release(waiter)
 
     @property
     def subscribers(self) -> int:
@@ -54,7 +71,10 @@ class AlertStreamer:
         lag = dict.fromkeys(self._partitions, 0)
         for positions in self._positions.values():
             for p, position in positions.items():
-                behind = self._partitions[p].published_alert_offset - position
+                partition = self._partitions.get(p)
+                if partition is None:
+                    continue  # handed over: its stream ends at its next wake-up
+                behind = partition.published_alert_offset - position
                 if behind > lag[p]:
                     lag[p] = behind
         return lag
@@ -117,16 +137,16 @@ class AlertStreamer:
                 bad.append(FieldViolation(f"threshold_codes[{i}]", f"no selected metric declares {code!r}"))
         chosen = partitions or sorted(self._partitions)
         for p in since_offsets:
-            if p not in self._partitions:
+            if not 0 <= p < self._count_partitions:
                 bad.append(FieldViolation(f"since_offsets[{p}]", f"partition {p} does not exist"))
         for p in chosen:
-            if p not in self._partitions:
+            if not 0 <= p < self._count_partitions:
                 bad.append(FieldViolation("partitions", f"partition {p} does not exist"))
         if bad:
             raise InvalidArgumentError(f"invalid subscription: {bad[0].description}", violations=bad)
         positions: dict[int, int] = {}
         for p in chosen:
-            published = self._partitions[p].published_alert_offset
+            published = self._served(p).published_alert_offset
             if p in since_offsets:
                 if since_offsets[p] > published:
                     raise OutOfRangeError(
@@ -159,7 +179,7 @@ class AlertStreamer:
                 self._waiters[waiter] = sub
                 sent_any = False
                 for p, position in positions.items():
-                    partition = self._partitions[p]
+                    partition = self._served(p)
                     end = min(partition.published_alert_offset, position + _BATCH)
                     for alert in partition.alerts[position:end]:
                         positions[p] = alert.offset
@@ -173,7 +193,7 @@ class AlertStreamer:
                     positions[p] = max(positions[p], end)
                 if sent_any:
                     last_sent = loop.time()
-                elif all(self._partitions[p].published_alert_offset <= pos for p, pos in positions.items()):
+                elif all(self._served(p).published_alert_offset <= pos for p, pos in positions.items()):
                     remaining = self._heartbeat - (loop.time() - last_sent)
                     if remaining <= 0:
                         yield AlertStreamItem(None, dict(positions))
@@ -190,6 +210,12 @@ class AlertStreamer:
                 self._waiters.pop(waiter, None)
             self._count -= 1
             del self._positions[serial]
+
+    def _served(self, number: int) -> Partition:
+        partition = self._partitions.get(number)
+        if partition is None:
+            raise not_owned(number)
+        return partition
 
 
 @dataclass(eq=False, slots=True)

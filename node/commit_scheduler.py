@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -36,15 +36,16 @@ class CommitScheduler:
     def __init__(self, backend: RecordBackend, flush_interval: float) -> None:
         self._backend = backend
         self._interval = flush_interval
-        self._partitions: Sequence[Partition] = ()
+        self._partitions: Collection[Partition] = ()
         self._flusher: asyncio.Task[None] | None = None
         self._urgent: set[asyncio.Task[None]] = set()
         self._urgent_partitions: set[int] = set()
         """Partitions an urgent alert flush is making durable: the tick leaves their logs to it."""
         self._closing = False
 
-    def start(self, partitions: Sequence[Partition]) -> None:
-        """Start the periodic flush of ``partitions``."""
+    def start(self, partitions: Collection[Partition]) -> None:
+        """Start the periodic flush of ``partitions`` (a live view: a node's partitions may come
+        and go)."""
         self._partitions = partitions
         self._flusher = asyncio.create_task(self._flush_loop(), name="unimeter-flusher")
 

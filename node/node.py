@@ -1,10 +1,13 @@
-"""A Unimeter node: owns every partition of a data directory, over one record backend.
+"""A Unimeter node: serves partitions of a deployment over one record backend.
 
 The node is the ``NodeApi`` the client core calls (directly in-process, or through the node
 protocol). It validates each partition batch against the metric registry, hands durability to its
 commit scheduler (whose flusher makes ASYNC writes durable within the flush interval), takes
 periodic snapshots, and serves alert streams from the partitions' alert logs. Where the records
-live is the backend's business (``node.record_log``; the embedded one by default).
+live is the backend's business (``node.record_log``; the embedded one by default). A node on the
+embedded backend opens every partition of its data directory at construction; a node of a cluster
+starts with none and is handed partitions as it takes their leases (:meth:`Node.serve_partition`,
+:meth:`Node.release_partition`; who decides is its ``ownership``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from .ownership import PartitionOwnership, not_owned
 from .partition import Partition, PartitionConfig
 from .partition_engine import partition_engine
 from .query_validation import check_page_size, check_query
-from .record_log import RecordBackend
+from .record_log import PartitionStorage, RecordBackend
 from .stats import NodeStats
 
 __all__ = ["BackendFactory", "Node", "NodeConfig"]
@@ -104,17 +107,20 @@ BackendFactory = Callable[[NodeConfig, NodeStats], RecordBackend]
 
 
 class Node:
-    """One node owning all partitions of its data directory, over the backend ``backend_factory``
-    builds (the embedded one by default)."""
+    """One node serving partitions over the backend ``backend_factory`` builds (the embedded one
+    by default, whose node serves every partition of its data directory)."""
 
     def __init__(
         self,
         config: NodeConfig,
         backend_factory: BackendFactory = open_embedded_backend,
         registry: MetricRegistry | None = None,
+        *,
+        serve_all: bool = True,
     ) -> None:
         """``registry``: where metrics live (a shared one already open); the data directory's
-        own file when None."""
+        own file when None. ``serve_all``: open every partition now; False: none (a cluster node,
+        handed partitions by its ownership)."""
         self.config = config
         # Before anything in the directory is read or written: a second process (or a second node
         # in this one) on it would hand out the same offsets and overwrite this one's snapshots.
@@ -125,7 +131,7 @@ class Node:
             self._specs: dict[str, MetricSpec] = {}
             for metric in self.registry.list():
                 self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
-            partition_config = PartitionConfig(
+            self._partition_config = PartitionConfig(
                 dedup_window_ns=int(config.dedup_window_seconds * 1e9),
                 clock=config.clock,
                 engine=partition_engine(config.engine),
@@ -134,11 +140,11 @@ class Node:
             self.backend = backend_factory(config, self.stats)
             self.commit = CommitScheduler(self.backend, config.flush_interval)
             started = time.monotonic()
+            self._served: dict[int, Partition] = {}
+            """The partitions this node serves now, by number."""
             try:
-                self.partitions = [
-                    Partition(p, self.backend.open_partition(p), self._specs, partition_config, self.commit)
-                    for p in range(self.partitions_count)
-                ]
+                for p in range(self.partitions_count if serve_all else 0):
+                    self._served[p] = self._new_partition(p, self.backend.open_partition(p))
             except BaseException:
                 self.backend.close()
                 raise
@@ -146,12 +152,19 @@ class Node:
         except BaseException:
             self._lock.release()
             raise
-        for partition in self.partitions:
+        for partition in self._served.values():
             partition.events.on_failure = partition.alert_log.on_failure = self._count_failed_log
+        self._forgotten: list[str] = []
+        """Codes whose aggregates were dropped (a metric deleted or replaced), in order: a
+        partition loaded meanwhile drops them too."""
         self.registry.on_change = self._metric_changed
-        self.alerts = AlertStreamer(self.partitions, heartbeat_interval=config.heartbeat_interval)
+        self.alerts = AlertStreamer(
+            self._served, self.partitions_count, heartbeat_interval=config.heartbeat_interval
+        )
         self.node_addr = config.node_addr
         self.grpc_addr = config.grpc_addr
+        self.on_log_failure: Callable[[], None] | None = None
+        """Told when a partition's log fails (a cluster node's ownership stops serving it)."""
         self.ownership: PartitionOwnership | None = None
         """The leases this node serves its partitions under (set before ``start`` by whoever took
         them); None: it owns every partition of its data directory."""
@@ -162,8 +175,55 @@ class Node:
 
     @property
     def partitions_count(self) -> int:
-        """Number of partitions of the data directory."""
+        """Number of partitions of the deployment (of the data directory, or the stream's)."""
         return self._partitions
+
+    @property
+    def partitions(self) -> list[Partition]:
+        """The partitions this node serves now, by number (every one on the embedded backend)."""
+        return sorted(self._served.values(), key=lambda p: p.number)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` has begun."""
+        return self._closing
+
+    def _new_partition(self, number: int, storage: PartitionStorage) -> Partition:
+        return Partition(number, storage, self._specs, self._partition_config, self.commit)
+
+    def served(self, number: int) -> Partition | None:
+        """Partition ``number`` if this node serves it now."""
+        return self._served.get(number)
+
+    async def serve_partition(self, number: int, storage: PartitionStorage) -> None:
+        """Recover partition ``number`` from ``storage`` (its snapshot and records, already
+        loaded) in a thread, so the event loop keeps serving the other partitions meanwhile, then
+        serve it. The caller holds the partition's lease."""
+        forgotten = len(self._forgotten)
+        started = time.monotonic()
+        partition = await asyncio.to_thread(self._new_partition, number, storage)
+        # Metric deletions while it recovered reached only the partitions already served.
+        for code in self._forgotten[forgotten:]:
+            partition.aggregates.forget_metric(code)
+        partition.events.on_failure = partition.alert_log.on_failure = self._count_failed_log
+        self._served[number] = partition
+        self.alerts.attach(partition)
+        log.info(
+            "partition %d served from offset %d (recovered in %.3fs)",
+            number, partition.last_offset, time.monotonic() - started,
+        )  # fmt: skip
+
+    async def release_partition(self, number: int, *, clean: bool) -> None:
+        """Stop serving partition ``number`` at once (its requests are refused from here on,
+        its alert streams end). ``clean``: a hand-over, so flush, snapshot and close its logs
+        first (raises if that fails; the partition is not served either way); otherwise (its
+        lease was lost, its log fenced) it is just dropped."""
+        partition = self._served.pop(number, None)
+        if partition is None:
+            return
+        self.alerts.detach(number)
+        if clean:
+            await partition.close()
 
     def _load_identity(self) -> str:
         path = self.config.data_dir / "node.msgpack"
@@ -195,7 +255,7 @@ class Node:
         for code in [c for c in self._specs if self.registry.get(c) is None]:
             self._metric_changed(code, None)
         self._check_disk(time.monotonic())
-        self.commit.start(self.partitions)
+        self.commit.start(self._served.values())
         self._tasks = [asyncio.create_task(self._maintenance_loop(), name="unimeter-maintenance")]
 
     async def close(self) -> None:
@@ -213,7 +273,7 @@ class Node:
         # Every partition is closed even if one fails (a failed log, a full disk): the others'
         # ASYNC writes still pending must not be left unflushed behind it.
         failed: list[BaseException] = []
-        for partition in self.partitions:
+        for partition in self.partitions:  # a copy: nothing is served while closing
             try:
                 await partition.close()
             except Exception as exc:
@@ -226,6 +286,8 @@ class Node:
 
     def _count_failed_log(self) -> None:
         self.stats.flush_failures += 1
+        if self.on_log_failure is not None:
+            self.on_log_failure()
 
     async def _maintenance_loop(self) -> None:
         while True:
@@ -233,7 +295,9 @@ class Node:
             self._check_disk(time.monotonic())
             self.expire()
             due = time.monotonic() - self._last_snapshot >= self.config.snapshot_interval
-            for partition in self.partitions:
+            for partition in self.partitions:  # a copy: partitions may come and go between snapshots
+                if self._served.get(partition.number) is not partition:
+                    continue  # handed over meanwhile (with a snapshot of its own)
                 if partition.records_since_snapshot and (
                     due or partition.records_since_snapshot >= self.config.snapshot_every_records
                 ):
@@ -253,20 +317,22 @@ class Node:
         """Forget dedup keys that arrived more than the window before now by the node's clock (the
         maintenance loop calls this every second)."""
         now = self.config.clock.now_ns()
-        for partition in self.partitions:
+        for partition in self._served.values():
             partition.expire(now)
 
     def _partition(self, number: int) -> Partition:
         if self._closing:
             raise UnavailableError("node is shutting down", reason="NODE_CLOSING", retry_after_seconds=0.5)
-        if not 0 <= number < len(self.partitions):
+        partition = self._served.get(number)
+        held = self.ownership
+        if partition is not None and (held is None or held.holds(number)):
+            return partition
+        if not 0 <= number < self._partitions:
             raise InvalidArgumentError(
                 f"partition {number} does not exist",
-                violations=[FieldViolation("partition", f"must be below {len(self.partitions)}")],
+                violations=[FieldViolation("partition", f"must be below {self._partitions}")],
             )
-        if self.ownership is not None and not self.ownership.holds(number):
-            raise not_owned(number)
-        return self.partitions[number]
+        raise not_owned(number, held.owner_addr(number) if held is not None else None)
 
     async def _spec(self, code: str, field: str = "metric_code") -> MetricSpec:
         spec = self._specs.get(code)
@@ -282,7 +348,8 @@ class Node:
     # ------------------------------------------------------------------ NodeApi: metrics
 
     async def cluster_status(self) -> ClusterStatus:
-        """This node, every partition it owns, and their offsets."""
+        """Every node and partition: this node and what it serves, completed by its ownership
+        with the rest of the cluster (other nodes, their partitions, leases and lags)."""
         me = NodeInfo(self.node_id, self.node_addr, self.grpc_addr, True)
         held = self.ownership
         infos = tuple(
@@ -295,7 +362,8 @@ class Node:
             )
             for p in self.partitions
         )
-        return ClusterStatus(len(self.partitions), self.backend.name, (me,), infos)
+        local = ClusterStatus(self._partitions, self.backend.name, (me,), infos)
+        return local if held is None else await held.cluster_status(local)
 
     async def create_metric(self, metric: Metric) -> Metric:
         """Validate and register a metric (the registry tells ``_metric_changed``)."""
@@ -335,7 +403,8 @@ class Node:
         old = self._specs.get(code)
         if old is not None and (metric is None or old.generation != metric.create_time_unix_nano):
             del self._specs[code]
-            for partition in self.partitions:
+            self._forgotten.append(code)
+            for partition in self._served.values():
                 partition.aggregates.forget_metric(code)
         if metric is not None and code not in self._specs:
             self._specs[code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
@@ -345,7 +414,10 @@ class Node:
     async def ingest(
         self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
     ) -> list[IngestOutcome]:
-        """Validate, store and apply each partition's part; SYNC waits for the group-commit fsyncs."""
+        """Validate, store and apply each partition's part; SYNC waits for the group-commit fsyncs.
+        On a cluster node a SYNC call is acknowledged only if the node still serves every partition
+        it wrote once they are durable; a log it gave up (handed over, lease lost, fenced by
+        another writer) answers PARTITION_NOT_OWNED, never an ack."""
         self._refuse_when_disk_low()
         targets = [self._partition(p) for p, _ in parts]
         if not validated:
@@ -355,26 +427,34 @@ class Node:
                 except InvalidArgumentError:
                     await self.registry.refresh()  # a metric created through another node?
                     validate_rows(rows, self.registry.get)
-        cancelled = False
-        if len(parts) <= _PARTS_PER_SLICE:
-            now = self.config.clock.now_ns()
-            outcomes = [
-                part.ingest(rows, batch_id, now, self._specs.get)
-                for part, (_, rows) in zip(targets, parts, strict=True)
-            ]
-        else:
-            outcomes, cancelled = await self._ingest_in_slices(targets, parts, batch_id)
-        if not sync:
-            urgent = [part for part in targets if part.published_alert_offset < len(part.alerts)]
-            if urgent:
-                # Alerts are waited for by people: a batch that fires one gets its partitions
-                # flushed (and the alert published) now, instead of at the next tick; everything
-                # else keeps the group commit of the flush interval.
-                self.commit.flush_urgent(urgent)
-        if cancelled:  # stored whole; the tick makes it durable (a cancelled SYNC caller waits no more)
-            raise asyncio.CancelledError
-        if sync:
-            await self.commit.make_durable(targets)
+        try:
+            cancelled = False
+            if len(parts) <= _PARTS_PER_SLICE:
+                now = self.config.clock.now_ns()
+                outcomes = [
+                    part.ingest(rows, batch_id, now, self._specs.get)
+                    for part, (_, rows) in zip(targets, parts, strict=True)
+                ]
+            else:
+                outcomes, cancelled = await self._ingest_in_slices(targets, parts, batch_id)
+            if not sync:
+                urgent = [part for part in targets if part.published_alert_offset < len(part.alerts)]
+                if urgent:
+                    # Alerts are waited for by people: a batch that fires one gets its partitions
+                    # flushed (and the alert published) now, instead of at the next tick; everything
+                    # else keeps the group commit of the flush interval.
+                    self.commit.flush_urgent(urgent)
+            if cancelled:  # stored whole; the tick makes it durable (a cancelled SYNC caller waits no more)
+                raise asyncio.CancelledError
+            if sync:
+                await self.commit.make_durable(targets)
+                if self.ownership is not None:
+                    self._check_still_served(targets)
+        except OSError:
+            if self.ownership is None:
+                raise
+            self._check_still_served(targets)
+            raise
         # Per call and partition, never per event: a few µs for a batch spread over 64 partitions.
         n_events = n_dup = 0
         for (_, rows), outcome in zip(parts, outcomes, strict=True):
@@ -389,6 +469,21 @@ class Node:
             stats.events_async += n_events
         stats.duplicates += n_dup
         return outcomes
+
+    def _check_still_served(self, targets: list[Partition]) -> None:
+        """PARTITION_NOT_OWNED (naming the holder) for the first of ``targets`` this node no
+        longer serves under a held lease, or whose logs were given up."""
+        held = self.ownership
+        assert held is not None
+        for part in targets:
+            number = part.number
+            try:
+                part.events.check_usable()
+                part.alert_log.check_usable()
+            except OSError:
+                raise not_owned(number, held.owner_addr(number)) from None
+            if self._served.get(number) is not part or not held.holds(number):
+                raise not_owned(number, held.owner_addr(number))
 
     def _refuse_when_disk_low(self) -> None:
         """RESOURCE_EXHAUSTED while the data directory's filesystem is below its free-space floor

@@ -1,9 +1,11 @@
-"""What a node asks before it serves a partition: does it hold the partition now, and in which epoch.
+"""What a node asks before it serves a partition: does it hold the partition now, in which epoch,
+and who does if it does not; and what the rest of the cluster looks like.
 
 With the embedded backend a node owns every partition of its data directory (its lock says so) and
 has no ownership object. With a replicated backend ownership is a lease per partition
-(``node.jetstream.leases``): a node serves a partition only while its local deadline for the lease
-has not passed, so it stops before the lease can expire anywhere else.
+(``node.jetstream.leases``, assigned over the live nodes by ``node.jetstream.assignment``): a node
+serves a partition only while its local deadline for the lease has not passed, so it stops before
+the lease can expire anywhere else.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cluster_client.errors import UnavailableError
+from cluster_client.node_api import ClusterStatus
 
 __all__ = ["PartitionOwnership", "not_owned"]
 
@@ -25,6 +28,13 @@ class PartitionOwnership(Protocol):
 
     def epoch(self, partition: int) -> int:
         """The fencing epoch of this node's lease on ``partition`` (0 if it never held it)."""
+
+    def owner_addr(self, partition: int) -> str | None:
+        """The node address of the node holding ``partition``'s lease, as far as this node knows
+        (None: nobody holds it now, or the holder serves no node protocol)."""
+
+    async def cluster_status(self, local: ClusterStatus) -> ClusterStatus:
+        """The cluster-wide status, from ``local`` (this node and the partitions it serves)."""
 
 
 def not_owned(partition: int, owner_addr: str | None = None) -> UnavailableError:

@@ -212,6 +212,7 @@ def cluster_status_to_proto(s: ClusterStatus) -> cluster_service_pb2.GetClusterS
                 last_offset=p.last_offset,
                 last_alert_offset=p.last_alert_offset,
                 lease_epoch=p.lease_epoch,
+                lag=p.lag,
             )
             for p in s.partition_infos
         ],

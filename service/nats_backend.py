@@ -2,10 +2,11 @@
 serve's configuration.
 
 Imported only when that backend is chosen, so an embedded node never loads the NATS client. The
-record backend has a connection of its own; the cluster state (the metric registry and this node's
-partition leases, ``node.jetstream.metric_registry`` and ``node.jetstream.leases``) has another,
-so lease renewals never queue behind record publishes. Not here: the backend and the buckets
-themselves (``node.jetstream``).
+record backend has a connection of its own; the cluster state (the metric registry, this node's
+partition leases and the assignment of partitions over the live nodes:
+``node.jetstream.metric_registry``, ``leases`` and ``assignment``) has another, so lease renewals
+never queue behind record publishes. Not here: the backend and the buckets themselves
+(``node.jetstream``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 import nats.errors
 from nats.aio.client import Client as NatsClient
 
+from node.jetstream.assignment import Assignment, open_members_bucket
 from node.jetstream.backend import JetStreamBackend, JetStreamSettings, open_jetstream_backend
 from node.jetstream.connection import NatsOptions, connect
 from node.jetstream.errors import NatsUnavailable
@@ -53,41 +55,58 @@ async def open_backend(cfg: ServeConfig) -> JetStreamBackend:
         monitor_urls=cfg.nats_monitor_urls,
         allow_unsynced=cfg.allow_unsynced_jetstream,
     )
-    return await open_jetstream_backend(_options(cfg), settings)
+    # Partitions are loaded one by one, as this node takes their leases.
+    return await open_jetstream_backend(_options(cfg), settings, load=False)
 
 
 class ClusterState:
-    """This node's view of the cluster's KV buckets: the shared metric registry, and the leases of
-    the partitions it serves, renewed in the background."""
+    """This node's view of the cluster's KV buckets: the shared metric registry, the leases of the
+    partitions it serves (renewed in the background), and their assignment over the live nodes."""
 
     def __init__(self, cfg: ServeConfig, client: NatsClient, registry: KvMetricRegistry) -> None:
         self._cfg = cfg
         self._client = client
         self.registry = registry
         self.leases: PartitionLeases | None = None
+        self.assignment: Assignment | None = None
         self._renewal: asyncio.Task[None] | None = None
 
-    async def take_partitions(self, node: Node) -> None:
-        """Take ``node``'s liveness record and the lease of every partition, and keep renewing
-        them; NatsRefused (LeaseConflictError) naming the holder if another live node has one."""
+    async def serve_partitions(self, node: Node, backend: JetStreamBackend) -> None:
+        """Take ``node``'s liveness record (NatsRefused, a LeaseConflictError, if another live
+        node has its id), keep it and the leases renewed, and start assigning partitions: return
+        once ``node`` serves its share (see ``node.jetstream.assignment``). Called once the node's
+        listeners are up: the records carry their addresses."""
         cfg = self._cfg
+        js = self._client.jetstream(timeout=5.0)
         with _naming_nats_failures(cfg, f"{cfg.nats_stream}_leases"):
             leases = self.leases = await PartitionLeases.open(
-                self._client.jetstream(timeout=5.0),
+                js,
                 node.node_id,
                 ttl=cfg.lease_ttl_seconds,
                 replicas=cfg.nats_replicas,
                 bucket=f"{cfg.nats_stream}_leases",
-                node_addr=cfg.node_addr or cfg.grpc_addr,
+                node_addr=node.node_addr,
+                grpc_addr=node.grpc_addr,
             )
             await leases.join()
-            await leases.acquire(range(node.partitions_count))
-        node.ownership = leases
         self._renewal = asyncio.create_task(leases.run(), name="unimeter-lease-renewal")
+        with _naming_nats_failures(cfg, f"{cfg.nats_stream}_members"):
+            members = await open_members_bucket(js, f"{cfg.nats_stream}_members", cfg.nats_replicas)
+        assignment = self.assignment = Assignment(node, backend, leases, members)
+        backend.lease_state = assignment.lease_state
+        node.ownership = assignment
+        # Long enough for a restarted node's own earlier leases to expire, and for loading.
+        await assignment.start(settle_seconds=2 * cfg.lease_ttl_seconds + 10.0)
+
+    async def stop_serving(self) -> None:
+        """Stop taking and handing over partitions (before the node closes what it serves)."""
+        if self.assignment is not None:
+            await self.assignment.stop()
 
     async def close(self) -> None:
         """Stop renewing, give the leases back (the node has flushed and snapshotted: the next
         owner takes them at once), stop watching the registry, disconnect."""
+        await self.stop_serving()
         if self._renewal is not None:
             self._renewal.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -228,6 +228,9 @@ class UnimeterServer:
         await server.start()
         self._serving = True
         node.grpc_addr = f"{split_host_port(cfg.grpc_addr)[0]}:{self.grpc_port}"
+        if self._cluster is not None and self._jetstream is not None:
+            # Once both listeners are up: the lease records carry their addresses.
+            await self._cluster.serve_partitions(node, self._jetstream)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -235,8 +238,8 @@ class UnimeterServer:
     async def _start_node_on_jetstream(self, node_config: NodeConfig) -> Node:
         """Open the cluster's KV state (the metric registry) and the JetStream backend
         (NatsUnavailable or NatsRefused before the data directory is touched), then the node over
-        them, whose partition count must be the stream's, and take the lease of every partition
-        before anything is served (NatsRefused naming a live node holding one)."""
+        them, whose partition count must be the stream's. It serves no partition yet: ``start``
+        joins the cluster once the listeners are up (``ClusterState.serve_partitions``)."""
         # The NATS client only loads for this backend.
         from .nats_backend import open_backend, open_cluster_state
 
@@ -245,14 +248,13 @@ class UnimeterServer:
         backend = self._jetstream = await open_backend(cfg)
         # Records are in JetStream: the data directory's free space no longer bounds ingest.
         node_config = replace(node_config, partitions=backend.partitions, min_free_disk_bytes=0)
-        node = self.node = await asyncio.to_thread(Node, node_config, backend.factory, cluster.registry)
+        node = self.node = Node(node_config, backend.factory, cluster.registry, serve_all=False)
         if node.partitions_count != backend.partitions:
             raise NatsRefused(
                 f"the data directory {cfg.data_dir} has {node.partitions_count} partitions, JetStream "
                 f"stream {cfg.nats_stream} has {backend.partitions}: use the data directory "
                 "this deployment's node had, or a new one"
             )
-        await cluster.take_partitions(node)
         return node
 
     async def _client_core(self, node: Node, tls: ServerTls | None) -> Client:
@@ -340,6 +342,8 @@ class UnimeterServer:
         if self._protocol is not None:
             await self._protocol.close()
         try:
+            if self._cluster is not None:
+                await self._cluster.stop_serving()  # nothing taken or handed over while closing
             if self.node is not None:
                 await self.node.close()
         finally:

@@ -1,11 +1,13 @@
 """The JetStream backend: a ``node.record_log.RecordBackend`` whose partitions live in one stream.
 
 Opening it (:func:`open_jetstream_backend`, before the node is built) connects, checks that the
-servers can promise SYNC, creates or checks the stream, scans every partition's records and loads
-their snapshots: ``Node`` opens its partitions synchronously, so everything they recover from is in
-memory by then. A group commit starts each pending log's publisher and waits for their acks; the
-snapshots are objects of a replicated object store bucket, one per partition, replaced whole. Not
-here: one subject's appends and fencing (``subject_log``), the stream's settings (``stream``).
+servers can promise SYNC and creates or checks the stream. A node that serves every partition has
+them all loaded then (records and snapshots: ``Node`` opens its partitions synchronously); a node
+of a cluster loads one partition when it takes its lease (:meth:`JetStreamBackend.load_partition`)
+and drops it when it hands it over. A group commit starts each pending log's publisher and waits
+for their acks; the snapshots are objects of a replicated object store bucket, one per partition,
+replaced whole. Not here: one subject's appends and fencing (``subject_log``), the stream's
+settings (``stream``).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from nats.js.object_store import ObjectStore
 from ..stats import NodeStats
 from .connection import NatsOptions, check_server_version, check_sync_always, connect
 from .errors import NatsRefused, NatsUnavailable
-from .stream import PEERS_OFFLINE, StreamLayout, ensure_stream, scan_stream, stream_servers
-from .subject_log import JetStreamLog
+from .stream import PEERS_OFFLINE, StreamLayout, ensure_stream, scan_stream, stream_servers, subject_counts
+from .subject_log import HELD, JetStreamLog
 
 __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_jetstream_backend"]
 
@@ -77,12 +79,15 @@ class JetStreamStorage:
         bucket: ObjectStore,
         name: str,
         snapshot: tuple[bytes, float] | None,
+        held: Callable[[], bool] | None = None,
     ) -> None:
+        """``held``: whether this node still holds the partition's lease (None: it always does)."""
         self.events = events
         self.alerts = alerts
         self._bucket = bucket
         self._name = name
         self._snapshot = snapshot
+        self._held = held
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
         return self._snapshot
@@ -91,6 +96,9 @@ class JetStreamStorage:
         return asyncio.ensure_future(self._put(data))
 
     async def _put(self, data: bytes) -> None:
+        if self._held is not None and not self._held():
+            # A former owner resumed after a pause must not replace the new owner's snapshot.
+            raise OSError(f"snapshot {self._name} not stored: this node no longer holds the partition")
         written_at = time.time()
         meta = ObjectMeta(name=self._name, description=repr(written_at))
         try:
@@ -112,14 +120,20 @@ class JetStreamBackend:
         client: NatsClient,
         js: JetStreamContext,
         layout: StreamLayout,
-        storages: dict[int, JetStreamStorage],
-        stall_seconds: float,
+        bucket: ObjectStore,
+        settings: JetStreamSettings,
     ) -> None:
         self._client = client
-        self._stall_seconds = stall_seconds
+        self._settings = settings
+        self._stall_seconds = settings.stall_seconds
         self._js = js
         self.layout = layout
-        self._storages = storages
+        self._bucket = bucket
+        self._storages: dict[int, JetStreamStorage] = {}
+        self._stats: NodeStats | None = None
+        self.lease_state: Callable[[int], str] | None = None
+        """The state of this node's lease on a partition (``subject_log.HELD``, ...), asked before
+        each publish of a partition loaded afterwards; None: a node serving every partition."""
         self._commits: set[asyncio.Task[None]] = set()
 
     @property
@@ -141,10 +155,77 @@ class JetStreamBackend:
         """A ``node.node.BackendFactory`` handing this (already open) backend to the node, whose
         store-time histograms its logs feed."""
         del config  # the backend was opened with its own settings
+        self._stats = stats
         for storage in self._storages.values():
-            storage.events.on_sync = stats.fsync_events.observe
-            storage.alerts.on_sync = stats.fsync_alerts.observe
+            self._observe(storage)
         return self
+
+    def _observe(self, storage: JetStreamStorage) -> None:
+        if self._stats is not None:
+            storage.events.on_sync = self._stats.fsync_events.observe
+            storage.alerts.on_sync = self._stats.fsync_alerts.observe
+
+    async def load_all(self) -> None:
+        """Load every partition (one scan of the whole stream), for a node serving them all."""
+        stored = await _settled(lambda: scan_stream(self._js, self.layout), "the scan")
+        for number in range(self.layout.partitions):
+            name = f"partition-{number}"
+            snapshot = await _settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
+            self._add(number, stored, snapshot)
+        log.info(
+            "JetStream stream %s: %d partitions, %d records loaded",
+            self.layout.stream, self.layout.partitions, sum(len(v) for v in stored.values()),
+        )  # fmt: skip
+
+    async def load_partition(self, number: int) -> JetStreamStorage:
+        """Load partition ``number`` (its lease already held by this node): its snapshot first,
+        then every record of its subjects, which include whatever that snapshot covers."""
+        name = f"partition-{number}"
+        snapshot = await _settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
+        stored = await _settled(lambda: scan_stream(self._js, self.layout, number), "the scan")
+        return self._add(number, stored, snapshot)
+
+    def _add(
+        self,
+        number: int,
+        stored: dict[str, list[tuple[int, str, bytes]]],
+        snapshot: tuple[bytes, float] | None,
+    ) -> JetStreamStorage:
+        # A fresh writer epoch per load: message ids of this load never repeat those of an
+        # earlier load of the partition by this node (whose publishes may have been refused).
+        epoch = self._settings.epoch or uuid.uuid4().hex[:12]
+        logs = [
+            JetStreamLog(
+                self._js,
+                self.layout.stream,
+                self.layout.subject(number, kind),
+                stored.get(self.layout.subject(number, kind), []),
+                epoch=epoch,
+                stall_seconds=self._stall_seconds,
+                refuses_when_stalled=kind == "events",
+                max_record_bytes=self._client.max_payload - _HEADER_ROOM,
+                lease=partial(self.lease_state, number) if self.lease_state is not None else None,
+            )
+            for kind in ("events", "alerts")
+        ]
+        lease = self.lease_state
+        held = (lambda: lease(number) == HELD) if lease is not None else None
+        storage = JetStreamStorage(logs[0], logs[1], self._bucket, f"partition-{number}", snapshot, held)
+        self._observe(storage)
+        self._storages[number] = storage
+        return storage
+
+    async def drop_partition(self, number: int, reason: str) -> None:
+        """Forget partition ``number`` (the node closed it, or stopped serving it): its logs are
+        given up for ``reason`` and publish nothing more."""
+        storage = self._storages.pop(number, None)
+        if storage is not None:
+            await storage.events.abandon(reason)
+            await storage.alerts.abandon(reason)
+
+    def subject_counts(self) -> Awaitable[dict[str, int]]:
+        """Records of each partition's event subject in the stream (see ``stream.subject_counts``)."""
+        return subject_counts(self._js, self.layout)
 
     def open_partition(self, number: int) -> JetStreamStorage:
         storage = self._storages.get(number)
@@ -159,10 +240,11 @@ class JetStreamBackend:
         """Publish what each log of ``partitions`` holds beyond its acks; ``then()`` once all are
         acknowledged (a failed log counts as done: its waiters see the failure), or once the stall
         time has passed without."""
+        storages = [self._storages[n] for n in partitions if n in self._storages]
         futures = [
             log_.durable_future(log_.end_position)
-            for number in partitions
-            for log_ in (self._storages[number].events, self._storages[number].alerts)
+            for storage in storages
+            for log_ in (storage.events, storage.alerts)
             if log_.durable_position < log_.end_position
         ]
         if not futures:
@@ -193,8 +275,10 @@ class JetStreamBackend:
         await self._client.close()
 
 
-async def open_jetstream_backend(options: NatsOptions, settings: JetStreamSettings) -> JetStreamBackend:
-    """Connect, verify, set up the stream and load every partition (records and snapshot).
+async def open_jetstream_backend(
+    options: NatsOptions, settings: JetStreamSettings, *, load: bool = True
+) -> JetStreamBackend:
+    """Connect, verify, set up the stream, and (``load``) load every partition.
 
     NatsUnavailable when no server answers; NatsRefused when the servers or the stream cannot
     serve the node as configured. Nothing is written before every check has passed, except a
@@ -216,31 +300,10 @@ async def open_jetstream_backend(options: NatsOptions, settings: JetStreamSettin
             lambda: _snapshot_bucket(js, layout, settings.replicas), "the snapshot bucket"
         )
         await _check_sync(js, settings, layout)
-        stored = await _settled(lambda: scan_stream(js, layout), "the scan")
-        epoch = settings.epoch or uuid.uuid4().hex[:12]
-        storages = {}
-        for number in range(layout.partitions):
-            logs = [
-                JetStreamLog(
-                    js,
-                    layout.stream,
-                    layout.subject(number, kind),
-                    stored.get(layout.subject(number, kind), []),
-                    epoch=epoch,
-                    stall_seconds=settings.stall_seconds,
-                    refuses_when_stalled=kind == "events",
-                    max_record_bytes=client.max_payload - _HEADER_ROOM,
-                )
-                for kind in ("events", "alerts")
-            ]
-            name = f"partition-{number}"
-            snapshot = await _settled(partial(_read_snapshot, bucket, name), "a snapshot")
-            storages[number] = JetStreamStorage(logs[0], logs[1], bucket, name, snapshot)
-        log.info(
-            "JetStream stream %s: %d partitions, %d records loaded (writer epoch %s)",
-            layout.stream, layout.partitions, sum(len(v) for v in stored.values()), epoch,
-        )  # fmt: skip
-        return JetStreamBackend(client, js, layout, storages, settings.stall_seconds)
+        backend = JetStreamBackend(client, js, layout, bucket, settings)
+        if load:
+            await backend.load_all()
+        return backend
     except BaseException:
         await client.close()
         raise

@@ -10,14 +10,15 @@ owner to owner, it is the fencing token. The holder stops serving at a local mon
 the time it *sent* its last successful renewal plus the TTL minus a safety margin: the servers
 stored that renewal after it was sent, so the holder stops before the servers can expire the key.
 A clean shutdown deletes the keys (compare-and-set on its last revision), so the next owner need
-not wait for a TTL. Not here: what a node does with its partitions (``node.node``), assignment
-over several nodes.
+not wait for a TTL; so does a hand-over of one partition (``give_back``). Each record names the
+node and its addresses (node protocol, gRPC), so a reader of the bucket knows where every live node
+and every partition's holder is. Not here: what a node does with its partitions (``node.node``),
+which node should hold which partition (``node.jetstream.assignment``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -77,6 +78,7 @@ class PartitionLeases:
         *,
         ttl: float,
         node_addr: str = "",
+        grpc_addr: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.node_id = node_id
@@ -86,7 +88,7 @@ class PartitionLeases:
         self._kv = kv
         self._clock = clock
         self._instance = uuid.uuid4().hex[:12]
-        self._identity = {"node": node_id, "instance": self._instance, "addr": node_addr}
+        self._identity = {"node": node_id, "instance": self._instance, "addr": node_addr, "grpc": grpc_addr}
         self._record = msgpack.packb(self._identity)
         self._node: _Held | None = None
         self._leases: dict[int, _Held] = {}
@@ -102,6 +104,7 @@ class PartitionLeases:
         replicas: int = 1,
         bucket: str,
         node_addr: str = "",
+        grpc_addr: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> PartitionLeases:
         """Open the bucket (creating it with MaxAge ``ttl``); LeaseConflictError if it exists with
@@ -124,7 +127,17 @@ class PartitionLeases:
                 f"--lease-ttl-seconds {ttl:g}: every node must use the bucket's TTL (start with "
                 f"--lease-ttl-seconds {existing:g}, or delete the bucket while no node runs to change it)"
             )
-        return cls(kv, node_id, ttl=ttl, node_addr=node_addr, clock=clock)
+        return cls(kv, node_id, ttl=ttl, node_addr=node_addr, grpc_addr=grpc_addr, clock=clock)
+
+    @property
+    def kv(self) -> KeyValue:
+        """The bucket (for a watch of every node's and partition's record)."""
+        return self._kv
+
+    @property
+    def instance(self) -> str:
+        """This process's instance id, in every record it writes."""
+        return self._instance
 
     # ------------------------------------------------------------------ what the node asks
 
@@ -153,6 +166,23 @@ class PartitionLeases:
         held = self._leases.get(partition)
         return held.epoch if held is not None else 0
 
+    def has(self, partition: int) -> bool:
+        """Whether this node has ``partition``'s lease (lapsed or not; not lost)."""
+        return partition in self._leases and partition not in self._lost
+
+    def held(self) -> set[int]:
+        """Partitions whose lease this node has (lapsed ones included, lost ones not)."""
+        return set(self._leases) - self._lost
+
+    def lost(self) -> set[int]:
+        """Partitions whose lease another node took (or the servers expired) from under this one."""
+        return set(self._lost)
+
+    def forget(self, partition: int) -> None:
+        """Drop a lost lease from this node's books (the node stopped serving the partition)."""
+        self._leases.pop(partition, None)
+        self._lost.discard(partition)
+
     # ------------------------------------------------------------------ taking
 
     async def join(self) -> None:
@@ -177,6 +207,20 @@ class PartitionLeases:
             if conflicts is not None:
                 raise conflicts.exceptions[0] from None
             raise
+
+    async def try_take(self, partition: int) -> bool:
+        """One attempt at ``partition``'s lease, without waiting: whether this node holds it now
+        (False: another node holds it, or its record is still being removed)."""
+        sent = self._clock()
+        try:
+            revision = await self._kv.create(lease_key(partition), self._record)
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            return False
+        self._lost.discard(partition)
+        self._leases[partition] = _Held(
+            lease_key(partition), revision, revision, sent + self.ttl - self.margin
+        )
+        return True
 
     async def _take(self, key: str, what: str) -> _Held:
         """Create ``key`` with this node's record. If another holder has it, wait until its record
@@ -244,12 +288,28 @@ class PartitionLeases:
         which proves nobody took it meanwhile (the key is still at this node's revision)."""
         held = [(p, h) for p, h in self._leases.items() if p not in self._lost]
         if self._node is not None:
-            held.append((-1, self._node))
+            if self._node.deadline == float("-inf"):
+                await self._rejoin()
+            else:
+                held.append((-1, self._node))
         await asyncio.gather(*(self._renew_one(p, h) for p, h in held))
         now = self._clock()
         for partition, lease in self._leases.items():
             if now >= lease.deadline:
                 self._report_lapse(partition, lease)
+
+    async def _rejoin(self) -> None:
+        """Take the liveness record again after losing it (a pause longer than the TTL: the
+        servers expired it), so the other nodes count this node again; one attempt a round."""
+        assert self._node is not None
+        sent = self._clock()
+        key = node_key(self.node_id)
+        try:
+            revision = await self._kv.create(key, self._record)
+        except (TimeoutError, nats.errors.Error):
+            return  # still held by another instance with this id, or NATS unreachable: next round
+        self._node = _Held(key, revision, revision, sent + self.ttl - self.margin)
+        log.warning("node id %r: liveness record taken again", self.node_id)
 
     async def _renew_one(self, partition: int, held: _Held) -> None:
         sent = self._clock()
@@ -264,6 +324,8 @@ class PartitionLeases:
                 held.revision = await self._kv.update(held.key, record, last=held.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             held.deadline = float("-inf")
+            if partition >= 0 and self._leases.get(partition) is not held:
+                return  # given back meanwhile: its record was deleted on purpose
             if partition >= 0:
                 self._lost.add(partition)
                 log.error(
@@ -300,6 +362,15 @@ class PartitionLeases:
 
     # ------------------------------------------------------------------ giving back
 
+    async def give_back(self, partition: int) -> None:
+        """Stop serving ``partition`` and delete its lease (the node has flushed and snapshotted
+        it), so the next owner takes it at once."""
+        held = self._leases.pop(partition, None)
+        self._lost.discard(partition)
+        if held is not None:
+            held.deadline = float("-inf")
+            await self._delete_own(held)
+
     async def release(self) -> None:
         """Stop serving every partition at once, then delete this node's keys (compare-and-set on
         the revision it wrote last, so a key another node took meanwhile is left alone)."""
@@ -310,6 +381,30 @@ class PartitionLeases:
             held.deadline = float("-inf")
         self._leases.clear()
         self._node = None
-        for held in keys:
-            with contextlib.suppress(TimeoutError, nats.errors.Error):
-                await self._kv.delete(held.key, last=held.revision)
+        await asyncio.gather(*(self._delete_own(held) for held in keys))
+
+    async def _delete_own(self, held: _Held) -> None:
+        """Delete ``held``'s key if it still holds this instance's record. A renewal in flight
+        may have stored a revision this node has not learnt yet: the key is read again and
+        deleted at that revision (a renewal landing after the delete is refused, as it expects
+        the revision before the delete)."""
+        revision = held.revision
+        for _ in range(3):
+            try:
+                await self._kv.delete(held.key, last=revision)
+                return
+            except nats.js.errors.APIError as exc:
+                # A refused delete comes back as a plain API error with the wrong-last-sequence code.
+                if not isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) and exc.err_code != 10071:
+                    log.warning("%s: not deleted (%s); it expires within %gs", held.key, exc, self.ttl)
+                    return
+                try:
+                    entry = await self._kv.get(held.key)
+                except (TimeoutError, nats.errors.Error):
+                    return  # gone already (expired, deleted), or unreadable: it expires anyway
+                if msgpack.unpackb(entry.value).get("instance") != self._instance:
+                    return  # another node's record now
+                revision = int(entry.revision or 0)
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("%s: not deleted (%s); it expires within %gs", held.key, exc, self.ttl)
+                return

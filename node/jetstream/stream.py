@@ -20,7 +20,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from .errors import NatsRefused
 
-__all__ = ["PEERS_OFFLINE", "STREAM_FORMAT", "StreamLayout", "ensure_stream", "scan_stream"]
+__all__ = ["PEERS_OFFLINE", "STREAM_FORMAT", "StreamLayout", "ensure_stream", "scan_stream", "subject_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -148,23 +148,33 @@ async def stream_servers(js: JetStreamContext, name: str) -> list[str]:
     return names
 
 
-async def scan_stream(js: JetStreamContext, layout: StreamLayout) -> dict[str, list[tuple[int, str, bytes]]]:
-    """Every record in the stream by subject, in order: (stream sequence, message id, bytes).
+async def scan_stream(
+    js: JetStreamContext, layout: StreamLayout, partition: int | None = None
+) -> dict[str, list[tuple[int, str, bytes]]]:
+    """Every record in the stream (or of one ``partition``'s two subjects) by subject, in order:
+    (stream sequence, message id, bytes).
 
-    One ordered consumer reads the whole stream (one pass, not one per subject) until it has as
-    many messages as the stream leader counted when the scan started. Not until the consumer says
-    nothing is pending: an ordered consumer may sit on a replica still catching up (a server just
+    One ordered consumer reads them (one pass, not one per subject) until it has as many messages
+    as the stream leader counted when the scan started. Not until the consumer says nothing is
+    pending: an ordered consumer may sit on a replica still catching up (a server just
     restarted), whose "nothing pending" would silently drop acknowledged records. Each message
-    waits at most ``_SCAN_IDLE_SECONDS`` (a TimeoutError: the caller may scan again).
+    waits at most ``_SCAN_IDLE_SECONDS`` (a TimeoutError: the caller may scan again). A record
+    appended after the count (by a writer that no longer holds the partition) is not read: the
+    reader's first append then fails the expected-sequence check, and it loads the partition again.
     """
-    info = await js.stream_info(layout.stream)  # answered by the stream leader
+    if partition is None:
+        subjects = f"unimeter.{layout.stream}.p.>"
+        info = await js.stream_info(layout.stream)  # answered by the stream leader
+        expected, last = info.state.messages, info.state.last_seq
+    else:
+        subjects = f"unimeter.{layout.stream}.p.{partition}.*"
+        info = await js.stream_info(layout.stream, subjects_filter=subjects)
+        expected, last = sum((info.state.subjects or {}).values()), info.state.last_seq
     by_subject: dict[str, list[tuple[int, str, bytes]]] = {}
-    expected = info.state.messages
     if not expected:
         return by_subject
-    last = info.state.last_seq
     count = 0
-    sub = await js.subscribe(f"unimeter.{layout.stream}.p.>", ordered_consumer=True, stream=layout.stream)
+    sub = await js.subscribe(subjects, ordered_consumer=True, stream=layout.stream)
     try:
         while count < expected:
             msg = await sub.next_msg(timeout=_SCAN_IDLE_SECONDS)
@@ -178,7 +188,13 @@ async def scan_stream(js: JetStreamContext, layout: StreamLayout) -> dict[str, l
         await asyncio.shield(sub.unsubscribe())
     if count != expected:
         raise NatsRefused(
-            f"scanning JetStream stream {layout.stream} found {count} messages up to its last "
-            f"sequence {last}, but the stream holds {expected}"
+            f"scanning {subjects} of JetStream stream {layout.stream} found {count} messages up to "
+            f"its last sequence {last}, but the stream holds {expected}"
         )
     return by_subject
+
+
+async def subject_counts(js: JetStreamContext, layout: StreamLayout) -> dict[str, int]:
+    """How many records each partition's event subject holds (one request to the stream leader)."""
+    info = await js.stream_info(layout.stream, subjects_filter=f"unimeter.{layout.stream}.p.*.events")
+    return dict(info.state.subjects or {})

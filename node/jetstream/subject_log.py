@@ -12,7 +12,10 @@ answer fails the log, unless the subject's last message is this very record (an 
 this publish, stored after its duplicate window). Publishes of one log are sequential; each attempt
 is bounded, and attempts go on (same id) for as long as NATS does not answer: the log is *stalled*
 after ``stall_seconds`` without progress, and then refuses new event records with UNAVAILABLE, while
-SYNC waits give up with UNAVAILABLE (never an ack). Everything the log holds is also kept in memory,
+SYNC waits give up with UNAVAILABLE (never an ack). On a cluster node each attempt first asks the
+partition's lease (``lease``): lapsed (not renewed in time), the log waits as for an outage; lost to
+another node, it fails without sending, so an owner resumed after a pause sends nothing more.
+Everything the log holds is also kept in memory,
 since ``read`` is synchronous. Not here: the stream, the connection, when durability is asked for.
 """
 
@@ -32,7 +35,12 @@ from nats.js.errors import APIError, NotFoundError
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError, UnavailableError
 
-__all__ = ["JetStreamLog"]
+__all__ = ["HELD", "LAPSED", "LOST", "JetStreamLog", "LeaseState"]
+
+HELD, LAPSED, LOST = "held", "lapsed", "lost"
+LeaseState = Callable[[], str]
+"""The state of the lease a log publishes under: ``HELD``, ``LAPSED`` (not renewed in time: wait) or
+``LOST`` (another node may own the partition: never publish again)."""
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +65,7 @@ class JetStreamLog:
         stall_seconds: float,
         refuses_when_stalled: bool,
         max_record_bytes: int,
+        lease: LeaseState | None = None,
     ) -> None:
         """``stored``: the subject's messages in order (stream sequence, message id, bytes).
         ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
@@ -74,6 +83,7 @@ class JetStreamLog:
         self._stall_seconds = stall_seconds
         self._refuses = refuses_when_stalled
         self._max_record = max_record_bytes
+        self._lease = lease
         self._cuts = 0
         """Truncations so far: part of the message id, so that a record appended at a position a
         truncation freed is not taken for the cut record's duplicate (the same epoch and position
@@ -202,6 +212,17 @@ class JetStreamLog:
             self._closed = True
             await self.stop()
 
+    async def abandon(self, reason: str) -> None:
+        """Give the log up (its node no longer serves the partition): every later use and every
+        waiter fails with ``reason``, and nothing more is published."""
+        if self._failure is None:
+            self._failure = OSError(errno.EIO, f"JetStream log {self.subject}: {reason}")
+            for _, future in self._waiters:
+                if not future.done():
+                    future.set_exception(self._failure)
+            self._waiters = []
+        await self.stop()
+
     async def stop(self) -> None:
         """Stop publishing (what is still pending stays unstored): the connection is closing."""
         publisher = self._publisher
@@ -265,7 +286,18 @@ class JetStreamLog:
                     self.stalled = True
                 await asyncio.sleep(_RETRY_PAUSE_SECONDS)
 
+    def _check_lease(self) -> None:
+        """Before anything is sent: _Refused once the lease is lost, TimeoutError (retried) while
+        it is lapsed."""
+        if self._lease is not None:
+            state = self._lease()
+            if state == LOST:
+                raise _Refused(f"this node lost the lease of {self.subject}; nothing more is sent")
+            if state != HELD:
+                raise TimeoutError(f"the lease of {self.subject} lapsed: not renewed in time")
+
     async def _store(self, position: int) -> int:
+        self._check_lease()
         msg_id = f"{self._epoch}.{self._cuts}.{self.subject}.{position}"
         expected = self._seqs[position - 1] if position else 0
         headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(expected)}
@@ -294,6 +326,7 @@ class JetStreamLog:
         return int(ack.seq)
 
     async def _delete_cut(self) -> int:
+        self._check_lease()
         while self._cut:
             with contextlib.suppress(NotFoundError):  # deleted by an earlier attempt
                 await self._js.delete_msg(self._stream, self._cut[-1])

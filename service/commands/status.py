@@ -30,7 +30,7 @@ def status(api: Api, *, as_json: bool, per_partition: bool = False) -> int:
     if per_partition:
         sections.append(
             table(
-                ["PARTITION", "OWNER", "LAST_OFFSET", "LAST_ALERT_OFFSET", "LEASE_EPOCH"],
+                ["PARTITION", "OWNER", "LAST_OFFSET", "LAST_ALERT_OFFSET", "LEASE_EPOCH", "LAG"],
                 [
                     [
                         p.partition,
@@ -38,6 +38,7 @@ def status(api: Api, *, as_json: bool, per_partition: bool = False) -> int:
                         p.last_offset,
                         p.last_alert_offset,
                         p.lease_epoch or "-",
+                        p.lag,
                     ]
                     for p in infos
                 ],

@@ -1,7 +1,8 @@
-"""``unimeter serve --backend nats`` takes the lease of every partition: a second node is refused
-naming the holder, SIGTERM hands the leases over, a node that cannot renew stops acknowledging
-(UNAVAILABLE naming the partition) and resumes when a renewal gets through, and a lease taken
-from under a node stops it for good. GetClusterStatus reports each partition's lease epoch."""
+"""``unimeter serve --backend nats`` alone takes the lease of every partition: a second node with
+its id, or with another partition count, is refused naming the conflict, SIGTERM hands the leases
+over, a node that cannot renew stops acknowledging (UNAVAILABLE naming the partition) and resumes
+when a renewal gets through, and a lease taken from under a node stops that partition there while
+the other holder has it. GetClusterStatus reports each partition's lease epoch."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ async def partition_table(port: int) -> list[tuple[str, int]]:
     return [(p.owner_node_id, p.lease_epoch) for p in status.partition_infos]
 
 
-async def test_a_second_node_is_refused_naming_the_holder_and_sigterm_hands_the_partitions_over(
+async def test_a_second_node_with_the_same_id_or_partition_count_is_refused_and_sigterm_hands_over(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
     flags = nats_flags(nats_cluster, stream_name)
@@ -66,14 +67,18 @@ async def test_a_second_node_is_refused_naming_the_holder_and_sigterm_hands_the_
         held = await partition_table(first.grpc_port)
         assert [owner for owner, _ in held] == ["n1", "n1"]
         assert all(epoch > 0 for _, epoch in held)
-        line = refused(tmp_path / "b", *flags, "--node-id", "n2")
+        line = refused(tmp_path / "c", *flags, "--node-id", "n1")
         assert re.fullmatch(
-            r"unimeter serve: partition [01] is held by node 'n1' \(instance \w+, at 127\.0\.0\.1:\d+\), "
-            r"which renewed it: it is alive\. .*give this one another --node-id",
+            r"unimeter serve: node id 'n1' is held by node 'n1' \(instance \w+, at no address\), which "
+            r"renewed it: it is alive\. Two live nodes with one id, .*give this one another --node-id",
             line,
         ), line
-        line = refused(tmp_path / "c", *flags, "--node-id", "n1")
-        assert line.startswith("unimeter serve: node id 'n1' is held by node 'n1' (instance "), line
+        line = refused(tmp_path / "e", *flags, "--node-id", "n5", "--partitions", "3")
+        assert line == (
+            "unimeter serve: --partitions 3 differs from the 2 partitions of JetStream stream "
+            f"{stream_name}: the count is fixed for a deployment (drop --partitions, or use another stream)"
+        ), line
+        assert not (tmp_path / "e" / "node.msgpack").exists()  # refused before the data directory
     finally:
         assert first.terminate() == 0
     # SIGTERM gave the leases back: nothing is left for the next node to wait for.
@@ -170,7 +175,7 @@ async def test_a_node_cut_off_from_nats_stops_acknowledging_then_resumes_with_th
         cluster.stop()
 
 
-async def test_a_lease_taken_from_under_a_node_stops_that_partition_for_good(
+async def test_a_lease_taken_from_under_a_node_stops_that_partition_while_the_other_holds_it(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
     server = UnimeterServer(
@@ -201,7 +206,7 @@ async def test_a_lease_taken_from_under_a_node_stops_that_partition_for_good(
         # The other partition is still served, and the status says who owns what.
         await ingest(api, ev(accounts[1], "calls", 1, T0 + SEC), sync=True)
         table = await partition_table(server.grpc_port)
-        assert table[0][0] == "" and table[1][0] == "n1" and table[1][1] > 0
+        assert table[0][0] == "n9" and table[1][0] == "n1" and table[1][1] > 0
         await api.channel.close()
     finally:
         await nc.close()

@@ -802,8 +802,11 @@ async def test_status_shows_a_summary_and_the_partitions_on_request(
     head, partitions = detailed.out.rstrip("\n").rsplit("\n\n", 1)
     assert head == run.out.rstrip("\n")
     assert partitions.splitlines() == [
-        "PARTITION  OWNER              LAST_OFFSET  LAST_ALERT_OFFSET  LEASE_EPOCH",
-        *[f"{p:>9}  {node_id}  {6 if p == p42 else 0:>11}  {2 if p == p42 else 0:>17}  -" for p in range(8)],
+        "PARTITION  OWNER              LAST_OFFSET  LAST_ALERT_OFFSET  LEASE_EPOCH  LAG",
+        *[
+            f"{p:>9}  {node_id}  {6 if p == p42 else 0:>11}  {2 if p == p42 else 0:>17}  -            {0:>3}"
+            for p in range(8)
+        ],
     ]
     as_json = json.loads((await cli("status", "--json")).out)
     assert (as_json["partitions"], as_json["backend"], len(as_json["partition_infos"])) == (8, "embedded", 8)
