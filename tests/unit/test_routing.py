@@ -2,8 +2,9 @@
 reached over the real node protocol on 127.0.0.1: seeds, owners, moves, deadlines, alert streams.
 
 Which node serves which partition is set by ``Assignment``, a plain implementation of the node's
-``PartitionOwnership`` (what the lease holder is in a cluster): moving a partition here moves no
-data (each node has its own directory), so the tests count what each node stored and answered.
+``PartitionOwnership`` (what the lease holder is in a cluster; each node's status names only its
+own partitions): moving a partition here moves no data (each node has its own directory), so the
+tests count what each node stored and answered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from cluster_client import AggType, AlertThreshold, Client, DeliveryMode, Event, Metric
 from cluster_client.errors import InvalidArgumentError, UnavailableError
+from cluster_client.node_api import ClusterStatus
 from cluster_client.remote_node import RemoteNode
 from cluster_client.topology import PARTITION_NOT_OWNED, Topology
 from cluster_client.types import Alert
@@ -35,15 +37,23 @@ METRIC = Metric("calls", AggType.SUM, thresholds=(AlertThreshold("every_1", 1, T
 
 @dataclass
 class Assignment:
-    """The partitions a node serves now, each with its lease epoch."""
+    """The partitions a node serves now, each with its lease epoch, and where it believes the
+    others are (the hint it sends back for them)."""
 
     epochs: dict[int, int] = field(default_factory=dict)
+    hints: dict[int, str] = field(default_factory=dict)
 
     def holds(self, partition: int) -> bool:
         return partition in self.epochs
 
     def epoch(self, partition: int) -> int:
         return self.epochs.get(partition, 0)
+
+    def owner_addr(self, partition: int) -> str | None:
+        return self.hints.get(partition)
+
+    async def cluster_status(self, local: ClusterStatus) -> ClusterStatus:
+        return local
 
 
 @dataclass
@@ -170,9 +180,11 @@ async def test_a_moved_partition_is_followed_and_a_resent_batch_counts_nothing_t
     a, b = pair
     async with await Client.connect([a.addr, b.addr]) as client:
         await client.ingest(batch("first"), delivery=DeliveryMode.SYNC, timeout=5)
-        # Partition 2 moves from b to a under a later lease; the client's map still says b.
+        # Partition 2 moves from b to a under a later lease; the client's map still says b, and b
+        # names a as the owner.
         del b.assignment.epochs[2]
         a.assignment.epochs[2] = 2
+        b.assignment.hints[2] = a.addr
         second = batch("second", 10)
         result = await client.ingest(second, delivery=DeliveryMode.SYNC, timeout=10)
         assert (result.n_stored, result.n_duplicates) == (4, 0)
