@@ -66,7 +66,8 @@ async def routed_alert_stream(
     filters: tuple[list[int], list[str], list[str]],
 ) -> AsyncIterator[AlertStreamItem]:
     """Every partition's matching alerts, following moves; the first item is a heartbeat with
-    every start position a node reported, later heartbeats carry all positions known."""
+    every partition's start position (it comes once every partition's stream is open), later
+    heartbeats carry every partition's position."""
     queue: asyncio.Queue[_Message] = asyncio.Queue(maxsize=256)
     positions = dict(since_offsets)
     groups: list[_Group] = []
@@ -128,14 +129,21 @@ async def routed_alert_stream(
             if o is not None and o > positions.get(p, -1):
                 positions[p] = o
 
+    # Where each partition starts: its since offset, its first alert, or (the live tail) the
+    # position the first heartbeat of its owner's stream reports.
+    if from_beginning:
+        positions.update({p: 0 for p in range(topology.partitions) if p not in positions})
+    unplaced = set(range(topology.partitions)) - set(positions)
     watcher = asyncio.get_running_loop().create_task(watch_moves())
     try:
         # Opening: every node's first item is a heartbeat with its start positions, or the
-        # request's error, which is the caller's to see. Alerts that come meanwhile are held.
+        # request's error, which is the caller's to see. A stream that cannot open (its node
+        # gone, its partition moving) is opened again on the owner, until every partition has a
+        # start position. Alerts that come meanwhile are held.
         waiting: set[_Group] | None = set(open_partitions(range(topology.partitions), resubscribe_bounds()))
         held: list[AlertStreamItem] = []
         while True:
-            if waiting is not None and not waiting:
+            if waiting is not None and not waiting and not unplaced:
                 waiting = None
                 yield AlertStreamItem(None, dict(positions))
                 for early in held:
@@ -153,7 +161,9 @@ async def routed_alert_stream(
                             waiting.update(reopened)
                 continue
             if isinstance(message, _Reopen):
-                open_partitions(message.partitions, message.bounds)
+                reopened = open_partitions(message.partitions, message.bounds)
+                if waiting is not None:
+                    waiting.update(reopened)
                 continue
             group, item = message
             if group.closed:
@@ -173,6 +183,7 @@ async def routed_alert_stream(
                     group.started = True
                     group.bounds = resubscribe_bounds()  # open again: the next break waits little
                 take_positions(item.offsets, group.partitions)
+                unplaced.difference_update(item.offsets)
                 if waiting is None:
                     yield AlertStreamItem(None, dict(positions))
             elif waiting is not None:
