@@ -33,6 +33,10 @@ class RetryPolicy:
     """Growth of the delay per attempt."""
     default_timeout: float = 30.0
     """Deadline of a call that gives none."""
+    answer_margin: float = 0.25
+    """Seconds before the deadline after which no new try starts: the last failure is raised
+    instead, with time left for it to reach a caller (a gRPC client's own deadline, which the
+    server sees rounded, fires at about the same moment as the server's)."""
 
 
 def backoff_bounds(initial: float, maximum: float, multiplier: float = 2.0) -> Iterator[float]:
@@ -79,7 +83,7 @@ async def call_with_retries(
             jitter = random.uniform(0, backoff)
             rerouted = on_retry is not None and await on_retry(exc)
             delay = jitter if rerouted else max(exc.retry_after_seconds or 0.0, jitter)
-            if time.monotonic() + delay >= deadline:
+            if time.monotonic() + delay >= deadline - policy.answer_margin:
                 raise
             await asyncio.sleep(delay)
             backoff = min(policy.max_backoff, backoff * policy.multiplier)

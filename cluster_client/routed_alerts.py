@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgumentError, OutOfRangeError, UnimeterError
@@ -66,7 +66,8 @@ async def routed_alert_stream(
     filters: tuple[list[int], list[str], list[str]],
 ) -> AsyncIterator[AlertStreamItem]:
     """Every partition's matching alerts, following moves; the first item is a heartbeat with
-    every start position a node reported, later heartbeats carry all positions known."""
+    every partition's start position (it comes once every partition's stream is open), later
+    heartbeats carry every partition's position."""
     queue: asyncio.Queue[_Message] = asyncio.Queue(maxsize=256)
     positions = dict(since_offsets)
     groups: list[_Group] = []
@@ -74,9 +75,12 @@ async def routed_alert_stream(
 
     def open_group(node: NodeApi, partitions: list[int], bounds: Iterator[float]) -> _Group:
         since = {p: positions[p] for p in partitions if p in positions}
-        stream = node.subscribe_alerts(partitions, since, from_beginning, *filters)
         group = _Group(node, partitions, bounds=bounds)
-        group.task = asyncio.get_running_loop().create_task(_pump(group, stream, queue))
+
+        def subscribe() -> AsyncIterator[AlertStreamItem]:
+            return node.subscribe_alerts(partitions, since, from_beginning, *filters)
+
+        group.task = asyncio.get_running_loop().create_task(_pump(group, subscribe, queue))
         groups.append(group)
         return group
 
@@ -125,14 +129,21 @@ async def routed_alert_stream(
             if o is not None and o > positions.get(p, -1):
                 positions[p] = o
 
+    # Where each partition starts: its since offset, its first alert, or (the live tail) the
+    # position the first heartbeat of its owner's stream reports.
+    if from_beginning:
+        positions.update({p: 0 for p in range(topology.partitions) if p not in positions})
+    unplaced = set(range(topology.partitions)) - set(positions)
     watcher = asyncio.get_running_loop().create_task(watch_moves())
     try:
         # Opening: every node's first item is a heartbeat with its start positions, or the
-        # request's error, which is the caller's to see. Alerts that come meanwhile are held.
+        # request's error, which is the caller's to see. A stream that cannot open (its node
+        # gone, its partition moving) is opened again on the owner, until every partition has a
+        # start position. Alerts that come meanwhile are held.
         waiting: set[_Group] | None = set(open_partitions(range(topology.partitions), resubscribe_bounds()))
         held: list[AlertStreamItem] = []
         while True:
-            if waiting is not None and not waiting:
+            if waiting is not None and not waiting and not unplaced:
                 waiting = None
                 yield AlertStreamItem(None, dict(positions))
                 for early in held:
@@ -150,7 +161,9 @@ async def routed_alert_stream(
                             waiting.update(reopened)
                 continue
             if isinstance(message, _Reopen):
-                open_partitions(message.partitions, message.bounds)
+                reopened = open_partitions(message.partitions, message.bounds)
+                if waiting is not None:
+                    waiting.update(reopened)
                 continue
             group, item = message
             if group.closed:
@@ -170,6 +183,7 @@ async def routed_alert_stream(
                     group.started = True
                     group.bounds = resubscribe_bounds()  # open again: the next break waits little
                 take_positions(item.offsets, group.partitions)
+                unplaced.difference_update(item.offsets)
                 if waiting is None:
                     yield AlertStreamItem(None, dict(positions))
             elif waiting is not None:
@@ -207,10 +221,13 @@ def _log_interruption(group: _Group, error: BaseException | None) -> None:
 
 
 async def _pump(
-    group: _Group, stream: AsyncIterator[AlertStreamItem], queue: asyncio.Queue[_Message]
+    group: _Group, subscribe: Callable[[], AsyncIterator[AlertStreamItem]], queue: asyncio.Queue[_Message]
 ) -> None:
-    """Move ``stream``'s items into the merge queue, then its end (None) or its failure."""
+    """Move the stream's items into the merge queue, then its end (None) or its failure (an
+    in-process node refuses a request when it is made, a remote one at the first item)."""
+    stream: AsyncIterator[AlertStreamItem] | None = None
     try:
+        stream = subscribe()
         async for item in stream:
             await queue.put((group, item))
     except asyncio.CancelledError:
@@ -220,4 +237,5 @@ async def _pump(
     else:
         await queue.put((group, None))
     finally:
-        await close_stream(stream)
+        if stream is not None:
+            await close_stream(stream)

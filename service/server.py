@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
+from cluster_client.errors import UnimeterError
 from cluster_client.remote_node import RemoteNode
 from node.jetstream.errors import NatsRefused
 from node.node import Node, NodeConfig
@@ -231,6 +232,10 @@ class UnimeterServer:
         if self._cluster is not None and self._jetstream is not None:
             # Once both listeners are up: the lease records carry their addresses.
             await self._cluster.serve_partitions(node, self._jetstream)
+            # The partition map was read before this node joined: read it again now, not at the
+            # next periodic refresh.
+            with contextlib.suppress(UnimeterError):
+                await self.client.topology.refresh()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)

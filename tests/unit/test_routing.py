@@ -2,8 +2,9 @@
 reached over the real node protocol on 127.0.0.1: seeds, owners, moves, deadlines, alert streams.
 
 Which node serves which partition is set by ``Assignment``, a plain implementation of the node's
-``PartitionOwnership`` (what the lease holder is in a cluster): moving a partition here moves no
-data (each node has its own directory), so the tests count what each node stored and answered.
+``PartitionOwnership`` (what the lease holder is in a cluster; each node's status names only its
+own partitions): moving a partition here moves no data (each node has its own directory), so the
+tests count what each node stored and answered.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from cluster_client import AggType, AlertThreshold, Client, DeliveryMode, Event, Metric
-from cluster_client.errors import UnavailableError
+from cluster_client.errors import InvalidArgumentError, UnavailableError
+from cluster_client.node_api import ClusterStatus
 from cluster_client.remote_node import RemoteNode
 from cluster_client.topology import PARTITION_NOT_OWNED, Topology
 from cluster_client.types import Alert
@@ -35,15 +37,23 @@ METRIC = Metric("calls", AggType.SUM, thresholds=(AlertThreshold("every_1", 1, T
 
 @dataclass
 class Assignment:
-    """The partitions a node serves now, each with its lease epoch."""
+    """The partitions a node serves now, each with its lease epoch, and where it believes the
+    others are (the hint it sends back for them)."""
 
     epochs: dict[int, int] = field(default_factory=dict)
+    hints: dict[int, str] = field(default_factory=dict)
 
     def holds(self, partition: int) -> bool:
         return partition in self.epochs
 
     def epoch(self, partition: int) -> int:
         return self.epochs.get(partition, 0)
+
+    def owner_addr(self, partition: int) -> str | None:
+        return self.hints.get(partition)
+
+    async def cluster_status(self, local: ClusterStatus) -> ClusterStatus:
+        return local
 
 
 @dataclass
@@ -170,9 +180,11 @@ async def test_a_moved_partition_is_followed_and_a_resent_batch_counts_nothing_t
     a, b = pair
     async with await Client.connect([a.addr, b.addr]) as client:
         await client.ingest(batch("first"), delivery=DeliveryMode.SYNC, timeout=5)
-        # Partition 2 moves from b to a under a later lease; the client's map still says b.
+        # Partition 2 moves from b to a under a later lease; the client's map still says b, and b
+        # names a as the owner.
         del b.assignment.epochs[2]
         a.assignment.epochs[2] = 2
+        b.assignment.hints[2] = a.addr
         second = batch("second", 10)
         result = await client.ingest(second, delivery=DeliveryMode.SYNC, timeout=10)
         assert (result.n_stored, result.n_duplicates) == (4, 0)
@@ -291,3 +303,48 @@ def test_an_escaped_not_owned_is_unavailable_naming_the_owner_and_a_retry_delay(
         {OWNER_HINT_KEY: "10.0.0.7:7001"},
     )
     assert retry.retry_delay.ToNanoseconds() == 1_000_000_000
+
+
+async def test_a_subscription_follows_a_moved_partition_without_gap_or_repeat(
+    pair: tuple[Member, Member],
+) -> None:
+    a, b = pair
+    p = 2
+    account = ACCOUNTS[p]
+
+    def event(i: int) -> Event:
+        return Event(account, "calls", 1, T0 + i, event_id=f"m{i}")
+
+    # Both nodes hold the same first three alerts of partition 2 (what a takeover replays).
+    a.assignment.epochs[p] = 0
+    for member in (a, b):
+        for i in range(3):
+            await member.node.ingest([(p, [event(i).row()])], True, "")
+    del a.assignment.epochs[p]
+    async with (
+        await Client.connect([a.addr, b.addr]) as client,
+        client.alerts.subscribe(account_ids=[account], from_beginning=True) as sub,
+    ):
+        assert [x.offset for x in await take(sub, 3)] == [1, 2, 3]  # from b, its owner
+        # Partition 2 moves to a, which stores the next alert; b's stream is left behind.
+        del b.assignment.epochs[p]
+        a.assignment.epochs[p] = 2
+        await client.topology.refresh()
+        await client.ingest([event(3)], delivery=DeliveryMode.SYNC)
+        (fourth,) = await take(sub, 1)
+        assert (fourth.partition, fourth.offset, fourth.value_at_cross) == (p, 4, 4)
+        assert sub.offsets()[p] == 4
+    assert stored(a)[p] == 4
+    assert stored(b)[p] == 3
+
+
+async def test_a_subscription_naming_an_unknown_metric_is_refused_when_it_opens(
+    pair: tuple[Member, Member],
+) -> None:
+    a, b = pair
+    async with await Client.connect([a.addr, b.addr]) as client:
+        with pytest.raises(InvalidArgumentError) as caught:
+            await client.alerts.subscribe(metric_codes=["nope"]).start()
+        assert [(v.field, v.description) for v in caught.value.violations] == [
+            ("metric_codes[0]", "unknown metric 'nope'")
+        ]
