@@ -1,7 +1,8 @@
-"""``make cluster`` (``tools.local_cluster``) as a real process: it prints every server's and
-node's address once the cluster is up, the cluster ingests and answers through those addresses, and
-SIGINT stops every process it started (the nodes first, each flushing and handing over, then the
-servers), exiting 0."""
+"""``make cluster`` (``tools.local_cluster``) as a real process, through the README's cluster tour:
+it prints every server's and node's address once the cluster is up; a metric created through one
+node, usage sent through another and read through a third; the owner of that usage's partition
+killed with SIGKILL (the tool reports it and carries on) and the answer the same through a
+survivor; SIGINT stops every process it started (the nodes first, then the servers), exiting 0."""
 
 from __future__ import annotations
 
@@ -12,48 +13,82 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from tests.conftest import api_on_port
-from tests.integration.helpers import SEC, T0, create_metric, ev, ingest
+from cluster_client.partitioning import partition_of
+from tests.conftest import Api, api_on_port
+from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
 from tests.process import ENV, REPO
-from unimeter.v1 import query_service_pb2 as qs
+from unimeter.v1 import cluster_service_pb2 as cs
+from unimeter.v1 import cluster_service_pb2_grpc
 from unimeter.v1 import types_pb2 as t
 
 NODES = 3
+TTL = 2
+HOUR = 3600 * SEC
 _NODE_LINE = re.compile(r"node (n\d)  grpc 127\.0\.0\.1:(\d+)  node \S+  http \S+  pid (\d+)  log (\S+)")
 _SERVER_LINE = re.compile(r"nats-server (n\d)  client nats://127\.0\.0\.1:\d+  monitor \S+  pid (\d+)")
 
 
-def _read_until_ready(proc: subprocess.Popen[str], timeout: float = 90) -> list[str]:
-    """The tool's stdout lines up to and including its ``cluster ready`` line (read by a thread, so
-    the wait is bounded)."""
-    assert proc.stdout is not None
-    lines: queue.Queue[str] = queue.Queue()
-    stdout = proc.stdout
+class _Tool:
+    """The running tool and its stdout, read line by line by a thread (so every wait is bounded)."""
 
-    def read() -> None:
-        for line in stdout:
-            lines.put(line.rstrip("\n"))
-            if line.startswith("cluster ready:"):
-                return
-        lines.put("")  # the tool exited
+    def __init__(self, directory: Path) -> None:
+        tool = [sys.executable, "-m", "tools.local_cluster", "--dir", str(directory), "--free-ports"]
+        self.proc = subprocess.Popen(
+            [
+                *tool,
+                "--nodes",
+                str(NODES),
+                "--log-level",
+                "WARNING",
+                f"--serve-arg=--lease-ttl-seconds={TTL}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
 
-    threading.Thread(target=read, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)  # the tool closed its stdout: it exited
+
+    def line(self, timeout: float = 90) -> str:
+        """The next line; AssertionError if the tool exits or says nothing for ``timeout`` s."""
         try:
-            line = lines.get(timeout=0.5)
+            line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            continue
-        if not line:
-            raise AssertionError(f"the tool exited with {proc.wait()} before it was ready: {seen}")
-        seen.append(line)
-        if line.startswith("cluster ready:"):
-            return seen
-    raise AssertionError(f"no ready line within {timeout}s: {seen}")
+            raise AssertionError(f"the tool printed nothing for {timeout}s") from None
+        if line is None:
+            raise AssertionError(f"the tool exited with {self.proc.wait()}")
+        return line
+
+    def until_ready(self) -> list[str]:
+        lines = [self.line()]
+        while not lines[-1].startswith("cluster ready:"):
+            lines.append(self.line())
+        return lines
+
+    def interrupt(self) -> tuple[int, list[str]]:
+        """SIGINT; the exit code and the lines printed until the tool exited."""
+        self.proc.send_signal(signal.SIGINT)
+        code = self.proc.wait(timeout=90)
+        rest: list[str] = []
+        while (line := self._lines.get(timeout=10)) is not None:
+            rest.append(line)
+        return code, rest
+
+    def end(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def _alive(pid: int) -> bool:
@@ -64,67 +99,60 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _start_tool(directory: Path) -> tuple[subprocess.Popen[str], list[str]]:
-    """``python -m tools.local_cluster`` on free ports, and its lines up to ``cluster ready``."""
-    tool = [sys.executable, "-m", "tools.local_cluster", "--dir", str(directory), "--free-ports"]
-    proc = subprocess.Popen(
-        [*tool, "--nodes", str(NODES), "--log-level", "WARNING"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        cwd=REPO,
-    )
+async def _owner(api: Api, partition: int) -> str:
+    stub = cluster_service_pb2_grpc.ClusterServiceStub(api.channel)
+    status = await stub.GetClusterStatus(cs.GetClusterStatusRequest(), timeout=10)
+    return str(next(p.owner_node_id for p in status.partition_infos if p.partition == partition))
+
+
+async def test_make_cluster_runs_the_readme_tour_and_stops_everything_on_sigint(tmp_path: Path) -> None:
+    tool = _Tool(tmp_path / "cluster")
+    apis: dict[str, Api] = {}
     try:
-        return proc, _read_until_ready(proc)
-    except BaseException:
-        _end(proc)
-        raise
-
-
-def _interrupt(proc: subprocess.Popen[str]) -> tuple[int, list[str]]:
-    """SIGINT the tool; its exit code and the lines it printed after ready."""
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(timeout=90)
-    assert proc.stdout is not None
-    return code, proc.stdout.read().splitlines()
-
-
-def _end(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
-    if proc.stdout is not None:
-        proc.stdout.close()
-
-
-async def test_make_cluster_starts_serves_and_stops_everything_on_sigint(tmp_path: Path) -> None:
-    proc, lines = _start_tool(tmp_path / "cluster")
-    try:
+        lines = tool.until_ready()
         servers = [m.groups() for m in map(_SERVER_LINE.fullmatch, lines) if m]
-        nodes = [m.groups() for m in map(_NODE_LINE.fullmatch, lines) if m]
+        nodes = {
+            name: (int(port), int(pid))
+            for name, port, pid, _ in (m.groups() for m in map(_NODE_LINE.fullmatch, lines) if m)
+        }
         assert [name for name, _ in servers] == ["n1", "n2", "n3"]
-        assert [name for name, *_ in nodes] == [f"n{i + 1}" for i in range(NODES)]
+        assert list(nodes) == [f"n{i + 1}" for i in range(NODES)]
         assert lines[-1].startswith(f"cluster ready: 3 nats-servers (JetStream, replicas 3), {NODES} nodes")
-        pids = [int(pid) for _, pid in servers] + [int(pid) for _, _, pid, _ in nodes]
+        pids = [int(pid) for _, pid in servers] + [pid for _, pid in nodes.values()]
         assert all(_alive(pid) for pid in pids)
+        apis = {name: api_on_port(port) for name, (port, _) in nodes.items()}
 
-        # Created through the first node, ingested through the middle one, queried on the last.
-        apis = [api_on_port(int(port)) for _, port, _, _ in nodes]
-        await create_metric(apis[0], "calls", t.AGG_TYPE_SUM)
-        events = [ev(42, "calls", 5, T0 + SEC, event_id="a"), ev(42, "calls", 7, T0 + 2 * SEC, event_id="b")]
-        reply = await ingest(apis[len(apis) // 2], *events, sync=True)
+        # Created through n1, ingested through n2, queried on n3.
+        await create_metric(apis["n1"], "calls", t.AGG_TYPE_SUM)
+        events = [
+            ev(7, "calls", 5, T0 + SEC, event_id="tour-1"),
+            ev(7, "calls", 7, T0 + 2 * SEC, event_id="b"),
+        ]
+        reply = await ingest(apis["n2"], *events, sync=True)
         assert (reply.n_stored, reply.n_duplicates) == (2, 0)
-        period = t.Period(start_unix_nano=T0, end_unix_nano=T0 + 3600 * SEC)
-        answer = await apis[-1].query.Query(
-            qs.QueryRequest(account_id=42, metric_code="calls", period=period), timeout=10
-        )
+        answer = await query(apis["n3"], 7, "calls", T0, T0 + HOUR)
         assert (answer.value.sum, answer.value.count) == (12, 2)
-        for api in apis:
-            await api.channel.close()
 
-        code, rest = _interrupt(proc)
+        # The owner of account 7's partition killed: the tool says so, and a survivor answers the
+        # same once it has taken the partition over, then takes new usage.
+        owner = await _owner(apis["n1"], partition_of(7, 64))
+        survivors = [name for name in nodes if name != owner]
+        os.kill(nodes[owner][1], signal.SIGKILL)
+        assert tool.line() == f"node {owner} exited with -9; the others carry on"
+        answer = await query(apis[survivors[0]], 7, "calls", T0, T0 + HOUR)
+        assert (answer.value.sum, answer.value.count) == (12, 2)
+        await ingest(apis[survivors[1]], ev(7, "calls", 2, T0 + 3 * SEC, event_id="tour-2"), sync=True)
+        assert (await query(apis[survivors[0]], 7, "calls", T0, T0 + HOUR)).value.sum == 14
+        assert await _owner(apis[survivors[1]], partition_of(7, 64)) in survivors
+        for api in apis.values():
+            await api.channel.close()
+        apis = {}
+
+        code, rest = tool.interrupt()
         assert code == 0
         assert rest == ["SIGINT: stopping the nodes, then the nats-servers", "cluster stopped"]
         assert [pid for pid in pids if _alive(pid)] == []
     finally:
-        _end(proc)
+        for api in apis.values():
+            await api.channel.close()
+        tool.end()
