@@ -103,12 +103,11 @@ def _wait_ready(proc: subprocess.Popen[bytes], name: str, log_path: Path) -> dic
     raise RuntimeError(f"node {name} did not print its ready line within {_READY_SECONDS:.0f}s")
 
 
-def _start_node(
-    index: int, root: Path, cluster: NatsCluster, args: argparse.Namespace, extra: Sequence[str]
-) -> _Node:
+def _start_node(index: int, root: Path, cluster: NatsCluster, args: argparse.Namespace) -> _Node:
+    """Node ``n<index+1>``, once it has printed its ready line."""
     name = f"n{index + 1}"
     if args.free_ports:
-        grpc, node, http = (f"127.0.0.1:{port}" for port in (0, 0, 0))
+        grpc = node = http = "127.0.0.1:0"
     else:
         grpc, node, http = (f"127.0.0.1:{base + index}" for base in _NODE_BASE)
     cmd = [
@@ -125,7 +124,7 @@ def _start_node(
         "--nats-replicas", str(len(cluster.servers)),
         "--log-level", args.log_level,
         "--log-format", "text",
-        *extra,
+        *args.serve_arg,
     ]  # fmt: skip
     log_path = root / f"{name}.log"
     with log_path.open("ab") as log:
@@ -226,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.start()
         for index in range(args.nodes):
             print(f"starting node n{index + 1}", flush=True)
-            nodes.append(_start_node(index, root, cluster, args, args.serve_arg))
+            nodes.append(_start_node(index, root, cluster, args))
         _print_ready(cluster, nodes, root)
         while True:
             for node in nodes:
