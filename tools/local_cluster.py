@@ -237,7 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Stop as stop:
         print(f"{stop}: stopping the nodes, then the nats-servers", flush=True)
     except RuntimeError as exc:
-        print(f"make cluster: {exc}", file=sys.stderr, flush=True)
+        hint = "" if args.free_ports else " (a port taken? --free-ports picks free ones)"
+        print(
+            f"make cluster: {exc}. Logs: {root}/nats/<server>/server.log, {root}/<node>.log{hint}",
+            file=sys.stderr,
+            flush=True,
+        )
         code = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
