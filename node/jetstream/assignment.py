@@ -25,8 +25,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import nats.errors
@@ -36,7 +36,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from cluster_client.node_api import ClusterStatus, NodeInfo, PartitionInfo
 
 from .kv_bucket import open_bucket
-from .leases import PartitionLeases
+from .leases import LEASE_PREFIX, NODE_PREFIX, PartitionLeases
 from .subject_log import HELD, LAPSED, LOST
 
 if TYPE_CHECKING:
@@ -52,8 +52,10 @@ MEMBER_MAX_AGE = 3600.0
 _TICK_SECONDS = 0.25
 """Longest wait between two looks at the assignment without a change seen by the watch."""
 _REPORT_SECONDS = 1.0
+_LAG_MEASURE_SECONDS = 0.5
 _LOADS_AT_ONCE = 8
 _RETRY_FAILED_LOAD_SECONDS = 5.0
+_K = TypeVar("_K", int, str)
 
 
 def balanced_assignment(partitions: int, nodes: Iterable[str]) -> list[str]:
@@ -101,7 +103,7 @@ async def open_members_bucket(js: JetStreamContext, bucket: str, replicas: int) 
 class _Seen:
     """The last value the watch saw for a key, its revision, and when (monotonic) it was written."""
 
-    value: dict[str, object]
+    value: dict[str, Any]
     revision: int
     written: float
 
@@ -128,13 +130,14 @@ class Assignment:
         self._count = node.partitions_count
         self._live_nodes: dict[str, _Seen] = {}
         self._holders: dict[int, _Seen] = {}
-        self._members: dict[str, dict[str, object]] = {}
+        self._members: dict[str, dict[str, Any]] = {}
         self._targets: tuple[frozenset[str], list[str]] = (frozenset(), [])
         self._busy: dict[int, asyncio.Task[None]] = {}
         self._retry_at: dict[int, float] = {}
         self._loads = asyncio.Semaphore(_LOADS_AT_ONCE)
         self._lags: dict[int, int] = {}
         self._wake = asyncio.Event()
+        self._report_soon = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
         self._follows: list[asyncio.Task[None]] = []
@@ -166,8 +169,9 @@ class Assignment:
         partition: its holder and lease epoch from the lease bucket, its offsets and lag from this
         node's own state when it serves it, else from its owner's last report (at most about a
         second old)."""
-        with contextlib.suppress(Exception):  # the lags of the last report stand in for fresh ones
-            await self._measure_lags()
+        # Bounded: a status must answer while NATS is away (the last report's lags stand in).
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._measure_lags(), _LAG_MEASURE_SECONDS)
         nodes: dict[str, NodeInfo] = {}
         for node_id, member in self._members.items():
             nodes[node_id] = NodeInfo(
@@ -181,38 +185,37 @@ class Assignment:
                 )
         for me in local.nodes:
             nodes[me.node_id] = me
-        served = {p.partition: p for p in local.partition_infos}
-        infos: list[PartitionInfo] = []
-        for p in range(self._count):
-            mine = served.get(p)
-            if mine is not None and mine.owner_node_id:
-                infos.append(
-                    PartitionInfo(
-                        p,
-                        mine.owner_node_id,
-                        mine.last_offset,
-                        mine.last_alert_offset,
-                        mine.lease_epoch,
-                        self._lags.get(p, 0),
-                    )
-                )
-                continue
-            holder = self._holders.get(p)
-            if holder is None or not self._alive(holder):
-                infos.append(PartitionInfo(p, "", 0, 0, 0, 0))
-                continue
-            owner = str(holder.value["node"])
-            epoch = int(holder.value.get("epoch") or holder.revision)  # type: ignore[call-overload]
-            report = self._members.get(owner, {}).get("partitions", {})
-            progress = report.get(p) if isinstance(report, dict) else None
-            last, alerts, lag = progress if progress is not None else (0, 0, 0)
-            infos.append(PartitionInfo(p, owner, last, alerts, epoch, lag))
+        served = {p.partition: p for p in local.partition_infos if p.owner_node_id}
+        infos = [
+            replace(served[p], lag=self._lags.get(p, 0)) if p in served else self._elsewhere(p)
+            for p in range(self._count)
+        ]
         return ClusterStatus(
             local.partitions,
             local.backend,
             tuple(sorted(nodes.values(), key=lambda n: n.node_id)),
             tuple(infos),
         )
+
+    def _elsewhere(self, partition: int) -> PartitionInfo:
+        """A partition this node does not serve: its live holder and epoch from the lease bucket,
+        its lag from the holder's last report, its offsets the highest any node reported (without
+        a live holder, when its node died and the lease is not yet taken over: no owner)."""
+        holder = self._holders.get(partition)
+        owner, epoch = "", 0
+        if holder is not None and self._alive(holder):
+            owner = str(holder.value["node"])
+            epoch = int(holder.value.get("epoch") or holder.revision)
+        # Offsets only grow: the highest any report has is the latest known (the new owner's
+        # first report may be a moment behind the hand-over, or show the partition loading).
+        last = alerts = lag = 0
+        for node_id, report in self._members.items():
+            progress = report.get("partitions", {}).get(partition)
+            if progress is not None:
+                last, alerts = max(last, int(progress[0])), max(alerts, int(progress[1]))
+                if node_id == owner:
+                    lag = int(progress[2])
+        return PartitionInfo(partition, owner, last, alerts, epoch, lag)
 
     # ------------------------------------------------------------------ running
 
@@ -290,8 +293,12 @@ class Assignment:
         for p in held:
             if target[p] != self._me and self._node.served(p) is not None:
                 self._begin(p, self._hand_over(p))
-            elif self._node.served(p) is None and now >= self._retry_at.get(p, 0.0):
-                self._begin(p, self._load(p))  # a load that failed: again
+            elif (
+                self._node.served(p) is None
+                and self._leases.holds(p)  # not while lapsed: loading would fail, again and again
+                and now >= self._retry_at.get(p, 0.0)
+            ):
+                self._begin(p, self._load(p))  # dropped (its log failed) while the lease lapsed
         for p, owner in enumerate(target):
             if owner != self._me or p in held or now < self._retry_at.get(p, 0.0):
                 continue
@@ -310,6 +317,7 @@ class Assignment:
         def done(_: asyncio.Task[None]) -> None:
             self._busy.pop(partition, None)
             self._wake.set()
+            self._report_soon.set()  # what this node serves changed: tell the others now
 
         task.add_done_callback(done)
 
@@ -417,22 +425,13 @@ class Assignment:
 
     def _apply_lease(self, entry: KeyValue.Entry) -> None:
         key = entry.key
-        gone = entry.operation in (KV_DEL, KV_PURGE)
-        if key.startswith("partition."):
-            p = int(key.partition(".")[2])
-            if gone:
-                self._holders.pop(p, None)
-            else:
-                self._holders[p] = _Seen(
-                    msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry)
-                )
-        elif key.startswith("node."):
-            if gone:
-                self._live_nodes.pop(key, None)
-            else:
-                self._live_nodes[key] = _Seen(
-                    msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry)
-                )
+        seen = None
+        if entry.operation not in (KV_DEL, KV_PURGE):
+            seen = _Seen(msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry))
+        if key.startswith(LEASE_PREFIX):
+            _put(self._holders, int(key[len(LEASE_PREFIX) :]), seen)
+        elif key.startswith(NODE_PREFIX):
+            _put(self._live_nodes, key, seen)
 
     def _apply_member(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
@@ -452,12 +451,11 @@ class Assignment:
             lags[p] = max(0, stored - applied)
         self._lags = lags
 
-    def _report(self, partitions: dict[int, list[int]]) -> dict[str, object]:
+    def _report(self, partitions: dict[int, list[int]]) -> dict[str, Any]:
         return {
             "node": self._me,
             "addr": self._node.node_addr,
             "grpc": self._node.grpc_addr,
-            "reported_at": time.time(),
             "partitions": partitions,
         }
 
@@ -474,7 +472,17 @@ class Assignment:
                 await self._members_kv.put(_member_key(self._me), msgpack.packb(self._report(progress)))
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("progress report not stored: %s", exc)
-            await asyncio.sleep(_REPORT_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_soon.wait(), _REPORT_SECONDS)
+            self._report_soon.clear()
+
+
+def _put(table: dict[_K, _Seen], name: _K, seen: _Seen | None) -> None:
+    """Record ``seen`` under ``name``, or forget ``name`` (None: the key was deleted)."""
+    if seen is None:
+        table.pop(name, None)
+    else:
+        table[name] = seen
 
 
 def _member_key(node_id: str) -> str:

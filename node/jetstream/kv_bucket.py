@@ -1,9 +1,10 @@
 """Opening one of the cluster's KV buckets: get it, or create it, and wait until it can be written.
 
-A bucket just created (or one whose servers are electing a leader) answers writes with "no
-responders" until its stream has a leader; the cluster's state (``metric_registry``, ``leases``)
-is written right after it is opened, so opening waits for the leader, bounded. Not here: what the
-buckets hold.
+Opening or creating it is tried again while JetStream answers as a cluster just started does ("no
+suitable peers", no responders, timeouts). A bucket just created (or one whose servers are
+electing a leader) answers writes with "no responders" until its stream has a leader; the
+cluster's state (``metric_registry``, ``leases``) is written right after it is opened, so opening
+waits for the leader, bounded. Not here: what the buckets hold.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import nats.js.errors
 from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
+from .stream import PEERS_OFFLINE
+
 __all__ = ["open_bucket"]
 
 _LEADER_WAIT_SECONDS = 20.0
@@ -25,11 +28,25 @@ _LEADER_WAIT_SECONDS = 20.0
 async def open_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyValue:
     """Bucket ``config.bucket`` (created with ``config`` when missing), once its stream has a
     leader; TimeoutError if it gets none within 20 s."""
-    try:
-        kv = await js.key_value(config.bucket)
-    except nats.js.errors.BucketNotFoundError:
-        kv = await js.create_key_value(config)
     deadline = time.monotonic() + _LEADER_WAIT_SECONDS
+    while True:
+        try:
+            try:
+                kv = await js.key_value(config.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                kv = await js.create_key_value(config)
+            break
+        except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+            if time.monotonic() > deadline:
+                raise
+        except nats.js.errors.APIError as exc:
+            # "No suitable peers": a server of the replicas is starting or catching up.
+            transient = exc.err_code == PEERS_OFFLINE or isinstance(
+                exc, nats.js.errors.ServiceUnavailableError
+            )
+            if not transient or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
     while True:
         try:
             info = await js.stream_info(f"KV_{config.bucket}")

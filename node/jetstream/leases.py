@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 from .errors import NatsRefused
 from .kv_bucket import open_bucket
 
-__all__ = ["LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
+__all__ = ["LEASE_PREFIX", "NODE_PREFIX", "LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
 
 log = logging.getLogger(__name__)
 
@@ -43,18 +43,31 @@ _EXPIRY_SLACK = 2.0
 remove expired keys shortly after their age passes, ~0.3 s measured)."""
 
 
+_TRANSIENT = (
+    TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+"""Errors of a write to the bucket that a moment later may not repeat (no leader yet, NATS away)."""
+
+
 class LeaseConflictError(NatsRefused):
     """A lease or node id is held by another live node, or the bucket disagrees with this node."""
 
 
+LEASE_PREFIX = "partition."
+NODE_PREFIX = "node."
+
+
 def lease_key(partition: int) -> str:
     """The KV key of ``partition``'s lease."""
-    return f"partition.{partition}"
+    return f"{LEASE_PREFIX}{partition}"
 
 
 def node_key(node_id: str) -> str:
     """The KV key of node ``node_id``'s liveness record (``.`` and ``:`` escaped, as keys need)."""
-    return "node." + node_id.replace(".", "=2E").replace(":", "=3A")
+    return NODE_PREFIX + node_id.replace(".", "=2E").replace(":", "=3A")
 
 
 @dataclass
@@ -216,6 +229,9 @@ class PartitionLeases:
             revision = await self._kv.create(lease_key(partition), self._record)
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
             return False
+        except _TRANSIENT as exc:
+            log.warning("partition %d: lease not taken now (%s); trying again", partition, exc)
+            return False
         self._lost.discard(partition)
         self._leases[partition] = _Held(
             lease_key(partition), revision, revision, sent + self.ttl - self.margin
@@ -236,6 +252,12 @@ class PartitionLeases:
                 # Held; or refused while another write to the key was being replicated, with no
                 # value to read yet (the client then raises KeyNotFoundError).
                 pass
+            except _TRANSIENT:
+                # The bucket's stream is electing a leader (a cluster just started): again.
+                if self._clock() >= give_up:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
             else:
                 return _Held(key, revision, revision, sent + self.ttl - self.margin)
             try:

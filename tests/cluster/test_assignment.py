@@ -5,11 +5,15 @@ expire, the answers staying what they were."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cluster_client.errors import UnavailableError
 from cluster_client.remote_node import RemoteNode
@@ -25,7 +29,7 @@ from tests.cluster.helpers import (
 )
 from tests.conftest import Api, api_on_port
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
-from tests.process import ServeProcess, start_serve
+from tests.process import CLI, ENV, REPO, ServeProcess, start_serve
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import alert_service_pb2 as als
 from unimeter.v1 import types_pb2 as t
@@ -49,7 +53,24 @@ def test_the_balanced_assignment_is_even_and_moves_little_when_a_node_joins() ->
     assert balanced_assignment(3, []) == ["", "", ""]
 
 
-def evenly_split(nodes: set[str]) -> object:
+@settings(max_examples=200, deadline=None)
+@given(
+    partitions=st.integers(1, 256),
+    nodes=st.sets(st.text("abcdefgh0123456789-", min_size=1, max_size=6), min_size=1, max_size=9),
+)
+def test_the_balanced_assignment_gives_every_partition_to_one_live_node_within_one_of_even(
+    partitions: int, nodes: set[str]
+) -> None:
+    owners_ = balanced_assignment(partitions, nodes)
+    assert owners_ == balanced_assignment(partitions, sorted(nodes, reverse=True))
+    assert len(owners_) == partitions and set(owners_) <= nodes
+    shares = [owners_.count(node) for node in nodes]
+    assert sum(shares) == partitions and max(shares) - min(shares) <= 1
+
+
+def evenly_split(nodes: set[str]) -> Callable[[list[str]], bool]:
+    """Every partition owned, by exactly ``nodes``, shares differing by at most one."""
+
     def accept(current: list[str]) -> bool:
         counts = Counter(current)
         return set(counts) == nodes and max(counts.values()) - min(counts.values()) <= 1
@@ -132,6 +153,20 @@ async def test_nodes_split_the_partitions_a_joiner_takes_its_share_and_sigterm_h
         joined = await wait_for_owners(ports["n2"], evenly_split({"n1", "n2", "n3", "n4"}), timeout=20)
         assert sorted(Counter(owners(joined)).values()) == [3, 3, 3, 3]
         assert await answers(ports, accounts) == before
+        # `unimeter status` on any node: one row per node, each alive with its three partitions
+        # and their events (offsets of other nodes' partitions are as last reported: a moment).
+        command = [*CLI, "status", "--addr", f"127.0.0.1:{ports['n4']}"]
+        expected = [(n, "yes", "3", "9") for n in ("n1", "n2", "n3", "n4")]
+        async with asyncio.timeout(10):
+            while True:
+                shown = await asyncio.to_thread(
+                    subprocess.run, command, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=30
+                )
+                assert shown.returncode == 0, shown.stderr
+                rows = [line.split() for line in shown.stdout.splitlines() if line.startswith("n")]
+                if [(r[0], r[3], r[4], r[5]) for r in rows] == expected:
+                    break
+                await asyncio.sleep(0.1)
 
         # SIGTERM: n2's partitions are taken by the others long before its 30 s leases could expire.
         assert nodes.pop("n2").terminate() == 0
@@ -174,3 +209,39 @@ async def test_requests_for_a_partition_of_another_node_are_refused_naming_its_o
         await remote.close()
         a.terminate()
         b.terminate()
+
+
+async def test_an_alert_stream_on_a_partition_handed_over_ends_with_not_owned(
+    tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    flags = cluster_flags(nats_cluster, "STREAMS", 2)
+    a = start_serve(tmp_path / "a", *flags, "--node-id", "a")
+    remote = RemoteNode(f"127.0.0.1:{a.node_port}", connect_timeout=5.0)
+    b: ServeProcess | None = None
+    try:
+        api = api_on_port(a.grpc_port)
+        await create_metric(api, "calls", thresholds=[t.AlertThreshold(code="one", value=1)])
+        accounts = accounts_by_partition(2)
+        for account in accounts:
+            await ingest(api, ev(account, "calls", 1, T0, event_id=f"e{account}"), sync=True)
+        await api.channel.close()
+        stream = remote.subscribe_alerts([0, 1], {}, True, [], [], [])
+        seen: dict[int, int] = {}
+        items = aiter(stream)
+        while len(seen) < 2:  # the first item is where the stream starts; then both alerts
+            item = await anext(items)
+            if item.alert is not None:
+                seen[item.alert.partition] = item.alert.offset
+        assert seen == {0: 1, 1: 1}
+        b = start_serve(tmp_path / "b", *flags, "--node-id", "b")  # takes one of the two partitions
+        with pytest.raises(UnavailableError) as ended:
+            async with asyncio.timeout(20):
+                while True:
+                    await anext(items)
+        assert ended.value.reason == "PARTITION_NOT_OWNED"
+        await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await remote.close()
+        a.terminate()
+        if b is not None:
+            b.terminate()

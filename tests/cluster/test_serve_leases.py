@@ -1,7 +1,7 @@
 """``unimeter serve --backend nats`` alone takes the lease of every partition: a second node with
 its id, or with another partition count, is refused naming the conflict, SIGTERM hands the leases
 over, a node that cannot renew stops acknowledging (UNAVAILABLE naming the partition) and resumes
-when a renewal gets through, and a lease taken from under a node stops that partition there while
+by itself when NATS is back, and a lease taken from under a node stops that partition there while
 the other holder has it. GetClusterStatus reports each partition's lease epoch."""
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ async def wait_for_refusal(api: Api, account: int) -> grpc.aio.AioRpcError:
             await asyncio.sleep(0.05)
 
 
-async def test_a_node_cut_off_from_nats_stops_acknowledging_then_resumes_with_the_same_lease(
+async def test_a_node_cut_off_from_nats_stops_acknowledging_then_resumes_by_itself(
     tmp_path: Path, stream_name: str
 ) -> None:
     cluster = NatsCluster(tmp_path / "nats", 1)
@@ -163,7 +163,9 @@ async def test_a_node_cut_off_from_nats_stops_acknowledging_then_resumes_with_th
         assert (err.details() or "").startswith("partition 0 is not served by this node now")
         assert details(err)[2] == 1.0  # retryable, with a delay
         cluster.start_server(cluster.servers[0])
-        # The renewal that gets through finds the lease at this node's revision: nobody took it.
+        # A renewal that gets through before the lease expired finds it at this node's revision
+        # (nobody took it: same epoch); one after that finds it expired, and the node takes it
+        # again (a new epoch). Which one depends on how long the server took to come back.
         async with asyncio.timeout(60):
             while True:
                 try:
@@ -171,7 +173,9 @@ async def test_a_node_cut_off_from_nats_stops_acknowledging_then_resumes_with_th
                     break
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.1)
-        assert await partition_table(server.grpc_port) == epochs
+        again = await partition_table(server.grpc_port)
+        assert [owner for owner, _ in again] == ["n1", "n1"]
+        assert all(new >= old for (_, new), (_, old) in zip(again, epochs, strict=True))
         # The metric registry's watch came back too: a new metric is created and used at once.
         await create_metric(api, "after")
         await ingest(api, ev(accounts[0], "after", 1, T0 + SEC), sync=True)

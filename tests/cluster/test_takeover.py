@@ -1,7 +1,8 @@
 """Takeovers with real processes: an owner killed (SIGKILL) in the middle of SYNC ingests, whose
-partitions the other nodes take over once its leases expire, with exactly its state; and an owner
+partitions the other nodes take over once its leases expire, with exactly its state; an owner
 paused (SIGSTOP) until its leases are taken, which once resumed (SIGCONT) appends nothing and
-acknowledges none of the SYNC calls it had in flight."""
+acknowledges none of the SYNC calls it had in flight; and a partition another writer appended to
+under this node's lease, which stops and is loaded again from the stream."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import nats
 import pytest
 
+from node.records import EventRecord, encode_event_record
 from tests.cluster.conftest import running_cluster
 from tests.cluster.helpers import (
     Router,
@@ -201,3 +204,44 @@ async def test_an_owner_paused_until_its_leases_are_taken_appends_nothing_and_ac
             paused.proc.send_signal(signal.SIGCONT)
         for process in nodes.values():
             process.terminate()
+
+
+async def test_a_partition_another_writer_appended_to_stops_and_is_reloaded_from_the_stream(
+    tmp_path: Path, nats_cluster: NatsCluster
+) -> None:
+    node = start_nodes(tmp_path, nats_cluster, "FENCE", ["a"])["a"]
+    router = Router([node.grpc_port], PARTITIONS)
+    api = api_on_port(node.grpc_port)
+    nc = await nats.connect(servers=nats_cluster.urls)
+    try:
+        await wait_for_owners(node.grpc_port, lambda o: o == ["a"] * PARTITIONS)
+        metric = await create_metric(api, "calls")
+        account = accounts_by_partition(PARTITIONS)[2]
+        await router.refresh()
+        await router.until_done(account, lambda api: api.ingest.Ingest(batch(account, 0), timeout=5))
+        epoch = (await status(node.grpc_port)).partition_infos[2].lease_epoch
+        # Another writer appends a record of its own, expecting the subject's last sequence.
+        js = nc.jetstream()
+        subject = "unimeter.FENCE.p.2.events"
+        last = await js.get_last_msg("FENCE", subject)
+        foreign = EventRecord(
+            PER_BATCH + 1, "", T0, {"calls": metric.create_time_unix_nano},
+            [(account, "calls", 1, T0 + 99 * SEC, None, 1, "foreign")], [], 1, [],
+        )  # fmt: skip
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(last.seq)}
+        await js.publish(subject, encode_event_record(foreign), headers=headers)
+        # The node's next publish is refused: that call is not acknowledged, and the partition
+        # stops until it is loaded again (its lease is still this node's).
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await api.ingest.Ingest(batch(account, 1), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        again = await router.until_done(account, lambda api: api.ingest.Ingest(batch(account, 1), timeout=5))
+        assert (again.n_stored, list(again.offsets)) == (PER_BATCH, [PER_BATCH + 2, PER_BATCH + 3])
+        assert await counted(api, account) == 2 * PER_BATCH + 1
+        info = (await status(node.grpc_port)).partition_infos[2]
+        assert (info.owner_node_id, info.lease_epoch, info.last_offset, info.lag) == ("a", epoch, 5, 0)
+    finally:
+        await nc.close()
+        await api.channel.close()
+        await router.close()
+        node.terminate()
