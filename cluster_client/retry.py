@@ -81,7 +81,15 @@ async def call_with_retries(
             raise DeadlineExceededError("deadline exceeded") from None
         except (UnavailableError, ResourceExhaustedError) as exc:
             jitter = random.uniform(0, backoff)
-            rerouted = on_retry is not None and await on_retry(exc)
+            rerouted = False
+            if on_retry is not None:
+                try:
+                    # Bounded like a try: a slow map refresh must not outlive the caller.
+                    rerouted = await asyncio.wait_for(
+                        on_retry(exc), deadline - policy.answer_margin - time.monotonic()
+                    )
+                except TimeoutError:
+                    raise exc from None
             delay = jitter if rerouted else max(exc.retry_after_seconds or 0.0, jitter)
             if time.monotonic() + delay >= deadline - policy.answer_margin:
                 raise

@@ -21,11 +21,15 @@ from .errors import UnavailableError, UnimeterError
 from .node_api import ClusterStatus, NodeApi
 from .partitioning import partition_of
 
-__all__ = ["PARTITION_NOT_OWNED", "REFRESH_INTERVAL", "Topology"]
+__all__ = ["PARTITION_NOT_OWNED", "REFRESH_INTERVAL", "STATUS_TIMEOUT", "Topology"]
 
 log = logging.getLogger(__name__)
 
 RemoteFactory = Callable[[str], NodeApi]
+
+STATUS_TIMEOUT = 2.0
+"""Seconds a node gets to answer for the partition map before the next one is asked (a stopped
+process, or one whose status waits on an unreachable NATS, must not hold every refresh up)."""
 
 PARTITION_NOT_OWNED = "PARTITION_NOT_OWNED"
 """Reason of the error a node answers for a partition it does not serve (now)."""
@@ -308,7 +312,10 @@ class Topology:
         answered = False
         for source in self._sources():
             try:
-                status = await source.cluster_status()
+                status = await asyncio.wait_for(source.cluster_status(), STATUS_TIMEOUT)
+            except TimeoutError:
+                errors.append(f"{source!r} did not answer within {STATUS_TIMEOUT:.0f}s")
+                continue
             except UnimeterError as exc:
                 errors.append(exc.message)
                 continue

@@ -166,8 +166,8 @@ class Node:
         self.on_log_failure: Callable[[], None] | None = None
         """Told when a partition's log fails (a cluster node's ownership stops serving it)."""
         self.ownership: PartitionOwnership | None = None
-        """The leases this node serves its partitions under (set before ``start`` by whoever took
-        them); None: it owns every partition of its data directory."""
+        """The leases this node serves its partitions under, and the view of the rest of the
+        cluster (a cluster node's assignment sets it); None: it owns every partition it opened."""
         self._closing = False
         self._disk_checked = 0.0
         self._tasks: list[asyncio.Task[None]] = []

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import nats.errors
@@ -36,7 +36,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from cluster_client.node_api import ClusterStatus, NodeInfo, PartitionInfo
 
 from .kv_bucket import open_bucket
-from .leases import PartitionLeases
+from .leases import LEASE_PREFIX, NODE_PREFIX, PartitionLeases
 from .subject_log import HELD, LAPSED, LOST
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ _REPORT_SECONDS = 1.0
 _LAG_MEASURE_SECONDS = 0.5
 _LOADS_AT_ONCE = 8
 _RETRY_FAILED_LOAD_SECONDS = 5.0
+_K = TypeVar("_K", int, str)
 
 
 def balanced_assignment(partitions: int, nodes: Iterable[str]) -> list[str]:
@@ -136,6 +137,7 @@ class Assignment:
         self._loads = asyncio.Semaphore(_LOADS_AT_ONCE)
         self._lags: dict[int, int] = {}
         self._wake = asyncio.Event()
+        self._report_soon = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
         self._follows: list[asyncio.Task[None]] = []
@@ -197,22 +199,23 @@ class Assignment:
 
     def _elsewhere(self, partition: int) -> PartitionInfo:
         """A partition this node does not serve: its live holder and epoch from the lease bucket,
-        offsets and lag from the holder's last report. Without a live holder (its node died, the
-        lease not yet taken over) no owner, and the offsets of the latest report that had it."""
+        its lag from the holder's last report, its offsets the highest any node reported (without
+        a live holder, when its node died and the lease is not yet taken over: no owner)."""
         holder = self._holders.get(partition)
         owner, epoch = "", 0
         if holder is not None and self._alive(holder):
             owner = str(holder.value["node"])
             epoch = int(holder.value.get("epoch") or holder.revision)
-            reports = [self._members[owner]] if owner in self._members else []
-        else:
-            reports = sorted(self._members.values(), key=lambda m: float(m.get("reported_at", 0.0)))
+        # Offsets only grow: the highest any report has is the latest known (the new owner's
+        # first report may be a moment behind the hand-over, or show the partition loading).
         last = alerts = lag = 0
-        for report in reports:
+        for node_id, report in self._members.items():
             progress = report.get("partitions", {}).get(partition)
             if progress is not None:
-                last, alerts, lag = (int(x) for x in progress)
-        return PartitionInfo(partition, owner, last, alerts, epoch, lag if owner else 0)
+                last, alerts = max(last, int(progress[0])), max(alerts, int(progress[1]))
+                if node_id == owner:
+                    lag = int(progress[2])
+        return PartitionInfo(partition, owner, last, alerts, epoch, lag)
 
     # ------------------------------------------------------------------ running
 
@@ -290,8 +293,12 @@ class Assignment:
         for p in held:
             if target[p] != self._me and self._node.served(p) is not None:
                 self._begin(p, self._hand_over(p))
-            elif self._node.served(p) is None and now >= self._retry_at.get(p, 0.0):
-                self._begin(p, self._load(p))  # a load that failed: again
+            elif (
+                self._node.served(p) is None
+                and self._leases.holds(p)  # not while lapsed: loading would fail, again and again
+                and now >= self._retry_at.get(p, 0.0)
+            ):
+                self._begin(p, self._load(p))  # dropped (its log failed) while the lease lapsed
         for p, owner in enumerate(target):
             if owner != self._me or p in held or now < self._retry_at.get(p, 0.0):
                 continue
@@ -310,6 +317,7 @@ class Assignment:
         def done(_: asyncio.Task[None]) -> None:
             self._busy.pop(partition, None)
             self._wake.set()
+            self._report_soon.set()  # what this node serves changed: tell the others now
 
         task.add_done_callback(done)
 
@@ -417,22 +425,13 @@ class Assignment:
 
     def _apply_lease(self, entry: KeyValue.Entry) -> None:
         key = entry.key
-        gone = entry.operation in (KV_DEL, KV_PURGE)
-        if key.startswith("partition."):
-            p = int(key.partition(".")[2])
-            if gone:
-                self._holders.pop(p, None)
-            else:
-                self._holders[p] = _Seen(
-                    msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry)
-                )
-        elif key.startswith("node."):
-            if gone:
-                self._live_nodes.pop(key, None)
-            else:
-                self._live_nodes[key] = _Seen(
-                    msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry)
-                )
+        seen = None
+        if entry.operation not in (KV_DEL, KV_PURGE):
+            seen = _Seen(msgpack.unpackb(entry.value), int(entry.revision or 0), self._written(entry))
+        if key.startswith(LEASE_PREFIX):
+            _put(self._holders, int(key[len(LEASE_PREFIX) :]), seen)
+        elif key.startswith(NODE_PREFIX):
+            _put(self._live_nodes, key, seen)
 
     def _apply_member(self, entry: KeyValue.Entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE):
@@ -457,7 +456,6 @@ class Assignment:
             "node": self._me,
             "addr": self._node.node_addr,
             "grpc": self._node.grpc_addr,
-            "reported_at": time.time(),
             "partitions": partitions,
         }
 
@@ -474,7 +472,17 @@ class Assignment:
                 await self._members_kv.put(_member_key(self._me), msgpack.packb(self._report(progress)))
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("progress report not stored: %s", exc)
-            await asyncio.sleep(_REPORT_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._report_soon.wait(), _REPORT_SECONDS)
+            self._report_soon.clear()
+
+
+def _put(table: dict[_K, _Seen], name: _K, seen: _Seen | None) -> None:
+    """Record ``seen`` under ``name``, or forget ``name`` (None: the key was deleted)."""
+    if seen is None:
+        table.pop(name, None)
+    else:
+        table[name] = seen
 
 
 def _member_key(node_id: str) -> str:

@@ -34,7 +34,7 @@ from nats.js.kv import KeyValue
 from .errors import NatsRefused
 from .kv_bucket import open_bucket
 
-__all__ = ["LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
+__all__ = ["LEASE_PREFIX", "NODE_PREFIX", "LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,18 @@ class LeaseConflictError(NatsRefused):
     """A lease or node id is held by another live node, or the bucket disagrees with this node."""
 
 
+LEASE_PREFIX = "partition."
+NODE_PREFIX = "node."
+
+
 def lease_key(partition: int) -> str:
     """The KV key of ``partition``'s lease."""
-    return f"partition.{partition}"
+    return f"{LEASE_PREFIX}{partition}"
 
 
 def node_key(node_id: str) -> str:
     """The KV key of node ``node_id``'s liveness record (``.`` and ``:`` escaped, as keys need)."""
-    return "node." + node_id.replace(".", "=2E").replace(":", "=3A")
+    return NODE_PREFIX + node_id.replace(".", "=2E").replace(":", "=3A")
 
 
 @dataclass

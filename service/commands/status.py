@@ -65,6 +65,11 @@ def _summary(response: cs.GetClusterStatusResponse) -> str:
         rows.append(
             ("busiest", f"partition {busiest.partition}: {busiest.last_offset} events ({share:.0f}%)")
         )
+    lagging = [p for p in infos if p.lag]
+    if lagging:
+        # Partitions being loaded by a node that just took them over (see docs/operations.md).
+        behind = sum(p.lag for p in lagging)
+        rows.append(("lag", f"{behind} records of {len(lagging)} partitions not yet applied by their owner"))
     unowned = sum(1 for p in infos if not p.owner_node_id)
     if unowned:
         rows.append(("unowned", f"{unowned} of {len(infos)} partitions: their accounts cannot be served"))

@@ -6,6 +6,7 @@ expire, the answers staying what they were."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from tests.cluster.helpers import (
 )
 from tests.conftest import Api, api_on_port
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
-from tests.process import ServeProcess, start_serve
+from tests.process import CLI, ENV, REPO, ServeProcess, start_serve
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import alert_service_pb2 as als
 from unimeter.v1 import types_pb2 as t
@@ -152,6 +153,20 @@ async def test_nodes_split_the_partitions_a_joiner_takes_its_share_and_sigterm_h
         joined = await wait_for_owners(ports["n2"], evenly_split({"n1", "n2", "n3", "n4"}), timeout=20)
         assert sorted(Counter(owners(joined)).values()) == [3, 3, 3, 3]
         assert await answers(ports, accounts) == before
+        # `unimeter status` on any node: one row per node, each alive with its three partitions
+        # and their events (offsets of other nodes' partitions are as last reported: a moment).
+        command = [*CLI, "status", "--addr", f"127.0.0.1:{ports['n4']}"]
+        expected = [(n, "yes", "3", "9") for n in ("n1", "n2", "n3", "n4")]
+        async with asyncio.timeout(10):
+            while True:
+                shown = await asyncio.to_thread(
+                    subprocess.run, command, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=30
+                )
+                assert shown.returncode == 0, shown.stderr
+                rows = [line.split() for line in shown.stdout.splitlines() if line.startswith("n")]
+                if [(r[0], r[3], r[4], r[5]) for r in rows] == expected:
+                    break
+                await asyncio.sleep(0.1)
 
         # SIGTERM: n2's partitions are taken by the others long before its 30 s leases could expire.
         assert nodes.pop("n2").terminate() == 0
