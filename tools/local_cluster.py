@@ -8,8 +8,10 @@ directory, ``<node>.log`` its log), so a second ``make cluster`` finds the same 
 usage. The addresses are fixed by default (the README names them; ``--free-ports`` picks free ones,
 as tests do) and printed once everything is up. SIGINT or SIGTERM stops the nodes (SIGTERM each,
 so each hands its partitions over and flushes), then the servers. A node that exits on its own (an
-operator's ``kill -9`` in the tour) is reported and the rest carry on. Not for production: the
-servers have no authentication or TLS and the nodes no cluster secret.
+operator's ``kill -9`` in the tour) is reported and the rest carry on. The children run in sessions
+of their own (so a terminal's Ctrl-C reaches only this program): a SIGKILL of this program leaves
+them running. Not for production: the servers have no authentication or TLS and the nodes no
+cluster secret.
 """
 
 from __future__ import annotations

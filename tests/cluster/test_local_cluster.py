@@ -50,11 +50,13 @@ class _Tool:
             cwd=REPO,
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
+        self._seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
+            self._seen.append(line.rstrip("\n"))
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)  # the tool closed its stdout: it exited
 
@@ -84,11 +86,31 @@ class _Tool:
         return code, rest
 
     def end(self) -> None:
+        """After a failure: SIGTERM (the tool stops what it started); if it hangs, SIGKILL it and
+        every process it printed, which run in sessions of their own and would outlive it."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                for pid in _printed_pids(self._seen):
+                    if _alive(pid):
+                        os.kill(pid, signal.SIGKILL)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+def _printed_pids(lines: list[str]) -> list[int]:
+    """The pid of every nats-server and node line among ``lines``."""
+    pids = []
+    for line in lines:
+        if server := _SERVER_LINE.fullmatch(line):
+            pids.append(int(server.group(2)))
+        elif node := _NODE_LINE.fullmatch(line):
+            pids.append(int(node.group(3)))
+    return pids
 
 
 def _alive(pid: int) -> bool:
@@ -118,7 +140,8 @@ async def test_make_cluster_runs_the_readme_tour_and_stops_everything_on_sigint(
         assert [name for name, _ in servers] == ["n1", "n2", "n3"]
         assert list(nodes) == [f"n{i + 1}" for i in range(NODES)]
         assert lines[-1].startswith(f"cluster ready: 3 nats-servers (JetStream, replicas 3), {NODES} nodes")
-        pids = [int(pid) for _, pid in servers] + [pid for _, pid in nodes.values()]
+        pids = _printed_pids(lines)
+        assert len(pids) == len(servers) + len(nodes)
         assert all(_alive(pid) for pid in pids)
         apis = {name: api_on_port(port) for name, (port, _) in nodes.items()}
 
