@@ -9,7 +9,7 @@ PROTOS := $(wildcard $(PROTO_DIR)/*.proto)
 PROTO_STAMP := $(PROTO_DIR)/.generated
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: all venv native proto proto-go test test-fast lint run bench bench-quick clean docs fuzz soak soak-crash soak-rate soak-smoke
+.PHONY: all venv native proto proto-go test test-fast lint run cluster bench bench-quick bench-cluster clean docs fuzz soak soak-crash soak-rate soak-smoke
 
 all: test
 
@@ -151,11 +151,21 @@ run: $(PROTO_STAMP) $(NATIVE_STAMP)
 		--node-addr "$${UNIMETER_NODE_ADDR-127.0.0.1:7001}" --http-addr "$${UNIMETER_HTTP_ADDR-127.0.0.1:9464}" \
 		--log-format "$${UNIMETER_LOG_FORMAT:-text}"
 
+# A cluster on loopback (tools/local_cluster.py): three nats-servers forming one JetStream cluster
+# (replicas 3) and three nodes, everything under $UNIMETER_CLUSTER_DIR (./cluster-data); each one's
+# addresses are printed once all are up. Ctrl-C stops the nodes, then the servers.
+cluster: $(PROTO_STAMP) $(NATIVE_STAMP)
+	$(PY) -m tools.local_cluster --dir "$${UNIMETER_CLUSTER_DIR:-./cluster-data}"
+
 bench: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench
 
 bench-quick: $(PROTO_STAMP) $(NATIVE_STAMP)
 	$(PY) -m bench --quick
+
+# The cluster section of `make bench` alone (3 nats-servers, the nodes, an embedded node; minutes).
+bench-cluster: $(PROTO_STAMP) $(NATIVE_STAMP)
+	$(PY) -m bench --only cluster
 
 clean:
 	rm -rf $(VENV) $(NATIVE_DIR)/target $(PROTO_DIR)/*_pb2*.py $(PROTO_DIR)/*_pb2*.pyi $(PROTO_STAMP)

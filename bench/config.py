@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["SECTIONS", "BenchConfig", "preset"]
 
-SECTIONS = ("fsync", "async", "sync", "query", "alerts", "memory", "restart")
+SECTIONS = ("fsync", "async", "sync", "query", "alerts", "memory", "restart", "cluster")
 """Every section of a run, in the order it runs."""
 
 
@@ -79,6 +79,14 @@ class BenchConfig:
     """After the alert run's load stops, how long the subscriber keeps reading."""
     memory_settle_seconds: float = 0.5
     """Wait before each RSS reading (longer than the flush interval)."""
+    cluster_servers: int = 3
+    """nats-servers of the cluster section (one JetStream cluster; the stream's replicas)."""
+    cluster_nodes: int = 3
+    """Unimeter nodes of the cluster section."""
+    cluster_lease_ttl_seconds: float = 5.0
+    """The cluster nodes' ``--lease-ttl-seconds``: the failover target is this + 2 s."""
+    failover_kills: int = 3
+    """Owners killed, one at a time, in the failover measurement (with more than one node)."""
     sections: tuple[str, ...] = field(default=SECTIONS)
     """Sections to run (``--only``); the default runs all."""
 
@@ -106,6 +114,7 @@ def preset(mode: str) -> BenchConfig:
             start_delay_seconds=0.15,
             alert_settle_seconds=0.5,
             memory_settle_seconds=0.2,
+            failover_kills=2,
         )
     if mode == "tiny":
         return BenchConfig(
@@ -136,5 +145,7 @@ def preset(mode: str) -> BenchConfig:
             start_delay_seconds=0.1,
             alert_settle_seconds=0.5,
             memory_settle_seconds=0.1,
+            cluster_lease_ttl_seconds=2.0,
+            failover_kills=1,
         )
     raise ValueError(f"unknown mode {mode!r}")

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cluster import section_cluster
 from .config import BenchConfig
 from .loadgen import WorkerPool
 from .processes import REPO, ServerProcess, start_ceiling, start_unimeter
@@ -164,6 +165,8 @@ def run_bench(
             results["memory"] = bench.section_memory()
         if "restart" in sections:
             results["restart"] = bench.section_restart()
+        if "cluster" in sections:
+            results["cluster"] = section_cluster(bench)
     finally:
         bar.close()
         if pool is not None:

@@ -176,6 +176,34 @@ def evaluate_targets(results: dict[str, Any], config: BenchConfig) -> list[dict[
                 note=_size_note(restart["events"], "restart"),
             )
         )
+    cluster = results.get("cluster")
+    if cluster is not None:
+        sync = cluster["sync"]
+        bare = sync["bare_publish"]["p50_ms"]
+        out.append(
+            _target(
+                "cluster_sync_single_p50",
+                "cluster SYNC single-event p50, through the partition's owner",
+                sync["cluster"]["p50_ms"],
+                None if bare is None else 1.5 * bare,
+                "ms",
+                "≤ 1.5 x bare JetStream publish p50",
+                le=True,
+            )
+        )
+        failover = cluster["failover"]
+        out.append(
+            _target(
+                "cluster_failover_max",
+                "failover, owner killed → first acknowledged write (max)",
+                failover.get("max_s"),
+                failover["lease_ttl_seconds"] + 2.0,
+                "s",
+                "≤ lease TTL + 2 s",
+                le=True,
+                note=failover.get("not_measured", ""),
+            )
+        )
     return out
 
 
@@ -325,4 +353,55 @@ def table_rows(
             )
         )
         rows.append(_row(f"graceful stop ({n:,} ev)", "s", restart["stop_seconds"], None))
+    cluster = results.get("cluster")
+    if cluster is not None:
+        rows += _cluster_rows(cluster, by_id)
+    return rows
+
+
+def _cluster_rows(cluster: dict[str, Any], by_id: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cluster section's rows: SYNC beside the bare publish (its ceiling), the embedded node's
+    SYNC and ASYNC beside the cluster's, failover times."""
+    sync = cluster["sync"]
+    bare = sync["bare_publish"]
+    where = f"{cluster['nodes']} node(s), {cluster['servers']} nats-servers"
+    rows = _quantile_rows(f"bare JetStream publish {bare['payload_bytes']} B", "", bare, None)
+    rows += _quantile_rows(
+        "bare publish with a node's headers", " (diagnostic)", sync["bare_publish_fenced"], bare
+    )
+    rows += _quantile_rows(
+        "cluster SYNC 1 event, to its owner",
+        f" ({where})",
+        sync["cluster"],
+        bare,
+        p50=by_id.get("cluster_sync_single_p50"),
+    )
+    if sync.get("cluster_forwarded") is not None:
+        rows += _quantile_rows("cluster SYNC 1 event, via another node", "", sync["cluster_forwarded"], bare)
+    rows += _quantile_rows("embedded SYNC 1 event", " (same run)", sync["embedded"], bare)
+    shape = cluster["async"]
+    rows.append(
+        _row(
+            f"cluster ASYNC batch {shape['batch']} x {shape['callers']} callers ({where})",
+            "events/s",
+            shape["cluster"]["events_per_s"],
+            shape["embedded"]["events_per_s"],
+        )
+    )
+    rows.append(
+        _row("embedded ASYNC, same shape (same run)", "events/s", shape["embedded"]["events_per_s"], None)
+    )
+    failover = cluster["failover"]
+    ttl = failover["lease_ttl_seconds"]
+    kills = failover.get("kills", 0)
+    rows.append(_row(f"failover p50 ({kills} kills, lease TTL {ttl:g} s)", "s", failover.get("p50_s"), None))
+    rows.append(
+        _row(
+            f"failover max ({kills} kills, lease TTL {ttl:g} s)",
+            "s",
+            failover.get("max_s"),
+            None,
+            by_id.get("cluster_failover_max"),
+        )
+    )
     return rows

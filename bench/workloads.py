@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,10 @@ def estimate_seconds(cfg: BenchConfig) -> float:
         total += 2 * (_W_SERVER + _w_fill(2 * _warm_events(cfg) + cfg.series + cfg.dedup_keys))
     if "restart" in s:
         total += 2 * _W_SERVER + _w_fill(cfg.restart_events) + 2 * _w_recover(cfg.restart_events)
+    if "cluster" in s:
+        total += (cfg.cluster_nodes + 2) * _W_SERVER + 5 * _w_lat(cfg) + 2 * _w_run(cfg.run_seconds)
+        if cfg.cluster_nodes > 1:
+            total += cfg.failover_kills * (cfg.cluster_lease_ttl_seconds + 4)
     return total
 
 
@@ -138,7 +142,7 @@ class Bench:
 
     def measure_ingest(
         self,
-        server: ServerProcess,
+        server: ServerProcess | Sequence[ServerProcess],
         *,
         batch: int,
         callers: int,
@@ -147,12 +151,14 @@ class Bench:
         alert: dict[str, int] | None = None,
         calls_per_second: float | None = None,
     ) -> dict[str, Any]:
-        """Closed-loop (or paced) Ingest from ``callers`` processes for ``duration`` seconds."""
+        """Closed-loop (or paced) Ingest from ``callers`` processes for ``duration`` seconds.
+        Given several servers (a cluster's nodes), caller ``i`` calls server ``i`` modulo their
+        number, and the server CPU is theirs together."""
         cfg = self.config
+        servers = [server] if isinstance(server, ServerProcess) else list(server)
         tag = self.next_tag()
         now_ns = time.time_ns()
         prepare = {
-            "addr": server.addr,
             "tag": tag,
             "batch": batch,
             "templates": self._templates(batch),
@@ -164,18 +170,25 @@ class Bench:
             "calls_per_second": calls_per_second,
         }
         self.pool.run(
-            [(i, "prepare_ingest", {**prepare, "slot": i, "phase": i / callers}) for i in range(callers)],
+            [
+                (
+                    i,
+                    "prepare_ingest",
+                    {**prepare, "addr": servers[i % len(servers)].addr, "slot": i, "phase": i / callers},
+                )
+                for i in range(callers)
+            ],
             timeout=300,
         )
         start_at = time.monotonic() + cfg.start_delay_seconds
         for i in range(callers):
             self.pool.submit(i, "go", start_at=start_at, duration=duration)
         time.sleep(max(0.0, start_at - time.monotonic()))
-        cpu_before = cpu_seconds(server.pid)
+        cpu_before = sum(cpu_seconds(s.pid) for s in servers)
         answers = self.pool.collect(
             range(callers), tick=self._timed_tick(start_at, duration), timeout=duration + 300
         )
-        cpu_after = cpu_seconds(server.pid)
+        cpu_after = sum(cpu_seconds(s.pid) for s in servers)
         elapsed = max(a["last_ack_ns"] for a in answers) / 1e9 - start_at
         events = sum(a["events"] for a in answers)
         latencies = [v for a in answers for v in a["latencies_ns"]]

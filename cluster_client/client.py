@@ -1,26 +1,34 @@
 """The Python SDK and routing core: ``Client``.
 
 A client routes each account to its partition's owner, fans a batch out to the owning nodes in
-parallel, retries retryable failures with backoff inside the caller's deadline, and gives every
-event an id before its first try. It talks to nodes only through ``NodeApi``: a node in the same
-process is called directly, remote nodes through the node protocol.
+parallel, retries retryable failures with backoff inside the caller's deadline (following a
+partition to its new owner when it moved), and gives every event an id before its first try. It
+talks to nodes only through ``NodeApi``: a node in the same process is called directly, remote
+nodes through the node protocol. Where partitions live is :mod:`.topology`'s business.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any, TypeVar
 
-from .errors import FieldViolation, InvalidArgumentError
+from .errors import (
+    FieldViolation,
+    InvalidArgumentError,
+    ResourceExhaustedError,
+    UnavailableError,
+    UnimeterError,
+)
 from .ids import uuid7
 from .node_api import AlertStreamItem, ClusterStatus, IngestOutcome, NodeApi
 from .retry import RetryPolicy, call_with_retries, deadline_after
+from .routed_alerts import routed_alert_stream
 from .subscription import AlertSubscription, open_subscription
-from .topology import Topology
+from .topology import PARTITION_NOT_OWNED, REFRESH_INTERVAL, RemoteFactory, Topology
 from .types import (
     Alert,
     DeliveryMode,
@@ -143,6 +151,11 @@ class Client:
         self._metric_cache: dict[str, Metric] = {}
         self.metrics = MetricsClient(self)
         self.alerts = AlertsClient(self)
+        self._refresher: asyncio.Task[None] | None = None
+        if topology.routed:
+            self._refresher = asyncio.get_running_loop().create_task(
+                topology.run_refresher(REFRESH_INTERVAL), name="unimeter-partition-map"
+            )
 
     @classmethod
     async def in_process(
@@ -158,6 +171,26 @@ class Client:
         return cls(await Topology.local(node), metric_lookup=metric_lookup, metric_refresh=metric_refresh)
 
     @classmethod
+    async def in_cluster(
+        cls,
+        node: NodeApi,
+        node_id: str,
+        connect: RemoteFactory,
+        *,
+        peers: Sequence[str] = (),
+        retry: RetryPolicy | None = None,
+        metric_lookup: MetricLookup | None = None,
+        metric_refresh: MetricRefresh | None = None,
+    ) -> Client:
+        """The client core of a node in a cluster: ``node`` (this process's, ``node_id``) serves
+        its own partitions in process; the other nodes' are reached through ``connect`` (a node
+        address → a ``RemoteNode``), one connection per node. Any call can be made through any
+        node: it is routed to the partition's owner and follows it when it moves. ``peers``: other
+        nodes' addresses to ask for the partition map where this node's status names no owner."""
+        topology = await Topology.in_cluster(node, node_id, connect, peers=peers)
+        return cls(topology, retry=retry, metric_lookup=metric_lookup, metric_refresh=metric_refresh)
+
+    @classmethod
     async def connect(
         cls,
         seeds: Sequence[str],
@@ -168,6 +201,10 @@ class Client:
         cluster_secret: str | bytes | None = None,
     ) -> Client:
         """A client of the cluster reachable through any of ``seeds`` (``host:port`` node addresses).
+
+        The partition map comes from the first seed that answers; the client then talks to every
+        node directly (one connection each), follows partitions when they move, and keeps the
+        seeds to fall back on if every node it knows stops answering.
 
         ``tls_ca`` (a PEM file of the CA that signed the nodes' certificates) connects over TLS
         with certificate and host name verification; ``ssl_context`` gives the TLS settings
@@ -185,8 +222,18 @@ class Client:
         return cls(topology, retry=retry)
 
     async def close(self) -> None:
-        """Close connections to remote nodes."""
+        """Stop refreshing the partition map and close connections to remote nodes."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
         await self._topology.close()
+
+    @property
+    def topology(self) -> Topology:
+        """Where this client sends each partition's calls."""
+        return self._topology
 
     async def __aenter__(self) -> Client:
         return self
@@ -249,28 +296,21 @@ class Client:
         request itself (the native engine does all three in one pass over the request bytes).
         """
         topology = self._topology
-        deadline = deadline_after(timeout, self._retry)
-        # One request per owning node carries all of that node's partitions.
-        by_node: dict[int, tuple[NodeApi, list[int]]] = {}
-        for p in by_partition:
-            node = topology.owner(p)
-            key = id(node)
-            if key in by_node:
-                by_node[key][1].append(p)
-            else:
-                by_node[key] = (node, [p])
-        batch_id = uuid7() if topology.remote else ""
-        requests = [
-            self._ingest_on(node, ps, by_partition, sync, batch_id, deadline) for node, ps in by_node.values()
-        ]
-        results = [await requests[0]] if len(requests) == 1 else await _gather(requests)
+        if not topology.routed:
+            # One node owns everything: one request, no batch id, no retries (the hot path).
+            node = topology.owner(0)
+            ps = list(by_partition)
+            parts = [(p, by_partition[p][0]) for p in ps]
+            validated = self._metric_lookup is not None
+            outcomes = dict(zip(ps, await node.ingest(parts, sync, "", validated=validated), strict=True))
+        else:
+            outcomes = await self._ingest_routed(by_partition, sync, deadline_after(timeout, self._retry))
         offsets = [0] * n_events
         n_dup = 0
-        for partitions, outcomes in results:
-            for p, outcome in zip(partitions, outcomes, strict=True):
-                n_dup += outcome.n_duplicates
-                for i, offset in zip(by_partition[p][1], outcome.offsets, strict=True):
-                    offsets[i] = offset
+        for p, outcome in outcomes.items():
+            n_dup += outcome.n_duplicates
+            for i, offset in zip(by_partition[p][1], outcome.offsets, strict=True):
+                offsets[i] = offset
         return IngestResult(n_events - n_dup, n_dup, offsets)
 
     def ingest_metric_lookup(self) -> MetricLookup:
@@ -291,25 +331,78 @@ class Client:
             self._metric_cache[metric.code] = metric
         return True
 
-    async def _ingest_on(
+    async def _ingest_routed(
         self,
-        node: NodeApi,
-        partitions: list[int],
         by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
         sync: bool,
-        batch_id: str,
         deadline: float,
-    ) -> tuple[list[int], list[IngestOutcome]]:
-        parts = [(p, by_partition[p][0]) for p in partitions]
-        if not self._topology.remote:
-            # With the node's own registry as lookup, the rows were checked against exactly what
-            # the node would check them against, in the same event-loop step.
-            validated = self._metric_lookup is not None
-            return partitions, await node.ingest(parts, sync, batch_id, validated=validated)
-        outcomes = await call_with_retries(
-            lambda _left: node.ingest(parts, sync, batch_id), deadline, self._retry
-        )
-        return partitions, outcomes
+    ) -> dict[int, IngestOutcome]:
+        """Send each owning node its partitions' rows in one request, all nodes in parallel; retry
+        the partitions whose node failed retryably (moved, down, busy) on their owner as the map
+        then says, until every partition is stored or the deadline passes.
+
+        Every try carries the same batch id and the events their ids, so a part stored by a node
+        that failed before answering (or by the owner a partition has since moved from) is
+        recognised as a duplicate by the partition's owner, never stored twice."""
+        topology = self._topology
+        batch_id = uuid7()
+        outcomes: dict[int, IngestOutcome] = {}
+        # Validated against this node's own registry: no second check for the in-process part.
+        validated = self._metric_lookup is not None
+
+        async def send(node: NodeApi | None, partitions: list[int]) -> list[IngestOutcome]:
+            if node is None:
+                raise UnavailableError(
+                    f"partition {partitions[0]} has no known owner", retry_after_seconds=0.2
+                )
+            parts = [(p, by_partition[p][0]) for p in partitions]
+            return await node.ingest(parts, sync, batch_id, validated=validated and topology.is_local(node))
+
+        failed: list[int] = []
+        # A node refuses a whole request when one of its partitions has moved, without saying
+        # which: the partitions of such a request are sent one per request from then on, so the
+        # others are stored and the moved one's refusal carries its own owner hint.
+        alone: set[int] = set()
+        rerouted = [False]
+
+        async def attempt(_left: float) -> None:
+            groups: dict[tuple[int, int], tuple[NodeApi | None, list[int]]] = {}
+            for p in by_partition:
+                if p not in outcomes:
+                    node = topology.owner_or_none(p)
+                    groups.setdefault((id(node), p if p in alone else -1), (node, []))[1].append(p)
+            calls = [send(node, ps) for node, ps in groups.values()]
+            results = [await calls[0]] if len(calls) == 1 else await _gather_settled(calls)
+            failed.clear()
+            rerouted[0] = False
+            error: Exception | None = None
+            for (_, ps), result in zip(groups.values(), results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, Exception):
+                        raise result
+                    failed.extend(ps)
+                    if isinstance(result, UnimeterError) and result.reason == PARTITION_NOT_OWNED:
+                        if len(ps) > 1:
+                            alone.update(ps)
+                            rerouted[0] = True
+                        elif result.owner_hint:
+                            rerouted[0] |= topology.follow_hint(ps[0], result.owner_hint)
+                    # A failure no retry can mend is the one to report.
+                    if error is None or not _retryable(result):
+                        error = result
+                else:
+                    outcomes.update(zip(ps, result, strict=True))
+            if error is not None:
+                raise error
+
+        async def reroute(exc: Exception) -> bool:
+            if rerouted[0]:  # the next try already goes elsewhere; the map catches up meanwhile
+                topology.refresh_soon()
+                return True
+            return await topology.reroute(failed, exc)
+
+        await call_with_retries(attempt, deadline, self._retry, on_retry=reroute)
+        return outcomes
 
     async def _metric_resolver(self, rows: Sequence[EventRow]) -> MetricLookup:
         cache = self._metric_cache
@@ -398,7 +491,8 @@ class Client:
         since_offsets: Mapping[int, int] | None = None,
         from_beginning: bool = False,
     ) -> AsyncIterator[AlertStreamItem]:
-        """Every node's matching alerts merged losslessly, with heartbeats (for servers re-streaming)."""
+        """Every partition's matching alerts, from each partition's owner, following it when it moves,
+        with heartbeats (for servers re-streaming)."""
         since = dict(since_offsets or {})
         bad = [p for p in since if not 0 <= p < self.partitions]
         if bad:
@@ -406,16 +500,12 @@ class Client:
                 f"partition {bad[0]} does not exist",
                 violations=[FieldViolation(f"since_offsets[{p}]", "no such partition") for p in bad],
             )
-        args = (list(account_ids), list(metric_codes), list(threshold_codes))
-        nodes: dict[int, tuple[NodeApi, list[int]]] = {}
-        for p in range(self.partitions):
-            node = self._topology.owner(p)
-            nodes.setdefault(id(node), (node, []))[1].append(p)
-        streams = [
-            node.subscribe_alerts(ps, {p: o for p, o in since.items() if p in ps}, from_beginning, *args)
-            for node, ps in nodes.values()
-        ]
-        return streams[0] if len(streams) == 1 else _merge(streams)
+        filters = (list(account_ids), list(metric_codes), list(threshold_codes))
+        topology = self._topology
+        if topology.routed:
+            return routed_alert_stream(topology, since, from_beginning, filters)
+        partitions = list(range(self.partitions))
+        return topology.owner(0).subscribe_alerts(partitions, since, from_beginning, *filters)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -423,52 +513,38 @@ class Client:
         self, partition: int, call: Callable[[NodeApi], Any], timeout: float | None
     ) -> Any:
         topology = self._topology
-        if not topology.remote:
+        if not topology.routed:
             return await call(topology.owner(partition))
         deadline = deadline_after(timeout, self._retry)
-        return await call_with_retries(lambda _left: call(topology.owner(partition)), deadline, self._retry)
+        return await call_with_retries(
+            lambda _left: call(topology.owner(partition)),
+            deadline,
+            self._retry,
+            on_retry=lambda exc: topology.reroute([partition], exc),
+        )
 
     async def _any(self, call: Callable[[NodeApi], Awaitable[T]], timeout: float | None) -> T:
         topology = self._topology
-        if not topology.remote:
+        if not topology.routed:
             return await call(topology.any_node())
         deadline = deadline_after(timeout, self._retry)
-        return await call_with_retries(lambda _left: call(topology.any_node()), deadline, self._retry)
+        tried: list[NodeApi] = []
+
+        async def attempt(_left: float) -> T:
+            tried.append(node := topology.any_node())
+            return await call(node)
+
+        async def next_node(_exc: Exception) -> bool:
+            topology.demote(tried[-1])  # the next try asks another node
+            return topology.any_node() is not tried[-1]
+
+        return await call_with_retries(attempt, deadline, self._retry, on_retry=next_node)
 
 
-async def _gather(requests: list[Any]) -> list[Any]:
-    return list(await asyncio.gather(*requests))
+def _retryable(exc: Exception) -> bool:
+    return isinstance(exc, (UnavailableError, ResourceExhaustedError))
 
 
-async def _merge(streams: list[AsyncIterator[AlertStreamItem]]) -> AsyncIterator[AlertStreamItem]:
-    """Interleave several node streams; a heartbeat carries the union of the latest offsets."""
-    queue: asyncio.Queue[AlertStreamItem | BaseException | None] = asyncio.Queue(maxsize=256)
-    offsets: dict[int, int] = {}
-
-    async def pump(stream: AsyncIterator[AlertStreamItem]) -> None:
-        try:
-            async for item in stream:
-                await queue.put(item)
-        except BaseException as exc:  # forwarded to the consumer, which re-raises it
-            await queue.put(exc)
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.create_task(pump(s)) for s in streams]
-    running = len(tasks)
-    try:
-        while running:
-            item = await queue.get()
-            if item is None:
-                running -= 1
-                continue
-            if isinstance(item, BaseException):
-                raise item
-            if item.alert is None:
-                offsets.update(item.offsets)
-                yield replace(item, offsets=dict(offsets))
-            else:
-                yield item
-    finally:
-        for task in tasks:
-            task.cancel()
+async def _gather_settled(calls: Sequence[Awaitable[T]]) -> list[T | BaseException]:
+    """Every call's result or exception: a node that failed must not hide what the others stored."""
+    return list(await asyncio.gather(*calls, return_exceptions=True))

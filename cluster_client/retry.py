@@ -33,6 +33,10 @@ class RetryPolicy:
     """Growth of the delay per attempt."""
     default_timeout: float = 30.0
     """Deadline of a call that gives none."""
+    answer_margin: float = 0.25
+    """Seconds before the deadline after which no new try starts: the last failure is raised
+    instead, with time left for it to reach a caller (a gRPC client's own deadline, which the
+    server sees rounded, fires at about the same moment as the server's)."""
 
 
 def backoff_bounds(initial: float, maximum: float, multiplier: float = 2.0) -> Iterator[float]:
@@ -55,9 +59,17 @@ async def call_with_retries(
     deadline: float,
     policy: RetryPolicy,
     *,
-    on_retry: Callable[[Exception], Awaitable[None]] | None = None,
+    on_retry: Callable[[Exception], Awaitable[bool]] | None = None,
 ) -> T:
-    """Run ``attempt(seconds_left)`` until it succeeds, fails for good, or the deadline passes."""
+    """Run ``attempt(seconds_left)`` until it succeeds, fails for good, or the deadline passes.
+
+    Between tries it waits a jittered, growing backoff, at least the error's own retry delay,
+    unless ``on_retry`` (called with the failure) answers True: the next try goes somewhere else
+    (a partition's new owner), so only the jittered backoff is waited, not the delay the node that
+    no longer serves it asked for. When the deadline leaves no room for another try, the last
+    failure is raised as it is (an UNAVAILABLE with its reason and owner hint, not a bare
+    DEADLINE_EXCEEDED), so the caller learns why.
+    """
     backoff = policy.initial_backoff
     while True:
         left = deadline - time.monotonic()
@@ -68,11 +80,18 @@ async def call_with_retries(
         except TimeoutError:
             raise DeadlineExceededError("deadline exceeded") from None
         except (UnavailableError, ResourceExhaustedError) as exc:
-            hint = exc.retry_after_seconds or 0.0
-            delay = max(hint, random.uniform(0, backoff))
-            if time.monotonic() + delay >= deadline:
-                raise
+            jitter = random.uniform(0, backoff)
+            rerouted = False
             if on_retry is not None:
-                await on_retry(exc)
+                try:
+                    # Bounded like a try: a slow map refresh must not outlive the caller.
+                    rerouted = await asyncio.wait_for(
+                        on_retry(exc), deadline - policy.answer_margin - time.monotonic()
+                    )
+                except TimeoutError:
+                    raise exc from None
+            delay = jitter if rerouted else max(exc.retry_after_seconds or 0.0, jitter)
+            if time.monotonic() + delay >= deadline - policy.answer_margin:
+                raise
             await asyncio.sleep(delay)
             backoff = min(policy.max_backoff, backoff * policy.multiplier)

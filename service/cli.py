@@ -84,7 +84,8 @@ def _connection_arguments(parser: argparse.ArgumentParser, *, top: bool) -> None
     group.add_argument(
         "--addr",
         default=default,
-        help=f"host:port of a node's gRPC API (env UNIMETER_ADDR, default {DEFAULT_ADDR})",
+        help=f"host:port of a node's gRPC API, or several separated by commas: the first reachable is "
+        f"used (env UNIMETER_ADDR, default {DEFAULT_ADDR})",
     )
     group.add_argument(
         "--api-key",

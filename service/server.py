@@ -14,8 +14,10 @@ import contextlib
 import gc
 import logging
 import resource
+import ssl
 import sys
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -23,6 +25,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cluster_client.client import Client
+from cluster_client.errors import UnimeterError
+from cluster_client.remote_node import RemoteNode
 from node.jetstream.errors import NatsRefused
 from node.node import Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
@@ -91,6 +95,15 @@ def _shorten_gil_switch_interval() -> None:
     0.5 ms cut the alert latency further but cost ~10% of that throughput (docs/design.md).
     """
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
+
+
+def _peer_tls_context(cert: Path) -> ssl.SSLContext:
+    """How a node verifies the other nodes' TLS: it trusts its own certificate chain file (one
+    certificate shared by the cluster's nodes, or a chain ending in the cluster's CA) besides the
+    system's roots, and checks the host name as any client does."""
+    context = ssl.create_default_context(cafile=str(cert))
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class UnimeterServer:
@@ -190,10 +203,6 @@ class UnimeterServer:
         # once the start can no longer be refused for another reason.
         choice.announce()
         self.stats.ingest_engine = choice.engine.name
-        self.client = await Client.in_process(
-            node, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
-        )
-
         if cfg.node_addr:
             host, port = split_host_port(cfg.node_addr)
             self._protocol = NodeProtocolServer(
@@ -208,6 +217,7 @@ class UnimeterServer:
                 await self._protocol.start()
             self.node_port = self._protocol.port
             node.node_addr = f"{host}:{self.node_port}"  # what clients reach, even when asked for port 0
+        self.client = await self._client_core(node, tls)
         self._log_access(keys)
 
         names = add_servicers(server, self.client, self.stats, choice.engine)
@@ -222,6 +232,10 @@ class UnimeterServer:
         if self._cluster is not None and self._jetstream is not None:
             # Once both listeners are up: the lease records carry their addresses.
             await self._cluster.serve_partitions(node, self._jetstream)
+            # The partition map was read before this node joined: read it again now, not at the
+            # next periodic refresh.
+            with contextlib.suppress(UnimeterError):
+                await self.client.topology.refresh()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -247,6 +261,25 @@ class UnimeterServer:
                 "this deployment's node had, or a new one"
             )
         return node
+
+    async def _client_core(self, node: Node, tls: ServerTls | None) -> Client:
+        """What the gRPC API calls: the node itself with the embedded backend; with a shared
+        stream, a router that serves this node's partitions in process and reaches the other
+        nodes' over the node protocol (with this node's TLS trust and cluster secret), so a
+        client can send any call to any node."""
+        if self._cluster is None:
+            return await Client.in_process(
+                node, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
+            )
+        cfg = self.config
+        peer_ssl = _peer_tls_context(cfg.tls_cert) if tls is not None and cfg.tls_cert else None
+
+        def peer(address: str) -> RemoteNode:
+            return RemoteNode(address, ssl=peer_ssl, cluster_secret=cfg.cluster_secret or None)
+
+        return await Client.in_cluster(
+            node, node.node_id, peer, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
+        )
 
     def _log_access(self, keys: ApiKeyStore | None) -> None:
         """Say at start who can reach what: an open API or node protocol is the operator's to see."""
@@ -309,6 +342,8 @@ class UnimeterServer:
                 # started server stops (it has no handlers yet: a call in the backlog is refused).
                 await self._grpc.start()
             await self._grpc.stop(grace)
+        if self.client is not None:
+            await self.client.close()  # the partition map's refresher and the peer connections
         if self._protocol is not None:
             await self._protocol.close()
         try:

@@ -1,7 +1,8 @@
 """The one place where errors become gRPC statuses, with rich ``google.rpc`` details.
 
 Every status carries an ``ErrorInfo`` (reason in UPPER_SNAKE, domain ``unimeter``); validation
-errors add a ``BadRequest`` with one field violation per bad field; retryable ones a ``RetryInfo``.
+errors add a ``BadRequest`` with one field violation per bad field; retryable ones a ``RetryInfo``;
+a partition that moved (``PARTITION_NOT_OWNED``) names its owner in the ErrorInfo's metadata.
 Exceptions that are not Unimeter errors are mapped here too: a request body that does not decode
 is INVALID_ARGUMENT (``MALFORMED_REQUEST``), a ``NotImplementedError`` is UNIMPLEMENTED, anything
 else is INTERNAL (a bug, the only case logged with a traceback).
@@ -26,6 +27,7 @@ from .log_throttle import ThrottledLog
 __all__ = [
     "DOMAIN",
     "MALFORMED_REQUEST",
+    "OWNER_HINT_KEY",
     "abort_for_exception",
     "abort_with_error",
     "grpc_code_of",
@@ -37,6 +39,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DOMAIN = "unimeter"
+
+OWNER_HINT_KEY = "owner_hint"
+"""ErrorInfo metadata key of a PARTITION_NOT_OWNED error's hint: the owner's node address."""
 
 MALFORMED_REQUEST = "MALFORMED_REQUEST"
 """ErrorInfo reason of a call whose body does not decode as the method's request message."""
@@ -103,6 +108,10 @@ def status_of(error: UnimeterError) -> grpc.Status:
     code = grpc_code_of(error)
     details = []
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN)
+    if error.owner_hint:
+        # A partition that moved: the node protocol address of the node now serving it. Any node
+        # routes any call, so a client only needs this to go straight to the owner next time.
+        info.metadata[OWNER_HINT_KEY] = error.owner_hint
     details.append(info)
     if error.violations:
         details.append(_bad_request(error))

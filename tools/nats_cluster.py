@@ -81,6 +81,9 @@ class NatsCluster:
     """``sync_interval: always`` (False: the server's default periodic sync, for refusal tests)."""
     extra_config: str = ""
     """Appended to every server's configuration (``authorization``, ``tls`` blocks, for tests)."""
+    own_session: bool = False
+    """Start each server in a session of its own, so a Ctrl-C at the terminal reaches only the
+    program that started them (``make cluster`` stops its nodes before the servers)."""
     servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -136,6 +139,7 @@ class NatsCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=self.own_session,
             )
         finally:
             log.close()

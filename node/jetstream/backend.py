@@ -205,6 +205,7 @@ class JetStreamBackend:
                 refuses_when_stalled=kind == "events",
                 max_record_bytes=self._client.max_payload - _HEADER_ROOM,
                 lease=partial(self.lease_state, number) if self.lease_state is not None else None,
+                connected=lambda: self._client.is_connected,
             )
             for kind in ("events", "alerts")
         ]

@@ -12,11 +12,12 @@ answer fails the log, unless the subject's last message is this very record (an 
 this publish, stored after its duplicate window). Publishes of one log are sequential; each attempt
 is bounded, and attempts go on (same id) for as long as NATS does not answer: the log is *stalled*
 after ``stall_seconds`` without progress, and then refuses new event records with UNAVAILABLE, while
-SYNC waits give up with UNAVAILABLE (never an ack). On a cluster node each attempt first asks the
-partition's lease (``lease``): lapsed (not renewed in time), the log waits as for an outage; lost to
-another node, it fails without sending, so an owner resumed after a pause sends nothing more.
-Everything the log holds is also kept in memory,
-since ``read`` is synchronous. Not here: the stream, the connection, when durability is asked for.
+SYNC waits give up with UNAVAILABLE (never an ack); while the connection is known to be down, new
+event records are refused at once (never an ASYNC ack for a record nothing can store). On a cluster
+node each attempt first asks the partition's lease (``lease``): lapsed (not renewed in time), the log
+waits as for an outage; lost to another node, it fails without sending, so an owner resumed after a
+pause sends nothing more. Everything the log holds is also kept in memory, since ``read`` is
+synchronous. Not here: the stream, the connection, when durability is asked for.
 """
 
 from __future__ import annotations
@@ -66,12 +67,15 @@ class JetStreamLog:
         refuses_when_stalled: bool,
         max_record_bytes: int,
         lease: LeaseState | None = None,
+        connected: Callable[[], bool] | None = None,
     ) -> None:
         """``stored``: the subject's messages in order (stream sequence, message id, bytes).
         ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
         does (an alert record follows an event record already appended); likewise only the event
         log refuses a record over ``max_record_bytes`` (the servers' payload limit) up front: an
-        alert record that large fails the log when JetStream refuses it."""
+        alert record that large fails the log when JetStream refuses it. ``connected``: whether
+        the node's NATS connection is up now; while it is down (reconnecting) the event log refuses
+        appends at once, since nothing could store them (the alert log follows its events)."""
         self._js = js
         self._stream = stream
         self.subject = subject
@@ -84,6 +88,7 @@ class JetStreamLog:
         self._refuses = refuses_when_stalled
         self._max_record = max_record_bytes
         self._lease = lease
+        self._connected = connected
         self._cuts = 0
         """Truncations so far: part of the message id, so that a record appended at a position a
         truncation freed is not taken for the cut record's duplicate (the same epoch and position
@@ -126,6 +131,13 @@ class JetStreamLog:
         if self._refuses and (self.stalled or self._stalled_now()):
             raise UnavailableError(
                 f"JetStream has not stored {self.subject} for {self._stall_seconds:.0f}s; retry later",
+                reason="NATS_UNAVAILABLE",
+                retry_after_seconds=_RETRY_AFTER_SECONDS,
+            )
+        if self._refuses and self._connected is not None and not self._connected():
+            raise UnavailableError(
+                f"the node's connection to NATS is down (reconnecting): {self.subject} cannot be "
+                "stored now; retry with the same event ids",
                 reason="NATS_UNAVAILABLE",
                 retry_after_seconds=_RETRY_AFTER_SECONDS,
             )

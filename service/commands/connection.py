@@ -1,8 +1,9 @@
 """One gRPC channel to a node's public API, with the caller's API key on every call.
 
 The CLI uses grpc's blocking API: a command is a handful of sequential calls, and blocking calls
-keep Ctrl-C and broken pipes simple. This module owns the channel and nothing else; errors are
-described by :mod:`.errors`.
+keep Ctrl-C and broken pipes simple. Given several node addresses (``--addr h1:50051,h2:50051``)
+it talks to the first that accepts a connection: every node of a cluster serves every call.
+This module owns the channel and nothing else; errors are described by :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from unimeter.v1 import (
 
 from .errors import CliError, ExitCode
 
-__all__ = ["DEFAULT_ADDR", "Api", "ConnectionOptions"]
+__all__ = ["DEFAULT_ADDR", "Api", "ConnectionOptions", "addresses"]
 
 DEFAULT_ADDR = "127.0.0.1:50051"
 
@@ -43,7 +44,7 @@ class ConnectionOptions:
     """How to reach a node's gRPC API."""
 
     addr: str = DEFAULT_ADDR
-    """host:port of the gRPC API."""
+    """host:port of the gRPC API, or several separated by commas (the first reachable is used)."""
     api_key: str = ""
     """Sent as ``authorization: Bearer <key>`` metadata on every call; empty sends none."""
     tls_ca: Path | None = None
@@ -85,6 +86,39 @@ class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientIntercep
         return continuation(self._details(details), request)
 
 
+def addresses(addr: str) -> list[str]:
+    """The node addresses of ``--addr``: one ``host:port``, or several separated by commas."""
+    found = [a.strip() for a in addr.split(",") if a.strip()]
+    if not found:
+        raise CliError(
+            "--addr names no address: give host:port (or several, separated by commas)", ExitCode.BAD_INPUT
+        )
+    return found
+
+
+_PROBE_SECONDS = 2.0
+"""How long each of several addresses gets to accept a connection before the next is tried."""
+
+
+def _first_reachable(
+    addrs: list[str], channel_to: Callable[[str], grpc.Channel], timeout: float
+) -> grpc.Channel:
+    """A channel to the first of ``addrs`` that accepts a connection; with one address (or none
+    reachable), a channel to the first, whose calls then say why it cannot be reached."""
+    if len(addrs) == 1:
+        return channel_to(addrs[0])
+    probe = min(_PROBE_SECONDS, timeout)
+    for addr in addrs:
+        channel = channel_to(addr)
+        try:
+            grpc.channel_ready_future(channel).result(timeout=probe)
+        except grpc.FutureTimeoutError:
+            channel.close()
+            continue
+        return channel
+    return channel_to(addrs[0])
+
+
 class Api:
     """Stubs of every Unimeter service on one channel; use as a context manager."""
 
@@ -97,6 +131,7 @@ class Api:
             ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[0]),
             ("grpc.max_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS[1]),
         ]
+        credentials: grpc.ChannelCredentials | None = None
         if options.tls_ca is not None:
             try:
                 roots = options.tls_ca.read_bytes()
@@ -105,9 +140,13 @@ class Api:
                     f"cannot read --tls-ca {options.tls_ca}: {exc.strerror}", ExitCode.BAD_INPUT
                 ) from None
             credentials = grpc.ssl_channel_credentials(root_certificates=roots)
-            raw = grpc.secure_channel(options.addr, credentials, options=channel_options)
-        else:
-            raw = grpc.insecure_channel(options.addr, options=channel_options)
+
+        def channel_to(addr: str) -> grpc.Channel:
+            if credentials is not None:
+                return grpc.secure_channel(addr, credentials, options=channel_options)
+            return grpc.insecure_channel(addr, options=channel_options)
+
+        raw = _first_reachable(addresses(options.addr), channel_to, options.timeout)
         self._raw = raw
         pairs = [("authorization", f"Bearer {options.api_key}")] if options.api_key else []
         channel = grpc.intercept_channel(raw, _Metadata(pairs))

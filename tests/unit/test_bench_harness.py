@@ -29,6 +29,8 @@ TARGET_IDS = {
     "rss_per_series",
     "bytes_per_dedup_key",
     "restart_ready",
+    "cluster_sync_single_p50",
+    "cluster_failover_max",
 }
 
 
@@ -157,6 +159,32 @@ def test_restart_section(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
     assert 0 < restart["ready_seconds"] <= restart["first_query_seconds"]
     assert _number(restart["ceiling"]["seconds"])
     assert _number(restart["ratio"])
+
+
+def test_cluster_section(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
+    config = preset("tiny")
+    cluster = tiny_run[1]["cluster"]
+    assert (cluster["servers"], cluster["nodes"]) == (config.cluster_servers, config.cluster_nodes)
+    sync = cluster["sync"]
+    for key in ("bare_publish", "bare_publish_fenced", "cluster", "embedded"):
+        _latency(sync[key])
+    assert sync["owner_node"] != sync["other_node"]
+    if config.cluster_nodes > 1:
+        _latency(sync["cluster_forwarded"])
+    assert sync["bare_publish"]["payload_bytes"] > 0
+    assert _number(sync["ratio_p50"])
+    shape = cluster["async"]
+    assert (shape["batch"], shape["callers"]) == (config.target_batch, config.target_callers)
+    for key in ("cluster", "embedded"):
+        assert shape[key]["events"] > 0 and shape[key]["errors"] == 0, shape[key]
+        assert shape[key]["events"] % config.target_batch == 0
+    failover = cluster["failover"]
+    assert failover["lease_ttl_seconds"] == config.cluster_lease_ttl_seconds
+    if config.cluster_nodes > 1:
+        assert failover["kills"] == config.failover_kills == len(failover["seconds"])
+        assert 0 < failover["p50_s"] <= failover["max_s"]
+    else:
+        assert failover["not_measured"]
 
 
 def test_targets_and_table(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
