@@ -58,7 +58,7 @@ def request_bytes(batch: int, seed: int) -> bytes:
 
 
 def python_engine(data: bytes) -> object:
-    topology = Topology(PARTITIONS, [None] * PARTITIONS, {}, remote=False)
+    topology = Topology(PARTITIONS, routed=False)
     rows, _sync = ingest_rows_from_proto(ing.IngestRequest.FromString(data))
     return partition_batch(rows, METRICS.get, topology.partition_of)
 
