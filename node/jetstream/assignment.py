@@ -55,6 +55,7 @@ _REPORT_SECONDS = 1.0
 _LAG_MEASURE_SECONDS = 0.5
 _LOADS_AT_ONCE = 8
 _RETRY_FAILED_LOAD_SECONDS = 5.0
+_STOP_SECONDS = 5.0
 _K = TypeVar("_K", int, str)
 
 
@@ -171,7 +172,8 @@ class Assignment:
         second old)."""
         # Bounded: a status must answer while NATS is away (the last report's lags stand in).
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._measure_lags(), _LAG_MEASURE_SECONDS)
+            async with asyncio.timeout(_LAG_MEASURE_SECONDS):
+                await self._measure_lags()
         nodes: dict[str, NodeInfo] = {}
         for node_id, member in self._members.items():
             nodes[node_id] = NodeInfo(
@@ -243,11 +245,11 @@ class Assignment:
         """Stop assigning (the node then closes every partition it serves, and gives the leases
         back): nothing is taken, loaded or handed over from here on."""
         self._stopped = True
-        for task in [*self._tasks, *self._busy.values()]:
+        tasks = [*self._tasks, *self._busy.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._busy.values()]:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=_STOP_SECONDS)  # bounded: a shutdown must end
         await self._unwatch()
         for partition in self._node.partitions:
             if self.lease_state(partition.number) == LOST:  # another node's now: nothing to close
@@ -256,10 +258,8 @@ class Assignment:
             await self._members_kv.put(_member_key(self._me), msgpack.packb(self._report({})))
 
     async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _TICK_SECONDS)
-            self._wake.clear()
+        while not self._stopped:
+            await _wait(self._wake, _TICK_SECONDS)
             if self._clock() - self._last_entry > self._leases.ttl:
                 # This node's own renewals go through the bucket every TTL/3: a watch that saw
                 # nothing for a TTL lost its consumer (a server restarted) or NATS is away.
@@ -460,7 +460,7 @@ class Assignment:
         }
 
     async def _report_loop(self) -> None:
-        while True:
+        while not self._stopped:
             try:
                 await self._measure_lags()
                 progress = {
@@ -472,9 +472,17 @@ class Assignment:
                 await self._members_kv.put(_member_key(self._me), msgpack.packb(self._report(progress)))
             except (TimeoutError, nats.errors.Error) as exc:
                 log.debug("progress report not stored: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._report_soon.wait(), _REPORT_SECONDS)
-            self._report_soon.clear()
+            await _wait(self._report_soon, _REPORT_SECONDS)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    """Wait until ``event`` is set or ``seconds`` pass, then clear it. Not ``asyncio.wait_for``:
+    on Python 3.11 it can swallow a cancellation arriving as the wait ends, and a loop around it
+    then never stops (seen: a node's shutdown waiting forever for its assignment loop)."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+    event.clear()
 
 
 def _put(table: dict[_K, _Seen], name: _K, seen: _Seen | None) -> None:

@@ -80,6 +80,7 @@ async def test_a_second_node_with_the_same_id_or_partition_count_is_refused_and_
             f"{stream_name}: the count is fixed for a deployment (drop --partitions, or use another stream)"
         ), line
         assert not (tmp_path / "e" / "node.msgpack").exists()  # refused before the data directory
+        assert await partition_table(first.grpc_port) == held  # the cluster's leases untouched
     finally:
         assert first.terminate() == 0
     # SIGTERM gave the leases back: nothing is left for the next node to wait for.

@@ -113,6 +113,7 @@ async def test_an_owner_killed_during_sync_ingests_is_taken_over_with_exactly_it
         survivor = next(iter(nodes.values())).grpc_port
         after = await wait_for_owners(survivor, lambda o: victim not in o and "" not in o)
         assert all(p.lag == 0 for p in after.partition_infos)
+        assert {n.node_id: n.alive for n in after.nodes}[victim] is False  # listed, not alive
         await router.refresh()
         for account in accounts:
             api = router.api(account)
