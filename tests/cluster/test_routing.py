@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -64,9 +65,17 @@ async def three_nodes(tmp_path: Path, cluster: NatsCluster, stream: str) -> Asyn
         await owners_settled(nodes[0], {"n1", "n2", "n3"})
         yield nodes
     finally:
-        for node in nodes:
+        # Every node is stopped, whatever happens: one that does not stop on SIGTERM is killed,
+        # and named, after the others were stopped too.
+        stuck: list[str] = []
+        for i, node in enumerate(nodes, 1):
             if node.proc.poll() is None:
-                await asyncio.to_thread(node.terminate)
+                try:
+                    await asyncio.to_thread(node.terminate)
+                except subprocess.TimeoutExpired:
+                    stuck.append(f"n{i}")
+                    await asyncio.to_thread(node.kill9)
+        assert not stuck, f"{stuck} did not stop within 30 s of SIGTERM"
 
 
 async def cluster_status(node: ServeProcess) -> cs.GetClusterStatusResponse:
