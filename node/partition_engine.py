@@ -262,16 +262,11 @@ def native_apply_record(
     rows: Sequence[EventRow],
     spec_of: SpecOf,
 ) -> list[AlertRow]:
-    """:func:`python_apply_record` on the native index and stores: the index reads the rows in
-    one call and names their metrics in order; each store then reads its metric's rows in one
-    call (``PartitionAggregates.apply_record``). No Python object is made per event."""
-    fired: list[AlertRow] = []
-    for code in index.add_record(ref, rows):
-        spec = spec_of(code)
-        if spec is None or spec.generation != gens[code]:
-            continue
-        fired.extend(aggregates.apply_record(spec, rows, first_offset, ref))
-    return fired
+    """:func:`python_apply_record` on the native index and stores, in two calls a record: the index
+    reads the rows in one call and names their metrics in order; the aggregates then apply each
+    metric's rows, each native store reading its own from the same sequence
+    (``PartitionAggregates.apply_record``). No Python object is made per event."""
+    return aggregates.apply_record(index.add_record(ref, rows), gens, spec_of, rows, first_offset, ref)
 
 
 @dataclass(frozen=True, slots=True)
