@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from cluster_client.types import EventRow
 
@@ -117,15 +117,15 @@ class NativeEventIndex:
     """The native engine's index: :class:`EventIndex`'s reads and snapshots, filled a whole record at
     a time by :meth:`add_record` (no (account, hour) object per event)."""
 
-    __slots__ = ("_index",)
+    __slots__ = ("_index", "add_record")
 
     def __init__(self, index: Any) -> None:
         self._index = index
         """A ``unimeter_native.EventIndex`` (the extension ships no type stubs)."""
-
-    def add_record(self, record_ref: int, rows: Sequence[EventRow]) -> list[str]:
-        """Index a stored record's rows; return their metric codes in order of first appearance."""
-        return cast("list[str]", self._index.add_record(record_ref, rows))
+        # The Rust method itself, not a wrapper: it runs once per stored record.
+        self.add_record: Callable[[int, Sequence[EventRow]], list[str]] = index.add_record
+        """Index a stored record's rows (``(record_ref, rows)``); return their metric codes in order
+        of first appearance."""
 
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
         """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order."""

@@ -37,14 +37,12 @@ from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog
 from .records import (
     AlertRecord,
-    EventRecord,
     RecordFormatError,
     Snapshot,
     decode_alert_record,
     decode_event_record,
     decode_snapshot,
     encode_alert_record,
-    encode_event_record,
     encode_snapshot,
 )
 
@@ -161,18 +159,17 @@ class Partition:
             if seen is not None:
                 return seen[1]
         arrival = max(now_ns, self._last_arrival)
-        offsets, stored, stamped, dups, gens, new_keys, key_offsets = self._engine.dedup_batch(
-            self.dedup, rows, spec_of, self.last_offset + 1, arrival
+        first_offset = self.last_offset + 1
+        offsets, n_dups, record, stored, gens, new_keys = self._engine.dedup_record(
+            self.dedup, rows, spec_of, first_offset, arrival, batch_id
         )
-        outcome = IngestOutcome(offsets, len(dups))
-        if stored or batch_id:
-            first_offset = self.last_offset + 1
-            record = EventRecord(first_offset, batch_id, arrival, gens, stored, stamped, len(rows), dups)
-            ref = self.events.append(encode_event_record(record))
+        outcome = IngestOutcome(offsets, n_dups)
+        if record is not None:
+            ref = self.events.append(record)
             # The record is stored from here on (recovery replays it): its keys and batch id are
             # remembered before anything else can fail (a failed alert log, say), so a retry of
             # a call that raised after this point is answered as a duplicate, never stored twice.
-            self.dedup.add(arrival, new_keys, key_offsets)
+            self._engine.add_new_keys(self.dedup, arrival, new_keys)
             if batch_id:
                 self._remember_batch(batch_id, arrival, outcome)
             self._last_arrival = arrival

@@ -2,7 +2,8 @@
 
 A :class:`PartitionEngine` is the set of parts a partition takes its per-event work from: the
 dedup index (a new one, and one loaded from a snapshot), the dedup key functions, the batch loop
-of ``Partition.ingest`` (dedup probe, offsets, stamping: :func:`python_dedup_batch`), its
+of ``Partition.ingest`` (dedup probe, offsets, stamping, the event record's bytes:
+:func:`python_dedup_record`) with the step that adds its new keys once the record is stored, its
 counterpart in recovery's replay (:func:`python_replay_keys`), the aggregates' stores
 (``node/aggregation``'s ``StoreKinds``), the event index, and the
 step that applies a stored record to the index and the aggregates (:func:`python_apply_record`).
@@ -32,6 +33,7 @@ from .aggregation.native_unique import NativeUniqueStore
 from .aggregation.snapshot_data import Chunked
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
+from .records import EventRecord, encode_event_record
 
 __all__ = [
     "PARTITION_ENGINES",
@@ -41,8 +43,10 @@ __all__ = [
     "RecordIndex",
     "native_apply_record",
     "partition_engine",
+    "python_add_new_keys",
     "python_apply_record",
     "python_dedup_batch",
+    "python_dedup_record",
     "python_replay_keys",
 ]
 
@@ -83,11 +87,6 @@ key_offsets)``: each request row's offset (a duplicate's is its original's), the
 (stamped ones with the arrival time), the indexes in ``stored`` of the stamped rows,
 ``[request index, original offset]`` per duplicate, metric code → generation in order of first
 appearance, and the keys to add to the index with their offsets once the record is stored."""
-
-DedupBatch = Callable[
-    [DedupTable, list[EventRow], Callable[[str], "MetricSpec | None"], int, int], BatchDedup
-]
-"""``(index, rows, spec_of, next_offset, arrival) -> BatchDedup``."""
 
 
 def python_dedup_batch(
@@ -141,6 +140,45 @@ def python_dedup_batch(
         offsets.append(next_offset)
         next_offset += 1
     return offsets, stored, stamped, dups, gens, new_keys, key_offsets
+
+
+DedupRecord = tuple[list[int], int, "bytes | None", Sequence[EventRow], dict[str, int], Any]
+"""What a partition batch's dedup step returns: ``(offsets, n_duplicates, record, stored,
+generations, new_keys)``: each request row's offset (a duplicate's is its original's), how many
+rows were duplicates, the event record's stored bytes (None when no row is stored and there is no
+batch id: nothing to log), the stored rows (stamped ones with the arrival time), metric code →
+generation, and the new keys, for the engine's ``add_new_keys`` once the record is stored
+(opaque: each engine holds them its own way)."""
+
+DedupStep = Callable[
+    [DedupTable, list[EventRow], Callable[[str], "MetricSpec | None"], int, int, str], DedupRecord
+]
+"""``(index, rows, spec_of, first_offset, arrival, batch_id) -> DedupRecord``."""
+
+
+def python_dedup_record(
+    index: DedupTable,
+    rows: list[EventRow],
+    spec_of: Callable[[str], MetricSpec | None],
+    first_offset: int,
+    arrival: int,
+    batch_id: str,
+) -> DedupRecord:
+    """The reference dedup step of a partition batch: :func:`python_dedup_batch`, then the event
+    record ``node.records`` encodes from its lists."""
+    offsets, stored, stamped, dups, gens, new_keys, key_offsets = python_dedup_batch(
+        index, rows, spec_of, first_offset, arrival
+    )
+    record = None
+    if stored or batch_id:
+        fields = EventRecord(first_offset, batch_id, arrival, gens, stored, stamped, len(rows), dups)
+        record = encode_event_record(fields)
+    return offsets, len(dups), record, stored, gens, (new_keys, key_offsets)
+
+
+def python_add_new_keys(index: DedupTable, arrival: int, new_keys: tuple[list[int], list[int]]) -> None:
+    """Remember the keys :func:`python_dedup_record` found new, as arrived at ``arrival``."""
+    index.add(arrival, *new_keys)
 
 
 ReplayKeys = Callable[[Sequence[EventRow], dict[str, int], Sequence[int], int], tuple[list[int], list[int]]]
@@ -224,16 +262,11 @@ def native_apply_record(
     rows: Sequence[EventRow],
     spec_of: SpecOf,
 ) -> list[AlertRow]:
-    """:func:`python_apply_record` on the native index and stores: the index reads the rows in
-    one call and names their metrics in order; each store then reads its metric's rows in one
-    call (``PartitionAggregates.apply_record``). No Python object is made per event."""
-    fired: list[AlertRow] = []
-    for code in index.add_record(ref, rows):
-        spec = spec_of(code)
-        if spec is None or spec.generation != gens[code]:
-            continue
-        fired.extend(aggregates.apply_record(spec, rows, first_offset, ref))
-    return fired
+    """:func:`python_apply_record` on the native index and stores, in two calls a record: the index
+    reads the rows in one call and names their metrics in order; the aggregates then apply each
+    metric's rows, each native store reading its own from the same sequence
+    (``PartitionAggregates.apply_record``). No Python object is made per event."""
+    return aggregates.apply_record(index.add_record(ref, rows), gens, spec_of, rows, first_offset, ref)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +280,9 @@ class PartitionEngine:
     """A dedup index from a snapshot's dedup part (either engine's); ValueError if it is not one."""
     event_key: EventKey
     derived_key: DerivedKey
-    dedup_batch: DedupBatch
+    dedup_record: DedupStep
+    add_new_keys: Callable[[DedupTable, int, Any], None]
+    """``(index, arrival, new_keys)``: the keys ``dedup_record`` found new, once the record is stored."""
     replay_keys: ReplayKeys
     stores: StoreKinds
     """The aggregates' stores (their state, apply step and snapshots)."""
@@ -265,7 +300,8 @@ PYTHON = PartitionEngine(
     DedupIndex.from_snapshot,  # type: ignore[arg-type]
     event_key,
     derived_key,
-    python_dedup_batch,
+    python_dedup_record,
+    python_add_new_keys,
     python_replay_keys,
     PYTHON_STORES,
     EventIndex,
@@ -294,7 +330,8 @@ def partition_engine(name: str) -> PartitionEngine:
         index.from_snapshot,
         module.event_key,
         module.derived_key,
-        module.dedup_batch,
+        module.dedup_record,
+        index.add_new_keys,
         module.replay_keys,
         StoreKinds(
             partial(NativeSeriesStore, cells_type=cells),

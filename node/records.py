@@ -104,7 +104,8 @@ class Snapshot:
 
 
 def encode_event_record(record: EventRecord) -> bytes:
-    """The stored bytes of an event record."""
+    """The stored bytes of an event record. The native engine writes the same bytes in its dedup
+    step (``native/src/py_event_record.rs``), tested byte for byte against this encoder."""
     return msgpack.packb((EVENT_RECORD_VERSION, *record))  # type: ignore[no-any-return]
 
 

@@ -6,7 +6,8 @@
 //! same violations. The Python engine (`service/convert.py` + `cluster_client/validation.py`) is
 //! the reference it is tested against. Phase two adds the partition's dedup index
 //! (`dedup_table`, a port of `node/dedup_index.py` with the same snapshot bytes) and the
-//! per-event dedup loops of ingest and replay over it (`py_partition_batch`). The Python-facing
+//! per-event dedup loops of ingest and replay over it (`py_partition_batch`), the first writing the
+//! batch's event record as it goes (`py_event_record`, `msgpack_writer`). The Python-facing
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
 pub mod cell;
@@ -16,10 +17,12 @@ pub mod dedup_table;
 pub mod event_index;
 pub mod ingest_request;
 pub mod int_hash;
+pub mod msgpack_writer;
 pub mod partitioning;
 pub mod positions;
 mod py_dedup_index;
 mod py_event_index;
+mod py_event_record;
 mod py_partition_batch;
 mod py_rows;
 mod py_series_store;
@@ -254,7 +257,8 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_series_store::PySeriesCells>()?;
     m.add_class::<py_event_index::PyEventIndex>()?;
     m.add_class::<py_unique_store::PyUniqueSets>()?;
-    m.add_function(wrap_pyfunction!(py_partition_batch::dedup_batch, m)?)?;
+    m.add_class::<py_partition_batch::NewKeys>()?;
+    m.add_function(wrap_pyfunction!(py_partition_batch::dedup_record, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;

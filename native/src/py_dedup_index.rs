@@ -11,6 +11,7 @@ use pyo3::types::{PyBytes, PyList, PyString};
 
 use crate::dedup_table::{DedupParts, DedupTable, OffsetColumn};
 use crate::guarded;
+use crate::py_partition_batch::NewKeys;
 
 /// First element of the snapshot list; any other format is refused (recovery replays the log).
 const SNAPSHOT_TAG: &str = "dedup-lazy-1";
@@ -73,6 +74,17 @@ impl PyDedupIndex {
     fn add(&mut self, arrival_ns: i64, keys: Vec<u64>, offsets: Vec<u64>) -> PyResult<()> {
         guarded(|| {
             self.table.add(arrival_ns, &keys, &offsets).map_err(|e| PyValueError::new_err(e.message()))
+        })
+    }
+
+    /// Remember the keys a batch's `dedup_record` found new, as arrived at ``arrival_ns``: `add`
+    /// without the keys going through Python lists.
+    fn add_new_keys(&mut self, arrival_ns: i64, new_keys: &Bound<'_, NewKeys>) -> PyResult<()> {
+        let new_keys = new_keys.get();
+        guarded(|| {
+            self.table
+                .add(arrival_ns, &new_keys.keys, &new_keys.offsets)
+                .map_err(|e| PyValueError::new_err(e.message()))
         })
     }
 

@@ -1,12 +1,13 @@
-//! `unimeter_native.dedup_batch` and `replay_keys`: the per-event dedup loops of
+//! `unimeter_native.dedup_record` and `replay_keys`: the per-event dedup loops of
 //! `Partition.ingest` and of recovery's replay, natively.
 //!
 //! For each row of a validated partition batch: its dedup key (`dedup_key`), the probe of the
 //! batch's own keys and of the partition's index, the offset it gets or the original it
-//! duplicates, and the arrival time stamped on a row without a time. It is the Python reference
-//! `node.partition_engine.python_dedup_batch` step for step (tested in lock step against it), and
-//! returns the same lists, so the event record `node.records` encodes from them is the same bytes.
-//! The index is only read here: the partition adds the new keys once the record is appended.
+//! duplicates, and the arrival time stamped on a row without a time; each stored row's msgpack is
+//! written as it is read, so the batch's event record comes out of the same pass
+//! (`py_event_record`). It is the Python reference `node.partition_engine.python_dedup_record`
+//! step for step (tested in lock step against it, record bytes included). The index is only read
+//! here: the partition adds the new keys once the record is appended.
 //!
 //! The rows are still Python tuples (the aggregation needs them until it moves too), so this reads
 //! seven items per row; what it saves is the Python bytecode of the loop and of the two key
@@ -17,11 +18,13 @@ use std::collections::{HashMap, HashSet};
 use pyo3::exceptions::{PyAssertionError, PyKeyError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::dedup_key::{derived_key, event_key, DerivedKeyInput};
 use crate::guarded;
+use crate::msgpack_writer::MsgpackWriter;
 use crate::py_dedup_index::PyDedupIndex;
+use crate::py_event_record::{encode_event_record, pack_object, RecordHead};
 
 /// The seven fields of an `EventRow`, borrowed from the row.
 struct Row<'py> {
@@ -89,33 +92,46 @@ fn content_key(row: &Row<'_>, code: &str, generation: u64) -> PyResult<u64> {
     }))
 }
 
-/// Deduplicate and stamp a partition batch: ``(offsets, stored, stamped, duplicates,
-/// generations, new_keys, key_offsets)`` exactly as ``node.partition_engine.python_dedup_batch``
-/// returns them for the same arguments.
+/// The keys a batch adds to the dedup index, with their offsets, held here until the partition
+/// has stored the batch's record (`DedupIndex.add_new_keys`): no Python int per key.
+#[pyclass(module = "unimeter_native", name = "NewKeys", frozen)]
+pub struct NewKeys {
+    pub keys: Vec<u64>,
+    pub offsets: Vec<u64>,
+}
+
+/// Deduplicate and stamp a partition batch and encode its event record, in one pass:
+/// ``(offsets, n_duplicates, record, stored, generations, new_keys)``, where ``record`` is the
+/// bytes ``node.records.encode_event_record`` writes for the batch (None when no row is stored
+/// and there is no batch id: nothing to log) and the rest is what
+/// ``node.partition_engine.python_dedup_record`` returns for the same arguments.
 #[pyfunction]
-pub fn dedup_batch<'py>(
+pub fn dedup_record<'py>(
     py: Python<'py>,
     index: PyRef<'py, PyDedupIndex>,
     rows: &Bound<'py, PyList>,
     spec_of: &Bound<'py, PyAny>,
-    next_offset: u64,
+    first_offset: u64,
     arrival: i64,
+    batch_id: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
     guarded(|| {
         let table = index.table();
         let n = rows.len();
-        let mut next_offset = next_offset;
+        let mut next_offset = first_offset;
         let mut offsets: Vec<u64> = Vec::with_capacity(n);
         let stored = PyList::empty(py);
         let mut stamped: Vec<usize> = Vec::new();
-        let duplicates = PyList::empty(py);
-        let mut new_keys: Vec<u64> = Vec::with_capacity(n);
-        let mut key_offsets: Vec<u64> = Vec::with_capacity(n);
+        let mut duplicates: Vec<(usize, u64)> = Vec::new();
+        let mut new_keys = NewKeys { keys: Vec::with_capacity(n), offsets: Vec::with_capacity(n) };
         let mut batch_keys: HashMap<u64, u64> = HashMap::with_capacity(n);
         // Generations by code, in order of first appearance (the record keeps that order).
         let generations = PyDict::new(py);
+        let mut generation_list: Vec<(Bound<'py, PyString>, u64)> = Vec::new();
         let mut generation_of: HashMap<String, u64> = HashMap::new();
         let arrival_obj = arrival.into_pyobject(py)?;
+        // The stored rows' msgpack, packed from the items already read (the record's bulk).
+        let mut packed_rows = MsgpackWriter::with_capacity(64 * n);
         for (i, row_obj) in rows.iter().enumerate() {
             let row = read_row(&row_obj)?;
             let code = row.code.to_str()?;
@@ -128,6 +144,7 @@ pub fn dedup_batch<'py>(
                     }
                     let generation: u64 = spec.getattr(intern!(py, "generation"))?.extract()?;
                     generations.set_item(&row.code, generation)?;
+                    generation_list.push((row.code.clone(), generation));
                     generation_of.insert(code.to_owned(), generation);
                     generation
                 }
@@ -136,13 +153,15 @@ pub fn dedup_batch<'py>(
                 let original = batch_keys.get(&key).copied().or_else(|| table.get(key));
                 if let Some(original) = original {
                     offsets.push(original);
-                    duplicates.append(PyList::new(py, [i as u64, original])?)?;
+                    duplicates.push((i, original));
                     continue;
                 }
                 batch_keys.insert(key, next_offset);
-                new_keys.push(key);
-                key_offsets.push(next_offset);
+                new_keys.keys.push(key);
+                new_keys.offsets.push(next_offset);
             }
+            let time = if row.time == 0 { arrival } else { row.time };
+            pack_row(&mut packed_rows, &row, code, time)?;
             if row.time == 0 {
                 stamped.push(stored.len());
                 let items: [Bound<'py, PyAny>; 7] = [
@@ -161,8 +180,36 @@ pub fn dedup_batch<'py>(
             offsets.push(next_offset);
             next_offset += 1;
         }
-        (offsets, stored, stamped, duplicates, generations, new_keys, key_offsets).into_pyobject(py)
+        let record = if stored.is_empty() && batch_id.is_empty() {
+            None
+        } else {
+            let head = RecordHead {
+                first_offset,
+                batch_id,
+                arrival,
+                generations: &generation_list,
+                n_stored: stored.len(),
+                stamped: &stamped,
+                n_requested: n,
+                duplicates: &duplicates,
+            };
+            Some(PyBytes::new(py, &encode_event_record(&head, &packed_rows.buf)?))
+        };
+        (offsets, duplicates.len(), record, stored, generations, Py::new(py, new_keys)?).into_pyobject(py)
     })
+}
+
+/// A stored row's msgpack: its seven fields as an array, with the time it is stored with.
+fn pack_row(w: &mut MsgpackWriter, row: &Row<'_>, code: &str, time: i64) -> PyResult<()> {
+    w.array(7);
+    pack_object(w, &row.account)?;
+    w.str(code);
+    pack_object(w, &row.value)?;
+    w.int(time);
+    pack_object(w, &row.properties)?;
+    pack_object(w, &row.operation)?;
+    w.str(row.event_id.to_str()?);
+    Ok(())
 }
 
 /// The dedup keys a replayed event record adds to the index: ``(keys, offsets)`` exactly as

@@ -68,21 +68,38 @@ class PartitionAggregates:
         return self._store_for(spec).apply(rows, record_ref)
 
     def apply_record(
-        self, spec: MetricSpec, rows: Sequence[EventRow], first_offset: int, record_ref: int
+        self,
+        codes: Sequence[str],
+        generations: Mapping[str, int],
+        spec_of: Callable[[str], MetricSpec | None],
+        rows: Sequence[EventRow],
+        first_offset: int,
+        record_ref: int,
     ) -> list[AlertRow]:
-        """:meth:`apply` for the rows of ``spec``'s metric among a stored record's rows (row ``i``
-        has offset ``first_offset + i``; at least one is of the metric): a native store reads
-        them where they are, the others get them as :data:`AppliedRow` tuples."""
-        store = self._store_for(spec)
-        if isinstance(store, _Native):
-            return store.apply_record(rows, first_offset, record_ref)
-        code = spec.code
-        applied = [
-            (account, value, t, props, op, first_offset + i)
-            for i, (account, row_code, value, t, props, op, _) in enumerate(rows)
-            if row_code == code
-        ]
-        return store.apply(applied, record_ref)
+        """:meth:`apply` for a stored record's rows (row ``i`` has offset ``first_offset + i``),
+        metric by metric in ``codes`` (the record's metrics, each with rows, in order of first
+        appearance), skipping a metric that no longer has the record's generation (deleted, maybe
+        re-created, since). One call per record: a native store reads its rows where they are, the
+        others get them as :data:`AppliedRow` tuples. Returns the alerts fired, in order."""
+        fired: list[AlertRow] = []
+        stores = self._stores
+        for code in codes:
+            spec = spec_of(code)
+            if spec is None or spec.generation != generations[code]:
+                continue
+            store = stores.get(code)
+            if store is None or store.spec.generation != spec.generation:
+                store = self._store_for(spec)
+            if isinstance(store, _Native):
+                fired += store.apply_record(rows, first_offset, record_ref)
+                continue
+            applied = [
+                (account, value, t, props, op, first_offset + i)
+                for i, (account, row_code, value, t, props, op, _) in enumerate(rows)
+                if row_code == code
+            ]
+            fired += store.apply(applied, record_ref)
+        return fired
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, and that period."""

@@ -1,0 +1,103 @@
+//! The stored bytes of an event record (`node.records.EventRecord`), written natively by
+//! `py_partition_batch::dedup_record` while it deduplicates the batch: the same bytes as
+//! `node.records.encode_event_record` (msgpack of the record's nine fields), so a log written by
+//! either engine is replayed by the other. The format is defined there; this only writes it.
+//!
+//! Python values are packed as the `msgpack` package packs them with its defaults: None, bools,
+//! ints (OverflowError "Integer value out of range" past u64 or below i64, as there), str,
+//! tuples and lists as arrays, dicts as maps in their order; anything else is the TypeError the
+//! package raises.
+
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
+
+use crate::msgpack_writer::MsgpackWriter;
+
+/// `node.records.EVENT_RECORD_VERSION`.
+const EVENT_RECORD_VERSION: u64 = 1;
+
+/// The fields of an event record but its rows, which the batch loop has packed already.
+pub struct RecordHead<'a, 'py> {
+    pub first_offset: u64,
+    pub batch_id: &'a str,
+    pub arrival: i64,
+    pub generations: &'a [(Bound<'py, PyString>, u64)],
+    pub n_stored: usize,
+    pub stamped: &'a [usize],
+    pub n_requested: usize,
+    pub duplicates: &'a [(usize, u64)],
+}
+
+/// The record's bytes from its head and the msgpack of its rows (`n_stored` packed rows).
+pub fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8]) -> PyResult<Vec<u8>> {
+    let mut w = MsgpackWriter::with_capacity(packed_rows.len() + 64 + 16 * head.duplicates.len());
+    w.array(9);
+    w.uint(EVENT_RECORD_VERSION);
+    w.uint(head.first_offset);
+    w.str(head.batch_id);
+    w.int(head.arrival);
+    w.map(head.generations.len());
+    for (code, generation) in head.generations {
+        w.str(code.to_str()?);
+        w.uint(*generation);
+    }
+    w.array(head.n_stored);
+    w.buf.extend_from_slice(packed_rows);
+    w.array(head.stamped.len());
+    for &i in head.stamped {
+        w.uint(i as u64);
+    }
+    w.uint(head.n_requested as u64);
+    w.array(head.duplicates.len());
+    for &(i, original) in head.duplicates {
+        w.array(2);
+        w.uint(i as u64);
+        w.uint(original);
+    }
+    Ok(w.buf)
+}
+
+/// Append the msgpack of a Python value, as the `msgpack` package writes it.
+pub fn pack_object(w: &mut MsgpackWriter, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    if value.is_none() {
+        w.nil();
+    } else if let Ok(flag) = value.cast::<PyBool>() {
+        w.bool(flag.is_true());
+    } else if let Ok(int) = value.cast::<PyInt>() {
+        pack_int(w, int)?;
+    } else if let Ok(text) = value.cast::<PyString>() {
+        w.str(text.to_str()?);
+    } else if let Ok(map) = value.cast::<PyDict>() {
+        w.map(map.len());
+        for (key, item) in map.iter() {
+            pack_object(w, &key)?;
+            pack_object(w, &item)?;
+        }
+    } else if let Ok(tuple) = value.cast::<PyTuple>() {
+        w.array(tuple.len());
+        for item in tuple.iter() {
+            pack_object(w, &item)?;
+        }
+    } else if let Ok(list) = value.cast::<PyList>() {
+        w.array(list.len());
+        for item in list.iter() {
+            pack_object(w, &item)?;
+        }
+    } else {
+        let name = value.get_type().name()?;
+        return Err(PyTypeError::new_err(format!("can not serialize '{}' object", name.to_str()?)));
+    }
+    Ok(())
+}
+
+/// An int as msgpack packs it: a positive one unsigned (up to u64), zero or a negative one signed.
+fn pack_int(w: &mut MsgpackWriter, int: &Bound<'_, PyInt>) -> PyResult<()> {
+    let out_of_range = |_| PyOverflowError::new_err("Integer value out of range");
+    if let Ok(value) = int.extract::<i64>() {
+        w.int(value);
+    } else {
+        w.uint(int.extract::<u64>().map_err(out_of_range)?);
+    }
+    Ok(())
+}
