@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
+import io
 import json
 import logging
 import signal
+import sys
 
 from node.data_dir_lock import DataDirectoryLocked
 from node.jetstream.errors import NatsRefused, NatsUnavailable
@@ -68,15 +71,43 @@ async def _serve(config: ServeConfig) -> int:
     await stop.wait()
     log = logging.getLogger("unimeter")
     log.info("shutting down")
+    # A shutdown that hangs must say where: the tasks still running, and (below, for what runs
+    # after the loop) every thread's stack.
+    watchdog = asyncio.create_task(_report_slow_shutdown(log), name="unimeter-shutdown-watchdog")
+    faulthandler.dump_traceback_later(2 * SLOW_SHUTDOWN_SECONDS, repeat=True, file=sys.stderr)
     try:
         await server.stop()
     except Exception as exc:  # every partition was still flushed; the failure is the operator's to see
         log.error("shutdown did not complete cleanly: %s", exc)
         return 1
+    finally:
+        watchdog.cancel()
     return 0
+
+
+SLOW_SHUTDOWN_SECONDS = 15.0
+"""After this long, a shutdown logs the tasks it still waits for (and again each time after)."""
+
+
+async def _report_slow_shutdown(log: logging.Logger) -> None:
+    me = asyncio.current_task()
+    while True:
+        await asyncio.sleep(SLOW_SHUTDOWN_SECONDS)
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            if task is not me:
+                task.print_stack(limit=8, file=stacks)
+        log.warning(
+            "shutdown is taking longer than %.0f s; still running:\n%s",
+            SLOW_SHUTDOWN_SECONDS,
+            stacks.getvalue(),
+        )
 
 
 def run_serve(config: ServeConfig) -> int:
     """Configure logging and serve until stopped; returns the exit code (1: the shutdown failed)."""
     configure_logging(config.log_level.upper(), config.log_format)
-    return asyncio.run(_serve(config))
+    try:
+        return asyncio.run(_serve(config))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
