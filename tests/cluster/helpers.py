@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,17 +26,52 @@ TTL = 2.0
 T = TypeVar("T")
 
 
-def cluster_flags(cluster: NatsCluster, stream: str, partitions: int) -> list[str]:
+def cluster_flags(
+    cluster: NatsCluster, stream: str, partitions: int, *, ttl: float = TTL, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """``serve`` flags of a node of the stream (a snapshot every second unless ``extra`` says)."""
     return [
         "--backend", "nats",
         "--nats-url", ",".join(cluster.urls),
         "--nats-monitor-url", ",".join(cluster.monitor_urls),
         "--nats-stream", stream,
         "--partitions", str(partitions),
-        "--lease-ttl-seconds", str(TTL),
+        "--lease-ttl-seconds", str(ttl),
         "--node-addr", "127.0.0.1:0",
         "--snapshot-interval-seconds", "1",
+        *extra,
     ]  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def three_nodes(tmp_path: Path, flags: list[str]) -> AsyncIterator[list[ServeProcess]]:
+    """Nodes n1, n2 and n3 started with ``flags``, once every partition has an owner and each
+    node serves some; every node is stopped at the end, whatever happens: one that does not stop
+    on SIGTERM is killed, and named, after the others were stopped too."""
+    nodes: list[ServeProcess] = []
+    try:
+        for i in (1, 2, 3):
+            nodes.append(
+                await asyncio.to_thread(start_serve, tmp_path / f"n{i}", *flags, "--node-id", f"n{i}")
+            )
+        await owners_settled(nodes[0].grpc_port, {"n1", "n2", "n3"})
+        yield nodes
+    finally:
+        stuck: list[str] = []
+        for i, node in enumerate(nodes, 1):
+            if node.proc.poll() is None:
+                try:
+                    await asyncio.to_thread(node.terminate)
+                except subprocess.TimeoutExpired:
+                    stuck.append(f"n{i}")
+                    await asyncio.to_thread(node.kill9)
+        assert not stuck, f"{stuck} did not stop within 30 s of SIGTERM"
+
+
+async def owners_settled(port: int, expected: set[str], timeout: float = 30) -> dict[int, str]:
+    """Partition → owner once every partition has one and the owners are exactly ``expected``."""
+    response = await wait_for_owners(port, lambda o: all(o) and set(o) == expected, timeout)
+    return dict(enumerate(owners(response)))
 
 
 def start_node(

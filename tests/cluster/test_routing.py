@@ -10,23 +10,20 @@ another node hands its partitions over).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
 from cluster_client import AggType, Client, DeliveryMode, Event, Metric, Period
-from cluster_client.partitioning import partition_of
 from tests.cluster.conftest import running_cluster
+from tests.cluster.helpers import accounts_by_partition, cluster_flags, owners_settled, status, three_nodes
 from tests.conftest import api_on_port
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
-from tests.process import ServeProcess, start_serve
+from tests.process import ServeProcess
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import alert_service_pb2 as al
-from unimeter.v1 import cluster_service_pb2 as cs
 from unimeter.v1 import types_pb2 as t
 
 TTL = 3.0
@@ -40,76 +37,10 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
 
 
 def nats_flags(cluster: NatsCluster, stream: str) -> list[str]:
-    return [
-        "--backend", "nats",
-        "--nats-url", ",".join(cluster.urls),
-        "--nats-monitor-url", ",".join(cluster.monitor_urls),
-        "--nats-stream", stream,
-        "--partitions", str(PARTITIONS),
-        "--lease-ttl-seconds", str(TTL),
-        "--node-addr", "127.0.0.1:0",
-        "--flush-interval-ms", "2",
-    ]  # fmt: skip
+    return cluster_flags(cluster, stream, PARTITIONS, ttl=TTL, extra=("--flush-interval-ms", "2"))
 
 
-@contextlib.asynccontextmanager
-async def three_nodes(tmp_path: Path, cluster: NatsCluster, stream: str) -> AsyncIterator[list[ServeProcess]]:
-    """Three nodes on one stream, once every partition has an owner and each node serves some."""
-    flags = nats_flags(cluster, stream)
-    nodes: list[ServeProcess] = []
-    try:
-        for i in (1, 2, 3):
-            nodes.append(
-                await asyncio.to_thread(start_serve, tmp_path / f"n{i}", *flags, "--node-id", f"n{i}")
-            )
-        await owners_settled(nodes[0], {"n1", "n2", "n3"})
-        yield nodes
-    finally:
-        # Every node is stopped, whatever happens: one that does not stop on SIGTERM is killed,
-        # and named, after the others were stopped too.
-        stuck: list[str] = []
-        for i, node in enumerate(nodes, 1):
-            if node.proc.poll() is None:
-                try:
-                    await asyncio.to_thread(node.terminate)
-                except subprocess.TimeoutExpired:
-                    stuck.append(f"n{i}")
-                    await asyncio.to_thread(node.kill9)
-        assert not stuck, f"{stuck} did not stop within 30 s of SIGTERM"
-
-
-async def cluster_status(node: ServeProcess) -> cs.GetClusterStatusResponse:
-    api = api_on_port(node.grpc_port)
-    try:
-        status: cs.GetClusterStatusResponse = await api.cluster.GetClusterStatus(
-            cs.GetClusterStatusRequest(), timeout=10
-        )
-        return status
-    finally:
-        await api.channel.close()
-
-
-async def owners_settled(node: ServeProcess, expected: set[str], timeout: float = 30) -> dict[int, str]:
-    """Partition → owner once every partition has one and the owners are exactly ``expected``."""
-    async with asyncio.timeout(timeout):
-        while True:
-            status = await cluster_status(node)
-            owners = {p.partition: p.owner_node_id for p in status.partition_infos}
-            if all(owners.values()) and set(owners.values()) == expected:
-                return owners
-            await asyncio.sleep(0.2)
-
-
-def accounts_by_partition() -> dict[int, int]:
-    found: dict[int, int] = {}
-    account = 1
-    while len(found) < PARTITIONS:
-        found.setdefault(partition_of(account, PARTITIONS), account)
-        account += 1
-    return found
-
-
-ACCOUNTS = accounts_by_partition()
+ACCOUNTS = dict(enumerate(accounts_by_partition(PARTITIONS)))
 
 
 def round_of(i: int) -> list[Event]:
@@ -124,7 +55,7 @@ def node_addrs(nodes: list[ServeProcess]) -> list[str]:
 async def test_one_node_serves_every_partition_with_exact_answers(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
-    async with three_nodes(tmp_path, nats_cluster, stream_name) as nodes:
+    async with three_nodes(tmp_path, nats_flags(nats_cluster, stream_name)) as nodes:
         api = api_on_port(nodes[0].grpc_port)
         try:
             await create_metric(api, "gb", t.AGG_TYPE_SUM)
@@ -142,8 +73,8 @@ async def test_one_node_serves_every_partition_with_exact_answers(
         # node's partitions as their owner last reported them, about a second ago).
         async with asyncio.timeout(15):
             while True:
-                status = await cluster_status(nodes[2])
-                offsets = [p.last_offset for p in status.partition_infos]
+                response = await status(nodes[2].grpc_port)
+                offsets = [p.last_offset for p in response.partition_infos]
                 assert all(o <= 1 for o in offsets), offsets
                 if offsets == [1] * PARTITIONS:
                     break
@@ -153,8 +84,8 @@ async def test_one_node_serves_every_partition_with_exact_answers(
 async def test_sdk_with_seeds_counts_every_acknowledged_event_once_through_an_owner_kill(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
-    async with three_nodes(tmp_path, nats_cluster, stream_name) as nodes:
-        owners = await owners_settled(nodes[0], {"n1", "n2", "n3"})
+    async with three_nodes(tmp_path, nats_flags(nats_cluster, stream_name)) as nodes:
+        owners = await owners_settled(nodes[0].grpc_port, {"n1", "n2", "n3"})
         async with await Client.connect(node_addrs(nodes)) as client:
             await client.metrics.create(Metric("calls", AggType.COUNT))
             batches = [
@@ -175,7 +106,7 @@ async def test_sdk_with_seeds_counts_every_acknowledged_event_once_through_an_ow
             for account in ACCOUNTS.values():
                 answer = await client.query(account, "calls", Period(T0, END), timeout=30)
                 assert answer.value.count == acknowledged
-        after = await owners_settled(nodes[0], {"n1", "n3"})
+        after = await owners_settled(nodes[0].grpc_port, {"n1", "n3"})
         moved = [p for p, owner in owners.items() if owner == "n2"]
         assert moved and all(after[p] in {"n1", "n3"} for p in moved)
 
@@ -183,7 +114,7 @@ async def test_sdk_with_seeds_counts_every_acknowledged_event_once_through_an_ow
 async def test_a_subscriber_through_one_node_sees_every_alert_once_while_partitions_move(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
-    async with three_nodes(tmp_path, nats_cluster, stream_name) as nodes:
+    async with three_nodes(tmp_path, nats_flags(nats_cluster, stream_name)) as nodes:
         api = api_on_port(nodes[0].grpc_port)
         try:
             await create_metric(
