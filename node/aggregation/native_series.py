@@ -15,13 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, cast
 
-from cluster_client.types import AggValue, EventRow, GroupValue, Period
+from cluster_client.types import EventRow
 
 from .combos import Combos
 from .grid import N_GRID_LEVELS
-from .series_reads import Segments, series_query, series_realtime
+from .series_reads import Segments, SeriesReads
 from .snapshot_data import Chunked, Deferred
-from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
+from .spec import AlertRow, AppliedRow, MetricSpec
 
 __all__ = ["NativeSeriesStore"]
 
@@ -29,7 +29,7 @@ CellsType = Callable[..., Any]
 """``unimeter_native.SeriesCells`` (the extension ships no type stubs)."""
 
 
-class NativeSeriesStore:
+class NativeSeriesStore(SeriesReads):
     """Pre-aggregated cells of one non-COUNT_UNIQUE metric, for every account of a partition, in Rust."""
 
     __slots__ = ("_cells", "_combos", "apply", "apply_record", "spec")
@@ -48,22 +48,6 @@ class NativeSeriesStore:
         self._combos = Combos(spec.dims)
 
     # ------------------------------------------------------------------------------------ reads
-
-    def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
-        """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
-        return series_realtime(self, account_id, now_ns)
-
-    def query(
-        self,
-        account_id: int,
-        start: int,
-        end: int,
-        filters: Mapping[str, str],
-        group_by: Sequence[str],
-        fetch_events: FetchEvents,
-    ) -> tuple[AggValue, list[GroupValue]]:
-        """The aggregate over ``[start, end)`` after ``filters``, and one per ``group_by`` group."""
-        return series_query(self, account_id, start, end, filters, group_by, fetch_events)
 
     @property
     def combos(self) -> Combos:

@@ -14,19 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from cluster_client.types import AggValue, EventRow, GroupValue, Period
+from cluster_client.types import EventRow
 
 from .combos import Combos
 from .snapshot_data import Chunked
 from .spec import AlertRow, AppliedRow, MetricSpec
-from .unique_reads import Scan, unique_query, unique_realtime
+from .unique_reads import Scan, UniqueReads
 
 __all__ = ["NativeUniqueStore"]
 
 _ACCOUNTS_PER_CHUNK = 256  # as UniqueStore.to_snapshot: an account's entry costs more than a cell
 
 
-class NativeUniqueStore:
+class NativeUniqueStore(UniqueReads):
     """COUNT_UNIQUE state of one metric, for every account of a partition, in Rust."""
 
     __slots__ = ("_combos", "_sets", "apply", "apply_record", "spec")
@@ -42,21 +42,6 @@ class NativeUniqueStore:
         """``(rows, first_offset, record_ref)``: :attr:`apply` for this metric's rows among a stored
         record's ``EventRow`` rows (row ``i`` has offset ``first_offset + i``), read in place."""
         self._combos = Combos(spec.dims)
-
-    def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
-        """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
-        return unique_realtime(self, account_id, now_ns)
-
-    def query(
-        self,
-        account_id: int,
-        start: int,
-        end: int,
-        filters: Mapping[str, str],
-        group_by: Sequence[str],
-    ) -> tuple[AggValue, list[GroupValue]]:
-        """The set over ``[start, end)`` after ``filters``, and one per ``group_by`` group."""
-        return unique_query(self, account_id, start, end, filters, group_by)
 
     @property
     def combos(self) -> Combos:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from cluster_client.types import AggType, AggValue, GroupValue, Period
+from cluster_client.types import AggType
 
 from .cells import (
     COUNT,
@@ -38,9 +38,9 @@ from .combos import Combos
 from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL
 from .keys import grid_base, join_keys, period_key, split_keys
 from .positions import positions_of, tail_positions, widened, with_packed_tail
-from .series_reads import series_query, series_realtime
+from .series_reads import SeriesReads
 from .snapshot_data import Chunked, Deferred
-from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
+from .spec import AlertRow, AppliedRow, MetricSpec
 from .thresholds import alert_slots, evaluate
 from .untracked import untracked
 
@@ -56,7 +56,7 @@ _VALUE_SLOT = {AggType.COUNT: COUNT, AggType.SUM: SUM, AggType.MAX: MAX, AggType
 Cells = dict[int, list[int]]
 
 
-class SeriesStore:
+class SeriesStore(SeriesReads):
     """Pre-aggregated cells of one non-COUNT_UNIQUE metric, for every account of a partition."""
 
     __slots__ = ("_saved", "account_slots", "combos", "first_minute", "last_minute", "levels", "spec")
@@ -247,22 +247,6 @@ class SeriesStore:
                     used.append(slot)
 
     # ------------------------------------------------------------------------------------ reads
-
-    def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
-        """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
-        return series_realtime(self, account_id, now_ns)
-
-    def query(
-        self,
-        account_id: int,
-        start: int,
-        end: int,
-        filters: Mapping[str, str],
-        group_by: Sequence[str],
-        fetch_events: FetchEvents,
-    ) -> tuple[AggValue, list[GroupValue]]:
-        """The aggregate over ``[start, end)`` after ``filters``, and one per ``group_by`` group."""
-        return series_query(self, account_id, start, end, filters, group_by, fetch_events)
 
     # The lookups of :class:`.series_reads.SeriesCellsView`.
 

@@ -11,7 +11,7 @@ folded here from the raw events the partition reads back.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from cluster_client.types import AggType, AggValue, GroupValue, Period
 
@@ -20,7 +20,7 @@ from .combos import Combos
 from .grid import MINUTE, PERIOD_LEVEL, plan_range
 from .spec import AppliedRow, FetchEvents, MetricSpec
 
-__all__ = ["SeriesCellsView", "series_query", "series_realtime"]
+__all__ = ["SeriesCellsView", "SeriesReads", "series_query", "series_realtime"]
 
 Segments = list[tuple[int, list[int]]]
 """(level, bucket indexes, or period starts for PERIOD_LEVEL), in time order, no overlaps."""
@@ -56,6 +56,31 @@ class SeriesCellsView(Protocol):
     def minute_positions(self, account_id: int, minute: int) -> Sequence[int]:
         """The positions of the records that fed the account's unfiltered minute cell."""
         ...
+
+
+class SeriesReads:
+    """The reads of a store, for a class that offers :class:`SeriesCellsView`'s lookups: both
+    stores inherit them, so neither can answer differently."""
+
+    __slots__ = ()
+
+    def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
+        """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
+        return series_realtime(cast(SeriesCellsView, self), account_id, now_ns)
+
+    def query(
+        self,
+        account_id: int,
+        start: int,
+        end: int,
+        filters: Mapping[str, str],
+        group_by: Sequence[str],
+        fetch_events: FetchEvents,
+    ) -> tuple[AggValue, list[GroupValue]]:
+        """The aggregate over ``[start, end)`` after ``filters``, and one per ``group_by`` group."""
+        return series_query(
+            cast(SeriesCellsView, self), account_id, start, end, filters, group_by, fetch_events
+        )
 
 
 def series_realtime(view: SeriesCellsView, account_id: int, now_ns: int) -> tuple[AggValue, Period]:

@@ -17,14 +17,12 @@ from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
-from cluster_client.types import AggValue, GroupValue, Period
-
 from .cells import COUNT, LAST_OFFSET, LAST_TIME, LAST_VALUE, MAX, N_STATS, empty_cell
 from .combos import Combos
 from .snapshot_data import Chunked
 from .spec import AlertRow, AppliedRow, MetricSpec
 from .thresholds import alert_slots, evaluate
-from .unique_reads import Scan, unique_query, unique_realtime
+from .unique_reads import Scan, UniqueReads
 from .untracked import untracked
 
 __all__ = ["UniqueStore"]
@@ -44,7 +42,7 @@ class _Account:
         self.rows: list[list[int]] = []
 
 
-class UniqueStore:
+class UniqueStore(UniqueReads):
     """COUNT_UNIQUE state of one metric, for every account of a partition."""
 
     __slots__ = ("_saved", "accounts", "combos", "spec")
@@ -128,22 +126,6 @@ class UniqueStore:
         return alerts
 
     # ------------------------------------------------------------------------------------ reads
-
-    def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
-        """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
-        return unique_realtime(self, account_id, now_ns)
-
-    def query(
-        self,
-        account_id: int,
-        start: int,
-        end: int,
-        filters: Mapping[str, str],
-        group_by: Sequence[str],
-    ) -> tuple[AggValue, list[GroupValue]]:
-        """The set over ``[start, end)`` (with carry_over: every event before ``end``), after
-        ``filters``, and one per ``group_by`` group."""
-        return unique_query(self, account_id, start, end, filters, group_by)
 
     # The lookups of :class:`.unique_reads.UniqueSetsView`.
 

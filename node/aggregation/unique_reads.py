@@ -10,7 +10,7 @@ differ in the histories and period rows they hold. A store offers the two lookup
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 from cluster_client.types import AggValue, GroupValue, Period
 
@@ -18,7 +18,7 @@ from .cells import agg_value, empty_cell
 from .combos import Combos
 from .spec import MetricSpec
 
-__all__ = ["Scan", "UniqueSetsView", "unique_query", "unique_realtime"]
+__all__ = ["Scan", "UniqueReads", "UniqueSetsView", "unique_query", "unique_realtime"]
 
 Scan = tuple[list[int], list[tuple[int, list[int]]]]
 """(the main set's statistics, [(group number, its statistics), ...] for groups with operations)."""
@@ -44,6 +44,29 @@ class UniqueSetsView(Protocol):
         combinations ``wanted``, and per group (``group_of[combination]``) its own; None without
         the account."""
         ...
+
+
+class UniqueReads:
+    """The reads of a COUNT_UNIQUE store, for a class that offers :class:`UniqueSetsView`'s
+    lookups: both stores inherit them, so neither can answer differently."""
+
+    __slots__ = ()
+
+    def realtime(self, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
+        """The unfiltered aggregate of the period containing ``now_ns``, with its alert flags."""
+        return unique_realtime(cast(UniqueSetsView, self), account_id, now_ns)
+
+    def query(
+        self,
+        account_id: int,
+        start: int,
+        end: int,
+        filters: Mapping[str, str],
+        group_by: Sequence[str],
+    ) -> tuple[AggValue, list[GroupValue]]:
+        """The set over ``[start, end)`` (with carry_over: every event before ``end``), after
+        ``filters``, and one per ``group_by`` group."""
+        return unique_query(cast(UniqueSetsView, self), account_id, start, end, filters, group_by)
 
 
 def unique_realtime(view: UniqueSetsView, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
