@@ -5,7 +5,8 @@ answers, call by call.
 The workload has every aggregation type, FIXED, CALENDAR, DAY and WEEK periods in several zones,
 dimensions, one-shot and recurring thresholds, ADD and REMOVE corrections, events with and without
 an id, duplicates within a batch and across batches, whole batches sent again, late events (past
-periods) and accounts on every partition. Both sides get the same calls, SYNC, one at a time (so
+periods), a metric deleted and created again (then its old events sent again) and accounts on every
+partition. Both sides get the same calls, SYNC, one at a time (so
 arrival order is the same); the cluster's calls go round-robin through its three nodes, so most are
 routed to another node's partitions. Compared exactly: every ingest answer (offsets, duplicate
 counts), an invalid batch's error, ``Query`` (whole range, random nanosecond ranges, the current and
@@ -43,7 +44,8 @@ from unimeter.v1 import types_pb2 as t
 PARTITIONS = 6
 SEEDS = (1, 2, 3)
 CALLS = 24
-"""Ingest calls per seed."""
+"""Ingest calls per seed before one metric is deleted and created again (then AFTER more)."""
+AFTER = 4
 SEC = 1_000_000_000
 DAY = 86_400 * SEC
 NOW = time.time_ns()
@@ -120,10 +122,15 @@ def metrics(rng: random.Random, prefix: str) -> list[t.Metric]:
 
 @dataclass
 class Workload:
-    """What one seed sends: its metrics, its ingest calls (one batch each), and an invalid batch."""
+    """What one seed sends: its metrics and its ingest calls (one batch each); before call
+    ``CALLS``, the metric ``recreated`` is deleted and created again."""
 
     metrics: list[t.Metric]
     calls: list[list[t.Event]] = field(default_factory=list)
+
+    @property
+    def recreated(self) -> t.Metric:
+        return self.metrics[1]
 
 
 def event(rng: random.Random, metric: t.Metric, event_id: str) -> t.Event:
@@ -167,7 +174,13 @@ def workload(seed: int) -> Workload:
     rng = random.Random(seed)
     w = Workload(metrics(rng, f"s{seed}"))
     sent: list[t.Event] = []
-    for call in range(CALLS):
+    for call in range(CALLS + AFTER):
+        again = [e for e in sent if e.metric_code == w.recreated.code]
+        if call == CALLS and again:
+            # The first call after the re-creation: every event sent under the old generation,
+            # again (the deleted generation's events and dedup keys must not show on either side).
+            w.calls.append(again)
+            continue
         if w.calls and rng.random() < 0.15:
             w.calls.append(list(rng.choice(w.calls)))  # a whole batch sent again
             continue
@@ -280,6 +293,15 @@ async def run_seed(sides: Sides, seed: int) -> None:
             lambda a, m=m: a.metrics.CreateMetric(ms.CreateMetricRequest(metric=m), timeout=RPC),
         )
     for i, batch in enumerate([*w.calls, invalid_batch(w)]):
+        if i == CALLS:
+            await sides.same(
+                f"delete {w.recreated.code}",
+                lambda a: a.metrics.DeleteMetric(ms.DeleteMetricRequest(code=w.recreated.code), timeout=RPC),
+            )
+            await sides.same(
+                f"create {w.recreated.code} again",
+                lambda a: a.metrics.CreateMetric(ms.CreateMetricRequest(metric=w.recreated), timeout=RPC),
+            )
         request = ing.IngestRequest(events=batch, delivery=t.DELIVERY_MODE_SYNC)
         await sides.same(f"seed {seed} ingest call {i}", lambda a, r=request: a.ingest.Ingest(r, timeout=RPC))
     rng = random.Random(-seed)
