@@ -11,7 +11,8 @@ arrival order is the same); the cluster's calls go round-robin through its three
 routed to another node's partitions. Compared exactly: every ingest answer (offsets, duplicate
 counts), an invalid batch's error, ``Query`` (whole range, random nanosecond ranges, the current and
 previous period, filters, group_by) and ``QueryRealtime`` of every account and metric, every
-``ListEvents`` page, every ``ListAlerts`` page and the metric list. This is not a test of failover
+``ListEvents`` page, every ``ListAlerts`` page, the metric list, and the whole alert log as a
+subscription from the beginning through each node delivers it. This is not a test of failover
 (the nodes keep their partitions throughout): other modules kill and restart nodes.
 """
 
@@ -374,6 +375,42 @@ async def compare_pages(sides: Sides, rng: random.Random, what: str, account: in
         after = page.alerts[-1].offset
 
 
+async def alert_log(api: Api) -> dict[int, list[t.Alert]]:
+    """Each partition's alerts as ListAlerts of every account gives them, in offset order."""
+    by_partition: dict[int, list[t.Alert]] = {}
+    for account in ACCOUNTS:
+        request = al.ListAlertsRequest(account_id=account, page_size=1000)
+        answer = comparable(await api.alerts.ListAlerts(request, timeout=RPC))
+        assert isinstance(answer, al.ListAlertsResponse) and not answer.has_more
+        for alert in answer.alerts:
+            by_partition.setdefault(alert.partition, []).append(alert)
+    return {p: sorted(log, key=lambda a: a.offset) for p, log in by_partition.items()}
+
+
+async def subscribed_alerts(api: Api, total: int) -> dict[int, list[t.Alert]]:
+    """Each partition's alerts, in the order a subscription from the beginning delivers them,
+    until ``total`` have come (record times cleared, see ``comparable``). Partitions interleave in
+    whatever order their owners deliver them; within one, the order is the alert log's."""
+    stream = api.alerts.AlertSubscribe(al.AlertSubscribeRequest(from_beginning=True), timeout=RPC)
+    by_partition: dict[int, list[t.Alert]] = {}
+    received = 0
+    try:
+        while received < total:
+            message = await stream.read()
+            assert message is not grpc.aio.EOF
+            kind = message.WhichOneof("kind")
+            alerts = (
+                [message.alert] if kind == "alert" else list(message.batch.alerts) if kind == "batch" else []
+            )
+            for alert in alerts:
+                alert.record_time_unix_nano = 0
+                by_partition.setdefault(alert.partition, []).append(alert)
+            received += len(alerts)
+    finally:
+        stream.cancel()
+    return by_partition
+
+
 async def test_the_cluster_answers_exactly_as_one_embedded_node(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
@@ -397,6 +434,15 @@ async def test_the_cluster_answers_exactly_as_one_embedded_node(
                 seen = sides.seen
                 assert seen["errors"] == len(SEEDS), seen
                 assert min(seen.values()) > 0 and len(seen) == 5, seen
+                # The whole alert log once more, as subscribers read it: on each side, each
+                # partition's alerts are its ListAlerts answers in offset order, 1..n.
+                expected = await alert_log(sides.embedded)
+                total = sum(map(len, expected.values()))
+                assert all(
+                    [a.offset for a in log] == list(range(1, len(log) + 1)) for log in expected.values()
+                )
+                for api in (sides.embedded, *sides.cluster):
+                    assert await subscribed_alerts(api, total) == expected
             finally:
                 for api in (sides.embedded, *sides.cluster):
                     await api.channel.close()
