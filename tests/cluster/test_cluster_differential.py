@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 from tests.cluster.conftest import running_cluster
 from tests.cluster.helpers import accounts_by_partition, cluster_flags, three_nodes
 from tests.conftest import Api, api_on_port
+from tests.grpc_errors import details as error_details
 from tests.process import start_serve
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import alert_service_pb2 as al
@@ -222,15 +223,16 @@ def invalid_batch(w: Workload) -> list[t.Event]:
     ]
 
 
-Outcome = Message | tuple[str, Any, str]
+Outcome = Message | tuple[Any, ...]
 
 
 async def outcome(call: Awaitable[Message]) -> Outcome:
-    """The answer, or the error's code and message (what a client can see of a failure)."""
+    """The answer, or what a client can see of the failure: code, message, ErrorInfo reason, field
+    violations and retry delay."""
     try:
         return await call
     except grpc.aio.AioRpcError as e:
-        return ("error", e.code(), e.details() or "")
+        return ("error", e.code(), e.details() or "", *error_details(e))
 
 
 def comparable(answer: Outcome) -> Outcome:
@@ -304,7 +306,12 @@ async def run_seed(sides: Sides, seed: int) -> None:
                 lambda a: a.metrics.CreateMetric(ms.CreateMetricRequest(metric=w.recreated), timeout=RPC),
             )
         request = ing.IngestRequest(events=batch, delivery=t.DELIVERY_MODE_SYNC)
-        await sides.same(f"seed {seed} ingest call {i}", lambda a, r=request: a.ingest.Ingest(r, timeout=RPC))
+        answer = await sides.same(
+            f"seed {seed} ingest call {i}", lambda a, r=request: a.ingest.Ingest(r, timeout=RPC)
+        )
+    # The last call was the invalid batch: refused whole, one violation per bad event, on both sides.
+    assert isinstance(answer, tuple) and answer[1] == grpc.StatusCode.INVALID_ARGUMENT, answer
+    assert [f for f, _ in answer[4]] == ["events[1].operation", "events[2].metric_code"], answer
     rng = random.Random(-seed)
     for account in ACCOUNTS:
         for m in w.metrics:
