@@ -167,6 +167,8 @@ def event(rng: random.Random, metric: t.Metric, event_id: str) -> t.Event:
         time_unix_nano=NOW - ago,
         properties=properties,
         operation=t.OPERATION_TYPE_REMOVE if remove else t.OPERATION_TYPE_ADD,
+        # The request is SYNC, so the whole batch is, whatever an event asks (and it is not stored).
+        delivery=rng.choice([t.DELIVERY_MODE_UNSPECIFIED, t.DELIVERY_MODE_ASYNC, t.DELIVERY_MODE_SYNC]),
         # Without an id, an event is deduplicated by its content (it has its own time).
         event_id=event_id if rng.random() < 0.8 else "",
     )
