@@ -6,9 +6,9 @@ The workload has every aggregation type, FIXED, CALENDAR, DAY and WEEK periods i
 dimensions, one-shot and recurring thresholds, ADD and REMOVE corrections, events with and without
 an id, duplicates within a batch and across batches, whole batches sent again, late events (past
 periods), a metric deleted and created again (then its old events sent again) and accounts on every
-partition. Both sides get the same calls, SYNC, one at a time (so
-arrival order is the same); the cluster's calls go round-robin through its three nodes, so most are
-routed to another node's partitions. Compared exactly: every ingest answer (offsets, duplicate
+partition. Both sides get the same calls, SYNC, one at a time (so arrival order is the same); the
+cluster's calls go round-robin through its three nodes, so most are routed to another node's
+partitions. Compared exactly: every ingest answer (offsets, duplicate
 counts), an invalid batch's error, ``Query`` (whole range, random nanosecond ranges, the current and
 previous period, filters, group_by) and ``QueryRealtime`` of every account and metric, every
 ``ListEvents`` page, every ``ListAlerts`` page, the metric list, and the whole alert log as a
@@ -177,13 +177,14 @@ def event(rng: random.Random, metric: t.Metric, event_id: str) -> t.Event:
 def workload(seed: int) -> Workload:
     rng = random.Random(seed)
     w = Workload(metrics(rng, f"s{seed}"))
-    sent: list[t.Event] = []
-    for call in range(CALLS + AFTER):
-        again = [e for e in sent if e.metric_code == w.recreated.code]
-        if call == CALLS and again:
+    # The first event of every seed is of the metric re-created later, so that it has old events.
+    sent: list[t.Event] = [event(rng, w.recreated, f"s{seed}-first")]
+    w.calls.append(list(sent))
+    for call in range(1, CALLS + AFTER):  # call: its index in w.calls
+        if call == CALLS:
             # The first call after the re-creation: every event sent under the old generation,
             # again (the deleted generation's events and dedup keys must not show on either side).
-            w.calls.append(again)
+            w.calls.append([e for e in sent if e.metric_code == w.recreated.code])
             continue
         if w.calls and rng.random() < 0.15:
             w.calls.append(list(rng.choice(w.calls)))  # a whole batch sent again
@@ -204,11 +205,26 @@ def workload(seed: int) -> Workload:
                 batch.append(event(rng, rng.choice(w.metrics), f"s{seed}-{call}-{i}"))
         sent.extend(batch)
         w.calls.append(batch)
+    assert len(w.calls) == CALLS + AFTER
     return w
 
 
+def identity(e: t.Event) -> tuple[Any, ...]:
+    """What an event is deduplicated by: its id, or else its content (docs/semantics.md)."""
+    if e.event_id:
+        return (e.account_id, e.metric_code, e.event_id)
+    return (
+        e.account_id,
+        e.metric_code,
+        e.time_unix_nano,
+        e.value,
+        e.operation,
+        tuple(sorted(e.properties.items())),
+    )
+
+
 def invalid_batch(w: Workload) -> list[t.Event]:
-    """A batch with a REMOVE on MAX and an unknown metric among good events: nothing is stored."""
+    """A batch with a REMOVE on MAX and an unknown metric after a good event: nothing is stored."""
     good = w.calls[0][0]
     peak = next(m.code for m in w.metrics if m.agg_type == t.AGG_TYPE_MAX)
     return [
@@ -311,6 +327,11 @@ async def run_seed(sides: Sides, seed: int) -> None:
         answer = await sides.same(
             f"seed {seed} ingest call {i}", lambda a, r=request: a.ingest.Ingest(r, timeout=RPC)
         )
+        if i == CALLS:
+            # The old generation's events again: stored anew, each once (its dedup keys went with it).
+            assert isinstance(answer, ing.IngestResponse) and answer.n_stored == len(
+                set(map(identity, batch))
+            )
     # The last call was the invalid batch: refused whole, one violation per bad event, on both sides.
     assert isinstance(answer, tuple) and answer[1] == grpc.StatusCode.INVALID_ARGUMENT, answer
     assert [f for f, _ in answer[4]] == ["events[1].operation", "events[2].metric_code"], answer
