@@ -5,11 +5,12 @@ keep working.
 
 What a user of the cluster must see through it: a retrying client (the SDK given every node as a
 seed) gets no error at all, SYNC and ASYNC alike, and every acknowledged event is counted exactly
-once; a subscriber sees every alert of the alert log exactly once, in offset order. The subscriber
-is the SDK's alert subscription, not a gRPC ``AlertSubscribe`` through one node: every node is
-restarted in turn, so a stream through any single node ends at some point, and the subscription is
-the part that carries each partition's position from owner to owner (a gRPC subscriber would have
-to do the same by hand with ``since_offsets``).
+once; a subscriber sees every alert of the alert log exactly once, in offset order; and no node
+logs an ERROR (a hand-over that was not clean, a failed flush tick). The subscriber is the SDK's
+alert subscription, not a gRPC ``AlertSubscribe`` through one node: every node is restarted in
+turn, so a stream through any single node ends at some point, and the subscription is the part
+that carries each partition's position from owner to owner (a gRPC subscriber would have to do
+the same by hand with ``since_offsets``).
 """
 
 from __future__ import annotations
@@ -171,7 +172,7 @@ async def alert_log(client: Client, account: int) -> list[Alert]:
 
 
 async def test_a_rolling_restart_under_load_fails_loses_and_doubles_nothing(
-    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str, capfd: pytest.CaptureFixture[str]
 ) -> None:
     flags = cluster_flags(nats_cluster, stream_name, PARTITIONS, extra=("--flush-interval-ms", "2"))
     async with three_nodes(tmp_path, flags) as nodes:
@@ -213,3 +214,7 @@ async def test_a_rolling_restart_under_load_fails_loses_and_doubles_nothing(
                 assert [(a.offset, a.multiple) for a in await alert_log(client, account)] == expected, p
                 mine = [(a.offset, a.multiple) for a in seen if a.partition == p]
                 assert mine == expected, (p, len(mine), len(expected))
+    # The nodes' logs (their stderr is this process's): a hand-over that was not clean, a flush
+    # tick that failed, any ERROR, is a fault even when the numbers come out right.
+    errors = [line for line in capfd.readouterr().err.splitlines() if '"level": "ERROR"' in line]
+    assert errors == []
