@@ -53,11 +53,14 @@ class AlertStreamer:
         """``partition`` is served from now on (the node added it to the mapping)."""
         partition.on_alerts_published = self._published
 
-    def detach(self, number: int) -> None:
-        """Partition ``number`` is no longer served (the node removed it from the mapping): wake
-        the streams reading it, which end with PARTITION_NOT_OWNED."""
+    def detach(self, partition: Partition) -> None:
+        """``partition`` is no longer served (the node removed it from the mapping): wake the
+        streams reading it, which end with PARTITION_NOT_OWNED. Its publishes stop reaching this
+        streamer: a hand-over still flushes it (closing it, or a flush tick that began before),
+        and its alerts are then no business of this node's streams."""
+        partition.on_alerts_published = None
         for waiter, sub in self._waiters.items():
-            if number in sub.positions:
+            if partition.number in sub.positions:
                 release(waiter)
 
     @property

@@ -221,7 +221,7 @@ class Node:
         partition = self._served.pop(number, None)
         if partition is None:
             return
-        self.alerts.detach(number)
+        self.alerts.detach(partition)
         if clean:
             await partition.close()
 

@@ -158,7 +158,12 @@ class JetStreamLog:
         ``stall_seconds`` (the record stays queued: a retry of the call waits for it again)."""
         future = self.durable_future(position)
         try:
-            await asyncio.wait_for(asyncio.shield(future), timeout=self._stall_seconds)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows the caller's
+            # cancellation when the future completes in the same loop turn, and the node's
+            # maintenance loop, cancelled at shutdown in a snapshot's flush, then ran on for ever
+            # (SIGTERM hung: seen in the rolling-restart test).
+            async with asyncio.timeout(self._stall_seconds):
+                await asyncio.shield(future)
         except TimeoutError:
             raise UnavailableError(
                 f"JetStream has not acknowledged {self.subject} within {self._stall_seconds:.0f}s; "
@@ -314,10 +319,10 @@ class JetStreamLog:
         expected = self._seqs[position - 1] if position else 0
         headers = {"Nats-Msg-Id": msg_id, "Nats-Expected-Last-Subject-Sequence": str(expected)}
         try:
-            publish = self._js.publish(
-                self.subject, self._records[position], timeout=_ATTEMPT_SECONDS, headers=headers
-            )
-            ack = await asyncio.wait_for(publish, timeout=_ATTEMPT_SECONDS + 0.5)
+            async with asyncio.timeout(_ATTEMPT_SECONDS + 0.5):  # not wait_for: see wait_durable
+                ack = await self._js.publish(
+                    self.subject, self._records[position], timeout=_ATTEMPT_SECONDS, headers=headers
+                )
         except nats.errors.MaxPayloadError:
             size = len(self._records[position])
             raise _Refused(

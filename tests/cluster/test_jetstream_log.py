@@ -159,3 +159,25 @@ async def test_an_attempt_stored_before_its_ack_was_lost_counts_once(
         assert (await js.stream_info(stream_name)).state.messages == 1
     finally:
         await backend.disconnect()
+
+
+async def test_a_waiter_cancelled_as_its_record_becomes_durable_is_cancelled(
+    nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    # Python 3.11's wait_for returned normally when the cancellation met the completion: a node's
+    # maintenance loop, cancelled at shutdown inside a snapshot's flush, then ran on for ever.
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        log = backend.open_partition(0).events
+        log.append(b"record 0")
+        waiter = asyncio.create_task(log.wait_durable(1))
+        await asyncio.sleep(0)  # the waiter now waits for the record
+        # Done in the same loop turn as the waiter's own future, and its callback comes after
+        # the waiter's first wake-up step: the cancellation arrives as the record is acknowledged.
+        log.durable_future(1).add_done_callback(lambda _: waiter.cancel())
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert log.durable_position == 1
+        await log.close()
+    finally:
+        await backend.disconnect()
