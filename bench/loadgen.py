@@ -412,7 +412,8 @@ class _Worker:
 
         task = asyncio.create_task(reader())
         self._subscription = {"call": call, "task": task, "received": received}
-        await asyncio.wait_for(first, timeout)
+        async with asyncio.timeout(timeout):
+            await first
         return True
 
     async def cmd_unsubscribe(self, *, settle: float = 0.5) -> list[tuple[int, int]]:

@@ -76,7 +76,10 @@ async def call_with_retries(
         if left <= 0:
             raise DeadlineExceededError("deadline exceeded before the call could complete")
         try:
-            return await asyncio.wait_for(attempt(left), left)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the caller's
+            # cancellation when the attempt finishes in the same loop turn (a shutdown then hangs).
+            async with asyncio.timeout(left):
+                return await attempt(left)
         except TimeoutError:
             raise DeadlineExceededError("deadline exceeded") from None
         except (UnavailableError, ResourceExhaustedError) as exc:
@@ -85,9 +88,8 @@ async def call_with_retries(
             if on_retry is not None:
                 try:
                     # Bounded like a try: a slow map refresh must not outlive the caller.
-                    rerouted = await asyncio.wait_for(
-                        on_retry(exc), deadline - policy.answer_margin - time.monotonic()
-                    )
+                    async with asyncio.timeout(deadline - policy.answer_margin - time.monotonic()):
+                        rerouted = await on_retry(exc)
                 except TimeoutError:
                     raise exc from None
             delay = jitter if rerouted else max(exc.retry_after_seconds or 0.0, jitter)

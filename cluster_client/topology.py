@@ -312,7 +312,8 @@ class Topology:
         answered = False
         for source in self._sources():
             try:
-                status = await asyncio.wait_for(source.cluster_status(), STATUS_TIMEOUT)
+                async with asyncio.timeout(STATUS_TIMEOUT):  # not wait_for: see retry.py
+                    status = await source.cluster_status()
             except TimeoutError:
                 errors.append(f"{source!r} did not answer within {STATUS_TIMEOUT:.0f}s")
                 continue

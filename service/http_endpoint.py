@@ -58,7 +58,8 @@ class HttpEndpoint:
     async def _serve_one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             # A client that connects and sends nothing is dropped after the read timeout.
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT)
+            async with asyncio.timeout(_READ_TIMEOUT):  # not wait_for: it can swallow a cancellation
+                head = await reader.readuntil(b"\r\n\r\n")
             if len(head) > _MAX_REQUEST_HEAD:
                 raise ValueError("request head too large")
             method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")

@@ -98,8 +98,9 @@ async def connect(options: NatsOptions) -> NatsClient:
     if tls is not None:
         kwargs["tls"] = tls
     try:
-        client = await asyncio.wait_for(
-            nats.connect(
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+        async with asyncio.timeout(options.connect_timeout * max(1, len(options.urls)) + 1):
+            client = await nats.connect(
                 servers=list(options.urls),
                 connect_timeout=max(1, int(options.connect_timeout)),
                 allow_reconnect=True,
@@ -111,9 +112,7 @@ async def connect(options: NatsOptions) -> NatsClient:
                 disconnected_cb=on_disconnected,
                 reconnected_cb=on_reconnected,
                 **kwargs,
-            ),
-            timeout=options.connect_timeout * max(1, len(options.urls)) + 1,
-        )
+            )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise NatsUnavailable(f"cannot connect to NATS at {urls}: {exc or type(exc).__name__}") from None
     client.options["max_reconnect_attempts"] = -1  # from now on: reconnect for as long as the node runs

@@ -248,12 +248,17 @@ class KvMetricRegistry:
         deadline = time.monotonic() + self._timeout
         try:
             try:
-                await asyncio.wait_for(asyncio.shield(waiter), min(_WATCH_PATIENCE, self._timeout))
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the caller's
+                # cancellation when the waited-for result arrives in the same loop turn.
+                async with asyncio.timeout(min(_WATCH_PATIENCE, self._timeout)):
+                    await asyncio.shield(waiter)
             except TimeoutError:
                 log.warning("metric registry: the watch is behind revision %d; watching again", revision)
                 await self._stop_watch()
-                await asyncio.wait_for(self._start_watch(), max(deadline - time.monotonic(), 0.001))
-                await asyncio.wait_for(asyncio.shield(waiter), max(deadline - time.monotonic(), 0.001))
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    await self._start_watch()
+                async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                    await asyncio.shield(waiter)
         except (TimeoutError, nats.errors.Error) as exc:
             raise UnavailableError(
                 f"the metric registry's watch did not reach revision {revision} within "
