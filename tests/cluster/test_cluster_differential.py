@@ -36,6 +36,7 @@ from tests.cluster.helpers import accounts_by_partition, cluster_flags, three_no
 from tests.conftest import Api, api_on_port
 from tests.grpc_errors import details as error_details
 from tests.process import start_serve
+from tests.reliability.crash_loop import identity
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import alert_service_pb2 as al
 from unimeter.v1 import ingest_service_pb2 as ing
@@ -207,20 +208,6 @@ def workload(seed: int) -> Workload:
         w.calls.append(batch)
     assert len(w.calls) == CALLS + AFTER
     return w
-
-
-def identity(e: t.Event) -> tuple[Any, ...]:
-    """What an event is deduplicated by: its id, or else its content (docs/semantics.md)."""
-    if e.event_id:
-        return (e.account_id, e.metric_code, e.event_id)
-    return (
-        e.account_id,
-        e.metric_code,
-        e.time_unix_nano,
-        e.value,
-        e.operation,
-        tuple(sorted(e.properties.items())),
-    )
 
 
 def invalid_batch(w: Workload) -> list[t.Event]:
