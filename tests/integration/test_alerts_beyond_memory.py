@@ -9,7 +9,8 @@ random number of alerts after each call, so they cross the boundary between the 
 that left memory and the part in it while new alerts arrive. Each must have read exactly the
 reference's alerts after its offset, in order, with no gap and no repeat; every ListAlerts page
 of every account, at random page sizes and from random offsets, must equal the reference's; and
-after a restart (with another bound) every answer is the same again.
+after a restart (with another bound, from the snapshots or from the logs alone) every answer is
+the same again.
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ async def everything(node: Node) -> list[object]:
     subs=subscriptions,
     page_sizes=st.lists(st.integers(1, 5), min_size=len(ACCOUNTS), max_size=len(ACCOUNTS)),
     restart_bound=st.sampled_from([0, 2, UNBOUNDED]),
+    replay=st.booleans(),
 )
 def test_bounded_alerts_read_as_if_all_were_in_memory(
     target: Target,
@@ -125,10 +127,11 @@ def test_bounded_alerts_read_as_if_all_were_in_memory(
     subs: list[tuple[int, int, float, int | None, int]],
     page_sizes: list[int],
     restart_bound: int,
+    replay: bool,
 ) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="unimeter-alerts-"))
     try:
-        asyncio.run(_scenario(target, data_dir, bound, calls, subs, page_sizes, restart_bound))
+        asyncio.run(_scenario(target, data_dir, bound, calls, subs, page_sizes, restart_bound, replay))
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -141,6 +144,7 @@ async def _scenario(
     subs: list[tuple[int, int, float, int | None, int]],
     page_sizes: list[int],
     restart_bound: int,
+    replay: bool,
 ) -> None:
     clock = SetClock(T0)
     reference = open_node(target, data_dir / "reference", clock, UNBOUNDED)
@@ -206,6 +210,11 @@ async def _scenario(
             await reader.stream.aclose()  # type: ignore[attr-defined]
         readers.clear()
         await node.close()
+        if replay:  # recovery from the logs alone, alerts included
+            snapshots = list((data_dir / "bounded" / "partitions").glob("*/snapshot.msgpack"))
+            assert len(snapshots) == PARTITIONS
+            for snapshot in snapshots:
+                snapshot.unlink()
         node = open_node(target, data_dir / "bounded", clock, restart_bound)
         await node.start()
         assert await everything(node) == before
