@@ -10,11 +10,13 @@ that left memory and the part in it while new alerts arrive. Each must have read
 reference's alerts after its offset, in order, with no gap and no repeat; every ListAlerts page
 of every account, at random page sizes and from random offsets, must equal the reference's; and
 after a restart (with another bound, from the snapshots or from the logs alone) every answer is
-the same again.
+the same again. Last, ``--alerts-in-memory`` from the flag or the environment reaches a real
+server's partitions, whose ListAlerts pages read past the bound over gRPC.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import shutil
 import tempfile
@@ -22,6 +24,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,9 +33,14 @@ from cluster_client.node_api import AlertStreamItem
 from cluster_client.partitioning import partition_of
 from cluster_client.types import Alert, EventRow
 from node.node import Node, NodeConfig
+from service.config import add_serve_arguments, serve_config_from_args
+from service.server import UnimeterServer
+from tests.conftest import open_api, serve_config
 from tests.engines import Target, over_targets
-from tests.integration.helpers import T0
+from tests.integration.helpers import T0, create_metric, ev, ingest
 from tests.reliability.test_clock_jumps import SetClock
+from unimeter.v1 import alert_service_pb2 as als
+from unimeter.v1 import types_pb2 as t
 
 PARTITIONS = 2
 ACCOUNTS = range(1, 7)
@@ -223,3 +231,42 @@ async def _scenario(
             await reader.stream.aclose()  # type: ignore[attr-defined]
         await node.close()
         await reference.close()
+
+
+def test_the_bound_comes_from_the_flag_or_the_environment() -> None:
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert serve_config_from_args(parser.parse_args([]), {}).alerts_in_memory == 10_000
+    env = {"UNIMETER_ALERTS_IN_MEMORY": "0"}
+    assert serve_config_from_args(parser.parse_args([]), env).alerts_in_memory == 0
+    args = parser.parse_args(["--alerts-in-memory", "7"])
+    assert serve_config_from_args(args, env).alerts_in_memory == 7
+    with pytest.raises(SystemExit, match="--alerts-in-memory must not be negative"):
+        serve_config_from_args(parser.parse_args(["--alerts-in-memory", "-1"]), {})
+
+
+async def test_a_server_lists_alerts_past_its_bound_from_the_log(tmp_path: Path) -> None:
+    server = UnimeterServer(serve_config(tmp_path / "data", partitions=1, alerts_in_memory=2))
+    await server.start()
+    try:
+        assert server.node is not None
+        api = await open_api(server)
+        every = t.AlertThreshold(code="every_10", value=10, recurring=True)
+        await create_metric(api, "gb", t.AGG_TYPE_SUM, thresholds=[every])
+        for i in range(40):
+            await ingest(api, ev(7, "gb", 10, time=T0 + i), sync=True)
+        (partition,) = server.node.partitions
+        assert (len(partition.alerts), partition.alerts.in_memory) == (40, 2)
+        got: list[tuple[int, int]] = []
+        after = 0
+        while True:
+            request = als.ListAlertsRequest(account_id=7, after_offset=after, page_size=7)
+            page = await api.alerts.ListAlerts(request, timeout=5)
+            got += [(a.offset, a.value_at_cross) for a in page.alerts]
+            if not page.has_more:
+                break
+            after = page.alerts[-1].offset
+        assert got == [(k, 10 * k) for k in range(1, 41)]
+        await api.channel.close()
+    finally:
+        await server.stop(grace=1)
