@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import errno
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -32,6 +34,7 @@ from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.node_api import AlertStreamItem
 from cluster_client.partitioning import partition_of
 from cluster_client.types import Alert, EventRow
+from node import segment_log
 from node.node import Node, NodeConfig
 from service.config import add_serve_arguments, serve_config_from_args
 from service.server import UnimeterServer
@@ -270,3 +273,38 @@ async def test_a_server_lists_alerts_past_its_bound_from_the_log(tmp_path: Path)
         await api.channel.close()
     finally:
         await server.stop(grace=1)
+
+
+async def test_alerts_that_left_memory_are_not_read_from_a_failed_alert_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A failed log's content is no longer known: a read of an alert that left memory fails with
+    # the log's error instead of answering from it, and the alerts still in memory are served.
+    node = Node(NodeConfig(tmp_path / "data", partitions=1, alerts_in_memory=3, sync_filesystem=False))
+    await node.start()
+    try:
+        every = AlertThreshold("every_10", 10, recurring=True)
+        await node.create_metric(Metric("gb", AggType.SUM, thresholds=(every,)))
+        for i in range(8):
+            await node.ingest([(0, [(7, "gb", 10, T0 + i, None, 1, f"e{i}")])], True, "")
+        (partition,) = node.partitions
+        assert partition.alerts.in_memory == 3
+        broken = set(partition.alert_log._wfds.values())  # type: ignore[attr-defined]
+        real = segment_log._fsync
+
+        def failing(fd: int) -> None:
+            if fd in broken:
+                raise OSError(errno.EIO, "simulated I/O error")
+            real(fd)
+
+        monkeypatch.setattr(segment_log, "_fsync", failing)
+        with pytest.raises(OSError):
+            await node.ingest([(0, [(7, "gb", 10, T0 + 8, None, 1, "e8")])], True, "")
+        newest, _ = await node.list_alerts(0, 7, 5, 100)
+        assert [a.offset for a in newest] == [6, 7, 8]
+        with pytest.raises(OSError, match="simulated I/O error"):
+            await node.list_alerts(0, 7, 0, 100)
+    finally:
+        monkeypatch.undo()
+        with contextlib.suppress(OSError):
+            await node.close()
