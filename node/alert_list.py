@@ -1,21 +1,28 @@
-"""A partition's alerts in memory, packed: ~70 bytes an alert instead of ~360 for an Alert object.
+"""A partition's alerts by offset: the newest packed in memory, the older read from the alert log.
 
-Alerts are kept for as long as the process runs (ListAlerts and subscriptions read any of them by
-offset), so they grow with the alerts fired since the start. Each one is stored as int64 columns
-(``array('q')``) plus an id into a table of its (metric, threshold) codes, and turned back into an
-:class:`~cluster_client.types.Alert` when it is read. A value outside int64 (a uint64 sum, say) is
-kept exactly in a side table, so nothing read back ever differs from what was appended. This is
-not the alert log: the log on disk is the truth, this is its in-memory read cache, rebuilt on
-recovery.
+ListAlerts and subscriptions read any alert by offset, for as long as the partition lives. Only
+the newest ``in_memory`` alerts (plus up to an eighth more, so that dropping the oldest is an
+occasional block move, not one per alert) are kept as packed int64 columns (``array('q')``) plus
+an id into a table of their (metric, threshold) codes, ~70 bytes an alert; a value outside int64
+(a uint64 sum, say) is kept exactly in a side table. Every alert also keeps the log position of
+its alert record (8 bytes, ``array('Q')``), so an alert that left memory is one ``read`` of that
+record away, and a run of them one ``scan`` from the first one's record: a read returns exactly
+what was appended, wherever it comes from. Alerts not yet published (their records may not be
+durable) never leave memory. This is not the alert log: the log is the truth, this is its index
+and read cache, rebuilt on recovery.
 """
 
 from __future__ import annotations
 
+import errno
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, overload
 
 from cluster_client.types import Alert
+
+from .record_log import RecordLog
+from .records import decode_alert_record
 
 __all__ = ["AlertList"]
 
@@ -29,60 +36,160 @@ _WIDE = 0  # stored in a column when the value itself lives in ``_wide``
 class AlertList:
     """The alerts of one partition, offsets 1..len; ``[i]`` is the alert of offset ``i + 1``."""
 
-    __slots__ = ("_code_ids", "_codes", "_columns", "_kinds", "_partition", "_wide")
+    __slots__ = (
+        "_base", "_code_ids", "_codes", "_columns", "_in_memory", "_kinds", "_log", "_partition",
+        "_positions", "_slack", "_wide",
+    )  # fmt: skip
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, partition: int, log: RecordLog, in_memory: int) -> None:
+        """``log``: the partition's alert log, which every appended alert's record is in;
+        ``in_memory``: how many of the newest published alerts to keep in memory (at least)."""
+        if in_memory < 0:
+            raise ValueError("alerts in memory must be at least 0")
         self._partition = partition
+        self._log = log
+        self._in_memory = in_memory
+        self._slack = in_memory // 8 + 1
+        self._base = 0
+        """Alerts 1..base have left memory; column index i holds the alert of offset base + i + 1."""
+        self._positions = array("Q")
+        """Log position of the record of every alert: index offset - 1."""
         self._columns = [array("q") for _ in _INT_FIELDS]
         self._kinds = array("I")  # index into _codes
         self._codes: list[tuple[str, str]] = []
         self._code_ids: dict[tuple[str, str], int] = {}
         self._wide: dict[tuple[int, int], int] = {}
-        """(column, index) → a value outside int64, for the rare alert that has one."""
+        """(column, offset) → a value outside int64, for the rare alert in memory that has one."""
 
-    def append(self, row: Sequence[Any]) -> Alert:
-        """Add the alert of offset ``len(self) + 1`` from its alert-log row; returns it."""
-        index = len(self._kinds)
+    def append(self, row: Sequence[Any], position: int) -> Alert:
+        """Add the alert of offset ``len(self) + 1`` from its alert-log row, whose record is at
+        ``position`` of the alert log; returns it."""
+        offset = len(self._positions) + 1
         for column, field in zip(self._columns, _INT_FIELDS, strict=True):
             value = row[field]
             if _INT64_MIN <= value <= _INT64_MAX:
                 column.append(value)
             else:
                 column.append(_WIDE)
-                self._wide[(field, index)] = value
+                self._wide[(field, offset)] = value
         codes = (row[_METRIC], row[_THRESHOLD])
         kind = self._code_ids.get(codes)
         if kind is None:
             kind = self._code_ids[codes] = len(self._codes)
             self._codes.append(codes)
         self._kinds.append(kind)
-        return self._alert(index)
+        self._positions.append(position)
+        return self._from_memory(offset)
+
+    def release(self, through: int) -> None:
+        """Alerts up to offset ``through`` are published (their records are durable): the oldest
+        of them may leave memory, down to the newest ``in_memory``. They go in blocks of an eighth
+        of the bound, so the columns' block move costs ~600 bytes an alert at the default."""
+        held = len(self._kinds)
+        drop = min(held - self._in_memory, through - self._base)
+        if drop < self._slack:
+            return
+        for column in self._columns:
+            del column[:drop]
+        del self._kinds[:drop]
+        self._base += drop
+        if self._wide:
+            self._wide = {key: v for key, v in self._wide.items() if key[1] > self._base}
+
+    @property
+    def in_memory(self) -> int:
+        """Alerts held in memory now (the newest ones)."""
+        return len(self._kinds)
 
     def __len__(self) -> int:
-        return len(self._kinds)
+        return len(self._positions)
 
     @overload
     def __getitem__(self, index: int) -> Alert: ...
     @overload
     def __getitem__(self, index: slice) -> list[Alert]: ...
     def __getitem__(self, index: int | slice) -> Alert | list[Alert]:
+        count = len(self._positions)
         if isinstance(index, slice):
-            return [self._alert(i) for i in range(*index.indices(len(self._kinds)))]
+            start, stop, step = index.indices(count)
+            if step != 1:
+                raise ValueError("alert slices take every alert (step 1)")
+            return self.between(start + 1, stop)
         if index < 0:
-            index += len(self._kinds)
-        if not 0 <= index < len(self._kinds):
+            index += count
+        if not 0 <= index < count:
             raise IndexError("alert index out of range")
-        return self._alert(index)
+        return self.get_many([index + 1])[0]
 
-    def _alert(self, index: int) -> Alert:
+    def between(self, first: int, last: int) -> list[Alert]:
+        """Alerts of offsets ``first`` to ``last`` (inclusive, within 1..len): the part that left
+        memory in one scan of the log from the first one's record, then the part in memory."""
+        out: list[Alert] = []
+        if first > last:
+            return out
+        on_disk_last = min(last, self._base)
+        if first <= on_disk_last:
+            want = first
+            for _, payload in self._log.scan(self._positions[first - 1]):
+                _, first_alert, rows = decode_alert_record(payload)
+                if first_alert > want:
+                    self._missing(want)
+                for i in range(want - first_alert, len(rows)):
+                    out.append(self._from_row(rows[i], want))
+                    want += 1
+                    if want > on_disk_last:
+                        break
+                if want > on_disk_last:
+                    break
+            if want <= on_disk_last:
+                self._missing(want)
+        out.extend(self._from_memory(o) for o in range(max(first, self._base + 1), last + 1))
+        return out
+
+    def get_many(self, offsets: Iterable[int]) -> list[Alert]:
+        """The alerts of ``offsets`` (each within 1..len), in their order: one ``read`` of the
+        log per distinct record among those that left memory, none for the rest."""
+        out: list[Alert] = []
+        cached_position = -1
+        first_alert = 0
+        rows: Sequence[Any] = ()
+        for offset in offsets:
+            if offset > self._base:
+                out.append(self._from_memory(offset))
+                continue
+            position = self._positions[offset - 1]
+            if position != cached_position:
+                _, first_alert, rows = decode_alert_record(self._log.read(position))
+                cached_position = position
+            if not first_alert <= offset < first_alert + len(rows):
+                self._missing(offset)
+            out.append(self._from_row(rows[offset - first_alert], offset))
+        return out
+
+    def _missing(self, offset: int) -> None:
+        raise OSError(
+            errno.EIO,
+            f"partition {self._partition}: alert {offset} is not in the alert log record it was "
+            "appended in (the log changed under the node)",
+        )
+
+    def _from_row(self, row: Sequence[Any], offset: int) -> Alert:
+        account, metric, threshold, th_value, multiple, value, period, event_t, record_t = row
+        return Alert(
+            account, metric, threshold, th_value, multiple, value, period, event_t, record_t,
+            self._partition, offset,
+        )  # fmt: skip
+
+    def _from_memory(self, offset: int) -> Alert:
+        index = offset - self._base - 1
         values = [column[index] for column in self._columns]
         if self._wide:
             for i, field in enumerate(_INT_FIELDS):
                 if values[i] == _WIDE:
-                    values[i] = self._wide.get((field, index), _WIDE)
+                    values[i] = self._wide.get((field, offset), _WIDE)
         account, th_value, multiple, value, period, event_t, record_t = values
         metric, threshold = self._codes[self._kinds[index]]
         return Alert(
             account, metric, threshold, th_value, multiple, value, period, event_t, record_t,
-            self._partition, index + 1,
+            self._partition, offset,
         )  # fmt: skip

@@ -71,6 +71,9 @@ class NodeConfig:
     """Longest time an ASYNC write stays in memory before it is fsynced."""
     dedup_window_seconds: float = 86_400.0
     """How long an event's dedup key is remembered (by arrival time)."""
+    alerts_in_memory: int = 10_000
+    """Newest alerts each partition keeps in memory; ListAlerts and subscriptions read older
+    ones from the alert log."""
     snapshot_interval: float = 60.0
     """Seconds between snapshots of partitions that changed."""
     snapshot_every_records: int = 50_000
@@ -135,6 +138,7 @@ class Node:
                 dedup_window_ns=int(config.dedup_window_seconds * 1e9),
                 clock=config.clock,
                 engine=partition_engine(config.engine),
+                alerts_in_memory=config.alerts_in_memory,
             )
             self.stats = NodeStats()
             self.backend = backend_factory(config, self.stats)

@@ -75,14 +75,18 @@ class PartitionConfig:
     """The node's wall clock (here: the time of the last snapshot)."""
     engine: PartitionEngine = PYTHON
     """Where the per-event work runs (dedup index and keys): ``node.partition_engine``."""
+    alerts_in_memory: int = 10_000
+    """How many of the newest alerts are kept in memory; older ones are read from the alert log
+    (``node.alert_list``)."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
 _Decoded = tuple[int, dict[str, int], Sequence[EventRow]]
 _AlertRow = AlertRow
-_NO_ALERTS = array("q")
+_NO_ALERTS = array("I")
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
+_UINT32_MAX = 2**32 - 1
 
 
 def _storable(alert: _AlertRow) -> list[object]:
@@ -130,7 +134,7 @@ class Partition:
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
-        self.alerts = AlertList(number)
+        self.alerts = AlertList(number, self.alert_log, config.alerts_in_memory)
         self._alerts_by_account: dict[int, array[int]] = {}
         self.published_alert_offset = 0
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
@@ -194,16 +198,20 @@ class Partition:
         """Give alerts their offsets and append them, as one record, to the alert log."""
         first = len(self.alerts) + 1
         rows = [[*_storable(a), record_time] for a in fired]
-        self.alert_log.append(encode_alert_record(AlertRecord(event_first_offset, first, rows)))
-        self._load_alerts(rows)
+        position = self.alert_log.append(encode_alert_record(AlertRecord(event_first_offset, first, rows)))
+        self._load_alerts(rows, position)
 
-    def _load_alerts(self, rows: list[list[object]]) -> None:
+    def _load_alerts(self, rows: list[list[object]], position: int) -> None:
+        """Index the alerts of the alert record at ``position``, by offset and by account."""
         by_account = self._alerts_by_account
         for row in rows:
-            alert = self.alerts.append(row)
+            alert = self.alerts.append(row, position)
             offsets = by_account.get(alert.account_id)
             if offsets is None:
-                offsets = by_account[alert.account_id] = array("q")
+                offsets = by_account[alert.account_id] = array("I")
+            elif alert.offset > _UINT32_MAX and offsets.typecode == "I":
+                # 4 bytes an alert while offsets fit, which is ~4 billion alerts of the partition
+                offsets = by_account[alert.account_id] = array("q", offsets)
             offsets.append(alert.offset)
 
     def _remember_batch(self, batch_id: str, arrival: int, outcome: IngestOutcome) -> None:
@@ -247,6 +255,7 @@ class Partition:
             self.published_alert_offset = alerts
             if self.on_alerts_published is not None:
                 self.on_alerts_published(self.number, published + 1, alerts)
+            self.alerts.release(alerts)
         return True
 
     async def flush(self) -> None:
@@ -349,7 +358,8 @@ class Partition:
                 log.warning("partition %d: cutting alerts of events lost in a crash", self.number)
                 self.alert_log.truncate(pos)
                 break
-            self._load_alerts(alert_rows)
+            self._load_alerts(alert_rows, pos)
+            self.alerts.release(len(self.alerts))  # read from the log: it can be read again
             covered = event_first
         self.published_alert_offset = len(self.alerts)
         for first, arrival, fired in fired_by_record:
@@ -529,7 +539,7 @@ class Partition:
         offsets = self._alerts_by_account.get(account_id, _NO_ALERTS)
         limit = self.published_alert_offset
         start = bisect_right(offsets, after_offset)
-        picked = [self.alerts[o - 1] for o in offsets[start : start + page_size + 1] if o <= limit]
+        picked = self.alerts.get_many(o for o in offsets[start : start + page_size + 1] if o <= limit)
         return picked[:page_size], len(picked) > page_size
 
 

@@ -38,6 +38,8 @@ class ServeConfig:
     heavy writers, whose dirty data a syncfs would wait for)."""
     dedup_window_seconds: float = 86_400.0
     """How long an event's dedup key is remembered."""
+    alerts_in_memory: int = 10_000
+    """Newest alerts each partition keeps in memory; older ones are read from its alert log."""
     snapshot_interval_seconds: float = 60.0
     """Seconds between snapshots of changed partitions."""
     log_level: str = "INFO"
@@ -117,6 +119,8 @@ class ServeConfig:
             raise ValueError("max in-flight ingest events must be at least 1")
         if self.min_free_disk_mb < 0:
             raise ValueError("the free disk floor must not be negative")
+        if self.alerts_in_memory < 0:
+            raise ValueError("--alerts-in-memory must not be negative")
         if self.handshake_timeout_seconds <= 0:
             raise ValueError("the handshake timeout must be positive")
         if self.backend not in ("embedded", "nats"):
@@ -173,6 +177,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
     ("flush_interval_ms", "--flush-interval-ms", float, "max milliseconds before an ASYNC write is fsynced"),
     ("fsync_mode", "--fsync-mode", str, "filesystem (one syncfs per flush, where safe) or file (per log)"),
     ("dedup_window_seconds", "--dedup-window-seconds", float, "dedup window by arrival time"),
+    (
+        "alerts_in_memory",
+        "--alerts-in-memory",
+        int,
+        "newest alerts each partition keeps in memory (older ones are read from its alert log)",
+    ),
     ("snapshot_interval_seconds", "--snapshot-interval-seconds", float, "seconds between snapshots"),
     ("log_level", "--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("log_format", "--log-format", str, "json (for log pipelines) or text (for humans)"),

@@ -253,9 +253,16 @@ class UnimeterCollector(Collector):
             "Alerts in a partition's alert log that are durable and visible to readers",
             labels=["partition"],
         )
+        in_memory = GaugeMetricFamily(
+            "unimeter_alerts_in_memory",
+            "Alerts of a partition held in memory (the newest; older ones are read from its alert log)",
+            labels=["partition"],
+        )
         for p in node.partitions:
             alerts.add_metric([str(p.number)], p.published_alert_offset)
+            in_memory.add_metric([str(p.number)], p.alerts.in_memory)
         yield alerts
+        yield in_memory
         yield GaugeMetricFamily(
             "unimeter_alert_subscribers", "Open alert subscriptions", node.alerts.subscribers
         )

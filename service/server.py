@@ -182,6 +182,7 @@ class UnimeterServer:
             flush_interval=cfg.flush_interval_ms / 1000,
             sync_filesystem=cfg.fsync_mode == "filesystem",
             dedup_window_seconds=cfg.dedup_window_seconds,
+            alerts_in_memory=cfg.alerts_in_memory,
             snapshot_interval=cfg.snapshot_interval_seconds,
             min_free_disk_bytes=int(cfg.min_free_disk_mb * (1 << 20)),
             node_addr=cfg.node_addr,

@@ -1,9 +1,11 @@
 """A node on the JetStream backend, in process: snapshots go to the object store bucket, and a
 node opened on the same stream loads them and replays only what follows, to exactly the state of
-the node that wrote them (offsets, aggregates, dedup keys, thresholds, alert offsets)."""
+the node that wrote them (offsets, aggregates, dedup keys, thresholds, alert offsets); alerts past
+the in-memory bound are read back from the stream."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 from pathlib import Path
@@ -158,3 +160,78 @@ async def test_a_node_whose_stream_was_written_by_another_is_fenced(
         assert [[r[6] for r in rows] for rows in stored] == [["a1"], ["b1"]]
     finally:
         await check.disconnect()
+
+
+async def _alerts_read(node: Node) -> list[object]:
+    """Every alert as ListAlerts pages of 2 and as subscriptions from the start and from the
+    middle read them, per partition: (account, multiple, value at cross, offset)."""
+    out: list[object] = []
+    for account in range(1, 7):
+        p, after, more = partition_of(account, PARTITIONS), 0, True
+        while more:
+            page, more = await node.list_alerts(p, account, after, 2)
+            out.append([(a.account_id, a.multiple, a.value_at_cross, a.offset) for a in page])
+            after = page[-1].offset if page else after
+    for partition in node.partitions:
+        published = partition.published_alert_offset
+        for since in (0, published // 2):
+            stream = node.subscribe_alerts([partition.number], {partition.number: since}, False, [], [], [])
+            got: list[tuple[int, int, int, int]] = []
+            async with asyncio.timeout(10):
+                async for item in stream:
+                    if item.alert is not None:
+                        a = item.alert
+                        got.append((a.account_id, a.multiple, a.value_at_cross, a.offset))
+                        if a.offset == published:
+                            break
+            await stream.aclose()  # type: ignore[attr-defined]
+            out.append(got)
+    return out
+
+
+async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    """With one alert per partition in memory, every older alert is read back from the partition's
+    alert subject: ListAlerts pages and subscriptions give exactly the alerts fired, in order, and
+    the same after a node with none in memory recovers from the stream."""
+    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+    node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=1), backend.factory)
+    await node.start()
+    try:
+        await node.create_metric(
+            Metric("calls", AggType.SUM, thresholds=[AlertThreshold("every_10", 10, recurring=True)])
+        )
+        rounds = 6
+        for r in range(1, rounds + 1):  # each event crosses the next multiple of 10: one alert
+            rows: list[EventRow] = [(a, "calls", 10, T0 + r, None, 1, f"{r}-{a}") for a in range(1, 7)]
+            await node.ingest(_parts(rows), True, "")
+        # The model: a partition's alerts take offsets 1, 2, ... in the order their events applied.
+        applied: dict[int, list[tuple[int, int, int, int]]] = {p: [] for p in range(PARTITIONS)}
+        for k in range(1, rounds + 1):
+            for a in range(1, 7):
+                mine = applied[partition_of(a, PARTITIONS)]
+                mine.append((a, k, 10 * k, len(mine) + 1))
+        want: list[object] = []
+        for account in range(1, 7):
+            crossings = [x for x in applied[partition_of(account, PARTITIONS)] if x[0] == account]
+            want += [crossings[i : i + 2] for i in range(0, rounds, 2)]
+        for alerts in applied.values():
+            want += [alerts, alerts[len(alerts) // 2 :]]
+        got = await _alerts_read(node)
+        assert got == want
+        for partition in node.partitions:
+            assert partition.alerts.in_memory <= 1
+            assert len(partition.alerts) == len(applied[partition.number]) > 2
+        shutil.copytree(tmp_path / "data", tmp_path / "copy")
+        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
+        other = Node(NodeConfig(tmp_path / "copy", alerts_in_memory=0), again.factory)
+        await other.start()
+        try:
+            assert await _alerts_read(other) == got
+        finally:
+            await other.close()
+            await again.disconnect()
+    finally:
+        await node.close()
+        await backend.disconnect()

@@ -97,6 +97,7 @@ async def test_metrics_show_log_sizes_fsyncs_offsets_and_snapshot_age(ops: Api) 
     assert sample(m, "unimeter_log_segments", partition=p, log="events") == 1
     assert sample(m, "unimeter_partition_last_offset", partition=p) == 2
     assert sample(m, "unimeter_alert_log_alerts", partition=p) == 1
+    assert sample(m, "unimeter_alerts_in_memory", partition=p) == 1  # under the default bound
     assert sample(m, "unimeter_partitions") == 8
     # Both events carry their own time: two derived dedup keys in a table of 1024 slots of 12 B.
     assert sample(m, "unimeter_dedup_keys", partition=p) == 2

@@ -72,9 +72,17 @@ RPC_TIMEOUT = 30.0
 KINDS = ("ingest", "snapshot", "recovery")
 """Where a cycle's kill lands: a random moment of the load; inside a snapshot write; a random moment,
 then again while the restarted node is still recovering. Cycles take them in turn."""
-SERVE_ARGS = ("--partitions", str(PARTITIONS), "--snapshot-interval-seconds", "0.1")
+SERVE_ARGS = (
+    "--partitions",
+    str(PARTITIONS),
+    "--snapshot-interval-seconds",
+    "0.1",
+    "--alerts-in-memory",
+    "3",
+)
 """A snapshot of every changed partition at every maintenance tick (each second): kills often land
-near one, and recovery starts from a snapshot plus a log tail."""
+near one, and recovery starts from a snapshot plus a log tail. Three alerts a partition in memory:
+every older one the checks and the subscriber read comes from the alert log."""
 
 METRICS = (
     Metric(

@@ -5,11 +5,13 @@ accounts spread across every partition, 5 SUM metrics, event times over the last
 clock that advances at a fixed simulated rate, one threshold-crossing event in every hundred
 batches) and the growth of everything Python allocates is measured between two points after the
 dedup window is full. What still grows there is what the node keeps per stored event for as long
-as it runs (the ListEvents index, the minute cells' record positions, the alerts) and per minute of
-event time (minute cells): docs/reliability.md gives the breakdown. Measured here: 19.2 bytes an
-event, 32.0 with the record positions kept as Python ints in lists (before they were packed); the
-bound sits between, a third above the measured figure, so the test fails on that regression, not on
-noise (tracemalloc counts are deterministic for a given load). No timing: the clock is the test's.
+as it runs (the ListEvents index, the minute cells' record positions, the alerts' log positions)
+and per minute of event time (minute cells): docs/reliability.md gives the breakdown. Measured
+here: 19.2 bytes an event, 32.0 with the record positions kept as Python ints in lists (before
+they were packed); the bound sits between, a third above the measured figure, so the test fails on
+that regression, not on noise (tracemalloc counts are deterministic for a given load). No timing:
+the clock is the test's. A second test fires an alert with every event and checks that the alerts
+held in memory stop at the partitions' bound, the older ones costing only their log position.
 """
 
 from __future__ import annotations
@@ -110,5 +112,70 @@ async def test_memory_per_stored_event_stays_under_its_bound(tmp_path: Path) -> 
         assert alerts == load.crossings  # every threshold-crossing event fired once
         per_event = grown / stored
         assert per_event < MAX_BYTES_PER_EVENT, f"{per_event:.1f} bytes per stored event"
+    finally:
+        await node.close()
+
+
+ALERTS_IN_MEMORY = 100
+MAX_BYTES_PER_ALERT = 12
+
+
+@pytest.mark.timeout(300)  # ~20 s on the shared 2-core machine
+async def test_alerts_past_the_in_memory_bound_keep_only_their_log_position(tmp_path: Path) -> None:
+    # Every event crosses a threshold. Once each partition holds its newest ALERTS_IN_MEMORY
+    # alerts, an alert adds only its record's log position to the alert list (8 bytes; ~72 while
+    # alerts were all kept in memory), and the alerts held in memory stay at the bound (plus the
+    # block of an eighth that leaves memory at once). Measured: 8.2 bytes an alert in
+    # node/alert_list.py (and 4.2 in the partition's per-account offsets, not counted here).
+    clock = SetClock(T0)
+    config = NodeConfig(
+        tmp_path,
+        partitions=PARTITIONS,
+        dedup_window_seconds=WINDOW_SECONDS,
+        clock=clock,
+        alerts_in_memory=ALERTS_IN_MEMORY,
+    )
+    node = Node(config)
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        every = AlertThreshold("every", 1_000, recurring=True)
+        await client.metrics.create(Metric("alerts", AggType.SUM, thresholds=(every,)))
+        fired = 0
+
+        async def fire(alerts: int) -> None:
+            nonlocal fired
+            for _ in range(alerts // BATCH):
+                parts: dict[int, list[EventRow]] = defaultdict(list)
+                for i in range(BATCH):
+                    account = 1 + (fired + i) % ACCOUNTS
+                    row = (account, "alerts", 1_000, clock.now, None, 1, f"a{fired + i}")
+                    parts[partition_of(account, PARTITIONS)].append(row)
+                await node.ingest(list(parts.items()), False, "")
+                fired += BATCH
+                clock.now += BATCH * SEC // RATE
+                node.expire()
+                await node.commit.make_durable(node.partitions)
+
+        tracemalloc.start()  # before the arrays exist: a traced realloc of one would count it all
+        try:
+            await fire(4 * PARTITIONS * ALERTS_IN_MEMORY)  # every partition past its bound
+            before = tracemalloc.take_snapshot()
+            fired_before = fired
+            await fire(40_000)
+            after = tracemalloc.take_snapshot()
+        finally:
+            tracemalloc.stop()
+        grown = sum(
+            stat.size_diff
+            for stat in after.compare_to(before, "filename")
+            if stat.traceback[0].filename.endswith(str(Path("node", "alert_list.py")))
+        )
+        per_alert = grown / (fired - fired_before)
+        assert per_alert < MAX_BYTES_PER_ALERT, f"{per_alert:.1f} bytes an alert"
+        assert sum(len(p.alerts) for p in node.partitions) == fired
+        for partition in node.partitions:
+            assert ALERTS_IN_MEMORY <= partition.alerts.in_memory <= ALERTS_IN_MEMORY * 9 // 8
+        first = node.partitions[0].alerts[0]  # long out of memory: read from the alert log
+        assert (first.offset, first.value_at_cross, first.partition) == (1, 1_000, 0)
     finally:
         await node.close()

@@ -1,13 +1,19 @@
-"""The packed in-memory alert list (``node.alert_list``): every alert reads back exactly as appended.
+"""A partition's alert list (``node.alert_list``): every alert reads back exactly as appended,
+whether it is still in memory or has left it and is read from the alert log.
 
-Against the plain model (a list of ``Alert`` objects built from the same alert-log rows): every
-index, negative index and slice, values at and past the int64 edges (kept in the side table), and
-the bytes an alert costs, measured with tracemalloc at a stated generous bound.
+Against the plain model (a list of ``Alert`` objects built from the same alert-log rows), on a
+real segment log holding the records: every index, negative index, slice and offset list, with
+random record sizes, random in-memory bounds and random publish points, values at and past the
+int64 edges (kept in the side table while in memory), and the bytes an alert costs in memory and
+once it has left it, measured with tracemalloc at stated generous bounds.
 """
 
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from tempfile import TemporaryDirectory
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +21,8 @@ from hypothesis import strategies as st
 
 from cluster_client.types import Alert
 from node.alert_list import AlertList
+from node.records import AlertRecord, encode_alert_record
+from node.segment_log import SegmentLog
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -35,60 +43,123 @@ rows = st.tuples(
     ints,
 )
 
+Row = tuple[object, ...]
 
-def model(partition: int, appended: list[tuple[object, ...]]) -> list[Alert]:
+
+@pytest.fixture
+def alert_log(tmp_path: Path) -> Iterator[SegmentLog]:
+    log = SegmentLog.open(tmp_path / "alerts")
+    yield log
+    log.close_sync()
+
+
+def model(partition: int, appended: list[Row]) -> list[Alert]:
     return [Alert(*row, partition, i + 1) for i, row in enumerate(appended)]  # type: ignore[arg-type]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(rows, max_size=30), st.integers(0, 63))
-def test_every_alert_reads_back_as_appended(appended: list[tuple[object, ...]], partition: int) -> None:
-    alerts = AlertList(partition)
-    want = model(partition, appended)
-    for i, row in enumerate(appended):
-        assert alerts.append(row) == want[i]
-    assert len(alerts) == len(want)
-    assert [alerts[i] for i in range(len(want))] == want
-    assert [alerts[-i - 1] for i in range(len(want))] == want[::-1]
-    for lo in range(len(want) + 2):
-        for hi in range(lo, len(want) + 2):
+def append_record(alerts: AlertList, log: SegmentLog, record: list[Row]) -> list[Alert]:
+    """Append ``record``'s rows as one alert record, as a partition does; returns the alerts."""
+    position = log.append(encode_alert_record(AlertRecord(1, len(alerts) + 1, [list(r) for r in record])))
+    return [alerts.append(row, position) for row in record]
+
+
+def check_reads(alerts: AlertList, want: list[Alert]) -> None:
+    n = len(want)
+    assert len(alerts) == n
+    assert [alerts[i] for i in range(n)] == want
+    assert [alerts[-i - 1] for i in range(n)] == want[::-1]
+    for lo in range(n + 2):
+        for hi in range(lo, n + 2):
             assert alerts[lo:hi] == want[lo:hi]
+    assert alerts.get_many(range(1, n + 1)) == want
+    assert alerts.get_many(range(n, 0, -3)) == want[::-3]
 
 
-def test_an_index_past_either_end_raises_index_error() -> None:
-    alerts = AlertList(0)
-    alerts.append((1, "calls", "every", 10, 1, 10, 0, 5, 6))
+@settings(max_examples=150, deadline=None)
+@given(
+    records=st.lists(st.lists(rows, min_size=1, max_size=4), max_size=14),
+    partition=st.integers(0, 63),
+    in_memory=st.integers(0, 6),
+    publish=st.lists(st.booleans(), min_size=14, max_size=14),
+)
+def test_every_alert_reads_back_as_appended(
+    records: list[list[Row]], partition: int, in_memory: int, publish: list[bool]
+) -> None:
+    with TemporaryDirectory() as tmp:
+        log = SegmentLog.open(Path(tmp) / "alerts")
+        try:
+            alerts = AlertList(partition, log, in_memory)
+            appended: list[Row] = []
+            published = 0
+            for record, publish_now in zip(records, publish, strict=False):
+                want = model(partition, appended + record)
+                assert append_record(alerts, log, record) == want[len(appended) :]
+                appended += record
+                if publish_now:
+                    published = len(appended)
+                    alerts.release(published)
+                # Never fewer than the bound, nor any alert not yet published, in memory.
+                assert alerts.in_memory >= min(len(appended), max(in_memory, len(appended) - published))
+                check_reads(alerts, want)
+        finally:
+            log.close_sync()
+
+
+def test_old_alerts_leave_memory_in_blocks_and_read_back_from_the_log(alert_log: SegmentLog) -> None:
+    alerts = AlertList(5, alert_log, 16)  # blocks of 16 // 8 + 1 = 3
+    appended: list[Row] = []
+    for i in range(100):
+        record: list[Row] = [(i, "calls", "every", 10, i + 1, 10 * i, 0, i, i + 1)] * (1 + i % 3)
+        append_record(alerts, alert_log, record)
+        appended += record
+        alerts.release(len(appended))
+        assert min(len(appended), 16) <= alerts.in_memory < 16 + 3
+    check_reads(alerts, model(5, appended))
+
+
+def test_a_wide_value_reads_back_after_it_left_memory(alert_log: SegmentLog) -> None:
+    alerts = AlertList(0, alert_log, 0)
+    wide: Row = (1, "calls", "every", 10, UINT64_MAX, INT64_MIN, 0, 5, 6)
+    append_record(alerts, alert_log, [wide, (2, "calls", "every", 10, 1, 10, 0, 5, 6)])
+    assert alerts[0] == Alert(*wide, 0, 1)  # type: ignore[arg-type]
+    alerts.release(2)
+    assert alerts.in_memory == 0
+    assert alerts[0] == Alert(*wide, 0, 1)  # type: ignore[arg-type]
+
+
+def test_an_index_past_either_end_raises_index_error(alert_log: SegmentLog) -> None:
+    alerts = AlertList(0, alert_log, 10)
+    append_record(alerts, alert_log, [(1, "calls", "every", 10, 1, 10, 0, 5, 6)])
     for index in (1, -2):
         with pytest.raises(IndexError):
             alerts[index]
 
 
-def test_an_alert_costs_under_100_bytes() -> None:
-    # A Python Alert object with its ints is ~400 bytes; the packed columns are 8 bytes per int
-    # field and 4 for the codes' id (plus array over-allocation): ~70 bytes.
+def _row(i: int) -> Row:
+    return (1000 + i % 977, "calls", "every", 1_000_000, i + 1, 10**9 + i, 10**18, 10**18 + i, 10**18 + 2 * i)
+
+
+def append_row(log: SegmentLog, i: int) -> int:
+    return log.append(encode_alert_record(AlertRecord(1, i + 1, [list(_row(i))])))
+
+
+@pytest.mark.parametrize(("in_memory", "bound"), [(10**9, 100), (1_000, 10)])
+def test_bytes_an_alert_costs(alert_log: SegmentLog, in_memory: int, bound: float) -> None:
+    # In memory: 8 bytes per int field, 4 for the codes' id and 8 for the record's log position
+    # (plus array over-allocation): ~80 bytes (a Python Alert object with its ints is ~400).
+    # Once it has left memory only the position is kept: 8 bytes.
     n = 50_000
-    alerts = AlertList(3)
+    alerts = AlertList(3, alert_log, in_memory)
+    records = [append_row(alert_log, i) for i in range(n)]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for i in range(n):
-            alerts.append(
-                (
-                    1000 + i % 977,
-                    "calls",
-                    "every",
-                    1_000_000,
-                    i + 1,
-                    10**9 + i,
-                    10**18,
-                    10**18 + i,
-                    10**18 + 2 * i,
-                )
-            )
+            alerts.append(_row(i), records[i])
+            alerts.release(i + 1)
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert grown / n < 100
-    last = n - 1
-    want = (1000 + last % 977, "calls", "every", 1_000_000, n, 10**9 + last, 10**18, 10**18 + last)
-    assert alerts[last] == Alert(*want, 10**18 + 2 * last, 3, n)
+    assert grown / n < bound, f"{grown / n:.1f} bytes an alert"
+    assert alerts[n - 1] == Alert(*_row(n - 1), 3, n)  # type: ignore[arg-type]
+    assert alerts[0] == Alert(*_row(0), 3, 1)  # type: ignore[arg-type]
