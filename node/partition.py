@@ -69,6 +69,9 @@ class PartitionConfig:
 
     dedup_window_ns: int = 24 * 3600 * 1_000_000_000
     """How long (by arrival time) an event's dedup key is remembered."""
+    memory_horizon_ns: int = 48 * 3600 * 1_000_000_000
+    """Index positions of hours that ended more than this before the clock's now move to disk
+    (0: never): ``NodeConfig.memory_horizon_ns``."""
     batch_window_ns: int = 600 * 1_000_000_000
     """How long a retried batch id is answered with its original result."""
     clock: Clock = SYSTEM_CLOCK
@@ -217,8 +220,12 @@ class Partition:
             batches.popitem(last=False)
 
     def expire(self, now_ns: int) -> None:
-        """Forget dedup keys and batch ids older than their windows."""
+        """Forget dedup keys and batch ids older than their windows; fold the minute cells of hours
+        that ended more than the memory horizon before ``now_ns`` (docs/design.md, "Folded
+        minutes": once per hour of the clock, a pass over the minute cells; else nothing)."""
         self.dedup.expire(now_ns)
+        if self._config.memory_horizon_ns:
+            self.aggregates.fold_minutes_before(now_ns - self._config.memory_horizon_ns)
 
     # ------------------------------------------------------------------ durability
 
@@ -421,16 +428,24 @@ class Partition:
         return decoded
 
     def _fetch_events(
-        self, refs: list[int], account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
     ) -> list[AppliedRow]:
-        """Rows of one account and metric (current generation) in the given records and time windows.
+        """Rows of one account and metric (current generation) in the given records and time windows;
+        ``refs`` None: in the records the event index lists for the account in the windows' hours.
 
-        Used for the partial edge minutes of range queries: a per-record index by (account, minute)
-        means a 10,000-event record is scanned once, not on every query that touches its minutes.
+        Used for the partial edge minutes of range queries (and the edges inside hours whose minute
+        cells are folded): a per-record index by (account, minute) means a 10,000-event record is
+        scanned once, not on every query that touches its minutes.
         """
         spec = self._spec_of(metric_code)
         if spec is None:
             return []
+        if refs is None:
+            found: set[int] = set()
+            for lo, hi in windows:
+                for _, hour_refs in self.index.hours(account_id, lo, hi):
+                    found.update(hour_refs)
+            refs = sorted(found)
         minutes = {m for lo, hi in windows for m in range(lo // _MINUTE_NS, (hi - 1) // _MINUTE_NS + 1)}
         out: list[AppliedRow] = []
         for ref in refs:

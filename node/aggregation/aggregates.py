@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
 from .cells import agg_value, empty_cell
+from .grid import HOUR, MINUTE
 from .native_series import NativeSeriesStore
 from .native_unique import NativeUniqueStore
 from .series import SeriesStore
@@ -23,7 +24,11 @@ from .unique import UniqueStore
 
 __all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds"]
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+"""2: each COUNT, SUM, MAX or LATEST store's data also says its folded minute (``"folded"``);
+version 1, which has none (nothing folded), is still read."""
+_READABLE_VERSIONS = (1, 2)
+_MINUTES_PER_HOUR = HOUR // MINUTE
 _Series = SeriesStore | NativeSeriesStore
 _Unique = UniqueStore | NativeUniqueStore
 _Store = _Series | _Unique
@@ -131,6 +136,23 @@ class PartitionAggregates:
             return store.query(account_id, start, end, filters, group_by)
         return store.query(account_id, start, end, filters, group_by, self._fetch_events)
 
+    def fold_minutes_before(self, cutoff_ns: int) -> int:
+        """Fold the minute cells of every hour that ended at or before ``cutoff_ns`` into their hours
+        (every COUNT, SUM, MAX and LATEST store: ``SeriesStore.fold_minutes``); return how many
+        cells were dropped. Cheap when no new hour has passed the cutoff since the last call (one
+        comparison per store); otherwise a pass over the minute cells. Skipped while a snapshot
+        is being packed (its copy-on-write reads those cells): the next call folds.
+
+        COUNT_UNIQUE stores have nothing to fold: their member histories answer every range, and
+        a history is per member, not per minute.
+        """
+        if self._captured:
+            return 0
+        minute = cutoff_ns // HOUR * _MINUTES_PER_HOUR
+        return sum(
+            store.fold_minutes(minute) for store in self._stores.values() if not isinstance(store, _Unique)
+        )
+
     def forget_metric(self, code: str) -> None:
         """Drop the state of a deleted metric."""
         self._stores.pop(code, None)
@@ -183,8 +205,9 @@ class PartitionAggregates:
         """Rebuild the state saved by :meth:`to_snapshot`, keeping only metrics whose code is in
         ``specs`` with the same generation (a deleted or re-created metric starts empty)."""
         aggregates = cls(fetch_events, kinds)
-        if not isinstance(data, Mapping) or data.get("v") != _SNAPSHOT_VERSION:
+        if not isinstance(data, Mapping) or data.get("v") not in _READABLE_VERSIONS:
             raise ValueError("unsupported aggregates snapshot")
+        unfolded = data["v"] == 1
         for code, generation, agg_type, state in data["metrics"]:
             spec = specs.get(code)
             if spec is None or spec.generation != generation or int(spec.agg_type) != agg_type:
@@ -192,5 +215,7 @@ class PartitionAggregates:
             if spec.unique:
                 aggregates._stores[code] = kinds.load_unique(spec, state)
             else:
+                if unfolded:
+                    state = {**state, "folded": 0}
                 aggregates._stores[code] = kinds.load_series(spec, state)
         return aggregates

@@ -8,17 +8,30 @@ in nanoseconds, which may be negative for a zoned period around the epoch, hence
 
 from __future__ import annotations
 
-__all__ = ["grid_base", "join_keys", "period_key", "split_keys"]
+from typing import TypeVar
+
+__all__ = ["grid_base", "grid_bucket", "join_keys", "period_key", "split_keys", "without_buckets_below"]
 
 _GRID_SHIFT = 40
 _GRID_MASK = (1 << _GRID_SHIFT) - 1
 _PERIOD_SHIFT = 66
 _PERIOD_BIAS = 1 << 65
+_V = TypeVar("_V")
 
 
 def grid_base(account_id: int) -> int:
     """Add a bucket index to this to get the account's grid key."""
     return account_id << _GRID_SHIFT
+
+
+def grid_bucket(key: int) -> int:
+    """The bucket index of a grid key."""
+    return key & _GRID_MASK
+
+
+def without_buckets_below(cells: dict[int, _V], first: int) -> dict[int, _V]:
+    """A grid level's dict without the buckets below ``first`` (a new dict, in the same order)."""
+    return {key: cell for key, cell in cells.items() if key & _GRID_MASK >= first}
 
 
 def period_key(account_id: int, period_start: int) -> int:
