@@ -40,6 +40,10 @@ class ServeConfig:
     """How long an event's dedup key is remembered."""
     snapshot_interval_seconds: float = 60.0
     """Seconds between snapshots of changed partitions."""
+    memory_horizon_seconds: float = 172_800.0
+    """Embedded backend: the ListEvents index positions of an (account, hour) whose hour ended more
+    than this long before the node's clock move to on-disk index runs; 0: keep them all in memory.
+    A cluster node (``nats``) keeps them in memory (docs/operations.md, "Memory horizon")."""
     log_level: str = "INFO"
     """Python logging level."""
     log_format: str = "json"
@@ -117,6 +121,8 @@ class ServeConfig:
             raise ValueError("max in-flight ingest events must be at least 1")
         if self.min_free_disk_mb < 0:
             raise ValueError("the free disk floor must not be negative")
+        if not self.memory_horizon_seconds >= 0:  # NaN too
+            raise ValueError("--memory-horizon-seconds must be 0 (off) or positive")
         if self.handshake_timeout_seconds <= 0:
             raise ValueError("the handshake timeout must be positive")
         if self.backend not in ("embedded", "nats"):
@@ -174,6 +180,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
     ("fsync_mode", "--fsync-mode", str, "filesystem (one syncfs per flush, where safe) or file (per log)"),
     ("dedup_window_seconds", "--dedup-window-seconds", float, "dedup window by arrival time"),
     ("snapshot_interval_seconds", "--snapshot-interval-seconds", float, "seconds between snapshots"),
+    (
+        "memory_horizon_seconds",
+        "--memory-horizon-seconds",
+        float,
+        "seconds after an hour ends before its ListEvents positions move to disk (0: never)",
+    ),
     ("log_level", "--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("log_format", "--log-format", str, "json (for log pipelines) or text (for humans)"),
     ("api_keys_file", "--api-keys-file", Path, "file of API keys: name:sha256hex:scopes lines, or JSON"),

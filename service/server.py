@@ -183,6 +183,7 @@ class UnimeterServer:
             sync_filesystem=cfg.fsync_mode == "filesystem",
             dedup_window_seconds=cfg.dedup_window_seconds,
             snapshot_interval=cfg.snapshot_interval_seconds,
+            memory_horizon_ns=round(cfg.memory_horizon_seconds * 1e9),
             min_free_disk_bytes=int(cfg.min_free_disk_mb * (1 << 20)),
             node_addr=cfg.node_addr,
             grpc_addr=cfg.grpc_addr,
