@@ -70,8 +70,8 @@ class PartitionConfig:
     dedup_window_ns: int = 24 * 3600 * 1_000_000_000
     """How long (by arrival time) an event's dedup key is remembered."""
     memory_horizon_ns: int = 48 * 3600 * 1_000_000_000
-    """Index positions of hours that ended more than this before the clock's now move to disk
-    (0: never): ``NodeConfig.memory_horizon_ns``."""
+    """Index positions of hours that ended more than this before the clock's now move to disk, and
+    those hours' minute cells are folded into their hours (0: never): ``NodeConfig.memory_horizon_ns``."""
     batch_window_ns: int = 600 * 1_000_000_000
     """How long a retried batch id is answered with its original result."""
     clock: Clock = SYSTEM_CLOCK

@@ -10,6 +10,10 @@ event time (minute cells): docs/reliability.md gives the breakdown. Measured her
 event, 32.0 with the record positions kept as Python ints in lists (before they were packed); the
 bound sits between, a third above the measured figure, so the test fails on that regression, not on
 noise (tracemalloc counts are deterministic for a given load). No timing: the clock is the test's.
+
+The second test runs simulated hours of event time past a one-hour memory horizon, on each engine,
+and counts the minute cells kept: flat once the horizon is full, where without folding they grow
+with every minute (docs/reliability.md, "Memory per stored event").
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow, PeriodType
+from node.aggregation.snapshot_data import pack
 from node.node import Node, NodeConfig
+from tests.engines import ENGINES
 
 SEC = 1_000_000_000
 MINUTE = 60 * SEC
@@ -112,3 +119,71 @@ async def test_memory_per_stored_event_stays_under_its_bound(tmp_path: Path) -> 
         assert per_event < MAX_BYTES_PER_EVENT, f"{per_event:.1f} bytes per stored event"
     finally:
         await node.close()
+
+
+# Hours of event time: events over the ten minutes before the clock, two batches of 50 a simulated
+# minute over the 2,000 accounts and 5 SUM metrics, an expiry (and so a fold check) every batch.
+HOURS_BATCH = 50
+HOURS_STEP = 30 * SEC
+
+
+def minute_cells(node: Node) -> int:
+    """Minute cells of every store of every partition (counted in their snapshot columns, the
+    same on both engines)."""
+    total = 0
+    for partition in node.partitions:
+        data = msgpack.unpackb(pack(partition.aggregates.to_snapshot()), strict_map_key=False)
+        partition.aggregates.release_snapshot()
+        for _, _, _, state in data["metrics"]:
+            total += sum(len(accounts) for accounts, _, _, _ in state["levels"][0])
+    return total
+
+
+async def hours_of_load(node: Node, clock: SetClock, hours: int) -> list[int]:
+    """Run ``hours`` simulated hours; the minute cells kept at the end of each."""
+    counts: list[int] = []
+    k = 0
+    for _ in range(hours):
+        for _ in range(HOUR // HOURS_STEP):
+            parts: dict[int, list[EventRow]] = defaultdict(list)
+            for i in range(HOURS_BATCH):
+                account = 1 + ((k + i) * 7919) % ACCOUNTS
+                t = clock.now - ((k + i) * 104_729 * SEC) % (10 * MINUTE)
+                row = (account, CODES[(k + i) % 5], 1, t, None, 1, f"h{k + i}")
+                parts[partition_of(account, PARTITIONS)].append(row)
+            await node.ingest(list(parts.items()), False, "")
+            k += HOURS_BATCH
+            clock.now += HOURS_STEP
+            node.expire()
+        counts.append(minute_cells(node))
+    return counts
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_minute_cells_stay_flat_past_the_memory_horizon(tmp_path: Path, engine: str) -> None:
+    kept: dict[int, list[int]] = {}
+    for horizon in (HOUR, 0):  # folding at a one-hour horizon, and never
+        clock = SetClock(T0)
+        config = NodeConfig(
+            tmp_path / str(horizon),
+            partitions=PARTITIONS,
+            dedup_window_seconds=WINDOW_SECONDS,
+            clock=clock,
+            engine=engine,
+            memory_horizon_ns=horizon,
+        )
+        node = Node(config)
+        try:
+            client = await Client.in_process(node, metric_lookup=node.metric_of)
+            for code in CODES:
+                await client.metrics.create(Metric(code, AggType.SUM, period_type=PeriodType.CALENDAR))
+            kept[horizon] = await hours_of_load(node, clock, 6)
+        finally:
+            await node.close()
+    folded, unfolded = kept[HOUR], kept[0]
+    # Without folding, every hour adds the same number of cells; with it, the cells of the hour
+    # now ending replace those of the hour passing the horizon: flat from the second hour on.
+    assert unfolded == [unfolded[0] * (h + 1) for h in range(6)]
+    assert folded[1:] == [folded[1]] * 5
+    assert folded[0] == unfolded[0] < folded[1] < 2 * unfolded[0]
