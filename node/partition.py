@@ -33,6 +33,8 @@ from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .alert_list import AlertList
 from .clock import SYSTEM_CLOCK, Clock
 from .event_index import HOUR_NS
+from .index_run import RunFormatError, RunInfo
+from .index_runs import IndexRuns
 from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog
 from .records import (
@@ -130,6 +132,11 @@ class Partition:
         self.aggregates = PartitionAggregates(self._fetch_events, config.engine.stores)
         self.dedup = config.engine.new_dedup(config.dedup_window_ns)
         self.index = config.engine.new_index()
+        directory = storage.index_directory
+        self._runs = None if directory is None else IndexRuns(directory, number)
+        """The runs of aged hours' positions (docs/design.md, "Aged index runs"); None on a
+        backend without local files."""
+        self.index.runs = self._runs
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
@@ -271,6 +278,7 @@ class Partition:
             while self.dedup.growing:  # finishing a growth inside the capture stalled the loop 25-45 ms
                 self.dedup.advance_growth()
                 await asyncio.sleep(0)
+            await self._age_index()
             state = self._snapshot_state()
             covered = self._records_since_snapshot
             try:
@@ -280,9 +288,28 @@ class Partition:
                 self.aggregates.release_snapshot()
             await self.flush()
             await _until_done(self._storage.write_snapshot(data))
+            if self._runs is not None:
+                self._runs.delete_retired()  # the snapshot on disk no longer lists them
             # Records appended while the file was being written are not in it: they still count.
             self._records_since_snapshot -= covered
             self.last_snapshot_time = self._config.clock.now_ns() / 1e9
+
+    async def _age_index(self) -> None:
+        """Hand every position of the hours that ended more than the memory horizon ago (below
+        the log's end now) to a new index run, written and fsynced before the index forgets
+        them; then merge runs past their bound. Positions added meanwhile are at or past that
+        end and stay in memory until the next snapshot (late events of an aged hour too)."""
+        runs, horizon = self._runs, self._config.memory_horizon_ns
+        if runs is None:
+            return
+        if horizon:
+            before = (self._config.clock.now_ns() - horizon) // HOUR_NS
+            below = self.events.end_position
+            columns = self.index.aged(before, below)
+            if len(columns):
+                await runs.add(columns)
+                self.index.drop_aged(before, below)
+        await runs.compact()
 
     @property
     def records_since_snapshot(self) -> int:
@@ -298,6 +325,8 @@ class Partition:
                 await step()
             except Exception as exc:
                 errors.append(exc)
+        if self._runs is not None:
+            self._runs.close()
         if errors:
             raise errors[0]
 
@@ -313,6 +342,7 @@ class Partition:
             dedup=self.dedup.to_snapshot(),
             index=self.index.to_snapshot(self.events.end_position),
             batches=[(b, a, o.offsets, o.n_duplicates) for b, (a, o) in self._batches.items()],
+            index_runs=[] if self._runs is None else [(r.name, r.size, r.crc) for r in self._runs.listed()],
         )
 
     # ------------------------------------------------------------------ recovery
@@ -320,6 +350,8 @@ class Partition:
     def _recover(self) -> None:
         started = time.monotonic()
         start_pos = self._load_snapshot()
+        if self._runs is not None:
+            self._runs.discard_unlisted()  # replay re-derives what a later run held
         fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
         replayed = 0
         for ref, payload in self.events.scan(start_pos):
@@ -403,9 +435,20 @@ class Partition:
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
+        if state.index_runs:
+            try:
+                if self._runs is None:
+                    raise RunFormatError("this backend keeps no index runs")
+                self._runs.load(RunInfo(*run) for run in state.index_runs)
+            except (RunFormatError, OSError) as exc:  # like a damaged snapshot: the log is the truth
+                log.warning(
+                    "partition %d: snapshot's index runs unusable (%s); replaying the log", self.number, exc
+                )
+                return 0
         self.aggregates = aggregates
         self.dedup = dedup
         self.index = self._engine.load_index(state.index)
+        self.index.runs = self._runs
         self.last_offset = state.last_offset
         self._last_arrival = state.last_arrival
         self.last_snapshot_time = written_at
