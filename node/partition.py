@@ -227,12 +227,8 @@ class Partition:
             batches.popitem(last=False)
 
     def expire(self, now_ns: int) -> None:
-        """Forget dedup keys and batch ids older than their windows; fold the minute cells of hours
-        that ended more than the memory horizon before ``now_ns`` (docs/design.md, "Folded
-        minutes": once per hour of the clock, a pass over the minute cells; else nothing)."""
+        """Forget dedup keys and batch ids older than their windows."""
         self.dedup.expire(now_ns)
-        if self._config.memory_horizon_ns:
-            self.aggregates.fold_minutes_before(now_ns - self._config.memory_horizon_ns)
 
     # ------------------------------------------------------------------ durability
 
@@ -279,6 +275,7 @@ class Partition:
                 self.dedup.advance_growth()
                 await asyncio.sleep(0)
             await self._age_index()
+            await self._fold_minutes()
             state = self._snapshot_state()
             covered = self._records_since_snapshot
             try:
@@ -310,6 +307,15 @@ class Partition:
                 await runs.add(columns)
                 self.index.drop_aged(before, below)
         await runs.compact()
+
+    async def _fold_minutes(self) -> None:
+        """Fold the minute cells of the hours that ended more than the memory horizon ago into
+        their hours (docs/design.md, "Folded minutes"), a metric at a time with the loop served
+        in between: a pass over a store's minute cells once an hour of the clock, else nothing."""
+        horizon = self._config.memory_horizon_ns
+        if horizon:
+            for _ in self.aggregates.fold_steps(self._config.clock.now_ns() - horizon):
+                await asyncio.sleep(0)
 
     @property
     def records_since_snapshot(self) -> int:

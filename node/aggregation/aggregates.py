@@ -9,7 +9,7 @@ old one's state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cluster_client.types import AggValue, EventRow, GroupValue, Period
@@ -137,21 +137,26 @@ class PartitionAggregates:
         return store.query(account_id, start, end, filters, group_by, self._fetch_events)
 
     def fold_minutes_before(self, cutoff_ns: int) -> int:
-        """Fold the minute cells of every hour that ended at or before ``cutoff_ns`` into their hours
-        (every COUNT, SUM, MAX and LATEST store: ``SeriesStore.fold_minutes``); return how many
-        cells were dropped. Cheap when no new hour has passed the cutoff since the last call (one
-        comparison per store); otherwise a pass over the minute cells. Skipped while a snapshot
-        is being packed (its copy-on-write reads those cells): the next call folds.
+        """Fold the minute cells of every hour that ended at or before ``cutoff_ns`` into their hours;
+        return how many cells were dropped (:meth:`fold_steps` in one go)."""
+        return sum(self.fold_steps(cutoff_ns))
+
+    def fold_steps(self, cutoff_ns: int) -> Iterator[int]:
+        """Fold the minute cells of every hour that ended at or before ``cutoff_ns`` into their hours,
+        a COUNT, SUM, MAX or LATEST store per step (``SeriesStore.fold_minutes``), each yielding
+        the cells it dropped: the caller may serve others between steps. A store whose folded
+        minute is already there costs one comparison; otherwise its step is a pass over its minute
+        cells. Nothing while a snapshot is being packed (its copy-on-write reads those cells).
 
         COUNT_UNIQUE stores have nothing to fold: their member histories answer every range, and
         a history is per member, not per minute.
         """
         if self._captured:
-            return 0
+            return
         minute = cutoff_ns // HOUR * _MINUTES_PER_HOUR
-        return sum(
-            store.fold_minutes(minute) for store in self._stores.values() if not isinstance(store, _Unique)
-        )
+        for store in list(self._stores.values()):
+            if not isinstance(store, _Unique) and store.folded_minute < minute:
+                yield store.fold_minutes(minute)
 
     def forget_metric(self, code: str) -> None:
         """Drop the state of a deleted metric."""

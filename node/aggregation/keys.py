@@ -8,15 +8,14 @@ in nanoseconds, which may be negative for a zoned period around the epoch, hence
 
 from __future__ import annotations
 
-from typing import TypeVar
+from collections.abc import Mapping
 
-__all__ = ["grid_base", "grid_bucket", "join_keys", "period_key", "split_keys", "without_buckets_below"]
+__all__ = ["buckets_below", "grid_base", "grid_bucket", "join_keys", "period_key", "split_keys"]
 
 _GRID_SHIFT = 40
 _GRID_MASK = (1 << _GRID_SHIFT) - 1
 _PERIOD_SHIFT = 66
 _PERIOD_BIAS = 1 << 65
-_V = TypeVar("_V")
 
 
 def grid_base(account_id: int) -> int:
@@ -29,9 +28,9 @@ def grid_bucket(key: int) -> int:
     return key & _GRID_MASK
 
 
-def without_buckets_below(cells: dict[int, _V], first: int) -> dict[int, _V]:
-    """A grid level's dict without the buckets below ``first`` (a new dict, in the same order)."""
-    return {key: cell for key, cell in cells.items() if key & _GRID_MASK >= first}
+def buckets_below(cells: Mapping[int, object], first: int) -> list[int]:
+    """The keys of a grid level's dict whose buckets are below ``first``."""
+    return [key for key in cells if key & _GRID_MASK < first]
 
 
 def period_key(account_id: int, period_start: int) -> int:

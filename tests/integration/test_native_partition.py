@@ -1,8 +1,8 @@
 """A node's partitions on the native engine (``node/partition_engine.py``) against the Python
 reference, in process and in lock step: random workloads (every aggregation type of the hot path,
 thresholds, corrections, duplicates by id and by content, events stamped with the arrival time,
-retried batch ids, clock moves, expiry (which folds the minute cells of hours past a one-hour memory
-horizon) and snapshots; calendar, week, day and fixed periods in
+retried batch ids, clock moves, expiry and snapshots (which fold the minute cells of hours past a
+one-hour memory horizon); calendar, week, day and fixed periods in
 time zones, dimension filters and groups, sums past 64 bits, late events) give the same outcomes,
 the same log bytes, the same snapshot bytes, the same answers, event pages and alerts; then each
 data directory is recovered by the other engine, which answers alike and goes on deduplicating

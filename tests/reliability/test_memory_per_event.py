@@ -122,7 +122,7 @@ async def test_memory_per_stored_event_stays_under_its_bound(tmp_path: Path) -> 
 
 
 # Hours of event time: events over the ten minutes before the clock, two batches of 50 a simulated
-# minute over the 2,000 accounts and 5 SUM metrics, an expiry (and so a fold check) every batch.
+# minute over the 2,000 accounts and 5 SUM metrics, a snapshot round (where folds run) every ten.
 HOURS_BATCH = 50
 HOURS_STEP = 30 * SEC
 
@@ -155,6 +155,9 @@ async def hours_of_load(node: Node, clock: SetClock, hours: int) -> list[int]:
             k += HOURS_BATCH
             clock.now += HOURS_STEP
             node.expire()
+            if k % (20 * HOURS_BATCH) == 0:
+                for partition in node.partitions:
+                    await partition.snapshot()
         counts.append(minute_cells(node))
     return counts
 
