@@ -200,3 +200,18 @@ def test_count_unique_has_nothing_to_fold(engine: str) -> None:
     before = answers(store)
     assert store.aggregates.fold_minutes_before(T0 + 5 * HOUR) == 0
     assert answers(store) == before
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_range_of_minutes_across_the_folded_hour_s_end_reads_each_side_its_way(engine: str) -> None:
+    folded, unfolded = Store(engine), Store(engine)
+    for store in (folded, unfolded):
+        store.ingest((5, T0 + 110 * MINUTE, ADD, "eu"), (3, T0 + 130 * MINUTE + 1, ADD, "us"))
+        store.ingest((2, T0 + 100 * MINUTE, ADD, "us"), (4, T0 + 159 * MINUTE + 59 * NS, ADD, "eu"))
+    folded.aggregates.fold_minutes_before(T0 + 2 * HOUR + 30 * MINUTE)  # hour 1 folds, hour 2 not
+    # Minutes 101-159: no whole hour inside, one run of minute buckets that the fold cuts in two.
+    start, end = T0 + 100 * MINUTE + 1, T0 + 160 * MINUTE
+    folded.fetches.clear()
+    assert folded.query(start, end) == unfolded.query(start, end)
+    assert folded.query(start, end)[0].sum == 12
+    assert None in folded.fetches
