@@ -280,7 +280,7 @@ class SeriesStore(SeriesReads):
         """Drop every slot's minute cells below ``minute`` (the first minute of an hour; their
         record positions with them) and create none there from now on; return how many were
         dropped. Never while a snapshot is being packed (the caller's rule: see
-        ``PartitionAggregates.fold_minutes_before``)."""
+        ``PartitionAggregates.fold_steps``)."""
         if minute <= self.folded_minute:
             return 0
         if self._saved is not None:
