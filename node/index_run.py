@@ -41,6 +41,7 @@ RUN_VERSION = 1
 _MAGIC = b"UMIDXRUN"
 _HEADER = struct.Struct("<8sIIQQ")
 _CRC = struct.Struct("<I")
+_CHECK_CHUNK = 1 << 20
 
 
 class RunFormatError(RecordFormatError):
@@ -139,14 +140,10 @@ class IndexRun:
         _little_endian()
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            if size < _HEADER.size + _CRC.size:
-                raise RunFormatError(f"index run {path.name}: {size} bytes, shorter than a header")
+            self.info = self._check(f.fileno(), path.name, partition, size, expected)
+            # Mapped only once checked, and checked with reads, not through the mapping: the
+            # process's resident memory then counts only the pages lookups touch.
             mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        try:
-            self.info = self._check(mapped, path.name, partition, size, expected)
-        except BaseException:
-            mapped.close()
-            raise
         self._map = mapped
         n_keys, n_positions = _HEADER.unpack_from(mapped)[3:]
         view = memoryview(mapped)
@@ -157,23 +154,30 @@ class IndexRun:
         self._positions = view[at + 24 * n_keys : at + 24 * n_keys + 8 * n_positions].cast("Q")
 
     @staticmethod
-    def _check(mapped: mmap.mmap, name: str, partition: int, size: int, expected: RunInfo | None) -> RunInfo:
-        magic, version, of_partition, n_keys, n_positions = _HEADER.unpack_from(mapped)
+    def _check(fd: int, name: str, partition: int, size: int, expected: RunInfo | None) -> RunInfo:
+        if size < _HEADER.size + _CRC.size:
+            raise RunFormatError(f"index run {name}: {size} bytes, shorter than a header")
+        header = os.pread(fd, _HEADER.size, 0)
+        magic, version, of_partition, n_keys, n_positions = _HEADER.unpack(header)
         if magic != _MAGIC:
             raise RunFormatError(f"index run {name}: not an index run (magic {magic!r})")
         if version != RUN_VERSION:
             raise RunFormatError(f"index run {name}: version {version} is not {RUN_VERSION}")
         if size != _HEADER.size + 24 * n_keys + 8 * n_positions + _CRC.size:
             raise RunFormatError(f"index run {name}: {size} bytes, not what its header counts (truncated?)")
-        (crc,) = _CRC.unpack_from(mapped, size - _CRC.size)
-        if zlib.crc32(memoryview(mapped)[: size - _CRC.size]) != crc:
+        crc, at = zlib.crc32(header), _HEADER.size
+        while at < size - _CRC.size:
+            chunk = os.pread(fd, min(_CHECK_CHUNK, size - _CRC.size - at), at)
+            if not chunk:
+                raise RunFormatError(f"index run {name}: shorter than its size while read")
+            crc, at = zlib.crc32(chunk, crc), at + len(chunk)
+        (stored,) = _CRC.unpack(os.pread(fd, _CRC.size, size - _CRC.size))
+        if crc != stored:
             raise RunFormatError(f"index run {name}: checksum mismatch (the file is damaged)")
         if of_partition != partition:
             raise RunFormatError(f"index run {name}: of partition {of_partition}, not {partition}")
-        last_end = int.from_bytes(
-            mapped[_HEADER.size + 24 * n_keys - 8 : _HEADER.size + 24 * n_keys], "little"
-        )
-        if n_keys and last_end != n_positions:
+        last_end = int.from_bytes(os.pread(fd, 8, _HEADER.size + 24 * n_keys - 8), "little") if n_keys else 0
+        if last_end != n_positions:
             raise RunFormatError(f"index run {name}: its keys end at position {last_end} of {n_positions}")
         info = RunInfo(name, size, crc)
         if expected is not None and info != expected:

@@ -11,7 +11,11 @@ event, 32.0 with the record positions kept as Python ints in lists (before they 
 bound sits between, a third above the measured figure, so the test fails on that regression, not on
 noise (tracemalloc counts are deterministic for a given load). No timing: the clock is the test's.
 
-The second test runs simulated hours of event time past a one-hour memory horizon, on each engine,
+With the memory horizon set short and a snapshot every 10,000 events (where hours are handed to
+index runs), the ListEvents index's own allocations stop growing with the events stored: measured
+here 7.1 bytes an event without the horizon, 0.02 with it (what is left is per account).
+
+Another test runs simulated hours of event time past a one-hour memory horizon, on each engine,
 and counts the minute cells kept: flat once the horizon is full, where without folding they grow
 with every minute (docs/reliability.md, "Memory per stored event").
 """
@@ -45,6 +49,7 @@ BATCH = 100
 RATE = 3_000  # simulated events per second: the clock moves BATCH / RATE seconds a batch
 WINDOW_SECONDS = 5
 MAX_BYTES_PER_EVENT = 26
+SNAPSHOT_EVERY = 25_000
 
 
 @dataclass
@@ -190,3 +195,63 @@ async def test_minute_cells_stay_flat_past_the_memory_horizon(tmp_path: Path, en
     assert unfolded == [unfolded[0] * (h + 1) for h in range(6)]
     assert folded[1:] == [folded[1]] * 5
     assert folded[0] == unfolded[0] < folded[1] < 2 * unfolded[0]
+
+
+async def _index_bytes_per_event(tmp_path: Path, horizon_ns: int) -> float:
+    """Growth of what the ListEvents index holds (allocations made under ``node/event_index.py``),
+    per event stored, between 50,000 and 125,000 events with a snapshot every 25,000 (none
+    without a horizon: they would change nothing there)."""
+    clock = SetClock(T0)
+    config = NodeConfig(
+        tmp_path / str(horizon_ns),
+        partitions=PARTITIONS,
+        dedup_window_seconds=WINDOW_SECONDS,
+        clock=clock,
+        memory_horizon_ns=horizon_ns,
+        engine="python",  # tracemalloc sees Python's allocations, not the native engine's
+    )
+    node = Node(config)
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        for code in CODES:
+            await client.metrics.create(Metric(code, AggType.SUM, period_type=PeriodType.CALENDAR))
+        every = AlertThreshold("every", 1_000, recurring=True)
+        await client.metrics.create(Metric("alerts", AggType.SUM, thresholds=(every,)))
+        load = Load(node, clock)
+
+        async def run(events: int) -> None:
+            while load.stored < events:
+                await load.run(min(events, load.stored + SNAPSHOT_EVERY))
+                for partition in node.partitions if horizon_ns else ():
+                    await partition.snapshot()
+
+        only_index = [tracemalloc.Filter(True, "*/node/event_index.py", all_frames=True)]
+
+        def held() -> int:
+            gc.collect()
+            return sum(t.size for t in tracemalloc.take_snapshot().filter_traces(only_index).traces)
+
+        # Imports, first-use caches, and two hand-overs: after the first, each account's hours
+        # are an empty dict, whose table the second allocates once (per account, not per event).
+        await run(2 * SNAPSHOT_EVERY)
+        tracemalloc.start(4)
+        try:
+            before, stored_before = held(), load.stored
+            await run(5 * SNAPSHOT_EVERY)
+            return (held() - before) / (load.stored - stored_before)
+        finally:
+            tracemalloc.stop()
+    finally:
+        await node.close()
+
+
+@pytest.mark.timeout(300)  # ~60 s on the shared 2-core machine; tracemalloc slows ingest ~3x
+async def test_aged_hours_keep_no_index_positions_in_memory(tmp_path: Path) -> None:
+    """Event times here all fall in one hour, which has ended for a 1 ns horizon: every position
+    goes to disk at the next snapshot. The native engine hands over the same way
+    (tests/integration/test_memory_horizon.py); tracemalloc cannot see its allocations."""
+    kept = await _index_bytes_per_event(tmp_path, 0)
+    aged = await _index_bytes_per_event(tmp_path, 1)
+    print(f"ListEvents index: {kept:.2f} bytes per stored event without the horizon, {aged:.2f} with it")
+    assert kept > 3, f"{kept:.2f} bytes per event without the horizon"  # the measurement sees the index
+    assert aged < 0.1, f"{aged:.2f} bytes per event with the horizon ({kept:.2f} without)"
