@@ -39,7 +39,8 @@ _SNAPSHOT_FILE = "snapshot.msgpack"
 
 
 class SegmentPartitionStorage:
-    """One partition's directory: ``events/`` and ``alerts/`` segment logs and its snapshot file."""
+    """One partition's directory: ``events/`` and ``alerts/`` segment logs, its snapshot file and
+    ``index/``, its index runs."""
 
     def __init__(
         self,
@@ -50,6 +51,8 @@ class SegmentPartitionStorage:
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        self.index_directory: Path | None = directory / "index"
+        """Where the partition's index runs of aged hours live (``node.index_runs``)."""
         self.events, self.alerts = (
             SegmentLog.open(
                 directory / name, segment_bytes=segment_bytes, executor=executor, kernel_sync=kernel_sync

@@ -8,6 +8,10 @@ one per stored event, for as long as the process runs; positions are packed
 (:mod:`.aggregation.positions`), 4 bytes each under 4 GiB of log. :class:`EventIndex` is the Python
 engine's; :class:`NativeEventIndex` wraps the native engine's (``unimeter_native.EventIndex``,
 native/src/event_index.rs), which holds the same entries and writes the same snapshot lists.
+
+Past the memory horizon, both hand the positions of aged hours over as run columns (``aged``),
+then forget them (``drop_aged``) once ``node.index_runs`` has them on disk; ``hours`` then reads
+those from the runs (``runs``) and the rest from memory, so every caller gets the same answer.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from cluster_client.types import EventRow
 
 from .aggregation.positions import positions_of, widened
 from .aggregation.snapshot_data import Chunked
+from .index_run import RunColumns
+from .index_runs import IndexRuns
 
 __all__ = ["HOUR_NS", "EventIndex", "NativeEventIndex"]
 
@@ -36,10 +42,12 @@ _Hours = dict[int, "array[int]"] | tuple[int, "array[int]"]
 class EventIndex:
     """account → {hour → record positions (an array, ascending)}."""
 
-    __slots__ = ("_accounts",)
+    __slots__ = ("_accounts", "runs")
 
     def __init__(self) -> None:
         self._accounts: dict[int, _Hours] = {}
+        self.runs: IndexRuns | None = None
+        """The partition's on-disk runs of aged hours, read by :meth:`hours` (None: none)."""
 
     def add(self, record_ref: int, account_hours: Iterable[tuple[int, int]]) -> None:
         """Note that ``record_ref`` holds events of these distinct (account, hour of event time) pairs."""
@@ -69,11 +77,54 @@ class EventIndex:
                     hours[hour] = widened(found, record_ref)
 
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
-        """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order."""
+        """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order (from
+        memory and from the runs of aged hours)."""
         first, last = start // HOUR_NS, (end - 1) // HOUR_NS
-        for hour, refs in _items(self._accounts.get(account)):
-            if first <= hour <= last:
-                yield hour, refs.tolist()
+        memory = (
+            (hour, refs.tolist())
+            for hour, refs in _items(self._accounts.get(account))
+            if first <= hour <= last
+        )
+        runs = self.runs
+        return iter(runs.joined(account, first, last, memory)) if runs else memory
+
+    def aged(self, before: int, below: int) -> RunColumns:
+        """The positions below ``below`` of every hour before ``before`` (hours since the epoch),
+        as a run's columns. Nothing is removed: :meth:`drop_aged` does that once they are on disk."""
+        accounts = self._accounts
+        picked = [
+            account
+            for account, hours in accounts.items()
+            if (hours[0] < before if isinstance(hours, tuple) else hours and min(hours) < before)
+        ]
+        columns = RunColumns.empty()
+        for account in sorted(picked):
+            for hour, refs in _items(accounts[account]):
+                if hour >= before:
+                    break
+                n = bisect_left(refs, below)
+                if n:
+                    columns.append(account, hour, refs[:n])
+        return columns
+
+    def drop_aged(self, before: int, below: int) -> None:
+        """Forget what :meth:`aged` gave for the same arguments (positions added since are at or
+        past ``below`` and stay). An account keeps its place, with no hours if none is left, so
+        snapshots list accounts in the same order as the native index's."""
+        accounts = self._accounts
+        for account, hours in accounts.items():  # values replaced, never keys added: safe
+            if isinstance(hours, tuple):
+                hour, refs = hours
+                if hour < before:
+                    left = _from(refs, below)
+                    accounts[account] = {} if left is None else (hour, left)
+                continue
+            for hour in [h for h in hours if h < before]:
+                left = _from(hours[hour], below)
+                if left is None:
+                    del hours[hour]
+                else:
+                    hours[hour] = left
 
     def to_snapshot(self, below: int) -> Chunked:
         """Snapshot data (:mod:`.aggregation.snapshot_data`) of the index as it is now, when every
@@ -117,19 +168,42 @@ class NativeEventIndex:
     """The native engine's index: :class:`EventIndex`'s reads and snapshots, filled a whole record at
     a time by :meth:`add_record` (no (account, hour) object per event)."""
 
-    __slots__ = ("_index", "add_record")
+    __slots__ = ("_index", "add_record", "runs")
 
     def __init__(self, index: Any) -> None:
         self._index = index
         """A ``unimeter_native.EventIndex`` (the extension ships no type stubs)."""
+        self.runs: IndexRuns | None = None
+        """The partition's on-disk runs of aged hours, read by :meth:`hours` (None: none)."""
         # The Rust method itself, not a wrapper: it runs once per stored record.
         self.add_record: Callable[[int, Sequence[EventRow]], list[str]] = index.add_record
         """Index a stored record's rows (``(record_ref, rows)``); return their metric codes in order
         of first appearance."""
 
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
-        """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order."""
-        return iter(self._index.hours(account, start, end))
+        """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order (from
+        memory and from the runs of aged hours)."""
+        memory = self._index.hours(account, start, end)
+        runs = self.runs
+        if not runs:
+            return iter(memory)
+        return iter(runs.joined(account, start // HOUR_NS, (end - 1) // HOUR_NS, memory))
+
+    def aged(self, before: int, below: int) -> RunColumns:
+        """:meth:`EventIndex.aged`: the same columns, packed by the native index."""
+        accounts, hours, ends, positions = self._index.aged(before, below)
+        columns = RunColumns.empty()
+        for column, raw in zip(
+            (columns.accounts, columns.hours, columns.ends, columns.positions),
+            (accounts, hours, ends, positions),
+            strict=True,
+        ):
+            column.frombytes(raw)
+        return columns
+
+    def drop_aged(self, before: int, below: int) -> None:
+        """:meth:`EventIndex.drop_aged`."""
+        self._index.drop_aged(before, below)
 
     def to_snapshot(self, below: int) -> Chunked:
         """:meth:`EventIndex.to_snapshot`'s data for the same entries: nothing copied now, every
@@ -140,6 +214,12 @@ class NativeEventIndex:
     def from_snapshot(cls, index_type: Any, data: list[list[Any]]) -> NativeEventIndex:
         """Rebuild an index saved by either engine (``index_type`` is ``unimeter_native.EventIndex``)."""
         return cls(index_type.from_snapshot(data))
+
+
+def _from(refs: array[int], below: int) -> array[int] | None:
+    """The positions of ``refs`` at or past ``below``, or None if there are none."""
+    n = bisect_left(refs, below)
+    return None if n == len(refs) else positions_of(refs[n:]) if n else refs
 
 
 def _items(hours: _Hours | None) -> list[tuple[int, array[int]]]:

@@ -76,6 +76,10 @@ class NodeConfig:
     ones from the alert log."""
     snapshot_interval: float = 60.0
     """Seconds between snapshots of partitions that changed."""
+    memory_horizon_ns: int = 48 * 3600 * 1_000_000_000
+    """The ListEvents index positions of an (account, hour) whose hour ended more than this
+    before ``clock`` move from memory to on-disk index runs (embedded backend; 0: never).
+    See docs/design.md, "Aged index runs"."""
     snapshot_every_records: int = 50_000
     """A partition with this many records since its snapshot gets a new one at the next check."""
     segment_bytes: int = 64 << 20
@@ -103,6 +107,10 @@ class NodeConfig:
     """Where the partitions' per-event work runs: ``python`` (the reference) or ``native`` (the
     ``unimeter_native`` extension; ValueError at start if it cannot be loaded). A server passes
     the ingest engine it chose. Both read and write the same data directory."""
+
+    def __post_init__(self) -> None:
+        if self.memory_horizon_ns < 0:
+            raise ValueError(f"the memory horizon must be 0 (off) or positive: {self.memory_horizon_ns} ns")
 
 
 BackendFactory = Callable[[NodeConfig, NodeStats], RecordBackend]
@@ -136,6 +144,7 @@ class Node:
                 self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
             self._partition_config = PartitionConfig(
                 dedup_window_ns=int(config.dedup_window_seconds * 1e9),
+                memory_horizon_ns=config.memory_horizon_ns,
                 clock=config.clock,
                 engine=partition_engine(config.engine),
                 alerts_in_memory=config.alerts_in_memory,

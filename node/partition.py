@@ -33,6 +33,8 @@ from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .alert_list import AlertList
 from .clock import SYSTEM_CLOCK, Clock
 from .event_index import HOUR_NS
+from .index_run import RunFormatError, RunInfo
+from .index_runs import IndexRuns
 from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog
 from .records import (
@@ -69,6 +71,9 @@ class PartitionConfig:
 
     dedup_window_ns: int = 24 * 3600 * 1_000_000_000
     """How long (by arrival time) an event's dedup key is remembered."""
+    memory_horizon_ns: int = 48 * 3600 * 1_000_000_000
+    """Index positions of hours that ended more than this before the clock's now move to disk, and
+    those hours' minute cells are folded into their hours (0: never): ``NodeConfig.memory_horizon_ns``."""
     batch_window_ns: int = 600 * 1_000_000_000
     """How long a retried batch id is answered with its original result."""
     clock: Clock = SYSTEM_CLOCK
@@ -131,6 +136,11 @@ class Partition:
         self.aggregates = PartitionAggregates(self._fetch_events, config.engine.stores)
         self.dedup = config.engine.new_dedup(config.dedup_window_ns)
         self.index = config.engine.new_index()
+        directory = storage.index_directory
+        self._runs = None if directory is None else IndexRuns(directory, number)
+        """The runs of aged hours' positions (docs/design.md, "Aged index runs"); None on a
+        backend without local files."""
+        self.index.runs = self._runs
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
@@ -273,6 +283,8 @@ class Partition:
             while self.dedup.growing:  # finishing a growth inside the capture stalled the loop 25-45 ms
                 self.dedup.advance_growth()
                 await asyncio.sleep(0)
+            await self._age_index()
+            await self._fold_minutes()
             state = self._snapshot_state()
             covered = self._records_since_snapshot
             try:
@@ -282,9 +294,37 @@ class Partition:
                 self.aggregates.release_snapshot()
             await self.flush()
             await _until_done(self._storage.write_snapshot(data))
+            if self._runs is not None:
+                self._runs.delete_retired()  # the snapshot on disk no longer lists them
             # Records appended while the file was being written are not in it: they still count.
             self._records_since_snapshot -= covered
             self.last_snapshot_time = self._config.clock.now_ns() / 1e9
+
+    async def _age_index(self) -> None:
+        """Hand every position of the hours that ended more than the memory horizon ago (below
+        the log's end now) to a new index run, written and fsynced before the index forgets
+        them; then merge runs past their bound. Positions added meanwhile are at or past that
+        end and stay in memory until the next snapshot (late events of an aged hour too)."""
+        runs, horizon = self._runs, self._config.memory_horizon_ns
+        if runs is None:
+            return
+        if horizon:
+            before = (self._config.clock.now_ns() - horizon) // HOUR_NS
+            below = self.events.end_position
+            columns = self.index.aged(before, below)
+            if len(columns):
+                await runs.add(columns)
+                self.index.drop_aged(before, below)
+        await runs.compact()
+
+    async def _fold_minutes(self) -> None:
+        """Fold the minute cells of the hours that ended more than the memory horizon ago into
+        their hours (docs/design.md, "Folded minutes"), a metric at a time with the loop served
+        in between: a pass over a store's minute cells once an hour of the clock, else nothing."""
+        horizon = self._config.memory_horizon_ns
+        if horizon:
+            for _ in self.aggregates.fold_steps(self._config.clock.now_ns() - horizon):
+                await asyncio.sleep(0)
 
     @property
     def records_since_snapshot(self) -> int:
@@ -300,6 +340,8 @@ class Partition:
                 await step()
             except Exception as exc:
                 errors.append(exc)
+        if self._runs is not None:
+            self._runs.close()
         if errors:
             raise errors[0]
 
@@ -315,6 +357,7 @@ class Partition:
             dedup=self.dedup.to_snapshot(),
             index=self.index.to_snapshot(self.events.end_position),
             batches=[(b, a, o.offsets, o.n_duplicates) for b, (a, o) in self._batches.items()],
+            index_runs=[] if self._runs is None else [(r.name, r.size, r.crc) for r in self._runs.listed()],
         )
 
     # ------------------------------------------------------------------ recovery
@@ -322,6 +365,8 @@ class Partition:
     def _recover(self) -> None:
         started = time.monotonic()
         start_pos = self._load_snapshot()
+        if self._runs is not None:
+            self._runs.discard_unlisted()  # replay re-derives what a later run held
         fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
         replayed = 0
         for ref, payload in self.events.scan(start_pos):
@@ -406,9 +451,20 @@ class Partition:
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
             return 0
+        if state.index_runs:
+            try:
+                if self._runs is None:
+                    raise RunFormatError("this backend keeps no index runs")
+                self._runs.load(RunInfo(*run) for run in state.index_runs)
+            except (RunFormatError, OSError) as exc:  # like a damaged snapshot: the log is the truth
+                log.warning(
+                    "partition %d: snapshot's index runs unusable (%s); replaying the log", self.number, exc
+                )
+                return 0
         self.aggregates = aggregates
         self.dedup = dedup
         self.index = self._engine.load_index(state.index)
+        self.index.runs = self._runs
         self.last_offset = state.last_offset
         self._last_arrival = state.last_arrival
         self.last_snapshot_time = written_at
@@ -431,16 +487,24 @@ class Partition:
         return decoded
 
     def _fetch_events(
-        self, refs: list[int], account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
     ) -> list[AppliedRow]:
-        """Rows of one account and metric (current generation) in the given records and time windows.
+        """Rows of one account and metric (current generation) in the given records and time windows;
+        ``refs`` None: in the records the event index lists for the account in the windows' hours.
 
-        Used for the partial edge minutes of range queries: a per-record index by (account, minute)
-        means a 10,000-event record is scanned once, not on every query that touches its minutes.
+        Used for the partial edge minutes of range queries (and the edges inside hours whose minute
+        cells are folded): a per-record index by (account, minute) means a 10,000-event record is
+        scanned once, not on every query that touches its minutes.
         """
         spec = self._spec_of(metric_code)
         if spec is None:
             return []
+        if refs is None:
+            found: set[int] = set()
+            for lo, hi in windows:
+                for _, hour_refs in self.index.hours(account_id, lo, hi):
+                    found.update(hour_refs)
+            refs = sorted(found)
         minutes = {m for lo, hi in windows for m in range(lo // _MINUTE_NS, (hi - 1) // _MINUTE_NS + 1)}
         out: list[AppliedRow] = []
         for ref in refs:

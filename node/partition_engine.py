@@ -33,6 +33,8 @@ from .aggregation.native_unique import NativeUniqueStore
 from .aggregation.snapshot_data import Chunked
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
+from .index_run import RunColumns
+from .index_runs import IndexRuns
 from .records import EventRecord, encode_event_record
 
 __all__ = [
@@ -208,9 +210,15 @@ def python_replay_keys(
 class RecordIndex(Protocol):
     """What a partition reads of its event index (``node.event_index.EventIndex`` documents it)."""
 
+    runs: IndexRuns | None
+
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]: ...
 
     def to_snapshot(self, below: int) -> Chunked: ...
+
+    def aged(self, before: int, below: int) -> RunColumns: ...
+
+    def drop_aged(self, before: int, below: int) -> None: ...
 
 
 SpecOf = Callable[[str], "MetricSpec | None"]

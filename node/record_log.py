@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Protocol
 
 __all__ = ["PartitionStorage", "RecordBackend", "RecordLog"]
@@ -99,6 +100,10 @@ class PartitionStorage(Protocol):
     def alerts(self) -> RecordLog:
         """Alert records (``node.records.AlertRecord``)."""
         ...
+
+    index_directory: Path | None
+    """The local directory of the partition's index runs of aged hours (``node.index_runs``), or
+    None: the backend keeps every ListEvents position in memory."""
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
         """The latest snapshot's bytes and the wall-clock time it was stored, or None."""

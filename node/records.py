@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgpack
@@ -42,8 +42,12 @@ EVENT_RECORD_VERSION = 1
 ALERT_RECORD_VERSION = 1
 """Version 1 of the alert record is untagged (a 3-element array, as every stored one is); a later
 version must be told apart by its shape, e.g. a leading version number."""
-SNAPSHOT_VERSION = 1
-"""The ``"v"`` key of a snapshot."""
+SNAPSHOT_VERSION = 2
+"""The ``"v"`` key of a snapshot that relies on index runs (``"index_runs"``: ``[[file name, size,
+CRC], ...]``, ``node.index_run``). One that relies on none is written as version 1, without the
+key, as before runs existed: a version that knows no runs reads it, and refuses (so replays its
+log instead of losing the positions in the runs) one that relies on some."""
+_SNAPSHOT_VERSIONS = (1, SNAPSHOT_VERSION)
 
 
 class RecordFormatError(ValueError):
@@ -101,6 +105,9 @@ class Snapshot:
     index: Any
     batches: list[tuple[str, int, list[int], int]]
     """``(batch id, arrival, offsets, duplicates)`` of each batch id remembered."""
+    index_runs: list[tuple[str, int, int]] = field(default_factory=list)
+    """``(file name, size, CRC)`` of each index run (oldest first) holding positions the index
+    part does not: ``node.index_runs``."""
 
 
 def encode_event_record(record: EventRecord) -> bytes:
@@ -180,9 +187,10 @@ async def encode_snapshot(snapshot: Snapshot) -> bytes:
     """The stored bytes of a snapshot, packed in slices with the loop free in between: the msgpack
     map, then the CRC-32 of it (4 bytes, little endian), so that a damaged snapshot is refused
     instead of loaded as wrong numbers."""
+    runs = {"index_runs": [list(r) for r in snapshot.index_runs]} if snapshot.index_runs else {}
     return await pack_in_slices(
         {
-            "v": SNAPSHOT_VERSION,
+            "v": SNAPSHOT_VERSION if runs else 1,
             "partition": snapshot.partition,
             "event_pos": snapshot.event_position,
             "last_offset": snapshot.last_offset,
@@ -193,6 +201,7 @@ async def encode_snapshot(snapshot: Snapshot) -> bytes:
             "dedup": snapshot.dedup,
             "index": snapshot.index,
             "batches": [list(b) for b in snapshot.batches],
+            **runs,
         },
         crc32_trailer=True,
     )
@@ -212,8 +221,9 @@ def decode_snapshot(data: bytes) -> Snapshot:
     state = _unpack(body, "snapshot", strict_map_key=False)
     if type(state) is not dict:
         raise RecordFormatError("snapshot is not a map")
-    if state.get("v") != SNAPSHOT_VERSION:
-        raise RecordFormatError(f"snapshot version {state.get('v')!r} is not {SNAPSHOT_VERSION}")
+    version = state.get("v")
+    if version not in _SNAPSHOT_VERSIONS or type(version) is not int:
+        raise RecordFormatError(f"snapshot version {version!r} is not 1 or {SNAPSHOT_VERSION}")
     missing = [k for k in (*_SNAPSHOT_INTS, "aggregates", "dedup", "index", "batches") if k not in state]
     if missing:
         raise RecordFormatError(f"snapshot lacks {', '.join(missing)}")
@@ -234,6 +244,16 @@ def decode_snapshot(data: bytes) -> Snapshot:
         ):
             raise RecordFormatError("snapshot batch entry is not [batch id, arrival, offsets, duplicates]")
         batches.append((entry[0], entry[1], entry[2], entry[3]))
+    runs = state.get("index_runs") if version == SNAPSHOT_VERSION else []
+    if not (
+        type(runs) is list
+        and (runs or version == 1)
+        and all(
+            type(r) is list and len(r) == 3 and type(r[0]) is str and _is_int(r[1]) and _is_int(r[2])
+            for r in runs
+        )
+    ):
+        raise RecordFormatError("snapshot index runs are not a list of [file name, size, CRC]")
     return Snapshot(
         partition=state["partition"],
         event_position=state["event_pos"],
@@ -245,6 +265,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
         dedup=state["dedup"],
         index=state["index"],
         batches=batches,
+        index_runs=[(r[0], r[1], r[2]) for r in runs],
     )
 
 

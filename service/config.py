@@ -42,6 +42,10 @@ class ServeConfig:
     """Newest alerts each partition keeps in memory; older ones are read from its alert log."""
     snapshot_interval_seconds: float = 60.0
     """Seconds between snapshots of changed partitions."""
+    memory_horizon_seconds: float = 172_800.0
+    """Embedded backend: the ListEvents index positions of an (account, hour) whose hour ended more
+    than this long before the node's clock move to on-disk index runs; 0: keep them all in memory.
+    A cluster node (``nats``) keeps them in memory (docs/operations.md, "Memory horizon")."""
     log_level: str = "INFO"
     """Python logging level."""
     log_format: str = "json"
@@ -121,6 +125,8 @@ class ServeConfig:
             raise ValueError("the free disk floor must not be negative")
         if self.alerts_in_memory < 0:
             raise ValueError("--alerts-in-memory must not be negative")
+        if not self.memory_horizon_seconds >= 0:  # NaN too
+            raise ValueError("--memory-horizon-seconds must be 0 (off) or positive")
         if self.handshake_timeout_seconds <= 0:
             raise ValueError("the handshake timeout must be positive")
         if self.backend not in ("embedded", "nats"):
@@ -184,6 +190,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         "newest alerts each partition keeps in memory (older ones are read from its alert log)",
     ),
     ("snapshot_interval_seconds", "--snapshot-interval-seconds", float, "seconds between snapshots"),
+    (
+        "memory_horizon_seconds",
+        "--memory-horizon-seconds",
+        float,
+        "seconds after an hour ends before its ListEvents positions move to disk (0: never)",
+    ),
     ("log_level", "--log-level", str, "DEBUG, INFO, WARNING or ERROR"),
     ("log_format", "--log-format", str, "json (for log pipelines) or text (for humans)"),
     ("api_keys_file", "--api-keys-file", Path, "file of API keys: name:sha256hex:scopes lines, or JSON"),

@@ -184,6 +184,7 @@ class UnimeterServer:
             dedup_window_seconds=cfg.dedup_window_seconds,
             alerts_in_memory=cfg.alerts_in_memory,
             snapshot_interval=cfg.snapshot_interval_seconds,
+            memory_horizon_ns=round(cfg.memory_horizon_seconds * 1e9),
             min_free_disk_bytes=int(cfg.min_free_disk_mb * (1 << 20)),
             node_addr=cfg.node_addr,
             grpc_addr=cfg.grpc_addr,

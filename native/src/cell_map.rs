@@ -1,8 +1,9 @@
-//! An append-only map from (account, bucket) to a value, iterated in insertion order.
+//! A map from (account, bucket) to a value, iterated in insertion order.
 //!
 //! The Python store keeps one dict per level and slot, and a snapshot lists a dict's cells in its
-//! insertion order; this map keeps that order (entries are never removed) so that both engines
-//! write the same bytes. Keys and values live in two dense vectors; the hash index is an
+//! insertion order; this map keeps that order (entries are appended, and removed only by
+//! `retain`, which keeps the order of the rest, as deleting from a dict does) so that both
+//! engines write the same bytes. Keys and values live in two dense vectors; the hash index is an
 //! open-addressing table of 32-bit entry numbers (linear probing, at most 3/4 full), about
 //! 5-11 bytes per entry on top of the 16-byte key, where a `HashMap` entry would repeat the key.
 
@@ -99,6 +100,31 @@ impl<V> CellMap<V> {
         entry
     }
 
+    /// Keep only the entries whose key passes `keep`, in their order; returns the old entry
+    /// numbers of those kept (entry `i` now is old entry `kept[i]`), for columns kept beside the
+    /// map. The index is rebuilt at the size the remaining entries need.
+    pub fn retain(&mut self, mut keep: impl FnMut(Key) -> bool) -> Vec<usize> {
+        let mask: Vec<bool> = self.keys.iter().map(|&key| keep(key)).collect();
+        let kept: Vec<usize> = (0..mask.len()).filter(|&entry| mask[entry]).collect();
+        if kept.len() == mask.len() {
+            return kept;
+        }
+        // `Vec::retain` visits the elements once each, in order.
+        let mut flags = mask.iter();
+        self.keys.retain(|_| *flags.next().expect("one flag per key"));
+        let mut flags = mask.iter();
+        self.values.retain(|_| *flags.next().expect("one flag per value"));
+        let mut n = MIN_SLOTS;
+        while (self.keys.len() + 1) * 4 > n * 3 {
+            n *= 2;
+        }
+        self.slots = vec![EMPTY; n];
+        for entry in 0..self.keys.len() {
+            self.place(self.keys[entry], entry);
+        }
+        kept
+    }
+
     fn place(&mut self, key: Key, entry: usize) {
         let mask = self.slots.len() - 1;
         let mut i = hash(key) as usize & mask;
@@ -137,6 +163,24 @@ mod tests {
             assert_eq!(*map.value(n), n as u32);
         }
         assert_eq!(map.find((99, 0)), None);
+    }
+
+    #[test]
+    fn retain_keeps_the_order_of_the_rest_and_finds_them() {
+        let mut map: CellMap<u32> = CellMap::default();
+        for i in 0..100u64 {
+            map.push((i % 3, i as i64), i as u32);
+        }
+        let kept = map.retain(|(_, bucket)| bucket % 4 != 0);
+        assert_eq!(kept, (0..100).filter(|i| i % 4 != 0).collect::<Vec<_>>());
+        assert_eq!(map.len(), 75);
+        for (entry, &old) in kept.iter().enumerate() {
+            assert_eq!(map.find((old as u64 % 3, old as i64)), Some(entry));
+            assert_eq!(*map.value(entry), old as u32);
+        }
+        assert_eq!(map.find((0, 0)), None);
+        assert_eq!(map.push((0, 0), 7), 75);
+        assert_eq!(map.find((0, 0)), Some(75));
     }
 
     #[test]

@@ -115,6 +115,78 @@ impl EventIndex {
     }
 }
 
+/// The positions an index hands over for a run (`node/index_run.py`'s columns): keys in (account,
+/// hour) order, key `i`'s positions `positions[ends[i - 1]..ends[i]]`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AgedColumns {
+    pub accounts: Vec<u64>,
+    pub hours: Vec<i64>,
+    pub ends: Vec<u64>,
+    pub positions: Vec<u64>,
+}
+
+impl EventIndex {
+    /// The positions below `below` of every hour before `before`, as a run's columns. Nothing is
+    /// removed: `drop_aged` with the same arguments does that once the run is on disk.
+    pub fn aged(&self, before: i64, below: u64) -> AgedColumns {
+        let mut keys: Vec<(u64, i64, Vec<u64>)> = Vec::new();
+        for (account, hours) in &self.accounts {
+            let listed: Vec<(i64, &Positions)> = match hours {
+                Hours::One(hour, positions) => vec![(*hour, positions)],
+                Hours::Many(map) => map.range(..before).map(|(h, p)| (*h, p)).collect(),
+            };
+            for (hour, positions) in listed {
+                let kept = positions.below(below);
+                if hour < before && !kept.is_empty() {
+                    keys.push((*account, hour, kept));
+                }
+            }
+        }
+        keys.sort_unstable_by_key(|(account, hour, _)| (*account, *hour));
+        let mut columns = AgedColumns::default();
+        for (account, hour, positions) in keys {
+            columns.accounts.push(account);
+            columns.hours.push(hour);
+            columns.positions.extend(positions);
+            columns.ends.push(columns.positions.len() as u64);
+        }
+        columns
+    }
+
+    /// Forget the positions below `below` of every hour before `before` (what `aged` gave for the
+    /// same arguments; positions added since are at or past `below` and stay). An account keeps
+    /// its slot, with no hours if none is left, so the snapshot order of accounts is unchanged.
+    pub fn drop_aged(&mut self, before: i64, below: u64) {
+        let rest = |positions: &Positions| {
+            let all = positions.to_vec();
+            let cut = all.partition_point(|&p| p < below);
+            (cut < all.len()).then(|| Positions::from_sorted(&all[cut..]))
+        };
+        for (_, hours) in &mut self.accounts {
+            match hours {
+                Hours::One(hour, positions) if *hour < before => match rest(positions) {
+                    Some(left) => *positions = left,
+                    None => *hours = Hours::Many(BTreeMap::new()),
+                },
+                Hours::One(..) => {}
+                Hours::Many(map) => {
+                    let aged: Vec<i64> = map.range(..before).map(|(h, _)| *h).collect();
+                    for hour in aged {
+                        match rest(&map[&hour]) {
+                            Some(left) => {
+                                map.insert(hour, left);
+                            }
+                            None => {
+                                map.remove(&hour);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +205,33 @@ mod tests {
         assert_eq!(
             index.entries(0, 9, 25),
             vec![(5, vec![(99, vec![20]), (100, vec![10, 20])]), (3, vec![(7, vec![10])])]
+        );
+    }
+
+    #[test]
+    fn aged_hours_are_handed_over_in_key_order_and_then_dropped() {
+        let mut index = EventIndex::default();
+        index.add(10, 5, 100);
+        index.add(10, 3, 7);
+        index.add(20, 5, 99);
+        index.add(30, 5, 100);
+        index.add(40, 5, 101);
+        let aged = index.aged(101, 30);
+        assert_eq!(aged.accounts, vec![3, 5, 5]);
+        assert_eq!(aged.hours, vec![7, 99, 100]);
+        assert_eq!(aged.ends, vec![1, 2, 3]);
+        assert_eq!(aged.positions, vec![10, 20, 10]);
+        index.drop_aged(101, 30);
+        assert_eq!(index.hours(5, 0, 1000), vec![(100, vec![30]), (101, vec![40])]);
+        assert_eq!(index.hours(3, 0, 1000), vec![]);
+        assert_eq!(index.entries(0, 9, 99), vec![(5, vec![(100, vec![30]), (101, vec![40])]), (3, vec![])]);
+        index.add(50, 3, 7); // a late event of an aged hour: in memory again until the next hand-over
+        assert_eq!(index.hours(3, 0, 1000), vec![(7, vec![50])]);
+        assert_eq!(index.aged(101, 30), AgedColumns::default()); // nothing handed over twice
+        let late = index.aged(101, 99);
+        assert_eq!(
+            (late.accounts, late.hours, late.ends, late.positions),
+            (vec![3, 5], vec![7, 100], vec![1, 2], vec![50, 30])
         );
     }
 }

@@ -8,7 +8,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
+use pyo3::types::{PyBytes, PyString};
 
 use crate::event_index::{AccountEntry, EventIndex, HOUR_NS};
 use crate::guarded;
@@ -88,6 +88,29 @@ impl PyEventIndex {
     /// format of ``node.event_index.EventIndex.to_snapshot``) with the positions below ``below``.
     fn chunk(&self, below: u64, lo: usize, hi: usize) -> PyResult<Vec<AccountEntry>> {
         guarded(|| Ok(self.index.entries(lo, hi, below)))
+    }
+
+    /// ``(accounts, hours, ends, positions)``: the positions below ``below`` of every hour before
+    /// ``before``, as the little-endian bytes of a run's four columns (``node/index_run.py``).
+    fn aged<'py>(&self, py: Python<'py>, before: i64, below: u64) -> PyResult<[Bound<'py, PyBytes>; 4]> {
+        guarded(|| {
+            let columns = self.index.aged(before, below);
+            let bytes = |words: Vec<[u8; 8]>| PyBytes::new(py, words.as_flattened());
+            Ok([
+                bytes(columns.accounts.iter().map(|v| v.to_le_bytes()).collect()),
+                bytes(columns.hours.iter().map(|v| v.to_le_bytes()).collect()),
+                bytes(columns.ends.iter().map(|v| v.to_le_bytes()).collect()),
+                bytes(columns.positions.iter().map(|v| v.to_le_bytes()).collect()),
+            ])
+        })
+    }
+
+    /// Forget what ``aged(before, below)`` handed over (once a run holds it).
+    fn drop_aged(&mut self, before: i64, below: u64) -> PyResult<()> {
+        guarded(|| {
+            self.index.drop_aged(before, below);
+            Ok(())
+        })
     }
 
     /// An index from either engine's snapshot list; ValueError if it is not one.

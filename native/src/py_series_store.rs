@@ -230,6 +230,18 @@ impl PySeriesCells {
         self.cells.last_minute
     }
 
+    /// Minutes below this are folded: they have no minute cells.
+    #[getter]
+    fn folded_minute(&self) -> i64 {
+        self.cells.folded_minute
+    }
+
+    /// Drop the minute cells below ``minute`` (a whole hour's first), and create none there from
+    /// now on; returns how many were dropped. ValueError while a snapshot is being packed.
+    fn fold_minutes(&mut self, minute: i64) -> PyResult<usize> {
+        self.cells.fold_minutes(minute).map_err(PyValueError::new_err)
+    }
+
     /// Bytes the cells hold (their vectors' capacity).
     #[getter]
     fn memory_bytes(&self) -> usize {

@@ -10,7 +10,9 @@
 //! one by one into every level; since values are never negative this ends in exactly the cells
 //! the Python store's run-and-merge gives (`cell.rs`). A snapshot is copy-on-write, as in Python:
 //! `capture` records each map's length, and a cell changed while the snapshot packs is saved
-//! first. The Python face is `py_series_store`.
+//! first. Minute cells of hours older than the memory horizon are folded away (`fold_minutes`):
+//! the hour, day and period cells already hold their events, and a query reads those hours' edges
+//! from the log (docs/design.md, "Folded minutes"). The Python face is `py_series_store`.
 
 use std::collections::HashMap;
 
@@ -142,6 +144,8 @@ pub struct SeriesCells {
     account_index: IntMap<u64, u32>,
     pub first_minute: i64,
     pub last_minute: i64,
+    /// Minutes below this (a whole hour's first minute) are folded: no minute cell, in any slot.
+    pub folded_minute: i64,
     capture: Option<Capture>,
 }
 
@@ -163,6 +167,7 @@ impl SeriesCells {
             account_index: IntMap::default(),
             first_minute: NO_MINUTE,
             last_minute: -1,
+            folded_minute: 0,
             capture: None,
         }
     }
@@ -222,6 +227,9 @@ impl SeriesCells {
             (account, event.period_start),
         ];
         for (level, key) in keys.into_iter().enumerate() {
+            if level == MINUTE_LEVEL && minute < self.folded_minute {
+                continue; // a late event into a folded hour: its coarser cells hold it
+            }
             match self.slots[slot].levels[level].find(key) {
                 Some(entry) => {
                     self.save_original(slot, level, entry);
@@ -287,6 +295,46 @@ impl SeriesCells {
                 time: event.time,
             })
         });
+    }
+
+    // ------------------------------------------------------------------------------ folding
+
+    /// Drop every slot's minute cells below `minute` (and slot 0's record positions with them),
+    /// and keep later events from creating any; returns how many cells were dropped. Err while a
+    /// snapshot is being packed (entry numbers must not move under a capture).
+    pub fn fold_minutes(&mut self, minute: i64) -> Result<usize, String> {
+        if minute <= self.folded_minute {
+            return Ok(0);
+        }
+        if self.capture.is_some() {
+            return Err("cannot fold minute cells while a snapshot is being packed".to_owned());
+        }
+        self.folded_minute = minute;
+        let mut dropped = 0;
+        for (number, slot) in self.slots.iter_mut().enumerate() {
+            let map = &mut slot.levels[MINUTE_LEVEL];
+            let before = map.len();
+            let kept = map.retain(|(_, bucket)| bucket >= minute);
+            dropped += before - kept.len();
+            if number == 0 && kept.len() != before {
+                let positions = std::mem::take(&mut self.positions);
+                let mut lists = std::mem::take(&mut self.position_lists);
+                for entry in kept {
+                    let word = positions[entry];
+                    if word & LIST_TAG == 0 {
+                        self.positions.push(word);
+                    } else {
+                        let list = std::mem::replace(
+                            &mut lists[(word & !LIST_TAG) as usize],
+                            Positions::Narrow(Vec::new()),
+                        );
+                        self.positions.push(LIST_TAG | self.position_lists.len() as u64);
+                        self.position_lists.push(list);
+                    }
+                }
+            }
+        }
+        Ok(dropped)
     }
 
     // -------------------------------------------------------------------------------- reads
@@ -521,6 +569,29 @@ mod tests {
         remove.remove = true;
         cells.apply(&[remove, remove, remove, event(1, 0, T + 10, 12)], 2, &mut alerts);
         assert_eq!(alerts.iter().map(|a| (a.threshold, a.value)).collect::<Vec<_>>(), vec![(1, 3)]);
+    }
+
+    #[test]
+    fn folding_drops_the_minutes_below_and_keeps_the_rest_and_the_coarser_cells() {
+        let mut cells = SeriesCells::new(AggKind::Sum, Vec::new(), false);
+        let mut alerts = Vec::new();
+        let minute = T / MINUTE_NS;
+        let hour_ns = 60 * MINUTE_NS;
+        cells.apply(&[event(1, 5, T, 1), event(2, 1, T + hour_ns, 2)], 10, &mut alerts);
+        cells.apply(&[event(1, 2, T + 1, 3), event(2, 1, T + hour_ns, 4)], 20, &mut alerts);
+        cells.apply(&[event(2, 3, T + 2 * hour_ns, 5)], 30, &mut alerts);
+        assert_eq!(cells.fold_minutes(minute + 60), Ok(1));
+        assert_eq!(cells.fold_minutes(minute + 60), Ok(0));
+        assert_eq!(cells.minute_positions(1, minute), Vec::<u64>::new());
+        assert_eq!(cells.minute_positions(2, minute + 60), vec![10, 20]);
+        assert_eq!(cells.minute_positions(2, minute + 120), vec![30]);
+        // A late event into the folded hour: its hour cell takes it, no minute cell comes back.
+        cells.apply(&[event(1, 4, T + 3, 6)], 40, &mut alerts);
+        assert_eq!(cells.minute_positions(1, minute), Vec::<u64>::new());
+        let hour = vec![(1usize, vec![minute / MINUTES_PER_HOUR])];
+        assert_eq!(cells.merged(1, 0, &hour).unwrap().sum(), 11);
+        cells.capture();
+        assert!(cells.fold_minutes(minute + 120).is_err());
     }
 
     #[test]

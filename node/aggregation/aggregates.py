@@ -9,12 +9,13 @@ old one's state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
 from .cells import agg_value, empty_cell
+from .grid import HOUR, MINUTE
 from .native_series import NativeSeriesStore
 from .native_unique import NativeUniqueStore
 from .series import SeriesStore
@@ -23,7 +24,11 @@ from .unique import UniqueStore
 
 __all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds"]
 
-_SNAPSHOT_VERSION = 1
+_SNAPSHOT_VERSION = 2
+"""2: each COUNT, SUM, MAX or LATEST store's data also says its folded minute (``"folded"``);
+version 1, which has none (nothing folded), is still read."""
+_READABLE_VERSIONS = (1, 2)
+_MINUTES_PER_HOUR = HOUR // MINUTE
 _Series = SeriesStore | NativeSeriesStore
 _Unique = UniqueStore | NativeUniqueStore
 _Store = _Series | _Unique
@@ -131,6 +136,28 @@ class PartitionAggregates:
             return store.query(account_id, start, end, filters, group_by)
         return store.query(account_id, start, end, filters, group_by, self._fetch_events)
 
+    def fold_minutes_before(self, cutoff_ns: int) -> int:
+        """Fold the minute cells of every hour that ended at or before ``cutoff_ns`` into their hours;
+        return how many cells were dropped (:meth:`fold_steps` in one go)."""
+        return sum(self.fold_steps(cutoff_ns))
+
+    def fold_steps(self, cutoff_ns: int) -> Iterator[int]:
+        """Fold the minute cells of every hour that ended at or before ``cutoff_ns`` into their hours,
+        a COUNT, SUM, MAX or LATEST store per step (``SeriesStore.fold_minutes``), each yielding
+        the cells it dropped: the caller may serve others between steps. A store whose folded
+        minute is already there costs one comparison; otherwise its step is a pass over its minute
+        cells. Nothing while a snapshot is being packed (its copy-on-write reads those cells).
+
+        COUNT_UNIQUE stores have nothing to fold: their member histories answer every range, and
+        a history is per member, not per minute.
+        """
+        if self._captured:
+            return
+        minute = cutoff_ns // HOUR * _MINUTES_PER_HOUR
+        for store in list(self._stores.values()):
+            if not isinstance(store, _Unique) and store.folded_minute < minute:
+                yield store.fold_minutes(minute)
+
     def forget_metric(self, code: str) -> None:
         """Drop the state of a deleted metric."""
         self._stores.pop(code, None)
@@ -183,8 +210,9 @@ class PartitionAggregates:
         """Rebuild the state saved by :meth:`to_snapshot`, keeping only metrics whose code is in
         ``specs`` with the same generation (a deleted or re-created metric starts empty)."""
         aggregates = cls(fetch_events, kinds)
-        if not isinstance(data, Mapping) or data.get("v") != _SNAPSHOT_VERSION:
+        if not isinstance(data, Mapping) or data.get("v") not in _READABLE_VERSIONS:
             raise ValueError("unsupported aggregates snapshot")
+        unfolded = data["v"] == 1
         for code, generation, agg_type, state in data["metrics"]:
             spec = specs.get(code)
             if spec is None or spec.generation != generation or int(spec.agg_type) != agg_type:
@@ -192,5 +220,7 @@ class PartitionAggregates:
             if spec.unique:
                 aggregates._stores[code] = kinds.load_unique(spec, state)
             else:
+                if unfolded:
+                    state = {**state, "folded": 0}
                 aggregates._stores[code] = kinds.load_series(spec, state)
         return aggregates

@@ -8,7 +8,9 @@ in nanoseconds, which may be negative for a zoned period around the epoch, hence
 
 from __future__ import annotations
 
-__all__ = ["grid_base", "join_keys", "period_key", "split_keys"]
+from collections.abc import Mapping
+
+__all__ = ["buckets_below", "grid_base", "grid_bucket", "join_keys", "period_key", "split_keys"]
 
 _GRID_SHIFT = 40
 _GRID_MASK = (1 << _GRID_SHIFT) - 1
@@ -19,6 +21,16 @@ _PERIOD_BIAS = 1 << 65
 def grid_base(account_id: int) -> int:
     """Add a bucket index to this to get the account's grid key."""
     return account_id << _GRID_SHIFT
+
+
+def grid_bucket(key: int) -> int:
+    """The bucket index of a grid key."""
+    return key & _GRID_MASK
+
+
+def buckets_below(cells: Mapping[int, object], first: int) -> list[int]:
+    """The keys of a grid level's dict whose buckets are below ``first``."""
+    return [key for key in cells if key & _GRID_MASK < first]
 
 
 def period_key(account_id: int, period_start: int) -> int:

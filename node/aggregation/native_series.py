@@ -65,6 +65,14 @@ class NativeSeriesStore(SeriesReads):
         return cast("int", self._cells.last_minute)
 
     @property
+    def folded_minute(self) -> int:
+        return cast("int", self._cells.folded_minute)
+
+    def fold_minutes(self, minute: int) -> int:
+        """``SeriesStore.fold_minutes``: drop the minute cells below ``minute``; how many."""
+        return cast("int", self._cells.fold_minutes(minute))
+
+    @property
     def memory_bytes(self) -> int:
         """Bytes the Rust cells hold (their vectors' capacity)."""
         return cast("int", self._cells.memory_bytes)
@@ -99,6 +107,7 @@ class NativeSeriesStore(SeriesReads):
                 for level in range(N_GRID_LEVELS + 1)
             ],
             "account_slots": account_slots,
+            "folded": cells.folded_minute,
         }
 
     def release_snapshot(self) -> None:
@@ -112,6 +121,7 @@ class NativeSeriesStore(SeriesReads):
         """Rebuild a store saved by either engine's ``to_snapshot`` for the same metric generation."""
         store = cls(spec, cells_type)
         store._cells.load(data["combos"], data["extent"], data["levels"], data["account_slots"])
+        store.fold_minutes(int(cast("int", data["folded"])))
         return store
 
 

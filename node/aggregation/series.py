@@ -10,6 +10,11 @@ cells of slot 0 end with the positions of the log records that fed them (one slo
 packed array once several records did, :mod:`.positions`): the raw edges of a range are read back
 through those. Period cells of slot 0 end with the alert state (:mod:`.thresholds`).
 
+Minute cells of hours older than the memory horizon are folded away (:meth:`SeriesStore.fold_minutes`,
+every slot, positions included): their hour, day and period cells already hold every event, and a
+range edge inside a folded hour is read from the log through the event index instead
+(:mod:`.series_reads`). A late event into a folded hour updates the coarser cells only.
+
 Memory: one flat dict per level (not a dict per account) and list cells keep an account with a
 single event at ~930 bytes (tracemalloc; 4 cells, 4 dict entries, packed-int keys); a dimensioned
 metric stores its combinations' cells besides the total, about twice that.
@@ -36,7 +41,7 @@ from .cells import (
 )
 from .combos import Combos
 from .grid import DAY, HOUR, MINUTE, N_GRID_LEVELS, PERIOD_LEVEL
-from .keys import grid_base, join_keys, period_key, split_keys
+from .keys import buckets_below, grid_base, grid_bucket, join_keys, period_key, split_keys
 from .positions import positions_of, tail_positions, widened, with_packed_tail
 from .series_reads import SeriesReads
 from .snapshot_data import Chunked, Deferred
@@ -59,7 +64,16 @@ Cells = dict[int, list[int]]
 class SeriesStore(SeriesReads):
     """Pre-aggregated cells of one non-COUNT_UNIQUE metric, for every account of a partition."""
 
-    __slots__ = ("_saved", "account_slots", "combos", "first_minute", "last_minute", "levels", "spec")
+    __slots__ = (
+        "_saved",
+        "account_slots",
+        "combos",
+        "first_minute",
+        "folded_minute",
+        "last_minute",
+        "levels",
+        "spec",
+    )
 
     def __init__(self, spec: MetricSpec) -> None:
         self.spec = spec
@@ -71,6 +85,8 @@ class SeriesStore(SeriesReads):
         self.last_minute = -1
         """The minutes of the earliest and latest events of any account: ranges are clipped to them,
         so an "all time" query walks the buckets of the data, not of 500 years."""
+        self.folded_minute = 0
+        """Minutes below this (the first minute of an hour) are folded: no minute cells, any slot."""
         self._saved: list[list[Cells]] | None = None
         """While a snapshot packs: per level and slot, the value at capture of each cell changed
         since (copy-on-write; see :meth:`to_snapshot`)."""
@@ -106,7 +122,7 @@ class SeriesStore(SeriesReads):
         day_keys: list[int] = []
         period_keys: list[int] = []
         deltas: list[list[int]] = []
-        lo_minute, hi_minute = self.first_minute, self.last_minute
+        lo_minute, hi_minute = _NO_MINUTE, -1  # the record's
         by_key: dict[tuple[int, int, int, int], list[int]] = {}
         run = _NO_RUN
         run_account = run_minute = run_start = -1
@@ -188,21 +204,30 @@ class SeriesStore(SeriesReads):
             deltas.append(run)
 
         # Phase 2, per level: one tight loop each, no call per cell.
-        self.first_minute, self.last_minute = lo_minute, hi_minute
+        if lo_minute < self.first_minute:
+            self.first_minute = lo_minute
+        if hi_minute > self.last_minute:
+            self.last_minute = hi_minute
         levels = self.levels
+        folded = self.folded_minute if lo_minute < self.folded_minute else 0
+        total_minute_keys, minute_deltas = minute_keys, deltas
+        if folded:  # late events into folded hours: their coarser cells only
+            total_minute_keys, minute_deltas = _unfolded(minute_keys, deltas, folded)
         if saved is not None:
-            _save_originals(levels[0][0], minute_keys, saved[0][0], _minute_copy)
+            _save_originals(levels[0][0], total_minute_keys, saved[0][0], _minute_copy)
             _save_originals(levels[1][0], hour_keys, saved[1][0])
             _save_originals(levels[2][0], day_keys, saved[2][0])
             if not thresholds:  # with them, phase 1 saved the period cells before changing them
                 _save_originals(totals, period_keys, saved[PERIOD_LEVEL][0])
-        _merge_minutes(levels[0][0], minute_keys, deltas, ref)
+        _merge_minutes(levels[0][0], total_minute_keys, minute_deltas, ref)
         _merge_all(levels[1][0], hour_keys, deltas)
         _merge_all(levels[2][0], day_keys, deltas)
         if not thresholds:
             _merge_all(totals, period_keys, deltas)
         if dimensioned:
-            self._apply_combinations(accounts, slots, period_keys, minute_keys, hour_keys, day_keys, deltas)
+            self._apply_combinations(
+                accounts, slots, period_keys, minute_keys, hour_keys, day_keys, deltas, folded
+            )
         return alerts
 
     def _apply_combinations(
@@ -214,8 +239,10 @@ class SeriesStore(SeriesReads):
         hour_keys: list[int],
         day_keys: list[int],
         deltas: list[list[int]],
+        folded: int,
     ) -> None:
-        """Merge deltas into their combination's buckets (dimensioned metrics only)."""
+        """Merge deltas into their combination's buckets (dimensioned metrics only); ``folded``: the
+        folded minute if some deltas fall below it (their minute cells are skipped), else 0."""
         levels = self.levels
         top = max(slots)
         while len(levels[0]) <= top:
@@ -238,13 +265,36 @@ class SeriesStore(SeriesReads):
         # realtime ingestion (a few rows over many combinations) than it saves on big ones.
         for i, slot in enumerate(slots):
             delta = deltas[i]
-            _merge_one(minute_cells[slot], minute_keys[i], delta)
+            if not folded or grid_bucket(minute_keys[i]) >= folded:
+                _merge_one(minute_cells[slot], minute_keys[i], delta)
             _merge_one(hour_cells[slot], hour_keys[i], delta)
             _merge_one(day_cells[slot], day_keys[i], delta)
             if _merge_one(period_cells[slot], period_keys[i], delta):
                 used = account_slots.setdefault(accounts[i], [])
                 if slot not in used:
                     used.append(slot)
+
+    # ---------------------------------------------------------------------------------- folding
+
+    def fold_minutes(self, minute: int) -> int:
+        """Drop every slot's minute cells below ``minute`` (the first minute of an hour; their
+        record positions with them) and create none there from now on; return how many were
+        dropped. Never while a snapshot is being packed (the caller's rule: see
+        ``PartitionAggregates.fold_steps``)."""
+        if minute <= self.folded_minute:
+            return 0
+        if self._saved is not None:
+            raise ValueError("cannot fold minute cells while a snapshot is being packed")
+        self.folded_minute = minute
+        dropped = 0
+        for cells in self.levels[0]:
+            # Deleted in place (a new dict of the rest took 4x longer): the dict compacts at its
+            # next resize, which the new minutes bring.
+            below = buckets_below(cells, minute)
+            for key in below:
+                del cells[key]
+            dropped += len(below)
+        return dropped
 
     # ------------------------------------------------------------------------------------ reads
 
@@ -311,6 +361,7 @@ class SeriesStore(SeriesReads):
             "extent": [self.first_minute, self.last_minute],
             "levels": levels,
             "account_slots": [[account, slots[:]] for account, slots in self.account_slots.items()],
+            "folded": self.folded_minute,
         }
 
     def release_snapshot(self) -> None:
@@ -339,6 +390,7 @@ class SeriesStore(SeriesReads):
         store.first_minute, store.last_minute = (int(m) for m in cast("list[int]", data["extent"]))
         slots = cast("list[list[Any]]", data["account_slots"])
         store.account_slots = {int(a): [int(s) for s in used] for a, used in slots}
+        store.fold_minutes(int(cast("int", data["folded"])))
         return store
 
 
@@ -362,6 +414,12 @@ def _columns(keys: list[int], live: Cells, saved: Cells, periods: bool, minutes:
         return packed
 
     return [accounts, second, Chunked(len(keys), chunk), Deferred(list, big)]
+
+
+def _unfolded(keys: list[int], deltas: list[list[int]], folded: int) -> tuple[list[int], list[list[int]]]:
+    """The minute keys at or after minute ``folded``, and their deltas."""
+    kept = [i for i, key in enumerate(keys) if grid_bucket(key) >= folded]
+    return [keys[i] for i in kept], [deltas[i] for i in kept]
 
 
 def _save_originals(

@@ -5,7 +5,9 @@ engine's :class:`~.native_series.NativeSeriesStore`, answer through these functi
 can only differ in the cells they hold, never in how a range is cut, filtered, grouped or merged.
 A store offers the few lookups of :class:`SeriesCellsView`; the range is planned here
 (:mod:`.grid`), whole buckets are merged by the store, and the partial minutes at the edges are
-folded here from the raw events the partition reads back.
+folded here from the raw events the partition reads back: through the minute cells' record
+positions, or, for the part of an edge inside an hour whose minute cells are folded (older than the
+memory horizon: ``SeriesStore.fold_minutes``), through the event index's records of that hour.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class SeriesCellsView(Protocol):
 
     @property
     def last_minute(self) -> int: ...
+
+    @property
+    def folded_minute(self) -> int:
+        """Minutes below this have no minute cells (folded into their hours)."""
+        ...
 
     def slots_of(self, account_id: int) -> Sequence[int]:
         """The combination slots (``1 + combination``) the account has events in."""
@@ -124,6 +131,7 @@ def series_query(
 
     # Whole buckets, merged per slot by the store (in time order: the cheap "last" scan applies).
     raw: list[tuple[int, int, int]] = []
+    spans: list[tuple[int, int]] = []
     if exact:
         segments: Segments = [(PERIOD_LEVEL, [p_start])]
     else:
@@ -133,6 +141,8 @@ def series_query(
         plan = plan_range(start, end, spec.periods if spec.long_periods else None)
         raw = plan.raw
         segments = plan.segments
+        if start < view.folded_minute * MINUTE:
+            segments, raw, spans = _split_folded(segments, raw, view.folded_minute)
     merged: dict[int, list[int]] = {}
     if segments:
         for slot in wanted:
@@ -144,9 +154,12 @@ def series_query(
     with_sum = spec.agg_type is AggType.SUM
     main_raw: list[int] | None = None
     group_raw: dict[tuple[str, ...], list[int]] = {}
-    if raw:
+    if raw or spans:
         main_set = set(main_slots)
-        for _, value, t, props, op, offset in _edge_rows(view, account_id, raw, fetch_events):
+        rows = _edge_rows(view, account_id, raw, fetch_events)
+        if spans:  # the records of those hours, found by the partition's event index
+            rows += fetch_events(None, account_id, spec.code, spans)
+        for _, value, t, props, op, offset in rows:
             if group_of or filters:
                 combo = combos.find(props)
                 slot = -1 if combo is None else combo + 1
@@ -185,6 +198,26 @@ def series_query(
             for group in sorted(by_group)
         ]
     return agg_value(agg, main, flags), groups
+
+
+def _split_folded(
+    segments: Segments, raw: list[tuple[int, int, int]], folded: int
+) -> tuple[Segments, list[tuple[int, int, int]], list[tuple[int, int]]]:
+    """The plan without the minutes below ``folded`` (no cells there), and those minutes' time
+    spans (raw windows and whole minutes alike), to be read from the log."""
+    spans = [(lo, hi) for minute, lo, hi in raw if minute < folded]
+    raw = [window for window in raw if window[0] >= folded]
+    kept: Segments = []
+    for level, buckets in segments:
+        if level == 0 and buckets[0] < folded:
+            # Minute buckets are consecutive; a run may straddle the folded hour's end.
+            n = next((i for i, minute in enumerate(buckets) if minute >= folded), len(buckets))
+            spans.append((buckets[0] * MINUTE, (buckets[n - 1] + 1) * MINUTE))
+            buckets = buckets[n:]
+            if not buckets:
+                continue
+        kept.append((level, buckets))
+    return kept, raw, spans
 
 
 def _edge_rows(

@@ -26,7 +26,9 @@ AlertRow = tuple[int, str, str, int, int, int, int, int]
 
 # (record_refs, account_id, metric_code, windows) -> that account's rows of that metric in those log
 # records whose event time falls in one of the half-open [lo, hi) windows (the partial edge minutes).
-FetchEvents = Callable[[list[int], int, str, list[tuple[int, int]]], list[AppliedRow]]
+# ``record_refs`` None: every record the partition's event index lists for the account in the
+# windows' hours (edges inside hours whose minute cells are folded).
+FetchEvents = Callable[[list[int] | None, int, str, list[tuple[int, int]]], list[AppliedRow]]
 
 _DAY_SECONDS = 86_400
 

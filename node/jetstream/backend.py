@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import nats.errors
@@ -88,6 +89,9 @@ class JetStreamStorage:
         self._name = name
         self._snapshot = snapshot
         self._held = held
+        # A node taking the partition over has only the stream and the snapshot object, no local
+        # files: every ListEvents position stays in memory (docs/operations.md, "Memory horizon").
+        self.index_directory: Path | None = None
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
         return self._snapshot

@@ -4,7 +4,9 @@ Each example builds one metric (any type, carry_over, FIXED periods of 60-600 s 
 in UTC or America/New_York, 0-2 dimensions, thresholds), then runs a random program of ingests
 (records of a few rows with late and out-of-order times, corrections where the type allows them),
 range queries (nanosecond-unaligned, on period and bucket boundaries, filters, group_by), realtime
-reads and snapshot/restore (through msgpack). Every answer and the whole alert sequence must equal
+reads, snapshot/restore (through msgpack) and folds of the minute cells of hours before a random
+cutoff (``fold_minutes_before``: later queries read those hours' edges from the log, later events
+into them are late events into folded hours). Every answer and the whole alert sequence must equal
 the model's; an int64 overflow must raise OutOfRangeError on both sides. Each test runs once per
 engine (``tests/engines.py``): the COUNT, SUM, MAX and LATEST cells are the Python store's or the
 native one's, and each restore loads the snapshot into the next engine's store, so a snapshot
@@ -56,11 +58,15 @@ class Engine:
         self.aggregates = PartitionAggregates(self.fetch_events, self.engines[0])
         self.next_offset = 1
         self.fetched_refs = 0
+        self.fetched_spans = 0
 
     def fetch_events(
-        self, refs: list[int], account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
     ) -> list[AppliedRow]:
         assert metric_code == self.metric.code
+        if refs is None:  # the event index's records of those hours: here, every record
+            self.fetched_spans += len(windows)
+            refs = list(self.records)
         assert len(set(refs)) == len(refs)
         self.fetched_refs += len(refs)
         return [
@@ -168,7 +174,7 @@ class Workload:
 
 
 @st.composite
-def workloads(draw: st.DrawFn, agg_types: tuple[AggType, ...] = tuple(AggType)) -> Workload:
+def workloads(draw: st.DrawFn, agg_types: tuple[AggType, ...] = tuple(AggType), folds: int = 1) -> Workload:
     metric = draw(metrics(agg_types))
     origin = draw(st.sampled_from(ORIGINS))
     agg = AggType(metric.agg_type)
@@ -198,7 +204,8 @@ def workloads(draw: st.DrawFn, agg_types: tuple[AggType, ...] = tuple(AggType)) 
     seen: list[int] = []
     accounts: list[int] = []
     for _ in range(draw(st.integers(1, 12))):
-        kind = draw(st.sampled_from(["ingest", "ingest", "ingest", "query", "query", "realtime", "snapshot"]))
+        kinds = ["ingest", "ingest", "ingest", "query", "query", "realtime", "snapshot"] + ["fold"] * folds
+        kind = draw(st.sampled_from(kinds))
         if kind == "ingest":
             batch = draw(rows)
             if draw(st.integers(0, 3)) == 0:
@@ -210,6 +217,11 @@ def workloads(draw: st.DrawFn, agg_types: tuple[AggType, ...] = tuple(AggType)) 
             continue
         if kind == "snapshot":
             workload.program.append(("snapshot",))
+            continue
+        if kind == "fold":
+            # A cutoff near the events: the hours before it lose their minute cells.
+            later = draw(st.sampled_from([0, HOUR, 2 * HOUR, DAY, 40 * DAY]))
+            workload.program.append(("fold", draw(points(metric, times, list(seen))) + later))
             continue
         # Mostly an account that has events, at bounds near its events.
         with_events = bool(accounts) and draw(st.integers(0, 4)) > 0
@@ -223,6 +235,15 @@ def workloads(draw: st.DrawFn, agg_types: tuple[AggType, ...] = tuple(AggType)) 
         filters = {k: draw(st.sampled_from(DIM_VALUES[k])) for k in keys if draw(st.booleans())}
         group_by = draw(st.lists(st.sampled_from(dims), unique=True)) if dims else []
         workload.program.append(("query", account, start, end, filters, group_by))
+    if folds > 1 and seen:
+        # Every query again once every hour with events is folded, then after late events into
+        # those hours and a restore: the answers must not change (the runner checks the model).
+        queries = [step for step in workload.program if step[0] == "query"]
+        workload.program.append(("fold", max(seen) + 2 * HOUR))
+        workload.program.extend(queries)
+        workload.program.append(("ingest", draw(rows)))
+        workload.program.append(("snapshot",))
+        workload.program.extend(queries)
     return workload
 
 
@@ -242,6 +263,8 @@ def run(workload: Workload, engine_name: str) -> None:
             checked_times.update(r[2] for r in step[1])
         elif step[0] == "snapshot":
             engine.restore()
+        elif step[0] == "fold":
+            engine.aggregates.fold_minutes_before(step[1])
         elif step[0] == "realtime":
             _, account, now = step
             got = outcome(engine.aggregates.realtime, engine.spec, account, now)
@@ -293,4 +316,13 @@ def test_max_and_latest_match_the_model(engine: str, workload: Workload) -> None
 @COMMON
 @given(workloads((AggType.COUNT_UNIQUE,)))
 def test_count_unique_matches_the_model(engine: str, workload: Workload) -> None:
+    run(workload, engine)
+
+
+@over_engines
+@COMMON
+@given(workloads(tuple(AggType), folds=3))
+def test_folded_minutes_change_no_answer(engine: str, workload: Workload) -> None:
+    """Fold-heavy programs, every type: each query asked again after every hour with events is
+    folded, then after late events into folded hours and a restore (through the other engine)."""
     run(workload, engine)

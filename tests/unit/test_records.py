@@ -189,7 +189,10 @@ async def test_a_malformed_snapshot_is_refused_saying_why() -> None:
     cases: list[tuple[bytes, str]] = [
         (_with_crc(b"\xdf"), "not valid msgpack"),
         (_with_crc(msgpack.packb([1])), "not a map"),
-        (_with_crc(msgpack.packb({**good, "v": 2})), "version 2 is not 1"),
+        (_with_crc(msgpack.packb({**good, "v": 3})), "version 3 is not 1 or 2"),
+        (_with_crc(msgpack.packb({**good, "v": 2})), "index runs are not a list"),
+        (_with_crc(msgpack.packb({**good, "v": 2, "index_runs": []})), "index runs are not a list"),
+        (_with_crc(msgpack.packb({**good, "v": 2, "index_runs": [["r", 1]]})), "index runs are not a list"),
         (_with_crc(msgpack.packb({k: v for k, v in good.items() if k != "dedup"})), "lacks dedup"),
         (_with_crc(msgpack.packb({**good, "event_pos": "0"})), "not integers"),
         (_with_crc(msgpack.packb({**good, "batches": [["b", 1, [1], 0, 9]]})), "batch entry"),
