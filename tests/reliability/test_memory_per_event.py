@@ -6,10 +6,11 @@ clock that advances at a fixed simulated rate, one threshold-crossing event in e
 batches) and the growth of everything Python allocates is measured between two points after the
 dedup window is full. What still grows there is what the node keeps per stored event for as long
 as it runs (the ListEvents index, the minute cells' record positions, the alerts' log positions)
-and per minute of event time (minute cells): docs/reliability.md gives the breakdown. Measured here: 19.2 bytes an
-event, 32.0 with the record positions kept as Python ints in lists (before they were packed); the
-bound sits between, a third above the measured figure, so the test fails on that regression, not on
-noise (tracemalloc counts are deterministic for a given load). No timing: the clock is the test's.
+and per minute of event time (minute cells): docs/reliability.md gives the breakdown. Measured
+here: 19.2 bytes an event, 32.0 with the record positions kept as Python ints in lists (before they
+were packed); the bound sits between, a third above the measured figure, so the test fails on that
+regression, not on noise (tracemalloc counts are deterministic for a given load). No timing: the
+clock is the test's.
 
 With the memory horizon set short and a snapshot every 10,000 events (where hours are handed to
 index runs), the ListEvents index's own allocations stop growing with the events stored: measured
