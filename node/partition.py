@@ -58,6 +58,9 @@ _DECODED_CACHE = 256
 _MINUTE_NS = 60_000_000_000
 _LOOKAHEAD_RECORDS = 1000
 """Most records one ListEvents page asks a log for at once when they are not in memory."""
+_LOOKAHEAD_MIN = 32
+"""Fewest records it asks for beyond the hour at hand: a page whose metric filter skips most
+events would otherwise fetch (and run again) a record or two at a time."""
 _T = TypeVar("_T")
 
 
@@ -574,10 +577,10 @@ class Partition:
         events take at the partition's mean events per record (a record the index lists under an
         hour holds at least one event of the account there; one with fewer of the account's
         events than the mean leaves the page short, and its next fetch asks for the rest), at
-        most ``_LOOKAHEAD_RECORDS`` beyond this hour's."""
+        least ``_LOOKAHEAD_MIN`` and at most ``_LOOKAHEAD_RECORDS`` beyond this hour's."""
         per_record = max(1, self.last_offset // max(1, self.events.end_position))
         wanted = list(missing)
-        limit = len(missing) + min(_LOOKAHEAD_RECORDS, -(-need // per_record))
+        limit = len(missing) + min(_LOOKAHEAD_RECORDS, max(_LOOKAHEAD_MIN, -(-need // per_record)))
         for _, refs in self.index.hours(account_id, (hour + 1) * HOUR_NS, end):
             if len(wanted) >= limit:
                 break

@@ -24,7 +24,10 @@ class RecordsNotLoaded(Exception):
     the network, which the loop cannot wait for. ``await log.read_many(positions)`` fetches them."""
 
     def __init__(self, positions: Sequence[int]) -> None:
-        super().__init__(f"records {list(positions)[:8]} are not in memory: read them with read_many")
+        super().__init__(
+            f"records {list(positions)[:8]} are not in memory, and the event loop's thread does not "
+            "wait for the network: await read_many, or read them in a worker thread"
+        )
         self.positions = list(positions)
 
 

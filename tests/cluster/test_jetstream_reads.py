@@ -144,17 +144,19 @@ def _metric() -> Metric:
 
 
 async def _answers(node: Node, accounts: list[int], partitions: int) -> list[object]:
-    """Every page of each account's events (pages of 37), range queries whose edges are partial
-    minutes (read from records), and its alerts."""
+    """Every page of each account's events (pages of 37; and of 5 with a metric filter that
+    skips most records), range queries whose edges are partial minutes (read from records), and
+    its alerts."""
     out: list[object] = []
     for account in accounts:
         p = partition_of(account, partitions)
-        token = ""
-        while True:
-            page, token = await node.list_events(p, account, T0, T0 + 30 * HOUR, "", 37, token)
-            out.append(page)
-            if not token:
-                break
+        for metric, size in (("", 37), ("bytes", 5)):
+            token = ""
+            while True:
+                page, token = await node.list_events(p, account, T0, T0 + 30 * HOUR, metric, size, token)
+                out.append(page)
+                if not token:
+                    break
         for start, end in ((T0 + 7 * SEC, T0 + 5 * HOUR + 13 * SEC), (T0 + HOUR + 1, T0 + 20 * HOUR - 1)):
             out.append((await node.query(p, account, "calls", start, end, 0, {}, [])).value)
         out.append((await node.list_alerts(p, account, 0, 1000))[0])
@@ -171,9 +173,11 @@ async def test_a_restarted_node_replays_and_reads_its_records_from_the_stream(
     await node.start()
     try:
         await node.create_metric(_metric())
+        await node.create_metric(Metric("bytes", AggType.SUM))
         for i in range(450):  # one record per batch; the accounts' records interleave
             account = accounts[i % len(accounts)]
-            row: EventRow = (account, "calls", 1 + i % 3, T0 + i * 4 * MINUTE + i * SEC, None, 1, f"e{i}")
+            code = "bytes" if i % 7 == 0 else "calls"
+            row: EventRow = (account, code, 1 + i % 3, T0 + i * 4 * MINUTE + i * SEC, None, 1, f"e{i}")
             await node.ingest([(0, [row])], i % 2 == 0, "")
             if i == 150:
                 await node.partitions[0].snapshot()  # the restart replays the 299 records after it
