@@ -119,8 +119,11 @@ class StreamReader:
                     msg = await replies.get()
                 headers = msg.headers or {}
                 status = headers.get("Status")
-                if status:  # 204: the end of the batch; 404: nothing from there on
-                    if status not in ("204", "404"):
+                if status:
+                    # 204: the end of the batch; 404: nothing from there on; 503: no server
+                    # answers direct gets yet (seen just after a stream's servers started): the
+                    # leader answers the rest.
+                    if status not in ("204", "404", "503"):
                         raise _unavailable(subject, f"direct get answered {status}")
                     return out
                 if (
