@@ -20,7 +20,9 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 
@@ -57,6 +59,7 @@ _FORMAT_VERSION = 1
 _PARTS_PER_SLICE = 4
 _DISK_RECHECK_SECONDS = 0.1
 _DISK_FULL_RETRY_SECONDS = 5.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -578,7 +581,7 @@ class Node:
         if selector:
             start, end = resolve_selector(spec.periods, selector, self.config.clock.now_ns())
         check_query(spec, start, end, filters, group_by)
-        return part.query(spec, account_id, start, end, filters, group_by)
+        return await self._read(part, partial(part.query, spec, account_id, start, end, filters, group_by))
 
     async def list_events(
         self,
@@ -600,7 +603,19 @@ class Node:
                 "end must be after start",
                 violations=[FieldViolation("end_unix_nano", "must be greater than start_unix_nano")],
             )
-        return part.list_events(account_id, start, end, metric_code, page_size or 100, page_token)
+        read = partial(part.list_events, account_id, start, end, metric_code, page_size or 100, page_token)
+        return await self._read(part, read)
+
+    async def _read(self, part: Partition, read: Callable[[], _T]) -> _T:
+        """``read()`` of ``part`` with the records it needs (``Partition.reading``: fetched from
+        the backend's store when not in memory). On a cluster node a log given up meanwhile (the
+        partition handed over, its lease lost) answers PARTITION_NOT_OWNED naming the holder."""
+        try:
+            return await part.reading(read)
+        except OSError:
+            if self.ownership is not None:
+                self._check_still_served([part])
+            raise
 
     # ------------------------------------------------------------------ NodeApi: alerts
 

@@ -21,7 +21,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import msgpack
 
@@ -36,7 +36,7 @@ from .event_index import HOUR_NS
 from .index_run import RunFormatError, RunInfo
 from .index_runs import IndexRuns
 from .partition_engine import PYTHON, PartitionEngine
-from .record_log import PartitionStorage, RecordLog
+from .record_log import PartitionStorage, RecordLog, RecordsNotLoaded
 from .records import (
     AlertRecord,
     RecordFormatError,
@@ -58,6 +58,12 @@ log = logging.getLogger(__name__)
 
 _DECODED_CACHE = 256
 _MINUTE_NS = 60_000_000_000
+_LOOKAHEAD_RECORDS = 1000
+"""Most records one ListEvents page asks a log for at once when they are not in memory."""
+_LOOKAHEAD_MIN = 32
+"""Fewest records it asks for beyond the hour at hand: a page whose metric filter skips most
+events would otherwise fetch (and run again) a record or two at a time."""
+_T = TypeVar("_T")
 
 
 class PartitionRecoveryError(RuntimeError):
@@ -143,6 +149,8 @@ class Partition:
         self.index.runs = self._runs
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
+        self._loaded: dict[int, bytes] = {}
+        """Records fetched for the read :meth:`reading` runs now (empty between reads)."""
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
         self.alerts = AlertList(number, self.alert_log, config.alerts_in_memory)
         self._alerts_by_account: dict[int, array[int]] = {}
@@ -474,17 +482,53 @@ class Partition:
 
     # ------------------------------------------------------------------ reads
 
+    async def reading(self, read: Callable[[], _T]) -> _T:
+        """``read()`` (a query or an event page: synchronous) with the records it needs at hand.
+
+        A log whose older records live in a remote store (JetStream) answers a read of one it
+        does not hold in memory with RecordsNotLoaded, naming every record the read is about to
+        need (not just the first: a page is one round trip, not one per record); they are
+        fetched together, and ``read()`` runs again with them. Reads change nothing, so running
+        one again is safe; records appended meanwhile are in the log's memory.
+        """
+        loaded: dict[int, bytes] = {}
+        while True:
+            self._loaded = loaded
+            try:
+                return read()
+            except RecordsNotLoaded as exc:
+                wanted = [p for p in dict.fromkeys(exc.positions) if p not in loaded]
+                if not wanted:
+                    raise  # nothing new to fetch: running the read again would loop for ever
+            finally:
+                self._loaded = {}
+            loaded.update(zip(wanted, await self.events.read_many(wanted), strict=True))
+
     def _decode(self, ref: int) -> _Decoded:
         cached = self._decoded.get(ref)
         if cached is not None:
             self._decoded.move_to_end(ref)
             return cached
-        record = decode_event_record(self.events.read(ref))
+        raw = self._loaded.get(ref)
+        record = decode_event_record(self.events.read(ref) if raw is None else raw)
         decoded: _Decoded = (record.first_offset, record.generations, record.rows)
         self._decoded[ref] = decoded
         if len(self._decoded) > _DECODED_CACHE:
             self._decoded.popitem(last=False)
         return decoded
+
+    def _decode_all(self, refs: Sequence[int]) -> list[_Decoded]:
+        """Every record of ``refs`` decoded, or RecordsNotLoaded naming all that are missing."""
+        out: list[_Decoded] = []
+        missing: list[int] = []
+        for ref in refs:
+            try:
+                out.append(self._decode(ref))
+            except RecordsNotLoaded:
+                missing.append(ref)
+        if missing:
+            raise RecordsNotLoaded(missing)
+        return out
 
     def _fetch_events(
         self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
@@ -507,8 +551,7 @@ class Partition:
             refs = sorted(found)
         minutes = {m for lo, hi in windows for m in range(lo // _MINUTE_NS, (hi - 1) // _MINUTE_NS + 1)}
         out: list[AppliedRow] = []
-        for ref in refs:
-            first, gens, rows = self._decode(ref)
+        for ref, (first, gens, rows) in zip(refs, self._decode_all(refs), strict=True):
             if gens.get(metric_code) != spec.generation:
                 continue
             by_minute = self._minute_index(ref, rows)
@@ -564,8 +607,12 @@ class Partition:
         page: list[StoredEvent] = []
         for hour, refs in self.index.hours(account_id, max(start, after[0]), end):
             hits: list[tuple[int, int, EventRow]] = []
-            for ref in refs:
-                first, _, rows = self._decode(ref)
+            try:
+                records = self._decode_all(refs)
+            except RecordsNotLoaded as exc:
+                need = page_size - len(page)
+                raise RecordsNotLoaded(self._page_ahead(exc.positions, account_id, hour, end, need)) from None
+            for first, _, rows in records:
                 for i, row in enumerate(rows):
                     t = row[3]
                     if (
@@ -597,6 +644,22 @@ class Partition:
                     )
                 )
         return page, ""
+
+    def _page_ahead(self, missing: list[int], account_id: int, hour: int, end: int, need: int) -> list[int]:
+        """The records a page of ``need`` more events fetches at once from ``hour`` on: those of
+        this hour that are ``missing``, then the next hours' not at hand, as many as ``need``
+        events take at the partition's mean events per record (a record the index lists under an
+        hour holds at least one event of the account there; one with fewer of the account's
+        events than the mean leaves the page short, and its next fetch asks for the rest), at
+        least ``_LOOKAHEAD_MIN`` and at most ``_LOOKAHEAD_RECORDS`` beyond this hour's."""
+        per_record = max(1, self.last_offset // max(1, self.events.end_position))
+        wanted = list(missing)
+        limit = len(missing) + min(_LOOKAHEAD_RECORDS, max(_LOOKAHEAD_MIN, -(-need // per_record)))
+        for _, refs in self.index.hours(account_id, (hour + 1) * HOUR_NS, end):
+            if len(wanted) >= limit:
+                break
+            wanted += [r for r in refs if r not in self._decoded and r not in self._loaded]
+        return wanted[:limit]
 
     def list_alerts(self, account_id: int, after_offset: int, page_size: int) -> tuple[list[Alert], bool]:
         """The account's durable alerts with offset > ``after_offset``."""

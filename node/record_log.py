@@ -16,7 +16,20 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["PartitionStorage", "RecordBackend", "RecordLog"]
+__all__ = ["PartitionStorage", "RecordBackend", "RecordLog", "RecordsNotLoaded"]
+
+
+class RecordsNotLoaded(Exception):
+    """A synchronous read on the event loop's thread asked for records the log does not hold in
+    memory: a backend whose older records live in a remote store (JetStream) fetches them over
+    the network, which the loop cannot wait for. ``await log.read_many(positions)`` fetches them."""
+
+    def __init__(self, positions: Sequence[int]) -> None:
+        super().__init__(
+            f"records {list(positions)[:8]} are not in memory, and the event loop's thread does not "
+            "wait for the network: await read_many, or read them in a worker thread"
+        )
+        self.positions = list(positions)
 
 
 class RecordLog(Protocol):
@@ -61,12 +74,22 @@ class RecordLog(Protocol):
         ...
 
     def read(self, position: int) -> bytes:
-        """The record at ``position``; ValueError if no record starts there."""
+        """The record at ``position``; ValueError if no record starts there. It may wait for
+        storage: a disk read, or on a replicated backend a network round trip, which it does only
+        off the event loop's thread (recovery runs in a worker thread): on the loop it raises
+        RecordsNotLoaded for a record it does not hold in memory."""
+        ...
+
+    async def read_many(self, positions: Sequence[int]) -> list[bytes]:
+        """The records at ``positions``, in that order (ValueError as ``read``), for a caller on
+        the event loop: what is not in memory is fetched together, in as few round trips as the
+        backend can; UnavailableError when its storage does not answer in time."""
         ...
 
     def scan(self, start_position: int = 0) -> Iterator[tuple[int, bytes]]:
         """(position, record) from ``start_position`` (a record's position, ``end_position``, or 0
-        for the beginning) up to the end at the call."""
+        for the beginning) up to the end at the call. Reads storage like ``read`` (on the loop's
+        thread, RecordsNotLoaded at the first record not in memory)."""
         ...
 
     def truncate(self, position: int) -> None:

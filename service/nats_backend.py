@@ -71,6 +71,12 @@ class ClusterState:
         self.assignment: Assignment | None = None
         self._renewal: asyncio.Task[None] | None = None
 
+    @property
+    def settled(self) -> bool:
+        """Whether the node has served its whole share of the partitions at least once (see
+        ``Assignment.settled_once``): until then it is not ready."""
+        return self.assignment is not None and self.assignment.settled_once
+
     async def serve_partitions(self, node: Node, backend: JetStreamBackend) -> None:
         """Take ``node``'s liveness record (NatsRefused, a LeaseConflictError, if another live
         node has its id), keep it and the leases renewed, and start assigning partitions: return

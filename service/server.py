@@ -138,8 +138,11 @@ class UnimeterServer:
 
     @property
     def ready(self) -> bool:
-        """Recovered, serving, and not shutting down."""
-        return self._serving and not self._stopping
+        """Recovered, serving, and not shutting down; on a cluster node also: it has served its
+        whole share of the partitions at least once since it started (docs/operations.md,
+        "Health endpoints")."""
+        cluster = self._cluster
+        return self._serving and not self._stopping and (cluster is None or cluster.settled)
 
     async def start(self) -> None:
         """Check the listen addresses, lock and recover the data directory, and start serving.

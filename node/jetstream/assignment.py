@@ -144,6 +144,10 @@ class Assignment:
         self._follows: list[asyncio.Task[None]] = []
         self._last_entry = clock()
         self._stopped = False
+        self.settled_once = False
+        """Whether this node has served every partition of its share at least once since it
+        started: a restarted node is not ready (``/readyz``) before, so a rolling restart that
+        waits for it never stops the next node while this one has not taken its partitions back."""
 
     # ------------------------------------------------------------------ PartitionOwnership
 
@@ -229,7 +233,7 @@ class Assignment:
         self._tasks.append(asyncio.create_task(self._run(), name="unimeter-assignment"))
         self._tasks.append(asyncio.create_task(self._report_loop(), name="unimeter-member-report"))
         deadline = self._clock() + settle_seconds
-        while not self._settled():
+        while not self._check_settled():
             if self._clock() > deadline:
                 log.warning(
                     "not every partition assigned to this node is served yet; going on in the background"
@@ -237,9 +241,15 @@ class Assignment:
                 return
             await asyncio.sleep(0.05)
 
-    def _settled(self) -> bool:
+    def _check_settled(self) -> bool:
+        """Whether this node serves every partition the current view targets at it (the first
+        time it does, ``settled_once`` turns True for good)."""
         target = self._target()
-        return all(self._node.served(p) is not None for p, owner in enumerate(target) if owner == self._me)
+        settled = all(self._node.served(p) is not None for p, owner in enumerate(target) if owner == self._me)
+        if settled and not self.settled_once:
+            self.settled_once = True
+            log.info("this node serves its share: %d partitions", target.count(self._me))
+        return settled
 
     async def stop(self) -> None:
         """Stop assigning (the node then closes every partition it serves, and gives the leases
@@ -272,6 +282,8 @@ class Assignment:
                 self._reconcile()
             except Exception:
                 log.exception("partition assignment failed; trying again")
+            if not self.settled_once:
+                self._check_settled()  # a start whose settle wait ran out: ready once it is
 
     def _reconcile(self) -> None:
         """Start what the current view asks for: drop what is lost or fenced, hand over what is

@@ -2,12 +2,14 @@
 
 Opening it (:func:`open_jetstream_backend`, before the node is built) connects, checks that the
 servers can promise SYNC and creates or checks the stream. A node that serves every partition has
-them all loaded then (records and snapshots: ``Node`` opens its partitions synchronously); a node
-of a cluster loads one partition when it takes its lease (:meth:`JetStreamBackend.load_partition`)
-and drops it when it hands it over. A group commit starts each pending log's publisher and waits
-for their acks; the snapshots are objects of a replicated object store bucket, one per partition,
-replaced whole. Not here: one subject's appends and fencing (``subject_log``), the stream's
-settings (``stream``).
+them all loaded then (where each record is, and the snapshots: ``Node`` opens its partitions
+synchronously, and must be built in a worker thread, whose recovery reads the records from the
+stream); a node of a cluster loads one partition when it takes its lease
+(:meth:`JetStreamBackend.load_partition`) and drops it when it hands it over. A group commit
+starts each pending log's publisher and waits for their acks; the snapshots are objects of a
+replicated object store bucket, one per partition, replaced whole. Not here: one subject's appends
+and fencing (``subject_log``), the stream's settings (``stream``), reading records back
+(``stream_reads``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,16 @@ from nats.js.object_store import ObjectStore
 from ..stats import NodeStats
 from .connection import NatsOptions, check_server_version, check_sync_always, connect
 from .errors import NatsRefused, NatsUnavailable
-from .stream import PEERS_OFFLINE, StreamLayout, ensure_stream, scan_stream, stream_servers, subject_counts
+from .stream import (
+    PEERS_OFFLINE,
+    StoredSubject,
+    StreamLayout,
+    ensure_stream,
+    scan_stream,
+    stream_servers,
+    subject_counts,
+)
+from .stream_reads import StreamReader
 from .subject_log import HELD, JetStreamLog
 
 __all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_jetstream_backend"]
@@ -68,6 +79,9 @@ class JetStreamSettings:
     (UNAVAILABLE): longer than a leader election (about 6 s)."""
     epoch: str = ""
     """This writer's epoch in message ids (a fresh one per start when empty)."""
+    cache_bytes: int = 256 << 10
+    """Bytes of recent records each log keeps in memory besides the unacknowledged ones (the
+    rest is read back from the stream)."""
 
 
 class JetStreamStorage:
@@ -133,6 +147,7 @@ class JetStreamBackend:
         self._js = js
         self.layout = layout
         self._bucket = bucket
+        self._reader = StreamReader(client, js, layout.stream)
         self._storages: dict[int, JetStreamStorage] = {}
         self._stats: NodeStats | None = None
         self.lease_state: Callable[[int], str] | None = None
@@ -149,6 +164,11 @@ class JetStreamBackend:
     def js(self) -> JetStreamContext:
         """The JetStream context of that connection."""
         return self._js
+
+    @property
+    def reader(self) -> StreamReader:
+        """What reads records back from the stream (its ``requests`` count the round trips)."""
+        return self._reader
 
     @property
     def partitions(self) -> int:
@@ -177,13 +197,14 @@ class JetStreamBackend:
             snapshot = await _settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
             self._add(number, stored, snapshot)
         log.info(
-            "JetStream stream %s: %d partitions, %d records loaded",
-            self.layout.stream, self.layout.partitions, sum(len(v) for v in stored.values()),
+            "JetStream stream %s: %d partitions, %d records found",
+            self.layout.stream, self.layout.partitions, sum(len(v.seqs) for v in stored.values()),
         )  # fmt: skip
 
     async def load_partition(self, number: int) -> JetStreamStorage:
         """Load partition ``number`` (its lease already held by this node): its snapshot first,
-        then every record of its subjects, which include whatever that snapshot covers."""
+        then where every record of its subjects is (they include whatever that snapshot covers;
+        recovery then reads from the snapshot's position on)."""
         name = f"partition-{number}"
         snapshot = await _settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
         stored = await _settled(lambda: scan_stream(self._js, self.layout, number), "the scan")
@@ -192,7 +213,7 @@ class JetStreamBackend:
     def _add(
         self,
         number: int,
-        stored: dict[str, list[tuple[int, str, bytes]]],
+        stored: dict[str, StoredSubject],
         snapshot: tuple[bytes, float] | None,
     ) -> JetStreamStorage:
         # A fresh writer epoch per load: message ids of this load never repeat those of an
@@ -203,7 +224,9 @@ class JetStreamBackend:
                 self._js,
                 self.layout.stream,
                 self.layout.subject(number, kind),
-                stored.get(self.layout.subject(number, kind), []),
+                stored.get(self.layout.subject(number, kind)) or StoredSubject(),
+                self._reader,
+                cache_bytes=self._settings.cache_bytes,
                 epoch=epoch,
                 stall_seconds=self._stall_seconds,
                 refuses_when_stalled=kind == "events",
@@ -277,6 +300,7 @@ class JetStreamBackend:
         for storage in self._storages.values():
             await storage.events.stop()
             await storage.alerts.stop()
+        await self._reader.close()
         await self._client.close()
 
 

@@ -1,5 +1,5 @@
 """The deployment's stream: its subjects, its settings (created, or checked against what exists),
-the partition count it records, and a scan of everything it holds.
+the partition count it records, and a scan of where everything it holds is.
 
 One stream per deployment holds every partition's records: subject
 ``unimeter.<stream>.p.<n>.events`` and ``unimeter.<stream>.p.<n>.alerts``, one message per record.
@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from array import array
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamInfo
@@ -20,7 +21,15 @@ from nats.js.errors import APIError, NotFoundError
 
 from .errors import NatsRefused
 
-__all__ = ["PEERS_OFFLINE", "STREAM_FORMAT", "StreamLayout", "ensure_stream", "scan_stream", "subject_counts"]
+__all__ = [
+    "PEERS_OFFLINE",
+    "STREAM_FORMAT",
+    "StoredSubject",
+    "StreamLayout",
+    "ensure_stream",
+    "scan_stream",
+    "subject_counts",
+]
 
 log = logging.getLogger(__name__)
 
@@ -148,14 +157,23 @@ async def stream_servers(js: JetStreamContext, name: str) -> list[str]:
     return names
 
 
+@dataclass(slots=True)
+class StoredSubject:
+    """What a scan learned of one subject: the stream sequence of each of its messages, in order,
+    and their payload bytes in all."""
+
+    seqs: array[int] = field(default_factory=lambda: array("q"))
+    size_bytes: int = 0
+
+
 async def scan_stream(
     js: JetStreamContext, layout: StreamLayout, partition: int | None = None
-) -> dict[str, list[tuple[int, str, bytes]]]:
-    """Every record in the stream (or of one ``partition``'s two subjects) by subject, in order:
-    (stream sequence, message id, bytes).
+) -> dict[str, StoredSubject]:
+    """Where every record of the stream (or of one ``partition``'s two subjects) is, by subject.
 
-    One ordered consumer reads them (one pass, not one per subject) until it has as many messages
-    as the stream leader counted when the scan started. Not until the consumer says nothing is
+    One ordered consumer reads the messages' headers only (one pass, not one per subject; the
+    records themselves are read when needed, ``stream_reads``), until it has as many messages as
+    the stream leader counted when the scan started. Not until the consumer says nothing is
     pending: an ordered consumer may sit on a replica still catching up (a server just
     restarted), whose "nothing pending" would silently drop acknowledged records. Each message
     waits at most ``_SCAN_IDLE_SECONDS`` (a TimeoutError: the caller may scan again). A record
@@ -170,17 +188,20 @@ async def scan_stream(
         subjects = f"unimeter.{layout.stream}.p.{partition}.*"
         info = await js.stream_info(layout.stream, subjects_filter=subjects)
         expected, last = sum((info.state.subjects or {}).values()), info.state.last_seq
-    by_subject: dict[str, list[tuple[int, str, bytes]]] = {}
+    by_subject: dict[str, StoredSubject] = {}
     if not expected:
         return by_subject
     count = 0
-    sub = await js.subscribe(subjects, ordered_consumer=True, stream=layout.stream)
+    sub = await js.subscribe(subjects, ordered_consumer=True, stream=layout.stream, headers_only=True)
     try:
         while count < expected:
             msg = await sub.next_msg(timeout=_SCAN_IDLE_SECONDS)
             seq = msg.metadata.sequence.stream
-            msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")
-            by_subject.setdefault(msg.subject, []).append((seq, msg_id, msg.data))
+            stored = by_subject.get(msg.subject)
+            if stored is None:
+                stored = by_subject[msg.subject] = StoredSubject()
+            stored.seqs.append(seq)
+            stored.size_bytes += int((msg.headers or {}).get("Nats-Msg-Size", "0"))
             count += 1
             if seq >= last:
                 break

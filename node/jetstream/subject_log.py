@@ -16,8 +16,16 @@ SYNC waits give up with UNAVAILABLE (never an ack); while the connection is know
 event records are refused at once (never an ASYNC ack for a record nothing can store). On a cluster
 node each attempt first asks the partition's lease (``lease``): lapsed (not renewed in time), the log
 waits as for an outage; lost to another node, it fails without sending, so an owner resumed after a
-pause sends nothing more. Everything the log holds is also kept in memory, since ``read`` is
-synchronous. Not here: the stream, the connection, when durability is asked for.
+pause sends nothing more.
+
+In memory the log keeps only what it must: the records appended and not yet acknowledged (a
+publish retried after a timeout sends them again with the same message id), the stream sequence
+of each stored record (8 bytes a record: a read asks the stream for a sequence), and a small cache
+of the records read or acknowledged last (``cache_bytes``: a range query's edges and a ListEvents
+page mostly touch the newest). Everything else is read back from the stream (``stream_reads``):
+``read_many`` on the event loop, ``read`` and ``scan`` in a worker thread (recovery), where they
+wait for the loop's fetch; on the loop they raise ``RecordsNotLoaded`` rather than block it. Not
+here: the stream, the connection, when durability is asked for.
 """
 
 from __future__ import annotations
@@ -27,7 +35,10 @@ import contextlib
 import errno
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from array import array
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import Future
 from functools import partial
 
 import nats.errors
@@ -35,6 +46,10 @@ from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError, UnavailableError
+
+from ..record_log import RecordsNotLoaded
+from .stream import StoredSubject
+from .stream_reads import StreamReader
 
 __all__ = ["HELD", "LAPSED", "LOST", "JetStreamLog", "LeaseState"]
 
@@ -50,6 +65,10 @@ _WRONG_LAST_SEQUENCE = 10071
 _ATTEMPT_SECONDS = 2.0
 _RETRY_PAUSE_SECONDS = 0.25
 _RETRY_AFTER_SECONDS = 1.0
+_GAP = 8
+"""Records between two wanted ones that a read fetches too, rather than send one more request."""
+_SCAN_CHUNK = 256
+"""Records a scan asks the stream for at a time (the next chunk is fetched while one is used)."""
 
 
 class JetStreamLog:
@@ -60,8 +79,10 @@ class JetStreamLog:
         js: JetStreamContext,
         stream: str,
         subject: str,
-        stored: list[tuple[int, str, bytes]],
+        stored: StoredSubject,
+        reader: StreamReader,
         *,
+        cache_bytes: int,
         epoch: str,
         stall_seconds: float,
         refuses_when_stalled: bool,
@@ -69,7 +90,8 @@ class JetStreamLog:
         lease: LeaseState | None = None,
         connected: Callable[[], bool] | None = None,
     ) -> None:
-        """``stored``: the subject's messages in order (stream sequence, message id, bytes).
+        """``stored``: where the subject's messages are (their stream sequences, in order);
+        ``reader`` reads them back; ``cache_bytes`` bounds the cache of recent records.
         ``refuses_when_stalled``: the event log refuses appends while stalled; the alert log never
         does (an alert record follows an event record already appended); likewise only the event
         log refuses a record over ``max_record_bytes`` (the servers' payload limit) up front: an
@@ -79,10 +101,17 @@ class JetStreamLog:
         self._js = js
         self._stream = stream
         self.subject = subject
-        self._records = [data for _, _, data in stored]
-        self._seqs = [seq for seq, _, _ in stored]
+        self._reader = reader
+        self._loop = asyncio.get_running_loop()
+        self._seqs: array[int] = array("q", stored.seqs)
         """Stream sequence of each stored record (its length is the durable position)."""
-        self._size = sum(len(r) for r in self._records)
+        self._pending: deque[bytes] = deque()
+        """The records after the durable position, not yet acknowledged by the stream."""
+        self._recent: OrderedDict[int, bytes] = OrderedDict()
+        """Stored records acknowledged or read last, oldest first, ``cache_bytes`` at most."""
+        self._recent_bytes = 0
+        self._cache_bytes = cache_bytes
+        self._size = stored.size_bytes
         self._epoch = epoch
         self._stall_seconds = stall_seconds
         self._refuses = refuses_when_stalled
@@ -112,7 +141,7 @@ class JetStreamLog:
 
     @property
     def end_position(self) -> int:
-        return len(self._records)
+        return len(self._seqs) + len(self._pending)
 
     @property
     def durable_position(self) -> int:
@@ -125,6 +154,12 @@ class JetStreamLog:
     @property
     def segment_count(self) -> int:
         return 1  # one subject
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of records held in memory: the unacknowledged ones and the cache of recent ones
+        (the stream sequences besides: 8 bytes a record)."""
+        return sum(len(r) for r in self._pending) + self._recent_bytes
 
     def append(self, record: bytes) -> int:
         self.check_usable()
@@ -147,11 +182,11 @@ class JetStreamLog:
                 f"{self._max_record} a JetStream message may carry: send smaller batches",
                 violations=[FieldViolation("events", f"at most {self._max_record} bytes per partition")],
             )
-        if len(self._seqs) == len(self._records):
+        if not self._pending:
             self._progress = time.monotonic()  # nothing was pending: the stall clock starts now
-        self._records.append(record)
+        self._pending.append(record)
         self._size += len(record)
-        return len(self._records) - 1
+        return self.end_position - 1
 
     async def wait_durable(self, position: int) -> None:
         """Wait for ``position``; UNAVAILABLE once the log has been stalled the whole
@@ -187,25 +222,75 @@ class JetStreamLog:
 
     def read(self, position: int) -> bytes:
         self.check_usable()
-        if not 0 <= position < len(self._records):
-            raise ValueError(f"no record at position {position} of {self.subject}")
-        return self._records[position]
+        self._check_position(position)
+        record = self._in_memory(position)
+        if record is not None:
+            return record
+        if self._on_loop():
+            raise RecordsNotLoaded([position])
+        return self._fetch_from_thread([position]).result()[position]
+
+    async def read_many(self, positions: Sequence[int]) -> list[bytes]:
+        self.check_usable()
+        found: dict[int, bytes] = {}
+        missing: list[int] = []
+        for position in positions:
+            self._check_position(position)
+            record = self._in_memory(position)
+            if record is None:
+                missing.append(position)
+            else:
+                found[position] = record
+        if missing:
+            fetched = await self._fetch(sorted(set(missing)))
+            for position in missing:
+                found[position] = fetched[position]
+                self._remember(position, fetched[position])
+        return [found[position] for position in positions]
 
     def scan(self, start_position: int = 0) -> Iterator[tuple[int, bytes]]:
-        end = len(self._records)
-        for position in range(start_position, end):
-            yield position, self._records[position]
+        stored = len(self._seqs)
+        pending = list(self._pending)  # a copy: acknowledgements move records out meanwhile
+        position = start_position
+        ahead: dict[int, Future[dict[int, bytes]]] = {}
+        """The fetch of the chunk starting at its key, started while the one before was used."""
+        while position < stored:
+            chunk = range(position, min(position + _SCAN_CHUNK, stored))
+            records = [self._in_memory(p) for p in chunk]
+            if any(r is None for r in records):
+                if self._on_loop():
+                    raise RecordsNotLoaded([p for p, r in zip(chunk, records, strict=True) if r is None])
+                fetch = ahead.pop(position, None) or self._fetch_from_thread(list(chunk))
+                after = range(chunk.stop, min(chunk.stop + _SCAN_CHUNK, stored))
+                if after:
+                    ahead = {after.start: self._fetch_from_thread(list(after))}
+                fetched = fetch.result()
+                records = [fetched[p] for p in chunk]
+            for p, record in zip(chunk, records, strict=True):
+                assert record is not None
+                yield p, record
+            position = chunk.stop
+        for p in range(max(position, stored), stored + len(pending)):
+            yield p, pending[p - stored]
 
     def truncate(self, position: int) -> None:
         """Cut the records from ``position`` on; their messages are deleted from the stream before
         anything else is published on the subject (a crash before that cuts them again at the next
         recovery, which reads the same messages)."""
         self.check_usable()
-        self._cut.extend(self._seqs[position:])
+        removed = sum(len(record) for _, record in self.scan(position))
+        stored = len(self._seqs)
+        if position < stored:
+            self._cut.extend(self._seqs[position:])
+            del self._seqs[position:]
+            self._pending.clear()
+        else:
+            while len(self._pending) > position - stored:
+                self._pending.pop()
+        for p in [p for p in self._recent if p >= position]:
+            self._recent_bytes -= len(self._recent.pop(p))
         self._cuts += 1
-        del self._records[position:]
-        del self._seqs[position:]
-        self._size = sum(len(r) for r in self._records)
+        self._size -= removed
 
     def describe(self, position: int) -> str:
         seq = self._seqs[position] if position < len(self._seqs) else None
@@ -222,7 +307,7 @@ class JetStreamLog:
         """Wait (bounded by the stall time) for every record to be stored, then stop publishing."""
         try:
             if not self._closed:
-                await self.wait_durable(len(self._records))
+                await self.wait_durable(self.end_position)
         except UnavailableError as exc:
             raise OSError(errno.EIO, f"{self.subject}: records not stored at close: {exc}") from None
         finally:
@@ -248,6 +333,57 @@ class JetStreamLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
 
+    # ------------------------------------------------------------------ reading
+
+    def _check_position(self, position: int) -> None:
+        if not 0 <= position < self.end_position:
+            raise ValueError(f"no record at position {position} of {self.subject}")
+
+    def _in_memory(self, position: int) -> bytes | None:
+        stored = len(self._seqs)
+        if position >= stored:
+            return self._pending[position - stored]
+        return self._recent.get(position)
+
+    def _remember(self, position: int, record: bytes) -> None:
+        """Keep a stored record in the cache of recent ones (dropping the oldest beyond its size)."""
+        if position in self._recent or len(record) > self._cache_bytes:
+            return
+        self._recent[position] = record
+        self._recent_bytes += len(record)
+        while self._recent_bytes > self._cache_bytes:
+            self._recent_bytes -= len(self._recent.popitem(last=False)[1])
+
+    def _on_loop(self) -> bool:
+        """Whether this runs on the event loop's thread (which must never wait for a fetch)."""
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    async def _fetch(self, positions: list[int]) -> dict[int, bytes]:
+        """Stored records at ``positions`` (increasing) from the stream, and maybe some between
+        them: positions at most ``_GAP`` apart make one run of consecutive records, one batched
+        read (an account's records of an hour lie close together among other accounts'), and
+        the runs are read together."""
+        runs: list[list[int]] = []
+        for position in positions:
+            if runs and position - runs[-1][-1] <= _GAP:
+                runs[-1].extend(range(runs[-1][-1] + 1, position + 1))
+            else:
+                runs.append([position])
+        seqs = self._seqs
+        found = await self._reader.read(self.subject, [[seqs[p] for p in run] for run in runs])
+        out: dict[int, bytes] = {}
+        for run, records in zip(runs, found, strict=True):
+            out.update(zip(run, records, strict=True))
+        return out
+
+    def _fetch_from_thread(self, positions: list[int]) -> Future[dict[int, bytes]]:
+        """Start fetching ``positions`` on the event loop from a worker thread; its ``result()``
+        is bounded by the reads' own timeouts."""
+        return asyncio.run_coroutine_threadsafe(self._fetch(positions), self._loop)
+
     # ------------------------------------------------------------------ publishing
 
     def kick(self) -> None:
@@ -258,12 +394,12 @@ class JetStreamLog:
             )
 
     def _stalled_now(self) -> bool:
-        pending = len(self._seqs) < len(self._records) or self._cut
+        pending = self._pending or self._cut
         return bool(pending) and time.monotonic() - self._progress > self._stall_seconds
 
     async def _publish_pending(self) -> None:
         try:
-            while self._failure is None and (self._cut or len(self._seqs) < len(self._records)):
+            while self._failure is None and (self._cut or self._pending):
                 if self._cut:
                     await self._retrying(self._delete_cut)
                     continue
@@ -273,6 +409,7 @@ class JetStreamLog:
                 if self._failure is not None:
                     break
                 self._seqs.append(seq)
+                self._remember(position, self._pending.popleft())
                 self._progress = time.monotonic()
                 if self.on_sync is not None:
                     self.on_sync(self._progress - started)
@@ -321,10 +458,10 @@ class JetStreamLog:
         try:
             async with asyncio.timeout(_ATTEMPT_SECONDS + 0.5):  # not wait_for: see wait_durable
                 ack = await self._js.publish(
-                    self.subject, self._records[position], timeout=_ATTEMPT_SECONDS, headers=headers
+                    self.subject, self._pending[0], timeout=_ATTEMPT_SECONDS, headers=headers
                 )
         except nats.errors.MaxPayloadError:
-            size = len(self._records[position])
+            size = len(self._pending[0])
             raise _Refused(
                 f"record {position} ({size} bytes) is larger than the servers' max_payload"
             ) from None

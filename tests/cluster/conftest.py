@@ -6,6 +6,7 @@ other's records.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,8 @@ import pytest
 
 from node.jetstream.backend import JetStreamBackend, JetStreamSettings, open_jetstream_backend
 from node.jetstream.connection import NatsOptions
+from node.node import Node, NodeConfig
+from node.record_log import RecordLog
 from tools.nats_cluster import NatsCluster
 
 _names = itertools.count(1)
@@ -65,3 +68,15 @@ def data_dir(tmp_path: Path, name: str = "data") -> Path:
     path = tmp_path / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+async def node_on(backend: JetStreamBackend, config: NodeConfig) -> Node:
+    """A node serving every partition of ``backend``, built as the server builds one: in a worker
+    thread, whose recovery reads the records from the stream (a wait the event loop cannot make)."""
+    return await asyncio.to_thread(Node, config, backend.factory)
+
+
+async def scan_records(log: RecordLog, start: int = 0) -> list[tuple[int, bytes]]:
+    """``log.scan(start)`` as recovery runs it: in a worker thread, which waits for the records
+    the log reads from the stream (on the loop it would raise RecordsNotLoaded instead)."""
+    return await asyncio.to_thread(lambda: list(log.scan(start)))

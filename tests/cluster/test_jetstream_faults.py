@@ -17,12 +17,12 @@ from cluster_client.errors import UnavailableError
 from cluster_client.partitioning import partition_of
 from node.jetstream.backend import open_jetstream_backend
 from node.jetstream.errors import NatsRefused
-from node.node import Node, NodeConfig
+from node.node import NodeConfig
 from node.records import decode_event_record
-from tests.integration.helpers import T0
+from tests.integration.helpers import SEC, T0
 from tools.nats_cluster import NatsCluster
 
-from .conftest import nats_options, open_backend, running_cluster, settings
+from .conftest import nats_options, node_on, open_backend, running_cluster, scan_records, settings
 
 DAY = 86_400 * 1_000_000_000
 
@@ -68,7 +68,9 @@ async def test_stream_leader_killed_during_sync_appends(
     again = await open_backend(faulty_cluster, stream_name, partitions=4)
     try:
         for partition in range(4):
-            assert [r for _, r in again.open_partition(partition).events.scan()] == appended[partition]
+            assert [r for _, r in await scan_records(again.open_partition(partition).events)] == appended[
+                partition
+            ]
     finally:
         await again.disconnect()
 
@@ -77,7 +79,7 @@ async def test_nats_down_answers_unavailable_then_resumes(
     tmp_path: Path, faulty_cluster: NatsCluster, stream_name: str
 ) -> None:
     backend = await open_backend(faulty_cluster, stream_name, partitions=2, stall_seconds=2.0)
-    node = Node(NodeConfig(tmp_path / "data", partitions=2), backend.factory)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=2))
     await node.start()
     try:
         client = await Client.in_process(node, metric_lookup=node.metric_of)
@@ -112,7 +114,7 @@ async def test_nats_down_answers_unavailable_then_resumes(
         await node.close()
         await backend.disconnect()
     again = await open_backend(faulty_cluster, stream_name, partitions=2)
-    node = Node(NodeConfig(tmp_path / "data", partitions=2), again.factory)
+    node = await node_on(again, NodeConfig(tmp_path / "data", partitions=2))
     try:
         assert (await node.query(partition, 7, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 19
         assert node.partitions[partition].last_offset == 3
@@ -120,6 +122,58 @@ async def test_nats_down_answers_unavailable_then_resumes(
     finally:
         await node.close()
         await again.disconnect()
+
+
+async def test_reads_only_the_stream_can_answer_are_unavailable_while_nats_is_down(
+    tmp_path: Path, faulty_cluster: NatsCluster, stream_name: str
+) -> None:
+    """Records not in the node's memory are read from the stream: with every server down such a
+    read answers UNAVAILABLE (never an empty or partial page), what memory holds still answers,
+    and the same read gives every event once NATS is back."""
+    backend = await open_backend(faulty_cluster, stream_name, partitions=2, cache_bytes=2048)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=2))
+    await node.start()
+    step = 20 * 60 * SEC  # three records an hour: the last hour's are the newest, in the cache
+    try:
+        await node.create_metric(Metric("calls", AggType.SUM))
+        p = partition_of(7, 2)
+        other = next(a for a in range(8, 100) if partition_of(a, 2) == p)
+        for i in range(60):
+            account = (7, other)[i % 2]
+            await node.ingest([(p, [(account, "calls", 1, T0 + i * step + SEC, None, 1, f"e{i}")])], True, "")
+        for server in faulty_cluster.servers:
+            faulty_cluster.kill(server)
+        with pytest.raises(UnavailableError) as refused:
+            await node.list_events(p, other, T0, T0 + DAY, "", 100, "")
+        assert refused.value.reason == "NATS_UNAVAILABLE" and refused.value.retry_after_seconds
+        assert "cannot be read from JetStream" in str(refused.value)
+        with pytest.raises(UnavailableError):  # its first minute is partial: e1's record is read
+            await node.query(p, other, "calls", T0 + step + SEC, T0 + DAY, 0, {}, [])
+        # What memory holds answers: the newest records (the log's cache), and the aggregates.
+        newest, _ = await node.list_events(p, other, T0 + 19 * 3600 * SEC, T0 + DAY, "", 100, "")
+        assert [e.event_id for e in newest] == ["e57", "e59"]
+        assert (await node.query(p, other, "calls", T0, T0 + DAY, 0, {}, [])).value.sum == 30
+        faulty_cluster.start()
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    page, token = await node.list_events(p, other, T0, T0 + DAY, "", 100, "")
+                    break
+                except UnavailableError:
+                    await asyncio.sleep(0.2)
+        assert ([e.event_id for e in page], token) == ([f"e{i}" for i in range(1, 60, 2)], "")
+        edge = await node.query(p, other, "calls", T0 + step + SEC, T0 + DAY, 0, {}, [])
+        assert edge.value.sum == 30  # e1, the first, is inside the range
+        async with asyncio.timeout(60):  # replicas answer reads before the streams have leaders
+            while True:  # again: the close's snapshot needs a writable cluster
+                try:
+                    await node.ingest([(p, [(other, "calls", 1, T0, None, 1, "after")])], True, "")
+                    break
+                except UnavailableError:
+                    await asyncio.sleep(0.2)
+    finally:
+        await node.close()
+        await backend.disconnect()
 
 
 async def test_conflicting_stream_settings_are_refused(faulty_cluster: NatsCluster, stream_name: str) -> None:
@@ -178,7 +232,7 @@ async def test_stream_leader_killed_during_node_sync_ingests(
     stream leader is killed: every event is acknowledged, counted once and stored once."""
     backend = await open_backend(faulty_cluster, stream_name, partitions=4)
     leader = (await backend.js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
-    node = Node(NodeConfig(tmp_path / "data", partitions=4), backend.factory)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=4))
     await node.start()
     accounts = list(range(1, 9))
 
@@ -210,7 +264,7 @@ async def test_stream_leader_killed_during_node_sync_ingests(
         ids = [
             row[6]
             for p in range(4)
-            for _, record in check.open_partition(p).events.scan()
+            for _, record in await scan_records(check.open_partition(p).events)
             for row in decode_event_record(record).rows
         ]
         assert sorted(ids) == sorted(f"{a}-{i}" for a in accounts for i in range(25))

@@ -21,7 +21,7 @@ from node.records import AlertRecord, decode_event_record, encode_alert_record
 from tests.integration.helpers import T0
 from tools.nats_cluster import NatsCluster
 
-from .conftest import open_backend
+from .conftest import node_on, open_backend, scan_records
 
 DAY = 86_400 * 1_000_000_000
 PARTITIONS = 2
@@ -49,7 +49,7 @@ async def test_snapshot_in_the_cluster_then_replay(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
     backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-    node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS), backend.factory)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=PARTITIONS))
     await node.start()
     try:
         client = await Client.in_process(node, metric_lookup=node.metric_of)
@@ -73,7 +73,7 @@ async def test_snapshot_in_the_cluster_then_replay(
         # The lock is per data directory; the copy has the metric registry and the node's identity.
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
         again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-        other = Node(NodeConfig(tmp_path / "copy"), again.factory)
+        other = await node_on(again, NodeConfig(tmp_path / "copy"))
         try:
             assert all(p.last_snapshot_time is not None for p in other.partitions)  # loaded from the bucket
             assert [p.records_since_snapshot for p in other.partitions] == [
@@ -108,7 +108,7 @@ async def test_recovery_cuts_alert_records_of_events_never_stored(
     await backend.disconnect()
 
     again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-    node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS), again.factory)
+    node = await node_on(again, NodeConfig(tmp_path / "data", partitions=PARTITIONS))
     await node.start()
     try:
         assert len(node.partitions[0].alerts) == 0
@@ -118,7 +118,7 @@ async def test_recovery_cuts_alert_records_of_events_never_stored(
         await again.disconnect()
     check = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
     try:
-        assert list(check.open_partition(0).alerts.scan()) == []
+        assert await scan_records(check.open_partition(0).alerts) == []
     finally:
         await check.disconnect()
 
@@ -129,7 +129,7 @@ async def test_a_node_whose_stream_was_written_by_another_is_fenced(
     """Node A writes; node B starts on the same stream (a takeover) and writes; A's next SYNC on
     that partition is never acknowledged, and the stream holds B's record, not A's."""
     first = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-    a = Node(NodeConfig(tmp_path / "a", partitions=PARTITIONS), first.factory)
+    a = await node_on(first, NodeConfig(tmp_path / "a", partitions=PARTITIONS))
     await a.start()
     second: JetStreamBackend | None = None
     b: Node | None = None
@@ -140,7 +140,7 @@ async def test_a_node_whose_stream_was_written_by_another_is_fenced(
         await a.ingest([(p, [row])], True, "")
         shutil.copytree(tmp_path / "a", tmp_path / "b")  # B: the metric registry, another lock
         second = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)  # sees A's record
-        b = Node(NodeConfig(tmp_path / "b"), second.factory)
+        b = await node_on(second, NodeConfig(tmp_path / "b"))
         await b.ingest([(p, [(1, "calls", 10, T0 + 1, None, 1, "b1")])], True, "")
         with pytest.raises(OSError, match="another writer appended"):
             await a.ingest([(p, [(1, "calls", 100, T0 + 2, None, 1, "a2")])], True, "")
@@ -156,7 +156,7 @@ async def test_a_node_whose_stream_was_written_by_another_is_fenced(
             await second.disconnect()
     check = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
     try:
-        stored = [decode_event_record(r).rows for _, r in check.open_partition(p).events.scan()]
+        stored = [decode_event_record(r).rows for _, r in await scan_records(check.open_partition(p).events)]
         assert [[r[6] for r in rows] for rows in stored] == [["a1"], ["b1"]]
     finally:
         await check.disconnect()

@@ -17,7 +17,7 @@ import pytest
 from cluster_client import AggType, Metric
 from cluster_client.errors import UnavailableError
 from cluster_client.partitioning import partition_of
-from node.node import Node, NodeConfig
+from node.node import NodeConfig
 from tests.conftest import Api, api_on_port
 from tests.grpc_errors import details
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest, query
@@ -27,7 +27,7 @@ from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
 
-from .conftest import open_backend, running_cluster
+from .conftest import node_on, open_backend, running_cluster
 
 TTL = 6.0
 PARTITIONS = 4
@@ -193,7 +193,7 @@ async def test_a_node_refuses_appends_at_once_while_its_connection_is_down(
     """No ASYNC acknowledgement for a record nothing can store: while the connection is down the
     event log refuses at once, storing nothing; once it is back, the same event is stored."""
     backend = await open_backend(outage_cluster, stream_name, partitions=2)
-    node = Node(NodeConfig(tmp_path / "data", partitions=2), backend.factory)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=2))
     await node.start()
     partition = partition_of(7, 2)
     log = backend.open_partition(partition).events
