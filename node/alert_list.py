@@ -6,25 +6,27 @@ occasional block move, not one per alert) are kept as packed int64 columns (``ar
 an id into a table of their (metric, threshold) codes, ~70 bytes an alert; a value outside int64
 (a uint64 sum, say) is kept exactly in a side table. Every alert also keeps the log position of
 its alert record (8 bytes, ``array('Q')``), so an alert that left memory is one ``read`` of that
-record away, and a run of them one ``scan`` from the first one's record: a read returns exactly
-what was appended, wherever it comes from. Alerts not yet published (their records may not be
-durable) never leave memory. This is not the alert log: the log is the truth, this is its index
-and read cache, rebuilt on recovery.
+record away (on JetStream, records the node no longer holds are fetched first: :meth:`reading`):
+a read returns exactly what was appended, wherever it comes from. Alerts not yet published (their
+records may not be durable) never leave memory. This is not the alert log: the log is the truth,
+this is its index and read cache, rebuilt on recovery.
 """
 
 from __future__ import annotations
 
 import errno
 from array import array
-from collections.abc import Iterable, Sequence
-from typing import Any, overload
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar, overload
 
 from cluster_client.types import Alert
 
-from .record_log import RecordLog
+from .record_log import RecordLog, RecordsNotLoaded, read_fetching
 from .records import decode_alert_record
 
 __all__ = ["AlertList"]
+
+_T = TypeVar("_T")
 
 # Row layout of an alert as the alert log stores it (records.AlertRecord rows).
 _ACCOUNT, _METRIC, _THRESHOLD, _TH_VALUE, _MULTIPLE, _VALUE, _PERIOD, _EVENT_T, _RECORD_T = range(9)
@@ -37,8 +39,8 @@ class AlertList:
     """The alerts of one partition, offsets 1..len; ``[i]`` is the alert of offset ``i + 1``."""
 
     __slots__ = (
-        "_base", "_code_ids", "_codes", "_columns", "_in_memory", "_kinds", "_log", "_partition",
-        "_positions", "_slack", "_wide",
+        "_base", "_code_ids", "_codes", "_columns", "_in_memory", "_kinds", "_loaded", "_log",
+        "_partition", "_positions", "_slack", "_wide",
     )  # fmt: skip
 
     def __init__(self, partition: int, log: RecordLog, in_memory: int) -> None:
@@ -60,6 +62,8 @@ class AlertList:
         self._code_ids: dict[tuple[str, str], int] = {}
         self._wide: dict[tuple[int, int], int] = {}
         """(column, offset) → a value outside int64, for the rare alert in memory that has one."""
+        self._loaded: dict[int, bytes] = {}
+        """Alert records fetched for the read :meth:`reading` runs now (empty between reads)."""
 
     def append(self, row: Sequence[Any], position: int) -> Alert:
         """Add the alert of offset ``len(self) + 1`` from its alert-log row, whose record is at
@@ -121,49 +125,75 @@ class AlertList:
             raise IndexError("alert index out of range")
         return self.get_many([index + 1])[0]
 
+    async def reading(self, read: Callable[[], _T]) -> _T:
+        """``read()`` (``between``, ``get_many``, a slice) with the alert records it needs at
+        hand: on a log whose older records live in a remote store (JetStream), those that left
+        memory are fetched first (``read_fetching``). Each run of ``read()`` is one synchronous
+        step, so the boundary between log and memory cannot move inside it."""
+        loaded: dict[int, bytes] = {}
+        self._loaded = loaded
+        try:
+            return await read_fetching(self._log, read, loaded)
+        finally:
+            self._loaded = {}
+
     def between(self, first: int, last: int) -> list[Alert]:
         """Alerts of offsets ``first`` to ``last`` (inclusive, within 1..len): the part that left
-        memory in one scan of the log from the first one's record, then the part in memory."""
+        memory from its records in the log (each read once), then the part in memory."""
         out: list[Alert] = []
         if first > last:
             return out
         on_disk_last = min(last, self._base)
         if first <= on_disk_last:
+            positions = list(dict.fromkeys(self._positions[first - 1 : on_disk_last]))
             want = first
-            for _, payload in self._log.scan(self._positions[first - 1]):
+            for payload in self._records(positions):
                 _, first_alert, rows = decode_alert_record(payload)
-                if first_alert > want:
+                if not first_alert <= want < first_alert + len(rows):
                     self._missing(want)
-                for i in range(want - first_alert, len(rows)):
+                stop = min(len(rows), on_disk_last - first_alert + 1)
+                for i in range(want - first_alert, stop):
                     out.append(self._from_row(rows[i], want))
                     want += 1
-                    if want > on_disk_last:
-                        break
-                if want > on_disk_last:
-                    break
             if want <= on_disk_last:
                 self._missing(want)
         out.extend(self._from_memory(o) for o in range(max(first, self._base + 1), last + 1))
         return out
 
     def get_many(self, offsets: Iterable[int]) -> list[Alert]:
-        """The alerts of ``offsets`` (each within 1..len), in their order: one ``read`` of the
-        log per distinct record among those that left memory, none for the rest."""
+        """The alerts of ``offsets`` (each within 1..len), in their order: one read of the log per
+        distinct record among those that left memory, none for the rest."""
+        wanted = list(offsets)
+        positions = list(dict.fromkeys(self._positions[o - 1] for o in wanted if o <= self._base))
+        fetched = zip(positions, self._records(positions), strict=True)
+        records = {position: decode_alert_record(record) for position, record in fetched}
         out: list[Alert] = []
-        cached_position = -1
-        first_alert = 0
-        rows: Sequence[Any] = ()
-        for offset in offsets:
+        for offset in wanted:
             if offset > self._base:
                 out.append(self._from_memory(offset))
                 continue
-            position = self._positions[offset - 1]
-            if position != cached_position:
-                _, first_alert, rows = decode_alert_record(self._log.read(position))
-                cached_position = position
+            _, first_alert, rows = records[self._positions[offset - 1]]
             if not first_alert <= offset < first_alert + len(rows):
                 self._missing(offset)
             out.append(self._from_row(rows[offset - first_alert], offset))
+        return out
+
+    def _records(self, positions: Sequence[int]) -> list[bytes]:
+        """The alert records at ``positions``, or RecordsNotLoaded naming every one the log does not
+        hold in memory (on the event loop, a remote store's), so one fetch brings them all."""
+        out: list[bytes] = []
+        missing: list[int] = []
+        for position in positions:
+            record = self._loaded.get(position)
+            if record is None:
+                try:
+                    record = self._log.read(position)
+                except RecordsNotLoaded:
+                    missing.append(position)
+                    continue
+            out.append(record)
+        if missing:
+            raise RecordsNotLoaded(missing)
         return out
 
     def _missing(self, offset: int) -> None:

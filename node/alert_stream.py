@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError, OutOfRangeError
 from cluster_client.node_api import AlertStreamItem
@@ -20,6 +21,7 @@ from cluster_client.types import Metric
 
 from .ownership import not_owned
 from .partition import Partition
+from .record_log import RecordsNotLoaded
 
 __all__ = ["AlertStreamer", "release"]
 
@@ -92,7 +94,14 @@ class AlertStreamer:
         read the partition up to them, its position moves past them here, as its own scan would
         have done, and it sleeps on (its heartbeats carry the moved position).
         """
-        new = self._partitions[partition].alerts[first - 1 : last]
+        try:
+            new = self._partitions[partition].alerts.between(first, last)
+        except RecordsNotLoaded:
+            # Alerts kept in memory by nobody (--alerts-in-memory 0 on JetStream) and not in the
+            # log's cache: the filters below only spare wake-ups, so every subscription wakes.
+            for waiter in self._waiters:
+                release(waiter)
+            return
         accounts = {a.account_id for a in new}
         metrics = {a.metric_code for a in new}
         thresholds = {a.threshold_code for a in new}
@@ -184,7 +193,8 @@ class AlertStreamer:
                 for p, position in positions.items():
                     partition = self._served(p)
                     end = min(partition.published_alert_offset, position + _BATCH)
-                    for alert in partition.alerts[position:end]:
+                    alerts = partition.alerts
+                    for alert in await alerts.reading(partial(alerts.between, position + 1, end)):
                         positions[p] = alert.offset
                         if (
                             (not accounts or alert.account_id in accounts)

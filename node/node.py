@@ -624,7 +624,7 @@ class Node:
     ) -> tuple[list[Alert], bool]:
         """The account's alerts after ``after_offset``."""
         check_page_size(page_size)
-        return self._partition(partition).list_alerts(account_id, after_offset, page_size or 100)
+        return await self._partition(partition).list_alerts(account_id, after_offset, page_size or 100)
 
     def subscribe_alerts(
         self,

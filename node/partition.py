@@ -36,7 +36,7 @@ from .event_index import HOUR_NS
 from .index_run import RunFormatError, RunInfo
 from .index_runs import IndexRuns
 from .partition_engine import PYTHON, PartitionEngine
-from .record_log import PartitionStorage, RecordLog, RecordsNotLoaded
+from .record_log import PartitionStorage, RecordLog, RecordsNotLoaded, read_fetching
 from .records import (
     AlertRecord,
     RecordFormatError,
@@ -483,26 +483,14 @@ class Partition:
     # ------------------------------------------------------------------ reads
 
     async def reading(self, read: Callable[[], _T]) -> _T:
-        """``read()`` (a query or an event page: synchronous) with the records it needs at hand.
-
-        A log whose older records live in a remote store (JetStream) answers a read of one it
-        does not hold in memory with RecordsNotLoaded, naming every record the read is about to
-        need (not just the first: a page is one round trip, not one per record); they are
-        fetched together, and ``read()`` runs again with them. Reads change nothing, so running
-        one again is safe; records appended meanwhile are in the log's memory.
-        """
+        """``read()`` (a query or an event page: synchronous) with the event records it needs at
+        hand, fetched first where the log holds them in a remote store (``read_fetching``)."""
         loaded: dict[int, bytes] = {}
-        while True:
-            self._loaded = loaded
-            try:
-                return read()
-            except RecordsNotLoaded as exc:
-                wanted = [p for p in dict.fromkeys(exc.positions) if p not in loaded]
-                if not wanted:
-                    raise  # nothing new to fetch: running the read again would loop for ever
-            finally:
-                self._loaded = {}
-            loaded.update(zip(wanted, await self.events.read_many(wanted), strict=True))
+        self._loaded = loaded
+        try:
+            return await read_fetching(self.events, read, loaded)
+        finally:
+            self._loaded = {}
 
     def _decode(self, ref: int) -> _Decoded:
         cached = self._decoded.get(ref)
@@ -661,12 +649,15 @@ class Partition:
             wanted += [r for r in refs if r not in self._decoded and r not in self._loaded]
         return wanted[:limit]
 
-    def list_alerts(self, account_id: int, after_offset: int, page_size: int) -> tuple[list[Alert], bool]:
+    async def list_alerts(
+        self, account_id: int, after_offset: int, page_size: int
+    ) -> tuple[list[Alert], bool]:
         """The account's durable alerts with offset > ``after_offset``."""
         offsets = self._alerts_by_account.get(account_id, _NO_ALERTS)
         limit = self.published_alert_offset
         start = bisect_right(offsets, after_offset)
-        picked = self.alerts.get_many(o for o in offsets[start : start + page_size + 1] if o <= limit)
+        wanted = [o for o in offsets[start : start + page_size + 1] if o <= limit]
+        picked = await self.alerts.reading(lambda: self.alerts.get_many(wanted))
         return picked[:page_size], len(picked) > page_size
 
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-__all__ = ["PartitionStorage", "RecordBackend", "RecordLog", "RecordsNotLoaded"]
+__all__ = ["PartitionStorage", "RecordBackend", "RecordLog", "RecordsNotLoaded", "read_fetching"]
+
+_T = TypeVar("_T")
 
 
 class RecordsNotLoaded(Exception):
@@ -160,3 +162,24 @@ class RecordBackend(Protocol):
         """Release what the backend holds beyond its logs (threads, descriptors), after every
         partition's logs are closed."""
         ...
+
+
+async def read_fetching(log: RecordLog, read: Callable[[], _T], loaded: dict[int, bytes]) -> _T:
+    """``read()`` (synchronous: a query, an event page, an alert page) with the records of ``log``
+    it needs at hand in ``loaded``, which ``read`` consults before ``log.read``.
+
+    A log whose older records live in a remote store (JetStream) answers a read of one it does not
+    hold in memory with RecordsNotLoaded, naming every record the read is about to need (not just
+    the first: a page is one round trip, not one per record); they are fetched together into
+    ``loaded`` and ``read()`` runs again. Reads change nothing, so running one again is safe, and
+    each run is one synchronous step, so what it sees is consistent; records appended meanwhile
+    are in the log's memory.
+    """
+    while True:
+        try:
+            return read()
+        except RecordsNotLoaded as exc:
+            wanted = [p for p in dict.fromkeys(exc.positions) if p not in loaded]
+            if not wanted:
+                raise  # nothing new to fetch: running the read again would loop for ever
+        loaded.update(zip(wanted, await log.read_many(wanted), strict=True))

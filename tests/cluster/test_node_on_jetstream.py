@@ -195,8 +195,9 @@ async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
     """With one alert per partition in memory, every older alert is read back from the partition's
     alert subject: ListAlerts pages and subscriptions give exactly the alerts fired, in order, and
     the same after a node with none in memory recovers from the stream."""
-    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-    node = Node(NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=1), backend.factory)
+    # No record cache: every alert that left memory is fetched from the stream when read.
+    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=1))
     await node.start()
     try:
         await node.create_metric(
@@ -224,8 +225,8 @@ async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
             assert partition.alerts.in_memory <= 1
             assert len(partition.alerts) == len(applied[partition.number]) > 2
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
-        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-        other = Node(NodeConfig(tmp_path / "copy", alerts_in_memory=0), again.factory)
+        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
+        other = await node_on(again, NodeConfig(tmp_path / "copy", alerts_in_memory=0))
         await other.start()
         try:
             assert await _alerts_read(other) == got
