@@ -283,7 +283,7 @@ class Client:
 
     async def ingest_partitioned(
         self,
-        by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
+        by_partition: Mapping[int, tuple[Sequence[EventRow], list[int]]],
         n_events: int,
         *,
         sync: bool,
@@ -293,7 +293,9 @@ class Client:
         partition: ``{partition: (rows, their indexes in the batch)}``, ``n_events`` rows in all.
 
         The second half of :meth:`ingest_rows`, for a caller that decodes, validates and splits a
-        request itself (the native engine does all three in one pass over the request bytes).
+        request itself (the native engine does all three in one pass over the request bytes, and
+        gives each partition's rows as a native batch, which the in-process node reads in place;
+        a remote owner is sent the rows it stands for, ``RemoteNode.ingest``).
         """
         topology = self._topology
         if not topology.routed:
@@ -333,7 +335,7 @@ class Client:
 
     async def _ingest_routed(
         self,
-        by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
+        by_partition: Mapping[int, tuple[Sequence[EventRow], list[int]]],
         sync: bool,
         deadline: float,
     ) -> dict[int, IngestOutcome]:

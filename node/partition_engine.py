@@ -91,7 +91,7 @@ appearance, and the keys to add to the index with their offsets once the record 
 
 def python_dedup_batch(
     index: DedupTable,
-    rows: list[EventRow],
+    rows: Sequence[EventRow],
     spec_of: Callable[[str], MetricSpec | None],
     next_offset: int,
     arrival: int,
@@ -151,14 +151,14 @@ generation, and the new keys, for the engine's ``add_new_keys`` once the record 
 (opaque: each engine holds them its own way)."""
 
 DedupStep = Callable[
-    [DedupTable, list[EventRow], Callable[[str], "MetricSpec | None"], int, int, str], DedupRecord
+    [DedupTable, Sequence[EventRow], Callable[[str], "MetricSpec | None"], int, int, str], DedupRecord
 ]
 """``(index, rows, spec_of, first_offset, arrival, batch_id) -> DedupRecord``."""
 
 
 def python_dedup_record(
     index: DedupTable,
-    rows: list[EventRow],
+    rows: Sequence[EventRow],
     spec_of: Callable[[str], MetricSpec | None],
     first_offset: int,
     arrival: int,
