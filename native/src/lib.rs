@@ -251,6 +251,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEventBatch>()?;
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_record, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())

@@ -4,17 +4,19 @@
 //! released, so gRPC's threads go on meanwhile, and hands back the stored events as another
 //! batch; `EventIndex.add_record` and the stores' `apply_record` (`py_event_index`,
 //! `py_series_store`, `py_unique_store`) take that batch where they took the stored rows, through
-//! the helpers here. Outputs are those of the row path for the rows the batch stands for, record
+//! the helpers here; `apply_batch` runs the index's step and every metric's store in one call.
+//! Outputs are those of the row path for the rows the batch stands for, record
 //! bytes included (tested in lock step against the Python reference).
 
-use pyo3::exceptions::{PyAssertionError, PyOverflowError};
+use pyo3::exceptions::{PyAssertionError, PyKeyError, PyOverflowError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::batch_dedup::dedup_batch;
 use crate::event_batch::{BatchEvent, EventBatch};
 use crate::event_index::{EventIndex, HOUR_NS};
+use crate::guarded;
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_record::{encode_event_record, RecordHead};
@@ -135,4 +137,54 @@ pub fn metric_events(
         });
     }
     Ok(out)
+}
+
+/// `PartitionAggregates.apply_record` for a stored batch, with the event index's step before it,
+/// in one call per partition part: ``add_record(position, batch)`` (the event index's method)
+/// names the batch's metrics in order of first appearance; each metric whose spec (``spec_of``)
+/// still has the record's generation (``generations``) is applied by its store (``stores[code]``
+/// if of that generation, else ``store_for(spec)``), whose ``apply_record`` reads the batch in
+/// place. Returns the alerts fired, in order. The loop is `apply_record`'s, without its bytecode.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)] // the partition's parts the step reads
+pub fn apply_batch<'py>(
+    py: Python<'py>,
+    add_record: &Bound<'py, PyAny>,
+    position: u64,
+    batch: &Bound<'py, PyEventBatch>,
+    first_offset: i64,
+    generations: &Bound<'py, PyDict>,
+    spec_of: &Bound<'py, PyAny>,
+    stores: &Bound<'py, PyDict>,
+    store_for: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyList>> {
+    guarded(|| {
+        let generation = intern!(py, "generation");
+        let fired = PyList::empty(py);
+        for code in add_record.call1((position, batch))?.try_iter()? {
+            let code = code?;
+            let spec = spec_of.call1((&code,))?;
+            if spec.is_none() {
+                continue; // the metric was deleted after this record
+            }
+            let current = spec.getattr(generation)?;
+            let recorded =
+                generations.get_item(&code)?.ok_or_else(|| PyKeyError::new_err(code.clone().unbind()))?;
+            if !current.eq(&recorded)? {
+                continue; // ... and maybe created again
+            }
+            let store = match stores.get_item(&code)? {
+                Some(store) if store.getattr(intern!(py, "spec"))?.getattr(generation)?.eq(&current)? => {
+                    store
+                }
+                _ => store_for.call1((&spec,))?,
+            };
+            let alerts =
+                store.getattr(intern!(py, "apply_record"))?.call1((batch, first_offset, position))?;
+            for alert in alerts.try_iter()? {
+                fired.append(alert?)?;
+            }
+        }
+        Ok(fired)
+    })
 }
