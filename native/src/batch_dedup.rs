@@ -106,16 +106,20 @@ mod tests {
     const WINDOW: i64 = 1_000_000_000;
 
     fn batch(events: &[(u64, &str, i64, &str)]) -> EventBatch {
-        let mut builder = EventBatchBuilder::with_capacity(events.len());
-        for &(account, code, time, id) in events {
-            builder.push(&Event {
+        let events: Vec<Event<'_>> = events
+            .iter()
+            .map(|&(account, code, time, id)| Event {
                 account_id: account,
                 metric_code: code,
                 value: 3,
                 time_unix_nano: time,
                 event_id: id,
                 ..Event::default()
-            });
+            })
+            .collect();
+        let mut builder = EventBatchBuilder::for_events(events.iter());
+        for e in &events {
+            builder.push(e);
         }
         builder.finish()
     }

@@ -150,9 +150,22 @@ pub struct EventBatchBuilder {
 }
 
 impl EventBatchBuilder {
-    /// A builder for a part of about `n` events.
-    pub fn with_capacity(n: usize) -> Self {
-        Self { events: Vec::with_capacity(n), ..Self::default() }
+    /// A builder for `events`, sized for them: the arena is allocated once, not grown string by
+    /// string.
+    pub fn for_events<'a>(events: impl Iterator<Item = &'a Event<'a>>) -> Self {
+        let (mut n, mut text, mut properties) = (0, 0, 0);
+        for e in events {
+            n += 1;
+            text += e.metric_code.len() + e.event_id.len();
+            text += e.properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            properties += e.properties.len();
+        }
+        let arena = Arena {
+            text: String::with_capacity(text),
+            codes: Vec::new(),
+            properties: Vec::with_capacity(properties),
+        };
+        Self { arena, code_of: HashMap::new(), events: Vec::with_capacity(n) }
     }
 
     /// Add a decoded (and validated) event; an operation of 0 (unset) is ADD, as the Python rows have it.
@@ -210,10 +223,17 @@ mod tests {
 
     #[test]
     fn events_keep_their_fields_and_codes_their_first_appearance_order() {
-        let mut builder = EventBatchBuilder::with_capacity(3);
-        builder.push(&event(1, "b", vec![("region", "eu"), ("tier", "pro")], "x"));
-        builder.push(&event(2, "a", vec![], ""));
-        builder.push(&event(3, "b", vec![("é", "日")], "🙂"));
+        let events = [
+            event(1, "b", vec![("region", "eu"), ("tier", "pro")], "x"),
+            event(2, "a", vec![], ""),
+            event(3, "b", vec![("é", "日")], "🙂"),
+        ];
+        let mut builder = EventBatchBuilder::for_events(events.iter());
+        let capacity = builder.arena.text.capacity();
+        for e in &events {
+            builder.push(e);
+        }
+        assert_eq!(builder.arena.text.capacity(), capacity); // sized right: never grown
         let batch = builder.finish();
         assert_eq!(batch.codes().collect::<Vec<_>>(), ["b", "a"]);
         let e = &batch.events;
@@ -230,9 +250,11 @@ mod tests {
 
     #[test]
     fn a_row_packs_as_msgpack_packs_the_row_tuple() {
-        let mut builder = EventBatchBuilder::with_capacity(2);
-        builder.push(&event(300, "m", vec![("k", "v")], "id"));
-        builder.push(&event(1, "m", vec![], ""));
+        let events = [event(300, "m", vec![("k", "v")], "id"), event(1, "m", vec![], "")];
+        let mut builder = EventBatchBuilder::for_events(events.iter());
+        for e in &events {
+            builder.push(e);
+        }
         let batch = builder.finish();
         let mut w = MsgpackWriter::with_capacity(64);
         batch.pack_row(&mut w, &batch.events[0]);

@@ -186,7 +186,7 @@ fn batches_by_partition<'py>(
     }
     let by_partition = PyDict::new(py);
     for (p, indexes) in slots {
-        let mut builder = EventBatchBuilder::with_capacity(indexes.len());
+        let mut builder = EventBatchBuilder::for_events(indexes.iter().map(|&i| &events[i]));
         for &i in &indexes {
             builder.push(&events[i]);
         }
