@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import os
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .errors import (
     FieldViolation,
+    InternalError,
     InvalidArgumentError,
     ResourceExhaustedError,
     UnavailableError,
@@ -283,7 +285,7 @@ class Client:
 
     async def ingest_partitioned(
         self,
-        by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
+        by_partition: Mapping[int, tuple[Sequence[EventRow], list[int]]],
         n_events: int,
         *,
         sync: bool,
@@ -293,7 +295,9 @@ class Client:
         partition: ``{partition: (rows, their indexes in the batch)}``, ``n_events`` rows in all.
 
         The second half of :meth:`ingest_rows`, for a caller that decodes, validates and splits a
-        request itself (the native engine does all three in one pass over the request bytes).
+        request itself (the native engine does all three in one pass over the request bytes, and
+        gives each partition's rows as a native batch, which the in-process node reads in place;
+        a remote owner is sent the rows it stands for, ``RemoteNode.ingest``).
         """
         topology = self._topology
         if not topology.routed:
@@ -307,10 +311,15 @@ class Client:
             outcomes = await self._ingest_routed(by_partition, sync, deadline_after(timeout, self._retry))
         offsets = [0] * n_events
         n_dup = 0
+        place = offsets.__setitem__
         for p, outcome in outcomes.items():
             n_dup += outcome.n_duplicates
-            for i, offset in zip(by_partition[p][1], outcome.offsets, strict=True):
-                offsets[i] = offset
+            indexes = by_partition[p][1]
+            if len(indexes) != len(outcome.offsets):
+                got = len(outcome.offsets)
+                raise InternalError(f"partition {p} answered {got} offsets for {len(indexes)} events")
+            # The offsets go to their places in a C loop (map), not a bytecode loop per event.
+            deque(map(place, indexes, outcome.offsets), maxlen=0)
         return IngestResult(n_events - n_dup, n_dup, offsets)
 
     def ingest_metric_lookup(self) -> MetricLookup:
@@ -333,7 +342,7 @@ class Client:
 
     async def _ingest_routed(
         self,
-        by_partition: Mapping[int, tuple[list[EventRow], list[int]]],
+        by_partition: Mapping[int, tuple[Sequence[EventRow], list[int]]],
         sync: bool,
         deadline: float,
     ) -> dict[int, IngestOutcome]:

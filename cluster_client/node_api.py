@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,7 +90,12 @@ class NodeApi(Protocol):
         ...
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
+        self,
+        parts: Sequence[tuple[int, Sequence[EventRow]]],
+        sync: bool,
+        batch_id: str,
+        *,
+        validated: bool = False,
     ) -> list[IngestOutcome]:
         """Store each (partition, rows) part atomically; one request per node carries all its partitions.
 

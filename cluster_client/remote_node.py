@@ -119,11 +119,18 @@ class RemoteNode(NodeApi):
         await self._call("delete_metric", (code,))
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
+        self,
+        parts: Sequence[tuple[int, Sequence[EventRow]]],
+        sync: bool,
+        batch_id: str,
+        *,
+        validated: bool = False,
     ) -> list[IngestOutcome]:
         """Store each (partition, rows) part atomically on the node (which always validates them)."""
-        # Rows go out as they are: msgpack packs the tuples as arrays with no per-row work here.
-        raw = await self._call("ingest", (parts, sync, batch_id))
+        # Rows go out as they are: msgpack packs the tuples as arrays with no per-row work here. A
+        # native engine's batch (unimeter_native.EventBatch) goes as the row tuples it stands for.
+        wire_parts = [(p, rows if isinstance(rows, list) else list(rows)) for p, rows in parts]
+        raw = await self._call("ingest", (wire_parts, sync, batch_id))
         return self._decode("ingest", ingest_outcomes_from_wire, raw)
 
     async def query_realtime(self, partition: int, account_id: int, metric_code: str) -> QueryResult:

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -428,7 +428,12 @@ class Node:
     # ------------------------------------------------------------------ NodeApi: ingest
 
     async def ingest(
-        self, parts: list[tuple[int, list[EventRow]]], sync: bool, batch_id: str, *, validated: bool = False
+        self,
+        parts: Sequence[tuple[int, Sequence[EventRow]]],
+        sync: bool,
+        batch_id: str,
+        *,
+        validated: bool = False,
     ) -> list[IngestOutcome]:
         """Validate, store and apply each partition's part; SYNC waits for the group-commit fsyncs.
         On a cluster node a SYNC call is acknowledged only if the node still serves every partition
@@ -523,7 +528,7 @@ class Node:
     async def _ingest_in_slices(
         self,
         targets: list[Partition],
-        parts: list[tuple[int, list[EventRow]]],
+        parts: Sequence[tuple[int, Sequence[EventRow]]],
         batch_id: str,
     ) -> tuple[list[IngestOutcome], bool]:
         """Ingest a batch over many partitions a few parts at a time, with the event loop free in

@@ -168,7 +168,7 @@ class Partition:
 
     def ingest(
         self,
-        rows: list[EventRow],
+        rows: Sequence[EventRow],
         batch_id: str,
         now_ns: int,
         spec_of: Callable[[str], MetricSpec | None],

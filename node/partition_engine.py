@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from cluster_client.types import EventRow
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
-from .aggregation.aggregates import PYTHON_STORES, StoreKinds
+from .aggregation.aggregates import PYTHON_STORES, ApplyBatch, StoreKinds
 from .aggregation.native_series import NativeSeriesStore
 from .aggregation.native_unique import NativeUniqueStore
 from .aggregation.snapshot_data import Chunked
@@ -93,7 +93,7 @@ appearance, and the keys to add to the index with their offsets once the record 
 
 def python_dedup_batch(
     index: DedupTable,
-    rows: list[EventRow],
+    rows: Sequence[EventRow],
     spec_of: Callable[[str], MetricSpec | None],
     next_offset: int,
     arrival: int,
@@ -153,14 +153,14 @@ generation, and the new keys, for the engine's ``add_new_keys`` once the record 
 (opaque: each engine holds them its own way)."""
 
 DedupStep = Callable[
-    [DedupTable, list[EventRow], Callable[[str], "MetricSpec | None"], int, int, str], DedupRecord
+    [DedupTable, Sequence[EventRow], Callable[[str], "MetricSpec | None"], int, int, str], DedupRecord
 ]
 """``(index, rows, spec_of, first_offset, arrival, batch_id) -> DedupRecord``."""
 
 
 def python_dedup_record(
     index: DedupTable,
-    rows: list[EventRow],
+    rows: Sequence[EventRow],
     spec_of: Callable[[str], MetricSpec | None],
     first_offset: int,
     arrival: int,
@@ -262,6 +262,8 @@ def python_apply_record(
 
 
 def native_apply_record(
+    batch_type: type,
+    apply_batch: ApplyBatch,
     index: NativeEventIndex,
     aggregates: PartitionAggregates,
     ref: int,
@@ -270,10 +272,15 @@ def native_apply_record(
     rows: Sequence[EventRow],
     spec_of: SpecOf,
 ) -> list[AlertRow]:
-    """:func:`python_apply_record` on the native index and stores, in two calls a record: the index
-    reads the rows in one call and names their metrics in order; the aggregates then apply each
-    metric's rows, each native store reading its own from the same sequence
-    (``PartitionAggregates.apply_record``). No Python object is made per event."""
+    """:func:`python_apply_record` on the native index and stores (``batch_type`` and
+    ``apply_batch`` are the extension's ``EventBatch`` and ``apply_batch``). Rows (recovery's,
+    an in-process caller's): the index reads them in one call and names their metrics in order;
+    the aggregates then apply each metric's rows, each native store reading its own from the same
+    sequence (``PartitionAggregates.apply_record``). A stored ``EventBatch`` (what the server's
+    requests become): the same steps in one native call (``PartitionAggregates.apply_batch``).
+    No Python object is made per event."""
+    if type(rows) is batch_type:
+        return aggregates.apply_batch(apply_batch, index.add_record, rows, gens, spec_of, first_offset, ref)
     return aggregates.apply_record(index.add_record(ref, rows), gens, spec_of, rows, first_offset, ref)
 
 
@@ -349,5 +356,5 @@ def partition_engine(name: str) -> PartitionEngine:
         ),
         lambda: NativeEventIndex(native_index()),
         partial(NativeEventIndex.from_snapshot, native_index),
-        native_apply_record,
+        partial(native_apply_record, module.EventBatch, module.apply_batch),
     )

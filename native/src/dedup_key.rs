@@ -92,8 +92,35 @@ pub fn blake2b_64(data: &[u8]) -> u64 {
 /// The key of an event with an explicit id: the digest of
 /// `"{account}\0{metric}\0{generation}\0i\0{event_id}"`.
 pub fn event_key(account_id: u64, metric_code: &str, generation: u64, event_id: &str) -> u64 {
-    let text = format!("{account_id}\0{metric_code}\0{generation}\0i\0{event_id}");
-    blake2b_64(text.as_bytes())
+    // Sized once: `format!` grew its string piece by piece, a few reallocations per key, which
+    // was a tenth of a loaded server's CPU.
+    let mut text = Vec::with_capacity(2 * U64_DIGITS + 6 + metric_code.len() + event_id.len());
+    push_decimal(&mut text, account_id);
+    text.push(0);
+    text.extend_from_slice(metric_code.as_bytes());
+    text.push(0);
+    push_decimal(&mut text, generation);
+    text.extend_from_slice(b"\0i\0");
+    text.extend_from_slice(event_id.as_bytes());
+    blake2b_64(&text)
+}
+
+/// The most decimal digits of a u64.
+const U64_DIGITS: usize = 20;
+
+/// `value` in decimal, as `format!("{value}")` writes it.
+fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+    let mut digits = [0u8; U64_DIGITS];
+    let mut i = U64_DIGITS;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// msgpack encoding, in the forms `msgpack.packb` picks (the smallest that holds each value).
@@ -204,6 +231,17 @@ pub fn derived_key(input: DerivedKeyInput<'_>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_as_format_writes_them() {
+        for value in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, value);
+            assert_eq!(out, value.to_string().into_bytes());
+        }
+        let text = format!("{}\0{}\0{}\0i\0{}", 42u64, "calls", 7u64, "é-1");
+        assert_eq!(event_key(42, "calls", 7, "é-1"), blake2b_64(text.as_bytes()));
+    }
 
     // Expected values from Python: int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little").
     #[test]

@@ -10,17 +10,21 @@
 //! batch's event record as it goes (`py_event_record`, `msgpack_writer`). The Python-facing
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
+pub mod batch_dedup;
 pub mod cell;
 pub mod cell_map;
 pub mod dedup_key;
 pub mod dedup_table;
+pub mod event_batch;
 pub mod event_index;
 pub mod ingest_request;
 pub mod int_hash;
 pub mod msgpack_writer;
 pub mod partitioning;
 pub mod positions;
+mod py_batch_ingest;
 mod py_dedup_index;
+mod py_event_batch;
 mod py_event_index;
 mod py_event_record;
 mod py_partition_batch;
@@ -41,6 +45,9 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use event_batch::EventBatchBuilder;
+use py_event_batch::PyEventBatch;
 
 use ingest_request::{decode_ingest_request, Event};
 use validation::{check_request, MetricRules, Piece, Rejection};
@@ -77,8 +84,8 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 ///
 /// `metric_of(code)` returns the registered `Metric` or None (called once per distinct code);
 /// `partitions` is the cluster's partition count. Returns `(n_events, sync, by_partition,
-/// rejection)`: `by_partition` maps each partition (in order of first appearance) to its rows and
-/// their request indexes, as `Client.ingest_rows` builds it; `rejection` is None or `(message,
+/// rejection)`: `by_partition` maps each partition (in order of first appearance) to its events
+/// (an `EventBatch`, standing for the rows `Client.ingest_rows` builds) and their request indexes; `rejection` is None or `(message,
 /// [(field, description), ...])`, and then `by_partition` is None. Bytes that are not an
 /// `IngestRequest` raise `MalformedRequest`.
 #[pyfunction]
@@ -101,7 +108,7 @@ fn decode_ingest<'py>(
         match check_request(&request, |code| metrics.get(code).and_then(Option::as_ref)) {
             Err(rejection) => (n, false, py.None(), rejection_to_python(py, &rejection)?).into_pyobject(py),
             Ok(sync) => {
-                let by_partition = rows_by_partition(py, &request.events, partitions)?;
+                let by_partition = batches_by_partition(py, &request.events, partitions)?;
                 (n, sync, by_partition, py.None()).into_pyobject(py)
             }
         }
@@ -159,9 +166,10 @@ fn rejection_to_python<'py>(py: Python<'py>, rejection: &Rejection<'_>) -> PyRes
     (render(py, &rejection.message)?, violations).into_pyobject(py)
 }
 
-/// `{partition: ([row, ...], [request index, ...])}` in order of first appearance, each row the
-/// `EventRow` tuple of `cluster_client/types.py`.
-fn rows_by_partition<'py>(
+/// `{partition: (EventBatch, [request index, ...])}` in order of first appearance: each
+/// partition's events as a native batch (`py_event_batch`), which stands for the `EventRow`
+/// tuples of `cluster_client/types.py` that `Client.ingest_rows` would split off.
+fn batches_by_partition<'py>(
     py: Python<'py>,
     events: &[Event<'_>],
     partitions: u64,
@@ -176,32 +184,14 @@ fn rows_by_partition<'py>(
         });
         slots[slot].1.push(i);
     }
-    // One string object per distinct metric code, shared by its rows (the registry's keys are strs too).
-    let mut codes: HashMap<&str, Bound<'py, PyString>> = HashMap::new();
-    let no_id = PyString::new(py, "");
     let by_partition = PyDict::new(py);
     for (p, indexes) in slots {
-        let mut rows = Vec::with_capacity(indexes.len());
+        let mut builder = EventBatchBuilder::for_events(indexes.iter().map(|&i| &events[i]));
         for &i in &indexes {
-            let e = &events[i];
-            let code = codes.entry(e.metric_code).or_insert_with(|| PyString::new(py, e.metric_code)).clone();
-            let properties = if e.properties.is_empty() {
-                None
-            } else {
-                let dict = PyDict::new(py);
-                for (key, value) in &e.properties {
-                    dict.set_item(key, value)?;
-                }
-                Some(dict)
-            };
-            let event_id = if e.event_id.is_empty() { no_id.clone() } else { PyString::new(py, e.event_id) };
-            let operation = if e.operation == 0 { 1 } else { e.operation };
-            rows.push(
-                (e.account_id, code, e.value, e.time_unix_nano, properties, operation, event_id)
-                    .into_pyobject(py)?,
-            );
+            builder.push(&events[i]);
         }
-        by_partition.set_item(p, (PyList::new(py, rows)?, PyList::new(py, indexes)?))?;
+        let batch = Py::new(py, PyEventBatch { batch: builder.finish() })?;
+        by_partition.set_item(p, (batch, PyList::new(py, indexes)?))?;
     }
     Ok(by_partition)
 }
@@ -258,8 +248,10 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py_event_index::PyEventIndex>()?;
     m.add_class::<py_unique_store::PyUniqueSets>()?;
     m.add_class::<py_partition_batch::NewKeys>()?;
+    m.add_class::<PyEventBatch>()?;
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_record, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())

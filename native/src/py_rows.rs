@@ -6,6 +6,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
+use crate::event_batch::{BatchEvent, EventBatch};
 use crate::thresholds::Threshold;
 
 /// Periods remembered for the events' lookups (a record's events mostly share one or two).
@@ -109,6 +110,28 @@ impl MetricRows {
                 Some(value) => value.extract::<String>()?,
                 None => String::new(),
             });
+        }
+        Ok(Some(key))
+    }
+
+    /// The metric's code.
+    pub fn code_text(&self) -> &str {
+        &self.code_text
+    }
+
+    /// [`Self::combination`] of a batch event's properties.
+    pub fn batch_combination(
+        &self,
+        py: Python<'_>,
+        batch: &EventBatch,
+        event: &BatchEvent,
+    ) -> PyResult<Option<Vec<String>>> {
+        if self.dims.is_empty() {
+            return Ok(None);
+        }
+        let mut key = Vec::with_capacity(self.dims.len());
+        for dim in &self.dims {
+            key.push(batch.property(event, dim.bind(py).to_str()?).unwrap_or("").to_owned());
         }
         Ok(Some(key))
     }

@@ -11,7 +11,10 @@ use pyo3::types::{PyList, PyString, PyTuple};
 
 use crate::cell::Cell;
 use crate::cell_map::Key;
+use crate::event_batch::EventBatch;
 use crate::guarded;
+use crate::py_batch_ingest::metric_events;
+use crate::py_event_batch::PyEventBatch;
 use crate::py_rows::{items, row_item, MetricRows, REMOVE};
 use crate::series_cells::{AggKind, Event, SeriesCells, SnapshotCell, N_LEVELS};
 
@@ -32,6 +35,28 @@ impl PySeriesCells {
             Some(key) => self.cells.combos.id_of(key) + 1,
             None => 0,
         })
+    }
+
+    /// The events of this metric among a stored batch's, resolved (`py_batch_ingest`).
+    fn batch_events(
+        &mut self,
+        py: Python<'_>,
+        batch: &EventBatch,
+        first_offset: i64,
+    ) -> PyResult<Vec<Event>> {
+        let mut events = Vec::new();
+        for e in metric_events(py, &mut self.rows, batch, first_offset)? {
+            events.push(Event {
+                account: e.event.account,
+                value: e.value()?,
+                time: e.event.time,
+                remove: e.event.operation == REMOVE,
+                offset: e.offset,
+                slot: e.combination.map_or(0, |key| self.cells.combos.id_of(key) + 1),
+                period_start: e.period.0,
+            });
+        }
+        Ok(events)
     }
 
     /// Apply resolved events; the alert rows they fire.
@@ -134,8 +159,8 @@ impl PySeriesCells {
         })
     }
 
-    /// Apply the rows of metric ``code`` among a stored record's rows (``EventRow`` sequences;
-    /// row ``i`` has offset ``first_offset + i``), read from position ``record``; returns the
+    /// Apply the rows of metric ``code`` among a stored record's rows (``EventRow`` sequences,
+    /// or an ``EventBatch``; row ``i`` has offset ``first_offset + i``), read from position ``record``; returns the
     /// alert rows they fire. The same as ``apply`` with those rows, without making them.
     fn apply_record<'py>(
         &mut self,
@@ -145,6 +170,10 @@ impl PySeriesCells {
         record: u64,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
+            if let Ok(batch) = rows.cast::<PyEventBatch>() {
+                let events = self.batch_events(py, &batch.get().batch, first_offset)?;
+                return self.apply_events(py, &events, record);
+            }
             let mut events = Vec::new();
             for (i, row) in rows.try_iter()?.enumerate() {
                 let row = row?;

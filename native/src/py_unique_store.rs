@@ -10,7 +10,10 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
+use crate::event_batch::EventBatch;
 use crate::guarded;
+use crate::py_batch_ingest::metric_events;
+use crate::py_event_batch::PyEventBatch;
 use crate::py_rows::{items, row_item, MetricRows, REMOVE};
 use crate::series_cells::Combos;
 use crate::unique_sets::{Account, Op, SetEvent, SetRow, UniqueSets};
@@ -54,6 +57,29 @@ impl PyUniqueSets {
             period_start,
             period_end,
         })
+    }
+
+    /// The events of this metric among a stored batch's, resolved (`py_batch_ingest`).
+    fn batch_events(
+        &mut self,
+        py: Python<'_>,
+        batch: &EventBatch,
+        first_offset: i64,
+    ) -> PyResult<Vec<SetEvent>> {
+        let mut events = Vec::new();
+        for e in metric_events(py, &mut self.rows, batch, first_offset)? {
+            events.push(SetEvent {
+                account: e.event.account,
+                member: e.event.value,
+                time: e.event.time,
+                offset: e.offset,
+                remove: e.event.operation == REMOVE,
+                combo: e.combination.map_or(0, |key| self.combos.id_of(key)),
+                period_start: e.period.0,
+                period_end: e.period.1,
+            });
+        }
+        Ok(events)
     }
 
     fn apply_events<'py>(&mut self, py: Python<'py>, events: &[SetEvent]) -> PyResult<Bound<'py, PyList>> {
@@ -189,8 +215,8 @@ impl PyUniqueSets {
         })
     }
 
-    /// ``apply`` for this metric's rows among a stored record's ``EventRow`` rows (row ``i`` has
-    /// offset ``first_offset + i``), read in place.
+    /// ``apply`` for this metric's rows among a stored record's ``EventRow`` rows, or an
+    /// ``EventBatch`` (row ``i`` has offset ``first_offset + i``), read in place.
     fn apply_record<'py>(
         &mut self,
         py: Python<'py>,
@@ -200,6 +226,10 @@ impl PyUniqueSets {
     ) -> PyResult<Bound<'py, PyList>> {
         let _ = record;
         guarded(|| {
+            if let Ok(batch) = rows.cast::<PyEventBatch>() {
+                let events = self.batch_events(py, &batch.get().batch, first_offset)?;
+                return self.apply_events(py, &events);
+            }
             let mut events = Vec::new();
             for (i, row) in rows.try_iter()?.enumerate() {
                 let row = row?;

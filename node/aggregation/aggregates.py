@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from cluster_client.types import AggValue, EventRow, GroupValue, Period
 
@@ -33,6 +34,8 @@ _Series = SeriesStore | NativeSeriesStore
 _Unique = UniqueStore | NativeUniqueStore
 _Store = _Series | _Unique
 _Native = NativeSeriesStore | NativeUniqueStore
+ApplyBatch = Callable[..., list[AlertRow]]
+"""``unimeter_native.apply_batch`` (the extension ships no type stubs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,23 @@ class PartitionAggregates:
             ]
             fired += store.apply(applied, record_ref)
         return fired
+
+    def apply_batch(
+        self,
+        apply_batch: ApplyBatch,
+        add_record: Callable[[int, Any], Sequence[str]],
+        batch: object,
+        generations: Mapping[str, int],
+        spec_of: Callable[[str], MetricSpec | None],
+        first_offset: int,
+        record_ref: int,
+    ) -> list[AlertRow]:
+        """:meth:`apply_record` for a native engine's stored ``EventBatch``, with the event index's
+        ``add_record`` before it, in one native call (``apply_batch``, ``unimeter_native``): the
+        same metrics in the same order, the same stores, the same alerts."""
+        return apply_batch(
+            add_record, record_ref, batch, first_offset, generations, spec_of, self._stores, self._store_for
+        )
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, and that period."""

@@ -76,7 +76,11 @@ def native_outcome(data: bytes, partitions: int) -> object:
         n, sync, by_partition, rejection = unimeter_native.decode_ingest(data, METRICS.get, partitions)
     except unimeter_native.MalformedRequest:
         return "malformed"
-    return (n, sync, None if by_partition is None else list(by_partition.items()), rejection)
+    if by_partition is None:
+        return (n, sync, None, rejection)
+    # Each partition's events come as a native batch: compared as the rows it stands for.
+    parts = [(p, (batch.rows(), indexes)) for p, (batch, indexes) in by_partition.items()]
+    return (n, sync, parts, rejection)
 
 
 def engine_outcome(data: bytes, partitions: int) -> object:

@@ -6,8 +6,10 @@ one-hour memory horizon); calendar, week, day and fixed periods in
 time zones, dimension filters and groups, sums past 64 bits, late events) give the same outcomes,
 the same log bytes, the same snapshot bytes, the same answers, event pages and alerts; then each
 data directory is recovered by the other engine, which answers alike and goes on deduplicating
-alike. Collected only
-where the extension is built (tests/conftest.py)."""
+alike. A third node on the native engine takes each batch as the server's native decoder hands
+it over (``unimeter_native.decode_ingest``: one ``EventBatch`` per partition, read in place by the
+dedup step, the event index and the stores) and must match the other two in every one of those
+respects. Collected only where the extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import unimeter_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +32,7 @@ from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow, OperationType, PeriodType, QueryResult
 from node.aggregation import MetricSpec
 from node.node import Node, NodeConfig
+from unimeter.v1 import ingest_service_pb2, types_pb2
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,6 +127,19 @@ def _row(raw: tuple[Any, ...]) -> EventRow:
     return (account, code, value, t, props, int(op), event_id)
 
 
+def _event(row: EventRow) -> types_pb2.Event:
+    account, code, value, t, props, op, event_id = row
+    return types_pb2.Event(
+        account_id=account,
+        metric_code=code,
+        value=value,
+        time_unix_nano=t,
+        properties=props or {},
+        operation=op,  # type: ignore[arg-type]
+        event_id=event_id,
+    )
+
+
 async def _answer(query: Awaitable[QueryResult]) -> object:
     """A query's result, or the reason of its OUT_OF_RANGE error (a sum past int64 is one)."""
     try:
@@ -160,6 +177,20 @@ class _Node:
         for r in rows:
             parts.setdefault(partition_of(r[0], PARTITIONS), []).append(r)
         outcomes = await self.node.ingest(sorted(parts.items()), False, batch_id)
+        return [(list(o.offsets), o.n_duplicates) for o in outcomes]
+
+    async def ingest_request(self, rows: list[EventRow], batch_id: str) -> list[tuple[list[int], int]]:
+        """``ingest`` of the rows as the server's native engine does it: the request's bytes
+        decoded, validated and split natively into one ``EventBatch`` per partition."""
+        request = ingest_service_pb2.IngestRequest(events=[_event(r) for r in rows])
+        metric_of = self.node.registry.get
+        _, _, by_partition, rejection = unimeter_native.decode_ingest(
+            request.SerializeToString(), metric_of, PARTITIONS
+        )
+        assert rejection is None
+        parts = sorted((p, batch) for p, (batch, _) in by_partition.items())
+        assert all(type(batch).__name__ == "EventBatch" for _, batch in parts)
+        outcomes = await self.node.ingest(parts, False, batch_id, validated=True)
         return [(list(o.offsets), o.n_duplicates) for o in outcomes]
 
     async def snapshot_bytes(self) -> list[bytes]:
@@ -201,8 +232,10 @@ class _Node:
 async def _run(steps: list[tuple[Any, ...]], root: Path) -> None:
     clock = SetClock(T)
     nodes = {engine: _Node(root / engine, engine, clock) for engine in ("python", "native")}
+    batches = _Node(root / "native-batches", "native", clock)
+    every = [*nodes.values(), batches]
     try:
-        for node in nodes.values():  # the same clock: the same generations on both
+        for node in every:  # the same clock: the same generations on all
             for metric in METRICS:
                 await node.node.create_metric(metric)
         for step in steps:
@@ -210,22 +243,22 @@ async def _run(steps: list[tuple[Any, ...]], root: Path) -> None:
             if kind == "ingest":
                 rows = [_row(r) for r in args[0]]
                 python, native = [await n.ingest(rows, args[1]) for n in nodes.values()]
-                assert python == native
+                assert python == native == await batches.ingest_request(rows, args[1])
             elif kind == "clock":
                 clock.now += args[0]
             elif kind == "expire":
-                for n in nodes.values():
+                for n in every:
                     n.node.expire()
             else:
-                python_snap, native_snap = [await n.snapshot_bytes() for n in nodes.values()]
-                assert python_snap == native_snap
-        python_log, native_log = [n.log_bytes() for n in nodes.values()]
-        assert python_log == native_log
-        python_answers, native_answers = [await n.answers() for n in nodes.values()]
-        assert python_answers == native_answers
+                python_snap, native_snap, batches_snap = [await n.snapshot_bytes() for n in every]
+                assert python_snap == native_snap == batches_snap
+        python_log, native_log, batches_log = [n.log_bytes() for n in every]
+        assert python_log == native_log == batches_log
+        python_answers, native_answers, batches_answers = [await n.answers() for n in every]
+        assert python_answers == native_answers == batches_answers
         last_rows = next((s[1] for s in reversed(steps) if s[0] == "ingest"), [])
     finally:
-        for n in nodes.values():
+        for n in every:
             await n.node.close()
     # Each engine recovers the other's directory (snapshot + log tail) and answers alike; the
     # recovered dedup state answers a resend of the last batch alike.

@@ -155,6 +155,32 @@ def test_valid_batches_keep_every_field_and_split_in_first_seen_order() -> None:
     assert rows[39] == (7, "seats", UINT64 - 1, 0, {"x": "y"}, 2, "")
 
 
+def test_each_partition_gets_a_native_batch_that_reads_as_its_rows() -> None:
+    props = {"b": "2", "a": "1"}
+    events = [
+        t.Event(account_id=1, metric_code="bytes", value=5, time_unix_nano=9, properties=props),
+        t.Event(account_id=1, metric_code="seats", value=3, operation=2, event_id="é-1"),
+        t.Event(account_id=1, metric_code="bytes", value=0),
+    ]
+    data = ing.IngestRequest(events=events).SerializeToString()
+    n, sync, by_partition, rejection = unimeter_native.decode_ingest(data, METRICS.get, 4)
+    assert (n, sync, rejection) == (3, False, None)
+    [(p, (batch, indexes))] = by_partition.items()
+    assert (p, indexes) == (partition_of(1, 4), [0, 1, 2])
+    assert type(batch) is unimeter_native.EventBatch
+    expected = [
+        (1, "bytes", 5, 9, {"a": "1", "b": "2"}, 1, ""),
+        (1, "seats", 3, 0, None, 2, "é-1"),
+        (1, "bytes", 0, 0, None, 1, ""),
+    ]
+    rows = batch.rows()
+    assert rows == list(batch) == expected
+    assert list(rows[0][4]) == ["a", "b"]  # properties sorted by key
+    assert rows[0][1] is rows[2][1]  # one str per code
+    assert len(batch) == 3
+    assert repr(batch) == "<EventBatch of 3 events>"
+
+
 def test_a_batch_over_ten_thousand_events_is_one_violation_on_both() -> None:
     one = field_bytes(1, field_varint(1, 1) + field_bytes(2, b"calls"))
     data = one * 10_001

@@ -1,0 +1,268 @@
+//! A partition's share of a decoded `IngestRequest`, held natively: the events as plain structs,
+//! their strings (metric codes, event ids, properties) in one text arena shared by every batch cut
+//! from the same request part. The decoder builds one per partition (`EventBatchBuilder`); the
+//! partition's dedup step, event index and aggregate cells read it in place, so a request's events
+//! become no Python object on the way from the wire to the log and the aggregates. The stored part
+//! of a batch (duplicates dropped, arrival times stamped) is another `EventBatch` over the same
+//! arena (`EventBatch::with_events`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::ingest_request::Event;
+use crate::msgpack_writer::MsgpackWriter;
+
+/// `OperationType.ADD`, what an event without an operation means.
+const ADD: i64 = 1;
+
+/// A piece of the arena's text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+/// The strings of a batch's events.
+#[derive(Debug, Default)]
+struct Arena {
+    text: String,
+    /// The metric codes, in order of first appearance.
+    codes: Vec<Span>,
+    /// Every event's properties, one run per event, each run sorted by key.
+    properties: Vec<(Span, Span)>,
+}
+
+impl Arena {
+    fn push(&mut self, text: &str) -> Span {
+        let start = self.text.len() as u32;
+        self.text.push_str(text);
+        Span { start, end: self.text.len() as u32 }
+    }
+
+    fn get(&self, span: Span) -> &str {
+        &self.text[span.start as usize..span.end as usize]
+    }
+}
+
+/// One event of a batch: its numbers, and where its strings are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchEvent {
+    pub account: u64,
+    /// The index of its metric code in the batch's codes.
+    pub code: u32,
+    pub value: u64,
+    pub time: i64,
+    pub operation: i64,
+    properties: (u32, u32),
+    event_id: Span,
+}
+
+/// Events of one partition, in request order, with their strings.
+#[derive(Clone, Debug)]
+pub struct EventBatch {
+    arena: Arc<Arena>,
+    pub events: Vec<BatchEvent>,
+}
+
+impl EventBatch {
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The metric codes of the batch (of every event it was cut from), in order of first appearance.
+    pub fn codes(&self) -> impl Iterator<Item = &str> {
+        self.arena.codes.iter().map(|&span| self.arena.get(span))
+    }
+
+    pub fn code_count(&self) -> usize {
+        self.arena.codes.len()
+    }
+
+    /// The text of the batch's code number `code`.
+    pub fn code_text(&self, code: u32) -> &str {
+        self.arena.get(self.arena.codes[code as usize])
+    }
+
+    /// The number of `text` among the batch's codes, if it is one.
+    pub fn code_number(&self, text: &str) -> Option<u32> {
+        self.codes().position(|code| code == text).map(|i| i as u32)
+    }
+
+    pub fn code(&self, event: &BatchEvent) -> &str {
+        self.code_text(event.code)
+    }
+
+    pub fn event_id(&self, event: &BatchEvent) -> &str {
+        self.arena.get(event.event_id)
+    }
+
+    /// The event's properties, sorted by key.
+    pub fn properties<'a>(&'a self, event: &BatchEvent) -> impl ExactSizeIterator<Item = (&'a str, &'a str)> {
+        let (lo, hi) = event.properties;
+        self.arena.properties[lo as usize..hi as usize]
+            .iter()
+            .map(|&(k, v)| (self.arena.get(k), self.arena.get(v)))
+    }
+
+    /// The value of property `key`, if the event has it.
+    pub fn property<'a>(&'a self, event: &BatchEvent, key: &str) -> Option<&'a str> {
+        self.properties(event).find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// Another batch of these events' strings (a part of them, or them changed).
+    pub fn with_events(&self, events: Vec<BatchEvent>) -> Self {
+        Self { arena: Arc::clone(&self.arena), events }
+    }
+
+    /// The msgpack of an event as an event record stores its row (`node.records`): the seven
+    /// fields of the `EventRow` as an array, no properties as nil, ints in their smallest form,
+    /// as the `msgpack` package packs the row tuple.
+    pub fn pack_row(&self, w: &mut MsgpackWriter, event: &BatchEvent) {
+        w.array(7);
+        w.uint(event.account);
+        w.str(self.code(event));
+        w.uint(event.value);
+        w.int(event.time);
+        if event.properties.0 == event.properties.1 {
+            w.nil();
+        } else {
+            w.map((event.properties.1 - event.properties.0) as usize);
+            for (key, value) in self.properties(event) {
+                w.str(key);
+                w.str(value);
+            }
+        }
+        w.int(event.operation);
+        w.str(self.event_id(event));
+    }
+}
+
+/// Builds the batches of a request's partitions, which share one arena.
+#[derive(Default)]
+pub struct EventBatchBuilder {
+    arena: Arena,
+    code_of: HashMap<String, u32>,
+    events: Vec<BatchEvent>,
+}
+
+impl EventBatchBuilder {
+    /// A builder for `events`, sized for them: the arena is allocated once, not grown string by
+    /// string.
+    pub fn for_events<'a>(events: impl Iterator<Item = &'a Event<'a>>) -> Self {
+        let (mut n, mut text, mut properties) = (0, 0, 0);
+        for e in events {
+            n += 1;
+            text += e.metric_code.len() + e.event_id.len();
+            text += e.properties.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+            properties += e.properties.len();
+        }
+        let arena = Arena {
+            text: String::with_capacity(text),
+            codes: Vec::new(),
+            properties: Vec::with_capacity(properties),
+        };
+        Self { arena, code_of: HashMap::new(), events: Vec::with_capacity(n) }
+    }
+
+    /// Add a decoded (and validated) event; an operation of 0 (unset) is ADD, as the Python rows have it.
+    pub fn push(&mut self, e: &Event<'_>) {
+        let code = match self.code_of.get(e.metric_code) {
+            Some(&code) => code,
+            None => {
+                let code = self.arena.codes.len() as u32;
+                let span = self.arena.push(e.metric_code);
+                self.arena.codes.push(span);
+                self.code_of.insert(e.metric_code.to_owned(), code);
+                code
+            }
+        };
+        let lo = self.arena.properties.len() as u32;
+        for (key, value) in &e.properties {
+            let pair = (self.arena.push(key), self.arena.push(value));
+            self.arena.properties.push(pair);
+        }
+        let properties = (lo, self.arena.properties.len() as u32);
+        let event_id = self.arena.push(e.event_id);
+        let operation = if e.operation == 0 { ADD } else { i64::from(e.operation) };
+        self.events.push(BatchEvent {
+            account: e.account_id,
+            code,
+            value: e.value,
+            time: e.time_unix_nano,
+            operation,
+            properties,
+            event_id,
+        });
+    }
+
+    pub fn finish(self) -> EventBatch {
+        EventBatch { arena: Arc::new(self.arena), events: self.events }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(account: u64, code: &'a str, props: Vec<(&'a str, &'a str)>, id: &'a str) -> Event<'a> {
+        Event {
+            account_id: account,
+            metric_code: code,
+            value: 5,
+            time_unix_nano: 7,
+            properties: props,
+            operation: 0,
+            delivery: 0,
+            event_id: id,
+        }
+    }
+
+    #[test]
+    fn events_keep_their_fields_and_codes_their_first_appearance_order() {
+        let events = [
+            event(1, "b", vec![("region", "eu"), ("tier", "pro")], "x"),
+            event(2, "a", vec![], ""),
+            event(3, "b", vec![("é", "日")], "🙂"),
+        ];
+        let mut builder = EventBatchBuilder::for_events(events.iter());
+        let capacity = builder.arena.text.capacity();
+        for e in &events {
+            builder.push(e);
+        }
+        assert_eq!(builder.arena.text.capacity(), capacity); // sized right: never grown
+        let batch = builder.finish();
+        assert_eq!(batch.codes().collect::<Vec<_>>(), ["b", "a"]);
+        let e = &batch.events;
+        assert_eq!((batch.code(&e[0]), batch.code(&e[1]), batch.code(&e[2])), ("b", "a", "b"));
+        assert_eq!(batch.properties(&e[0]).collect::<Vec<_>>(), [("region", "eu"), ("tier", "pro")]);
+        assert_eq!(batch.properties(&e[1]).count(), 0);
+        assert_eq!(batch.property(&e[2], "é"), Some("日"));
+        assert_eq!(batch.property(&e[2], "region"), None);
+        assert_eq!((batch.event_id(&e[0]), batch.event_id(&e[1]), batch.event_id(&e[2])), ("x", "", "🙂"));
+        assert_eq!(e[1].operation, ADD);
+        let part = batch.with_events(vec![e[2]]);
+        assert_eq!((part.len(), part.code(&part.events[0])), (1, "b"));
+    }
+
+    #[test]
+    fn a_row_packs_as_msgpack_packs_the_row_tuple() {
+        let events = [event(300, "m", vec![("k", "v")], "id"), event(1, "m", vec![], "")];
+        let mut builder = EventBatchBuilder::for_events(events.iter());
+        for e in &events {
+            builder.push(e);
+        }
+        let batch = builder.finish();
+        let mut w = MsgpackWriter::with_capacity(64);
+        batch.pack_row(&mut w, &batch.events[0]);
+        // msgpack.packb((300, "m", 5, 7, {"k": "v"}, 1, "id"))
+        assert_eq!(w.buf, b"\x97\xcd\x01\x2c\xa1m\x05\x07\x81\xa1k\xa1v\x01\xa2id");
+        let mut w = MsgpackWriter::with_capacity(64);
+        batch.pack_row(&mut w, &batch.events[1]);
+        // msgpack.packb((1, "m", 5, 7, None, 1, ""))
+        assert_eq!(w.buf, b"\x97\x01\xa1m\x05\x07\xc0\x01\xa0");
+    }
+}

@@ -1,0 +1,190 @@
+//! A partition part of the native engine that arrives as an `EventBatch` (`py_event_batch`), not
+//! as `EventRow` tuples: the same three steps as for rows, each reading the batch's Rust events in
+//! place. `dedup_record` (`py_partition_batch`) runs the dedup loop (`batch_dedup`) with the GIL
+//! released, so gRPC's threads go on meanwhile, and hands back the stored events as another
+//! batch; `EventIndex.add_record` and the stores' `apply_record` (`py_event_index`,
+//! `py_series_store`, `py_unique_store`) take that batch where they took the stored rows, through
+//! the helpers here; `apply_batch` runs the index's step and every metric's store in one call.
+//! Outputs are those of the row path for the rows the batch stands for, record
+//! bytes included (tested in lock step against the Python reference).
+
+use pyo3::exceptions::{PyAssertionError, PyKeyError, PyOverflowError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::batch_dedup::dedup_batch;
+use crate::event_batch::{BatchEvent, EventBatch};
+use crate::event_index::{EventIndex, HOUR_NS};
+use crate::guarded;
+use crate::py_dedup_index::PyDedupIndex;
+use crate::py_event_batch::PyEventBatch;
+use crate::py_event_record::{encode_event_record, RecordHead};
+use crate::py_partition_batch::NewKeys;
+use crate::py_rows::MetricRows;
+
+/// `dedup_record` for a batch: ``(offsets, n_duplicates, record, stored, generations,
+/// new_keys)`` with ``stored`` an `EventBatch` of the stored events (stamped ones with the
+/// arrival time).
+pub fn dedup_batch_record<'py>(
+    py: Python<'py>,
+    index: &PyDedupIndex,
+    batch: &PyEventBatch,
+    spec_of: &Bound<'py, PyAny>,
+    first_offset: u64,
+    arrival: i64,
+    batch_id: &str,
+) -> PyResult<Bound<'py, PyTuple>> {
+    // Generations by code, in order of first appearance (the record keeps that order).
+    let generations = PyDict::new(py);
+    let mut generation_list: Vec<(Bound<'py, PyString>, u64)> = Vec::with_capacity(batch.batch.code_count());
+    for code in batch.code_objects(py) {
+        let spec = spec_of.call1((&code,))?;
+        if spec.is_none() {
+            return Err(PyAssertionError::new_err("rows are validated before ingest"));
+        }
+        let generation: u64 = spec.getattr(intern!(py, "generation"))?.extract()?;
+        generations.set_item(&code, generation)?;
+        generation_list.push((code, generation));
+    }
+    let by_code: Vec<u64> = generation_list.iter().map(|(_, g)| *g).collect();
+    let table = index.table();
+    let events = &batch.batch;
+    // The loop reads only Rust data: the GIL is released for it.
+    let found = py.detach(|| dedup_batch(table, events, &by_code, first_offset, arrival));
+    let record = if found.stored.is_empty() && batch_id.is_empty() {
+        None
+    } else {
+        let head = RecordHead {
+            first_offset,
+            batch_id,
+            arrival,
+            generations: &generation_list,
+            n_stored: found.stored.len(),
+            stamped: &found.stamped,
+            n_requested: events.len(),
+            duplicates: &found.duplicates,
+        };
+        Some(PyBytes::new(py, &encode_event_record(&head, &found.packed_rows)?))
+    };
+    let n_duplicates = found.duplicates.len();
+    let stored = Py::new(py, PyEventBatch { batch: events.with_events(found.stored) })?;
+    let new_keys = Py::new(py, NewKeys { keys: found.new_keys, offsets: found.key_offsets })?;
+    (found.offsets, n_duplicates, record, stored, generations, new_keys).into_pyobject(py)
+}
+
+/// Index a stored batch's events under the record at `position`; returns their metric codes in
+/// order of first appearance (`EventIndex.add_record`).
+pub fn index_batch<'py>(
+    py: Python<'py>,
+    index: &mut EventIndex,
+    position: u64,
+    batch: &EventBatch,
+) -> Vec<Bound<'py, PyString>> {
+    let mut seen = vec![false; batch.code_count()];
+    let mut codes = Vec::new();
+    for e in &batch.events {
+        index.add(position, e.account, e.time.div_euclid(HOUR_NS));
+        let code = e.code as usize;
+        if !seen[code] {
+            seen[code] = true;
+            codes.push(PyString::new(py, batch.code_text(e.code)));
+        }
+    }
+    codes
+}
+
+/// One event of a metric, read from a stored batch with what the stores resolve for it.
+pub struct MetricEvent {
+    pub event: BatchEvent,
+    /// Its offset: the record's first offset plus its place in the batch.
+    pub offset: i64,
+    /// `(start, end)` of the period containing its time.
+    pub period: (i64, i128),
+    /// Its values of the metric's dimensions (None: the metric has none).
+    pub combination: Option<Vec<String>>,
+}
+
+impl MetricEvent {
+    /// The value as the stores hold it (an i64, as the row path extracts it).
+    pub fn value(&self) -> PyResult<i64> {
+        i64::try_from(self.event.value)
+            .map_err(|_| PyOverflowError::new_err("Python int too large to convert to C long"))
+    }
+}
+
+/// The events of `rows`' metric among a stored batch's, in order (event `i` has offset
+/// `first_offset + i`).
+pub fn metric_events(
+    py: Python<'_>,
+    rows: &mut MetricRows,
+    batch: &EventBatch,
+    first_offset: i64,
+) -> PyResult<Vec<MetricEvent>> {
+    let Some(ours) = batch.code_number(rows.code_text()) else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, e) in batch.events.iter().enumerate() {
+        if e.code != ours {
+            continue;
+        }
+        out.push(MetricEvent {
+            event: *e,
+            offset: first_offset + i as i64,
+            period: rows.period(py, e.time)?,
+            combination: rows.batch_combination(py, batch, e)?,
+        });
+    }
+    Ok(out)
+}
+
+/// `PartitionAggregates.apply_record` for a stored batch, with the event index's step before it,
+/// in one call per partition part: ``add_record(position, batch)`` (the event index's method)
+/// names the batch's metrics in order of first appearance; each metric whose spec (``spec_of``)
+/// still has the record's generation (``generations``) is applied by its store (``stores[code]``
+/// if of that generation, else ``store_for(spec)``), whose ``apply_record`` reads the batch in
+/// place. Returns the alerts fired, in order. The loop is `apply_record`'s, without its bytecode.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)] // the partition's parts the step reads
+pub fn apply_batch<'py>(
+    py: Python<'py>,
+    add_record: &Bound<'py, PyAny>,
+    position: u64,
+    batch: &Bound<'py, PyEventBatch>,
+    first_offset: i64,
+    generations: &Bound<'py, PyDict>,
+    spec_of: &Bound<'py, PyAny>,
+    stores: &Bound<'py, PyDict>,
+    store_for: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyList>> {
+    guarded(|| {
+        let generation = intern!(py, "generation");
+        let fired = PyList::empty(py);
+        for code in add_record.call1((position, batch))?.try_iter()? {
+            let code = code?;
+            let spec = spec_of.call1((&code,))?;
+            if spec.is_none() {
+                continue; // the metric was deleted after this record
+            }
+            let current = spec.getattr(generation)?;
+            let recorded =
+                generations.get_item(&code)?.ok_or_else(|| PyKeyError::new_err(code.clone().unbind()))?;
+            if !current.eq(&recorded)? {
+                continue; // ... and maybe created again
+            }
+            let store = match stores.get_item(&code)? {
+                Some(store) if store.getattr(intern!(py, "spec"))?.getattr(generation)?.eq(&current)? => {
+                    store
+                }
+                _ => store_for.call1((&spec,))?,
+            };
+            let alerts =
+                store.getattr(intern!(py, "apply_record"))?.call1((batch, first_offset, position))?;
+            for alert in alerts.try_iter()? {
+                fired.append(alert?)?;
+            }
+        }
+        Ok(fired)
+    })
+}
