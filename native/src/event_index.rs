@@ -131,15 +131,16 @@ impl EventIndex {
     pub fn aged(&self, before: i64, below: u64) -> AgedColumns {
         let mut keys: Vec<(u64, i64, Vec<u64>)> = Vec::new();
         for (account, hours) in &self.accounts {
-            let listed: Vec<(i64, &Positions)> = match hours {
-                Hours::One(hour, positions) => vec![(*hour, positions)],
-                Hours::Many(map) => map.range(..before).map(|(h, p)| (*h, p)).collect(),
-            };
-            for (hour, positions) in listed {
+            let mut take = |hour: i64, positions: &Positions| {
                 let kept = positions.below(below);
-                if hour < before && !kept.is_empty() {
+                if !kept.is_empty() {
                     keys.push((*account, hour, kept));
                 }
+            };
+            match hours {
+                Hours::One(hour, positions) if *hour < before => take(*hour, positions),
+                Hours::One(..) => {}
+                Hours::Many(map) => map.range(..before).for_each(|(h, p)| take(*h, p)),
             }
         }
         keys.sort_unstable_by_key(|(account, hour, _)| (*account, *hour));
