@@ -75,6 +75,10 @@ class BenchConfig:
     """Processes filling a server."""
     start_delay_seconds: float = 0.3
     """Between the last load generator being ready and the agreed start of a timed run."""
+    event_age_seconds: float = 0.0
+    """How far before the wall clock the newest event time of an ingest run lies (its events span
+    the hour before that). The soak sets it past its short memory horizon, so that what it stores
+    is in the state a node reaches for everything older than its horizon."""
     alert_settle_seconds: float = 1.0
     """After the alert run's load stops, how long the subscriber keeps reading."""
     memory_settle_seconds: float = 0.5

@@ -1,16 +1,19 @@
 """The rate soak (``make soak-rate``): 70% of the measured maximum ASYNC rate, held for a long time.
 
-One ``unimeter serve`` process with a short dedup window (so the window fills and must stop growing
-during the run) takes, in the same run: a short closed-loop measurement of its maximum ASYNC rate,
-then that rate's ``--share`` held by paced load generators for ``--seconds``, while an alert
-subscriber reads every alert and two callers run paced QueryRealtime and Query. It reuses the
-benchmark's load generators, payloads and server process helpers. Every window (a minute by
-default) records the ingest rate, p50/p99 latencies of ingest and both queries, and errors; the
-server's RSS is sampled every few seconds. The verdict, printed and written with a plot: RSS flat
-once the dedup window is full (growth over the last third of the run under ``--max-rss-growth``
-of its RSS at the start of that third), p99 not creeping (the last window's ingest p99 at most
-``--max-p99-ratio`` times the first full window's), zero errors and every acknowledged alert
-delivered. It is not a benchmark: the numbers depend on the machine and on what else it runs.
+One ``unimeter serve`` process with a short dedup window and a short memory horizon (so the window
+fills and must stop growing during the run, and the stored events are older than the horizon, as
+everything a node stores eventually is: their ListEvents positions go to disk and their minute
+cells fold at each snapshot) takes, in the same run: a short closed-loop measurement of its
+maximum ASYNC rate, then that rate's ``--share`` held by paced load generators for
+``--seconds``, while an alert subscriber reads every alert and two callers run paced QueryRealtime
+and Query. It reuses the benchmark's load generators, payloads and server process helpers. Every
+window (a minute by default) records the ingest rate, p50/p99 latencies of ingest and both
+queries, and errors; the server's RSS is sampled every few seconds. The verdict, printed and
+written with a plot: RSS flat once the dedup window is full (growth over the last third of the run
+under ``--max-rss-growth`` of its RSS at the start of that third), p99 not creeping (the last
+window's ingest p99 at most ``--max-p99-ratio`` times the first full window's), zero errors and
+every acknowledged alert delivered. It is not a benchmark: the numbers depend on the machine and
+on what else it runs.
 """
 
 from __future__ import annotations
@@ -80,17 +83,23 @@ def run_soak(
     window: float,
     max_seconds: float,
     dedup_window: float,
+    memory_horizon: float,
+    event_age: float,
     callers: int,
     batch: int,
     root: Path,
 ) -> dict[str, Any]:
     """Measure the maximum ASYNC rate, hold ``share`` of it for ``seconds``; returns every figure."""
-    config = replace(preset("full"), accounts=10_000, start_delay_seconds=0.2)
+    config = replace(preset("full"), accounts=10_000, start_delay_seconds=0.2, event_age_seconds=event_age)
     # Workers 0-1 query, 2 subscribes, the rest ingest: Bench.measure_ingest drives workers
     # 0..callers-1, so the ingest callers are a pool of their own.
     queries = WorkerPool(3)
     ingest = WorkerPool(callers)
-    server = start_unimeter(root / "data", "--dedup-window-seconds", str(dedup_window))
+    server = start_unimeter(
+        root / "data",
+        *("--dedup-window-seconds", str(dedup_window)),
+        *("--memory-horizon-seconds", str(memory_horizon)),
+    )
     progress = Progress(seconds + max_seconds, enabled=False)
     bench = Bench(config, ingest, data_root=root, progress=progress, unimeter=server)
     sampler = _RssSampler(server.pid, _RSS_EVERY_SECONDS)
@@ -143,6 +152,8 @@ def run_soak(
         "window_seconds": window,
         "share": share,
         "dedup_window_seconds": dedup_window,
+        "memory_horizon_seconds": memory_horizon,
+        "event_age_seconds": event_age,
         "callers": callers,
         "batch": batch,
         "max_events_per_s": max_rate,
@@ -224,6 +235,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-seconds", type=float, default=60.0, help="latency window (a minute)")
     parser.add_argument("--max-seconds", type=float, default=15.0, help="max-rate measurement length")
     parser.add_argument("--dedup-window-seconds", type=float, default=60.0)
+    parser.add_argument(
+        "--memory-horizon-seconds", type=float, default=60.0,
+        help="the server's memory horizon (short, like the dedup window, so that it is passed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--event-age-seconds", type=float, default=7200.0,
+        help="newest event time this far before the clock (events span the hour before it): past "
+        "the horizon, as everything a long-running node stores eventually is",
+    )  # fmt: skip
     parser.add_argument("--callers", type=int, default=2, help="ingest load-generator processes")
     parser.add_argument("--batch", type=int, default=100, help="events per Ingest call")
     parser.add_argument("--max-rss-growth", type=float, default=0.10)
@@ -240,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="unimeter-soak-") as tmp:
             result = run_soak(seconds=args.seconds, share=args.share, window=window,
                               max_seconds=args.max_seconds, dedup_window=args.dedup_window_seconds,
+                              memory_horizon=args.memory_horizon_seconds, event_age=args.event_age_seconds,
                               callers=args.callers, batch=args.batch, root=Path(tmp))  # fmt: skip
     checks = verdict(result, max_rss_growth=args.max_rss_growth, max_p99_ratio=args.max_p99_ratio)
     result["verdict"] = [{"check": text, "holds": ok} for text, ok in checks]

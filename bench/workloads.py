@@ -157,7 +157,7 @@ class Bench:
         cfg = self.config
         servers = [server] if isinstance(server, ServerProcess) else list(server)
         tag = self.next_tag()
-        now_ns = time.time_ns()
+        now_ns = time.time_ns() - int(cfg.event_age_seconds * 1e9)
         prepare = {
             "tag": tag,
             "batch": batch,
