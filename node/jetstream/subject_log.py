@@ -162,8 +162,11 @@ class JetStreamLog:
             # cancellation when the future completes in the same loop turn, and the node's
             # maintenance loop, cancelled at shutdown in a snapshot's flush, then ran on for ever
             # (SIGTERM hung: seen in the rolling-restart test).
+            # The future is this caller's own (durable_future): awaited directly, a cancelled
+            # caller cancels only it, and the caller resumes one loop turn after the ack (behind
+            # asyncio.shield, two).
             async with asyncio.timeout(self._stall_seconds):
-                await asyncio.shield(future)
+                await future
         except TimeoutError:
             raise UnavailableError(
                 f"JetStream has not acknowledged {self.subject} within {self._stall_seconds:.0f}s; "

@@ -170,11 +170,12 @@ async def test_a_waiter_cancelled_as_its_record_becomes_durable_is_cancelled(
     try:
         log = backend.open_partition(0).events
         log.append(b"record 0")
+        # Done in the same loop turn as the waiter's own future, and its callback runs before the
+        # waiter resumes: the cancellation arrives as the record is acknowledged.
+        earlier = log.durable_future(1)
         waiter = asyncio.create_task(log.wait_durable(1))
+        earlier.add_done_callback(lambda _: waiter.cancel())
         await asyncio.sleep(0)  # the waiter now waits for the record
-        # Done in the same loop turn as the waiter's own future, and its callback comes after
-        # the waiter's first wake-up step: the cancellation arrives as the record is acknowledged.
-        log.durable_future(1).add_done_callback(lambda _: waiter.cancel())
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert log.durable_position == 1
