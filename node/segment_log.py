@@ -93,7 +93,7 @@ class _Job:
     sync_dir: bool
     directory: Path
     on_sync: Callable[[float], None] | None  # the log's observer of fsync durations
-    future: asyncio.Future[None] | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # one per waiting caller
     created: dict[int, int] = field(default_factory=dict)  # filled by the worker
     sync_seconds: float | None = None  # filled by the worker: time in this round's own fsyncs
     written: bool = False  # the data was written on the loop thread when the round started
@@ -102,8 +102,20 @@ class _Job:
 
 @dataclass(eq=False, slots=True)
 class _NextRound:
-    future: asyncio.Future[None]
+    waiters: list[asyncio.Future[None]]
     fsync: bool
+
+
+def _settle(waiters: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    """Wake a round's waiters with its outcome (a cancelled waiter's future is done already)."""
+    for future in waiters:
+        if future.done():
+            continue
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: its caller may be cancelled in this very turn
 
 
 def _segment_path(directory: Path, base: int) -> Path:
@@ -527,21 +539,23 @@ class SegmentLog:
         target = self._end
         if (self._durable if fsync else self._written) >= target:
             return
+        # Each caller waits on a future of its own, which the round's completion sets directly:
+        # cancelling a waiter cancels only that future, never the round, and the caller resumes
+        # one loop turn after the completion (a shared future behind asyncio.shield took two).
+        future = asyncio.get_running_loop().create_future()
         job = self._job
         if job is not None and job.end >= target and (job.fsync or not fsync):
-            assert job.future is not None
-            future = job.future
+            job.waiters.append(future)
         elif job is None:
-            future = asyncio.get_running_loop().create_future()
-            self._start_job(fsync, future)
+            self._start_job(fsync, [future])
         else:
             nxt = self._next
             if nxt is None:
-                nxt = self._next = _NextRound(asyncio.get_running_loop().create_future(), fsync)
+                nxt = self._next = _NextRound([], fsync)
             else:
                 nxt.fsync = nxt.fsync or fsync
-            future = nxt.future
-        await asyncio.shield(future)
+            nxt.waiters.append(future)
+        await future
 
     def _make_job(self, fsync: bool) -> _Job:
         """Detach the buffer into a job (on the loop thread; no I/O)."""
@@ -581,9 +595,9 @@ class SegmentLog:
             _write_early(job)
         return job
 
-    def _start_job(self, fsync: bool, future: asyncio.Future[None]) -> None:
+    def _start_job(self, fsync: bool, waiters: list[asyncio.Future[None]]) -> None:
         job = self._detach(fsync)
-        job.future = future
+        job.waiters = waiters
         self._job = job
         if self._sync_in_kernel(job):
             return
@@ -592,8 +606,7 @@ class SegmentLog:
         except Exception as exc:  # e.g. the executor was shut down; the detached buffer is lost
             self._job = None
             self._fail(job, exc)
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: every waiter may have been cancelled
+            _settle(waiters, exc)
             return
         done.add_done_callback(partial(self._on_job_done, job))
 
@@ -649,7 +662,6 @@ class SegmentLog:
         if self._unusable or self._job is not None or self._durable >= self._end:
             return None
         job = self._detach(True)
-        job.future = asyncio.get_running_loop().create_future()
         self._job = job
         return job
 
@@ -657,28 +669,20 @@ class SegmentLog:
         """Apply the outcome of a round (``exc`` None: it succeeded) on the loop thread, wake its
         waiters and start the round queued after it."""
         self._job = None
-        future = job.future
-        assert future is not None
         if exc is None:
             try:
                 self._complete(job)
             except Exception as error:  # closing an fd failed: state unknown, so the log fails
                 exc = error
-        if exc is None:
-            if not future.done():
-                future.set_result(None)
-        else:
+        if exc is not None:
             self._fail(job, exc)
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # mark retrieved: every waiter may have been cancelled
+        _settle(job.waiters, exc)
         nxt, self._next = self._next, None
         if nxt is not None:
             if self._failure is None:
-                self._start_job(nxt.fsync, nxt.future)
+                self._start_job(nxt.fsync, nxt.waiters)
             else:
-                nxt.future.set_exception(self._failed_error())
-                nxt.future.exception()
+                _settle(nxt.waiters, self._failed_error())
         if self._release_when_idle and self._job is None:
             self._release()
 

@@ -171,14 +171,66 @@ async def test_a_waiter_cancelled_as_its_record_becomes_durable_is_cancelled(
     try:
         log = backend.open_partition(0).events
         log.append(b"record 0")
+        # Done in the same loop turn as the waiter's own future, and its callback runs before the
+        # waiter resumes: the cancellation arrives as the record is acknowledged.
+        earlier = log.durable_future(1)
         waiter = asyncio.create_task(log.wait_durable(1))
+        earlier.add_done_callback(lambda _: waiter.cancel())
         await asyncio.sleep(0)  # the waiter now waits for the record
-        # Done in the same loop turn as the waiter's own future, and its callback comes after
-        # the waiter's first wake-up step: the cancellation arrives as the record is acknowledged.
-        log.durable_future(1).add_done_callback(lambda _: waiter.cancel())
         with pytest.raises(asyncio.CancelledError):
             await waiter
         assert log.durable_position == 1
         await log.close()
     finally:
         await backend.disconnect()
+
+
+async def test_a_caller_cancelled_while_publishing_its_own_record_leaves_it_stored_once(
+    nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    # A lone SYNC wait publishes its record from the caller's task; cancelled mid-attempt, the
+    # publisher task takes the record over with the same message id.
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        log = backend.open_partition(0).events
+        log.append(b"record 0")
+        waiter = asyncio.create_task(log.wait_durable(1))
+        await asyncio.sleep(0)  # the waiter's attempt is under way
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await log.wait_durable(1)
+        assert (await backend.js.stream_info(stream_name)).state.messages == 1
+        await log.close()
+    finally:
+        await backend.disconnect()
+    again = await open_backend(nats_cluster, stream_name)
+    try:
+        assert list(again.open_partition(0).events.scan()) == [(0, b"record 0")]
+    finally:
+        await again.disconnect()
+
+
+async def test_records_appended_while_a_caller_publishes_its_own_follow_it_in_order(
+    nats_cluster: NatsCluster, stream_name: str
+) -> None:
+    backend = await open_backend(nats_cluster, stream_name)
+    try:
+        log = backend.open_partition(0).events
+        log.append(b"record 0")
+        first = asyncio.create_task(log.wait_durable(1))
+        await asyncio.sleep(0)  # the first caller is publishing its own record
+        log.append(b"record 1")
+        log.append(b"record 2")
+        await asyncio.gather(first, log.wait_durable(3))
+        assert log.durable_position == 3
+        assert (await backend.js.stream_info(stream_name)).state.messages == 3
+        await log.close()
+    finally:
+        await backend.disconnect()
+    again = await open_backend(nats_cluster, stream_name)
+    try:
+        scanned = list(again.open_partition(0).events.scan())
+        assert scanned == [(0, b"record 0"), (1, b"record 1"), (2, b"record 2")]
+    finally:
+        await again.disconnect()

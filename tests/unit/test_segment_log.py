@@ -550,6 +550,27 @@ async def test_cancelled_waiter_does_not_cancel_the_round(
     await log.close()
 
 
+async def test_a_cancelled_waiter_of_the_next_round_leaves_that_round_to_the_others(
+    log_dir: Path, blocking_fsync: BlockingFsync
+) -> None:
+    log = SegmentLog.open(log_dir)
+    blocking_fsync.armed = True
+    log.append(b"one")
+    first = asyncio.create_task(log.flush())
+    await blocking_fsync.wait_entered()
+    log.append(b"two")  # beyond the round in flight: its waiters join the next round
+    gone, stays = asyncio.create_task(log.flush()), asyncio.create_task(log.flush())
+    await asyncio.sleep(0)
+    gone.cancel()
+    blocking_fsync.gate.set()
+    await asyncio.gather(first, stays)
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert blocking_fsync.calls == 2  # the next round still ran, for the waiter left
+    assert log.durable_position == log.end_position
+    await log.close()
+
+
 async def test_durability_covers_segments_rolled_over_without_fsync(
     log_dir: Path, fsync_calls: list[int]
 ) -> None:
