@@ -206,7 +206,7 @@ async def test_a_caller_cancelled_while_publishing_its_own_record_leaves_it_stor
         await backend.disconnect()
     again = await open_backend(nats_cluster, stream_name)
     try:
-        assert list(again.open_partition(0).events.scan()) == [(0, b"record 0")]
+        assert await scan_records(again.open_partition(0).events) == [(0, b"record 0")]
     finally:
         await again.disconnect()
 
@@ -230,7 +230,7 @@ async def test_records_appended_while_a_caller_publishes_its_own_follow_it_in_or
         await backend.disconnect()
     again = await open_backend(nats_cluster, stream_name)
     try:
-        scanned = list(again.open_partition(0).events.scan())
+        scanned = await scan_records(again.open_partition(0).events)
         assert scanned == [(0, b"record 0"), (1, b"record 1"), (2, b"record 2")]
     finally:
         await again.disconnect()
