@@ -19,7 +19,7 @@ from cluster_client.types import AggType, AggValue, GroupValue, Period
 
 from .cells import agg_value, empty_cell, fold_row, merge_cells
 from .combos import Combos
-from .grid import MINUTE, PERIOD_LEVEL, plan_range
+from .grid import HOUR, MINUTE, PERIOD_LEVEL, plan_range
 from .spec import AppliedRow, FetchEvents, MetricSpec
 
 __all__ = ["SeriesCellsView", "SeriesReads", "series_query", "series_realtime"]
@@ -135,9 +135,17 @@ def series_query(
     if exact:
         segments: Segments = [(PERIOD_LEVEL, [p_start])]
     else:
-        # Clipping changes no answer (no event lies outside) but bounds the walk.
-        start = max(start, view.first_minute * MINUTE)
-        end = min(end, (view.last_minute + 1) * MINUTE)
+        # Clipping changes no answer (no event lies outside) but bounds the walk. Inside folded
+        # hours it clips to whole hours: an edge it made there would be read from the log (every
+        # record of the account's hour) where the hour cell answers.
+        first, last = view.first_minute * MINUTE, (view.last_minute + 1) * MINUTE
+        folded = view.folded_minute * MINUTE
+        if first < folded:
+            first -= first % HOUR
+        if last <= folded:
+            last += -last % HOUR
+        start = max(start, first)
+        end = min(end, last)
         plan = plan_range(start, end, spec.periods if spec.long_periods else None)
         raw = plan.raw
         segments = plan.segments

@@ -131,6 +131,22 @@ def test_a_fold_drops_the_minutes_of_every_slot_below_its_hour_and_changes_no_an
 
 
 @pytest.mark.parametrize("engine", ENGINES)
+def test_a_range_reaching_past_the_data_reads_folded_hours_from_their_cells(engine: str) -> None:
+    # The store clips a range to the minutes it has data in; clipped to a minute inside a folded
+    # hour, that edge would read every record of the account's hour from the log on every query
+    # (the soak found its queries, of a month either side of now, doing just that). Inside folded
+    # hours it clips to whole hours, which their cells answer.
+    store = Store(engine)
+    load(store)
+    wide = [(T0 - 7 * HOUR - 3, T0 + 9 * HOUR + 11), (T0 - HOUR, T0 + 4 * HOUR + 1), MONTH]
+    before = [store.query(a, b, f) for a, b in wide for f in (None, {"region": "us"})]
+    store.aggregates.fold_minutes_before(T0 + 5 * HOUR)  # every hour with data is folded
+    store.fetches.clear()
+    assert [store.query(a, b, f) for a, b in wide for f in (None, {"region": "us"})] == before
+    assert store.fetches == []
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("agg", [AggType.COUNT, AggType.SUM, AggType.MAX, AggType.LATEST])
 def test_a_late_event_into_a_folded_hour_counts_and_makes_no_minute_cell(engine: str, agg: AggType) -> None:
     folded, unfolded = Store(engine, agg), Store(engine, agg)
