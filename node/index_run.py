@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .metric_registry import write_file_atomically
 from .records import RecordFormatError
 
 __all__ = ["RUN_VERSION", "IndexRun", "RunColumns", "RunFormatError", "RunInfo", "write_run"]
@@ -112,19 +113,7 @@ def write_run(path: Path, partition: int, columns: RunColumns) -> RunInfo:
     crc = 0
     for part in parts:
         crc = zlib.crc32(part, crc)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-        f.write(_CRC.pack(crc))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_file_atomically(path, *parts, _CRC.pack(crc))
     return RunInfo(path.name, sum(map(len, parts)) + _CRC.size, crc)
 
 

@@ -127,11 +127,13 @@ def metric_not_found(code: str) -> NotFoundError:
     return NotFoundError(f"metric {code!r} does not exist", reason="METRIC_NOT_FOUND")
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
+def write_file_atomically(path: Path, *parts: bytes) -> None:
+    """Replace ``path`` with ``parts`` written one after the other, so that a crash leaves either
+    the old or the new file (fsynced, renamed, its directory fsynced)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        for part in parts:
+            f.write(part)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
