@@ -119,7 +119,8 @@ def run_soak(
         for w in range(n_windows):
             for index, command, args in _query_jobs(server, window, bench.next_tag()):
                 queries.submit(index, command, **args)
-            alert = {"per_batch": 1, "base_ns": time.time_ns(), "stride": callers}
+            # The alert events' times are as old as the others: past the horizon too.
+            alert = {"per_batch": 1, "base_ns": time.time_ns() - int(event_age * 1e9), "stride": callers}
             load = bench.measure_ingest(server, batch=batch, callers=callers, duration=window, alert=alert,
                                         calls_per_second=target / batch / callers)  # fmt: skip
             realtime, query = queries.collect([0, 1], timeout=window + 120)
