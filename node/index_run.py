@@ -75,17 +75,19 @@ class RunColumns:
     def __len__(self) -> int:
         return len(self.accounts)
 
-    def append(self, account: int, hour: int, positions: array[int] | list[int] | memoryview) -> None:
-        """Add the next key (keys must come in (account, hour) order) with its positions (a run's
-        own are a ``Q`` view, copied as bytes)."""
+    def append(self, account: int, hour: int, *parts: array[int] | list[int] | memoryview) -> None:
+        """Add the next key (keys must come in (account, hour) order) with its positions, the
+        parts one after the other (a run's own are ``Q`` views, copied as bytes: merging two runs
+        makes no Python int per position)."""
         self.accounts.append(account)
         self.hours.append(hour)
-        if isinstance(positions, memoryview):
-            self.positions.frombytes(positions.cast("B"))
-        elif isinstance(positions, array) and positions.typecode != "Q":
-            self.positions.extend(positions.tolist())  # an array extends only by its own type code
-        else:
-            self.positions.extend(positions)
+        for positions in parts:
+            if isinstance(positions, memoryview):
+                self.positions.frombytes(positions.cast("B"))
+            elif isinstance(positions, array) and positions.typecode != "Q":
+                self.positions.extend(positions.tolist())  # an array extends only by its own type code
+            else:
+                self.positions.extend(positions)
         self.ends.append(len(self.positions))
 
 

@@ -160,7 +160,13 @@ def _merge(older: IndexRun, newer: IndexRun, path: Path, partition: int) -> RunI
             out.append(*y)
             y = next(b, None)
         else:
-            out.append(x[0], x[1], _joined(x[2].tolist(), y[2].tolist()))
+            older_positions, newer_positions = x[2], y[2]
+            # An older run's positions all come first (each hand-over took everything below the
+            # log's end at its time): the views are copied as they are, no int per position.
+            if not older_positions or not newer_positions or older_positions[-1] < newer_positions[0]:
+                out.append(x[0], x[1], older_positions, newer_positions)
+            else:
+                out.append(x[0], x[1], _joined(older_positions.tolist(), newer_positions.tolist()))
             x, y = next(a, None), next(b, None)
     for rest, item in ((a, x), (b, y)):
         while item is not None:
