@@ -11,7 +11,7 @@
 use pyo3::exceptions::{PyAssertionError, PyKeyError, PyOverflowError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::batch_dedup::dedup_batch;
 use crate::event_batch::{BatchEvent, EventBatch};
@@ -19,7 +19,7 @@ use crate::event_index::{EventIndex, HOUR_NS};
 use crate::guarded;
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
-use crate::py_event_record::{encode_event_record, RecordHead};
+use crate::py_event_record::{event_record_bytes, RecordHead};
 use crate::py_partition_batch::NewKeys;
 use crate::py_rows::MetricRows;
 
@@ -52,21 +52,17 @@ pub fn dedup_batch_record<'py>(
     let events = &batch.batch;
     // The loop reads only Rust data: the GIL is released for it.
     let found = py.detach(|| dedup_batch(table, events, &by_code, first_offset, arrival));
-    let record = if found.stored.is_empty() && batch_id.is_empty() {
-        None
-    } else {
-        let head = RecordHead {
-            first_offset,
-            batch_id,
-            arrival,
-            generations: &generation_list,
-            n_stored: found.stored.len(),
-            stamped: &found.stamped,
-            n_requested: events.len(),
-            duplicates: &found.duplicates,
-        };
-        Some(PyBytes::new(py, &encode_event_record(&head, &found.packed_rows)?))
+    let head = RecordHead {
+        first_offset,
+        batch_id,
+        arrival,
+        generations: &generation_list,
+        n_stored: found.stored.len(),
+        stamped: &found.stamped,
+        n_requested: events.len(),
+        duplicates: &found.duplicates,
     };
+    let record = event_record_bytes(py, &head, &found.packed_rows)?;
     let n_duplicates = found.duplicates.len();
     let stored = Py::new(py, PyEventBatch { batch: events.with_events(found.stored) })?;
     let new_keys = Py::new(py, NewKeys { keys: found.new_keys, offsets: found.key_offsets })?;

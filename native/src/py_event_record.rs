@@ -10,7 +10,7 @@
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::msgpack_writer::MsgpackWriter;
 
@@ -27,6 +27,19 @@ pub struct RecordHead<'a, 'py> {
     pub stamped: &'a [usize],
     pub n_requested: usize,
     pub duplicates: &'a [(usize, u64)],
+}
+
+/// A partition part's event record as Python bytes, or None when the part logs nothing: no event
+/// stored and no batch id to remember (duplicates only, sent without an id).
+pub fn event_record_bytes<'py>(
+    py: Python<'py>,
+    head: &RecordHead<'_, 'py>,
+    packed_rows: &[u8],
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    if head.n_stored == 0 && head.batch_id.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(PyBytes::new(py, &encode_event_record(head, packed_rows)?)))
 }
 
 /// The record's bytes from its head and the msgpack of its rows (`n_stored` packed rows).

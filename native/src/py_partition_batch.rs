@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use pyo3::exceptions::{PyAssertionError, PyKeyError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::dedup_key::{derived_key, event_key, DerivedKeyInput};
 use crate::guarded;
@@ -26,7 +26,7 @@ use crate::msgpack_writer::MsgpackWriter;
 use crate::py_batch_ingest::dedup_batch_record;
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
-use crate::py_event_record::{encode_event_record, pack_object, RecordHead};
+use crate::py_event_record::{event_record_bytes, pack_object, RecordHead};
 
 /// The seven fields of an `EventRow`, borrowed from the row.
 struct Row<'py> {
@@ -188,21 +188,17 @@ pub fn dedup_record<'py>(
             offsets.push(next_offset);
             next_offset += 1;
         }
-        let record = if stored.is_empty() && batch_id.is_empty() {
-            None
-        } else {
-            let head = RecordHead {
-                first_offset,
-                batch_id,
-                arrival,
-                generations: &generation_list,
-                n_stored: stored.len(),
-                stamped: &stamped,
-                n_requested: n,
-                duplicates: &duplicates,
-            };
-            Some(PyBytes::new(py, &encode_event_record(&head, &packed_rows.buf)?))
+        let head = RecordHead {
+            first_offset,
+            batch_id,
+            arrival,
+            generations: &generation_list,
+            n_stored: stored.len(),
+            stamped: &stamped,
+            n_requested: n,
+            duplicates: &duplicates,
         };
+        let record = event_record_bytes(py, &head, &packed_rows.buf)?;
         (offsets, duplicates.len(), record, stored, generations, Py::new(py, new_keys)?).into_pyobject(py)
     })
 }
