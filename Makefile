@@ -102,7 +102,7 @@ test: $(PROTO_STAMP) $(NATIVE_STAMP) $(GO_PROTO_STAMP) node-deps
 ifdef HAVE_CARGO
 	$(CARGO) test --locked --quiet
 endif
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not soak"
 	$(GO_REQUIRED)
 	cd $(GO_DIR) && go test -count=1 -timeout 300s ./...
 
@@ -118,6 +118,7 @@ soak: soak-crash soak-rate
 
 soak-crash: $(PROTO_STAMP)
 	$(PY) -m tests.reliability.crash_loop --cycles $(CRASH_CYCLES) --progress
+	$(PY) -m pytest -q -m soak
 
 soak-rate: $(PROTO_STAMP)
 	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
