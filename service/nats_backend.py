@@ -57,6 +57,7 @@ async def open_backend(cfg: ServeConfig) -> JetStreamBackend:
         partitions=cfg.partitions,
         monitor_urls=cfg.nats_monitor_urls,
         allow_unsynced=cfg.allow_unsynced_jetstream,
+        cache_bytes=cfg.nats_record_cache_bytes,
     )
     # Partitions are loaded one by one, as this node takes their leases.
     return await open_jetstream_backend(_options(cfg), settings, load=False)
