@@ -358,7 +358,8 @@ class UnimeterServer:
             self._health_follower.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_follower
-        await self._health.enter_graceful_shutdown()  # gRPC health: NOT_SERVING, as /readyz
+        # gRPC health: NOT_SERVING, as /readyz; its Watch streams end, so they hold no grace period.
+        await self._health.enter_graceful_shutdown()
         if self.node is not None:
             # Alert streams never finish by themselves: end them now so that in-flight unary calls,
             # not idle subscribers, decide how long the grace period lasts. Subscribers resume.

@@ -1,7 +1,7 @@
 """The standard gRPC health service of a real embedded server on 127.0.0.1 agrees with /readyz:
-every service SERVING once the server is ready, NOT_SERVING from the moment a graceful stop begins
-(docs/operations.md, "Health endpoints"). The cluster side (NOT_SERVING until a node serves its
-share) is ``tests/cluster/test_grpc_health.py``."""
+every service SERVING once the server is ready, NOT_SERVING from the moment a graceful stop begins,
+when every Watch stream ends (docs/operations.md, "Health endpoints"). The cluster side
+(NOT_SERVING until a node serves its share) is ``tests/cluster/test_grpc_health.py``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ pytestmark = pytest.mark.timeout(60)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 
 async def test_every_service_is_serving_once_started_and_not_serving_from_the_start_of_a_stop(
@@ -38,12 +39,19 @@ async def test_every_service_is_serving_once_started_and_not_serving_from_the_st
                 assert answer.status == SERVING, name
             # A balancer watching the server hears of the stop as soon as it begins (the listener
             # closes next, so a Check can no longer be asked), while /readyz already answers 503.
-            watch = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
-            assert (await watch.read()).status == SERVING
-            stopping = asyncio.create_task(server.stop(grace=5))
-            assert (await watch.read()).status == NOT_SERVING
+            # Then the watch ends: an idle watcher does not hold the grace period open.
+            watches = [
+                stub.Watch(health_pb2.HealthCheckRequest(service=name), timeout=30)
+                for name in ("", UNIMETER_SERVICES[0], "unimeter.v1.NoSuchService")
+            ]
+            assert [(await w.read()).status for w in watches] == [SERVING, SERVING, SERVICE_UNKNOWN]
+            stopping = asyncio.create_task(server.stop(grace=30))
+            assert [(await w.read()).status for w in watches[:2]] == [NOT_SERVING, NOT_SERVING]
             assert not server.ready
             assert (await http_get(server.http_port, "/readyz"))[0] == 503
-            watch.cancel()  # an idle watcher would otherwise hold the whole grace period
+            for watch in watches:
+                assert await watch.read() is grpc.aio.EOF
+                assert await watch.code() == grpc.StatusCode.OK
+            await stopping
     finally:
         await (stopping if stopping is not None else server.stop(grace=1.0))
