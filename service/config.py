@@ -111,6 +111,12 @@ class ServeConfig:
     lease_ttl_seconds: float = 10.0
     """Partition leases (``--backend nats``) expire this long after their last renewal; renewed
     every third of it. Every node must use the lease bucket's TTL."""
+    nats_record_cache_bytes: int = 256 << 10
+    """``--backend nats``: bytes of stored records each JetStream log (two per partition served:
+    events and alerts) keeps in memory, the ones acknowledged or read last, so the edges of a range
+    query and ListEvents pages read recent records without a round trip to the stream; 0: every
+    read of a stored record goes to the stream. The default is ``JetStreamSettings.cache_bytes``'s
+    (not imported from there: that would load the NATS client on every backend)."""
 
     def __post_init__(self) -> None:
         if self.fsync_mode not in ("filesystem", "file"):
@@ -137,6 +143,8 @@ class ServeConfig:
             raise ValueError("--lease-ttl-seconds must be at least 1")
         if self.nats_replicas < 1:
             raise ValueError("--nats-replicas must be at least 1")
+        if self.nats_record_cache_bytes < 0:
+            raise ValueError("--nats-record-cache-bytes must not be negative (0: no cache)")
         if (self.nats_tls_cert is None) != (self.nats_tls_key is None):
             raise ValueError("a NATS client certificate needs its key (--nats-tls-cert and --nats-tls-key)")
         keys = self.api_keys_file is not None or bool(self.api_keys)
@@ -258,6 +266,13 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         "--lease-ttl-seconds",
         float,
         "seconds a partition lease outlives its last renewal (--backend nats; the lease bucket's TTL)",
+    ),
+    (
+        "nats_record_cache_bytes",
+        "--nats-record-cache-bytes",
+        int,
+        "bytes of recently stored records each JetStream log keeps in memory for reads (0: every "
+        "read goes to the stream)",
     ),
 ]
 

@@ -3,8 +3,9 @@
 It checks its listen addresses, builds the node (which locks and recovers its data directory),
 hands it to the client core as an in-process transport, and serves the gRPC API (plus health and
 reflection, behind the request-id/metrics and API-key interceptors), the node protocol and the HTTP
-endpoint, over TLS when configured. Shutdown turns /readyz to 503, stops accepting, lets in-flight
-calls finish, then flushes and snapshots.
+endpoint, over TLS when configured. The gRPC health statuses follow ``ready``, as /readyz does.
+Shutdown turns both to not ready, stops accepting, lets in-flight calls finish, then flushes and
+snapshots.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class UnimeterServer:
         self._cluster: ClusterState | None = None
         self._serving = False
         self._stopping = False
+        self._health_follower: asyncio.Task[None] | None = None
         self.stats = ServiceStats(max_inflight_ingest_events=config.max_inflight_ingest_events)
         """Counters of the gRPC layer (the node keeps its own in ``node.stats``)."""
         self.registry = new_registry(
@@ -231,6 +233,10 @@ class UnimeterServer:
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
             server,
         )
+        # Not ready yet: a health check must say so, as /readyz does (grpc's servicer starts with
+        # "" SERVING), until _serve_health_once_ready says otherwise.
+        for name in ("", *names):
+            await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await server.start()
         self._serving = True
         node.grpc_addr = f"{split_host_port(cfg.grpc_addr)[0]}:{self.grpc_port}"
@@ -241,9 +247,21 @@ class UnimeterServer:
             # next periodic refresh.
             with contextlib.suppress(UnimeterError):
                 await self.client.topology.refresh()
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in names:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.ready:
+            await self._health.set_all(health_pb2.HealthCheckResponse.SERVING)
+        else:  # a cluster node whose start stopped waiting for its share: it follows later
+            self._health_follower = asyncio.create_task(
+                self._serve_health_once_ready(), name="unimeter-health-follows-readiness"
+            )
+
+    async def _serve_health_once_ready(self) -> None:
+        """Turn the gRPC health statuses to SERVING once the cluster node has served its whole
+        share (``ready``; it never turns false again before a shutdown, which makes them
+        NOT_SERVING for good)."""
+        if self._cluster is not None:
+            await self._cluster.wait_settled()
+        if self.ready:
+            await self._health.set_all(health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_node_on_jetstream(self, node_config: NodeConfig) -> Node:
         """Open the cluster's KV state (the metric registry) and the JetStream backend
@@ -336,6 +354,11 @@ class UnimeterServer:
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, finish in-flight calls (up to ``grace`` seconds), flush and snapshot."""
         self._stopping = True  # /readyz answers 503 at once, so balancers stop sending new work
+        if self._health_follower is not None:
+            self._health_follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_follower
+        # gRPC health: NOT_SERVING, as /readyz; its Watch streams end, so they hold no grace period.
         await self._health.enter_graceful_shutdown()
         if self.node is not None:
             # Alert streams never finish by themselves: end them now so that in-flight unary calls,

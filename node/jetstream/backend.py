@@ -81,7 +81,7 @@ class JetStreamSettings:
     """This writer's epoch in message ids (a fresh one per start when empty)."""
     cache_bytes: int = 256 << 10
     """Bytes of recent records each log keeps in memory besides the unacknowledged ones (the
-    rest is read back from the stream)."""
+    rest is read back from the stream; 0: all of it). ``unimeter serve --nats-record-cache-bytes``."""
 
 
 class JetStreamStorage:
