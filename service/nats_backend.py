@@ -30,9 +30,6 @@ from .config import ServeConfig
 
 __all__ = ["ClusterState", "open_backend", "open_cluster_state"]
 
-_SETTLED_LOOK_SECONDS = 0.1
-"""How often ``ClusterState.wait_settled`` looks whether the node has served its share."""
-
 
 def _options(cfg: ServeConfig) -> NatsOptions:
     return NatsOptions(
@@ -82,13 +79,10 @@ class ClusterState:
         return self.assignment is not None and self.assignment.settled_once
 
     async def wait_settled(self) -> None:
-        """Return once ``settled`` is true (at once if it is; it never turns false again)."""
-        # The assignment turns ``settled_once`` on from its own loop and sets no event anyone
-        # could wait on, so this looks at the flag: one attribute read every tenth of a second,
-        # for as long as the node takes its share (the caller cancels it if the node stops
-        # first). Readiness in gRPC health then lags /readyz by at most that tenth.
-        while not self.settled:  # noqa: ASYNC110  (no event to wait on: see above)
-            await asyncio.sleep(_SETTLED_LOOK_SECONDS)
+        """Return once ``settled`` is true (at once if it is; it never turns false again). The
+        caller cancels it if the node stops first."""
+        assert self.assignment is not None, "serve_partitions starts the assignment first"
+        await self.assignment.wait_settled()
 
     async def serve_partitions(self, node: Node, backend: JetStreamBackend) -> None:
         """Take ``node``'s liveness record (NatsRefused, a LeaseConflictError, if another live

@@ -144,10 +144,19 @@ class Assignment:
         self._follows: list[asyncio.Task[None]] = []
         self._last_entry = clock()
         self._stopped = False
-        self.settled_once = False
+        self._settled = asyncio.Event()
+
+    @property
+    def settled_once(self) -> bool:
         """Whether this node has served every partition of its share at least once since it
-        started: a restarted node is not ready (``/readyz``) before, so a rolling restart that
-        waits for it never stops the next node while this one has not taken its partitions back."""
+        started: a restarted node is not ready (``/readyz``, gRPC health) before, so a rolling
+        restart that waits for it never stops the next node while this one has not taken its
+        partitions back."""
+        return self._settled.is_set()
+
+    async def wait_settled(self) -> None:
+        """Return once :attr:`settled_once` is true (at once if it is; it never turns false)."""
+        await self._settled.wait()
 
     # ------------------------------------------------------------------ PartitionOwnership
 
@@ -247,7 +256,7 @@ class Assignment:
         target = self._target()
         settled = all(self._node.served(p) is not None for p, owner in enumerate(target) if owner == self._me)
         if settled and not self.settled_once:
-            self.settled_once = True
+            self._settled.set()
             log.info("this node serves its share: %d partitions", target.count(self._me))
         return settled
 
