@@ -15,6 +15,7 @@ import pytest
 
 from node.jetstream.backend import JetStreamBackend, JetStreamSettings, open_jetstream_backend
 from node.jetstream.connection import NatsOptions
+from node.jetstream.subject_log import JetStreamLog
 from node.node import Node, NodeConfig
 from node.record_log import RecordLog
 from tools.nats_cluster import NatsCluster
@@ -74,6 +75,20 @@ async def node_on(backend: JetStreamBackend, config: NodeConfig) -> Node:
     """A node serving every partition of ``backend``, built as the server builds one: in a worker
     thread, whose recovery reads the records from the stream (a wait the event loop cannot make)."""
     return await asyncio.to_thread(Node, config, backend.factory)
+
+
+async def commit_partition(backend: JetStreamBackend, partition: int) -> None:
+    """Until what ``partition``'s logs hold now is stored in the stream (one commit round)."""
+    done = asyncio.get_running_loop().create_future()
+    backend.commit_group([partition], background=False, then=lambda: done.set_result(None))
+    await done
+
+
+def events_log(backend: JetStreamBackend, partition: int) -> JetStreamLog:
+    """``partition``'s event log on ``backend``."""
+    log = backend.open_partition(partition).events
+    assert isinstance(log, JetStreamLog)
+    return log
 
 
 async def scan_records(log: RecordLog, start: int = 0) -> list[tuple[int, bytes]]:

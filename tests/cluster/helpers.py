@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -15,8 +16,10 @@ from typing import TypeVar
 import grpc
 
 from cluster_client.partitioning import partition_of
-from tests.conftest import Api, api_on_port
-from tests.process import ServeProcess, start_serve
+from service.config import ServeConfig
+from tests.conftest import Api, api_on_port, serve_config
+from tests.integration.ops_helpers import http_get
+from tests.process import ServeProcess, spawn_serve, start_serve
 from tools.nats_cluster import NatsCluster
 from unimeter.v1 import cluster_service_pb2 as cs
 from unimeter.v1 import cluster_service_pb2_grpc
@@ -41,6 +44,47 @@ def cluster_flags(
         "--snapshot-interval-seconds", "1",
         *extra,
     ]  # fmt: skip
+
+
+def nats_serve_config(data_dir: Path, cluster: NatsCluster, stream: str, **overrides: object) -> ServeConfig:
+    """An in-process server's config on ``stream`` of ``cluster`` (``tests.conftest.serve_config``)."""
+    return serve_config(
+        data_dir,
+        backend="nats",
+        nats_url=",".join(cluster.urls),
+        nats_monitor_url=",".join(cluster.monitor_urls),
+        nats_stream=stream,
+        **overrides,
+    )
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (for a process that must be told its port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn_node_on_free_ports(data_dir: Path, flags: list[str], node_id: str) -> tuple[ServeProcess, int, int]:
+    """``spawn_serve`` of node ``node_id`` with its HTTP endpoint and gRPC API on free ports, without
+    waiting for it: ``(process, http port, grpc port)``, so a test can probe it while it starts."""
+    http, grpc_port = free_port(), free_port()
+    proc = spawn_serve(
+        data_dir,
+        *flags,
+        "--node-id", node_id,
+        "--http-addr", f"127.0.0.1:{http}",
+        "--grpc-addr", f"127.0.0.1:{grpc_port}",
+    )  # fmt: skip
+    return proc, http, grpc_port
+
+
+async def readyz(port: int) -> int | None:
+    """/readyz's status code on ``port``, None while nothing listens yet."""
+    try:
+        return (await http_get(port, "/readyz"))[0]
+    except OSError:
+        return None
 
 
 @contextlib.asynccontextmanager

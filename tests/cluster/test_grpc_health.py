@@ -19,12 +19,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from node.jetstream.assignment import Assignment, balanced_assignment
 from service.server import UnimeterServer
 from tests.cluster.conftest import running_cluster
-from tests.cluster.helpers import cluster_flags, owners, owners_settled, status
-from tests.cluster.test_readyz import _free_port, _readyz
-from tests.conftest import serve_config
+from tests.cluster.helpers import (
+    cluster_flags,
+    nats_serve_config,
+    owners,
+    owners_settled,
+    readyz,
+    spawn_node_on_free_ports,
+    status,
+)
 from tests.integration.ops_helpers import http_get
 from tests.integration.test_grpc_edges import UNIMETER_SERVICES
-from tests.process import ServeProcess, listener_port, ready_line, spawn_serve, start_serve
+from tests.process import ServeProcess, listener_port, ready_line, start_serve
 from tools.nats_cluster import NatsCluster
 
 PARTITIONS = 6
@@ -62,14 +68,7 @@ async def test_a_joining_node_is_not_serving_until_ready_and_serving_once_ready(
         # n1 serves every partition and cannot hand any over while paused: n2, joining, cannot
         # serve its share until n1 resumes.
         n1.proc.send_signal(signal.SIGSTOP)
-        http, grpc_port = _free_port(), _free_port()
-        n2 = spawn_serve(
-            tmp_path / "n2",
-            *flags,
-            "--node-id", "n2",
-            "--http-addr", f"127.0.0.1:{http}",
-            "--grpc-addr", f"127.0.0.1:{grpc_port}",
-        )  # fmt: skip
+        n2, http, grpc_port = spawn_node_on_free_ports(tmp_path / "n2", flags, "n2")
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             # Not ready: its gRPC API listens (it does once n2 has recovered, before it takes its
@@ -79,7 +78,7 @@ async def test_a_joining_node_is_not_serving_until_ready_and_serving_once_ready(
             while len(answered) < 5:
                 assert n2.poll() is None, "n2 exited"
                 assert time.monotonic() < deadline, f"n2's gRPC API never answered: {answered}"
-                code, health = await _readyz(http), await _check(stub)
+                code, health = await readyz(http), await _check(stub)
                 if health is not None:
                     answered.append((code, health))
                 await asyncio.sleep(0.02)
@@ -95,10 +94,10 @@ async def test_a_joining_node_is_not_serving_until_ready_and_serving_once_ready(
             while True:
                 assert n2.poll() is None, "n2 exited"
                 assert time.monotonic() < deadline, f"n2 never became SERVING: {samples[-5:]}"
-                code, health = await _readyz(http), await _check(stub)
+                code, health = await readyz(http), await _check(stub)
                 samples.append((code, health))
                 if health == SERVING:
-                    assert await _readyz(http) == 200, samples[-5:]
+                    assert await readyz(http) == 200, samples[-5:]
                     break
                 assert health == NOT_SERVING, samples[-5:]
                 await asyncio.sleep(0.02)
@@ -140,12 +139,10 @@ async def test_a_node_whose_start_stopped_waiting_for_its_share_turns_serving_on
     flags = cluster_flags(nats_cluster, stream, PARTITIONS, ttl=TTL)
     n1 = await asyncio.to_thread(start_serve, tmp_path / "n1", *flags, "--node-id", "n1")
     server = UnimeterServer(
-        serve_config(
+        nats_serve_config(
             tmp_path / "n2",
-            backend="nats",
-            nats_url=",".join(nats_cluster.urls),
-            nats_monitor_url=",".join(nats_cluster.monitor_urls),
-            nats_stream=stream,
+            nats_cluster,
+            stream,
             partitions=PARTITIONS,
             lease_ttl_seconds=TTL,
             node_addr="127.0.0.1:0",

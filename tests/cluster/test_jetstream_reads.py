@@ -22,17 +22,11 @@ from node.record_log import RecordsNotLoaded
 from tests.integration.helpers import SEC, T0
 from tools.nats_cluster import NatsCluster
 
-from .conftest import node_on, open_backend, scan_records
+from .conftest import commit_partition, events_log, node_on, open_backend, scan_records
 
 CACHE = 2048
 HOUR = 3600 * SEC
 MINUTE = 60 * SEC
-
-
-async def _commit(backend: JetStreamBackend, partition: int) -> None:
-    done = asyncio.get_running_loop().create_future()
-    backend.commit_group([partition], background=False, then=lambda: done.set_result(None))
-    await done
 
 
 async def _replicated(backend: JetStreamBackend, stream: str) -> None:
@@ -54,23 +48,17 @@ def _records(n: int, seed: int) -> list[bytes]:
     ]
 
 
-def _log(backend: JetStreamBackend, partition: int) -> JetStreamLog:
-    log = backend.open_partition(partition).events
-    assert isinstance(log, JetStreamLog)
-    return log
-
-
 async def test_only_unacknowledged_and_recent_records_stay_in_memory(
     nats_cluster: NatsCluster, stream_name: str
 ) -> None:
     backend = await open_backend(nats_cluster, stream_name, cache_bytes=CACHE)
     try:
-        log = _log(backend, 0)
+        log = events_log(backend, 0)
         appended = _records(600, seed=1)
         for record in appended:
             log.append(record)
         assert log.memory_bytes == sum(map(len, appended))  # nothing acknowledged: all kept for retries
-        await _commit(backend, 0)
+        await commit_partition(backend, 0)
         assert log.durable_position == 600
         assert log.memory_bytes <= CACHE  # the records themselves are in the stream now
         assert log.size_bytes == sum(map(len, appended))
@@ -105,11 +93,11 @@ async def test_a_scan_over_chunks_in_memory_and_chunks_in_the_stream(
     cache holds whole are not fetched, the others are, and the scan is the log either way."""
     backend = await open_backend(nats_cluster, stream_name, cache_bytes=40 << 10)
     try:
-        log = _log(backend, 0)
+        log = events_log(backend, 0)
         appended = [f"{i:04d}".encode() * 25 for i in range(1000)]  # 100 B each: the cache holds 400
         for record in appended:
             log.append(record)
-        await _commit(backend, 0)
+        await commit_partition(backend, 0)
         assert await log.read_many(range(256, 512)) == appended[256:512]  # now cached: chunk 1 whole
         with pytest.raises(RecordsNotLoaded):
             log.read(0)
@@ -127,11 +115,11 @@ async def test_records_larger_than_a_batch_answer_are_read_whole(
     continuing where the last stopped."""
     backend = await open_backend(nats_cluster, stream_name, cache_bytes=CACHE)
     try:
-        log = _log(backend, 1)
+        log = events_log(backend, 1)
         big = [bytes([i]) * (300 << 10) for i in range(30)]  # 9 MiB in all
         for record in big:
             log.append(record)
-        await _commit(backend, 1)
+        await commit_partition(backend, 1)
         assert log.memory_bytes == 0  # each larger than the whole cache
         assert await log.read_many(range(30)) == big
         assert [r for _, r in await scan_records(log)] == big

@@ -6,7 +6,6 @@ before stopping the next node never has two nodes' shares on the move at once
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +14,16 @@ import pytest
 
 from node.jetstream.assignment import balanced_assignment
 from tests.cluster.conftest import running_cluster
-from tests.cluster.helpers import cluster_flags, owners, owners_settled, status, three_nodes
-from tests.integration.ops_helpers import http_get
-from tests.process import ServeProcess, listener_port, ready_line, spawn_serve
+from tests.cluster.helpers import (
+    cluster_flags,
+    owners,
+    owners_settled,
+    readyz,
+    spawn_node_on_free_ports,
+    status,
+    three_nodes,
+)
+from tests.process import ServeProcess, listener_port, ready_line
 from tools.nats_cluster import NatsCluster
 
 PARTITIONS = 6
@@ -26,20 +32,6 @@ PARTITIONS = 6
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     yield from running_cluster(tmp_path_factory, "readyz")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _readyz(port: int) -> int | None:
-    """/readyz's status code, None while nothing listens yet."""
-    try:
-        return (await http_get(port, "/readyz"))[0]
-    except OSError:
-        return None
 
 
 async def test_a_restarted_node_is_ready_only_once_it_serves_its_share(
@@ -51,17 +43,10 @@ async def test_a_restarted_node_is_ready_only_once_it_serves_its_share(
     async with three_nodes(tmp_path, flags) as nodes:
         assert await asyncio.to_thread(nodes[1].terminate) == 0  # n2 hands its share to n1 and n3
         await owners_settled(nodes[0].grpc_port, {"n1", "n3"})
-        http, grpc_port = _free_port(), _free_port()
-        proc = spawn_serve(
-            tmp_path / "n2",
-            *flags,
-            "--node-id", "n2",
-            "--http-addr", f"127.0.0.1:{http}",
-            "--grpc-addr", f"127.0.0.1:{grpc_port}",
-        )  # fmt: skip
+        proc, http, grpc_port = spawn_node_on_free_ports(tmp_path / "n2", flags, "n2")
         answers: list[int] = []
         deadline = time.monotonic() + 60
-        while (code := await _readyz(http)) != 200:
+        while (code := await readyz(http)) != 200:
             assert proc.poll() is None, "n2 exited before it was ready"
             assert time.monotonic() < deadline, f"n2 never became ready: {answers[-3:]}"
             if code is not None:
@@ -79,4 +64,4 @@ async def test_a_restarted_node_is_ready_only_once_it_serves_its_share(
         ports = (listener_port(msg[key]) for key in ("grpc_addr", "node_addr", "http_addr"))
         nodes[1] = ServeProcess(proc, *ports)
         await owners_settled(nodes[0].grpc_port, {"n1", "n2", "n3"})
-        assert await _readyz(http) == 200
+        assert await readyz(http) == 200

@@ -15,8 +15,8 @@ from node.jetstream.backend import JetStreamSettings
 from node.record_log import RecordsNotLoaded
 from service.config import ServeConfig, add_serve_arguments, serve_config_from_args
 from service.nats_backend import open_backend
-from tests.cluster.test_jetstream_reads import _commit, _log
-from tests.conftest import serve_config
+from tests.cluster.conftest import commit_partition, events_log
+from tests.cluster.helpers import nats_serve_config
 from tools.nats_cluster import NatsCluster
 
 FLAG = "--nats-record-cache-bytes"
@@ -59,12 +59,10 @@ def test_an_unparsable_cache_size_names_the_flag_or_the_variable(capsys: pytest.
 
 
 def _config(tmp_path: Path, cluster: NatsCluster, stream: str, cache: int) -> ServeConfig:
-    return serve_config(
+    return nats_serve_config(
         tmp_path / "data",
-        backend="nats",
-        nats_url=",".join(cluster.urls),
-        nats_monitor_url=",".join(cluster.monitor_urls),
-        nats_stream=stream,
+        cluster,
+        stream,
         partitions=2,
         nats_record_cache_bytes=cache,
     )
@@ -77,12 +75,12 @@ async def test_the_size_reaches_the_logs_of_the_backend_serve_opens(
     backend = await open_backend(_config(tmp_path, nats_cluster, stream_name, cache))
     try:
         await backend.load_partition(0)
-        log = _log(backend, 0)
+        log = events_log(backend, 0)
         rng = random.Random(cache)
         appended = [f"record {i} ".encode() + rng.randbytes(90) for i in range(60)]  # 6 KiB
         for record in appended:
             log.append(record)
-        await _commit(backend, 0)
+        await commit_partition(backend, 0)
         assert log.durable_position == len(appended)
         if cache == 0:
             assert log.memory_bytes == 0

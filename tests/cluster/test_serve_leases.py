@@ -20,6 +20,7 @@ import pytest
 from cluster_client.partitioning import partition_of
 from node.jetstream.leases import lease_key
 from service.server import UnimeterServer
+from tests.cluster.helpers import nats_serve_config
 from tests.conftest import Api, open_api, serve_config
 from tests.grpc_errors import details
 from tests.integration.helpers import SEC, T0, create_metric, ev, ingest
@@ -190,12 +191,10 @@ async def test_a_lease_taken_from_under_a_node_stops_that_partition_while_the_ot
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
     server = UnimeterServer(
-        serve_config(
+        nats_serve_config(
             tmp_path / "data",
-            backend="nats",
-            nats_url=",".join(nats_cluster.urls),
-            nats_monitor_url=",".join(nats_cluster.monitor_urls),
-            nats_stream=stream_name,
+            nats_cluster,
+            stream_name,
             partitions=2,
             node_id="n1",
             lease_ttl_seconds=TTL,
