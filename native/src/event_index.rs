@@ -52,7 +52,7 @@ impl EventIndex {
                 positions.push_new(position);
                 return;
             }
-            let first = std::mem::replace(positions, Positions::Narrow(Vec::new()));
+            let first = std::mem::replace(positions, Positions::empty());
             *hours = Hours::Many(BTreeMap::from([(*only, first)]));
         }
         if let Hours::Many(map) = hours {

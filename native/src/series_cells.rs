@@ -324,10 +324,8 @@ impl SeriesCells {
                     if word & LIST_TAG == 0 {
                         self.positions.push(word);
                     } else {
-                        let list = std::mem::replace(
-                            &mut lists[(word & !LIST_TAG) as usize],
-                            Positions::Narrow(Vec::new()),
-                        );
+                        let list =
+                            std::mem::replace(&mut lists[(word & !LIST_TAG) as usize], Positions::empty());
                         self.positions.push(LIST_TAG | self.position_lists.len() as u64);
                         self.position_lists.push(list);
                     }
