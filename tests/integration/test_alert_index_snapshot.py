@@ -60,10 +60,14 @@ steps = st.lists(
         # (what the crash lost of the alert log, in the previous version's layout, since fractions)
         st.tuples(
             st.just("restart"),
-            st.tuples(st.booleans(), st.booleans(), st.lists(st.floats(0, 1), min_size=2, max_size=2)),
+            st.tuples(
+                st.booleans(),
+                st.sampled_from([False, False, True]),
+                st.lists(st.floats(0, 1), min_size=2, max_size=2),
+            ),
         ),
     ),
-    min_size=4,
+    min_size=8,
     max_size=25,
 )
 
@@ -137,7 +141,7 @@ async def _assert_reads_alike(node: Node, reference: Node, fractions: list[float
 
 
 @over_targets
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     bound=st.sampled_from([0, 1, 3]),
     plan=steps,
