@@ -37,6 +37,7 @@ from .index_runs import IndexRuns
 from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog, RecordsNotLoaded, read_fetching
 from .records import (
+    AlertIndex,
     AlertRecord,
     RecordFormatError,
     Snapshot,
@@ -63,6 +64,18 @@ _LOOKAHEAD_MIN = 32
 """Fewest records it asks for beyond the hour at hand: a page whose metric filter skips most
 events would otherwise fetch (and run again) a record or two at a time."""
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedAlerts:
+    """What a snapshot holding the alert index says of the alert log."""
+
+    index: AlertIndex
+    count: int
+    """Alerts 1..count are in the log before ``position``."""
+    position: int
+    last_offset: int
+    """Every alert of the events up to this offset is in the log before ``position``."""
 
 
 class _IndexMismatch(Exception):
@@ -365,8 +378,7 @@ class Partition:
 
     def _recover(self) -> None:
         started = time.monotonic()
-        snapshot = self._load_snapshot()
-        start_pos = 0 if snapshot is None else snapshot.event_position
+        start_pos, indexed = self._load_snapshot()
         if self._runs is not None:
             self._runs.discard_unlisted()  # replay re-derives what a later run held
         fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
@@ -389,7 +401,7 @@ class Partition:
                 self._remember_batch(batch_id, arrival, _outcome_from_record(first, len(rows), n_req, dups))
             self._last_arrival = max(self._last_arrival, arrival)
             replayed += 1
-        covered = self._recover_alerts(snapshot)
+        covered = self._recover_alerts(indexed)
         self.published_alert_offset = len(self.alerts)
         for first, arrival, fired in fired_by_record:
             if first > covered:
@@ -401,7 +413,7 @@ class Partition:
                 self.number, self.last_offset, replayed, time.monotonic() - started,
             )  # fmt: skip
 
-    def _recover_alerts(self, snapshot: Snapshot | None) -> int:
+    def _recover_alerts(self, indexed: _IndexedAlerts | None) -> int:
         """Check the alert log against the events replayed up to ``last_offset``, and index it;
         returns the ``event_first_offset`` up to which it holds every alert those events fire.
 
@@ -414,27 +426,26 @@ class Partition:
         ``last_offset``, written before it was and never cut since (a cut only takes alerts of
         events after a durable snapshot's). An index the log does not match is dropped and the
         whole log read, as for a snapshot of a version without one."""
-        if snapshot is not None and snapshot.alert_index is not None:
+        if indexed is not None:
             try:
-                return self._read_alert_log(snapshot)
+                return self._read_alert_log(indexed)
             except _IndexMismatch as exc:
                 log.warning("partition %d: %s; reading the whole alert log", self.number, exc)
                 self.alerts = AlertList(self.number, self.alert_log, self._config.alerts_in_memory)
         return self._read_alert_log(None)
 
-    def _read_alert_log(self, snapshot: Snapshot | None) -> int:
-        """The alert log read from the start, or past what ``snapshot``'s alert index holds."""
+    def _read_alert_log(self, indexed: _IndexedAlerts | None) -> int:
+        """The alert log read from the start, or past what the snapshot's alert index holds."""
         covered = 0
-        refilling = snapshot is not None
+        refilling = indexed is not None
         """Whether the records read now are those before the snapshot's alert position."""
-        if snapshot is not None:
-            assert snapshot.alert_index is not None
+        if indexed is not None:
             try:
-                first = self.alerts.restore(snapshot.alert_index, snapshot.alert_count)
-                records = self.alert_log.scan(snapshot.alert_position if first is None else first)
+                first = self.alerts.restore(indexed.index, indexed.count)
+                records = self.alert_log.scan(indexed.position if first is None else first)
             except ValueError as exc:  # from the index, or a position at which no record starts
                 raise _IndexMismatch(str(exc)) from None
-            covered = snapshot.last_offset
+            covered = indexed.last_offset
         else:
             records = self.alert_log.scan()
         for pos, payload in records:
@@ -443,9 +454,9 @@ class Partition:
             except Exception as exc:
                 raise self._unrecoverable(self.alert_log, pos, exc) from exc
             if refilling:
-                assert snapshot is not None
-                if pos < snapshot.alert_position:  # a record the index holds: its newest alerts go to memory
-                    self._refill_alerts(pos, event_first, first_alert, alert_rows, snapshot.last_offset)
+                assert indexed is not None
+                if pos < indexed.position:  # a record the index holds: its newest alerts go to memory
+                    self._refill_alerts(pos, event_first, first_alert, alert_rows, indexed.last_offset)
                     continue
                 self._refilled()
                 refilling = False
@@ -489,17 +500,20 @@ class Partition:
             'it as docs/operations.md describes ("Recovery failed")'
         )
 
-    def _load_snapshot(self) -> Snapshot | None:
-        """The stored snapshot, loaded into the state; None if there is none that can be used."""
+    def _load_snapshot(self) -> tuple[int, _IndexedAlerts | None]:
+        """Load the stored snapshot into the state; returns the event log position replay starts
+        at and what the snapshot says of the alert log (0 and None: no usable snapshot; None: one
+        without the alert index). Only these are kept: the rest of the decoded snapshot is freed
+        before the replay."""
         stored = self._storage.read_snapshot()
         if stored is None:
-            return None
+            return 0, None
         data, written_at = stored
         try:
             state = decode_snapshot(data)
         except RecordFormatError as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
-            return None
+            return 0, None
         # A log cut below what the snapshot covers (damage, a lost disk write) puts the snapshot
         # ahead of the log: replaying the log rebuilds the state and regenerates the lost alerts.
         if (
@@ -507,7 +521,7 @@ class Partition:
             or state.alert_position > self.alert_log.end_position
         ):
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
-            return None
+            return 0, None
         try:
             aggregates = PartitionAggregates.from_snapshot(
                 state.aggregates, self._fetch_events, self._specs, self._engine.stores
@@ -515,7 +529,7 @@ class Partition:
             dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
-            return None
+            return 0, None
         if state.index_runs:
             try:
                 if self._runs is None:
@@ -525,7 +539,7 @@ class Partition:
                 log.warning(
                     "partition %d: snapshot's index runs unusable (%s); replaying the log", self.number, exc
                 )
-                return None
+                return 0, None
         self.aggregates = aggregates
         self.dedup = dedup
         self.index = self._engine.load_index(state.index)
@@ -535,7 +549,10 @@ class Partition:
         self.last_snapshot_time = written_at
         for batch_id, arrival, offsets, n_dup in state.batches:
             self._batches[batch_id] = (arrival, IngestOutcome(offsets, n_dup))
-        return state
+        if state.alert_index is None:
+            return state.event_position, None
+        alerts = _IndexedAlerts(state.alert_index, state.alert_count, state.alert_position, state.last_offset)
+        return state.event_position, alerts
 
     # ------------------------------------------------------------------ reads
 
