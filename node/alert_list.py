@@ -132,11 +132,13 @@ class AlertList:
 
     def to_snapshot(self) -> AlertIndex:
         """The index of the alerts so far, for a snapshot: captured now without copying (the
-        arrays only grow, so the part of each that the capture covers never changes), packed as
-        bytes later, while the alerts appended meanwhile are left out."""
+        arrays only grow, so the part of each that the capture covers never changes; an account's
+        widened array starts with the same offsets), packed as bytes later, while the alerts
+        appended meanwhile are left out. The capture is the count and a list of the accounts."""
         count = len(self._positions)
         positions = self._positions
-        accounts = list(self._by_account.items())
+        by_account = self._by_account
+        accounts = list(by_account)
         typecode = "I" if count <= _UINT32_MAX else "q"
 
         def blocks(lo: int, hi: int) -> list[bytes]:
@@ -145,7 +147,8 @@ class AlertList:
 
         def chunk(lo: int, hi: int) -> list[list[object]]:
             out: list[list[object]] = []
-            for account, offsets in accounts[lo:hi]:
+            for account in accounts[lo:hi]:
+                offsets = by_account[account]
                 kept = offsets[: bisect_right(offsets, count)]
                 if kept.typecode != typecode:  # past 2**32 - 1 alerts: every account's are int64
                     kept = array(typecode, kept)
