@@ -1,4 +1,4 @@
-"""A partition's alerts by offset: the newest packed in memory, the older read from the alert log.
+"""A partition's alerts by offset and by account: the newest in memory, the older in the alert log.
 
 ListAlerts and subscriptions read any alert by offset, for as long as the partition lives. Only
 the newest ``in_memory`` alerts (plus up to an eighth more, so that dropping the oldest is an
@@ -7,22 +7,27 @@ an id into a table of their (metric, threshold) codes, ~70 bytes an alert; a val
 (a uint64 sum, say) is kept exactly in a side table. Every alert also keeps the log position of
 its alert record (8 bytes, ``array('Q')``), so an alert that left memory is one ``read`` of that
 record away (on JetStream, records the node no longer holds are fetched first: :meth:`reading`):
-a read returns exactly what was appended, wherever it comes from. Alerts not yet published (their
-records may not be durable) never leave memory. This is not the alert log: the log is the truth,
-this is its index and read cache, rebuilt on recovery.
+a read returns exactly what was appended, wherever it comes from; and its offset in its account's
+list (4 bytes, ``array('I')``), which ListAlerts bisects. Alerts not yet published (their records
+may not be durable) never leave memory. This is not the alert log: the log is the truth, this is
+its index and read cache, which a snapshot holds (:meth:`to_snapshot`) and recovery restores
+(:meth:`restore`) or rebuilds from the log.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
 from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar, overload
 
 from cluster_client.types import Alert
 
+from .aggregation.snapshot_data import Chunked
 from .record_log import RecordLog, RecordsNotLoaded, read_fetching
-from .records import decode_alert_record
+from .records import AlertIndex, decode_alert_record
 
 __all__ = ["AlertList"]
 
@@ -33,14 +38,22 @@ _ACCOUNT, _METRIC, _THRESHOLD, _TH_VALUE, _MULTIPLE, _VALUE, _PERIOD, _EVENT_T, 
 _INT_FIELDS = (_ACCOUNT, _TH_VALUE, _MULTIPLE, _VALUE, _PERIOD, _EVENT_T, _RECORD_T)
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _WIDE = 0  # stored in a column when the value itself lives in ``_wide``
+_UINT32_MAX = 2**32 - 1
+_NO_ALERTS = array("I")
+_ACCOUNTS_PER_CHUNK = 1024
+"""Accounts' offsets a snapshot packs between two turns of the event loop."""
+_POSITIONS_PER_BLOCK = 1 << 15
+"""Alerts' record positions in one ``bytes`` block of a snapshot (256 KiB): a snapshot packs a few
+blocks between two turns of the event loop, however many alerts the partition has."""
+_BLOCKS_PER_CHUNK = 8
 
 
 class AlertList:
     """The alerts of one partition, offsets 1..len; ``[i]`` is the alert of offset ``i + 1``."""
 
     __slots__ = (
-        "_base", "_code_ids", "_codes", "_columns", "_in_memory", "_kinds", "_loaded", "_log",
-        "_partition", "_positions", "_slack", "_wide",
+        "_base", "_by_account", "_code_ids", "_codes", "_columns", "_in_memory", "_kinds", "_loaded",
+        "_log", "_partition", "_positions", "_slack", "_wide",
     )  # fmt: skip
 
     def __init__(self, partition: int, log: RecordLog, in_memory: int) -> None:
@@ -56,6 +69,8 @@ class AlertList:
         """Alerts 1..base have left memory; column index i holds the alert of offset base + i + 1."""
         self._positions = array("Q")
         """Log position of the record of every alert: index offset - 1."""
+        self._by_account: dict[int, array[int]] = {}
+        """Account → the offsets of its alerts, in order (``array('q')`` past 2**32 - 1 alerts)."""
         self._columns = [array("q") for _ in _INT_FIELDS]
         self._kinds = array("I")  # index into _codes
         self._codes: list[tuple[str, str]] = []
@@ -69,6 +84,19 @@ class AlertList:
         """Add the alert of offset ``len(self) + 1`` from its alert-log row, whose record is at
         ``position`` of the alert log; returns it."""
         offset = len(self._positions) + 1
+        self._positions.append(position)
+        account = row[_ACCOUNT]
+        offsets = self._by_account.get(account)
+        if offsets is None:
+            offsets = self._by_account[account] = array("I")
+        elif offset > _UINT32_MAX and offsets.typecode == "I":
+            offsets = self._by_account[account] = array("q", offsets)  # 4 bytes an alert until then
+        offsets.append(offset)
+        self._hold(row, offset)
+        return self._from_memory(offset)
+
+    def _hold(self, row: Sequence[Any], offset: int) -> None:
+        """Keep the alert of ``offset`` (the one after those in memory) in memory, from its row."""
         for column, field in zip(self._columns, _INT_FIELDS, strict=True):
             value = row[field]
             if _INT64_MIN <= value <= _INT64_MAX:
@@ -82,8 +110,6 @@ class AlertList:
             kind = self._code_ids[codes] = len(self._codes)
             self._codes.append(codes)
         self._kinds.append(kind)
-        self._positions.append(position)
-        return self._from_memory(offset)
 
     def release(self, through: int) -> None:
         """Alerts up to offset ``through`` are published (their records are durable): the oldest
@@ -99,6 +125,82 @@ class AlertList:
         self._base += drop
         if self._wide:
             self._wide = {key: v for key, v in self._wide.items() if key[1] > self._base}
+
+    def offsets_of(self, account: int) -> Sequence[int]:
+        """The offsets of ``account``'s alerts, in order (a live array: do not change it)."""
+        return self._by_account.get(account, _NO_ALERTS)
+
+    def to_snapshot(self) -> AlertIndex:
+        """The index of the alerts so far, for a snapshot: captured now without copying (the
+        arrays only grow, so the part of each that the capture covers never changes; an account's
+        widened array starts with the same offsets), packed as bytes later, while the alerts
+        appended meanwhile are left out. The capture is the count and a list of the accounts."""
+        count = len(self._positions)
+        positions = self._positions
+        by_account = self._by_account
+        accounts = list(by_account)
+        typecode = "I" if count <= _UINT32_MAX else "q"
+
+        def blocks(lo: int, hi: int) -> list[bytes]:
+            size = _POSITIONS_PER_BLOCK
+            return [_little_endian(positions[b * size : min((b + 1) * size, count)]) for b in range(lo, hi)]
+
+        def chunk(lo: int, hi: int) -> list[list[object]]:
+            out: list[list[object]] = []
+            for account in accounts[lo:hi]:
+                offsets = by_account[account]
+                kept = offsets[: bisect_right(offsets, count)]
+                if kept.typecode != typecode:  # past 2**32 - 1 alerts: every account's are int64
+                    kept = array(typecode, kept)
+                out.append([account, _little_endian(kept)])
+            return out
+
+        n_blocks = -(-count // _POSITIONS_PER_BLOCK)
+        return AlertIndex(
+            Chunked(n_blocks, blocks, step=_BLOCKS_PER_CHUNK),
+            Chunked(len(accounts), chunk, step=_ACCOUNTS_PER_CHUNK),
+        )
+
+    def restore(self, index: AlertIndex, count: int) -> int | None:
+        """Take the index of alerts 1..``count`` from a snapshot, none of them in memory yet: the
+        rows of the newest ``in_memory`` (at least the last, so that recovery checks the index
+        against the log) are then given to :meth:`refill` from the records holding them, which
+        start at the position returned (None: no alerts). ValueError if the index does not
+        describe ``count`` alerts; the list is then unchanged."""
+        if self._positions:
+            raise ValueError("an alert list is restored before anything is appended")
+        positions = array("Q")
+        for block in index.positions:
+            positions += _from_little_endian("Q", block)
+        typecode = "I" if count <= _UINT32_MAX else "q"
+        by_account = {account: _from_little_endian(typecode, raw) for account, raw in index.accounts}
+        if len(positions) != count or sum(map(len, by_account.values())) != count:
+            raise ValueError(f"the snapshot's alert index does not describe its {count} alerts")
+        if any(not offsets or offsets[-1] > count for offsets in by_account.values()):
+            raise ValueError(f"the snapshot's alert index has offsets past its {count} alerts")
+        self._positions = positions
+        self._by_account = by_account
+        self._base = count - min(count, max(self._in_memory, 1))
+        return positions[self._base] if count else None
+
+    def refill(self, position: int, first_alert: int, rows: Sequence[Sequence[Any]]) -> None:
+        """Put the alerts of the alert record at ``position`` (offsets ``first_alert`` on) that
+        :meth:`restore` left to it in memory, in log order; ValueError if the record is not the
+        one the index says holds them."""
+        last = first_alert + len(rows) - 1
+        if not rows or not 1 <= first_alert <= last <= len(self._positions):
+            raise ValueError(f"alerts {first_alert} to {last} are not in the snapshot's alert index")
+        if any(p != position for p in self._positions[first_alert - 1 : last]):
+            raise ValueError(f"the snapshot's alert index puts alerts {first_alert}-{last} elsewhere")
+        for i, row in enumerate(rows):
+            offset = first_alert + i
+            if offset == self._base + len(self._kinds) + 1:
+                self._hold(row, offset)
+
+    @property
+    def refilled(self) -> bool:
+        """Whether every alert :meth:`restore` left to :meth:`refill` was given to it."""
+        return self._base + len(self._kinds) == len(self._positions)
 
     @property
     def in_memory(self) -> int:
@@ -223,3 +325,21 @@ class AlertList:
             account, metric, threshold, th_value, multiple, value, period, event_t, record_t,
             self._partition, offset,
         )  # fmt: skip
+
+
+def _little_endian(values: array[int]) -> bytes:
+    """The bytes of ``values`` in the order snapshots store them, on any machine."""
+    if sys.byteorder != "little":
+        values = array(values.typecode, values)
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_little_endian(typecode: str, raw: bytes) -> array[int]:
+    """An array of ``typecode`` from bytes :func:`_little_endian` gave; ValueError if ``raw`` is
+    not a whole number of them."""
+    values = array(typecode)
+    values.frombytes(raw)
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values

@@ -16,7 +16,6 @@ import base64
 import binascii
 import logging
 import time
-from array import array
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +37,7 @@ from .index_runs import IndexRuns
 from .partition_engine import PYTHON, PartitionEngine
 from .record_log import PartitionStorage, RecordLog, RecordsNotLoaded, read_fetching
 from .records import (
+    AlertIndex,
     AlertRecord,
     RecordFormatError,
     Snapshot,
@@ -64,6 +64,22 @@ _LOOKAHEAD_MIN = 32
 """Fewest records it asks for beyond the hour at hand: a page whose metric filter skips most
 events would otherwise fetch (and run again) a record or two at a time."""
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexedAlerts:
+    """What a snapshot holding the alert index says of the alert log."""
+
+    index: AlertIndex
+    count: int
+    """Alerts 1..count are in the log before ``position``."""
+    position: int
+    last_offset: int
+    """Every alert of the events up to this offset is in the log before ``position``."""
+
+
+class _IndexMismatch(Exception):
+    """A snapshot's alert index does not match the alert log (recovery then reads all of it)."""
 
 
 class PartitionRecoveryError(RuntimeError):
@@ -94,10 +110,8 @@ class PartitionConfig:
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
 _Decoded = tuple[int, dict[str, int], Sequence[EventRow]]
 _AlertRow = AlertRow
-_NO_ALERTS = array("I")
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
-_UINT32_MAX = 2**32 - 1
 
 
 def _storable(alert: _AlertRow) -> list[object]:
@@ -153,7 +167,6 @@ class Partition:
         """Records fetched for the read :meth:`reading` runs now (empty between reads)."""
         self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
         self.alerts = AlertList(number, self.alert_log, config.alerts_in_memory)
-        self._alerts_by_account: dict[int, array[int]] = {}
         self.published_alert_offset = 0
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
@@ -221,16 +234,8 @@ class Partition:
 
     def _load_alerts(self, rows: list[list[object]], position: int) -> None:
         """Index the alerts of the alert record at ``position``, by offset and by account."""
-        by_account = self._alerts_by_account
         for row in rows:
-            alert = self.alerts.append(row, position)
-            offsets = by_account.get(alert.account_id)
-            if offsets is None:
-                offsets = by_account[alert.account_id] = array("I")
-            elif alert.offset > _UINT32_MAX and offsets.typecode == "I":
-                # 4 bytes an alert while offsets fit, which is ~4 billion alerts of the partition
-                offsets = by_account[alert.account_id] = array("q", offsets)
-            offsets.append(alert.offset)
+            self.alerts.append(row, position)
 
     def _remember_batch(self, batch_id: str, arrival: int, outcome: IngestOutcome) -> None:
         batches = self._batches
@@ -366,13 +371,14 @@ class Partition:
             index=self.index.to_snapshot(self.events.end_position),
             batches=[(b, a, o.offsets, o.n_duplicates) for b, (a, o) in self._batches.items()],
             index_runs=[] if self._runs is None else [(r.name, r.size, r.crc) for r in self._runs.listed()],
+            alert_index=self.alerts.to_snapshot(),
         )
 
     # ------------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
         started = time.monotonic()
-        start_pos = self._load_snapshot()
+        start_pos, indexed = self._load_snapshot()
         if self._runs is not None:
             self._runs.discard_unlisted()  # replay re-derives what a later run held
         fired_by_record: list[tuple[int, int, list[_AlertRow]]] = []
@@ -395,13 +401,66 @@ class Partition:
                 self._remember_batch(batch_id, arrival, _outcome_from_record(first, len(rows), n_req, dups))
             self._last_arrival = max(self._last_arrival, arrival)
             replayed += 1
-        # The alert log keeps what it holds for events still in the log; a record for events the
-        # crash lost is cut, and alerts of replayed events it lacks are regenerated (same order,
-        # same offsets as they would have had), so it is exactly what the stored events imply.
+        covered = self._recover_alerts(indexed)
+        self.published_alert_offset = len(self.alerts)
+        for first, arrival, fired in fired_by_record:
+            if first > covered:
+                self._log_alerts(first, fired, arrival)
+        self._records_since_snapshot = replayed
+        if replayed or start_pos:
+            log.info(
+                "partition %d recovered: offset %d, %d records replayed in %.3fs",
+                self.number, self.last_offset, replayed, time.monotonic() - started,
+            )  # fmt: skip
+
+    def _recover_alerts(self, indexed: _IndexedAlerts | None) -> int:
+        """Check the alert log against the events replayed up to ``last_offset``, and index it;
+        returns the ``event_first_offset`` up to which it holds every alert those events fire.
+
+        The log keeps what it holds for events still in the log; a record for events the crash
+        lost is cut, and alerts of replayed events it lacks are regenerated by the caller (same
+        order, same offsets as they would have had), so it is exactly what the stored events
+        imply. With a snapshot holding the alert index, the log is read only from the records
+        holding the alerts kept in memory (at least the last one, which checks the index against
+        the log) on; the alerts before its position are those of events up to the snapshot's
+        ``last_offset``, written before it was and never cut since (a cut only takes alerts of
+        events after a durable snapshot's). An index the log does not match is dropped and the
+        whole log read, as for a snapshot of a version without one."""
+        if indexed is not None:
+            try:
+                return self._read_alert_log(indexed)
+            except _IndexMismatch as exc:
+                log.warning("partition %d: %s; reading the whole alert log", self.number, exc)
+                self.alerts = AlertList(self.number, self.alert_log, self._config.alerts_in_memory)
+        return self._read_alert_log(None)
+
+    def _read_alert_log(self, indexed: _IndexedAlerts | None) -> int:
+        """The alert log read from the start, or past what the snapshot's alert index holds."""
         covered = 0
-        for pos, payload in self.alert_log.scan():
+        refilling = indexed is not None
+        """Whether the records read now are those before the snapshot's alert position."""
+        if indexed is not None:
+            try:
+                first = self.alerts.restore(indexed.index, indexed.count)
+                records = self.alert_log.scan(indexed.position if first is None else first)
+            except ValueError as exc:  # from the index, or a position at which no record starts
+                raise _IndexMismatch(str(exc)) from None
+            covered = indexed.last_offset
+        else:
+            records = self.alert_log.scan()
+        for pos, payload in records:
             try:
                 event_first, first_alert, alert_rows = decode_alert_record(payload)
+            except Exception as exc:
+                raise self._unrecoverable(self.alert_log, pos, exc) from exc
+            if refilling:
+                assert indexed is not None
+                if pos < indexed.position:  # a record the index holds: its newest alerts go to memory
+                    self._refill_alerts(pos, event_first, first_alert, alert_rows, indexed.last_offset)
+                    continue
+                self._refilled()
+                refilling = False
+            try:
                 expected = len(self.alerts) + 1
                 if event_first <= self.last_offset and first_alert != expected:
                     raise ValueError(f"its alert offsets start at {first_alert}, not at {expected}")
@@ -414,16 +473,24 @@ class Partition:
             self._load_alerts(alert_rows, pos)
             self.alerts.release(len(self.alerts))  # read from the log: it can be read again
             covered = event_first
-        self.published_alert_offset = len(self.alerts)
-        for first, arrival, fired in fired_by_record:
-            if first > covered:
-                self._log_alerts(first, fired, arrival)
-        self._records_since_snapshot = replayed
-        if replayed or start_pos:
-            log.info(
-                "partition %d recovered: offset %d, %d records replayed in %.3fs",
-                self.number, self.last_offset, replayed, time.monotonic() - started,
-            )  # fmt: skip
+        if refilling:
+            self._refilled()
+        self.alerts.release(len(self.alerts))
+        return covered
+
+    def _refill_alerts(
+        self, pos: int, event_first: int, first_alert: int, rows: list[list[object]], last_offset: int
+    ) -> None:
+        if event_first > last_offset:
+            raise _IndexMismatch(f"the alert record at {pos} is of events after the snapshot")
+        try:
+            self.alerts.refill(pos, first_alert, rows)
+        except ValueError as exc:
+            raise _IndexMismatch(str(exc)) from None
+
+    def _refilled(self) -> None:
+        if not self.alerts.refilled:
+            raise _IndexMismatch("the records before the snapshot's alert position lack alerts it indexes")
 
     def _unrecoverable(self, record_log: RecordLog, position: int, exc: Exception) -> PartitionRecoveryError:
         return PartitionRecoveryError(
@@ -433,16 +500,20 @@ class Partition:
             'it as docs/operations.md describes ("Recovery failed")'
         )
 
-    def _load_snapshot(self) -> int:
+    def _load_snapshot(self) -> tuple[int, _IndexedAlerts | None]:
+        """Load the stored snapshot into the state; returns the event log position replay starts
+        at and what the snapshot says of the alert log (0 and None: no usable snapshot; None: one
+        without the alert index). Only these are kept: the rest of the decoded snapshot is freed
+        before the replay."""
         stored = self._storage.read_snapshot()
         if stored is None:
-            return 0
+            return 0, None
         data, written_at = stored
         try:
             state = decode_snapshot(data)
         except RecordFormatError as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
-            return 0
+            return 0, None
         # A log cut below what the snapshot covers (damage, a lost disk write) puts the snapshot
         # ahead of the log: replaying the log rebuilds the state and regenerates the lost alerts.
         if (
@@ -450,7 +521,7 @@ class Partition:
             or state.alert_position > self.alert_log.end_position
         ):
             log.warning("partition %d: snapshot does not match the log; replaying the log", self.number)
-            return 0
+            return 0, None
         try:
             aggregates = PartitionAggregates.from_snapshot(
                 state.aggregates, self._fetch_events, self._specs, self._engine.stores
@@ -458,7 +529,7 @@ class Partition:
             dedup = self._engine.load_dedup(self._config.dedup_window_ns, state.dedup)
         except ValueError as exc:  # a snapshot format this version does not read: the log is the truth
             log.warning("partition %d: snapshot not loadable (%s); replaying the log", self.number, exc)
-            return 0
+            return 0, None
         if state.index_runs:
             try:
                 if self._runs is None:
@@ -468,7 +539,7 @@ class Partition:
                 log.warning(
                     "partition %d: snapshot's index runs unusable (%s); replaying the log", self.number, exc
                 )
-                return 0
+                return 0, None
         self.aggregates = aggregates
         self.dedup = dedup
         self.index = self._engine.load_index(state.index)
@@ -478,7 +549,10 @@ class Partition:
         self.last_snapshot_time = written_at
         for batch_id, arrival, offsets, n_dup in state.batches:
             self._batches[batch_id] = (arrival, IngestOutcome(offsets, n_dup))
-        return state.event_position
+        if state.alert_index is None:
+            return state.event_position, None
+        alerts = _IndexedAlerts(state.alert_index, state.alert_count, state.alert_position, state.last_offset)
+        return state.event_position, alerts
 
     # ------------------------------------------------------------------ reads
 
@@ -653,7 +727,7 @@ class Partition:
         self, account_id: int, after_offset: int, page_size: int
     ) -> tuple[list[Alert], bool]:
         """The account's durable alerts with offset > ``after_offset``."""
-        offsets = self._alerts_by_account.get(account_id, _NO_ALERTS)
+        offsets = self.alerts.offsets_of(account_id)
         limit = self.published_alert_offset
         start = bisect_right(offsets, after_offset)
         wanted = [o for o in offsets[start : start + page_size + 1] if o <= limit]

@@ -25,6 +25,7 @@ __all__ = [
     "ALERT_RECORD_VERSION",
     "EVENT_RECORD_VERSION",
     "SNAPSHOT_VERSION",
+    "AlertIndex",
     "AlertRecord",
     "EventRecord",
     "RecordFormatError",
@@ -42,12 +43,14 @@ EVENT_RECORD_VERSION = 1
 ALERT_RECORD_VERSION = 1
 """Version 1 of the alert record is untagged (a 3-element array, as every stored one is); a later
 version must be told apart by its shape, e.g. a leading version number."""
-SNAPSHOT_VERSION = 2
-"""The ``"v"`` key of a snapshot that relies on index runs (``"index_runs"``: ``[[file name, size,
-CRC], ...]``, ``node.index_run``). One that relies on none is written as version 1, without the
-key, as before runs existed: a version that knows no runs reads it, and refuses (so replays its
-log instead of losing the positions in the runs) one that relies on some."""
-_SNAPSHOT_VERSIONS = (1, SNAPSHOT_VERSION)
+SNAPSHOT_VERSION = 3
+"""The ``"v"`` key of a snapshot holding the alert index (``"alert_index"``: :class:`AlertIndex`),
+and the index runs it relies on if any (``"index_runs"``: ``[[file name, size, CRC], ...]``,
+``node.index_run``). Version 2 holds runs and no alert index, version 1 neither (both are still
+read: recovery then reads the whole alert log); one without an alert index is still written in
+them. A version that knows no alert index refuses a version-3 snapshot and replays its logs."""
+_RUNS_VERSION = 2
+_SNAPSHOT_VERSIONS = (1, _RUNS_VERSION, SNAPSHOT_VERSION)
 
 
 class RecordFormatError(ValueError):
@@ -86,6 +89,21 @@ class AlertRecord(NamedTuple):
     record time]`` per alert."""
 
 
+class AlertIndex(NamedTuple):
+    """Where a partition's alerts are, as of a snapshot of ``alert_count`` alerts: what recovery
+    would otherwise rebuild by reading the whole alert log (``node.alert_list``). Packed bytes,
+    not lists of ints: a partition keeps its alerts for years."""
+
+    positions: Any
+    """Alert log position of the record of alerts 1..alert_count: little-endian uint64 each, in
+    ``bytes`` blocks (of 2**15 positions as written; any split reads back) (a list; a chunked one
+    while a snapshot is packed)."""
+    accounts: Any
+    """``[account, offsets]`` of each account with alerts: its alert offsets in order, as
+    little-endian uint32 (int64 when the partition has more than 2**32 - 1 alerts) (a list; a
+    chunked one while a snapshot is packed)."""
+
+
 @dataclass(slots=True)
 class Snapshot:
     """A partition's state at one pair of log positions. ``aggregates``, ``dedup`` and ``index``
@@ -108,6 +126,8 @@ class Snapshot:
     index_runs: list[tuple[str, int, int]] = field(default_factory=list)
     """``(file name, size, CRC)`` of each index run (oldest first) holding positions the index
     part does not: ``node.index_runs``."""
+    alert_index: AlertIndex | None = None
+    """Where the ``alert_count`` alerts are; None in a snapshot of version 1 or 2."""
 
 
 def encode_event_record(record: EventRecord) -> bytes:
@@ -188,9 +208,11 @@ async def encode_snapshot(snapshot: Snapshot) -> bytes:
     map, then the CRC-32 of it (4 bytes, little endian), so that a damaged snapshot is refused
     instead of loaded as wrong numbers."""
     runs = {"index_runs": [list(r) for r in snapshot.index_runs]} if snapshot.index_runs else {}
+    index = snapshot.alert_index
+    alerts = {} if index is None else {"alert_index": [index.positions, index.accounts]}
     return await pack_in_slices(
         {
-            "v": SNAPSHOT_VERSION if runs else 1,
+            "v": SNAPSHOT_VERSION if alerts else _RUNS_VERSION if runs else 1,
             "partition": snapshot.partition,
             "event_pos": snapshot.event_position,
             "last_offset": snapshot.last_offset,
@@ -202,6 +224,7 @@ async def encode_snapshot(snapshot: Snapshot) -> bytes:
             "index": snapshot.index,
             "batches": [list(b) for b in snapshot.batches],
             **runs,
+            **alerts,
         },
         crc32_trailer=True,
     )
@@ -223,7 +246,7 @@ def decode_snapshot(data: bytes) -> Snapshot:
         raise RecordFormatError("snapshot is not a map")
     version = state.get("v")
     if version not in _SNAPSHOT_VERSIONS or type(version) is not int:
-        raise RecordFormatError(f"snapshot version {version!r} is not 1 or {SNAPSHOT_VERSION}")
+        raise RecordFormatError(f"snapshot version {version!r} is not 1, 2 or {SNAPSHOT_VERSION}")
     missing = [k for k in (*_SNAPSHOT_INTS, "aggregates", "dedup", "index", "batches") if k not in state]
     if missing:
         raise RecordFormatError(f"snapshot lacks {', '.join(missing)}")
@@ -244,16 +267,22 @@ def decode_snapshot(data: bytes) -> Snapshot:
         ):
             raise RecordFormatError("snapshot batch entry is not [batch id, arrival, offsets, duplicates]")
         batches.append((entry[0], entry[1], entry[2], entry[3]))
-    runs = state.get("index_runs") if version == SNAPSHOT_VERSION else []
+    if version == 1:
+        runs: Any = []
+    elif version == _RUNS_VERSION:
+        runs = state.get("index_runs")  # the reason for version 2: one run at least
+    else:
+        runs = state.get("index_runs", [])
     if not (
         type(runs) is list
-        and (runs or version == 1)
+        and (runs or version != _RUNS_VERSION)
         and all(
             type(r) is list and len(r) == 3 and type(r[0]) is str and _is_int(r[1]) and _is_int(r[2])
             for r in runs
         )
     ):
         raise RecordFormatError("snapshot index runs are not a list of [file name, size, CRC]")
+    alert_index = _decode_alert_index(state, version)
     return Snapshot(
         partition=state["partition"],
         event_position=state["event_pos"],
@@ -266,7 +295,27 @@ def decode_snapshot(data: bytes) -> Snapshot:
         index=state["index"],
         batches=batches,
         index_runs=[(r[0], r[1], r[2]) for r in runs],
+        alert_index=alert_index,
     )
+
+
+def _decode_alert_index(state: dict[Any, Any], version: int) -> AlertIndex | None:
+    """The snapshot's alert index (version 3), its shape checked; whether it describes the
+    alert log is for recovery to find (``AlertList.restore``)."""
+    if version != SNAPSHOT_VERSION:
+        return None
+    index = state.get("alert_index")
+    if not (
+        type(index) is list
+        and len(index) == 2
+        and type(index[0]) is list
+        and all(type(block) is bytes for block in index[0])
+        and sum(map(len, index[0])) == 8 * state["alert_count"]
+        and type(index[1]) is list
+        and all(type(e) is list and len(e) == 2 and _is_int(e[0]) and type(e[1]) is bytes for e in index[1])
+    ):
+        raise RecordFormatError("snapshot alert index is not [positions, [[account, offsets], ...]]")
+    return AlertIndex(index[0], [(e[0], e[1]) for e in index[1]])
 
 
 def _unpack(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
 from node.jetstream.backend import JetStreamBackend
+from node.jetstream.subject_log import JetStreamLog
 from node.node import Node, NodeConfig
 from node.records import AlertRecord, decode_event_record, encode_alert_record
 from tests.integration.helpers import T0
@@ -229,6 +231,66 @@ async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
         other = await node_on(again, NodeConfig(tmp_path / "copy", alerts_in_memory=0))
         await other.start()
         try:
+            assert await _alerts_read(other) == got
+        finally:
+            await other.close()
+            await again.disconnect()
+    finally:
+        await node.close()
+        await backend.disconnect()
+
+
+async def test_a_takeover_reads_only_the_alert_records_past_the_snapshot(
+    tmp_path: Path, nats_cluster: NatsCluster, stream_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node loading a partition from the stream and its snapshot (a takeover) reads from the
+    alert subject only the records past the snapshot and the one holding the alerts it keeps in
+    memory (docs/design.md, "Alerts in memory and on disk"), and serves every alert as the node
+    that wrote them did."""
+    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
+    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=2))
+    await node.start()
+    try:
+        await node.create_metric(
+            Metric("calls", AggType.SUM, thresholds=[AlertThreshold("every_10", 10, recurring=True)])
+        )
+
+        async def rounds(first: int, last: int) -> None:
+            # Each event crosses the next multiple of 10: an alert record per partition and round,
+            # holding its 3 accounts' alerts.
+            for r in range(first, last + 1):
+                rows: list[EventRow] = [(a, "calls", 10, T0 + r, None, 1, f"{r}-{a}") for a in range(1, 7)]
+                await node.ingest(_parts(rows), True, "")
+
+        await rounds(1, 10)
+        for partition in node.partitions:
+            await partition.snapshot()
+        await rounds(11, 14)
+        got = await _alerts_read(node)
+        assert [p.alert_log.end_position for p in node.partitions] == [14, 14]
+        read: set[tuple[str, int]] = set()
+        scan, read_one = JetStreamLog.scan, JetStreamLog.read
+
+        def counting_scan(log: JetStreamLog, start_position: int = 0) -> Iterator[tuple[int, bytes]]:
+            for position, record in scan(log, start_position):
+                read.add((log.subject, position))
+                yield position, record
+
+        def counting_read(log: JetStreamLog, position: int) -> bytes:
+            read.add((log.subject, position))
+            return read_one(log, position)
+
+        monkeypatch.setattr(JetStreamLog, "scan", counting_scan)
+        monkeypatch.setattr(JetStreamLog, "read", counting_read)
+        shutil.copytree(tmp_path / "data", tmp_path / "copy")
+        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
+        other = await node_on(again, NodeConfig(tmp_path / "copy", alerts_in_memory=2))
+        monkeypatch.undo()
+        try:
+            alert_records = sorted(p for subject, p in read if subject.endswith(".alerts"))
+            # Per partition: records 10 to 13 (past the snapshot) and 9 (its newest 2 alerts).
+            assert alert_records == sorted([9, 10, 11, 12, 13] * PARTITIONS)
+            await other.start()
             assert await _alerts_read(other) == got
         finally:
             await other.close()

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from node.aggregation.snapshot_data import pack
 from node.records import (
+    AlertIndex,
     AlertRecord,
     EventRecord,
     RecordFormatError,
@@ -124,6 +125,25 @@ async def test_a_snapshot_is_the_map_it_always_was_and_reads_back() -> None:
     assert decode_snapshot(data) == snapshot
 
 
+async def test_a_snapshot_with_the_alert_index_is_version_3_and_reads_back() -> None:
+    # Alerts 1 and 2 in the alert record at 40; account 7 has alert 1, account 9 alert 2.
+    positions = [(40).to_bytes(8, "little"), (40).to_bytes(8, "little")]  # blocks of any size
+    accounts = [(7, (1).to_bytes(4, "little")), (9, (2).to_bytes(4, "little"))]
+    snapshot = _snapshot()
+    snapshot.alert_index = AlertIndex(positions, accounts)
+    snapshot.index_runs = [("run-1", 64, 5)]
+    data = await encode_snapshot(snapshot)
+    state = msgpack.unpackb(data[:-4], strict_map_key=False)
+    assert state["v"] == 3
+    assert state["alert_index"] == [positions, [[7, b"\x01\0\0\0"], [9, b"\x02\0\0\0"]]]
+    assert state["index_runs"] == [["run-1", 64, 5]]
+    assert decode_snapshot(data) == snapshot
+    snapshot.index_runs = []  # version 3 relies on runs or not
+    data = await encode_snapshot(snapshot)
+    assert "index_runs" not in msgpack.unpackb(data[:-4], strict_map_key=False)
+    assert decode_snapshot(data) == snapshot
+
+
 def _with_crc(body: bytes) -> bytes:
     return body + zlib.crc32(body).to_bytes(4, "little")
 
@@ -186,10 +206,19 @@ def test_a_malformed_alert_record_is_refused_saying_why(payload: bytes, why: str
 
 async def test_a_malformed_snapshot_is_refused_saying_why() -> None:
     good = msgpack.unpackb((await encode_snapshot(_snapshot()))[:-4], strict_map_key=False)
+
+    def with_alert_index(index: object) -> bytes:
+        return _with_crc(msgpack.packb({**good, "v": 3, "alert_index": index}))
+
     cases: list[tuple[bytes, str]] = [
         (_with_crc(b"\xdf"), "not valid msgpack"),
         (_with_crc(msgpack.packb([1])), "not a map"),
-        (_with_crc(msgpack.packb({**good, "v": 3})), "version 3 is not 1 or 2"),
+        (_with_crc(msgpack.packb({**good, "v": 4})), "version 4 is not 1, 2 or 3"),
+        (_with_crc(msgpack.packb({**good, "v": 3})), "alert index is not"),
+        (with_alert_index([[b"\0" * 8], []]), "alert index is not"),  # 2 alerts, 1 position
+        (with_alert_index([b"\0" * 16, []]), "alert index is not"),  # not in blocks
+        (with_alert_index([[b"\0" * 16], [[7]]]), "alert index is not"),
+        (with_alert_index([[b"\0" * 16], [[7, 1]]]), "alert index is not"),
         (_with_crc(msgpack.packb({**good, "v": 2})), "index runs are not a list"),
         (_with_crc(msgpack.packb({**good, "v": 2, "index_runs": []})), "index runs are not a list"),
         (_with_crc(msgpack.packb({**good, "v": 2, "index_runs": [["r", 1]]})), "index runs are not a list"),
