@@ -76,53 +76,69 @@ async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> bytes:
     """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
     ``crc32_trailer``, followed by the CRC-32 of those bytes (4 bytes, little endian), computed a
     piece at a time so that a large snapshot does not stall the loop."""
-    packer = msgpack.Packer(default=_resolve)
-    out: list[bytes] = []
-    step_started = time.perf_counter()
+    packing = _SlicedPacking()
+    await packing.walk(data)
+    out = packing.out
+    if crc32_trailer:
+        crc = 0
+        for piece in out:
+            crc = zlib.crc32(piece, crc)
+            await packing.step_done()
+        out.append(crc.to_bytes(4, "little"))
+    return b"".join(out)
 
-    async def step_done() -> None:
-        nonlocal step_started
-        if time.perf_counter() - step_started >= _SLICE_SECONDS:
+
+class _SlicedPacking:
+    """One :func:`pack_in_slices` call's state: the packed pieces so far and the current slice.
+
+    A class, not closures: a recursive nested function is a reference cycle (the function, its
+    closure cell, the function again) that kept ``out``, every piece of the snapshot, alive until
+    the cyclic garbage collector's next full collection. The node snapshots its partitions one
+    after another, so each round's snapshots piled up in memory (+100-250 MiB for the whole
+    round at the soak's shape, docs/reliability.md "Snapshot memory"); without a cycle they are
+    freed when the call returns."""
+
+    __slots__ = ("out", "packer", "step_started")
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(default=_resolve)
+        self.out: list[bytes] = []
+        self.step_started = time.perf_counter()
+
+    async def step_done(self) -> None:
+        if time.perf_counter() - self.step_started >= _SLICE_SECONDS:
             await asyncio.sleep(0)
-            step_started = time.perf_counter()
+            self.step_started = time.perf_counter()
 
-    async def walk(value: object) -> None:
+    async def walk(self, value: object) -> None:
+        out, packer = self.out, self.packer
         if isinstance(value, Deferred):
             value = value()
-            await step_done()
+            await self.step_done()
         if isinstance(value, Chunked):
             out.append(packer.pack_array_header(value.length))
             step = value.step
             for lo in range(0, value.length, step):
                 out.append(_pack_items(packer, value.chunk(lo, min(lo + step, value.length))))
-                await step_done()
+                await self.step_done()
         elif isinstance(value, dict):
             out.append(packer.pack_map_header(len(value)))
             for key, item in value.items():
-                await walk(key)
-                await walk(item)
+                await self.walk(key)
+                await self.walk(item)
         elif isinstance(value, list | tuple) and len(value) <= _STRUCTURE:
             # Short lists are the structure around columns: walk them for Deferred values.
             out.append(packer.pack_array_header(len(value)))
             for item in value:
-                await walk(item)
+                await self.walk(item)
         elif isinstance(value, list | tuple):
             # Long lists are columns of leaves: pack them a chunk at a time.
             out.append(packer.pack_array_header(len(value)))
             for i in range(0, len(value), _CHUNK):
                 out.append(_pack_items(packer, value[i : i + _CHUNK]))
-                await step_done()
+                await self.step_done()
         else:
             out.append(packer.pack(value))
-
-    await walk(data)
-    if crc32_trailer:
-        crc = 0
-        for piece in out:
-            crc = zlib.crc32(piece, crc)
-            await step_done()
-        out.append(crc.to_bytes(4, "little"))
-    return b"".join(out)
 
 
 def _pack_items(packer: msgpack.Packer, items: list[object] | tuple[object, ...]) -> bytes:
