@@ -35,7 +35,6 @@ from node.node import Node, NodeConfig
 
 __all__ = ["main"]
 
-PARTITIONS = 64
 ACCOUNTS = 10_000
 METRICS = [Metric(f"m{i}", AggType.SUM) for i in range(5)]
 BATCH = 1000
@@ -78,7 +77,8 @@ class Load:
     is the node's clock too, simulated at the same rate: a round of ``60 * rate`` events is a
     minute, so the 60-second dedup window holds the soak's number of keys."""
 
-    def __init__(self, seed: int, age: float, rate: int) -> None:
+    def __init__(self, seed: int, age: float, rate: int, partitions: int) -> None:
+        self.partitions = partitions
         self._rng = random.Random(seed)
         self._k = 0
         self._start = time.time_ns()
@@ -95,7 +95,7 @@ class Load:
             account = rng.randrange(1, ACCOUNTS + 1)
             t = self._t0 + k * 1_000_000_000 // self._rate
             row = (account, f"m{rng.randrange(5)}", rng.randrange(1, 1000), t, None, 1, f"e-{k}")
-            parts.setdefault(partition_of(account, PARTITIONS), []).append(row)
+            parts.setdefault(partition_of(account, self.partitions), []).append(row)
             self._k += 1
         return sorted(parts.items())
 
@@ -156,11 +156,11 @@ async def measure_round(node: Node, load: Load, args: argparse.Namespace) -> str
 
 async def measure(args: argparse.Namespace) -> None:
     root = Path(tempfile.mkdtemp(prefix="unimeter-snapshot-memory-"))
-    load = Load(seed=1, age=args.event_age, rate=RATE)
+    load = Load(seed=1, age=args.event_age, rate=RATE, partitions=args.partitions)
     config = NodeConfig(
         root / "data",
         clock=load,
-        partitions=PARTITIONS,
+        partitions=args.partitions,
         engine="native",
         dedup_window_seconds=60.0,
         memory_horizon_ns=60 * 10**9,
@@ -189,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.snapshot_memory", description=__doc__)
     parser.add_argument("--events", type=int, default=60 * RATE, help="events ingested before each round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=64, help="fewer: larger snapshots each")
     parser.add_argument("--event-age", type=float, default=9000.0, help="seconds the first event is old")
     parser.add_argument("--sample-ms", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=1.0, help="seconds sampled after each round")

@@ -134,9 +134,10 @@ class PartitionStorage(Protocol):
         """The latest snapshot's bytes and the wall-clock time it was stored, or None."""
         ...
 
-    def write_snapshot(self, data: bytes) -> asyncio.Future[None]:
-        """Start replacing the snapshot with ``data``, atomically; the future ends with the write
-        (it runs on even if the caller stops waiting for it)."""
+    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+        """Start replacing the snapshot with the bytes of ``pieces``, one after the other,
+        atomically; the future ends with the write (it runs on even if the caller stops waiting
+        for it). Pieces, not their join: the file takes them without a second copy in memory."""
         ...
 
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices"]
+__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices", "pack_pieces_in_slices"]
 
 _CHUNK = 4096  # list elements packed per step
 _STRUCTURE = 64  # lists up to this long are walked element by element, longer ones packed in chunks
+_SHARED_BYTES = 4096  # bytes values longer than this become pieces of their own, not copied
 _SLICE_SECONDS = 0.002  # loop time a packing step may take before it yields
 
 
@@ -76,6 +77,12 @@ async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> bytes:
     """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
     ``crc32_trailer``, followed by the CRC-32 of those bytes (4 bytes, little endian), computed a
     piece at a time so that a large snapshot does not stall the loop."""
+    return b"".join(await pack_pieces_in_slices(data, crc32_trailer=crc32_trailer))
+
+
+async def pack_pieces_in_slices(data: object, *, crc32_trailer: bool = False) -> list[bytes]:
+    """The bytes of :func:`pack_in_slices` as the pieces they were packed in, not joined: a
+    file takes them one after the other without a second copy of the whole in memory."""
     packing = _SlicedPacking()
     await packing.walk(data)
     out = packing.out
@@ -85,7 +92,7 @@ async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> bytes:
             crc = zlib.crc32(piece, crc)
             await packing.step_done()
         out.append(crc.to_bytes(4, "little"))
-    return b"".join(out)
+    return out
 
 
 class _SlicedPacking:
@@ -137,8 +144,22 @@ class _SlicedPacking:
             for i in range(0, len(value), _CHUNK):
                 out.append(_pack_items(packer, value[i : i + _CHUNK]))
                 await self.step_done()
+        elif type(value) is bytes and len(value) > _SHARED_BYTES:
+            # Captured columns (the dedup table's) go out as they are, not copied into a packed
+            # piece: the snapshot holds them once, not twice, until it is written.
+            out.append(_bin_header(len(value)))
+            out.append(value)
         else:
             out.append(packer.pack(value))
+
+
+def _bin_header(n: int) -> bytes:
+    """The msgpack bin header the packer writes before ``n`` bytes (the smallest that fits)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
 
 
 def _pack_items(packer: msgpack.Packer, items: list[object] | tuple[object, ...]) -> bytes:

@@ -110,8 +110,9 @@ class JetStreamStorage:
     def read_snapshot(self) -> tuple[bytes, float] | None:
         return self._snapshot
 
-    def write_snapshot(self, data: bytes) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._put(data))
+    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+        # An object store put takes the object whole (and the storage keeps it: read_snapshot).
+        return asyncio.ensure_future(self._put(b"".join(pieces)))
 
     async def _put(self, data: bytes) -> None:
         if self._held is not None and not self._held():
