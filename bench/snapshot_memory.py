@@ -1,8 +1,8 @@
 """``python -m bench.snapshot_memory``: what a snapshot round costs in RSS and time, in process.
 
-Builds a node on the native engine (64 partitions) with the rate soak's shape of state
+Builds a node on the native engine (64 partitions; ``--partitions``) with the rate soak's shape
 (docs/reliability.md, "Soak"): 10,000 accounts, 5 SUM metrics, every event with an id, event times
-two to three hours old, a 60-second memory horizon (so each round ages the index and folds minute
+2.5 hours old, a 60-second memory horizon (so each round ages the index and folds minute
 cells) and a 60-second dedup window. Each round ingests ``--events`` events, then snapshots every
 partition one after another as the node's maintenance loop does, while a thread samples the
 process's RSS (``/proc/self/status`` VmRSS) every few ms. It prints, per round: the RSS just
