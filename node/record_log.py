@@ -131,7 +131,9 @@ class PartitionStorage(Protocol):
     None: the backend keeps every ListEvents position in memory."""
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
-        """The latest snapshot's bytes and the wall-clock time it was stored, or None."""
+        """The latest snapshot's bytes and the wall-clock time it was stored, or None. Read by
+        the partition's recovery; the JetStream storage answers only its first call (with the
+        snapshot it was loaded with) and None after: it keeps no snapshot bytes in memory."""
         ...
 
     def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
