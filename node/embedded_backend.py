@@ -68,10 +68,10 @@ class SegmentPartitionStorage:
         except FileNotFoundError:
             return None
 
-    def write_snapshot(self, data: bytes) -> asyncio.Future[None]:
-        """Replace the snapshot file atomically, in the loop's default executor."""
+    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+        """Replace the snapshot file atomically with ``pieces``, in the loop's default executor."""
         return asyncio.get_running_loop().run_in_executor(
-            None, write_file_atomically, self.directory / _SNAPSHOT_FILE, data
+            None, write_file_atomically, self.directory / _SNAPSHOT_FILE, *pieces
         )
 
 

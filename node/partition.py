@@ -45,7 +45,7 @@ from .records import (
     decode_event_record,
     decode_snapshot,
     encode_alert_record,
-    encode_snapshot,
+    encode_snapshot_pieces,
 )
 
 if TYPE_CHECKING:
@@ -302,11 +302,11 @@ class Partition:
             covered = self._records_since_snapshot
             try:
                 # Ingestion goes on between slices: what it changes was copied, or is copy-on-write.
-                data = await encode_snapshot(state)
+                pieces = await encode_snapshot_pieces(state)
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()
-            await _until_done(self._storage.write_snapshot(data))
+            await _until_done(self._storage.write_snapshot(pieces))
             if self._runs is not None:
                 self._runs.delete_retired()  # the snapshot on disk no longer lists them
             # Records appended while the file was being written are not in it: they still count.

@@ -131,12 +131,15 @@ class PartitionStorage(Protocol):
     None: the backend keeps every ListEvents position in memory."""
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
-        """The latest snapshot's bytes and the wall-clock time it was stored, or None."""
+        """The latest snapshot's bytes and the wall-clock time it was stored, or None. Read by
+        the partition's recovery; the JetStream storage answers only its first call (with the
+        snapshot it was loaded with) and None after: it keeps no snapshot bytes in memory."""
         ...
 
-    def write_snapshot(self, data: bytes) -> asyncio.Future[None]:
-        """Start replacing the snapshot with ``data``, atomically; the future ends with the write
-        (it runs on even if the caller stops waiting for it)."""
+    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+        """Start replacing the snapshot with the bytes of ``pieces``, one after the other,
+        atomically; the future ends with the write (it runs on even if the caller stops waiting
+        for it). Pieces, not their join: the file takes them without a second copy in memory."""
         ...
 
 

@@ -24,10 +24,11 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices"]
+__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices", "pack_pieces_in_slices"]
 
 _CHUNK = 4096  # list elements packed per step
 _STRUCTURE = 64  # lists up to this long are walked element by element, longer ones packed in chunks
+_SHARED_BYTES = 4096  # bytes values longer than this become pieces of their own, not copied
 _SLICE_SECONDS = 0.002  # loop time a packing step may take before it yields
 
 
@@ -76,53 +77,89 @@ async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> bytes:
     """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
     ``crc32_trailer``, followed by the CRC-32 of those bytes (4 bytes, little endian), computed a
     piece at a time so that a large snapshot does not stall the loop."""
-    packer = msgpack.Packer(default=_resolve)
-    out: list[bytes] = []
-    step_started = time.perf_counter()
+    return b"".join(await pack_pieces_in_slices(data, crc32_trailer=crc32_trailer))
 
-    async def step_done() -> None:
-        nonlocal step_started
-        if time.perf_counter() - step_started >= _SLICE_SECONDS:
+
+async def pack_pieces_in_slices(data: object, *, crc32_trailer: bool = False) -> list[bytes]:
+    """The bytes of :func:`pack_in_slices` as the pieces they were packed in, not joined: a
+    file takes them one after the other without a second copy of the whole in memory."""
+    packing = _SlicedPacking()
+    await packing.walk(data)
+    out = packing.out
+    if crc32_trailer:
+        crc = 0
+        for piece in out:
+            crc = zlib.crc32(piece, crc)
+            await packing.step_done()
+        out.append(crc.to_bytes(4, "little"))
+    return out
+
+
+class _SlicedPacking:
+    """One :func:`pack_in_slices` call's state: the packed pieces so far and the current slice.
+
+    A class, not closures: a recursive nested function is a reference cycle (the function, its
+    closure cell, the function again) that kept ``out``, every piece of the snapshot, alive until
+    the cyclic garbage collector's next full collection. The node snapshots its partitions one
+    after another, so each round's snapshots piled up in memory (+100-250 MiB for the whole
+    round at the soak's shape, docs/reliability.md "Snapshot memory"); without a cycle they are
+    freed when the call returns."""
+
+    __slots__ = ("out", "packer", "step_started")
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(default=_resolve)
+        self.out: list[bytes] = []
+        self.step_started = time.perf_counter()
+
+    async def step_done(self) -> None:
+        if time.perf_counter() - self.step_started >= _SLICE_SECONDS:
             await asyncio.sleep(0)
-            step_started = time.perf_counter()
+            self.step_started = time.perf_counter()
 
-    async def walk(value: object) -> None:
+    async def walk(self, value: object) -> None:
+        out, packer = self.out, self.packer
         if isinstance(value, Deferred):
             value = value()
-            await step_done()
+            await self.step_done()
         if isinstance(value, Chunked):
             out.append(packer.pack_array_header(value.length))
             step = value.step
             for lo in range(0, value.length, step):
                 out.append(_pack_items(packer, value.chunk(lo, min(lo + step, value.length))))
-                await step_done()
+                await self.step_done()
         elif isinstance(value, dict):
             out.append(packer.pack_map_header(len(value)))
             for key, item in value.items():
-                await walk(key)
-                await walk(item)
+                await self.walk(key)
+                await self.walk(item)
         elif isinstance(value, list | tuple) and len(value) <= _STRUCTURE:
             # Short lists are the structure around columns: walk them for Deferred values.
             out.append(packer.pack_array_header(len(value)))
             for item in value:
-                await walk(item)
+                await self.walk(item)
         elif isinstance(value, list | tuple):
             # Long lists are columns of leaves: pack them a chunk at a time.
             out.append(packer.pack_array_header(len(value)))
             for i in range(0, len(value), _CHUNK):
                 out.append(_pack_items(packer, value[i : i + _CHUNK]))
-                await step_done()
+                await self.step_done()
+        elif type(value) is bytes and len(value) > _SHARED_BYTES:
+            # Captured columns (the dedup table's) go out as they are, not copied into a packed
+            # piece: the snapshot holds them once, not twice, until it is written.
+            out.append(_bin_header(len(value)))
+            out.append(value)
         else:
             out.append(packer.pack(value))
 
-    await walk(data)
-    if crc32_trailer:
-        crc = 0
-        for piece in out:
-            crc = zlib.crc32(piece, crc)
-            await step_done()
-        out.append(crc.to_bytes(4, "little"))
-    return b"".join(out)
+
+def _bin_header(n: int) -> bytes:
+    """The msgpack bin header the packer writes before ``n`` bytes (the smallest that fits)."""
+    if n < 1 << 8:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 1 << 16:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
 
 
 def _pack_items(packer: msgpack.Packer, items: list[object] | tuple[object, ...]) -> bytes:

@@ -108,10 +108,15 @@ class JetStreamStorage:
         self.index_directory: Path | None = None
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
-        return self._snapshot
+        # Given to the first caller only (the partition, as it recovers) and then dropped, as is
+        # every snapshot this storage writes: kept, they held each partition's last snapshot in
+        # memory for as long as the node served it (the size of the state, again).
+        snapshot, self._snapshot = self._snapshot, None
+        return snapshot
 
-    def write_snapshot(self, data: bytes) -> asyncio.Future[None]:
-        return asyncio.ensure_future(self._put(data))
+    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+        # An object store put takes the object whole.
+        return asyncio.ensure_future(self._put(b"".join(pieces)))
 
     async def _put(self, data: bytes) -> None:
         if self._held is not None and not self._held():
@@ -125,7 +130,6 @@ class JetStreamStorage:
             await _settled(partial(self._bucket.put, self._name, data, meta=meta), f"snapshot {self._name}")
         except Exception as exc:
             raise OSError(f"snapshot {self._name} not stored in JetStream: {exc}") from exc
-        self._snapshot = (data, written_at)
 
 
 class JetStreamBackend:

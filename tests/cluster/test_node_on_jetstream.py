@@ -62,6 +62,8 @@ async def test_snapshot_in_the_cluster_then_replay(
         original = await node.ingest(_parts(first), True, "batch-1")
         for partition in node.partitions:
             await partition.snapshot()
+        # Stored in the bucket only: the storage keeps no snapshot bytes in memory.
+        assert [backend.open_partition(p).read_snapshot() for p in range(PARTITIONS)] == [None, None]
         later: list[EventRow] = [
             (a, "calls", 4, T0 + 100 + a + i, None, 1, f"b{a}-{i}") for a in range(1, 7) for i in range(3)
         ]
@@ -78,6 +80,8 @@ async def test_snapshot_in_the_cluster_then_replay(
         other = await node_on(again, NodeConfig(tmp_path / "copy"))
         try:
             assert all(p.last_snapshot_time is not None for p in other.partitions)  # loaded from the bucket
+            # Recovery took them; the storages do not keep them.
+            assert [again.open_partition(p).read_snapshot() for p in range(PARTITIONS)] == [None, None]
             assert [p.records_since_snapshot for p in other.partitions] == [
                 1,
                 1,

@@ -445,12 +445,12 @@ async def test_a_cancelled_snapshot_holds_the_next_one_until_its_file_write_ends
     order: list[str] = []
     real_write = embedded_backend.write_file_atomically
 
-    def slow_first_write(path: Path, data: bytes) -> None:
+    def slow_first_write(path: Path, *parts: bytes) -> None:
         order.append(f"start {len(order) // 2 + 1}")
         if len(order) == 1:
             started.set()
             gate.wait(10)
-        real_write(path, data)
+        real_write(path, *parts)
         order.append(f"end {len(order) // 2 + 1}")
 
     try:
@@ -545,7 +545,7 @@ async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_
     gate = threading.Event()
     started = threading.Event()
 
-    def failing_write(path: Path, data: bytes) -> None:
+    def failing_write(path: Path, *parts: bytes) -> None:
         started.set()
         gate.wait(10)
         raise OSError(errno.ENOSPC, "No space left on device")
