@@ -137,7 +137,6 @@ async def test_a_node_whose_start_stopped_waiting_for_its_share_turns_serving_on
     monkeypatch.setattr(Assignment, "start", start_without_waiting)
     stream = "GRPCHEALTHLATE"
     flags = cluster_flags(nats_cluster, stream, PARTITIONS, ttl=TTL)
-    n1 = await asyncio.to_thread(start_serve, tmp_path / "n1", *flags, "--node-id", "n1")
     server = UnimeterServer(
         nats_serve_config(
             tmp_path / "n2",
@@ -150,6 +149,7 @@ async def test_a_node_whose_start_stopped_waiting_for_its_share_turns_serving_on
             node_id="n2",
         )
     )
+    n1 = await asyncio.to_thread(start_serve, tmp_path / "n1", *flags, "--node-id", "n1")
     try:
         await owners_settled(n1.grpc_port, {"n1"})
         n1.proc.send_signal(signal.SIGSTOP)  # n2's share cannot be handed over
