@@ -611,16 +611,28 @@ class Partition:
                 for _, hour_refs in self.index.hours(account_id, lo, hi):
                     found.update(hour_refs)
             refs = sorted(found)
-        minutes = {m for lo, hi in windows for m in range(lo // _MINUTE_NS, (hi - 1) // _MINUTE_NS + 1)}
+        # Each minute with the windows that overlap it, or None where one covers it whole: a row
+        # found under its minute is checked against those only (an edge inside a folded hour is
+        # up to 60 one-minute windows, and checking every row against all of them was most of
+        # such a query's time).
+        minutes: dict[int, list[tuple[int, int]] | None] = {}
+        for lo, hi in windows:
+            for m in range(lo // _MINUTE_NS, (hi - 1) // _MINUTE_NS + 1):
+                if lo <= m * _MINUTE_NS and (m + 1) * _MINUTE_NS <= hi:
+                    minutes[m] = None
+                    continue
+                within = minutes.setdefault(m, [])
+                if within is not None:
+                    within.append((lo, hi))
         out: list[AppliedRow] = []
         for ref, (first, gens, rows) in zip(refs, self._decode_all(refs), strict=True):
             if gens.get(metric_code) != spec.generation:
                 continue
             by_minute = self._minute_index(ref, rows)
-            for minute in minutes:
+            for minute, within in minutes.items():
                 for i in by_minute.get((account_id, minute), ()):
                     account, code, value, t, props, op, _ = rows[i]
-                    if code == metric_code and any(lo <= t < hi for lo, hi in windows):
+                    if code == metric_code and (within is None or any(lo <= t < hi for lo, hi in within)):
                         out.append((account, value, t, props, op, first + i))
         out.sort(key=lambda r: r[5])
         return out
