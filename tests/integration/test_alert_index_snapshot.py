@@ -33,7 +33,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster_client import AggType, AlertThreshold, Client, Metric
+from cluster_client import Client
 from cluster_client.partitioning import partition_of
 from cluster_client.types import Alert, EventRow
 from node.node import Node, NodeConfig
@@ -41,16 +41,8 @@ from node.records import decode_snapshot
 from node.segment_log import SegmentLog
 from tests.engines import Target, over_targets
 from tests.integration.helpers import T0
+from tests.integration.test_alerts_beyond_memory import ACCOUNTS, METRIC, PARTITIONS, UNBOUNDED
 from tests.reliability.test_clock_jumps import SetClock
-
-PARTITIONS = 2
-ACCOUNTS = range(1, 7)
-UNBOUNDED = 10**9
-METRIC = Metric(
-    "calls",
-    AggType.SUM,
-    thresholds=(AlertThreshold("every_10", 10, recurring=True), AlertThreshold("at_25", 25)),
-)
 
 calls = st.lists(st.tuples(st.sampled_from(ACCOUNTS), st.integers(10, 40)), min_size=1, max_size=6)
 steps = st.lists(
