@@ -45,7 +45,7 @@ from .records import (
     decode_event_record,
     decode_snapshot,
     encode_alert_record,
-    encode_snapshot_pieces,
+    encode_snapshot,
 )
 
 if TYPE_CHECKING:
@@ -302,7 +302,7 @@ class Partition:
             covered = self._records_since_snapshot
             try:
                 # Ingestion goes on between slices: what it changes was copied, or is copy-on-write.
-                pieces = await encode_snapshot_pieces(state)
+                pieces = await encode_snapshot(state)
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()

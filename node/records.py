@@ -19,7 +19,7 @@ import msgpack
 
 from cluster_client.types import EventRow
 
-from .aggregation.snapshot_data import pack_pieces_in_slices
+from .aggregation.snapshot_data import pack_in_slices
 
 __all__ = [
     "ALERT_RECORD_VERSION",
@@ -36,7 +36,6 @@ __all__ = [
     "encode_alert_record",
     "encode_event_record",
     "encode_snapshot",
-    "encode_snapshot_pieces",
 ]
 
 EVENT_RECORD_VERSION = 1
@@ -204,20 +203,16 @@ def decode_alert_record(data: bytes) -> AlertRecord:
 _SNAPSHOT_CRC_BYTES = 4
 
 
-async def encode_snapshot(snapshot: Snapshot) -> bytes:
+async def encode_snapshot(snapshot: Snapshot) -> list[bytes]:
     """The stored bytes of a snapshot, packed in slices with the loop free in between: the msgpack
     map, then the CRC-32 of it (4 bytes, little endian), so that a damaged snapshot is refused
-    instead of loaded as wrong numbers."""
-    return b"".join(await encode_snapshot_pieces(snapshot))
-
-
-async def encode_snapshot_pieces(snapshot: Snapshot) -> list[bytes]:
-    """The bytes of :func:`encode_snapshot` in the pieces they were packed in (a partition writes
-    them to its snapshot file without joining them: one copy of the snapshot in memory, not two)."""
+    instead of loaded as wrong numbers. Returned as the pieces they were packed in: a partition
+    writes them to its snapshot file without joining them (one copy of the snapshot in memory,
+    not two)."""
     runs = {"index_runs": [list(r) for r in snapshot.index_runs]} if snapshot.index_runs else {}
     index = snapshot.alert_index
     alerts = {} if index is None else {"alert_index": [index.positions, index.accounts]}
-    return await pack_pieces_in_slices(
+    return await pack_in_slices(
         {
             "v": SNAPSHOT_VERSION if alerts else _RUNS_VERSION if runs else 1,
             "partition": snapshot.partition,

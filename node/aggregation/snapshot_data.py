@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices", "pack_pieces_in_slices"]
+__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices"]
 
 _CHUNK = 4096  # list elements packed per step
 _STRUCTURE = 64  # lists up to this long are walked element by element, longer ones packed in chunks
@@ -73,16 +73,12 @@ def pack(data: object) -> bytes:
     return msgpack.packb(data, default=_resolve)  # type: ignore[no-any-return]
 
 
-async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> bytes:
+async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> list[bytes]:
     """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
     ``crc32_trailer``, followed by the CRC-32 of those bytes (4 bytes, little endian), computed a
-    piece at a time so that a large snapshot does not stall the loop."""
-    return b"".join(await pack_pieces_in_slices(data, crc32_trailer=crc32_trailer))
-
-
-async def pack_pieces_in_slices(data: object, *, crc32_trailer: bool = False) -> list[bytes]:
-    """The bytes of :func:`pack_in_slices` as the pieces they were packed in, not joined: a
-    file takes them one after the other without a second copy of the whole in memory."""
+    piece at a time so that a large snapshot does not stall the loop. Returned as the pieces they
+    were packed in, not joined: a file takes them one after the other without a second copy of the
+    whole in memory."""
     packing = _SlicedPacking()
     await packing.walk(data)
     out = packing.out

@@ -117,7 +117,7 @@ async def _pack_while_applying(
     task = asyncio.create_task(ingest())
     await asyncio.sleep(0)  # the first record goes in between the capture and the first chunk
     try:
-        packed = await pack_in_slices(data)
+        packed = b"".join(await pack_in_slices(data))
         return packed, applied
     finally:
         store.aggregates.release_snapshot()
@@ -181,7 +181,7 @@ def test_an_event_index_capture_packs_the_index_it_was_taken_at_while_records_ar
                 live.add(ref * 10, pairs)
 
         task = asyncio.create_task(add())
-        packed = await pack_in_slices(data)
+        packed = b"".join(await pack_in_slices(data))
         await task
         return packed
 

@@ -8,7 +8,7 @@ import gc
 import msgpack
 import pytest
 
-from node.aggregation.snapshot_data import Chunked, Deferred, pack, pack_in_slices, pack_pieces_in_slices
+from node.aggregation.snapshot_data import Chunked, Deferred, pack, pack_in_slices
 
 
 def _data() -> dict[str, object]:
@@ -25,7 +25,7 @@ def _data() -> dict[str, object]:
 
 
 async def test_slices_give_exactly_the_bytes_of_one_call_and_read_back_as_plain_data() -> None:
-    sliced = await pack_in_slices(_data())
+    sliced = b"".join(await pack_in_slices(_data()))
     assert sliced == pack(_data())
     back = msgpack.unpackb(sliced)
     assert back["levels"][0][1] == [1, 2, 3]
@@ -36,7 +36,7 @@ async def test_slices_give_exactly_the_bytes_of_one_call_and_read_back_as_plain_
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 4095, 4096, 4097, 65_535, 65_536, 70_000])
 async def test_chunk_boundaries_and_array_header_sizes(n: int) -> None:
     data = {"column": [[i, -i] for i in range(n)], "ints": list(range(n))}
-    assert await pack_in_slices(data) == pack(data)
+    assert b"".join(await pack_in_slices(data)) == pack(data)
 
 
 @pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 70_000])
@@ -47,13 +47,13 @@ async def test_a_chunked_column_is_computed_chunk_by_chunk_and_packs_like_a_list
         asked.append((lo, hi))
         return [[i, str(i)] for i in range(lo, hi)]
 
-    sliced = await pack_in_slices({"column": Chunked(n, chunk), "chunks": Deferred(len, asked)})
+    sliced = b"".join(await pack_in_slices({"column": Chunked(n, chunk), "chunks": Deferred(len, asked)}))
     assert asked == [(lo, min(lo + 4096, n)) for lo in range(0, n, 4096)]
     # A Deferred after the column is resolved once every chunk was computed.
     assert msgpack.unpackb(sliced) == {"column": [[i, str(i)] for i in range(n)], "chunks": len(asked)}
     assert pack({"column": Chunked(n, chunk)}) == pack({"column": [[i, str(i)] for i in range(n)]})
     asked.clear()
-    stepped = await pack_in_slices({"column": Chunked(n, chunk, step=300)})
+    stepped = b"".join(await pack_in_slices({"column": Chunked(n, chunk, step=300)}))
     assert asked == [(lo, min(lo + 300, n)) for lo in range(0, n, 300)]
     assert stepped == pack({"column": Chunked(n, chunk)})
 
@@ -89,7 +89,7 @@ async def test_packing_leaves_no_cyclic_garbage() -> None:
     gc.collect()
     gc.disable()
     try:
-        packed = await pack_in_slices(_data(), crc32_trailer=True)
+        packed = b"".join(await pack_in_slices(_data(), crc32_trailer=True))
         assert gc.collect() == 0
     finally:
         gc.enable()
@@ -100,7 +100,7 @@ async def test_packing_leaves_no_cyclic_garbage() -> None:
 async def test_long_bytes_are_pieces_of_their_own_with_the_packers_header(n: int) -> None:
     column = bytes(range(256)) * (n // 256) + bytes(n % 256)
     data = {"dedup": ["tag", column, 7], "after": b"x" * 10}
-    pieces = await pack_pieces_in_slices(data, crc32_trailer=True)
+    pieces = await pack_in_slices(data, crc32_trailer=True)
     assert b"".join(pieces)[:-4] == pack(data) == msgpack.packb(data)
     # A long column is not copied: the very object is one of the pieces.
     assert any(piece is column for piece in pieces) == (n > 4096)
