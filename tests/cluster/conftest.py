@@ -7,8 +7,9 @@ other's records.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,23 @@ async def node_on(backend: JetStreamBackend, config: NodeConfig) -> Node:
     """A node serving every partition of ``backend``, built as the server builds one: in a worker
     thread, whose recovery reads the records from the stream (a wait the event loop cannot make)."""
     return await asyncio.to_thread(Node, config, backend.factory)
+
+
+@contextlib.asynccontextmanager
+async def node_on_stream(
+    cluster: NatsCluster, stream: str, config: NodeConfig, **overrides: object
+) -> AsyncIterator[tuple[Node, JetStreamBackend]]:
+    """A backend of ``stream`` (``open_backend``) and a node on it (``node_on``), recovered on
+    entering; the node closed and the backend disconnected on leaving."""
+    backend = await open_backend(cluster, stream, **overrides)
+    try:
+        node = await node_on(backend, config)
+        try:
+            yield node, backend
+        finally:
+            await node.close()
+    finally:
+        await backend.disconnect()
 
 
 async def commit_partition(backend: JetStreamBackend, partition: int) -> None:

@@ -22,7 +22,7 @@ from node.record_log import RecordsNotLoaded
 from tests.integration.helpers import SEC, T0
 from tools.nats_cluster import NatsCluster
 
-from .conftest import commit_partition, events_log, node_on, open_backend, scan_records
+from .conftest import commit_partition, events_log, node_on, node_on_stream, open_backend, scan_records
 
 CACHE = 2048
 HOUR = 3600 * SEC
@@ -176,9 +176,9 @@ async def test_a_restarted_node_replays_and_reads_its_records_from_the_stream(
         # Another node on the stream while this one still runs, as after a crash: it recovers from
         # the snapshot and the records after it, which only the stream has.
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
-        again = await open_backend(nats_cluster, stream_name, partitions=partitions, cache_bytes=CACHE)
-        other = await node_on(again, NodeConfig(tmp_path / "copy"))
-        try:
+        async with node_on_stream(
+            nats_cluster, stream_name, NodeConfig(tmp_path / "copy"), partitions=partitions, cache_bytes=CACHE
+        ) as (other, again):
             assert other.partitions[0].records_since_snapshot == 299  # replayed from the stream
             assert other.partitions[0].last_offset == 450
             await _replicated(again, stream_name)
@@ -189,9 +189,6 @@ async def test_a_restarted_node_replays_and_reads_its_records_from_the_stream(
             # request), nowhere near one request per event.
             assert again.reader.requests - before <= 5
             assert await _answers(other, accounts, partitions) == expected
-        finally:
-            await other.close()
-            await again.disconnect()
     finally:
         await node.close()
         await backend.disconnect()

@@ -23,7 +23,7 @@ from node.records import AlertRecord, decode_event_record, encode_alert_record
 from tests.integration.helpers import T0
 from tools.nats_cluster import NatsCluster
 
-from .conftest import node_on, open_backend, scan_records
+from .conftest import node_on, node_on_stream, open_backend, scan_records
 
 DAY = 86_400 * 1_000_000_000
 PARTITIONS = 2
@@ -76,9 +76,9 @@ async def test_snapshot_in_the_cluster_then_replay(
         assert node.stats.fsync_alerts.count == sum(p.alert_log.end_position for p in node.partitions)
         # The lock is per data directory; the copy has the metric registry and the node's identity.
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
-        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-        other = await node_on(again, NodeConfig(tmp_path / "copy"))
-        try:
+        async with node_on_stream(
+            nats_cluster, stream_name, NodeConfig(tmp_path / "copy"), partitions=PARTITIONS
+        ) as (other, again):
             assert all(p.last_snapshot_time is not None for p in other.partitions)  # loaded from the bucket
             # Recovery took them; the storages do not keep them.
             assert [again.open_partition(p).read_snapshot() for p in range(PARTITIONS)] == [None, None]
@@ -93,9 +93,6 @@ async def test_snapshot_in_the_cluster_then_replay(
             again_rows = await other.ingest(_parts(first), True, "")
             assert [o.offsets for o in again_rows] == [o.offsets for o in original]
             assert [o.n_duplicates for o in again_rows] == [len(rows) for _, rows in _parts(first)]
-        finally:
-            await other.close()
-            await again.disconnect()
     finally:
         await node.close()
         await backend.disconnect()
@@ -231,14 +228,15 @@ async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
             assert partition.alerts.in_memory <= 1
             assert len(partition.alerts) == len(applied[partition.number]) > 2
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
-        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
-        other = await node_on(again, NodeConfig(tmp_path / "copy", alerts_in_memory=0))
-        await other.start()
-        try:
+        async with node_on_stream(
+            nats_cluster,
+            stream_name,
+            NodeConfig(tmp_path / "copy", alerts_in_memory=0),
+            partitions=PARTITIONS,
+            cache_bytes=0,
+        ) as (other, _):
+            await other.start()
             assert await _alerts_read(other) == got
-        finally:
-            await other.close()
-            await again.disconnect()
     finally:
         await node.close()
         await backend.disconnect()
@@ -287,18 +285,19 @@ async def test_a_takeover_reads_only_the_alert_records_past_the_snapshot(
         monkeypatch.setattr(JetStreamLog, "scan", counting_scan)
         monkeypatch.setattr(JetStreamLog, "read", counting_read)
         shutil.copytree(tmp_path / "data", tmp_path / "copy")
-        again = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
-        other = await node_on(again, NodeConfig(tmp_path / "copy", alerts_in_memory=2))
-        monkeypatch.undo()
-        try:
+        async with node_on_stream(
+            nats_cluster,
+            stream_name,
+            NodeConfig(tmp_path / "copy", alerts_in_memory=2),
+            partitions=PARTITIONS,
+            cache_bytes=0,
+        ) as (other, _):
+            monkeypatch.undo()
             alert_records = sorted(p for subject, p in read if subject.endswith(".alerts"))
             # Per partition: records 10 to 13 (past the snapshot) and 9 (its newest 2 alerts).
             assert alert_records == sorted([9, 10, 11, 12, 13] * PARTITIONS)
             await other.start()
             assert await _alerts_read(other) == got
-        finally:
-            await other.close()
-            await again.disconnect()
     finally:
         await node.close()
         await backend.disconnect()
