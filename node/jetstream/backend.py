@@ -31,6 +31,7 @@ from nats.js.api import ObjectMeta, ObjectStoreConfig, StorageType
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
+    NoStreamResponseError,
     NotFoundError,
     ObjectNotFoundError,
     ServiceUnavailableError,
@@ -343,14 +344,15 @@ async def open_jetstream_backend(
 
 
 async def _settled(step: Callable[[], Awaitable[_T]], what: str) -> _T:
-    """``step()``, tried again while JetStream answers with timeouts, "unavailable" or "peer
-    offline" (a node started during a leader election, or while a replica's server catches up,
-    waits for it), for up to ``_SETUP_SECONDS``."""
+    """``step()``, tried again while JetStream answers with timeouts, "no responders" (a stream
+    without a leader: JetStream's publishes, object store puts among them, raise it as
+    ``NoStreamResponseError``), "unavailable" or "peer offline" (a node started during a leader
+    election, or while a replica's server catches up, waits for it), for up to ``_SETUP_SECONDS``."""
     deadline = time.monotonic() + _SETUP_SECONDS
     while True:
         try:
             return await step()
-        except (TimeoutError, nats.errors.NoRespondersError, APIError) as exc:
+        except (TimeoutError, nats.errors.NoRespondersError, NoStreamResponseError, APIError) as exc:
             transient = (
                 not isinstance(exc, APIError)
                 or isinstance(exc, ServiceUnavailableError)
