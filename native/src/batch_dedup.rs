@@ -6,11 +6,10 @@
 //! partition's index, which is only read; a new event gets the next offset, the arrival time if
 //! it has none, and its row is packed into the event record as it goes.
 
-use std::collections::HashMap;
-
 use crate::dedup_key::{derived_key, event_key, DerivedKeyInput};
 use crate::dedup_table::DedupTable;
 use crate::event_batch::{BatchEvent, EventBatch};
+use crate::int_hash::IntMap;
 use crate::msgpack_writer::MsgpackWriter;
 
 /// What the loop found: `python_dedup_batch`'s lists, the stored events, and their packed rows.
@@ -70,10 +69,16 @@ pub fn dedup_batch(
         ..BatchDedup::default()
     };
     let mut packed = MsgpackWriter::with_capacity(64 * n);
-    let mut batch_keys: HashMap<u64, u64> = HashMap::with_capacity(n);
+    // Every key first, their table slots prefetched, then the probes: the misses overlap.
+    let keys: Vec<Option<u64>> =
+        batch.events.iter().map(|e| key_of(batch, e, generations[e.code as usize])).collect();
+    for &key in keys.iter().flatten() {
+        table.prefetch(key);
+    }
+    let mut batch_keys: IntMap<u64, u64> = IntMap::with_capacity_and_hasher(n, Default::default());
     let mut next_offset = first_offset;
-    for (i, e) in batch.events.iter().enumerate() {
-        if let Some(key) = key_of(batch, e, generations[e.code as usize]) {
+    for (i, (e, key)) in batch.events.iter().zip(keys).enumerate() {
+        if let Some(key) = key {
             if let Some(original) = batch_keys.get(&key).copied().or_else(|| table.get(key)) {
                 out.offsets.push(original);
                 out.duplicates.push((i, original));
