@@ -8,6 +8,8 @@
 //! columns of `DedupIndex.to_snapshot`), and lets either engine recover the other's data
 //! directory. The design and its numbers are in docs/design.md ("Deduplication").
 
+use crate::prefetch::prefetch_line;
+
 /// Smallest table capacity (12 KiB per partition).
 const EMPTY_TABLE_SLOTS: usize = 1024;
 /// The table is rebuilt before its used slots (live and expired entries) pass 3/5 of it.
@@ -22,18 +24,6 @@ const MOVE_SLOTS: usize = 4096;
 const MOVE_SLOTS_PER_KEY: usize = 4;
 /// The group columns are compacted once this many (and over a quarter of) their entries are spent.
 const COMPACT_MIN: usize = 4096;
-
-/// A hint to load the cache line holding `p`; never faults, so any address will do.
-#[inline]
-fn prefetch_line<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is only a hint: it reads nothing the program sees and cannot fault.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 fn capacity_for(n: usize) -> usize {
     EMPTY_TABLE_SLOTS.max((n * REBUILT_LOAD.1).div_ceil(REBUILT_LOAD.0))

@@ -22,6 +22,7 @@ pub mod int_hash;
 pub mod msgpack_writer;
 pub mod partitioning;
 pub mod positions;
+pub mod prefetch;
 mod py_batch_ingest;
 mod py_dedup_index;
 mod py_event_batch;
