@@ -26,9 +26,10 @@ import msgpack
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError
 from cluster_client.node_api import IngestOutcome
-from cluster_client.types import Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
+from cluster_client.types import AggType, Alert, EventRow, OperationType, Period, QueryResult, StoredEvent
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
+from .aggregation.cells import COUNT, LAST_OFFSET, empty_cell, fold_row
 from .alert_list import AlertList
 from .clock import SYSTEM_CLOCK, Clock
 from .event_index import HOUR_NS
@@ -109,6 +110,41 @@ class PartitionConfig:
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
 _Decoded = tuple[int, dict[str, int], Sequence[EventRow]]
+
+
+class _MinuteIndex:
+    """What queries have worked out of one decoded record, kept with it: its rows by (account,
+    minute), and the cells of whole minutes already folded (a record never changes, so neither do
+    they)."""
+
+    __slots__ = ("cells", "rows_of")
+
+    def __init__(self, rows: Sequence[EventRow]) -> None:
+        self.rows_of: dict[tuple[int, int], list[int]] = {}
+        for i, row in enumerate(rows):
+            key = (row[0], row[3] // _MINUTE_NS)
+            found = self.rows_of.get(key)
+            if found is None:
+                self.rows_of[key] = [i]
+            else:
+                found.append(i)
+        self.cells: dict[tuple[int, int, str, bool], list[int]] = {}
+
+    def cell(
+        self, rows: Sequence[EventRow], first: int, account_id: int, minute: int, code: str, with_sum: bool
+    ) -> list[int]:
+        """The cell of the account's events of ``code`` in ``minute`` (offsets from ``first``)."""
+        key = (account_id, minute, code, with_sum)
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = empty_cell()
+            for i in self.rows_of.get((account_id, minute), ()):
+                _, row_code, value, t, _, op, _ = rows[i]
+                if row_code == code:
+                    fold_row(cell, value, t, op, first + i, with_sum)
+        return cell
+
+
 _AlertRow = AlertRow
 _INT64_MAX = 2**63 - 1
 _UINT64_MAX = 2**64 - 1
@@ -165,7 +201,7 @@ class Partition:
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._loaded: dict[int, bytes] = {}
         """Records fetched for the read :meth:`reading` runs now (empty between reads)."""
-        self._minute_indexes: OrderedDict[int, dict[tuple[int, int], list[int]]] = OrderedDict()
+        self._minute_indexes: OrderedDict[int, _MinuteIndex] = OrderedDict()
         self.alerts = AlertList(number, self.alert_log, config.alerts_in_memory)
         self.published_alert_offset = 0
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
@@ -593,14 +629,23 @@ class Partition:
         return out
 
     def _fetch_events(
-        self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self,
+        refs: list[int] | None,
+        account_id: int,
+        metric_code: str,
+        windows: list[tuple[int, int]],
+        whole_minutes: list[list[int]] | None = None,
     ) -> list[AppliedRow]:
         """Rows of one account and metric (current generation) in the given records and time windows;
         ``refs`` None: in the records the event index lists for the account in the windows' hours.
+        Given ``whole_minutes``, the events of minutes a window covers whole go there instead, as
+        one cell per record and minute (``FetchEvents``).
 
         Used for the partial edge minutes of range queries (and the edges inside hours whose minute
         cells are folded): a per-record index by (account, minute) means a 10,000-event record is
-        scanned once, not on every query that touches its minutes.
+        scanned once, not on every query that touches its minutes, and a whole minute's cell is
+        folded once, not on every query that reads it (an edge inside a folded hour is mostly
+        whole minutes: up to 59 of them, every event of each read again per query otherwise).
         """
         spec = self._spec_of(metric_code)
         if spec is None:
@@ -624,31 +669,32 @@ class Partition:
                 within = minutes.setdefault(m, [])
                 if within is not None:
                     within.append((lo, hi))
+        with_sum = spec.agg_type is AggType.SUM
         out: list[AppliedRow] = []
         for ref, (first, gens, rows) in zip(refs, self._decode_all(refs), strict=True):
             if gens.get(metric_code) != spec.generation:
                 continue
-            by_minute = self._minute_index(ref, rows)
+            index = self._minute_index(ref, rows)
             for minute, within in minutes.items():
-                for i in by_minute.get((account_id, minute), ()):
+                indexes = index.rows_of.get((account_id, minute))
+                if indexes is None:
+                    continue
+                if within is None and whole_minutes is not None:
+                    cell = index.cell(rows, first, account_id, minute, metric_code, with_sum)
+                    if cell[COUNT] or cell[LAST_OFFSET]:  # any event (an ADD and a REMOVE count 0)
+                        whole_minutes.append(cell)
+                    continue
+                for i in indexes:
                     account, code, value, t, props, op, _ = rows[i]
                     if code == metric_code and (within is None or any(lo <= t < hi for lo, hi in within)):
                         out.append((account, value, t, props, op, first + i))
         out.sort(key=lambda r: r[5])
         return out
 
-    def _minute_index(self, ref: int, rows: Sequence[EventRow]) -> dict[tuple[int, int], list[int]]:
+    def _minute_index(self, ref: int, rows: Sequence[EventRow]) -> _MinuteIndex:
         index = self._minute_indexes.get(ref)
         if index is None:
-            index = {}
-            for i, row in enumerate(rows):
-                key = (row[0], row[3] // _MINUTE_NS)
-                found = index.get(key)
-                if found is None:
-                    index[key] = [i]
-                else:
-                    found.append(i)
-            self._minute_indexes[ref] = index
+            index = self._minute_indexes[ref] = _MinuteIndex(rows)
             if len(self._minute_indexes) > _DECODED_CACHE:
                 self._minute_indexes.popitem(last=False)
         else:

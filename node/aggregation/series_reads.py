@@ -162,11 +162,13 @@ def series_query(
     with_sum = spec.agg_type is AggType.SUM
     main_raw: list[int] | None = None
     group_raw: dict[tuple[str, ...], list[int]] = {}
+    # Whole minutes of folded hours come back as cells where no row's properties are needed.
+    whole_minutes: list[list[int]] | None = None if group_of or filters else []
     if raw or spans:
         main_set = set(main_slots)
         rows = _edge_rows(view, account_id, raw, fetch_events)
         if spans:  # the records of those hours, found by the partition's event index
-            rows += fetch_events(None, account_id, spec.code, spans)
+            rows += fetch_events(None, account_id, spec.code, spans, whole_minutes)
         for _, value, t, props, op, offset in rows:
             if group_of or filters:
                 combo = combos.find(props)
@@ -188,6 +190,8 @@ def series_query(
     parts = [merged[slot] for slot in main_slots if slot in merged]
     if main_raw is not None:
         parts.append(main_raw)
+    if whole_minutes:
+        parts += whole_minutes
     main = merge_cells(parts)
     flags = 0
     if exact and not filters and spec.thresholds:

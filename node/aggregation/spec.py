@@ -8,8 +8,8 @@ the engine reads raw events back for the edges of a range (:data:`FetchEvents`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cluster_client.periods import PeriodCalculator
 from cluster_client.types import AggType, AlertThreshold, Metric, PeriodType
@@ -24,11 +24,28 @@ AppliedRow = tuple[int, int, int, "dict[str, str] | None", int, int]
 # period_start_unix_nano, event_time_unix_nano). The partition layer adds record time and offsets.
 AlertRow = tuple[int, str, str, int, int, int, int, int]
 
-# (record_refs, account_id, metric_code, windows) -> that account's rows of that metric in those log
-# records whose event time falls in one of the half-open [lo, hi) windows (the partial edge minutes).
-# ``record_refs`` None: every record the partition's event index lists for the account in the
-# windows' hours (edges inside hours whose minute cells are folded).
-FetchEvents = Callable[[list[int] | None, int, str, list[tuple[int, int]]], list[AppliedRow]]
+
+class FetchEvents(Protocol):
+    """``(record_refs, account_id, metric_code, windows)`` -> that account's rows of that metric in
+    those log records whose event time falls in one of the half-open ``[lo, hi)`` windows (the
+    partial edge minutes). ``record_refs`` None: every record the partition's event index lists for
+    the account in the windows' hours (edges inside hours whose minute cells are folded).
+
+    Given ``whole_minutes`` (a list), a reader may put the events of minutes a window covers whole
+    there instead of among the rows, as cells (any number: one per record and minute, say), which
+    the caller merges with the rows' fold. A reader may also ignore it and return every row.
+    """
+
+    def __call__(
+        self,
+        record_refs: list[int] | None,
+        account_id: int,
+        metric_code: str,
+        windows: list[tuple[int, int]],
+        whole_minutes: list[list[int]] | None = None,
+        /,
+    ) -> list[AppliedRow]: ...
+
 
 _DAY_SECONDS = 86_400
 

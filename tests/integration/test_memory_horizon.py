@@ -1,9 +1,13 @@
-"""The memory horizon changes where ListEvents positions live, never an answer.
+"""The memory horizon changes where ListEvents positions live and which minute cells are kept,
+never an answer.
 
 Two in-process nodes take the same operations: one with a one-hour memory horizon (aged hours go
-to index runs on disk), the reference with none (everything in memory). After every step, every
-account's ``index.hours`` over the whole time line and a sub-range, and every ``ListEvents`` page
-(small pages, so tokens continue across hours held in runs and in memory) are equal. Hypothesis
+to index runs on disk, their minute cells are folded), the reference with none (everything in
+memory). After every step, every account's ``index.hours`` over the whole time line and a
+sub-range, every ``ListEvents`` page (small pages, so tokens continue across hours held in runs
+and in memory) and range queries of every aggregation type with edges inside hours (read back from
+the log on the aged side: whole minutes folded into cells once per record, partial ones row by
+row), filtered and grouped too, are equal. Hypothesis
 draws the events (hours of event time from now back to 8 hours ago, so some land in hours already
 handed to a run: late events), the clock's advances, snapshots (where hours age) and restarts.
 Deterministic tests then pin what the runs do: memory given up, runs bounded in number, a
@@ -22,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster_client import AggType, Client, Metric
+from cluster_client import AggType, Client, DimensionFilter, Metric
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow, StoredEvent
 from node.index_runs import MAX_RUNS
@@ -36,6 +40,13 @@ T0 = 1_772_323_200 * SEC + 7 * MINUTE
 PARTITIONS = 2
 ACCOUNTS = range(1, 7)
 EVER = (0, 2**62)
+METRICS = (
+    Metric("calls", AggType.SUM, filters=(DimensionFilter("region", ("eu", "us")),)),
+    Metric("n", AggType.COUNT),
+    Metric("peak", AggType.MAX),
+    Metric("last", AggType.LATEST),
+)
+REGIONS = ("eu", "us")
 
 
 @dataclass
@@ -82,7 +93,8 @@ async def _pair(root: Path, engine: str, clock: SetClock) -> tuple[Side, Side]:
         )
         side = Side(config)
         client = await Client.in_process(side.node, metric_lookup=side.node.metric_of)
-        await client.metrics.create(Metric("calls", AggType.SUM))
+        for metric in METRICS:
+            await client.metrics.create(metric)
         sides.append(side)
     return sides[0], sides[1]
 
@@ -101,10 +113,39 @@ async def _assert_same(aged: Side, reference: Side, clock: SetClock) -> None:
         for start, end in ranges:
             assert aged.hours(account, start, end) == reference.hours(account, start, end)
             assert await aged.pages(account, start, end) == await reference.pages(account, start, end)
+    # Edges inside hours (off minute boundaries too), one range inside one hour, the whole line.
+    hour = clock.now // HOUR * HOUR
+    queries = (
+        (hour - 5 * HOUR - 17 * MINUTE + 1_234, clock.now - HOUR + 3 * MINUTE + 77),
+        (hour - 3 * HOUR + 10 * MINUTE + 5, hour - 3 * HOUR + 50 * MINUTE),
+        (hour - 8 * HOUR, hour - 2 * HOUR + 30 * MINUTE),
+        (1, 2**62),
+    )
+    for account in ACCOUNTS:
+        p = partition_of(account, PARTITIONS)
+        for metric in METRICS:
+            for start, end in queries:
+                shapes: list[tuple[dict[str, str], list[str]]] = [({}, [])]
+                if metric.filters:
+                    shapes += [({"region": "eu"}, []), ({}, ["region"])]
+                for filters, group_by in shapes:
+                    answers = [
+                        await side.node.query(p, account, metric.code, start, end, 0, filters, group_by)
+                        for side in (aged, reference)
+                    ]
+                    assert answers[0] == answers[1], (metric.code, start, end, filters, group_by)
 
 
 _events = st.lists(
-    st.tuples(st.sampled_from(ACCOUNTS), st.integers(0, 8), st.integers(0, 59)), min_size=1, max_size=6
+    st.tuples(
+        st.sampled_from(ACCOUNTS),
+        st.integers(0, 8),
+        st.integers(0, 59),
+        st.sampled_from(METRICS),
+        st.booleans(),  # a REMOVE, where the metric takes one
+    ),
+    min_size=1,
+    max_size=8,
 )
 _steps = st.lists(
     st.one_of(
@@ -138,9 +179,11 @@ async def _run_steps(engine: str, steps: list[tuple[str, object]]) -> None:
                 if op == "ingest":
                     assert isinstance(arg, list)
                     rows: list[EventRow] = []
-                    for account, hours_ago, minute in arg:
+                    for account, hours_ago, minute, metric, remove in arg:
                         t = (clock.now // HOUR - hours_ago) * HOUR + minute * MINUTE + n
-                        rows.append((account, "calls", 1 + n % 5, t, None, 1, f"e{n}"))
+                        props = {"region": REGIONS[n % 2]} if metric.filters else None
+                        op = 2 if remove and metric.agg_type in (AggType.SUM, AggType.COUNT) else 1
+                        rows.append((account, metric.code, 1 + n % 5, t, props, op, f"e{n}"))
                         n += 1
                     await _ingest(sides, rows)
                 elif op == "advance":

@@ -47,8 +47,14 @@ class Engine:
         self.alerts: list[AlertRow] = []
 
     def fetch_events(
-        self, refs: list[int], account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self,
+        refs: list[int],
+        account_id: int,
+        metric_code: str,
+        windows: list[tuple[int, int]],
+        whole_minutes: list[list[int]] | None = None,
     ) -> list[AppliedRow]:
+        """Every event as a row (``whole_minutes`` is left empty, as a reader may)."""
         self.fetches.append(list(refs))
         return [
             r

@@ -61,8 +61,14 @@ class Engine:
         self.fetched_spans = 0
 
     def fetch_events(
-        self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self,
+        refs: list[int] | None,
+        account_id: int,
+        metric_code: str,
+        windows: list[tuple[int, int]],
+        whole_minutes: list[list[int]] | None = None,
     ) -> list[AppliedRow]:
+        """Every event as a row (``whole_minutes`` is left empty, as a reader may)."""
         assert metric_code == self.metric.code
         if refs is None:  # the event index's records of those hours: here, every record
             self.fetched_spans += len(windows)

@@ -44,8 +44,14 @@ class Store:
         self.offset = 0
 
     def fetch_events(
-        self, refs: list[int] | None, account_id: int, metric_code: str, windows: list[tuple[int, int]]
+        self,
+        refs: list[int] | None,
+        account_id: int,
+        metric_code: str,
+        windows: list[tuple[int, int]],
+        whole_minutes: list[list[int]] | None = None,
     ) -> list[AppliedRow]:
+        """Every event as a row (``whole_minutes`` is left empty, as a reader may)."""
         self.fetches.append(refs)
         chosen = list(self.records) if refs is None else refs
         return [
