@@ -537,6 +537,23 @@ mod tests {
     }
 
     #[test]
+    fn probes_wrap_from_the_last_slot_to_the_first() {
+        // Keys whose home is the table's last slot: the second and third go on at slots 0 and 1.
+        let mut t = DedupTable::new(WINDOW);
+        let last = EMPTY_TABLE_SLOTS as u64 - 1;
+        let keys = [last, 2 * last + 1, 3 * last + 2];
+        t.add(10, &keys, &[1, 2, 3]).unwrap();
+        let (slots, offs) = match t.to_parts() {
+            DedupParts { keys, offs: OffsetColumn::Narrow(offs), .. } => (keys, offs),
+            _ => unreachable!("a new table is narrow"),
+        };
+        assert_eq!((slots[EMPTY_TABLE_SLOTS - 1], slots[0], slots[1]), (keys[0], keys[1], keys[2]));
+        assert_eq!((offs[EMPTY_TABLE_SLOTS - 1], offs[0], offs[1]), (1, 2, 3));
+        assert_eq!(keys.map(|k| t.get(k)), [Some(1), Some(2), Some(3)]);
+        assert_eq!(t.get(4 * last + 3), None); // probes past all three, wrapping, to an empty slot
+    }
+
+    #[test]
     fn refuses_offsets_that_do_not_ascend_and_mismatched_lengths() {
         let mut t = DedupTable::new(WINDOW);
         t.add(10, &[1], &[5]).unwrap();
