@@ -50,10 +50,10 @@ async def _state(node: Node) -> list[object]:
 async def test_snapshot_in_the_cluster_then_replay(
     tmp_path: Path, nats_cluster: NatsCluster, stream_name: str
 ) -> None:
-    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS)
-    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=PARTITIONS))
-    await node.start()
-    try:
+    async with node_on_stream(
+        nats_cluster, stream_name, NodeConfig(tmp_path / "data", partitions=PARTITIONS), partitions=PARTITIONS
+    ) as (node, backend):
+        await node.start()
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         await client.metrics.create(
             Metric("calls", AggType.SUM, thresholds=[AlertThreshold("every_10", 10, recurring=True)])
@@ -93,9 +93,6 @@ async def test_snapshot_in_the_cluster_then_replay(
             again_rows = await other.ingest(_parts(first), True, "")
             assert [o.offsets for o in again_rows] == [o.offsets for o in original]
             assert [o.n_duplicates for o in again_rows] == [len(rows) for _, rows in _parts(first)]
-    finally:
-        await node.close()
-        await backend.disconnect()
 
 
 async def test_recovery_cuts_alert_records_of_events_never_stored(
@@ -199,10 +196,14 @@ async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
     alert subject: ListAlerts pages and subscriptions give exactly the alerts fired, in order, and
     the same after a node with none in memory recovers from the stream."""
     # No record cache: every alert that left memory is fetched from the stream when read.
-    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
-    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=1))
-    await node.start()
-    try:
+    async with node_on_stream(
+        nats_cluster,
+        stream_name,
+        NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=1),
+        partitions=PARTITIONS,
+        cache_bytes=0,
+    ) as (node, _):
+        await node.start()
         await node.create_metric(
             Metric("calls", AggType.SUM, thresholds=[AlertThreshold("every_10", 10, recurring=True)])
         )
@@ -237,9 +238,6 @@ async def test_alerts_past_the_in_memory_bound_read_from_the_stream(
         ) as (other, _):
             await other.start()
             assert await _alerts_read(other) == got
-    finally:
-        await node.close()
-        await backend.disconnect()
 
 
 async def test_a_takeover_reads_only_the_alert_records_past_the_snapshot(
@@ -249,10 +247,14 @@ async def test_a_takeover_reads_only_the_alert_records_past_the_snapshot(
     alert subject only the records past the snapshot and the one holding the alerts it keeps in
     memory (docs/design.md, "Alerts in memory and on disk"), and serves every alert as the node
     that wrote them did."""
-    backend = await open_backend(nats_cluster, stream_name, partitions=PARTITIONS, cache_bytes=0)
-    node = await node_on(backend, NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=2))
-    await node.start()
-    try:
+    async with node_on_stream(
+        nats_cluster,
+        stream_name,
+        NodeConfig(tmp_path / "data", partitions=PARTITIONS, alerts_in_memory=2),
+        partitions=PARTITIONS,
+        cache_bytes=0,
+    ) as (node, _):
+        await node.start()
         await node.create_metric(
             Metric("calls", AggType.SUM, thresholds=[AlertThreshold("every_10", 10, recurring=True)])
         )
@@ -298,6 +300,3 @@ async def test_a_takeover_reads_only_the_alert_records_past_the_snapshot(
             assert alert_records == sorted([9, 10, 11, 12, 13] * PARTITIONS)
             await other.start()
             assert await _alerts_read(other) == got
-    finally:
-        await node.close()
-        await backend.disconnect()
