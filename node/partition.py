@@ -131,14 +131,15 @@ class _MinuteIndex:
         self.cells: dict[tuple[int, int, str, bool], list[int]] = {}
 
     def cell(
-        self, rows: Sequence[EventRow], first: int, account_id: int, minute: int, code: str, with_sum: bool
+        self, rows: Sequence[EventRow], first: int, indexes: list[int], key: tuple[int, int, str, bool]
     ) -> list[int]:
-        """The cell of the account's events of ``code`` in ``minute`` (offsets from ``first``)."""
-        key = (account_id, minute, code, with_sum)
+        """The cell of ``key``'s (account, minute, code, with_sum): of the rows at ``indexes`` (that
+        account's in that minute; offsets from ``first``) those of that code. Kept: do not change it."""
         cell = self.cells.get(key)
         if cell is None:
+            _, _, code, with_sum = key
             cell = self.cells[key] = empty_cell()
-            for i in self.rows_of.get((account_id, minute), ()):
+            for i in indexes:
                 _, row_code, value, t, _, op, _ = rows[i]
                 if row_code == code:
                     fold_row(cell, value, t, op, first + i, with_sum)
@@ -680,7 +681,7 @@ class Partition:
                 if indexes is None:
                     continue
                 if within is None and whole_minutes is not None:
-                    cell = index.cell(rows, first, account_id, minute, metric_code, with_sum)
+                    cell = index.cell(rows, first, indexes, (account_id, minute, metric_code, with_sum))
                     if cell[COUNT] or cell[LAST_OFFSET]:  # any event (an ADD and a REMOVE count 0)
                         whole_minutes.append(cell)
                     continue

@@ -33,7 +33,8 @@ class FetchEvents(Protocol):
 
     Given ``whole_minutes`` (a list), a reader may put the events of minutes a window covers whole
     there instead of among the rows, as cells (any number: one per record and minute, say), which
-    the caller merges with the rows' fold. A reader may also ignore it and return every row.
+    the caller merges with the rows' fold and never changes (a reader may keep them). A reader may
+    also ignore it and return every row.
     """
 
     def __call__(
