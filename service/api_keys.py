@@ -12,7 +12,7 @@ environment hold nothing a reader could replay. A key has a name (for logs) and 
 
 Run ``python -m service.api_keys new NAME SCOPES`` to make a key (it prints the key once and the
 line to configure), or ``python -m service.api_keys hash KEY`` to hash an existing one. What this
-module does not do is decide which RPC needs which scope: that is the auth interceptor's table.
+module does not do is decide which RPC needs which scope: that is ``service.call_wrapping``'s table.
 """
 
 from __future__ import annotations

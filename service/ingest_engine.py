@@ -1,8 +1,8 @@
 """The ingest engines: how the raw bytes of an ``IngestRequest`` become per-partition event rows.
 
 The engine decodes in the Ingest handler's request-deserializer slot (:class:`IngestRequestDecoder`),
-so the interceptors treat it as any method's message parsing: a body that does not decode is
-``MALFORMED_REQUEST``, counted and logged like every other method's.
+so the call wrapping (``service.call_wrapping``) treats it as any method's message parsing: a body
+that does not decode is ``MALFORMED_REQUEST``, counted and logged like every other method's.
 
 ``python`` is the reference: protobuf parses the message, ``service/convert.py`` turns it into
 rows, and the client core validates and splits them. ``native`` hands the bytes to the compiled
@@ -167,7 +167,7 @@ class _Failed:
 
 class IngestRequestDecoder:
     """``IngestRequest`` as ``engine`` decodes it for ``client``, in the shape grpc and the
-    interceptors expect of a request message class: ``FromString`` is the Ingest handler's request
+    call wrapping expects of a request message class: ``FromString`` is the Ingest handler's request
     deserializer, ``DESCRIPTOR`` names the message in a malformed-request error."""
 
     DESCRIPTOR = ingest_service_pb2.IngestRequest.DESCRIPTOR
@@ -176,7 +176,7 @@ class IngestRequestDecoder:
         self._engine = engine
         self._client = client
 
-    # protobuf's name: the interceptors read a deserializer's message type off its owner.
+    # protobuf's name: the call wrapping reads a deserializer's message type off its owner.
     def FromString(self, data: bytes) -> DecodedIngest:
         return self._engine.decode(data, self._client)
 

@@ -1,9 +1,9 @@
 """The request id (and API key name) of the gRPC call being handled, carried in context variables.
 
-grpc.aio runs a call's interceptors and handler in one ``contextvars.Context``, and everything the
-handler awaits in-process (client core, node) runs in that context too, so any log record emitted
-while handling a call can name it. This module only holds and vets the values; the interceptors
-set them and the logging filter reads them.
+grpc.aio runs a call's handler (wrapped by ``service.call_wrapping``) in one
+``contextvars.Context``, and everything the handler awaits in-process (client core, node) runs in
+that context too, so any log record emitted while handling a call can name it. This module only
+holds and vets the values; the call wrapping sets them and the logging filter reads them.
 """
 
 from __future__ import annotations

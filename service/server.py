@@ -2,7 +2,7 @@
 
 It checks its listen addresses, builds the node (which locks and recovers its data directory),
 hands it to the client core as an in-process transport, and serves the gRPC API (plus health and
-reflection, behind the request-id/metrics and API-key interceptors), the node protocol and the HTTP
+reflection, each handler wrapped with request ids, metrics and API-key checks), the node protocol and the HTTP
 endpoint, over TLS when configured. The gRPC health statuses follow ``ready``, as /readyz does.
 Shutdown turns both to not ready, stops accepting, lets in-flight calls finish, then flushes and
 snapshots.
@@ -33,11 +33,11 @@ from node.node import Node, NodeConfig
 from node.protocol_server import NodeProtocolServer
 
 from .api_keys import ApiKeyStore, load_api_keys
+from .call_wrapping import CallWrapping, WrappingServer
 from .config import ServeConfig
 from .health import HealthServicer
 from .http_endpoint import HttpEndpoint
 from .ingest_engine import choose_engine
-from .interceptors import AuthInterceptor, ObservabilityInterceptor
 from .listen_addresses import check_free, naming_address_in_use, split_host_port
 from .metrics_exporter import UnimeterCollector, new_registry
 from .service_stats import ServiceStats
@@ -326,12 +326,7 @@ class UnimeterServer:
 
     def _grpc_server(self, keys: ApiKeyStore | None) -> grpc.aio.Server:
         cfg = self.config
-        # Order matters: the request id and metrics see every call, refused ones included.
-        interceptors: list[grpc.aio.ServerInterceptor] = [ObservabilityInterceptor(self.stats)]
-        if keys is not None:
-            interceptors.append(AuthInterceptor(keys, self.stats))
-        return grpc.aio.server(
-            interceptors=interceptors,
+        server = grpc.aio.server(
             options=[
                 # Over the limit, grpc itself answers RESOURCE_EXHAUSTED before any handler runs.
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -341,6 +336,9 @@ class UnimeterServer:
                 ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout_seconds * 1000)),
             ],
         )
+        # Request ids, metrics, API keys and error mapping around every handler, built once per
+        # method instead of run as interceptors per call.
+        return WrappingServer(server, CallWrapping(self.stats, keys))
 
     def _listen(self, server: grpc.aio.Server, tls: ServerTls | None) -> int:
         addr = self.config.grpc_addr

@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from cluster_client.errors import FieldViolation, InvalidArgumentError
 from service.api_keys import hash_key
-from service.interceptors import ObservabilityInterceptor
+from service.call_wrapping import CallWrapping, WrappingServer
 from service.server import UnimeterServer
 from service.service_stats import ServiceStats
 from tests.conftest import Api, open_api, serve_config
@@ -118,7 +118,7 @@ async def test_a_body_that_does_not_decode_is_invalid_argument_on_every_method(
 
     # One warning line for all the calls (the rest fall in its 10 s interval), and no traceback.
     assert tracebacks(caplog) == []
-    warnings = [r for r in caplog.records if r.name == "service.interceptors"]
+    warnings = [r for r in caplog.records if r.name == "service.call_wrapping"]
     assert len(warnings) == 1
     assert re.fullmatch(
         r"/[\w.]+/\w+ answered INVALID_ARGUMENT: "
@@ -187,7 +187,7 @@ async def test_an_exception_escaping_any_handler_gets_its_mapped_status_and_no_t
 ) -> None:
     caplog.set_level(logging.INFO)
     stats = ServiceStats()
-    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(stats)])
+    server = WrappingServer(grpc.aio.server(), CallWrapping(stats))
     cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -243,9 +243,9 @@ async def test_with_api_keys_a_malformed_body_is_refused_by_the_key_check_first(
 
 
 async def test_calls_of_one_method_each_echo_their_own_request_id_refused_or_not(tmp_path: Path) -> None:
-    """The interceptors' wrapping of a method is built once and reused: every call still echoes
-    its own request id and is counted under its own code, with refusals (a new handler each time)
-    and admitted calls alternating."""
+    """A method's wrapping is built once, at registration, and serves every call: each call
+    still echoes its own request id and is counted under its own code, with refusals and
+    admitted calls alternating."""
     server = UnimeterServer(serve_config(tmp_path / "data", api_keys=f"ops:{hash_key('k')}:admin"))
     await server.start()
     path = "/unimeter.v1.ClusterService/GetClusterStatus"

@@ -699,7 +699,7 @@ async def test_a_stranger_cannot_make_the_node_buffer_a_big_frame(secret_node: U
 
 
 def test_every_public_rpc_has_a_scope() -> None:
-    from service.interceptors import REQUIRED_SCOPE
+    from service.call_wrapping import REQUIRED_SCOPE
     from unimeter.v1 import (
         alert_service_pb2,
         cluster_service_pb2,
