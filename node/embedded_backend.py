@@ -6,7 +6,8 @@ many logs at once is grouped: every pending log's fsync round is taken in one go
 with one ``syncfs`` of the data directory's filesystem (``node.filesystem_sync``; where it is
 sound) or dealt to the fsync threads, one hand-off per thread; a single log's own round (a SYNC
 call's) is synced by the kernel where it can be (``node.kernel_fdatasync``; see docs/design.md,
-"Durability and group commit"). The fsync durations feed the node's per-log histograms. Not
+"Durability and group commit"). On the native engine a tick's rounds are written and synced by a
+worker that needs no GIL (``node.tick_writes``). The fsync durations feed the node's per-log histograms. Not
 here: when durability is asked for (``node.commit_scheduler``) and what the records mean.
 """
 
@@ -25,8 +26,10 @@ from typing import TYPE_CHECKING, Any
 from .filesystem_sync import syncfs_supported
 from .kernel_fdatasync import KernelFdatasync
 from .metric_registry import write_file_atomically
+from .partition_engine import partition_engine
 from .segment_log import SegmentLog, run_rounds, run_rounds_on_filesystem
 from .stats import NodeStats
+from .tick_writes import TickWrites
 
 if TYPE_CHECKING:
     from .node import NodeConfig
@@ -36,6 +39,9 @@ __all__ = ["EmbeddedBackend", "SegmentPartitionStorage", "open_embedded_backend"
 log = logging.getLogger(__name__)
 
 _SNAPSHOT_FILE = "snapshot.msgpack"
+
+Errors = list[BaseException | None]
+"""Each round's error, or None."""
 
 
 class SegmentPartitionStorage:
@@ -88,6 +94,7 @@ class EmbeddedBackend:
         fsync_threads: int = 8,
         sync_filesystem: bool = True,
         stats: NodeStats | None = None,
+        tick_writer: Callable[[], Any] | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._segment_bytes = segment_bytes
@@ -108,6 +115,10 @@ class EmbeddedBackend:
         """Descriptor of the data directory whose filesystem one syncfs makes durable, or None."""
         if sync_filesystem and syncfs_supported():
             self._filesystem_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        self._tick_writes: TickWrites | None = None
+        """Where a tick's rounds go when one syncfs covers them and the engine has a worker."""
+        if self._filesystem_fd is not None and tick_writer is not None:
+            self._tick_writes = TickWrites(tick_writer(), self._filesystem_fd)
 
     @property
     def syncs_filesystem(self) -> bool:
@@ -135,6 +146,9 @@ class EmbeddedBackend:
             if self._filesystem_fd is not None and os.stat(directory).st_dev != self._device:
                 # One syncfs is sound only if it covers every log.
                 log.info("%s is on another filesystem: one fdatasync per log", directory)
+                if self._tick_writes is not None:
+                    self._tick_writes.close()
+                    self._tick_writes = None
                 os.close(self._filesystem_fd)
                 self._filesystem_fd = None
         return storage
@@ -153,18 +167,21 @@ class EmbeddedBackend:
         waits behind ingest slices, and ``run_in_executor``'s future chain took three.
         """
         storages = self._partitions
+        # A tick's rounds go to the worker unwritten; a group someone waits for (an urgent alert
+        # flush) is written as it starts, as a lone round is.
+        ticks = self._tick_writes if background else None
         rounds = [
             (log_, job)
             for number in partitions
             for log_ in (storages[number].events, storages[number].alerts)
-            if (job := log_.start_round()) is not None
+            if (job := log_.start_round(defer_write=ticks is not None)) is not None
         ]
         if not rounds:
             then()
             return
         if self._filesystem_fd is not None:
             shares = [rounds]
-            run: Callable[[list[Any]], list[BaseException | None]] = partial(
+            run: Callable[[list[Any]], Errors] = partial(
                 run_rounds_on_filesystem, filesystem_fd=self._filesystem_fd
             )
         else:
@@ -175,29 +192,43 @@ class EmbeddedBackend:
         loop = asyncio.get_running_loop()
         left = [len(shares)]
 
-        def finish(share: list[tuple[SegmentLog, Any]], errors: list[BaseException | None]) -> None:
+        def finish(share: list[tuple[SegmentLog, Any]], errors: Errors) -> None:
             for (log_, job), exc in zip(share, errors, strict=True):
                 log_.finish_round(job, exc)  # a failure fails the log, which counts and logs it
             left[0] -= 1
             if not left[0]:
                 then()
 
-        def in_thread(share: list[tuple[SegmentLog, Any]]) -> None:
+        def in_thread(share: list[tuple[SegmentLog, Any]], run: Callable[[list[Any]], Errors]) -> None:
             try:
                 errors = run([job for _, job in share])
             except Exception as exc:  # not an I/O error of one round: every round of the share fails
                 errors = [exc] * len(share)
             loop.call_soon_threadsafe(finish, share, errors)
 
-        for share in shares:
+        def start(share: list[tuple[SegmentLog, Any]], run: Callable[[list[Any]], Errors]) -> None:
             try:
-                executor.submit(in_thread, share)
+                executor.submit(in_thread, share, run)
             except RuntimeError as exc:  # the executor was shut down: the rounds fail, not hang
                 finish(share, [OSError(errno.EIO, f"flush not started: {exc}")] * len(share))
 
+        def written(errors: Errors, synced: bool) -> None:
+            if synced:
+                finish(rounds, errors)
+            else:  # the syncfs failed: each round syncs on its own, pinning the error on its log
+                start(rounds, run_rounds)
+
+        if ticks is not None and ticks.run([job for _, job in rounds], written):
+            return
+        for share in shares:
+            start(share, run)
+
     def close(self) -> None:
-        """Stop the fsync threads and the kernel's syncs (after their rounds) and close the
-        filesystem descriptor."""
+        """Stop the tick writer, the fsync threads and the kernel's syncs (after their rounds) and
+        close the filesystem descriptor."""
+        if self._tick_writes is not None:
+            self._tick_writes.close()
+            self._tick_writes = None
         self._tick_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
         if self._kernel_sync is not None:
@@ -215,4 +246,5 @@ def open_embedded_backend(config: NodeConfig, stats: NodeStats) -> EmbeddedBacke
         fsync_threads=config.fsync_threads,
         sync_filesystem=config.sync_filesystem,
         stats=stats,
+        tick_writer=partition_engine(config.engine).tick_writer,
     )

@@ -6,7 +6,8 @@ of ``Partition.ingest`` (dedup probe, offsets, stamping, the event record's byte
 :func:`python_dedup_record`) with the step that adds its new keys once the record is stored, its
 counterpart in recovery's replay (:func:`python_replay_keys`), the aggregates' stores
 (``node/aggregation``'s ``StoreKinds``), the event index, and the
-step that applies a stored record to the index and the aggregates (:func:`python_apply_record`).
+step that applies a stored record to the index and the aggregates (:func:`python_apply_record`);
+and, beside them, the worker a flush tick's writes can go to (``tick_writer``).
 ``python`` is this module, ``node/dedup_index.py``, ``node/event_index.py``,
 ``node/aggregation/series.py`` and ``unique.py``; ``native``
 is the same parts from the compiled ``unimeter_native`` extension (``native/``), which hold the
@@ -307,6 +308,9 @@ class PartitionEngine:
     """An event index from a snapshot's index part (either engine's)."""
     apply_record: RecordApply
     """A stored record into the event index and the aggregates."""
+    tick_writer: Callable[[], Any] | None = None
+    """A new worker that writes and syncs a flush tick's rounds without the GIL
+    (``node.tick_writes``); None: the tick's rounds are written on the loop thread."""
 
 
 PYTHON = PartitionEngine(
@@ -357,4 +361,5 @@ def partition_engine(name: str) -> PartitionEngine:
         lambda: NativeEventIndex(native_index()),
         partial(NativeEventIndex.from_snapshot, native_index),
         partial(native_apply_record, module.EventBatch, module.apply_batch),
+        module.TickWriter,
     )

@@ -190,6 +190,41 @@ def run_rounds(jobs: list[_Job]) -> list[BaseException | None]:
     return _each(_run_job, jobs)
 
 
+def appends(jobs: list[_Job]) -> list[tuple[int, bytearray]] | None:
+    """``(fd, data)`` of each round, for a worker that appends them: None unless every round is
+    a deferred one that stays in its segment file (a round creating a file needs the thread)."""
+    if any(job.written or job.new_bases for job in jobs):
+        return None
+    return [(job.wfds[job.targets[0][0]], job.data) for job in jobs]
+
+
+def written_elsewhere(
+    jobs: list[_Job], errnos: Sequence[int], sync_error: OSError | None, sync_seconds: float
+) -> list[BaseException | None]:
+    """The outcome of rounds a worker appended (:func:`appends`; ``errnos``, 0 for a whole
+    write) and then made durable with one ``syncfs`` (``sync_error`` None; its duration
+    ``sync_seconds``): each round's error, or None. If the sync failed, the rounds it should have
+    covered are left to :func:`run_rounds` (their errors None here, their data written)."""
+    for job, code in zip(jobs, errnos, strict=True):
+        job.written = True
+        if code:
+            job.write_error = OSError(code, os.strerror(code))
+    errors = _each(_write_job, jobs)
+    if sync_error is None:
+        _observe_syncfs(jobs, errors, sync_seconds)
+    return errors
+
+
+def _observe_syncfs(jobs: list[_Job], errors: list[BaseException | None], seconds: float) -> None:
+    """Give one ``syncfs``'s duration to the first synced round of each observer
+    (``SegmentLog.on_sync``): a histogram sees one observation per call, not one per log."""
+    observed: list[Callable[[float], None] | None] = []
+    for job, error in zip(jobs, errors, strict=True):
+        if job.fsync and error is None and job.on_sync not in observed:
+            observed.append(job.on_sync)
+            job.sync_seconds = seconds
+
+
 def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseException | None]:
     """:func:`run_rounds` with one ``syncfs`` of the filesystem holding ``filesystem_fd`` in place
     of each round's own fsyncs (every log must live on that filesystem; see
@@ -211,12 +246,7 @@ def run_rounds_on_filesystem(jobs: list[_Job], filesystem_fd: int) -> list[BaseE
         for i, error in zip(pending, _each(_sync_job, [jobs[i] for i in pending]), strict=True):
             errors[i] = error
     else:
-        elapsed = time.perf_counter() - started
-        observed: list[Callable[[float], None] | None] = []
-        for i in pending:
-            if jobs[i].on_sync not in observed:
-                observed.append(jobs[i].on_sync)
-                jobs[i].sync_seconds = elapsed
+        _observe_syncfs(jobs, errors, time.perf_counter() - started)
     return errors
 
 
@@ -583,15 +613,16 @@ class SegmentLog:
             on_sync=self.on_sync,
         )
 
-    def _detach(self, fsync: bool) -> _Job:
+    def _detach(self, fsync: bool, *, defer_write: bool = False) -> _Job:
         """A round for the executor. A sync round that stays in existing segment files writes its
-        data here, on the loop thread: a ``write`` to the page cache takes microseconds, and in the
-        executor each ``write`` would have to win the GIL back from a busy loop (up to the 5 ms
-        switch interval each), which made a tick's 64 writes, and every round waiting behind
-        them, tens of ms late under load. The thread then only syncs. Creating a segment file
-        (a directory update, rare) stays in the thread."""
+        data here, on the loop thread, unless ``defer_write``: a ``write`` to the page cache takes
+        microseconds, and in the executor each ``write`` would have to win the GIL back from a
+        busy loop (up to the switch interval each), which made a tick's 64 writes, and every
+        round waiting behind them, tens of ms late under load. The thread then only syncs. A
+        deferred round is written by a worker that needs no GIL (``node.tick_writes``), or else
+        by its thread. Creating a segment file (a directory update, rare) stays in the thread."""
         job = self._make_job(fsync)
-        if fsync and not job.new_bases:
+        if fsync and not job.new_bases and not defer_write:
             _write_early(job)
         return job
 
@@ -656,12 +687,13 @@ class SegmentLog:
     # waiters that arrive meanwhile see the round in flight and are served by it (or by the next),
     # as with flush().
 
-    def start_round(self) -> _Job | None:
+    def start_round(self, *, defer_write: bool = False) -> _Job | None:
         """Detach an fsync round for :func:`run_rounds`; None if nothing is pending or a round is
-        already in flight (that round, or the one queued after it, covers this log)."""
+        already in flight (that round, or the one queued after it, covers this log). With
+        ``defer_write`` its data is not written yet (:func:`written_elsewhere`, or the thread)."""
         if self._unusable or self._job is not None or self._durable >= self._end:
             return None
-        job = self._detach(True)
+        job = self._detach(True, defer_write=defer_write)
         self._job = job
         return job
 

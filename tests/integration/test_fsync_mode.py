@@ -6,6 +6,7 @@ import argparse
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,9 +16,11 @@ from node.embedded_backend import EmbeddedBackend
 from node.kernel_fdatasync import KernelFdatasync
 from node.node import Node, NodeConfig
 from node.stats import NodeStats
+from node.tick_writes import TickWrites
 from service.config import add_serve_arguments, serve_config_from_args
 from service.server import UnimeterServer
 from tests.conftest import open_api, serve_config
+from tests.engines import ENGINES
 from tests.integration.helpers import create_metric, ev, ingest
 from unimeter.v1 import types_pb2 as t
 
@@ -132,3 +135,45 @@ async def test_a_sync_call_to_one_partition_is_synced_by_the_kernel_and_acked_af
         assert (await client.query(1, "calls", DAY)).value.sum == 5
     finally:
         await node.close()
+
+
+@pytest.mark.skipif("native" not in ENGINES, reason="the native extension is not built")
+async def test_a_native_nodes_ticks_go_to_the_worker_and_are_recovered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """node.tick_writes: on the native engine, with one syncfs for the data directory, a flush
+    tick's rounds are written and synced by the worker (none on the loop thread), and what it
+    wrote is durable and recovered."""
+    taken: list[int] = []
+    real_run = TickWrites.run
+
+    def spying(self: TickWrites, jobs: list[Any], finish: Any) -> bool:
+        taken.append(len(jobs) if real_run(self, jobs, finish) else 0)
+        return taken[-1] > 0
+
+    monkeypatch.setattr(TickWrites, "run", spying)
+    config = NodeConfig(tmp_path / "data", partitions=4, engine="native")
+    node = Node(config)
+    if not node.backend.syncs_filesystem:
+        await node.close()
+        pytest.skip("syncfs is not available here: ticks sync each log in the threads")
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        rows = [(a, "calls", a, T0 + a, None, 1, f"e{a}") for a in range(1, 41)]
+        assert (await client.ingest_rows(rows, sync=False)).n_stored == 40
+        async with asyncio.timeout(10):
+            while any(p.events.durable_position < p.events.end_position for p in node.partitions):
+                await asyncio.sleep(0.005)
+        assert taken and max(taken) == 4  # every partition's event log in one tick
+    finally:
+        await node.close()
+    reopened = Node(config)
+    await reopened.start()
+    try:
+        client = await Client.in_process(reopened, metric_lookup=reopened.metric_of)
+        sums = [(await client.query(a, "calls", DAY)).value.sum for a in range(1, 41)]
+        assert sums == list(range(1, 41))
+    finally:
+        await reopened.close()
