@@ -6,8 +6,8 @@ many logs at once is grouped: every pending log's fsync round is taken in one go
 with one ``syncfs`` of the data directory's filesystem (``node.filesystem_sync``; where it is
 sound) or dealt to the fsync threads, one hand-off per thread; a single log's own round (a SYNC
 call's) is synced by the kernel where it can be (``node.kernel_fdatasync``; see docs/design.md,
-"Durability and group commit"). On the native engine a tick's rounds are written and synced by a
-worker that needs no GIL (``node.tick_writes``). The fsync durations feed the node's per-log histograms. Not
+"Durability and group commit"). On the native engine a group's rounds are written and synced by
+a worker that needs no GIL (``node.tick_writes``). The fsync durations feed the node's per-log histograms. Not
 here: when durability is asked for (``node.commit_scheduler``) and what the records mean.
 """
 
@@ -116,7 +116,7 @@ class EmbeddedBackend:
         if sync_filesystem and syncfs_supported():
             self._filesystem_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
         self._tick_writes: TickWrites | None = None
-        """Where a tick's rounds go when one syncfs covers them and the engine has a worker."""
+        """Where a group's rounds go when one syncfs covers them and the engine has a worker."""
         if self._filesystem_fd is not None and tick_writer is not None:
             self._tick_writes = TickWrites(tick_writer(), self._filesystem_fd)
 
@@ -167,9 +167,10 @@ class EmbeddedBackend:
         waits behind ingest slices, and ``run_in_executor``'s future chain took three.
         """
         storages = self._partitions
-        # A tick's rounds go to the worker unwritten; a group someone waits for (an urgent alert
-        # flush) is written as it starts, as a lone round is.
-        ticks = self._tick_writes if background else None
+        # With the native worker every group's rounds go to it unwritten: a tick's, and one
+        # somebody waits for (SYNC batches over many partitions, an urgent alert flush), which
+        # gains the most from a worker that never waits for the GIL.
+        ticks = self._tick_writes
         rounds = [
             (log_, job)
             for number in partitions
