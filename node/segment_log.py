@@ -205,11 +205,12 @@ def written_elsewhere(
     write) and then made durable with one ``syncfs`` (``sync_error`` None; its duration
     ``sync_seconds``): each round's error, or None. If the sync failed, the rounds it should have
     covered are left to :func:`run_rounds` (their errors None here, their data written)."""
+    errors: list[BaseException | None] = []
     for job, code in zip(jobs, errnos, strict=True):
         job.written = True
         if code:
             job.write_error = OSError(code, os.strerror(code))
-    errors = _each(_write_job, jobs)
+        errors.append(job.write_error)
     if sync_error is None:
         _observe_syncfs(jobs, errors, sync_seconds)
     return errors

@@ -15,7 +15,6 @@ directory durable; a group with a round that creates a file goes to the thread a
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 from collections.abc import Callable
 from typing import Any
@@ -61,11 +60,9 @@ class TickWrites:
             finish(written_elsewhere(jobs, errnos, sync_error, seconds), sync_error is None)
 
     def close(self) -> None:
-        """Let the queued ticks finish and hand them their outcomes, then stop the worker."""
+        """Let the queued ticks finish, stop the worker, and hand the ticks their outcomes (the
+        worker finishes every tick queued before it stops, so none is left without one)."""
         self._writer.stop()
         if self._loop is not None:
             self._loop.remove_reader(self._writer.fileno())
         self._collect()
-        for jobs, finish in self._queued.values():  # never run: the worker stopped first
-            finish([OSError(errno.EIO, "the tick writer stopped")] * len(jobs), True)
-        self._queued.clear()

@@ -970,6 +970,12 @@ async def test_a_failed_round_in_a_group_fails_only_its_log(
     for (log, job), exc in zip(rounds, errors, strict=True):
         assert job is not None
         log.finish_round(job, exc)
+    await check_only_the_bad_log_failed(good, bad)
+
+
+async def check_only_the_bad_log_failed(good: SegmentLog, bad: SegmentLog) -> None:
+    """After a group's round failed on ``bad`` alone: ``good`` is durable and closes, ``bad`` refuses
+    appends and its close reports the failure."""
     assert good.durable_position == good.end_position
     with pytest.raises(OSError):
         bad.append(b"more")
