@@ -6,7 +6,8 @@ of ``Partition.ingest`` (dedup probe, offsets, stamping, the event record's byte
 :func:`python_dedup_record`) with the step that adds its new keys once the record is stored, its
 counterpart in recovery's replay (:func:`python_replay_keys`), the aggregates' stores
 (``node/aggregation``'s ``StoreKinds``), the event index, and the
-step that applies a stored record to the index and the aggregates (:func:`python_apply_record`);
+step that applies a stored record to the index and the aggregates (:func:`python_apply_record`,
+bound to a partition's by ``bind_apply``);
 and, beside them, the worker a flush tick's writes can go to (``tick_writer``).
 ``python`` is this module, ``node/dedup_index.py``, ``node/event_index.py``,
 ``node/aggregation/series.py`` and ``unique.py``; ``native``
@@ -20,7 +21,7 @@ gets the engine's name from its config (the server passes the ingest engine it c
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from typing import Any, Protocol
 from cluster_client.types import EventRow
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
-from .aggregation.aggregates import PYTHON_STORES, ApplyBatch, StoreKinds
+from .aggregation.aggregates import PYTHON_STORES, ApplyBatch, StoredApply, StoreKinds
 from .aggregation.native_series import NativeSeriesStore
 from .aggregation.native_unique import NativeUniqueStore
 from .aggregation.snapshot_data import Chunked
@@ -44,10 +45,11 @@ __all__ = [
     "DedupTable",
     "PartitionEngine",
     "RecordIndex",
-    "native_apply_record",
+    "native_bind_apply",
     "partition_engine",
     "python_add_new_keys",
     "python_apply_record",
+    "python_bind_apply",
     "python_dedup_batch",
     "python_dedup_record",
     "python_replay_keys",
@@ -223,20 +225,20 @@ class RecordIndex(Protocol):
 
 
 SpecOf = Callable[[str], "MetricSpec | None"]
-RecordApply = Callable[
-    [Any, PartitionAggregates, int, int, dict[str, int], Sequence[EventRow], SpecOf], list[AlertRow]
-]
-"""``(index, aggregates, record_ref, first_offset, generations, rows, spec_of) -> alerts``."""
+BindApply = Callable[[Any, PartitionAggregates, SpecOf], StoredApply]
+"""``(index, aggregates, spec_of) -> apply``: a partition's apply step of stored records, bound
+to its event index and aggregates (``StoredApply``: ``(record_ref, rows, first_offset,
+generations) -> alerts``)."""
 
 
 def python_apply_record(
     index: EventIndex,
     aggregates: PartitionAggregates,
-    ref: int,
-    first_offset: int,
-    gens: dict[str, int],
-    rows: Sequence[EventRow],
     spec_of: SpecOf,
+    ref: int,
+    rows: Sequence[EventRow],
+    first_offset: int,
+    gens: Mapping[str, int],
 ) -> list[AlertRow]:
     """The reference apply step of a stored record (row ``i`` has offset ``first_offset + i``):
     its (account, hour) pairs into the event index, in order of first appearance; its rows grouped
@@ -262,27 +264,19 @@ def python_apply_record(
     return fired
 
 
-def native_apply_record(
-    batch_type: type,
-    apply_batch: ApplyBatch,
-    index: NativeEventIndex,
-    aggregates: PartitionAggregates,
-    ref: int,
-    first_offset: int,
-    gens: dict[str, int],
-    rows: Sequence[EventRow],
-    spec_of: SpecOf,
-) -> list[AlertRow]:
-    """:func:`python_apply_record` on the native index and stores (``batch_type`` and
-    ``apply_batch`` are the extension's ``EventBatch`` and ``apply_batch``). Rows (recovery's,
-    an in-process caller's): the index reads them in one call and names their metrics in order;
-    the aggregates then apply each metric's rows, each native store reading its own from the same
-    sequence (``PartitionAggregates.apply_record``). A stored ``EventBatch`` (what the server's
-    requests become): the same steps in one native call (``PartitionAggregates.apply_batch``).
-    No Python object is made per event."""
-    if type(rows) is batch_type:
-        return aggregates.apply_batch(apply_batch, index.add_record, rows, gens, spec_of, first_offset, ref)
-    return aggregates.apply_record(index.add_record(ref, rows), gens, spec_of, rows, first_offset, ref)
+def python_bind_apply(index: EventIndex, aggregates: PartitionAggregates, spec_of: SpecOf) -> StoredApply:
+    """:func:`python_apply_record` bound to a partition's index and aggregates."""
+    return partial(python_apply_record, index, aggregates, spec_of)
+
+
+def native_bind_apply(
+    apply_batch: ApplyBatch, index: NativeEventIndex, aggregates: PartitionAggregates, spec_of: SpecOf
+) -> StoredApply:
+    """:func:`python_apply_record`'s steps on the native index and stores, bound to a partition's
+    (``apply_batch`` is the extension's): one native call per record, for an ``EventBatch`` (what
+    the server's requests become) and for rows (recovery's, an in-process caller's) alike; no
+    Python object is made per event (``PartitionAggregates.native_apply``)."""
+    return aggregates.native_apply(apply_batch, index.add_record, spec_of)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,8 +300,8 @@ class PartitionEngine:
     """A new, empty event index."""
     load_index: Callable[[list[list[Any]]], RecordIndex]
     """An event index from a snapshot's index part (either engine's)."""
-    apply_record: RecordApply
-    """A stored record into the event index and the aggregates."""
+    bind_apply: BindApply
+    """A partition's step that applies a stored record to its event index and aggregates."""
     tick_writer: Callable[[], Any] | None = None
     """A new worker that writes and syncs a flush tick's rounds without the GIL
     (``node.tick_writes``); None: the tick's rounds are written on the loop thread."""
@@ -325,7 +319,7 @@ PYTHON = PartitionEngine(
     PYTHON_STORES,
     EventIndex,
     EventIndex.from_snapshot,
-    python_apply_record,
+    python_bind_apply,
 )
 
 
@@ -360,6 +354,6 @@ def partition_engine(name: str) -> PartitionEngine:
         ),
         lambda: NativeEventIndex(native_index()),
         partial(NativeEventIndex.from_snapshot, native_index),
-        partial(native_apply_record, module.EventBatch, module.apply_batch),
+        partial(native_bind_apply, module.apply_batch),
         module.TickWriter,
     )

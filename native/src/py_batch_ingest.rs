@@ -4,7 +4,8 @@
 //! released, so gRPC's threads go on meanwhile, and hands back the stored events as another
 //! batch; `EventIndex.add_record` and the stores' `apply_record` (`py_event_index`,
 //! `py_series_store`, `py_unique_store`) take that batch where they took the stored rows, through
-//! the helpers here; `apply_batch` runs the index's step and every metric's store in one call.
+//! the helpers here; `apply_batch` runs the index's step and every metric's store in one call,
+//! for a batch and for rows alike.
 //! Outputs are those of the row path for the rows the batch stands for, record
 //! bytes included (tested in lock step against the Python reference).
 
@@ -135,29 +136,32 @@ pub fn metric_events(
     Ok(out)
 }
 
-/// `PartitionAggregates.apply_record` for a stored batch, with the event index's step before it,
-/// in one call per partition part: ``add_record(position, batch)`` (the event index's method)
-/// names the batch's metrics in order of first appearance; each metric whose spec (``spec_of``)
-/// still has the record's generation (``generations``) is applied by its store (``stores[code]``
-/// if of that generation, else ``store_for(spec)``), whose ``apply_record`` reads the batch in
-/// place. Returns the alerts fired, in order. The loop is `apply_record`'s, without its bytecode.
+/// A stored record's rows into a partition's event index and aggregates, in one call per
+/// partition part: ``add_record(position, rows)`` (the event index's method) names the record's
+/// metrics in order of first appearance; each metric whose spec (``spec_of``) still has the
+/// record's generation (``generations``) is applied by its store (``stores[code]`` if of that
+/// generation, else ``store_for(spec)``), whose ``apply_record`` reads the rows in place. ``rows``
+/// is an `EventBatch` (what the server's requests become) or a sequence of ``EventRow`` tuples
+/// (recovery's replay, in-process callers): the index and the stores read either. Returns the
+/// alerts fired, in order. The partition binds the first four arguments once
+/// (``PartitionAggregates.native_apply``), so a part costs one call and no Python frame.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // the partition's parts the step reads
 pub fn apply_batch<'py>(
     py: Python<'py>,
     add_record: &Bound<'py, PyAny>,
-    position: u64,
-    batch: &Bound<'py, PyEventBatch>,
-    first_offset: i64,
-    generations: &Bound<'py, PyDict>,
     spec_of: &Bound<'py, PyAny>,
     stores: &Bound<'py, PyDict>,
     store_for: &Bound<'py, PyAny>,
+    position: u64,
+    rows: &Bound<'py, PyAny>,
+    first_offset: i64,
+    generations: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyList>> {
     guarded(|| {
         let generation = intern!(py, "generation");
         let fired = PyList::empty(py);
-        for code in add_record.call1((position, batch))?.try_iter()? {
+        for code in add_record.call1((position, rows))?.try_iter()? {
             let code = code?;
             let spec = spec_of.call1((&code,))?;
             if spec.is_none() {
@@ -175,8 +179,7 @@ pub fn apply_batch<'py>(
                 }
                 _ => store_for.call1((&spec,))?,
             };
-            let alerts =
-                store.getattr(intern!(py, "apply_record"))?.call1((batch, first_offset, position))?;
+            let alerts = store.getattr(intern!(py, "apply_record"))?.call1((rows, first_offset, position))?;
             for alert in alerts.try_iter()? {
                 fired.append(alert?)?;
             }

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from cluster_client.types import AggValue, EventRow, GroupValue, Period
+from cluster_client.types import AggValue, GroupValue, Period
 
 from .cells import agg_value, empty_cell
 from .grid import HOUR, MINUTE
@@ -23,7 +24,7 @@ from .series import SeriesStore
 from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .unique import UniqueStore
 
-__all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds"]
+__all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds", "StoredApply"]
 
 _SNAPSHOT_VERSION = 2
 """2: each COUNT, SUM, MAX or LATEST store's data also says its folded minute (``"folded"``);
@@ -33,9 +34,11 @@ _MINUTES_PER_HOUR = HOUR // MINUTE
 _Series = SeriesStore | NativeSeriesStore
 _Unique = UniqueStore | NativeUniqueStore
 _Store = _Series | _Unique
-_Native = NativeSeriesStore | NativeUniqueStore
 ApplyBatch = Callable[..., list[AlertRow]]
 """``unimeter_native.apply_batch`` (the extension ships no type stubs)."""
+StoredApply = Callable[[int, Any, int, Mapping[str, int]], list[AlertRow]]
+"""``(record_ref, rows, first_offset, generations) -> alerts``: a stored record into a partition's
+event index and aggregates (:meth:`PartitionAggregates.native_apply`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,56 +78,20 @@ class PartitionAggregates:
             return []
         return self._store_for(spec).apply(rows, record_ref)
 
-    def apply_record(
-        self,
-        codes: Sequence[str],
-        generations: Mapping[str, int],
-        spec_of: Callable[[str], MetricSpec | None],
-        rows: Sequence[EventRow],
-        first_offset: int,
-        record_ref: int,
-    ) -> list[AlertRow]:
-        """:meth:`apply` for a stored record's rows (row ``i`` has offset ``first_offset + i``),
-        metric by metric in ``codes`` (the record's metrics, each with rows, in order of first
-        appearance), skipping a metric that no longer has the record's generation (deleted, maybe
-        re-created, since). One call per record: a native store reads its rows where they are, the
-        others get them as :data:`AppliedRow` tuples. Returns the alerts fired, in order."""
-        fired: list[AlertRow] = []
-        stores = self._stores
-        for code in codes:
-            spec = spec_of(code)
-            if spec is None or spec.generation != generations[code]:
-                continue
-            store = stores.get(code)
-            if store is None or store.spec.generation != spec.generation:
-                store = self._store_for(spec)
-            if isinstance(store, _Native):
-                fired += store.apply_record(rows, first_offset, record_ref)
-                continue
-            applied = [
-                (account, value, t, props, op, first_offset + i)
-                for i, (account, row_code, value, t, props, op, _) in enumerate(rows)
-                if row_code == code
-            ]
-            fired += store.apply(applied, record_ref)
-        return fired
-
-    def apply_batch(
+    def native_apply(
         self,
         apply_batch: ApplyBatch,
         add_record: Callable[[int, Any], Sequence[str]],
-        batch: object,
-        generations: Mapping[str, int],
         spec_of: Callable[[str], MetricSpec | None],
-        first_offset: int,
-        record_ref: int,
-    ) -> list[AlertRow]:
-        """:meth:`apply_record` for a native engine's stored ``EventBatch``, with the event index's
-        ``add_record`` before it, in one native call (``apply_batch``, ``unimeter_native``): the
-        same metrics in the same order, the same stores, the same alerts."""
-        return apply_batch(
-            add_record, record_ref, batch, first_offset, generations, spec_of, self._stores, self._store_for
-        )
+    ) -> StoredApply:
+        """The native engine's apply step of a stored record, bound to this partition's stores:
+        ``(record_ref, rows, first_offset, generations) -> alerts``, the extension's
+        ``apply_batch`` with the event index's ``add_record`` before it. The record's metrics in
+        order of first appearance, each applied by its store if the metric still has the
+        record's generation; ``rows`` is an ``EventBatch`` or ``EventRow`` tuples (row ``i`` has
+        offset ``first_offset + i``), read in place. Bound once (the stores' dict is this
+        object's for its life), so a partition part costs one native call."""
+        return partial(apply_batch, add_record, spec_of, self._stores, self._store_for)
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, and that period."""
