@@ -8,17 +8,23 @@ event once (as any real servicer must), stores nothing and returns offsets; ``Qu
 each ingested event of the alert metric (the events the real server's recurring threshold fires
 on; batched like the real server's when the request asks), so the alert run has a floor too.
 
-Run as ``python -m bench.ceiling``; it prints one JSON ready line like ``unimeter serve``.
+Run as ``python -m bench.ceiling``; it prints one JSON ready line like ``unimeter serve``. With
+``--burn-ns-per-event N`` each Ingest call also burns N ns of CPU per event with the GIL released,
+on the event loop's thread or (``--burn-on thread``) on a worker thread the call awaits: the
+model ``python -m bench.cpu_budget`` uses to show what per-event work costs a server on this
+machine, and what moving it off the loop's thread buys.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -32,7 +38,7 @@ from unimeter.v1 import (
     types_pb2,
 )
 
-__all__ = ["main", "serve"]
+__all__ = ["CpuBurner", "main", "serve"]
 
 # Same limits as unimeter serve (service/server.py), so both accept the same batches.
 _MAX_MESSAGE_BYTES = 17 << 20
@@ -40,10 +46,46 @@ _FIXED = types_pb2.AggValue(value=42, count=1, sum=42, max=42, last_value=42)
 _PERIOD = types_pb2.Period(start_unix_nano=1, end_unix_nano=2)
 
 
+class CpuBurner:
+    """Burns CPU for a given time per event with the GIL released: SHA-256 over a buffer of zeros
+    (hashlib lets go of the GIL for inputs over 2 KiB), its length calibrated at start."""
+
+    def __init__(self, ns_per_event: float, *, on_thread: bool) -> None:
+        self._bytes_per_ns = _hash_bytes_per_ns()
+        self._ns_per_event = ns_per_event
+        self._buffer = b""
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="burn") if on_thread else None
+
+    async def burn(self, n_events: int) -> None:
+        """Burn ``n_events`` events' CPU, on the loop's thread or on the worker thread."""
+        size = int(n_events * self._ns_per_event * self._bytes_per_ns)
+        if len(self._buffer) < size:
+            self._buffer = bytes(size)
+        work = memoryview(self._buffer)[:size]
+        if self._pool is None:
+            hashlib.sha256(work)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self._pool, hashlib.sha256, work)
+
+
+def _hash_bytes_per_ns() -> float:
+    """SHA-256's speed on this machine, in bytes per ns (best of a few 4 MiB runs)."""
+    data = bytes(4 << 20)
+    best = min(_timed(hashlib.sha256, data) for _ in range(5))
+    return len(data) / best
+
+
+def _timed(fn: Callable[[bytes], object], data: bytes) -> int:
+    started = time.perf_counter_ns()
+    fn(data)
+    return max(1, time.perf_counter_ns() - started)
+
+
 class _Ingest(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, alerts: _Alerts) -> None:
+    def __init__(self, alerts: _Alerts, burner: CpuBurner | None) -> None:
         self._next = 1
         self._alerts = alerts
+        self._burner = burner
 
     async def Ingest(
         self, request: ingest_service_pb2.IngestRequest, context: grpc.aio.ServicerContext
@@ -64,6 +106,8 @@ class _Ingest(ingest_service_pb2_grpc.IngestServiceServicer):
             n += 1
         first = self._next
         self._next += n
+        if self._burner is not None:
+            await self._burner.burn(n)
         if crossing and self._alerts.subscribers:
             self._alerts.publish(crossing, first)
         return ingest_service_pb2.IngestResponse(n_stored=n, offsets=range(first, first + n))
@@ -144,7 +188,7 @@ class _Alerts(alert_service_pb2_grpc.AlertServiceServicer):
             self._queues.discard(queue)
 
 
-async def serve(host: str, port: int, alert_metric: str) -> None:
+async def serve(host: str, port: int, alert_metric: str, burner: CpuBurner | None = None) -> None:
     """Serve until SIGTERM/SIGINT; prints the ready line once listening."""
     server = grpc.aio.server(
         options=[
@@ -154,7 +198,7 @@ async def serve(host: str, port: int, alert_metric: str) -> None:
         ]
     )
     alerts = _Alerts(alert_metric)
-    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(_Ingest(alerts), server)
+    ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(_Ingest(alerts, burner), server)
     query_service_pb2_grpc.add_QueryServiceServicer_to_server(_Query(), server)
     alert_service_pb2_grpc.add_AlertServiceServicer_to_server(alerts, server)
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -169,13 +213,19 @@ async def serve(host: str, port: int, alert_metric: str) -> None:
 
 
 def main() -> int:
-    """``python -m bench.ceiling [--host H] [--port P] [--alert-metric CODE]``."""
+    """``python -m bench.ceiling [--host H] [--port P] [--alert-metric CODE] [--burn-ns-per-event N
+    [--burn-on loop|thread]]``."""
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--alert-metric", default="bench.alerts")
+    parser.add_argument("--burn-ns-per-event", type=float, default=0.0)
+    parser.add_argument("--burn-on", choices=("loop", "thread"), default="loop")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port, args.alert_metric))
+    burner = None
+    if args.burn_ns_per_event > 0:
+        burner = CpuBurner(args.burn_ns_per_event, on_thread=args.burn_on == "thread")
+    asyncio.run(serve(args.host, args.port, args.alert_metric, burner))
     return 0
 
 

@@ -143,10 +143,11 @@ def start_unimeter(
     return _start(name, cmd, data_dir.parent / f"{data_dir.name}.stderr.log", timeout, source)
 
 
-def start_ceiling(log_dir: Path, *, timeout: float = 60) -> ServerProcess:
-    """The no-op ceiling server (``python -m bench.ceiling``) on 127.0.0.1 port 0."""
-    cmd = [sys.executable, "-m", "bench.ceiling", "--host", "127.0.0.1", "--port", "0"]
-    return _start("ceiling", cmd, log_dir / "ceiling.stderr.log", timeout)
+def start_ceiling(log_dir: Path, *extra: str, name: str = "ceiling", timeout: float = 60) -> ServerProcess:
+    """The no-op ceiling server (``python -m bench.ceiling``, with ``extra`` arguments) on 127.0.0.1
+    port 0."""
+    cmd = [sys.executable, "-m", "bench.ceiling", "--host", "127.0.0.1", "--port", "0", *extra]
+    return _start(name, cmd, log_dir / f"{name}.stderr.log", timeout)
 
 
 def rss_bytes(pid: int) -> int:
