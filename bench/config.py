@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 __all__ = ["SECTIONS", "BenchConfig", "preset"]
 
-SECTIONS = ("fsync", "async", "sync", "query", "alerts", "memory", "restart", "cluster")
+SECTIONS = ("fsync", "async", "sync", "query", "alerts", "engines", "memory", "restart", "cluster")
 """Every section of a run, in the order it runs."""
 
 

@@ -161,6 +161,8 @@ def run_bench(
             # Idle from here on: end them so they cannot disturb the fresh servers (their data is
             # thrown away, so there is no graceful flush + snapshot to wait for).
             server.kill()
+        if "engines" in sections:
+            results["engines"] = bench.section_engines()
         if "memory" in sections:
             results["memory"] = bench.section_memory()
         if "restart" in sections:

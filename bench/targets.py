@@ -308,6 +308,9 @@ def table_rows(
         if low is not None:
             rate = low["target_events_per_s"]
             rows += _quantile_rows("ingest→alert", f" @ {rate:,.0f} ev/s (diagnostic)", low["unimeter"], None)
+    engines = results.get("engines")
+    if engines is not None:
+        rows += _engine_rows(engines, results)
     memory = results.get("memory")
     if memory is not None:
         s = memory["series"]
@@ -353,9 +356,53 @@ def table_rows(
             )
         )
         rows.append(_row(f"graceful stop ({n:,} ev)", "s", restart["stop_seconds"], None))
+        python = restart["python_engine"]
+        same = "same answer" if python["same_answer"] else "ANSWER DIFFERS"
+        rows.append(
+            _row(
+                f"restart → first query, python engine ({same}, diagnostic)",
+                "s",
+                python["first_query_seconds"],
+                c["seconds"],
+            )
+        )
     cluster = results.get("cluster")
     if cluster is not None:
         rows += _cluster_rows(cluster, by_id)
+    return rows
+
+
+def _engine_rows(engines: dict[str, Any], results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The python engine's rows (diagnostic: the targets are the native engine's), each beside
+    the ceiling's number for the same shape measured earlier in the run, where there is one."""
+    ceiling_async = next(
+        (
+            row["ceiling"]["events_per_s"]
+            for row in results.get("async") or []
+            if (row["batch"], row["callers"]) == (engines["async"]["batch"], engines["async"]["callers"])
+        ),
+        None,
+    )
+    sync = results.get("sync")
+    a, b = engines["async"], engines["sync_batch"]
+    rows = [
+        _row(
+            f"ASYNC batch {a['batch']} x {a['callers']} callers, python engine (diagnostic)",
+            "events/s",
+            a["python"]["events_per_s"],
+            ceiling_async,
+        ),
+        _row(
+            f"SYNC batch {b['batch']} x {b['callers']} callers, python engine (diagnostic)",
+            "events/s",
+            b["python"]["events_per_s"],
+            b["async_reference"]["events_per_s"],
+        ),
+    ]
+    ceiling_single = sync["single"]["ceiling"] if sync is not None else None
+    rows += _quantile_rows(
+        "SYNC 1 event", ", python engine (diagnostic)", engines["sync_single"], ceiling_single
+    )
     return rows
 
 

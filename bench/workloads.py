@@ -84,10 +84,12 @@ def estimate_seconds(cfg: BenchConfig) -> float:
         total += _w_fill(cfg.query_account_events) + 4 * _w_lat(cfg)
     if "alerts" in s:
         total += 4 * _w_alert(cfg)
+    if "engines" in s:
+        total += _W_SERVER + 3 * _w_run(cfg.run_seconds) + _w_lat(cfg)
     if "memory" in s:
         total += 2 * (_W_SERVER + _w_fill(2 * _warm_events(cfg) + cfg.series + cfg.dedup_keys))
     if "restart" in s:
-        total += 2 * _W_SERVER + _w_fill(cfg.restart_events) + 2 * _w_recover(cfg.restart_events)
+        total += 3 * _W_SERVER + _w_fill(cfg.restart_events) + 3 * _w_recover(cfg.restart_events)
     if "cluster" in s:
         total += (cfg.cluster_nodes + 2) * _W_SERVER + 5 * _w_lat(cfg) + 2 * _w_run(cfg.run_seconds)
         if cfg.cluster_nodes > 1:
@@ -328,6 +330,50 @@ class Bench:
         batch["async_events_per_s"] = reference["events_per_s"]
         batch["ratio_to_async"] = ratio(batch["unimeter"]["events_per_s"], reference["events_per_s"])
         return {"single": single, "batch": batch}
+
+    def section_engines(self) -> dict[str, Any]:
+        """The python engine (the reference and fallback) beside the main server's, in the same
+        run, on a fresh ``unimeter serve --engine python``: ASYNC at the target shape, SYNC
+        batches with an ASYNC reference right after them, and single-event SYNC latency. The
+        ceiling's numbers for the same shapes are the ones measured earlier in the run."""
+        cfg = self.config
+        self.progress.begin("python engine: starting a fresh server", _W_SERVER)
+        server = self.start_server("python-engine", "--engine", "python")
+        self.create_metrics(server)
+        self.progress.end()
+
+        def run(label: str, batch: int, callers: int, *, sync: bool) -> dict[str, Any]:
+            self.progress.begin(f"python engine: {label}", _w_run(cfg.run_seconds))
+            result = self.measure_ingest(
+                server, batch=batch, callers=callers, duration=cfg.run_seconds, sync=sync
+            )
+            result.pop("_alert_acks")
+            self.progress.end()
+            return result
+
+        shape = (cfg.target_batch, cfg.target_callers)
+        async_ = run(f"ASYNC batch={shape[0]} callers={shape[1]}", *shape, sync=False)
+        sync_shape = (cfg.sync_batch, cfg.sync_batch_callers)
+        sync_batch = run(f"SYNC batch={sync_shape[0]} callers={sync_shape[1]}", *sync_shape, sync=True)
+        reference = run(
+            f"ASYNC batch={sync_shape[0]} callers={sync_shape[1]} (reference)", *sync_shape, sync=False
+        )
+        self.progress.begin("python engine: SYNC single-event latency", _w_lat(cfg))
+        single = self.measure_latency(server, "ingest1", account=1, sync=True)
+        self.progress.end()
+        server.kill()
+        return {
+            "engine": "python",
+            "async": {"batch": shape[0], "callers": shape[1], "python": async_},
+            "sync_batch": {
+                "batch": sync_shape[0],
+                "callers": sync_shape[1],
+                "python": sync_batch,
+                "async_reference": reference,
+                "ratio_to_async": ratio(sync_batch["events_per_s"], reference["events_per_s"]),
+            },
+            "sync_single": single,
+        }
 
     def section_query(self) -> dict[str, Any]:
         cfg = self.config
@@ -610,19 +656,21 @@ class Bench:
         read_seconds = time.monotonic() - read_started
         self.progress.end()
         self.progress.begin("restart: recovering", _w_recover(events))
-        again = self.start_server("restart")
-        (first,) = self.pool.run(
-            [
-                (
-                    0,
-                    "first_query",
-                    {"addr": again.addr, "account": 1, "metric": payloads.METRIC_CODES[0]},
-                )
-            ]
-        )
+        again, first = self._first_query("restart")
         first_query = first["ok_ns"] / 1e9 - again.started_monotonic
         rss_after = rss_bytes(again.pid)
         again.stop()
+        self.progress.end()
+        # The same directory (and the snapshot the stop above wrote) on the python engine: its
+        # recovery time, and that it answers the first query as the other engine did.
+        self.progress.begin("restart: recovering on the python engine", _w_recover(events))
+        python, python_first = self._first_query("restart", "--engine", "python")
+        python_engine = {
+            "ready_seconds": python.ready_seconds,
+            "first_query_seconds": python_first["ok_ns"] / 1e9 - python.started_monotonic,
+            "same_answer": python_first["count"] == first["count"],
+        }
+        python.stop()
         self.progress.end()
         ceiling = noop_ready + read_seconds
         return {
@@ -642,4 +690,13 @@ class Bench:
             },
             "ratio": ratio(first_query, ceiling),
             "cpus": os.cpu_count(),
+            "python_engine": python_engine,
         }
+
+    def _first_query(self, name: str, *extra: str) -> tuple[ServerProcess, dict[str, Any]]:
+        """``unimeter serve`` on ``data_root/name`` started, and its first successful QueryRealtime
+        (account 1, the first metric): the server, and the load generator's answer."""
+        server = self.start_server(name, *extra)
+        query = {"addr": server.addr, "account": 1, "metric": payloads.METRIC_CODES[0]}
+        (first,) = self.pool.run([(0, "first_query", query)])
+        return server, first

@@ -159,6 +159,28 @@ def test_restart_section(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
     assert 0 < restart["ready_seconds"] <= restart["first_query_seconds"]
     assert _number(restart["ceiling"]["seconds"])
     assert _number(restart["ratio"])
+    # The same directory recovered by the python engine answers as the main server did.
+    python = restart["python_engine"]
+    assert python["same_answer"] is True
+    assert 0 < python["ready_seconds"] <= python["first_query_seconds"]
+
+
+def test_engines_section_measures_the_python_engine(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
+    _, data = tiny_run
+    engines = data["engines"]
+    config = preset("tiny")
+    assert engines["engine"] == "python"
+    assert (engines["async"]["batch"], engines["async"]["callers"]) == (
+        config.target_batch,
+        config.target_callers,
+    )
+    batch = engines["sync_batch"]
+    for run in (engines["async"]["python"], batch["python"], batch["async_reference"]):
+        assert run["errors"] == 0 and run["events"] > 0, run
+    assert _number(batch["ratio_to_async"])
+    _latency(engines["sync_single"])
+    names = [row["name"] for row in data["table"]]
+    assert sum("python engine" in name for name in names) == 5, names
 
 
 def test_cluster_section(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
