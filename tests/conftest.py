@@ -34,6 +34,7 @@ collect_ignore = (
         "unit/test_native_dedup_key.py",
         "unit/test_native_dedup_index.py",
         "unit/test_native_dedup_batch.py",
+        "unit/test_tick_writes.py",
         "integration/test_native_partition.py",
         "integration/test_native_engine_end_to_end.py",
     ]

@@ -1,5 +1,6 @@
 """node.tick_writes: a flush tick's rounds written and synced by the native worker, which needs
-no GIL, their outcomes taken on the event loop when its eventfd rings."""
+no GIL, their outcomes taken on the event loop when its eventfd rings. Collected only where the
+extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import os
 from pathlib import Path
 
 import pytest
+import unimeter_native as native
 
 from node import segment_log
 from node.segment_log import SegmentLog
 from node.tick_writes import TickWrites
 from tests.unit.test_segment_log import check_only_the_bad_log_failed
-
-native = pytest.importorskip("unimeter_native")
 
 pytestmark = pytest.mark.timeout(30)
 
