@@ -249,18 +249,15 @@ class Partition:
                 self._remember_batch(batch_id, arrival, outcome)
             self._last_arrival = arrival
             self._records_since_snapshot += 1
-            if stored:
-                self.last_offset = first_offset + len(stored) - 1
-                fired = self._apply_stored(ref, stored, first_offset, gens)
-                if fired:
-                    self._log_alerts(first_offset, fired, arrival)
+            fired = self._apply(ref, first_offset, gens, stored)
+            if fired:
+                self._log_alerts(first_offset, fired, arrival)
         return outcome
 
     def _apply(
         self, ref: int, first_offset: int, gens: dict[str, int], rows: Sequence[EventRow]
     ) -> list[_AlertRow]:
-        """Apply a replayed record's rows to the aggregates and the event index; returns the
-        alerts they fire (``ingest`` does the same inline: one frame fewer per partition part)."""
+        """Apply a record's rows to the aggregates and the event index; returns the alerts they fire."""
         if not rows:
             return []
         self.last_offset = first_offset + len(rows) - 1

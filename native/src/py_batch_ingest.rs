@@ -144,7 +144,7 @@ pub fn metric_events(
 /// is an `EventBatch` (what the server's requests become) or a sequence of ``EventRow`` tuples
 /// (recovery's replay, in-process callers): the index and the stores read either. Returns the
 /// alerts fired, in order. The partition binds the first four arguments once
-/// (``PartitionAggregates.native_apply``), so a part costs one call and no Python frame.
+/// (``PartitionAggregates.native_apply``), so a part calls it with no wrapper in between.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // the partition's parts the step reads
 pub fn apply_batch<'py>(
