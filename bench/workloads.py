@@ -281,15 +281,9 @@ class Bench:
             for callers in cfg.callers:
                 row: dict[str, Any] = {"batch": batch, "callers": callers}
                 for name, server in self._targets():
-                    self.progress.begin(
-                        f"ASYNC batch={batch} callers={callers} → {name}", _w_run(cfg.run_seconds)
+                    row[name] = self._timed_run(
+                        f"ASYNC batch={batch} callers={callers} → {name}", server, batch, callers
                     )
-                    result = self.measure_ingest(
-                        server, batch=batch, callers=callers, duration=cfg.run_seconds
-                    )
-                    result.pop("_alert_acks")
-                    row[name] = result
-                    self.progress.end()
                 row["ratio"] = ratio(row["unimeter"]["events_per_s"], row["ceiling"]["events_per_s"])
                 rows.append(row)
         return rows
@@ -304,27 +298,20 @@ class Bench:
             self.progress.end()
         single["ratio_p50"] = ratio(single["unimeter"]["p50_ms"], single["ceiling"]["p50_ms"])
         single["ratio_p99"] = ratio(single["unimeter"]["p99_ms"], single["ceiling"]["p99_ms"])
-        batch_size, callers, seconds = cfg.sync_batch, cfg.sync_batch_callers, cfg.run_seconds
-        batch: dict[str, Any] = {"batch": cfg.sync_batch, "callers": cfg.sync_batch_callers}
+        batch_size, callers = cfg.sync_batch, cfg.sync_batch_callers
+        batch: dict[str, Any] = {"batch": batch_size, "callers": callers}
         for name, server in self._targets():
-            self.progress.begin(
-                f"SYNC batch={cfg.sync_batch} callers={cfg.sync_batch_callers} → {name}",
-                _w_run(cfg.run_seconds),
+            batch[name] = self._timed_run(
+                f"SYNC batch={batch_size} callers={callers} → {name}", server, batch_size, callers, sync=True
             )
-            batch[name] = self.measure_ingest(
-                server, batch=batch_size, callers=callers, duration=seconds, sync=True
-            )
-            batch[name].pop("_alert_acks")
-            self.progress.end()
         # The ASYNC reference is measured right after, not taken from the matrix minutes earlier:
         # on a noisy machine only back-to-back runs compare.
-        self.progress.begin(
-            f"ASYNC batch={cfg.sync_batch} callers={cfg.sync_batch_callers} → unimeter (reference)",
-            _w_run(cfg.run_seconds),
+        reference = self._timed_run(
+            f"ASYNC batch={batch_size} callers={callers} → unimeter (reference)",
+            self.unimeter,
+            batch_size,
+            callers,
         )
-        reference = self.measure_ingest(self.unimeter, batch=batch_size, callers=callers, duration=seconds)
-        reference.pop("_alert_acks")
-        self.progress.end()
         batch["ratio"] = ratio(batch["unimeter"]["events_per_s"], batch["ceiling"]["events_per_s"])
         batch["async_reference"] = reference
         batch["async_events_per_s"] = reference["events_per_s"]
@@ -342,21 +329,19 @@ class Bench:
         self.create_metrics(server)
         self.progress.end()
 
-        def run(label: str, batch: int, callers: int, *, sync: bool) -> dict[str, Any]:
-            self.progress.begin(f"python engine: {label}", _w_run(cfg.run_seconds))
-            result = self.measure_ingest(
-                server, batch=batch, callers=callers, duration=cfg.run_seconds, sync=sync
-            )
-            result.pop("_alert_acks")
-            self.progress.end()
-            return result
-
         shape = (cfg.target_batch, cfg.target_callers)
-        async_ = run(f"ASYNC batch={shape[0]} callers={shape[1]}", *shape, sync=False)
+        async_ = self._timed_run(f"python engine: ASYNC batch={shape[0]} callers={shape[1]}", server, *shape)
         sync_shape = (cfg.sync_batch, cfg.sync_batch_callers)
-        sync_batch = run(f"SYNC batch={sync_shape[0]} callers={sync_shape[1]}", *sync_shape, sync=True)
-        reference = run(
-            f"ASYNC batch={sync_shape[0]} callers={sync_shape[1]} (reference)", *sync_shape, sync=False
+        sync_batch = self._timed_run(
+            f"python engine: SYNC batch={sync_shape[0]} callers={sync_shape[1]}",
+            server,
+            *sync_shape,
+            sync=True,
+        )
+        reference = self._timed_run(
+            f"python engine: ASYNC batch={sync_shape[0]} callers={sync_shape[1]} (reference)",
+            server,
+            *sync_shape,
         )
         self.progress.begin("python engine: SYNC single-event latency", _w_lat(cfg))
         single = self.measure_latency(server, "ingest1", account=1, sync=True)
@@ -692,6 +677,18 @@ class Bench:
             "cpus": os.cpu_count(),
             "python_engine": python_engine,
         }
+
+    def _timed_run(
+        self, label: str, server: ServerProcess, batch: int, callers: int, *, sync: bool = False
+    ) -> dict[str, Any]:
+        """One timed ingest run of the configured length, shown as ``label`` in the progress bar."""
+        self.progress.begin(label, _w_run(self.config.run_seconds))
+        result = self.measure_ingest(
+            server, batch=batch, callers=callers, duration=self.config.run_seconds, sync=sync
+        )
+        result.pop("_alert_acks")
+        self.progress.end()
+        return result
 
     def _first_query(self, name: str, *extra: str) -> tuple[ServerProcess, dict[str, Any]]:
         """``unimeter serve`` on ``data_root/name`` started, and its first successful QueryRealtime
