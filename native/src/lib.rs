@@ -179,10 +179,12 @@ fn batches_by_partition<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let mut slot_of: HashMap<u64, usize> = HashMap::new();
     let mut slots: Vec<(u64, Vec<usize>)> = Vec::new();
+    // Room for twice a partition's even share, so that few of the lists are regrown.
+    let share = 2 * events.len() / partitions.max(1) as usize + 4;
     for (i, event) in events.iter().enumerate() {
         let p = partitioning::partition_of(event.account_id, partitions);
         let slot = *slot_of.entry(p).or_insert_with(|| {
-            slots.push((p, Vec::new()));
+            slots.push((p, Vec::with_capacity(share)));
             slots.len() - 1
         });
         slots[slot].1.push(i);

@@ -121,7 +121,7 @@ pub fn metric_events(
     let Some(ours) = batch.code_number(rows.code_text()) else {
         return Ok(Vec::new());
     };
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(batch.events.len()); // at most all of them: no regrowing
     for (i, e) in batch.events.iter().enumerate() {
         if e.code != ours {
             continue;

@@ -44,8 +44,9 @@ impl PySeriesCells {
         batch: &EventBatch,
         first_offset: i64,
     ) -> PyResult<Vec<Event>> {
-        let mut events = Vec::new();
-        for e in metric_events(py, &mut self.rows, batch, first_offset)? {
+        let found = metric_events(py, &mut self.rows, batch, first_offset)?;
+        let mut events = Vec::with_capacity(found.len());
+        for e in found {
             events.push(Event {
                 account: e.event.account,
                 value: e.value()?,

@@ -66,8 +66,9 @@ impl PyUniqueSets {
         batch: &EventBatch,
         first_offset: i64,
     ) -> PyResult<Vec<SetEvent>> {
-        let mut events = Vec::new();
-        for e in metric_events(py, &mut self.rows, batch, first_offset)? {
+        let found = metric_events(py, &mut self.rows, batch, first_offset)?;
+        let mut events = Vec::with_capacity(found.len());
+        for e in found {
             events.push(SetEvent {
                 account: e.event.account,
                 member: e.event.value,
