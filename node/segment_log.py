@@ -589,29 +589,37 @@ class SegmentLog:
         await future
 
     def _make_job(self, fsync: bool) -> _Job:
-        """Detach the buffer into a job (on the loop thread; no I/O)."""
+        """Detach the buffer into a job (on the loop thread; no I/O). A flush tick takes one per
+        dirty log, so the usual case (no new segment file, nothing unsynced) is spelled out."""
         data, start, end = self._buf, self._buf_start, self._end
-        new_bases = self._pending_bases
+        active = self._bases[-1]
         self._buf = bytearray()
         self._buf_start = end
-        self._pending_bases = []
-        bounds = [start, *new_bases, end]
-        owners = [self._bases[-1], *new_bases]
-        targets = [(base, bounds[i] - start, bounds[i + 1] - start) for i, base in enumerate(owners)]
-        written = [base for base, lo, hi in targets if hi > lo]
+        new_bases = self._pending_bases
+        if new_bases:
+            self._pending_bases = []
+            bounds = [start, *new_bases, end]
+            owners = [active, *new_bases]
+            targets = [(base, bounds[i] - start, bounds[i + 1] - start) for i, base in enumerate(owners)]
+            written = [base for base, lo, hi in targets if hi > lo]
+        else:
+            new_bases = []
+            targets = [(active, 0, end - start)]
+            written = [active] if end > start else []
+        unsynced = self._unsynced
         return _Job(
-            data=data,
-            start=start,
-            end=end,
-            fsync=fsync,
-            new_bases=new_bases,
-            targets=targets,
-            wfds=dict(self._wfds),
-            sync_bases=sorted(self._unsynced.union(written)),
-            dir_fd=self._dir_fd,
-            sync_dir=self._dir_dirty,
-            directory=self._dir,
-            on_sync=self.on_sync,
+            data,
+            start,
+            end,
+            fsync,
+            new_bases,
+            targets,
+            dict(self._wfds),
+            sorted(unsynced.union(written)) if unsynced else written,
+            self._dir_fd,
+            self._dir_dirty,
+            self._dir,
+            self.on_sync,
         )
 
     def _detach(self, fsync: bool, *, defer_write: bool = False) -> _Job:
