@@ -114,11 +114,6 @@ impl MetricRows {
         Ok(Some(key))
     }
 
-    /// The metric's code.
-    pub fn code_text(&self) -> &str {
-        &self.code_text
-    }
-
     /// [`Self::combination`] of a batch event's properties.
     pub fn batch_combination(
         &self,

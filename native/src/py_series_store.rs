@@ -14,7 +14,6 @@ use crate::cell_map::Key;
 use crate::event_batch::EventBatch;
 use crate::guarded;
 use crate::py_batch_ingest::metric_events;
-use crate::py_event_batch::PyEventBatch;
 use crate::py_rows::{items, row_item, MetricRows, REMOVE};
 use crate::series_cells::{AggKind, Event, SeriesCells, SnapshotCell, N_LEVELS};
 
@@ -37,14 +36,19 @@ impl PySeriesCells {
         })
     }
 
-    /// The events of this metric among a stored batch's, resolved (`py_batch_ingest`).
-    fn batch_events(
+    /// Apply a stored batch's events at `indexes` (this metric's, in order; event `i` has
+    /// offset `first_offset + i`), read from position `record`; the alert rows they fire are
+    /// appended to `fired` (`py_batch_ingest::apply_batch`).
+    pub fn apply_batch_events(
         &mut self,
         py: Python<'_>,
         batch: &EventBatch,
+        indexes: &[u32],
         first_offset: i64,
-    ) -> PyResult<Vec<Event>> {
-        let found = metric_events(py, &mut self.rows, batch, first_offset)?;
+        record: u64,
+        fired: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        let found = metric_events(py, &mut self.rows, batch, indexes, first_offset)?;
         let mut events = Vec::with_capacity(found.len());
         for e in found {
             events.push(Event {
@@ -57,7 +61,10 @@ impl PySeriesCells {
                 period_start: e.period.0,
             });
         }
-        Ok(events)
+        for alert in self.apply_events(py, &events, record)?.iter() {
+            fired.append(alert)?;
+        }
+        Ok(())
     }
 
     /// Apply resolved events; the alert rows they fire.
@@ -160,9 +167,10 @@ impl PySeriesCells {
         })
     }
 
-    /// Apply the rows of metric ``code`` among a stored record's rows (``EventRow`` sequences,
-    /// or an ``EventBatch``; row ``i`` has offset ``first_offset + i``), read from position ``record``; returns the
-    /// alert rows they fire. The same as ``apply`` with those rows, without making them.
+    /// Apply the rows of metric ``code`` among a stored record's ``EventRow`` rows (row ``i``
+    /// has offset ``first_offset + i``), read from position ``record``; returns the alert rows
+    /// they fire. The same as ``apply`` with those rows, without making them. (A stored
+    /// ``EventBatch`` goes through `apply_batch_events`, its events grouped by metric once.)
     fn apply_record<'py>(
         &mut self,
         py: Python<'py>,
@@ -171,10 +179,6 @@ impl PySeriesCells {
         record: u64,
     ) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
-            if let Ok(batch) = rows.cast::<PyEventBatch>() {
-                let events = self.batch_events(py, &batch.get().batch, first_offset)?;
-                return self.apply_events(py, &events, record);
-            }
             let mut events = Vec::new();
             for (i, row) in rows.try_iter()?.enumerate() {
                 let row = row?;

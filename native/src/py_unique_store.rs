@@ -13,7 +13,6 @@ use pyo3::types::{PyList, PyString};
 use crate::event_batch::EventBatch;
 use crate::guarded;
 use crate::py_batch_ingest::metric_events;
-use crate::py_event_batch::PyEventBatch;
 use crate::py_rows::{items, row_item, MetricRows, REMOVE};
 use crate::series_cells::Combos;
 use crate::unique_sets::{Account, Op, SetEvent, SetRow, UniqueSets};
@@ -59,14 +58,18 @@ impl PyUniqueSets {
         })
     }
 
-    /// The events of this metric among a stored batch's, resolved (`py_batch_ingest`).
-    fn batch_events(
+    /// Apply a stored batch's events at `indexes` (this metric's, in order; event `i` has
+    /// offset `first_offset + i`); the alert rows they fire are appended to `fired`
+    /// (`py_batch_ingest::apply_batch`).
+    pub fn apply_batch_events(
         &mut self,
         py: Python<'_>,
         batch: &EventBatch,
+        indexes: &[u32],
         first_offset: i64,
-    ) -> PyResult<Vec<SetEvent>> {
-        let found = metric_events(py, &mut self.rows, batch, first_offset)?;
+        fired: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
+        let found = metric_events(py, &mut self.rows, batch, indexes, first_offset)?;
         let mut events = Vec::with_capacity(found.len());
         for e in found {
             events.push(SetEvent {
@@ -80,7 +83,10 @@ impl PyUniqueSets {
                 period_end: e.period.1,
             });
         }
-        Ok(events)
+        for alert in self.apply_events(py, &events)?.iter() {
+            fired.append(alert)?;
+        }
+        Ok(())
     }
 
     fn apply_events<'py>(&mut self, py: Python<'py>, events: &[SetEvent]) -> PyResult<Bound<'py, PyList>> {
@@ -216,8 +222,9 @@ impl PyUniqueSets {
         })
     }
 
-    /// ``apply`` for this metric's rows among a stored record's ``EventRow`` rows, or an
-    /// ``EventBatch`` (row ``i`` has offset ``first_offset + i``), read in place.
+    /// ``apply`` for this metric's rows among a stored record's ``EventRow`` rows (row ``i``
+    /// has offset ``first_offset + i``), read in place. (A stored ``EventBatch`` goes through
+    /// `apply_batch_events`, its events grouped by metric once.)
     fn apply_record<'py>(
         &mut self,
         py: Python<'py>,
@@ -227,10 +234,6 @@ impl PyUniqueSets {
     ) -> PyResult<Bound<'py, PyList>> {
         let _ = record;
         guarded(|| {
-            if let Ok(batch) = rows.cast::<PyEventBatch>() {
-                let events = self.batch_events(py, &batch.get().batch, first_offset)?;
-                return self.apply_events(py, &events);
-            }
             let mut events = Vec::new();
             for (i, row) in rows.try_iter()?.enumerate() {
                 let row = row?;

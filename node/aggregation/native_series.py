@@ -32,7 +32,7 @@ CellsType = Callable[..., Any]
 class NativeSeriesStore(SeriesReads):
     """Pre-aggregated cells of one non-COUNT_UNIQUE metric, for every account of a partition, in Rust."""
 
-    __slots__ = ("_cells", "_combos", "apply", "apply_record", "spec")
+    __slots__ = ("_cells", "_combos", "apply", "apply_record", "native", "spec")
 
     def __init__(self, spec: MetricSpec, cells_type: CellsType) -> None:
         self.spec = spec
@@ -45,6 +45,9 @@ class NativeSeriesStore(SeriesReads):
         self.apply_record: Callable[[Sequence[EventRow], int, int], list[AlertRow]] = self._cells.apply_record
         """``(rows, first_offset, record_ref)``: :attr:`apply` for this metric's rows among a stored
         record's ``EventRow`` rows (row ``i`` has offset ``first_offset + i``), read in place."""
+        self.native: Any = self._cells
+        """The Rust state itself, which ``unimeter_native.apply_batch`` applies a stored batch's
+        events to directly, grouped by metric once for the whole batch."""
         self._combos = Combos(spec.dims)
 
     # ------------------------------------------------------------------------------------ reads

@@ -29,7 +29,7 @@ _ACCOUNTS_PER_CHUNK = 256  # as UniqueStore.to_snapshot: an account's entry cost
 class NativeUniqueStore(UniqueReads):
     """COUNT_UNIQUE state of one metric, for every account of a partition, in Rust."""
 
-    __slots__ = ("_combos", "_sets", "apply", "apply_record", "spec")
+    __slots__ = ("_combos", "_sets", "apply", "apply_record", "native", "spec")
 
     def __init__(self, spec: MetricSpec, sets_type: Callable[..., Any]) -> None:
         self.spec = spec
@@ -41,6 +41,9 @@ class NativeUniqueStore(UniqueReads):
         self.apply_record: Callable[[Sequence[EventRow], int, int], list[AlertRow]] = self._sets.apply_record
         """``(rows, first_offset, record_ref)``: :attr:`apply` for this metric's rows among a stored
         record's ``EventRow`` rows (row ``i`` has offset ``first_offset + i``), read in place."""
+        self.native: Any = self._sets
+        """The Rust state itself, which ``unimeter_native.apply_batch`` applies a stored batch's
+        events to directly, grouped by metric once for the whole batch."""
         self._combos = Combos(spec.dims)
 
     @property
