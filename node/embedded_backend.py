@@ -27,7 +27,7 @@ from .filesystem_sync import syncfs_supported
 from .kernel_fdatasync import KernelFdatasync
 from .metric_registry import write_file_atomically
 from .partition_engine import partition_engine
-from .segment_log import SegmentLog, run_rounds, run_rounds_on_filesystem
+from .segment_log import SegmentLog, ValidPrefix, run_rounds, run_rounds_on_filesystem, valid_prefix
 from .stats import NodeStats
 from .tick_writes import TickWrites
 
@@ -54,6 +54,7 @@ class SegmentPartitionStorage:
         segment_bytes: int,
         executor: ThreadPoolExecutor,
         kernel_sync: KernelFdatasync | None = None,
+        scan: ValidPrefix = valid_prefix,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,11 @@ class SegmentPartitionStorage:
         """Where the partition's index runs of aged hours live (``node.index_runs``)."""
         self.events, self.alerts = (
             SegmentLog.open(
-                directory / name, segment_bytes=segment_bytes, executor=executor, kernel_sync=kernel_sync
+                directory / name,
+                segment_bytes=segment_bytes,
+                executor=executor,
+                kernel_sync=kernel_sync,
+                scan=scan,
             )
             for name in ("events", "alerts")
         )
@@ -95,8 +100,11 @@ class EmbeddedBackend:
         sync_filesystem: bool = True,
         stats: NodeStats | None = None,
         tick_writer: Callable[[], Any] | None = None,
+        scan: ValidPrefix = valid_prefix,
     ) -> None:
         self._data_dir = data_dir
+        self._scan = scan
+        """How a segment file's valid prefix is read when a partition's logs are opened (the engine's)."""
         self._segment_bytes = segment_bytes
         self._fsync_threads = fsync_threads
         self._stats = stats
@@ -137,6 +145,7 @@ class EmbeddedBackend:
             self._segment_bytes,
             self._executor,
             self._kernel_sync,
+            self._scan,
         )
         self._partitions[number] = storage
         if self._stats is not None:
@@ -240,12 +249,15 @@ class EmbeddedBackend:
 
 
 def open_embedded_backend(config: NodeConfig, stats: NodeStats) -> EmbeddedBackend:
-    """The default backend factory of a node: its data directory, its fsync settings."""
+    """The default backend factory of a node: its data directory, its fsync settings, and what
+    its engine does natively (the tick's writes, the recovery scan of the logs)."""
+    engine = partition_engine(config.engine)
     return EmbeddedBackend(
         config.data_dir,
         segment_bytes=config.segment_bytes,
         fsync_threads=config.fsync_threads,
         sync_filesystem=config.sync_filesystem,
         stats=stats,
-        tick_writer=partition_engine(config.engine).tick_writer,
+        tick_writer=engine.tick_writer,
+        scan=engine.valid_prefix,
     )

@@ -38,6 +38,7 @@ from .event_index import HOUR_NS, EventIndex, NativeEventIndex
 from .index_run import RunColumns
 from .index_runs import IndexRuns
 from .records import EventRecord, encode_event_record
+from .segment_log import ValidPrefix, valid_prefix
 
 __all__ = [
     "PARTITION_ENGINES",
@@ -305,6 +306,8 @@ class PartitionEngine:
     tick_writer: Callable[[], Any] | None = None
     """A new worker that writes and syncs a flush tick's rounds without the GIL
     (``node.tick_writes``); None: the tick's rounds are written on the loop thread."""
+    valid_prefix: ValidPrefix = valid_prefix
+    """How recovery reads a segment file's valid prefix when it opens a log (``SegmentLog.open``)."""
 
 
 PYTHON = PartitionEngine(
@@ -356,4 +359,5 @@ def partition_engine(name: str) -> PartitionEngine:
         partial(NativeEventIndex.from_snapshot, native_index),
         partial(native_bind_apply, module.apply_batch),
         module.TickWriter,
+        module.valid_prefix,
     )

@@ -286,7 +286,13 @@ def _iter_records(fd: int, off: int, limit: int) -> Iterator[tuple[int, memoryvi
         off += p
 
 
-def _valid_prefix(fd: int, size: int) -> tuple[int, str | None]:
+ValidPrefix = Callable[[int, int], tuple[int, "str | None"]]
+"""``(fd, size) -> (length, reason or None)``: the longest prefix of whole, checksum-valid records
+among a segment file's first ``size`` bytes, and why the rest is bad (:func:`valid_prefix`, or the
+native engine's ``unimeter_native.valid_prefix``, which answers the same)."""
+
+
+def valid_prefix(fd: int, size: int) -> tuple[int, str | None]:
     """Length of the longest prefix of whole, checksum-valid records, and why the rest is bad."""
     try:
         for _ in _iter_records(fd, 0, size):
@@ -380,8 +386,10 @@ class SegmentLog:
         segment_bytes: int = 64 << 20,
         executor: Executor | None = None,
         kernel_sync: KernelFdatasync | None = None,
+        scan: ValidPrefix = valid_prefix,
     ) -> SegmentLog:
-        """Open (or create) the log in ``directory``, validating every record.
+        """Open (or create) the log in ``directory``, validating every record (``scan``: the
+        engine's reading of a segment file's valid prefix).
 
         At the first torn or corrupt record (a frame that runs past the end of its file, or whose
         CRC does not match) the segment is truncated there and every later segment is deleted; a
@@ -405,7 +413,7 @@ class SegmentLog:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         rfds: dict[int, int] = {}
         try:
-            return cls._recover(directory, segment_bytes, executor, kernel_sync, dir_fd, found, rfds)
+            return cls._recover(directory, segment_bytes, executor, kernel_sync, dir_fd, found, rfds, scan)
         except BaseException:
             for fd in rfds.values():
                 os.close(fd)
@@ -422,6 +430,7 @@ class SegmentLog:
         dir_fd: int,
         found: list[int],
         rfds: dict[int, int],
+        scan: ValidPrefix,
     ) -> SegmentLog:
         kept: list[int] = []
         doomed: list[int] = []
@@ -436,7 +445,7 @@ class SegmentLog:
             fd = os.open(_segment_path(directory, base), os.O_RDONLY)
             rfds[base] = fd
             size = os.fstat(fd).st_size
-            good, reason = _valid_prefix(fd, size)
+            good, reason = scan(fd, size)
             kept.append(base)
             end = base + good
             if reason is not None:

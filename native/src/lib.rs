@@ -30,9 +30,11 @@ mod py_event_index;
 mod py_event_record;
 mod py_partition_batch;
 mod py_rows;
+mod py_segment_scan;
 mod py_series_store;
 mod py_tick_writer;
 mod py_unique_store;
+pub mod segment_scan;
 pub mod series_cells;
 pub mod thresholds;
 pub mod tick_writer;
@@ -258,6 +260,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add_class::<py_tick_writer::PyTickWriter>()?;
+    m.add_function(wrap_pyfunction!(py_segment_scan::valid_prefix, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())
