@@ -340,7 +340,7 @@ class Partition:
             covered = self._records_since_snapshot
             try:
                 # Ingestion goes on between slices: what it changes was copied, or is copy-on-write.
-                pieces = await encode_snapshot(state)
+                pieces = await encode_snapshot(state, self._engine.crc32)
             finally:
                 self.aggregates.release_snapshot()
             await self.flush()
@@ -548,7 +548,7 @@ class Partition:
             return 0, None
         data, written_at = stored
         try:
-            state = decode_snapshot(data)
+            state = decode_snapshot(data, self._engine.crc32)
         except RecordFormatError as exc:
             log.warning("partition %d: unreadable snapshot ignored (%s); replaying the log", self.number, exc)
             return 0, None

@@ -21,6 +21,7 @@ gets the engine's name from its config (the server passes the ingest engine it c
 from __future__ import annotations
 
 import importlib
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -32,7 +33,7 @@ from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
 from .aggregation.aggregates import PYTHON_STORES, ApplyBatch, StoredApply, StoreKinds
 from .aggregation.native_series import NativeSeriesStore
 from .aggregation.native_unique import NativeUniqueStore
-from .aggregation.snapshot_data import Chunked
+from .aggregation.snapshot_data import Chunked, Crc32
 from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
 from .index_run import RunColumns
@@ -308,6 +309,8 @@ class PartitionEngine:
     (``node.tick_writes``); None: the tick's rounds are written on the loop thread."""
     valid_prefix: ValidPrefix = valid_prefix
     """How recovery reads a segment file's valid prefix when it opens a log (``SegmentLog.open``)."""
+    crc32: Crc32 = zlib.crc32
+    """``zlib.crc32(data, value)`` or a faster equal: a snapshot file's checksum, written and read."""
 
 
 PYTHON = PartitionEngine(
@@ -360,4 +363,5 @@ def partition_engine(name: str) -> PartitionEngine:
         partial(native_bind_apply, module.apply_batch),
         module.TickWriter,
         module.valid_prefix,
+        module.crc32,
     )

@@ -19,7 +19,7 @@ import msgpack
 
 from cluster_client.types import EventRow
 
-from .aggregation.snapshot_data import pack_in_slices
+from .aggregation.snapshot_data import Crc32, pack_in_slices
 
 __all__ = [
     "ALERT_RECORD_VERSION",
@@ -203,7 +203,7 @@ def decode_alert_record(data: bytes) -> AlertRecord:
 _SNAPSHOT_CRC_BYTES = 4
 
 
-async def encode_snapshot(snapshot: Snapshot) -> list[bytes]:
+async def encode_snapshot(snapshot: Snapshot, crc32: Crc32 = zlib.crc32) -> list[bytes]:
     """The stored bytes of a snapshot, packed in slices with the loop free in between: the msgpack
     map, then the CRC-32 of it (4 bytes, little endian), so that a damaged snapshot is refused
     instead of loaded as wrong numbers. Returned as the pieces they were packed in: a partition
@@ -228,20 +228,20 @@ async def encode_snapshot(snapshot: Snapshot) -> list[bytes]:
             **runs,
             **alerts,
         },
-        crc32_trailer=True,
+        crc32_trailer=crc32,
     )
 
 
 _SNAPSHOT_INTS = ("partition", "event_pos", "last_offset", "last_arrival", "alert_pos", "alert_count")
 
 
-def decode_snapshot(data: bytes) -> Snapshot:
+def decode_snapshot(data: bytes, crc32: Crc32 = zlib.crc32) -> Snapshot:
     """A snapshot from its bytes; RecordFormatError unless they are one of this version with a
-    matching CRC. Its ``aggregates``, ``dedup`` and ``index`` are checked by the modules that load
-    them."""
+    matching CRC (``crc32``: zlib's, or the native engine's, faster on a file of megabytes). Its
+    ``aggregates``, ``dedup`` and ``index`` are checked by the modules that load them."""
     view = memoryview(data)  # views, not copies, of what may be a large file
     body, crc = view[:-_SNAPSHOT_CRC_BYTES], view[-_SNAPSHOT_CRC_BYTES:]
-    if len(view) < _SNAPSHOT_CRC_BYTES or zlib.crc32(body) != int.from_bytes(crc, "little"):
+    if len(view) < _SNAPSHOT_CRC_BYTES or crc32(body, 0) != int.from_bytes(crc, "little"):
         raise RecordFormatError("snapshot checksum mismatch (the file is damaged)")
     state = _unpack(body, "snapshot", strict_map_key=False)
     if type(state) is not dict:

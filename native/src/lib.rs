@@ -261,6 +261,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add_class::<py_tick_writer::PyTickWriter>()?;
     m.add_function(wrap_pyfunction!(py_segment_scan::valid_prefix, m)?)?;
+    m.add_function(wrap_pyfunction!(py_segment_scan::crc32, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
     Ok(())

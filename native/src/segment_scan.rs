@@ -19,9 +19,13 @@ const READ_CHUNK: usize = 1 << 20;
 /// The seed of a frame's CRC: a zero-filled tail (`crc32(b"") == 0`) or a damaged length field
 /// never passes as a frame.
 pub fn frame_crc(length: u32, payload: &[u8]) -> u32 {
-    let seed = length.wrapping_mul(0x9E37_79B1).wrapping_add(0x5EED);
-    let mut hasher = crc32fast::Hasher::new_with_initial(seed);
-    hasher.update(payload);
+    crc32(length.wrapping_mul(0x9E37_79B1).wrapping_add(0x5EED), payload)
+}
+
+/// `zlib.crc32(data, value)`: the CRC-32 of `data` continuing from `value`.
+pub fn crc32(value: u32, data: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new_with_initial(value);
+    hasher.update(data);
     hasher.finalize()
 }
 
@@ -135,13 +139,9 @@ mod tests {
     #[test]
     fn the_crc_is_zlibs_seeded_by_the_length() {
         // zlib.crc32(b"hello world", 12345) and zlib.crc32(bytes(range(256)) * 40, 0xdeadbeef)
-        let mut h = crc32fast::Hasher::new_with_initial(12345);
-        h.update(b"hello world");
-        assert_eq!(h.finalize(), 916_383_268);
+        assert_eq!(crc32(12345, b"hello world"), 916_383_268);
         let data: Vec<u8> = (0..40).flat_map(|_| 0..=255u8).collect();
-        let mut h = crc32fast::Hasher::new_with_initial(0xdead_beef);
-        h.update(&data);
-        assert_eq!(h.finalize(), 3_511_163_938);
+        assert_eq!(crc32(0xdead_beef, &data), 3_511_163_938);
     }
 
     #[test]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -73,19 +72,23 @@ def pack(data: object) -> bytes:
     return msgpack.packb(data, default=_resolve)  # type: ignore[no-any-return]
 
 
-async def pack_in_slices(data: object, *, crc32_trailer: bool = False) -> list[bytes]:
+Crc32 = Callable[[Any, int], int]
+"""``zlib.crc32(data, value)``, or the native engine's ``unimeter_native.crc32`` (the same numbers)."""
+
+
+async def pack_in_slices(data: object, *, crc32_trailer: Crc32 | None = None) -> list[bytes]:
     """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
-    ``crc32_trailer``, followed by the CRC-32 of those bytes (4 bytes, little endian), computed a
-    piece at a time so that a large snapshot does not stall the loop. Returned as the pieces they
-    were packed in, not joined: a file takes them one after the other without a second copy of the
-    whole in memory."""
+    ``crc32_trailer`` (a CRC-32 function), followed by the CRC-32 of those bytes (4 bytes, little
+    endian), computed a piece at a time so that a large snapshot does not stall the loop. Returned
+    as the pieces they were packed in, not joined: a file takes them one after the other without a
+    second copy of the whole in memory."""
     packing = _SlicedPacking()
     await packing.walk(data)
     out = packing.out
-    if crc32_trailer:
+    if crc32_trailer is not None:
         crc = 0
         for piece in out:
-            crc = zlib.crc32(piece, crc)
+            crc = crc32_trailer(piece, crc)
             await packing.step_done()
         out.append(crc.to_bytes(4, "little"))
     return out

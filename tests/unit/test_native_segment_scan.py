@@ -1,5 +1,6 @@
 """``unimeter_native.valid_prefix`` against ``node.segment_log.valid_prefix``, the recovery scan
-of a segment file: for random logs (empty records, records past the Python scan's read chunk,
+of a segment file, and ``unimeter_native.crc32`` against ``zlib.crc32``, a snapshot file's
+checksum. The scans: for random logs (empty records, records past the Python scan's read chunk,
 records past the native one's) damaged every way a crash or a disk can (cut anywhere, a byte
 flipped anywhere, zeros or junk appended), both give the same length of the valid prefix and
 the same reason for the rest, whatever the Python scan's chunk size. Collected only where the
@@ -10,6 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import zlib
 from pathlib import Path
 from unittest import mock
 
@@ -112,3 +114,16 @@ def test_an_unreadable_descriptor_is_an_os_error_on_both() -> None:
 def test_each_engine_opens_its_logs_with_its_own_scan() -> None:
     assert PYTHON.valid_prefix is segment_log.valid_prefix
     assert partition_engine("native").valid_prefix is unimeter_native.valid_prefix
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=5000), value=st.integers(0, 2**32 - 1), start=st.integers(0, 50))
+def test_the_native_crc32_is_zlibs(data: bytes, value: int, start: int) -> None:
+    view = memoryview(data)[start:]  # a snapshot's body is a view of its file's bytes
+    assert unimeter_native.crc32(view, value) == zlib.crc32(view, value)
+    assert unimeter_native.crc32(bytearray(data)) == zlib.crc32(data)
+
+
+def test_each_engine_checks_snapshots_with_its_own_crc32() -> None:
+    assert PYTHON.crc32 is zlib.crc32
+    assert partition_engine("native").crc32 is unimeter_native.crc32
