@@ -7,7 +7,7 @@
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
+use pyo3::types::{PyInt, PyList, PyString, PyTuple};
 
 use crate::cell::Cell;
 use crate::cell_map::Key;
@@ -112,12 +112,32 @@ fn stats_list<'py>(py: Python<'py>, cell: &Cell) -> PyResult<Bound<'py, PyList>>
 
 /// An int of a snapshot cell: an int, or the decimal string of one (`cells.pack_cells`).
 fn snapshot_int(item: &Bound<'_, PyAny>) -> PyResult<i128> {
+    if let Ok(int) = item.cast::<PyInt>() {
+        // Nearly every number fits an i64, whose conversion is one C call (restart converts
+        // millions of them); the rest are uint64 times and offsets, and sums past 64 bits.
+        return match int.extract::<i64>() {
+            Ok(small) => Ok(i128::from(small)),
+            Err(_) => int.extract(),
+        };
+    }
     match item.cast::<PyString>() {
         Ok(text) => {
             text.to_str()?.parse().map_err(|_| PyValueError::new_err("aggregates snapshot: a bad number"))
         }
         Err(_) => item.extract(),
     }
+}
+
+/// A snapshot cell: its six statistics, then the tail (a minute cell's record positions, or a
+/// period cell's alert state), read from a list (what msgpack gives) without a vector of its items.
+fn snapshot_cell(cell: &Bound<'_, PyAny>) -> PyResult<SnapshotCell> {
+    let bad = || PyValueError::new_err("aggregates snapshot: a bad cell");
+    let values: Vec<i128> = match cell.cast::<PyList>() {
+        Ok(list) => list.iter().map(|item| snapshot_int(&item)).collect::<PyResult<_>>()?,
+        Err(_) => items(cell)?.iter().map(snapshot_int).collect::<PyResult<_>>()?,
+    };
+    let stats: [i128; 6] = values.get(..6).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
+    Ok(SnapshotCell { cell: Cell::from_stats(stats).ok_or_else(bad)?, tail: values[6..].to_vec() })
 }
 
 #[pymethods]
@@ -388,15 +408,7 @@ impl PySeriesCells {
                         ));
                     }
                     for ((account, bucket), cell) in accounts.into_iter().zip(second).zip(cells) {
-                        let values =
-                            items(&cell)?.iter().map(snapshot_int).collect::<PyResult<Vec<i128>>>()?;
-                        let bad = || PyValueError::new_err("aggregates snapshot: a bad cell");
-                        let stats: [i128; 6] =
-                            values.get(..6).ok_or_else(bad)?.try_into().map_err(|_| bad())?;
-                        let cell = SnapshotCell {
-                            cell: Cell::from_stats(stats).ok_or_else(bad)?,
-                            tail: values[6..].to_vec(),
-                        };
+                        let cell = snapshot_cell(&cell)?;
                         let key: Key = (account, bucket);
                         self.cells.load_cell(level, slot, key, cell).map_err(PyValueError::new_err)?;
                     }
