@@ -6,9 +6,9 @@
 //! of a batch (duplicates dropped, arrival times stamped) is another `EventBatch` over the same
 //! arena (`EventBatch::with_events`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::code_table::CodeTable;
 use crate::ingest_request::Event;
 use crate::msgpack_writer::MsgpackWriter;
 
@@ -143,16 +143,16 @@ impl EventBatch {
 
 /// Builds the batches of a request's partitions, which share one arena.
 #[derive(Default)]
-pub struct EventBatchBuilder {
+pub struct EventBatchBuilder<'a> {
     arena: Arena,
-    code_of: HashMap<String, u32>,
+    code_of: CodeTable<'a, u32>,
     events: Vec<BatchEvent>,
 }
 
-impl EventBatchBuilder {
+impl<'a> EventBatchBuilder<'a> {
     /// A builder for `events`, sized for them: the arena is allocated once, not grown string by
     /// string.
-    pub fn for_events<'a>(events: impl Iterator<Item = &'a Event<'a>>) -> Self {
+    pub fn for_events<'e>(events: impl Iterator<Item = &'e Event<'e>>) -> Self {
         let (mut n, mut text, mut properties) = (0, 0, 0);
         for e in events {
             n += 1;
@@ -165,18 +165,18 @@ impl EventBatchBuilder {
             codes: Vec::new(),
             properties: Vec::with_capacity(properties),
         };
-        Self { arena, code_of: HashMap::new(), events: Vec::with_capacity(n) }
+        Self { arena, code_of: CodeTable::default(), events: Vec::with_capacity(n) }
     }
 
     /// Add a decoded (and validated) event; an operation of 0 (unset) is ADD, as the Python rows have it.
-    pub fn push(&mut self, e: &Event<'_>) {
+    pub fn push(&mut self, e: &Event<'a>) {
         let code = match self.code_of.get(e.metric_code) {
             Some(&code) => code,
             None => {
                 let code = self.arena.codes.len() as u32;
                 let span = self.arena.push(e.metric_code);
                 self.arena.codes.push(span);
-                self.code_of.insert(e.metric_code.to_owned(), code);
+                self.code_of.insert(e.metric_code, code);
                 code
             }
         };

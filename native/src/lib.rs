@@ -13,6 +13,7 @@
 pub mod batch_dedup;
 pub mod cell;
 pub mod cell_map;
+pub mod code_table;
 pub mod dedup_key;
 pub mod dedup_table;
 pub mod event_batch;
@@ -42,7 +43,6 @@ pub mod unique_sets;
 pub mod validation;
 pub mod wire;
 
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::create_exception;
@@ -51,7 +51,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use code_table::CodeTable;
 use event_batch::EventBatchBuilder;
+use int_hash::IntMap;
 use py_event_batch::PyEventBatch;
 
 use ingest_request::{decode_ingest_request, Event};
@@ -125,10 +127,10 @@ fn resolve_metrics<'a>(
     py: Python<'_>,
     events: &[Event<'a>],
     metric_of: &Bound<'_, PyAny>,
-) -> PyResult<HashMap<&'a str, Option<MetricRules>>> {
-    let mut metrics: HashMap<&'a str, Option<MetricRules>> = HashMap::new();
+) -> PyResult<CodeTable<'a, Option<MetricRules>>> {
+    let mut metrics: CodeTable<'a, Option<MetricRules>> = CodeTable::default();
     for event in events {
-        if metrics.contains_key(event.metric_code) {
+        if metrics.get(event.metric_code).is_some() {
             continue;
         }
         let metric = metric_of.call1((event.metric_code,))?;
@@ -179,7 +181,7 @@ fn batches_by_partition<'py>(
     events: &[Event<'_>],
     partitions: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let mut slot_of: HashMap<u64, usize> = HashMap::new();
+    let mut slot_of: IntMap<u64, usize> = IntMap::default();
     let mut slots: Vec<(u64, Vec<usize>)> = Vec::new();
     // Room for twice a partition's even share, so that few of the lists are regrown.
     let share = 2 * events.len() / partitions.max(1) as usize + 4;
