@@ -19,7 +19,12 @@ from nats.js.kv import KeyValue
 
 from .stream import PEERS_OFFLINE
 
-__all__ = ["open_bucket"]
+__all__ = ["NOT_STORED", "open_bucket"]
+
+NOT_STORED = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
+"""A write nobody answered: for that moment the bucket's stream had no leader (an election, a
+server restarting), so the write was not stored and writing it again is safe. (A timeout is not
+one of these: the write may have been stored.)"""
 
 _LEADER_WAIT_SECONDS = 20.0
 """Longer than a leader election (about 6 s measured)."""
@@ -36,7 +41,7 @@ async def open_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyVa
             except nats.js.errors.BucketNotFoundError:
                 kv = await js.create_key_value(config)
             break
-        except (TimeoutError, nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError):
+        except (TimeoutError, *NOT_STORED):
             if time.monotonic() > deadline:
                 raise
         except nats.js.errors.APIError as exc:

@@ -35,7 +35,7 @@ from cluster_client.wire import metric_from_wire, metric_to_wire
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..metric_registry import MetricListener, metric_not_found
-from .kv_bucket import open_bucket
+from .kv_bucket import NOT_STORED, open_bucket
 
 __all__ = ["KvMetricRegistry", "metric_key"]
 
@@ -73,6 +73,12 @@ def _unavailable(exc: BaseException) -> UnavailableError:
 
 def _is_wrong_last_sequence(exc: nats.js.errors.APIError) -> bool:
     return isinstance(exc, nats.js.errors.KeyWrongLastSequenceError) or exc.err_code in (10071, 10164)
+
+
+async def _pause(attempt: int) -> None:
+    """A short wait before writing again, growing with the attempt and jittered, so that writers
+    that collided do not collide again at once."""
+    await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.001 * 2**attempt, 0.05))
 
 
 class KvMetricRegistry:
@@ -168,7 +174,9 @@ class KvMetricRegistry:
     async def _create(self, key: str, value: bytes, code: str) -> int:
         """KV create of ``key``: its revision, or ALREADY_EXISTS. The servers also refuse a create
         while another write to the key is still being replicated, and then there is no value to
-        read yet (the client raises KeyNotFoundError): wait a little and try again."""
+        read yet (the client raises KeyNotFoundError): wait a little and try again. A create
+        nobody answered (the bucket between leaders) was not stored: it is tried again too, until
+        the deadline."""
         deadline = time.monotonic() + self._timeout
         attempt = 0
         while True:
@@ -178,7 +186,11 @@ class KvMetricRegistry:
                 raise _exists(code) from None
             except nats.js.errors.KeyNotFoundError:
                 await self._back_off(attempt, deadline, f"metric {code!r}")
-                attempt += 1
+            except NOT_STORED:
+                if time.monotonic() >= deadline:
+                    raise
+                await _pause(attempt)
+            attempt += 1
 
     async def delete(self, code: str) -> Metric:
         """Remove a metric if it is still the one read (else read again); returns what was removed."""
@@ -186,7 +198,7 @@ class KvMetricRegistry:
         try:
             deadline = time.monotonic() + self._timeout
             attempt = 0
-            while True:  # until success, or _back_off's deadline
+            while True:  # until success, or the deadline
                 try:
                     entry = await self._kv.get(key)
                 except nats.js.errors.KeyNotFoundError:
@@ -199,6 +211,12 @@ class KvMetricRegistry:
                         attempt += 1
                         continue  # deleted or re-created meanwhile: look again
                     raise
+                except NOT_STORED:  # the bucket between leaders: not deleted, so try again
+                    if time.monotonic() >= deadline:
+                        raise
+                    await _pause(attempt)
+                    attempt += 1
+                    continue
                 await self.refresh()
                 return metric_from_wire(msgpack.unpackb(entry.value))
         except (TimeoutError, nats.errors.Error) as exc:
@@ -214,13 +232,13 @@ class KvMetricRegistry:
             raise UnavailableError(
                 f"{what} changed under every compare-and-set attempt", retry_after_seconds=_RETRY_SECONDS
             )
-        await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.001 * 2**attempt, 0.05))
+        await _pause(attempt)
 
     async def _next_generation(self) -> int:
         """Advance the counter by compare-and-set to ``max(now, last + 1)`` and return it."""
         deadline = time.monotonic() + self._timeout
         attempt = 0
-        while True:  # until success, or _back_off's deadline
+        while True:  # until success, or the deadline
             try:
                 entry = await self._kv.get(_GENERATION_KEY)
                 last, revision = int(entry.value or b"0"), entry.revision
@@ -233,6 +251,12 @@ class KvMetricRegistry:
                 await self._back_off(attempt, deadline, "the generation counter")
                 attempt += 1
                 continue  # another node took one: take the next
+            except NOT_STORED:  # the bucket between leaders: not taken, so try again
+                if time.monotonic() >= deadline:
+                    raise
+                await _pause(attempt)
+                attempt += 1
+                continue
             return generation
 
     # ------------------------------------------------------------------ the watch

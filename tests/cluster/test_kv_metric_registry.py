@@ -11,13 +11,15 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from cluster_client import AggType, Client, Metric, Period
-from cluster_client.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError
+from cluster_client.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
 from node.jetstream.metric_registry import KvMetricRegistry, metric_key
 from node.node import Node, NodeConfig
 from tools.nats_cluster import NatsCluster
@@ -76,6 +78,57 @@ async def test_two_nodes_racing_to_create_one_code_exactly_one_wins(
     finally:
         await first.close()
         await second.close()
+
+
+class _Unanswered:
+    """The bucket of a registry, answering its first ``n`` writes of a kind with "no responders"
+    (as JetStream does while the bucket's stream has no leader) before passing them on."""
+
+    def __init__(self, kv: Any, n: int) -> None:
+        self._kv = kv
+        self.left = {"create": n, "update": n, "delete": n}
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._kv, name)
+        if name not in self.left:
+            return real
+
+        async def write(*args: Any, **kwargs: Any) -> Any:
+            if self.left[name]:
+                self.left[name] -= 1
+                raise nats.js.errors.NoStreamResponseError
+            return await real(*args, **kwargs)
+
+        return write
+
+
+async def test_writes_nobody_answered_are_written_again_until_the_timeout(
+    connections: list[NatsClient], bucket: str
+) -> None:
+    """A write answered by "no responders" was not stored (the bucket's stream had no leader for
+    a moment, as right after it is created or during an election): the registry writes it again
+    instead of answering UNAVAILABLE, and each metric is stored once. Past the registry's timeout
+    the answer is UNAVAILABLE, naming the error."""
+    first, second = await open_pair(connections, bucket)
+    try:
+        first._kv = _Unanswered(first._kv, 3)  # type: ignore[assignment]
+        created = await first.create(Metric("calls", AggType.SUM))  # the counter's update, then the create
+        await second.refresh()
+        assert second.get("calls") == created
+        await first.delete("calls")
+        await second.refresh()
+        assert second.get("calls") is None
+        assert first._kv.left == {"create": 0, "update": 0, "delete": 0}  # type: ignore[attr-defined]
+    finally:
+        await first.close()
+        await second.close()
+    hasty = await KvMetricRegistry.open(connections[0].jetstream(), bucket=bucket, replicas=3, timeout=0.3)
+    try:
+        hasty._kv = _Unanswered(hasty._kv, 10**6)  # type: ignore[assignment]
+        with pytest.raises(UnavailableError, match="did not answer: NoStreamResponseError"):
+            await hasty.create(Metric("never", AggType.SUM))
+    finally:
+        await hasty.close()
 
 
 async def test_generations_increase_strictly_over_delete_and_recreate_from_either_node(
