@@ -38,6 +38,11 @@ impl<'a, V> CodeTable<'a, V> {
         self.list.push((code, value));
     }
 
+    /// The codes, in the order they were inserted.
+    pub fn codes(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.list.iter().map(|(code, _)| *code)
+    }
+
     fn position(&self, code: &str) -> Option<usize> {
         if self.list.len() >= LIST_CODES {
             return self.map.get(code).copied();

@@ -194,12 +194,21 @@ fn batches_by_partition<'py>(
         slots[slot].1.push(i);
     }
     let by_partition = PyDict::new(py);
+    // One string per metric code of the request, shared by every partition's batch.
+    let mut strings: CodeTable<'_, Py<PyString>> = CodeTable::default();
     for (p, indexes) in slots {
         let mut builder = EventBatchBuilder::for_events(indexes.iter().map(|&i| &events[i]));
         for &i in &indexes {
             builder.push(&events[i]);
         }
-        let batch = Py::new(py, PyEventBatch { batch: builder.finish() })?;
+        let mut codes = Vec::new();
+        for text in builder.code_texts() {
+            if strings.get(text).is_none() {
+                strings.insert(text, PyString::new(py, text).unbind());
+            }
+            codes.push(strings.get(text).expect("inserted above").clone_ref(py));
+        }
+        let batch = Py::new(py, PyEventBatch::new(builder.finish(), codes))?;
         by_partition.set_item(p, (batch, PyList::new(py, indexes)?))?;
     }
     Ok(by_partition)

@@ -67,19 +67,20 @@ pub fn dedup_batch_record<'py>(
     };
     let record = event_record_bytes(py, &head, &found.packed_rows)?;
     let n_duplicates = found.duplicates.len();
-    let stored = Py::new(py, PyEventBatch { batch: events.with_events(found.stored) })?;
+    let stored = Py::new(py, batch.with_events(found.stored))?;
     let new_keys = Py::new(py, NewKeys { keys: found.new_keys, offsets: found.key_offsets })?;
     (found.offsets, n_duplicates, record, stored, generations, new_keys).into_pyobject(py)
 }
 
 /// Index a stored batch's events under the record at `position`; returns their metric codes in
-/// order of first appearance (`EventIndex.add_record`).
+/// order of first appearance (`EventIndex.add_record`), the batch's own string objects.
 pub fn index_batch<'py>(
     py: Python<'py>,
     index: &mut EventIndex,
     position: u64,
-    batch: &EventBatch,
+    stored: &PyEventBatch,
 ) -> Vec<Bound<'py, PyString>> {
+    let batch = &stored.batch;
     let mut seen = vec![false; batch.code_count()];
     let mut codes = Vec::new();
     for e in &batch.events {
@@ -87,7 +88,7 @@ pub fn index_batch<'py>(
         let code = e.code as usize;
         if !seen[code] {
             seen[code] = true;
-            codes.push(PyString::new(py, batch.code_text(e.code)));
+            codes.push(stored.code_object(py, e.code));
         }
     }
     codes
@@ -162,6 +163,11 @@ fn apply_to_store<'py>(
     native.cast::<PyUniqueSets>()?.borrow_mut().apply_batch_events(py, batch, indexes, first_offset, fired)
 }
 
+/// Whether a store's spec `held` is of the generation `current` of `spec`.
+fn is_of(held: &Bound<'_, PyAny>, spec: &Bound<'_, PyAny>, current: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(held.is(spec) || held.getattr(intern!(spec.py(), "generation"))?.eq(current)?)
+}
+
 /// A stored record's rows into a partition's event index and aggregates, in one call per
 /// partition part: ``add_record(position, rows)`` (the event index's method) names the record's
 /// metrics in order of first appearance; each metric whose spec (``spec_of``) still has the
@@ -203,9 +209,9 @@ pub fn apply_batch<'py>(
                 continue; // ... and maybe created again
             }
             let store = match stores.get_item(&code)? {
-                Some(store) if store.getattr(intern!(py, "spec"))?.getattr(generation)?.eq(&current)? => {
-                    store
-                }
+                // The store's spec is nearly always the very object `spec_of` gives (one per
+                // metric generation): compared by identity first, by generation otherwise.
+                Some(store) if is_of(&store.getattr(intern!(py, "spec"))?, &spec, &current)? => store,
                 _ => store_for.call1((&spec,))?,
             };
             if let (Some(batch), Some(groups)) = (batch, &groups) {

@@ -6,20 +6,41 @@
 //! sequence of `EventRow` tuples it stands for, the same tuples the decoder made before it had
 //! batches: `rows()` makes them, `len()` and iteration follow them.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyIterator, PyList, PyString};
 
-use crate::event_batch::EventBatch;
+use crate::event_batch::{BatchEvent, EventBatch};
 
 #[pyclass(module = "unimeter_native", name = "EventBatch", frozen)]
 pub struct PyEventBatch {
     pub batch: EventBatch,
+    /// The batch's metric codes as Python strings, indexed like `BatchEvent::code`: made once
+    /// per request and shared by its batches and their stored parts, so that a partition part
+    /// makes none and the dictionaries it looks them up in hash each once.
+    codes: Arc<Vec<Py<PyString>>>,
 }
 
 impl PyEventBatch {
+    /// `batch` with `codes`, its codes' strings in its code numbers' order.
+    pub fn new(batch: EventBatch, codes: Vec<Py<PyString>>) -> Self {
+        Self { batch, codes: Arc::new(codes) }
+    }
+
+    /// Another batch of some of these events (`EventBatch::with_events`), sharing the strings.
+    pub fn with_events(&self, events: Vec<BatchEvent>) -> Self {
+        Self { batch: self.batch.with_events(events), codes: Arc::clone(&self.codes) }
+    }
+
     /// The batch's metric codes as Python strings, indexed like `BatchEvent::code`.
     pub fn code_objects<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyString>> {
-        self.batch.codes().map(|code| PyString::new(py, code)).collect()
+        self.codes.iter().map(|code| code.bind(py).clone()).collect()
+    }
+
+    /// The string of code number `code`.
+    pub fn code_object<'py>(&self, py: Python<'py>, code: u32) -> Bound<'py, PyString> {
+        self.codes[code as usize].bind(py).clone()
     }
 }
 

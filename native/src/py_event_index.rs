@@ -57,7 +57,7 @@ impl PyEventIndex {
     ) -> PyResult<Vec<Bound<'py, PyString>>> {
         guarded(|| {
             if let Ok(batch) = rows.cast::<PyEventBatch>() {
-                return Ok(index_batch(rows.py(), &mut self.index, position, &batch.get().batch));
+                return Ok(index_batch(rows.py(), &mut self.index, position, batch.get()));
             }
             let mut codes: Vec<Bound<'py, PyString>> = Vec::new();
             for row in rows.try_iter()? {
