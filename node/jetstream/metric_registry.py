@@ -200,10 +200,10 @@ class KvMetricRegistry:
             attempt = 0
             while True:  # until success, or the deadline
                 try:
-                    entry = await self._kv.get(key)
-                except nats.js.errors.KeyNotFoundError:
-                    raise metric_not_found(code) from None
-                try:
+                    try:
+                        entry = await self._kv.get(key)
+                    except nats.js.errors.KeyNotFoundError:
+                        raise metric_not_found(code) from None
                     await self._kv.delete(key, last=entry.revision)
                 except nats.js.errors.APIError as exc:
                     if _is_wrong_last_sequence(exc):
@@ -211,7 +211,7 @@ class KvMetricRegistry:
                         attempt += 1
                         continue  # deleted or re-created meanwhile: look again
                     raise
-                except NOT_STORED:  # the bucket between leaders: not deleted, so try again
+                except NOT_STORED:  # nobody answered the read or the delete: nothing deleted, so again
                     if time.monotonic() >= deadline:
                         raise
                     await _pause(attempt)
@@ -240,18 +240,18 @@ class KvMetricRegistry:
         attempt = 0
         while True:  # until success, or the deadline
             try:
-                entry = await self._kv.get(_GENERATION_KEY)
-                last, revision = int(entry.value or b"0"), entry.revision
-            except nats.js.errors.KeyNotFoundError:
-                last, revision = 0, 0
-            generation = max(self._clock.now_ns(), last + 1)
-            try:
+                try:
+                    entry = await self._kv.get(_GENERATION_KEY)
+                    last, revision = int(entry.value or b"0"), entry.revision
+                except nats.js.errors.KeyNotFoundError:
+                    last, revision = 0, 0
+                generation = max(self._clock.now_ns(), last + 1)
                 await self._kv.update(_GENERATION_KEY, str(generation).encode(), last=revision)
             except nats.js.errors.KeyWrongLastSequenceError:
                 await self._back_off(attempt, deadline, "the generation counter")
                 attempt += 1
                 continue  # another node took one: take the next
-            except NOT_STORED:  # the bucket between leaders: not taken, so try again
+            except NOT_STORED:  # nobody answered the read or the write: nothing taken, so again
                 if time.monotonic() >= deadline:
                     raise
                 await _pause(attempt)

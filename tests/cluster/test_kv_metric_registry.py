@@ -81,12 +81,12 @@ async def test_two_nodes_racing_to_create_one_code_exactly_one_wins(
 
 
 class _Unanswered:
-    """The bucket of a registry, answering its first ``n`` writes of a kind with "no responders"
-    (as JetStream does while the bucket's stream has no leader) before passing them on."""
+    """The bucket of a registry, answering its first ``n`` reads and writes of a kind with "no
+    responders" (as JetStream does while the bucket's stream has no leader) before passing them on."""
 
     def __init__(self, kv: Any, n: int) -> None:
         self._kv = kv
-        self.left = {"create": n, "update": n, "delete": n}
+        self.left = {"get": n, "create": n, "update": n, "delete": n}
 
     def __getattr__(self, name: str) -> Any:
         real = getattr(self._kv, name)
@@ -106,9 +106,9 @@ async def test_writes_nobody_answered_are_written_again_until_the_timeout(
     connections: list[NatsClient], bucket: str
 ) -> None:
     """A write answered by "no responders" was not stored (the bucket's stream had no leader for
-    a moment, as right after it is created or during an election): the registry writes it again
-    instead of answering UNAVAILABLE, and each metric is stored once. Past the registry's timeout
-    the answer is UNAVAILABLE, naming the error."""
+    a moment, as right after it is created or during an election): the registry reads and writes
+    again instead of answering UNAVAILABLE, and each metric is stored once. Past the registry's
+    timeout the answer is UNAVAILABLE, naming the error."""
     first, second = await open_pair(connections, bucket)
     try:
         first._kv = _Unanswered(first._kv, 3)  # type: ignore[assignment]
@@ -118,7 +118,7 @@ async def test_writes_nobody_answered_are_written_again_until_the_timeout(
         await first.delete("calls")
         await second.refresh()
         assert second.get("calls") is None
-        assert first._kv.left == {"create": 0, "update": 0, "delete": 0}  # type: ignore[attr-defined]
+        assert first._kv.left == {"get": 0, "create": 0, "update": 0, "delete": 0}  # type: ignore[attr-defined]
     finally:
         await first.close()
         await second.close()
