@@ -81,6 +81,14 @@ async def _pause(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0.5, 1.0) * min(0.001 * 2**attempt, 0.05))
 
 
+async def _again_unless_late(exc: BaseException, attempt: int, deadline: float) -> None:
+    """Before reading or writing again what nobody answered (``NOT_STORED``: not stored, so safe
+    to repeat), :func:`_pause`; past ``deadline``, raise ``exc`` (the caller's UNAVAILABLE)."""
+    if time.monotonic() >= deadline:
+        raise exc
+    await _pause(attempt)
+
+
 class KvMetricRegistry:
     """Metric definitions by code in KV bucket ``bucket``, shared by every node of the cluster."""
 
@@ -186,10 +194,8 @@ class KvMetricRegistry:
                 raise _exists(code) from None
             except nats.js.errors.KeyNotFoundError:
                 await self._back_off(attempt, deadline, f"metric {code!r}")
-            except NOT_STORED:
-                if time.monotonic() >= deadline:
-                    raise
-                await _pause(attempt)
+            except NOT_STORED as exc:
+                await _again_unless_late(exc, attempt, deadline)
             attempt += 1
 
     async def delete(self, code: str) -> Metric:
@@ -211,10 +217,8 @@ class KvMetricRegistry:
                         attempt += 1
                         continue  # deleted or re-created meanwhile: look again
                     raise
-                except NOT_STORED:  # nobody answered the read or the delete: nothing deleted, so again
-                    if time.monotonic() >= deadline:
-                        raise
-                    await _pause(attempt)
+                except NOT_STORED as exc:  # nothing deleted: look again
+                    await _again_unless_late(exc, attempt, deadline)
                     attempt += 1
                     continue
                 await self.refresh()
@@ -251,10 +255,8 @@ class KvMetricRegistry:
                 await self._back_off(attempt, deadline, "the generation counter")
                 attempt += 1
                 continue  # another node took one: take the next
-            except NOT_STORED:  # nobody answered the read or the write: nothing taken, so again
-                if time.monotonic() >= deadline:
-                    raise
-                await _pause(attempt)
+            except NOT_STORED as exc:  # nothing taken: read it again
+                await _again_unless_late(exc, attempt, deadline)
                 attempt += 1
                 continue
             return generation
