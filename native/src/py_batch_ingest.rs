@@ -114,25 +114,24 @@ impl MetricEvent {
 }
 
 /// The events at `indexes` of a stored batch (one metric's, in order; event `i` has offset
-/// `first_offset + i`), resolved for the store of that metric.
-pub fn metric_events(
-    py: Python<'_>,
-    rows: &mut MetricRows,
-    batch: &EventBatch,
-    indexes: &[u32],
+/// `first_offset + i`), resolved for the store of that metric as they are read (no list of them
+/// is made: each store turns them straight into its own events).
+pub fn metric_events<'a>(
+    py: Python<'a>,
+    rows: &'a mut MetricRows,
+    batch: &'a EventBatch,
+    indexes: &'a [u32],
     first_offset: i64,
-) -> PyResult<Vec<MetricEvent>> {
-    let mut out = Vec::with_capacity(indexes.len());
-    for &i in indexes {
+) -> impl Iterator<Item = PyResult<MetricEvent>> + 'a {
+    indexes.iter().map(move |&i| {
         let e = &batch.events[i as usize];
-        out.push(MetricEvent {
+        Ok(MetricEvent {
             event: *e,
             offset: first_offset + i64::from(i),
             period: rows.period(py, e.time)?,
             combination: rows.batch_combination(py, batch, e)?,
-        });
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// The indexes of a batch's events by code number, in one pass over the batch for all of its

@@ -48,35 +48,34 @@ impl PySeriesCells {
         record: u64,
         fired: &Bound<'_, PyList>,
     ) -> PyResult<()> {
-        let found = metric_events(py, &mut self.rows, batch, indexes, first_offset)?;
-        let mut events = Vec::with_capacity(found.len());
-        for e in found {
-            events.push(Event {
-                account: e.event.account,
-                value: e.value()?,
-                time: e.event.time,
-                remove: e.event.operation == REMOVE,
-                offset: e.offset,
-                slot: e.combination.map_or(0, |key| self.cells.combos.id_of(key) + 1),
-                period_start: e.period.0,
-            });
-        }
-        for alert in self.apply_events(py, &events, record)?.iter() {
-            fired.append(alert)?;
-        }
-        Ok(())
+        let combos = &mut self.cells.combos;
+        let events = metric_events(py, &mut self.rows, batch, indexes, first_offset)
+            .map(|e| {
+                let e = e?;
+                Ok(Event {
+                    account: e.event.account,
+                    value: e.value()?,
+                    time: e.event.time,
+                    remove: e.event.operation == REMOVE,
+                    offset: e.offset,
+                    slot: e.combination.map_or(0, |key| combos.id_of(key) + 1),
+                    period_start: e.period.0,
+                })
+            })
+            .collect::<PyResult<Vec<Event>>>()?;
+        self.apply_events(py, &events, record, fired)
     }
 
-    /// Apply resolved events; the alert rows they fire.
-    fn apply_events<'py>(
+    /// Apply resolved events; the alert rows they fire are appended to `out`.
+    fn apply_events(
         &mut self,
-        py: Python<'py>,
+        py: Python<'_>,
         events: &[Event],
         record: u64,
-    ) -> PyResult<Bound<'py, PyList>> {
+        out: &Bound<'_, PyList>,
+    ) -> PyResult<()> {
         let mut fired = Vec::new();
         self.cells.apply(events, record, &mut fired);
-        let out = PyList::empty(py);
         for a in fired {
             out.append(self.rows.alert_row(
                 py,
@@ -88,7 +87,7 @@ impl PySeriesCells {
                 a.time,
             )?)?;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn check_level(level: usize, slot: usize, cells: &SeriesCells) -> PyResult<()> {
@@ -183,7 +182,9 @@ impl PySeriesCells {
                     period_start: self.rows.period(py, time)?.0,
                 });
             }
-            self.apply_events(py, &events, record)
+            let fired = PyList::empty(py);
+            self.apply_events(py, &events, record, &fired)?;
+            Ok(fired)
         })
     }
 
@@ -217,7 +218,9 @@ impl PySeriesCells {
                     period_start: self.rows.period(py, time)?.0,
                 });
             }
-            self.apply_events(py, &events, record)
+            let fired = PyList::empty(py);
+            self.apply_events(py, &events, record, &fired)?;
+            Ok(fired)
         })
     }
 

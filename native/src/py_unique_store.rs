@@ -69,30 +69,29 @@ impl PyUniqueSets {
         first_offset: i64,
         fired: &Bound<'_, PyList>,
     ) -> PyResult<()> {
-        let found = metric_events(py, &mut self.rows, batch, indexes, first_offset)?;
-        let mut events = Vec::with_capacity(found.len());
-        for e in found {
-            events.push(SetEvent {
-                account: e.event.account,
-                member: e.event.value,
-                time: e.event.time,
-                offset: e.offset,
-                remove: e.event.operation == REMOVE,
-                combo: e.combination.map_or(0, |key| self.combos.id_of(key)),
-                period_start: e.period.0,
-                period_end: e.period.1,
-            });
-        }
-        for alert in self.apply_events(py, &events)?.iter() {
-            fired.append(alert)?;
-        }
-        Ok(())
+        let combos = &mut self.combos;
+        let events = metric_events(py, &mut self.rows, batch, indexes, first_offset)
+            .map(|e| {
+                let e = e?;
+                Ok(SetEvent {
+                    account: e.event.account,
+                    member: e.event.value,
+                    time: e.event.time,
+                    offset: e.offset,
+                    remove: e.event.operation == REMOVE,
+                    combo: e.combination.map_or(0, |key| combos.id_of(key)),
+                    period_start: e.period.0,
+                    period_end: e.period.1,
+                })
+            })
+            .collect::<PyResult<Vec<SetEvent>>>()?;
+        self.apply_events(py, &events, fired)
     }
 
-    fn apply_events<'py>(&mut self, py: Python<'py>, events: &[SetEvent]) -> PyResult<Bound<'py, PyList>> {
+    /// Apply resolved events; the alert rows they fire are appended to `out`.
+    fn apply_events(&mut self, py: Python<'_>, events: &[SetEvent], out: &Bound<'_, PyList>) -> PyResult<()> {
         let mut fired = Vec::new();
         self.sets.apply(events, &mut fired);
-        let out = PyList::empty(py);
         for a in fired {
             out.append(self.rows.alert_row(
                 py,
@@ -104,7 +103,7 @@ impl PyUniqueSets {
                 a.time,
             )?)?;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -218,7 +217,9 @@ impl PyUniqueSets {
                 let offset: i64 = row_item(&row, 5)?.extract()?;
                 events.push(self.event(py, &row, [0, 1, 2, 3, 4], offset)?);
             }
-            self.apply_events(py, &events)
+            let fired = PyList::empty(py);
+            self.apply_events(py, &events, &fired)?;
+            Ok(fired)
         })
     }
 
@@ -242,7 +243,9 @@ impl PyUniqueSets {
                 }
                 events.push(self.event(py, &row, [0, 2, 3, 4, 5], first_offset + i as i64)?);
             }
-            self.apply_events(py, &events)
+            let fired = PyList::empty(py);
+            self.apply_events(py, &events, &fired)?;
+            Ok(fired)
         })
     }
 
