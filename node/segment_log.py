@@ -617,18 +617,18 @@ class SegmentLog:
             written = [active] if end > start else []
         unsynced = self._unsynced
         return _Job(
-            data,
-            start,
-            end,
-            fsync,
-            new_bases,
-            targets,
-            dict(self._wfds),
-            sorted(unsynced.union(written)) if unsynced else written,
-            self._dir_fd,
-            self._dir_dirty,
-            self._dir,
-            self.on_sync,
+            data=data,
+            start=start,
+            end=end,
+            fsync=fsync,
+            new_bases=new_bases,
+            targets=targets,
+            wfds=dict(self._wfds),
+            sync_bases=sorted(unsynced.union(written)) if unsynced else written,
+            dir_fd=self._dir_fd,
+            sync_dir=self._dir_dirty,
+            directory=self._dir,
+            on_sync=self.on_sync,
         )
 
     def _detach(self, fsync: bool, *, defer_write: bool = False) -> _Job:
