@@ -32,7 +32,7 @@ from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from .errors import NatsRefused
-from .kv_bucket import open_bucket
+from .kv_bucket import NOT_STORED, open_bucket
 
 __all__ = ["LEASE_PREFIX", "NODE_PREFIX", "LeaseConflictError", "PartitionLeases", "lease_key", "node_key"]
 
@@ -43,12 +43,7 @@ _EXPIRY_SLACK = 2.0
 remove expired keys shortly after their age passes, ~0.3 s measured)."""
 
 
-_TRANSIENT = (
-    TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.js.errors.NoStreamResponseError,
-    nats.js.errors.ServiceUnavailableError,
-)
+_TRANSIENT = (TimeoutError, *NOT_STORED, nats.js.errors.ServiceUnavailableError)
 """Errors of a write to the bucket that a moment later may not repeat (no leader yet, NATS away)."""
 
 
