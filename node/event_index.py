@@ -180,6 +180,11 @@ class NativeEventIndex:
         """Index a stored record's rows (``(record_ref, rows)``); return their metric codes in order
         of first appearance."""
 
+    @property
+    def native(self) -> Any:
+        """The ``unimeter_native.EventIndex`` itself (a partition part's native ingest fills it)."""
+        return self._index
+
     def hours(self, account: int, start: int, end: int) -> Iterator[tuple[int, list[int]]]:
         """(hour, record positions) of ``account`` overlapping ``[start, end)``, in hour order (from
         memory and from the runs of aged hours)."""

@@ -198,9 +198,7 @@ class Partition:
         """The runs of aged hours' positions (docs/design.md, "Aged index runs"); None on a
         backend without local files."""
         self.index.runs = self._runs
-        self._apply_stored = config.engine.bind_apply(self.index, self.aggregates, self._spec_of)
-        """A stored record into :attr:`index` and :attr:`aggregates` (rebound when recovery
-        loads them from a snapshot)."""
+        self._bind_steps()
         self._batches: OrderedDict[str, tuple[int, IngestOutcome]] = OrderedDict()
         self._decoded: OrderedDict[int, _Decoded] = OrderedDict()
         self._loaded: dict[int, bytes] = {}
@@ -212,6 +210,9 @@ class Partition:
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
         self._last_arrival = 0
         self._records_since_snapshot = 0
+        self._unapplied: BaseException | None = None
+        """Why a stored record's apply step failed, if one did: the state is behind the log, so no
+        snapshot is taken (a restart replays the record) until then."""
         self._snapshot_lock = asyncio.Lock()
         self.last_snapshot_time: float | None = None
         """Wall-clock time the current snapshot was written (or, after recovery, its file's mtime)."""
@@ -235,24 +236,38 @@ class Partition:
                 return seen[1]
         arrival = max(now_ns, self._last_arrival)
         first_offset = self.last_offset + 1
-        offsets, n_dups, record, stored, gens, new_keys = self._engine.dedup_record(
-            self.dedup, rows, spec_of, first_offset, arrival, batch_id
+        offsets, n_dups, position, n_stored, fired, error = self._ingest_part(
+            rows, spec_of, first_offset, arrival, batch_id
         )
         outcome = IngestOutcome(offsets, n_dups)
-        if record is not None:
-            ref = self.events.append(record)
-            # The record is stored from here on (recovery replays it): its keys and batch id are
-            # remembered before anything else can fail (a failed alert log, say), so a retry of
-            # a call that raised after this point is answered as a duplicate, never stored twice.
-            self._engine.add_new_keys(self.dedup, arrival, new_keys)
+        if position is not None:
+            # The record is stored from here on (recovery replays it), and its keys remembered:
+            # its batch id is remembered before anything else can fail (the apply step, a failed
+            # alert log), so a retry of a call that raised after this point is answered as a
+            # duplicate, never stored twice.
             if batch_id:
                 self._remember_batch(batch_id, arrival, outcome)
             self._last_arrival = arrival
             self._records_since_snapshot += 1
-            fired = self._apply(ref, first_offset, gens, stored)
+            if n_stored:
+                self.last_offset = first_offset + n_stored - 1
+            if error is not None:
+                self._unapplied = error
+                raise error
             if fired:
                 self._log_alerts(first_offset, fired, arrival)
         return outcome
+
+    def _bind_steps(self) -> None:
+        """Bind the engine's apply and ingest steps to :attr:`dedup`, :attr:`index` and
+        :attr:`aggregates` (again when recovery loads them from a snapshot)."""
+        engine = self._engine
+        self._apply_stored = engine.bind_apply(self.index, self.aggregates, self._spec_of)
+        """A stored record into :attr:`index` and :attr:`aggregates`."""
+        self._ingest_part = engine.bind_ingest(
+            self.dedup, self.index, self.aggregates, self._spec_of, self._apply_stored, self.events.append
+        )
+        """A partition part's whole ingest (``node.partition_engine.PartIngest``)."""
 
     def _apply(
         self, ref: int, first_offset: int, gens: dict[str, int], rows: Sequence[EventRow]
@@ -327,10 +342,15 @@ class Partition:
         """Checkpoint the state with the log position it covers (after making that position durable)."""
         async with self._snapshot_lock:  # one at a time: a capture's copy-on-write lasts until packed
             # A failed log (an alert record that could not be appended, say) means the state may
-            # be ahead of what the logs hold: no snapshot then, so recovery replays from the last
-            # good one and regenerates what is missing.
+            # be ahead of what the logs hold, a failed apply step that it is behind: no snapshot
+            # then, so recovery replays from the last good one and regenerates what is missing.
             self.events.check_usable()
             self.alert_log.check_usable()
+            if self._unapplied is not None:
+                raise RuntimeError(
+                    f"partition {self.number}: its state is behind its log (a stored record could not be "
+                    f"applied: {self._unapplied!r}); no snapshot until a restart replays the log"
+                ) from self._unapplied
             while self.dedup.growing:  # finishing a growth inside the capture stalled the loop 25-45 ms
                 self.dedup.advance_growth()
                 await asyncio.sleep(0)
@@ -582,7 +602,7 @@ class Partition:
         self.dedup = dedup
         self.index = self._engine.load_index(state.index)
         self.index.runs = self._runs
-        self._apply_stored = self._engine.bind_apply(self.index, aggregates, self._spec_of)
+        self._bind_steps()
         self.last_offset = state.last_offset
         self._last_arrival = state.last_arrival
         self.last_snapshot_time = written_at

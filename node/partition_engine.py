@@ -48,13 +48,16 @@ __all__ = [
     "PartitionEngine",
     "RecordIndex",
     "native_bind_apply",
+    "native_bind_ingest",
     "partition_engine",
     "python_add_new_keys",
     "python_apply_record",
     "python_bind_apply",
+    "python_bind_ingest",
     "python_dedup_batch",
     "python_dedup_record",
     "python_replay_keys",
+    "stepwise_ingest",
 ]
 
 PARTITION_ENGINES = ("python", "native")
@@ -281,6 +284,88 @@ def native_bind_apply(
     return aggregates.native_apply(apply_batch, index.add_record, spec_of)
 
 
+Append = Callable[[bytes], int]
+"""An event log's ``append(record) -> position``."""
+
+PartIngested = tuple[list[int], int, "int | None", int, list[AlertRow], "BaseException | None"]
+"""What a partition part's ingest returns: ``(offsets, n_duplicates, position, n_stored, fired,
+error)``: each request row's offset (a duplicate's is its original's), how many rows were
+duplicates, the log position of its event record (None: nothing logged, no row stored and no
+batch id), how many rows the record stores, the alerts they fired, and the exception that stopped
+the steps after the record was appended (None). Such an error is handed back, not raised: the
+record is stored (recovery replays it), so the partition remembers the batch before raising it."""
+
+PartIngest = Callable[[Sequence[EventRow], SpecOf, int, int, str], PartIngested]
+"""``(rows, spec_of, first_offset, arrival, batch_id) -> PartIngested``: a partition part's whole
+ingest, bound to the partition's state (``spec_of`` is what the rows were validated against)."""
+
+BindIngest = Callable[[DedupTable, Any, PartitionAggregates, SpecOf, StoredApply, Append], PartIngest]
+"""``(dedup, index, aggregates, spec_of, apply, append) -> PartIngest``: a partition's part ingest
+bound to its dedup index, event index, aggregates, live metric lookup, apply step and event log."""
+
+
+def stepwise_ingest(
+    dedup_record: DedupStep,
+    add_new_keys: Callable[[DedupTable, int, Any], None],
+    dedup: DedupTable,
+    apply: StoredApply,
+    append: Append,
+    rows: Sequence[EventRow],
+    spec_of: SpecOf,
+    first_offset: int,
+    arrival: int,
+    batch_id: str,
+) -> PartIngested:
+    """A partition part's ingest as its steps, one call each: the dedup step and its record, the
+    record appended, its new keys remembered, its rows applied (the reference of the native
+    ``PartIngest``, and what that runs for rows that are not an ``EventBatch``)."""
+    offsets, n_dups, record, stored, gens, new_keys = dedup_record(
+        dedup, rows, spec_of, first_offset, arrival, batch_id
+    )
+    if record is None:
+        return offsets, n_dups, None, 0, [], None
+    position = append(record)
+    try:
+        add_new_keys(dedup, arrival, new_keys)
+        fired = apply(position, stored, first_offset, gens) if stored else []
+    except Exception as exc:  # the record is stored: see PartIngested
+        return offsets, n_dups, position, len(stored), [], exc
+    return offsets, n_dups, position, len(stored), fired, None
+
+
+def python_bind_ingest(
+    dedup: DedupTable,
+    index: Any,
+    aggregates: PartitionAggregates,
+    spec_of: SpecOf,
+    apply: StoredApply,
+    append: Append,
+) -> PartIngest:
+    """:func:`stepwise_ingest` of the reference steps, bound to a partition's (its index,
+    aggregates and metric lookup are in ``apply``)."""
+    return partial(stepwise_ingest, python_dedup_record, python_add_new_keys, dedup, apply, append)
+
+
+def native_bind_ingest(
+    module: Any,
+    dedup: DedupTable,
+    index: NativeEventIndex,
+    aggregates: PartitionAggregates,
+    spec_of: SpecOf,
+    apply: StoredApply,
+    append: Append,
+) -> PartIngest:
+    """The extension's ``PartIngest`` (``module``'s), bound to a partition's: an ``EventBatch``
+    (what the server's requests become) in one native call, other rows through
+    :func:`stepwise_ingest` of the native steps."""
+    add_new_keys = module.DedupIndex.add_new_keys
+    stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, append)
+    part_ingest: PartIngest = aggregates.native_ingest(
+        module.PartIngest, dedup, index.native, spec_of, append, stepwise
+    )
+    return part_ingest
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionEngine:
     """The parts of one engine."""
@@ -304,6 +389,8 @@ class PartitionEngine:
     """An event index from a snapshot's index part (either engine's)."""
     bind_apply: BindApply
     """A partition's step that applies a stored record to its event index and aggregates."""
+    bind_ingest: BindIngest
+    """A partition part's whole ingest: dedup, record, append, keys and apply."""
     tick_writer: Callable[[], Any] | None = None
     """A new worker that writes and syncs a flush tick's rounds without the GIL
     (``node.tick_writes``); None: the tick's rounds are written on the loop thread."""
@@ -326,6 +413,7 @@ PYTHON = PartitionEngine(
     EventIndex,
     EventIndex.from_snapshot,
     python_bind_apply,
+    python_bind_ingest,
 )
 
 
@@ -361,6 +449,7 @@ def partition_engine(name: str) -> PartitionEngine:
         lambda: NativeEventIndex(native_index()),
         partial(NativeEventIndex.from_snapshot, native_index),
         partial(native_bind_apply, module.apply_batch),
+        partial(native_bind_ingest, module),
         module.TickWriter,
         module.valid_prefix,
         module.crc32,

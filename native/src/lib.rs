@@ -29,6 +29,7 @@ mod py_dedup_index;
 mod py_event_batch;
 mod py_event_index;
 mod py_event_record;
+mod py_part_ingest;
 mod py_partition_batch;
 mod py_rows;
 mod py_segment_scan;
@@ -270,6 +271,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_partition_batch::dedup_record, m)?)?;
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
+    m.add_class::<py_part_ingest::PyPartIngest>()?;
     m.add_class::<py_tick_writer::PyTickWriter>()?;
     m.add_function(wrap_pyfunction!(py_segment_scan::valid_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(py_segment_scan::crc32, m)?)?;

@@ -80,15 +80,18 @@ pub fn index_batch<'py>(
     position: u64,
     stored: &PyEventBatch,
 ) -> Vec<Bound<'py, PyString>> {
-    let batch = &stored.batch;
+    index_batch_codes(index, position, &stored.batch).into_iter().map(|c| stored.code_object(py, c)).collect()
+}
+
+/// [`index_batch`] answering code numbers.
+pub fn index_batch_codes(index: &mut EventIndex, position: u64, batch: &EventBatch) -> Vec<u32> {
     let mut seen = vec![false; batch.code_count()];
     let mut codes = Vec::new();
     for e in &batch.events {
         index.add(position, e.account, e.time.div_euclid(HOUR_NS));
-        let code = e.code as usize;
-        if !seen[code] {
-            seen[code] = true;
-            codes.push(stored.code_object(py, e.code));
+        if !seen[e.code as usize] {
+            seen[e.code as usize] = true;
+            codes.push(e.code);
         }
     }
     codes
@@ -136,7 +139,7 @@ pub fn metric_events<'a>(
 
 /// The indexes of a batch's events by code number, in one pass over the batch for all of its
 /// metrics (a store scanning the whole batch for its own metric's cost ~0.4 us per metric and part).
-fn events_by_code(batch: &EventBatch) -> Vec<Vec<u32>> {
+pub fn events_by_code(batch: &EventBatch) -> Vec<Vec<u32>> {
     let mut groups = vec![Vec::new(); batch.code_count()];
     for (i, e) in batch.events.iter().enumerate() {
         groups[e.code as usize].push(i as u32);
@@ -146,7 +149,7 @@ fn events_by_code(batch: &EventBatch) -> Vec<Vec<u32>> {
 
 /// Apply a stored batch's events at `indexes` (one metric's) to `store`'s Rust state (its
 /// ``native`` attribute: `SeriesCells` or `UniqueSets`), appending the alerts they fire to `fired`.
-fn apply_to_store<'py>(
+pub fn apply_to_store<'py>(
     py: Python<'py>,
     store: &Bound<'py, PyAny>,
     batch: &EventBatch,
@@ -162,9 +165,25 @@ fn apply_to_store<'py>(
     native.cast::<PyUniqueSets>()?.borrow_mut().apply_batch_events(py, batch, indexes, first_offset, fired)
 }
 
-/// Whether a store's spec `held` is of the generation `current` of `spec`.
-fn is_of(held: &Bound<'_, PyAny>, spec: &Bound<'_, PyAny>, current: &Bound<'_, PyAny>) -> PyResult<bool> {
-    Ok(held.is(spec) || held.getattr(intern!(spec.py(), "generation"))?.eq(current)?)
+/// The store of metric `code` for `spec`: `stores[code]` if it holds that generation of the
+/// metric, else the one `store_for(spec)` makes (`PartitionAggregates`).
+pub fn store_of<'py>(
+    stores: &Bound<'py, PyDict>,
+    store_for: &Bound<'py, PyAny>,
+    code: &Bound<'py, PyString>,
+    spec: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = spec.py();
+    if let Some(store) = stores.get_item(code)? {
+        let held = store.getattr(intern!(py, "spec"))?;
+        // Nearly always the very object the caller has (one per metric generation): compared by
+        // identity first, by generation otherwise.
+        let generation = intern!(py, "generation");
+        if held.is(spec) || held.getattr(generation)?.eq(spec.getattr(generation)?)? {
+            return Ok(store);
+        }
+    }
+    store_for.call1((spec,))
 }
 
 /// A stored record's rows into a partition's event index and aggregates, in one call per
@@ -207,12 +226,7 @@ pub fn apply_batch<'py>(
             if !current.eq(&recorded)? {
                 continue; // ... and maybe created again
             }
-            let store = match stores.get_item(&code)? {
-                // The store's spec is nearly always the very object `spec_of` gives (one per
-                // metric generation): compared by identity first, by generation otherwise.
-                Some(store) if is_of(&store.getattr(intern!(py, "spec"))?, &spec, &current)? => store,
-                _ => store_for.call1((&spec,))?,
-            };
+            let store = store_of(stores, store_for, code.cast::<PyString>()?, &spec)?;
             if let (Some(batch), Some(groups)) = (batch, &groups) {
                 let number = batch.code_number(code.cast::<PyString>()?.to_str()?);
                 let indexes = number.map_or(&[][..], |n| &groups[n as usize][..]);

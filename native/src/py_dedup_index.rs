@@ -27,6 +27,11 @@ impl PyDedupIndex {
     pub(crate) fn table(&self) -> &DedupTable {
         &self.table
     }
+
+    /// Remember keys found new in a stored record, as arrived at `arrival_ns`.
+    pub(crate) fn add_keys(&mut self, arrival_ns: i64, keys: &[u64], offsets: &[u64]) -> PyResult<()> {
+        self.table.add(arrival_ns, keys, offsets).map_err(|e| PyValueError::new_err(e.message()))
+    }
 }
 
 #[pymethods]
@@ -81,11 +86,7 @@ impl PyDedupIndex {
     /// without the keys going through Python lists.
     fn add_new_keys(&mut self, arrival_ns: i64, new_keys: &Bound<'_, NewKeys>) -> PyResult<()> {
         let new_keys = new_keys.get();
-        guarded(|| {
-            self.table
-                .add(arrival_ns, &new_keys.keys, &new_keys.offsets)
-                .map_err(|e| PyValueError::new_err(e.message()))
-        })
+        guarded(|| self.add_keys(arrival_ns, &new_keys.keys, &new_keys.offsets))
     }
 
     /// Forget keys that arrived before ``now_ns - window``; returns how many were forgotten.

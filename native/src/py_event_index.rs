@@ -36,6 +36,13 @@ fn has_code(codes: &[Bound<'_, PyString>], code: &Bound<'_, PyString>) -> PyResu
     Ok(false)
 }
 
+impl PyEventIndex {
+    /// The index, for a partition part's native ingest (`py_part_ingest`).
+    pub(crate) fn index_mut(&mut self) -> &mut EventIndex {
+        &mut self.index
+    }
+}
+
 #[pymethods]
 impl PyEventIndex {
     #[new]

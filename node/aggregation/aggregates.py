@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from cluster_client.types import AggValue, GroupValue, Period
 
@@ -25,6 +25,8 @@ from .spec import AlertRow, AppliedRow, FetchEvents, MetricSpec
 from .unique import UniqueStore
 
 __all__ = ["PYTHON_STORES", "PartitionAggregates", "StoreKinds", "StoredApply"]
+
+_T = TypeVar("_T")
 
 _SNAPSHOT_VERSION = 2
 """2: each COUNT, SUM, MAX or LATEST store's data also says its folded minute (``"folded"``);
@@ -92,6 +94,11 @@ class PartitionAggregates:
         offset ``first_offset + i``), read in place. Bound once (the stores' dict is this
         object's for its life), so a partition part costs one native call."""
         return partial(apply_batch, add_record, spec_of, self._stores, self._store_for)
+
+    def native_ingest(self, part_ingest: Callable[..., _T], *parts: Any) -> _T:
+        """``part_ingest(stores, store_for, *parts)``: the extension's ``PartIngest`` bound to this
+        partition's stores (the dict is this object's for its life) and its other ``parts``."""
+        return part_ingest(self._stores, self._store_for, *parts)
 
     def realtime(self, spec: MetricSpec, account_id: int, now_ns: int) -> tuple[AggValue, Period]:
         """The unfiltered aggregate of the period containing ``now_ns``, and that period."""

@@ -1,0 +1,209 @@
+//! `unimeter_native.PartIngest`: a partition part of the server's ingest (an `EventBatch`) in
+//! one call, where the three steps it replaces (`dedup_record`, the dedup index's `add_new_keys`,
+//! `apply_batch`) each crossed into Rust on their own and handed Python objects to the next.
+//!
+//! The steps are theirs, in their order: the dedup loop (GIL released), the event record, the
+//! record appended through the partition's log (`append`, Python: the log owns its buffer and
+//! positions), then the new keys, the event index and the stores. What no longer happens per
+//! part: a generations dict, a stored batch and a key holder made as Python objects, the record's
+//! metrics named back to Python, and each metric's spec and generation read twice. A 16-event
+//! part over five metrics spends ~26 us in process, half of it outside its events
+//! (docs/benchmarks.md).
+//!
+//! Once the record is appended it is stored (recovery replays it), so an error after that point
+//! is handed back beside the outcome instead of raised: the partition remembers the batch first,
+//! then raises it (`node.partition.Partition.ingest`), as it does for the Python steps.
+
+use pyo3::exceptions::PyAssertionError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+
+use crate::batch_dedup::{dedup_batch, BatchDedup};
+use crate::guarded;
+use crate::py_batch_ingest::{apply_to_store, events_by_code, index_batch_codes, store_of};
+use crate::py_dedup_index::PyDedupIndex;
+use crate::py_event_batch::PyEventBatch;
+use crate::py_event_index::PyEventIndex;
+use crate::py_event_record::{event_record_bytes, RecordHead};
+
+/// A partition's parts that its ingest steps read and change, bound once per partition (and again
+/// when recovery loads them from a snapshot).
+#[pyclass(module = "unimeter_native", name = "PartIngest", frozen)]
+pub struct PyPartIngest {
+    /// The aggregates' stores by metric code, and the aggregates' maker of a missing one.
+    stores: Py<PyDict>,
+    store_for: Py<PyAny>,
+    dedup: Py<PyDedupIndex>,
+    index: Py<PyEventIndex>,
+    /// The partition's live metric lookup: a metric deleted since the batch was validated is
+    /// logged but applied by nobody (`Node._ingest_in_slices`).
+    spec_of: Py<PyAny>,
+    /// The event log's `append(record) -> position`.
+    append: Py<PyAny>,
+    /// The same steps one by one (`node.partition_engine.stepwise_ingest`), for rows that are
+    /// not an `EventBatch` (an in-process caller's tuples).
+    stepwise: Py<PyAny>,
+}
+
+/// A metric of the batch as it was validated: its spec then, and that spec's generation.
+struct Validated<'py> {
+    code: Bound<'py, PyString>,
+    spec: Bound<'py, PyAny>,
+    generation: u64,
+}
+
+#[pymethods]
+impl PyPartIngest {
+    #[new]
+    fn new(
+        stores: Py<PyDict>,
+        store_for: Py<PyAny>,
+        dedup: Py<PyDedupIndex>,
+        index: Py<PyEventIndex>,
+        spec_of: Py<PyAny>,
+        append: Py<PyAny>,
+        stepwise: Py<PyAny>,
+    ) -> Self {
+        Self { stores, store_for, dedup, index, spec_of, append, stepwise }
+    }
+
+    /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
+    /// each request event's offset (a duplicate's is its original's), how many were duplicates,
+    /// the log position of the record (None: nothing to log, no event stored and no batch id),
+    /// how many events it stores, the alerts they fired, and the exception that stopped the
+    /// steps after the record was appended (None). ``spec_of`` is what the batch was validated
+    /// against: its generations go in the record.
+    fn __call__<'py>(
+        &self,
+        py: Python<'py>,
+        rows: &Bound<'py, PyAny>,
+        spec_of: &Bound<'py, PyAny>,
+        first_offset: u64,
+        arrival: i64,
+        batch_id: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Ok(batch) = rows.cast::<PyEventBatch>() else {
+            return self.stepwise.bind(py).call1((rows, spec_of, first_offset, arrival, batch_id));
+        };
+        let batch = batch.get();
+        let validated = guarded(|| validated_metrics(py, batch, spec_of))?;
+        let generations: Vec<u64> = validated.iter().map(|m| m.generation).collect();
+        let dedup = self.dedup.bind(py);
+        let found = {
+            let index = dedup.borrow();
+            let table = index.table();
+            // The loop reads only Rust data: the GIL is released for it.
+            py.detach(|| {
+                guarded(|| Ok(dedup_batch(table, &batch.batch, &generations, first_offset, arrival)))
+            })?
+        };
+        let n_duplicates = found.duplicates.len();
+        let n_stored = found.stored.len();
+        let record = guarded(|| record_of(py, &validated, &found, first_offset, arrival, batch_id, batch))?;
+        let Some(record) = record else {
+            let outcome = (found.offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);
+            return Ok(outcome.into_pyobject(py)?.into_any());
+        };
+        let position: u64 = self.append.bind(py).call1((record,))?.extract()?;
+        // Stored from here on: what fails is handed back, not raised.
+        let fired = PyList::empty(py);
+        let error = guarded(|| {
+            dedup.borrow_mut().add_keys(arrival, &found.new_keys, &found.key_offsets)?;
+            let stored = batch.with_events(found.stored);
+            self.apply(py, &validated, &stored, position, first_offset as i64, &fired)
+        })
+        .err();
+        Ok((found.offsets, n_duplicates, Some(position), n_stored, fired, error)
+            .into_pyobject(py)?
+            .into_any())
+    }
+}
+
+impl PyPartIngest {
+    /// The stored events into the event index, and each metric's into its store if the metric
+    /// still has the generation the batch was validated against (`apply_batch`'s rule).
+    fn apply<'py>(
+        &self,
+        py: Python<'py>,
+        validated: &[Validated<'py>],
+        stored: &PyEventBatch,
+        position: u64,
+        first_offset: i64,
+        fired: &Bound<'py, PyList>,
+    ) -> PyResult<()> {
+        let codes = index_batch_codes(self.index.bind(py).borrow_mut().index_mut(), position, &stored.batch);
+        let groups = events_by_code(&stored.batch);
+        let (stores, store_for, spec_of) =
+            (self.stores.bind(py), self.store_for.bind(py), self.spec_of.bind(py));
+        for number in codes {
+            let metric = &validated[number as usize];
+            let live = spec_of.call1((&metric.code,))?;
+            if !live.is(&metric.spec) {
+                // Deleted since the batch was validated (and maybe created again).
+                if live.is_none()
+                    || live.getattr(intern!(py, "generation"))?.extract::<u64>()? != metric.generation
+                {
+                    continue;
+                }
+            }
+            let store = store_of(stores, store_for, &metric.code, &live)?;
+            apply_to_store(
+                py,
+                &store,
+                &stored.batch,
+                &groups[number as usize],
+                first_offset,
+                position,
+                fired,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Each metric of `batch` (by code number) as `spec_of` gives it.
+fn validated_metrics<'py>(
+    py: Python<'py>,
+    batch: &PyEventBatch,
+    spec_of: &Bound<'py, PyAny>,
+) -> PyResult<Vec<Validated<'py>>> {
+    let generation = intern!(py, "generation");
+    batch
+        .code_objects(py)
+        .into_iter()
+        .map(|code| {
+            let spec = spec_of.call1((&code,))?;
+            if spec.is_none() {
+                return Err(PyAssertionError::new_err("rows are validated before ingest"));
+            }
+            let generation = spec.getattr(generation)?.extract()?;
+            Ok(Validated { code, spec, generation })
+        })
+        .collect()
+}
+
+/// The event record of a deduplicated batch (None: nothing to log).
+fn record_of<'py>(
+    py: Python<'py>,
+    validated: &[Validated<'py>],
+    found: &BatchDedup,
+    first_offset: u64,
+    arrival: i64,
+    batch_id: &str,
+    batch: &PyEventBatch,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let generations: Vec<(Bound<'py, PyString>, u64)> =
+        validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
+    let head = RecordHead {
+        first_offset,
+        batch_id,
+        arrival,
+        generations: &generations,
+        n_stored: found.stored.len(),
+        stamped: &found.stamped,
+        n_requested: batch.batch.len(),
+        duplicates: &found.duplicates,
+    };
+    event_record_bytes(py, &head, &found.packed_rows)
+}

@@ -1,0 +1,154 @@
+"""A partition part's ingest (``node.partition_engine.PartIngest``) on each engine, for both
+forms a part arrives in: ``EventRow`` tuples (an in-process caller's, the node protocol's), and the
+``EventBatch`` the server's native decoder makes, which the native engine ingests in one call.
+
+* A step that fails after the part's record is appended (the apply step, here) is raised to the
+  caller only once the partition has remembered the batch: the record is in the log, so a retry
+  of the batch id is answered with the first call's offsets and stores nothing. The partition's
+  state is then behind its log, so it takes no snapshot, and after a restart every event counts
+  exactly once.
+* A metric deleted (or deleted and created again) while a batch is applied in slices leaves the
+  rest of the batch logged and counted by nobody, never applied to the new generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cluster_client import AggType, Client, Metric, Period
+from cluster_client.partitioning import partition_of
+from cluster_client.types import EventRow
+from node.aggregation import MetricSpec, PartitionAggregates
+from node.node import Node, NodeConfig
+from tests.engines import ENGINES
+
+pytestmark = pytest.mark.timeout(60)
+
+T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
+MINUTE = 60 * 1_000_000_000
+DAY = Period(T0, T0 + 24 * 60 * MINUTE)
+PARTITIONS = 16
+
+FORMS = [("python", "rows")]
+if "native" in ENGINES:
+    FORMS += [("native", "rows"), ("native", "batches")]
+
+
+class SetClock:
+    """A wall clock that stays where it is put (events without a time are stamped with it)."""
+
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+def _parts(node: Node, rows: list[EventRow], form: str) -> list[tuple[int, Any]]:
+    """The partition parts of ``rows`` in the form asked for, ordered by partition."""
+    if form == "rows":
+        by_partition: dict[int, list[EventRow]] = {}
+        for row in rows:
+            by_partition.setdefault(partition_of(row[0], PARTITIONS), []).append(row)
+        return sorted(by_partition.items())
+    import unimeter_native
+
+    from unimeter.v1 import ingest_service_pb2, types_pb2
+
+    events = [
+        types_pb2.Event(account_id=a, metric_code=code, value=v, time_unix_nano=t, operation=op, event_id=e)
+        for a, code, v, t, _, op, e in rows
+    ]
+    data = ingest_service_pb2.IngestRequest(events=events).SerializeToString()
+    _, _, batches, rejection = unimeter_native.decode_ingest(data, node.registry.get, PARTITIONS)
+    assert rejection is None
+    return sorted((p, batch) for p, (batch, _) in batches.items())
+
+
+async def _node(root: Path, engine: str) -> tuple[Node, Client]:
+    node = Node(NodeConfig(root, partitions=PARTITIONS, engine=engine, clock=SetClock(T0 + 30 * MINUTE)))
+    await node.start()
+    return node, await Client.in_process(node, metric_lookup=node.metric_of)
+
+
+@pytest.mark.parametrize(("engine", "form"), FORMS)
+async def test_a_failure_after_the_record_is_appended_is_raised_and_a_retry_is_its_duplicate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str, form: str
+) -> None:
+    broken = {"calls"}
+    real_store_for = PartitionAggregates._store_for
+
+    def store_for(self: PartitionAggregates, spec: MetricSpec) -> Any:
+        if spec.code in broken:
+            raise RuntimeError("the store could not be made")
+        return real_store_for(self, spec)
+
+    # Patched before the node exists: the native engine binds the method once per partition.
+    monkeypatch.setattr(PartitionAggregates, "_store_for", store_for)
+    node, client = await _node(tmp_path / "data", engine)
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        rows: list[EventRow] = [
+            (7, "calls", 10, T0, None, 1, "with-id"),
+            (7, "calls", 5, T0 + MINUTE, None, 1, ""),  # a content key
+            (7, "calls", 1, 0, None, 1, ""),  # stamped: only the batch id knows it
+        ]
+        parts = _parts(node, rows, form)
+        assert len(parts) == 1
+        partition = node.partitions[parts[0][0]]
+        with pytest.raises(RuntimeError, match="could not be made"):
+            await node.ingest(parts, False, "lot-1", validated=True)
+        end = partition.events.end_position
+        assert partition.last_offset == 3
+        broken.clear()
+        retry = await node.ingest(_parts(node, rows, form), False, "lot-1", validated=True)
+        assert [(list(o.offsets), o.n_duplicates) for o in retry] == [([1, 2, 3], 0)]  # the first call's
+        assert partition.events.end_position == end  # nothing stored again
+        assert partition.last_offset == 3
+        # The state is behind the log: no snapshot may say otherwise, so a restart replays it.
+        with pytest.raises(RuntimeError, match="behind its log"):
+            await partition.snapshot()
+    finally:
+        with pytest.raises(RuntimeError, match="behind its log"):
+            await node.close()  # every other partition is closed all the same
+    node, client = await _node(tmp_path / "data", engine)
+    try:  # the log is the truth: recovery applies the record, once
+        assert (await client.query(7, "calls", DAY)).value.sum == 16
+    finally:
+        await node.close()
+
+
+@pytest.mark.parametrize("recreate", [False, True], ids=["deleted", "deleted-and-created-again"])
+@pytest.mark.parametrize(("engine", "form"), FORMS)
+async def test_a_metric_deleted_while_a_batch_is_sliced_in_is_applied_by_nobody(
+    tmp_path: Path, engine: str, form: str, recreate: bool
+) -> None:
+    node, client = await _node(tmp_path / "data", engine)
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        await client.metrics.create(Metric("kept", AggType.SUM))
+        rows: list[EventRow] = [
+            (1 + n, "calls" if n % 2 else "kept", 1, T0 + n * MINUTE, None, 1, f"e{n}") for n in range(64)
+        ]
+        parts = _parts(node, rows, form)
+        assert len(parts) > 8  # several slices
+        ingest = asyncio.create_task(node.ingest(parts, False, "", validated=True))
+        await asyncio.sleep(0)  # the first slice is in
+        assert not ingest.done()
+        await node.delete_metric("calls")
+        if recreate:
+            await client.metrics.create(Metric("calls", AggType.SUM))  # a new generation
+        outcomes = await asyncio.wait_for(ingest, 5)
+        assert sum(len(o.offsets) for o in outcomes) == 64
+        assert sum(p.last_offset for p in node.partitions) == 64  # every event logged once
+        # No store was made for the deleted generation (nor its events given to the new one).
+        assert not any("calls" in p.aggregates._stores for p in node.partitions)
+        assert {(await client.query(a, "kept", DAY)).value.sum for a in range(1, 65, 2)} == {1}
+        if recreate:  # the deleted generation's events count for nobody
+            assert {(await client.query(a, "calls", DAY)).value.sum for a in range(2, 66, 2)} == {0}
+    finally:
+        await node.close()
