@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cluster_client.client import Client
+from cluster_client.client import Client, PlaceOffsets
 from cluster_client.errors import FieldViolation, InternalError, InvalidArgumentError
 from cluster_client.types import IngestResult
 from unimeter.v1 import ingest_service_pb2
@@ -115,7 +115,9 @@ class _NativeDecoded:
         if rejection is not None:
             message, violations = rejection
             raise InvalidArgumentError(message, violations=[FieldViolation(f, d) for f, d in violations])
-        return await client.ingest_partitioned(by_partition, n_events, sync=sync, timeout=timeout)
+        return await client.ingest_partitioned(
+            by_partition, n_events, sync=sync, timeout=timeout, place_offsets=self._engine.request_offsets
+        )
 
 
 class NativeIngestEngine:
@@ -125,6 +127,8 @@ class NativeIngestEngine:
 
     def __init__(self, module: Any) -> None:
         self._decode_ingest = module.decode_ingest
+        self.request_offsets: PlaceOffsets = module.request_offsets
+        """Puts a request's offsets back in request order (``Client.ingest_partitioned``)."""
         self._malformed_error: type[Exception] = module.MalformedRequest
         self._panic_error: type[Exception] = module.NativePanic
 

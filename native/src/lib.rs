@@ -31,6 +31,7 @@ mod py_event_index;
 mod py_event_record;
 mod py_part_ingest;
 mod py_partition_batch;
+mod py_request_offsets;
 mod py_rows;
 mod py_segment_scan;
 mod py_series_store;
@@ -272,6 +273,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add_class::<py_part_ingest::PyPartIngest>()?;
+    m.add_function(wrap_pyfunction!(py_request_offsets::request_offsets, m)?)?;
     m.add_class::<py_tick_writer::PyTickWriter>()?;
     m.add_function(wrap_pyfunction!(py_segment_scan::valid_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(py_segment_scan::crc32, m)?)?;

@@ -1,0 +1,63 @@
+"""``unimeter_native.request_offsets`` against ``cluster_client.client.request_offsets``: a
+request's offsets put back in request order from its partitions' outcomes. For random splits of a
+request (partitions in any order, duplicates pointing at earlier offsets) both give the same list
+and duplicate count; an outcome with too few or too many offsets, or outcomes that do not cover the
+request, are a ValueError on both, which ``Client.ingest_partitioned`` answers as INTERNAL.
+Collected only where the extension is built (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import unimeter_native
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster_client.client import request_offsets
+from cluster_client.node_api import IngestOutcome
+
+PLACERS = [request_offsets, unimeter_native.request_offsets]
+
+
+def _split(partition_of: list[int], seed: int) -> tuple[dict, dict, list[int]]:
+    """``(by_partition, outcomes, expected offsets)`` of a request whose event ``i`` goes to
+    partition ``partition_of[i]``; some events answered as duplicates of an earlier offset."""
+    rng = random.Random(seed)
+    by_partition: dict[int, tuple[list[object], list[int]]] = {}
+    for i, p in enumerate(partition_of):
+        by_partition.setdefault(p, ([], []))[1].append(i)
+    expected = [0] * len(partition_of)
+    outcomes = {}
+    for p in rng.sample(sorted(by_partition), len(by_partition)):
+        offsets, n_dup, next_offset = [], 0, rng.randrange(1, 2**64 - 2000)
+        for i in by_partition[p][1]:
+            if offsets and rng.random() < 0.2:
+                offsets.append(rng.choice(offsets))
+                n_dup += 1
+            else:
+                offsets.append(next_offset)
+                next_offset += 1
+            expected[i] = offsets[-1]
+        outcomes[p] = IngestOutcome(offsets, n_dup)
+    return by_partition, outcomes, expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 70), max_size=300), st.integers(0, 2**32))
+def test_both_put_every_offset_at_its_request_index(partition_of: list[int], seed: int) -> None:
+    by_partition, outcomes, expected = _split(partition_of, seed)
+    n_dup = sum(o.n_duplicates for o in outcomes.values())
+    for place in PLACERS:
+        assert place(len(partition_of), by_partition, outcomes) == (expected, n_dup)
+
+
+@pytest.mark.parametrize("place", PLACERS, ids=["python", "native"])
+def test_an_answer_that_does_not_fit_the_request_is_a_value_error(place: object) -> None:
+    by_partition, outcomes, _ = _split([0, 1, 1, 2], seed=1)
+    short = {**outcomes, 1: IngestOutcome([5], 0)}
+    with pytest.raises(ValueError, match="partition 1 answered 1 offsets for 2 events"):
+        place(4, by_partition, short)  # type: ignore[operator]
+    missing = {p: o for p, o in outcomes.items() if p != 2}
+    with pytest.raises(ValueError, match="answered for 3 of the request's 4 events"):
+        place(4, by_partition, missing)  # type: ignore[operator]
