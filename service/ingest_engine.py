@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -55,13 +56,25 @@ class DecodedIngest(Protocol):
 
 
 class IngestEngine(Protocol):
-    """Turns request bytes into a :class:`DecodedIngest` for ``client``."""
+    """Turns request bytes into a :class:`DecodedIngest` for ``client``, and an ingest's result
+    into the response's bytes."""
 
     name: str
 
     def decode(self, data: bytes, client: Client) -> DecodedIngest:
         """Decode ``data``; an exception (any) if it is not an IngestRequest."""
         ...
+
+    def encode_response(self, result: IngestResult) -> bytes:
+        """The serialized ``IngestResponse`` of ``result`` (the same bytes on every engine)."""
+        ...
+
+
+def _python_response(result: IngestResult) -> bytes:
+    response = ingest_service_pb2.IngestResponse(
+        n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
+    )
+    return response.SerializeToString()
 
 
 class _PythonDecoded:
@@ -84,6 +97,9 @@ class PythonIngestEngine:
 
     def decode(self, data: bytes, client: Client) -> DecodedIngest:
         return _PythonDecoded(ingest_service_pb2.IngestRequest.FromString(data), client)
+
+    def encode_response(self, result: IngestResult) -> bytes:
+        return _python_response(result)
 
 
 _FALLBACK = PythonIngestEngine()
@@ -129,6 +145,7 @@ class NativeIngestEngine:
         self._decode_ingest = module.decode_ingest
         self.request_offsets: PlaceOffsets = module.request_offsets
         """Puts a request's offsets back in request order (``Client.ingest_partitioned``)."""
+        self._encode_response: Callable[[int, int, list[int]], bytes] = module.encode_ingest_response
         self._malformed_error: type[Exception] = module.MalformedRequest
         self._panic_error: type[Exception] = module.NativePanic
 
@@ -142,6 +159,9 @@ class NativeIngestEngine:
             # A bug, not bad input: this call fails, the server keeps serving.
             log.error("%s", exc)
             raise InternalError(f"the native ingest engine failed: {exc}") from exc
+
+    def encode_response(self, result: IngestResult) -> bytes:
+        return self._encode_response(result.n_stored, result.n_duplicates, result.offsets)
 
     def decode(self, data: bytes, client: Client) -> DecodedIngest:
         try:

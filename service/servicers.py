@@ -113,7 +113,8 @@ class IngestServicer:
 
     The engine decodes the request's bytes in the handler's request-deserializer slot
     (service/ingest_engine.py): protobuf for the Python engine, one native pass for the native
-    one; ``Ingest`` gets the decoded batch. It bounds the events of calls in flight (waiting for a
+    one; ``Ingest`` gets the decoded batch, and answers the response's bytes as the engine
+    writes them (the same on both). It bounds the events of calls in flight (waiting for a
     SYNC fsync, say) to ``stats.max_inflight_ingest_events``: past it a call is answered
     RESOURCE_EXHAUSTED with a retry delay instead of queueing without end. A lone call is always
     admitted, whatever its size.
@@ -125,9 +126,7 @@ class IngestServicer:
         self._engine = engine
 
     @rpc_handler
-    async def Ingest(
-        self, request: DecodedIngest, context: grpc.aio.ServicerContext
-    ) -> ingest_service_pb2.IngestResponse:
+    async def Ingest(self, request: DecodedIngest, context: grpc.aio.ServicerContext) -> bytes:
         stats = self._stats
         n = request.n_events
         try:
@@ -152,18 +151,17 @@ class IngestServicer:
             for violation in exc.violations:
                 stats.invalid_fields[field_label(violation.field)] += 1
             raise
-        return ingest_service_pb2.IngestResponse(
-            n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
-        )
+        return self._engine.encode_response(result)
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add IngestService to ``server``, like the generated ``add_IngestServiceServicer_to_server``
-        but with the engine as the request deserializer."""
+        but with the engine as the request deserializer and the response's serializer (``Ingest``
+        answers bytes, which grpc sends as they are)."""
         handlers = {
             "Ingest": grpc.unary_unary_rpc_method_handler(
                 self.Ingest,
                 request_deserializer=IngestRequestDecoder(self._engine, self._client).FromString,
-                response_serializer=ingest_service_pb2.IngestResponse.SerializeToString,
+                response_serializer=None,
             )
         }
         name = ingest_service_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name

@@ -36,7 +36,7 @@ collect_ignore = (
         "unit/test_native_dedup_batch.py",
         "unit/test_tick_writes.py",
         "unit/test_native_segment_scan.py",
-        "unit/test_native_request_offsets.py",
+        "unit/test_native_ingest_answer.py",
         "integration/test_native_partition.py",
         "integration/test_native_engine_end_to_end.py",
     ]

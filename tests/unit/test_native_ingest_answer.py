@@ -1,9 +1,14 @@
-"""``unimeter_native.request_offsets`` against ``cluster_client.client.request_offsets``: a
+"""The answer of an ingest call on the native engine against its Python reference.
+
+``unimeter_native.request_offsets`` against ``cluster_client.client.request_offsets``: a
 request's offsets put back in request order from its partitions' outcomes. For random splits of a
 request (partitions in any order, duplicates pointing at earlier offsets) both give the same list
 and duplicate count; an outcome with too few or too many offsets, or outcomes that do not cover the
 request, are a ValueError on both, which ``Client.ingest_partitioned`` answers as INTERNAL.
-Collected only where the extension is built (tests/conftest.py)."""
+
+``unimeter_native.encode_ingest_response``: the bytes protobuf's serializer writes for the same
+``IngestResponse``, for any counts and offsets. Collected only where the extension is built
+(tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from hypothesis import strategies as st
 
 from cluster_client.client import request_offsets
 from cluster_client.node_api import IngestOutcome
+from unimeter.v1 import ingest_service_pb2
 
 PLACERS = [request_offsets, unimeter_native.request_offsets]
 
@@ -61,3 +67,16 @@ def test_an_answer_that_does_not_fit_the_request_is_a_value_error(place: object)
     missing = {p: o for p, o in outcomes.items() if p != 2}
     with pytest.raises(ValueError, match="answered for 3 of the request's 4 events"):
         place(4, by_partition, missing)  # type: ignore[operator]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.lists(st.one_of(st.integers(0, 300), st.integers(0, 2**64 - 1)), max_size=200),
+)
+def test_the_response_bytes_are_protobufs(stored: int, duplicates: int, offsets: list[int]) -> None:
+    expected = ingest_service_pb2.IngestResponse(n_stored=stored, n_duplicates=duplicates, offsets=offsets)
+    encoded = unimeter_native.encode_ingest_response(stored, duplicates, offsets)
+    assert encoded == expected.SerializeToString()
+    assert ingest_service_pb2.IngestResponse.FromString(encoded) == expected
