@@ -220,7 +220,7 @@ class Node:
         partition = await asyncio.to_thread(self._new_partition, number, storage)
         # Metric deletions while it recovered reached only the partitions already served.
         for code in self._forgotten[forgotten:]:
-            partition.aggregates.forget_metric(code)
+            partition.forget_metric(code)
         partition.events.on_failure = partition.alert_log.on_failure = self._count_failed_log
         self._served[number] = partition
         self.alerts.attach(partition)
@@ -421,7 +421,7 @@ class Node:
             del self._specs[code]
             self._forgotten.append(code)
             for partition in self._served.values():
-                partition.aggregates.forget_metric(code)
+                partition.forget_metric(code)
         if metric is not None and code not in self._specs:
             self._specs[code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
 

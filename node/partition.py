@@ -258,6 +258,12 @@ class Partition:
                 self._log_alerts(first_offset, fired, arrival)
         return outcome
 
+    def forget_metric(self, code: str) -> None:
+        """Drop the state of a deleted metric: its store, and whatever the ingest step remembers
+        of it (bound again: a deletion is rare, and the binding is the cache's lifetime)."""
+        self.aggregates.forget_metric(code)
+        self._bind_steps()
+
     def _bind_steps(self) -> None:
         """Bind the engine's apply and ingest steps to :attr:`dedup`, :attr:`index` and
         :attr:`aggregates` (again when recovery loads them from a snapshot)."""

@@ -159,6 +159,19 @@ pub fn apply_to_store<'py>(
     fired: &Bound<'py, PyList>,
 ) -> PyResult<()> {
     let native = store.getattr(intern!(py, "native"))?;
+    apply_to_native(py, &native, batch, indexes, first_offset, position, fired)
+}
+
+/// [`apply_to_store`] given the store's ``native`` attribute.
+pub fn apply_to_native<'py>(
+    py: Python<'py>,
+    native: &Bound<'py, PyAny>,
+    batch: &EventBatch,
+    indexes: &[u32],
+    first_offset: i64,
+    position: u64,
+    fired: &Bound<'py, PyList>,
+) -> PyResult<()> {
     if let Ok(cells) = native.cast::<PySeriesCells>() {
         return cells.borrow_mut().apply_batch_events(py, batch, indexes, first_offset, position, fired);
     }

@@ -44,7 +44,11 @@ pub fn event_record_bytes<'py>(
 
 /// The record's bytes from its head and the msgpack of its rows (`n_stored` packed rows).
 pub fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8]) -> PyResult<Vec<u8>> {
-    let mut w = MsgpackWriter::with_capacity(packed_rows.len() + 64 + 16 * head.duplicates.len());
+    // Sized for the whole record (a regrown buffer copies the rows again): each code's string
+    // and generation take at most its length + 14 bytes, the other fields at most 64.
+    let codes: usize = head.generations.iter().map(|(code, _)| code.to_str().map_or(0, str::len) + 14).sum();
+    let lists = 10 * head.stamped.len() + 22 * head.duplicates.len();
+    let mut w = MsgpackWriter::with_capacity(packed_rows.len() + head.batch_id.len() + codes + lists + 64);
     w.array(9);
     w.uint(EVENT_RECORD_VERSION);
     w.uint(head.first_offset);

@@ -21,7 +21,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 use crate::batch_dedup::{dedup_batch, BatchDedup};
 use crate::guarded;
-use crate::py_batch_ingest::{apply_to_store, events_by_code, index_batch_codes, store_of};
+use crate::py_batch_ingest::{apply_to_native, events_by_code, index_batch_codes, store_of};
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_index::PyEventIndex;
@@ -29,7 +29,7 @@ use crate::py_event_record::{event_record_bytes, RecordHead};
 
 /// A partition's parts that its ingest steps read and change, bound once per partition (and again
 /// when recovery loads them from a snapshot).
-#[pyclass(module = "unimeter_native", name = "PartIngest", frozen)]
+#[pyclass(module = "unimeter_native", name = "PartIngest")]
 pub struct PyPartIngest {
     /// The aggregates' stores by metric code, and the aggregates' maker of a missing one.
     stores: Py<PyDict>,
@@ -44,6 +44,21 @@ pub struct PyPartIngest {
     /// The same steps one by one (`node.partition_engine.stepwise_ingest`), for rows that are
     /// not an `EventBatch` (an in-process caller's tuples).
     stepwise: Py<PyAny>,
+    /// What the last parts resolved for each metric, reused while the objects are the same.
+    known: Vec<KnownMetric>,
+}
+
+/// A metric as a part last resolved it: a part names a handful of metrics, and reading their
+/// generations, stores and stores' states from Python again for each of the 64 parts of every
+/// request cost ~1 us a part. Each use checks the spec's and the store's identity; the partition
+/// binds a new `PartIngest` when it forgets a deleted metric (`Partition.forget_metric`), so no
+/// store outlives its metric here.
+struct KnownMetric {
+    code: String,
+    spec: Py<PyAny>,
+    generation: u64,
+    /// The store `stores[code]` held for `spec`, and its ``native`` state (None: not yet seen).
+    store: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 /// A metric of the batch as it was validated: its spec then, and that spec's generation.
@@ -65,7 +80,7 @@ impl PyPartIngest {
         append: Py<PyAny>,
         stepwise: Py<PyAny>,
     ) -> Self {
-        Self { stores, store_for, dedup, index, spec_of, append, stepwise }
+        Self { stores, store_for, dedup, index, spec_of, append, stepwise, known: Vec::new() }
     }
 
     /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
@@ -75,7 +90,7 @@ impl PyPartIngest {
     /// steps after the record was appended (None). ``spec_of`` is what the batch was validated
     /// against: its generations go in the record.
     fn __call__<'py>(
-        &self,
+        &mut self,
         py: Python<'py>,
         rows: &Bound<'py, PyAny>,
         spec_of: &Bound<'py, PyAny>,
@@ -87,9 +102,9 @@ impl PyPartIngest {
             return self.stepwise.bind(py).call1((rows, spec_of, first_offset, arrival, batch_id));
         };
         let batch = batch.get();
-        let validated = guarded(|| validated_metrics(py, batch, spec_of))?;
+        let validated = guarded(|| self.validated_metrics(py, batch, spec_of))?;
         let generations: Vec<u64> = validated.iter().map(|m| m.generation).collect();
-        let dedup = self.dedup.bind(py);
+        let dedup = self.dedup.bind(py).clone();
         let found = {
             let index = dedup.borrow();
             let table = index.table();
@@ -121,10 +136,70 @@ impl PyPartIngest {
 }
 
 impl PyPartIngest {
+    /// Each metric of `batch` (by code number) as `spec_of` gives it.
+    fn validated_metrics<'py>(
+        &mut self,
+        py: Python<'py>,
+        batch: &PyEventBatch,
+        spec_of: &Bound<'py, PyAny>,
+    ) -> PyResult<Vec<Validated<'py>>> {
+        let mut validated = Vec::with_capacity(batch.batch.code_count());
+        for code in batch.code_objects(py) {
+            let spec = spec_of.call1((&code,))?;
+            if spec.is_none() {
+                return Err(PyAssertionError::new_err("rows are validated before ingest"));
+            }
+            let text = code.to_str()?;
+            let generation = match self.known.iter().position(|m| m.code == text) {
+                Some(i) if self.known[i].spec.is(&spec) => self.known[i].generation,
+                found => {
+                    let generation = spec.getattr(intern!(py, "generation"))?.extract()?;
+                    let known = KnownMetric {
+                        code: text.to_owned(),
+                        spec: spec.clone().unbind(),
+                        generation,
+                        store: None,
+                    };
+                    match found {
+                        Some(i) => self.known[i] = known,
+                        None => self.known.push(known),
+                    }
+                    generation
+                }
+            };
+            validated.push(Validated { code, spec, generation });
+        }
+        Ok(validated)
+    }
+
+    /// The ``native`` state of metric `code`'s store for `spec` (`store_of`), remembered while
+    /// `stores[code]` is the same store.
+    fn store_state<'py>(
+        &mut self,
+        py: Python<'py>,
+        code: &Bound<'py, PyString>,
+        spec: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let stores = self.stores.bind(py);
+        let text = code.to_str()?;
+        let known = self.known.iter_mut().find(|m| m.code == text && m.spec.is(spec));
+        if let Some(KnownMetric { store: Some((store, native)), .. }) = &known {
+            if stores.get_item(code)?.is_some_and(|held| held.is(store)) {
+                return Ok(native.bind(py).clone());
+            }
+        }
+        let store = store_of(stores, self.store_for.bind(py), code, spec)?;
+        let native = store.getattr(intern!(py, "native"))?;
+        if let Some(known) = known {
+            known.store = Some((store.unbind(), native.clone().unbind()));
+        }
+        Ok(native)
+    }
+
     /// The stored events into the event index, and each metric's into its store if the metric
     /// still has the generation the batch was validated against (`apply_batch`'s rule).
     fn apply<'py>(
-        &self,
+        &mut self,
         py: Python<'py>,
         validated: &[Validated<'py>],
         stored: &PyEventBatch,
@@ -134,8 +209,7 @@ impl PyPartIngest {
     ) -> PyResult<()> {
         let codes = index_batch_codes(self.index.bind(py).borrow_mut().index_mut(), position, &stored.batch);
         let groups = events_by_code(&stored.batch);
-        let (stores, store_for, spec_of) =
-            (self.stores.bind(py), self.store_for.bind(py), self.spec_of.bind(py));
+        let spec_of = self.spec_of.bind(py).clone();
         for number in codes {
             let metric = &validated[number as usize];
             let live = spec_of.call1((&metric.code,))?;
@@ -147,10 +221,10 @@ impl PyPartIngest {
                     continue;
                 }
             }
-            let store = store_of(stores, store_for, &metric.code, &live)?;
-            apply_to_store(
+            let native = self.store_state(py, &metric.code, &live)?;
+            apply_to_native(
                 py,
-                &store,
+                &native,
                 &stored.batch,
                 &groups[number as usize],
                 first_offset,
@@ -160,27 +234,6 @@ impl PyPartIngest {
         }
         Ok(())
     }
-}
-
-/// Each metric of `batch` (by code number) as `spec_of` gives it.
-fn validated_metrics<'py>(
-    py: Python<'py>,
-    batch: &PyEventBatch,
-    spec_of: &Bound<'py, PyAny>,
-) -> PyResult<Vec<Validated<'py>>> {
-    let generation = intern!(py, "generation");
-    batch
-        .code_objects(py)
-        .into_iter()
-        .map(|code| {
-            let spec = spec_of.call1((&code,))?;
-            if spec.is_none() {
-                return Err(PyAssertionError::new_err("rows are validated before ingest"));
-            }
-            let generation = spec.getattr(generation)?.extract()?;
-            Ok(Validated { code, spec, generation })
-        })
-        .collect()
 }
 
 /// The event record of a deduplicated batch (None: nothing to log).

@@ -9,6 +9,8 @@ forms a part arrives in: ``EventRow`` tuples (an in-process caller's, the node p
   exactly once.
 * A metric deleted (or deleted and created again) while a batch is applied in slices leaves the
   rest of the batch logged and counted by nobody, never applied to the new generation.
+* A metric deleted and created again between requests starts empty: what the native part ingest
+  remembers of a metric (its generation, store and cells) never serves the new generation.
 """
 
 from __future__ import annotations
@@ -150,5 +152,29 @@ async def test_a_metric_deleted_while_a_batch_is_sliced_in_is_applied_by_nobody(
         assert {(await client.query(a, "kept", DAY)).value.sum for a in range(1, 65, 2)} == {1}
         if recreate:  # the deleted generation's events count for nobody
             assert {(await client.query(a, "calls", DAY)).value.sum for a in range(2, 66, 2)} == {0}
+    finally:
+        await node.close()
+
+
+@pytest.mark.parametrize(("engine", "form"), FORMS)
+async def test_a_metric_created_again_between_requests_counts_only_its_own_events(
+    tmp_path: Path, engine: str, form: str
+) -> None:
+    node, client = await _node(tmp_path / "data", engine)
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        first: list[EventRow] = [(7, "calls", 10, T0, None, 1, "a"), (7, "calls", 5, T0 + 1, None, 1, "b")]
+        await node.ingest(_parts(node, first, form), False, "", validated=True)
+        assert (await client.query(7, "calls", DAY)).value.sum == 15
+        await node.delete_metric("calls")
+        await client.metrics.create(Metric("calls", AggType.SUM))  # a new generation, empty
+        again: list[EventRow] = [(7, "calls", 1, T0 + 2 * MINUTE, None, 1, "a")]  # "a" is new to it
+        outcomes = await node.ingest(_parts(node, again, form), False, "", validated=True)
+        assert [o.n_duplicates for o in outcomes] == [0]
+        assert (await client.query(7, "calls", DAY)).value.sum == 1
+        partition = node.partitions[partition_of(7, PARTITIONS)]
+        spec = node.registry.get("calls")
+        assert spec is not None
+        assert partition.aggregates._stores["calls"].spec.generation == spec.create_time_unix_nano
     finally:
         await node.close()
