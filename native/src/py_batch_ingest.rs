@@ -12,9 +12,9 @@
 use pyo3::exceptions::{PyAssertionError, PyKeyError, PyOverflowError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
-use crate::batch_dedup::dedup_batch;
+use crate::batch_dedup::{dedup_batch, BatchDedup};
 use crate::event_batch::{BatchEvent, EventBatch};
 use crate::event_index::{EventIndex, HOUR_NS};
 use crate::guarded;
@@ -55,21 +55,36 @@ pub fn dedup_batch_record<'py>(
     let events = &batch.batch;
     // The loop reads only Rust data: the GIL is released for it.
     let found = py.detach(|| dedup_batch(table, events, &by_code, first_offset, arrival));
-    let head = RecordHead {
-        first_offset,
-        batch_id,
-        arrival,
-        generations: &generation_list,
-        n_stored: found.stored.len(),
-        stamped: &found.stamped,
-        n_requested: events.len(),
-        duplicates: &found.duplicates,
-    };
-    let record = event_record_bytes(py, &head, &found.packed_rows)?;
+    let record =
+        batch_record_bytes(py, &generation_list, &found, first_offset, arrival, batch_id, events.len())?;
     let n_duplicates = found.duplicates.len();
     let stored = Py::new(py, batch.with_events(found.stored))?;
     let new_keys = Py::new(py, NewKeys { keys: found.new_keys, offsets: found.key_offsets })?;
     (found.offsets, n_duplicates, record, stored, generations, new_keys).into_pyobject(py)
+}
+
+/// The event record of a deduplicated batch of `n_requested` events (None: nothing to log), its
+/// metrics' `generations` in order of first appearance.
+pub fn batch_record_bytes<'py>(
+    py: Python<'py>,
+    generations: &[(Bound<'py, PyString>, u64)],
+    found: &BatchDedup,
+    first_offset: u64,
+    arrival: i64,
+    batch_id: &str,
+    n_requested: usize,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    let head = RecordHead {
+        first_offset,
+        batch_id,
+        arrival,
+        generations,
+        n_stored: found.stored.len(),
+        stamped: &found.stamped,
+        n_requested,
+        duplicates: &found.duplicates,
+    };
+    event_record_bytes(py, &head, &found.packed_rows)
 }
 
 /// Index a stored batch's events under the record at `position`; returns their metric codes in
@@ -147,22 +162,8 @@ pub fn events_by_code(batch: &EventBatch) -> Vec<Vec<u32>> {
     groups
 }
 
-/// Apply a stored batch's events at `indexes` (one metric's) to `store`'s Rust state (its
+/// Apply a stored batch's events at `indexes` (one metric's) to a store's Rust state (its
 /// ``native`` attribute: `SeriesCells` or `UniqueSets`), appending the alerts they fire to `fired`.
-pub fn apply_to_store<'py>(
-    py: Python<'py>,
-    store: &Bound<'py, PyAny>,
-    batch: &EventBatch,
-    indexes: &[u32],
-    first_offset: i64,
-    position: u64,
-    fired: &Bound<'py, PyList>,
-) -> PyResult<()> {
-    let native = store.getattr(intern!(py, "native"))?;
-    apply_to_native(py, &native, batch, indexes, first_offset, position, fired)
-}
-
-/// [`apply_to_store`] given the store's ``native`` attribute.
 pub fn apply_to_native<'py>(
     py: Python<'py>,
     native: &Bound<'py, PyAny>,
@@ -243,7 +244,8 @@ pub fn apply_batch<'py>(
             if let (Some(batch), Some(groups)) = (batch, &groups) {
                 let number = batch.code_number(code.cast::<PyString>()?.to_str()?);
                 let indexes = number.map_or(&[][..], |n| &groups[n as usize][..]);
-                apply_to_store(py, &store, batch, indexes, first_offset, position, &fired)?;
+                let native = store.getattr(intern!(py, "native"))?;
+                apply_to_native(py, &native, batch, indexes, first_offset, position, &fired)?;
                 continue;
             }
             let alerts = store.getattr(intern!(py, "apply_record"))?.call1((rows, first_offset, position))?;

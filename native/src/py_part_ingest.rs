@@ -17,15 +17,16 @@
 use pyo3::exceptions::PyAssertionError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 
-use crate::batch_dedup::{dedup_batch, BatchDedup};
+use crate::batch_dedup::dedup_batch;
 use crate::guarded;
-use crate::py_batch_ingest::{apply_to_native, events_by_code, index_batch_codes, store_of};
+use crate::py_batch_ingest::{
+    apply_to_native, batch_record_bytes, events_by_code, index_batch_codes, store_of,
+};
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_index::PyEventIndex;
-use crate::py_event_record::{event_record_bytes, RecordHead};
 
 /// A partition's parts that its ingest steps read and change, bound once per partition (and again
 /// when recovery loads them from a snapshot).
@@ -115,7 +116,10 @@ impl PyPartIngest {
         };
         let n_duplicates = found.duplicates.len();
         let n_stored = found.stored.len();
-        let record = guarded(|| record_of(py, &validated, &found, first_offset, arrival, batch_id, batch))?;
+        let record = guarded(|| {
+            let generations: Vec<_> = validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
+            batch_record_bytes(py, &generations, &found, first_offset, arrival, batch_id, batch.batch.len())
+        })?;
         let Some(record) = record else {
             let outcome = (found.offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);
             return Ok(outcome.into_pyobject(py)?.into_any());
@@ -234,29 +238,4 @@ impl PyPartIngest {
         }
         Ok(())
     }
-}
-
-/// The event record of a deduplicated batch (None: nothing to log).
-fn record_of<'py>(
-    py: Python<'py>,
-    validated: &[Validated<'py>],
-    found: &BatchDedup,
-    first_offset: u64,
-    arrival: i64,
-    batch_id: &str,
-    batch: &PyEventBatch,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    let generations: Vec<(Bound<'py, PyString>, u64)> =
-        validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
-    let head = RecordHead {
-        first_offset,
-        batch_id,
-        arrival,
-        generations: &generations,
-        n_stored: found.stored.len(),
-        stamped: &found.stamped,
-        n_requested: batch.batch.len(),
-        duplicates: &found.duplicates,
-    };
-    event_record_bytes(py, &head, &found.packed_rows)
 }
