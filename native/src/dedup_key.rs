@@ -46,6 +46,19 @@ fn mix(v: &mut [u64; 16], (a, b, c, d): (usize, usize, usize, usize), x: u64, y:
     v[b] = (v[b] ^ v[c]).rotate_right(63);
 }
 
+/// One BLAKE2b round: G on the columns, then on the diagonals, with the message words `s` picks.
+#[inline(always)]
+fn round(v: &mut [u64; 16], m: &[u64; 16], s: &[usize; 16]) {
+    mix(v, (0, 4, 8, 12), m[s[0]], m[s[1]]);
+    mix(v, (1, 5, 9, 13), m[s[2]], m[s[3]]);
+    mix(v, (2, 6, 10, 14), m[s[4]], m[s[5]]);
+    mix(v, (3, 7, 11, 15), m[s[6]], m[s[7]]);
+    mix(v, (0, 5, 10, 15), m[s[8]], m[s[9]]);
+    mix(v, (1, 6, 11, 12), m[s[10]], m[s[11]]);
+    mix(v, (2, 7, 8, 13), m[s[12]], m[s[13]]);
+    mix(v, (3, 4, 9, 14), m[s[14]], m[s[15]]);
+}
+
 fn compress(h: &mut [u64; 8], block: &[u8; BLOCK], bytes_so_far: u128, last: bool) {
     let mut m = [0u64; 16];
     for (word, chunk) in m.iter_mut().zip(block.chunks_exact(8)) {
@@ -59,16 +72,21 @@ fn compress(h: &mut [u64; 8], block: &[u8; BLOCK], bytes_so_far: u128, last: boo
     if last {
         v[14] = !v[14];
     }
-    for s in &SIGMA {
-        mix(&mut v, (0, 4, 8, 12), m[s[0]], m[s[1]]);
-        mix(&mut v, (1, 5, 9, 13), m[s[2]], m[s[3]]);
-        mix(&mut v, (2, 6, 10, 14), m[s[4]], m[s[5]]);
-        mix(&mut v, (3, 7, 11, 15), m[s[6]], m[s[7]]);
-        mix(&mut v, (0, 5, 10, 15), m[s[8]], m[s[9]]);
-        mix(&mut v, (1, 6, 11, 12), m[s[10]], m[s[11]]);
-        mix(&mut v, (2, 7, 8, 13), m[s[12]], m[s[13]]);
-        mix(&mut v, (3, 4, 9, 14), m[s[14]], m[s[15]]);
-    }
+    // The twelve rounds spelled out: with each round's SIGMA row a constant, the message words
+    // are picked at compile time (a loop over the rows read them per round: 160 against 133 ns a
+    // key).
+    round(&mut v, &m, &SIGMA[0]);
+    round(&mut v, &m, &SIGMA[1]);
+    round(&mut v, &m, &SIGMA[2]);
+    round(&mut v, &m, &SIGMA[3]);
+    round(&mut v, &m, &SIGMA[4]);
+    round(&mut v, &m, &SIGMA[5]);
+    round(&mut v, &m, &SIGMA[6]);
+    round(&mut v, &m, &SIGMA[7]);
+    round(&mut v, &m, &SIGMA[8]);
+    round(&mut v, &m, &SIGMA[9]);
+    round(&mut v, &m, &SIGMA[10]);
+    round(&mut v, &m, &SIGMA[11]);
     for i in 0..8 {
         h[i] ^= v[i] ^ v[i + 8];
     }
@@ -95,24 +113,60 @@ pub fn blake2b_64(data: &[u8]) -> u64 {
 /// The key of an event with an explicit id: the digest of
 /// `"{account}\0{metric}\0{generation}\0i\0{event_id}"`.
 pub fn event_key(account_id: u64, metric_code: &str, generation: u64, event_id: &str) -> u64 {
-    // Sized once: `format!` grew its string piece by piece, a few reallocations per key, which
-    // was a tenth of a loaded server's CPU.
-    let mut text = Vec::with_capacity(2 * U64_DIGITS + 6 + metric_code.len() + event_id.len());
-    push_decimal(&mut text, account_id);
-    text.push(0);
-    text.extend_from_slice(metric_code.as_bytes());
-    text.push(0);
-    push_decimal(&mut text, generation);
-    text.extend_from_slice(b"\0i\0");
-    text.extend_from_slice(event_id.as_bytes());
+    let write = |text: &mut dyn Text| {
+        push_decimal(text, account_id);
+        text.put(&[0]);
+        text.put(metric_code.as_bytes());
+        text.put(&[0]);
+        push_decimal(text, generation);
+        text.put(b"\0i\0");
+        text.put(event_id.as_bytes());
+    };
+    let most = 2 * U64_DIGITS + 5 + metric_code.len() + event_id.len();
+    if most <= STACK_TEXT {
+        // The usual id fits on the stack: no allocation per key (one was ~1.5% of a loaded
+        // server's time; `format!`, growing its string piece by piece, had been a tenth).
+        let mut text = StackText { bytes: [0; STACK_TEXT], len: 0 };
+        write(&mut text);
+        return blake2b_64(&text.bytes[..text.len]);
+    }
+    let mut text = Vec::with_capacity(most);
+    write(&mut text);
     blake2b_64(&text)
 }
+
+/// Where a key's text is written: a vector, or a buffer on the stack.
+trait Text {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Text for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// A key's text up to `STACK_TEXT` bytes (the caller checks the bound first).
+struct StackText {
+    bytes: [u8; STACK_TEXT],
+    len: usize,
+}
+
+impl Text for StackText {
+    fn put(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+}
+
+/// Key texts up to this many bytes are written on the stack.
+const STACK_TEXT: usize = 192;
 
 /// The most decimal digits of a u64.
 const U64_DIGITS: usize = 20;
 
 /// `value` in decimal, as `format!("{value}")` writes it.
-fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
+fn push_decimal(out: &mut dyn Text, mut value: u64) {
     let mut digits = [0u8; U64_DIGITS];
     let mut i = U64_DIGITS;
     loop {
@@ -123,7 +177,7 @@ fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
             break;
         }
     }
-    out.extend_from_slice(&digits[i..]);
+    out.put(&digits[i..]);
 }
 
 /// msgpack encoding, in the forms `msgpack.packb` picks (the smallest that holds each value).
@@ -244,6 +298,18 @@ mod tests {
         }
         let text = format!("{}\0{}\0{}\0i\0{}", 42u64, "calls", 7u64, "é-1");
         assert_eq!(event_key(42, "calls", 7, "é-1"), blake2b_64(text.as_bytes()));
+    }
+
+    #[test]
+    fn event_keys_are_the_same_on_the_stack_and_on_the_heap() {
+        // Texts on both sides of STACK_TEXT, whatever the digits of the numbers.
+        for id_len in [0, 100, 130, 131, 132, 133, 150, 200, 1000] {
+            let id = "x".repeat(id_len);
+            for (account, generation) in [(0, 0), (u64::MAX, u64::MAX), (7, 1 << 40)] {
+                let text = format!("{account}\0m\0{generation}\0i\0{id}");
+                assert_eq!(event_key(account, "m", generation, &id), blake2b_64(text.as_bytes()), "{id_len}");
+            }
+        }
     }
 
     // Expected values from Python: int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little").
