@@ -7,23 +7,30 @@ and duplicate count; an outcome with too few or too many offsets, or outcomes th
 request, are a ValueError on both, which ``Client.ingest_partitioned`` answers as INTERNAL.
 
 ``unimeter_native.encode_ingest_response``: the bytes protobuf's serializer writes for the same
-``IngestResponse``, for any counts and offsets. Collected only where the extension is built
-(tests/conftest.py)."""
+``IngestResponse``, for any counts and offsets. And through the client core, a node whose answer
+does not fit the request fails the call as INTERNAL with either placer. Collected only where the
+extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import unimeter_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cluster_client import AggType, Client, Metric
 from cluster_client.client import request_offsets
+from cluster_client.errors import InternalError
 from cluster_client.node_api import IngestOutcome
+from cluster_client.partitioning import partition_of
+from node.node import Node, NodeConfig
 from unimeter.v1 import ingest_service_pb2
 
 PLACERS = [request_offsets, unimeter_native.request_offsets]
+T = 1_772_323_200 * 10**9
 
 
 def _split(partition_of: list[int], seed: int) -> tuple[dict, dict, list[int]]:
@@ -80,3 +87,33 @@ def test_the_response_bytes_are_protobufs(stored: int, duplicates: int, offsets:
     encoded = unimeter_native.encode_ingest_response(stored, duplicates, offsets)
     assert encoded == expected.SerializeToString()
     assert ingest_service_pb2.IngestResponse.FromString(encoded) == expected
+
+
+class _ShortAnswers:
+    """A node whose ingest answers one offset too few for its first part (a bug's shape)."""
+
+    def __init__(self, node: object) -> None:
+        self._node = node
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._node, name)
+
+    async def ingest(self, parts: object, sync: bool, batch_id: str, *, validated: bool = False) -> list:
+        outcomes = await self._node.ingest(parts, sync, batch_id, validated=validated)  # type: ignore[attr-defined]
+        first = outcomes[0]
+        return [IngestOutcome(first.offsets[:-1], first.n_duplicates), *outcomes[1:]]
+
+
+@pytest.mark.parametrize("place", PLACERS, ids=["python", "native"])
+async def test_a_node_answer_that_does_not_fit_the_request_is_internal(tmp_path: Path, place: object) -> None:
+    node = Node(NodeConfig(tmp_path / "data", partitions=4))
+    await node.start()
+    try:
+        client = await Client.in_process(_ShortAnswers(node), metric_lookup=node.metric_of)  # type: ignore[arg-type]
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        rows = [(1, "calls", 1, T, None, 1, "a"), (1, "calls", 1, T, None, 1, "b")]
+        by_partition = {partition_of(1, 4): (rows, [0, 1])}
+        with pytest.raises(InternalError, match=r"answered 1 offsets for 2 events"):
+            await client.ingest_partitioned(by_partition, 2, sync=False, place_offsets=place)  # type: ignore[arg-type]
+    finally:
+        await node.close()
