@@ -278,9 +278,9 @@ def native_bind_apply(
     apply_batch: ApplyBatch, index: NativeEventIndex, aggregates: PartitionAggregates, spec_of: SpecOf
 ) -> StoredApply:
     """:func:`python_apply_record`'s steps on the native index and stores, bound to a partition's
-    (``apply_batch`` is the extension's): one native call per record, for an ``EventBatch`` (what
-    the server's requests become) and for rows (recovery's, an in-process caller's) alike; no
-    Python object is made per event (``PartitionAggregates.native_apply``)."""
+    (``apply_batch`` is the extension's): one native call per record of rows (recovery's, an
+    in-process caller's; a server's ``EventBatch`` parts are applied inside ``PartIngest``),
+    with no wrapper in between (``PartitionAggregates.native_apply``)."""
     return aggregates.native_apply(apply_batch, index.add_record, spec_of)
 
 

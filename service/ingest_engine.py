@@ -70,13 +70,6 @@ class IngestEngine(Protocol):
         ...
 
 
-def _python_response(result: IngestResult) -> bytes:
-    response = ingest_service_pb2.IngestResponse(
-        n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
-    )
-    return response.SerializeToString()
-
-
 class _PythonDecoded:
     __slots__ = ("_client", "_request", "n_events")
 
@@ -99,7 +92,10 @@ class PythonIngestEngine:
         return _PythonDecoded(ingest_service_pb2.IngestRequest.FromString(data), client)
 
     def encode_response(self, result: IngestResult) -> bytes:
-        return _python_response(result)
+        response = ingest_service_pb2.IngestResponse(
+            n_stored=result.n_stored, n_duplicates=result.n_duplicates, offsets=result.offsets
+        )
+        return response.SerializeToString()
 
 
 _FALLBACK = PythonIngestEngine()

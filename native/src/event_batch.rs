@@ -87,11 +87,6 @@ impl EventBatch {
         self.arena.get(self.arena.codes[code as usize])
     }
 
-    /// The number of `text` among the batch's codes, if it is one.
-    pub fn code_number(&self, text: &str) -> Option<u32> {
-        self.codes().position(|code| code == text).map(|i| i as u32)
-    }
-
     pub fn code(&self, event: &BatchEvent) -> &str {
         self.code_text(event.code)
     }

@@ -1,67 +1,24 @@
-//! A partition part of the native engine that arrives as an `EventBatch` (`py_event_batch`), not
-//! as `EventRow` tuples: the same three steps as for rows, each reading the batch's Rust events in
-//! place. `dedup_record` (`py_partition_batch`) runs the dedup loop (`batch_dedup`) with the GIL
-//! released, so gRPC's threads go on meanwhile, and hands back the stored events as another
-//! batch; `apply_batch` runs the event index's step (`EventIndex.add_record`, `py_event_index`)
-//! and every metric's store in one call, for a batch and for rows alike. A batch's events are
-//! grouped by metric once and handed to each store's Rust state (`py_series_store`,
-//! `py_unique_store`) directly; rows go through the stores' `apply_record`.
-//! Outputs are those of the row path for the rows the batch stands for, record
-//! bytes included (tested in lock step against the Python reference).
+//! The steps of the native engine shared by a partition part that arrives as an `EventBatch`
+//! (`py_event_batch`, ingested in one call by `py_part_ingest`) and the apply step of stored rows
+//! (`apply_batch`: recovery's replay, an in-process caller's tuples). For a batch: its event
+//! record (`batch_record_bytes`), its events indexed (`index_batch_codes`) and grouped by metric
+//! once, each group handed to a store's Rust state (`py_series_store`, `py_unique_store`) as the
+//! store's events are read (`metric_events`). Outputs are those of the row path for the rows the
+//! batch stands for, record bytes included (tested in lock step against the Python reference).
 
-use pyo3::exceptions::{PyAssertionError, PyKeyError, PyOverflowError};
+use pyo3::exceptions::{PyKeyError, PyOverflowError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
-use crate::batch_dedup::{dedup_batch, BatchDedup};
+use crate::batch_dedup::BatchDedup;
 use crate::event_batch::{BatchEvent, EventBatch};
 use crate::event_index::{EventIndex, HOUR_NS};
 use crate::guarded;
-use crate::py_dedup_index::PyDedupIndex;
-use crate::py_event_batch::PyEventBatch;
 use crate::py_event_record::{event_record_bytes, RecordHead};
-use crate::py_partition_batch::NewKeys;
 use crate::py_rows::MetricRows;
 use crate::py_series_store::PySeriesCells;
 use crate::py_unique_store::PyUniqueSets;
-
-/// `dedup_record` for a batch: ``(offsets, n_duplicates, record, stored, generations,
-/// new_keys)`` with ``stored`` an `EventBatch` of the stored events (stamped ones with the
-/// arrival time).
-pub fn dedup_batch_record<'py>(
-    py: Python<'py>,
-    index: &PyDedupIndex,
-    batch: &PyEventBatch,
-    spec_of: &Bound<'py, PyAny>,
-    first_offset: u64,
-    arrival: i64,
-    batch_id: &str,
-) -> PyResult<Bound<'py, PyTuple>> {
-    // Generations by code, in order of first appearance (the record keeps that order).
-    let generations = PyDict::new(py);
-    let mut generation_list: Vec<(Bound<'py, PyString>, u64)> = Vec::with_capacity(batch.batch.code_count());
-    for code in batch.code_objects(py) {
-        let spec = spec_of.call1((&code,))?;
-        if spec.is_none() {
-            return Err(PyAssertionError::new_err("rows are validated before ingest"));
-        }
-        let generation: u64 = spec.getattr(intern!(py, "generation"))?.extract()?;
-        generations.set_item(&code, generation)?;
-        generation_list.push((code, generation));
-    }
-    let by_code: Vec<u64> = generation_list.iter().map(|(_, g)| *g).collect();
-    let table = index.table();
-    let events = &batch.batch;
-    // The loop reads only Rust data: the GIL is released for it.
-    let found = py.detach(|| dedup_batch(table, events, &by_code, first_offset, arrival));
-    let record =
-        batch_record_bytes(py, &generation_list, &found, first_offset, arrival, batch_id, events.len())?;
-    let n_duplicates = found.duplicates.len();
-    let stored = Py::new(py, batch.with_events(found.stored))?;
-    let new_keys = Py::new(py, NewKeys { keys: found.new_keys, offsets: found.key_offsets })?;
-    (found.offsets, n_duplicates, record, stored, generations, new_keys).into_pyobject(py)
-}
 
 /// The event record of a deduplicated batch of `n_requested` events (None: nothing to log), its
 /// metrics' `generations` in order of first appearance.
@@ -87,18 +44,8 @@ pub fn batch_record_bytes<'py>(
     event_record_bytes(py, &head, &found.packed_rows)
 }
 
-/// Index a stored batch's events under the record at `position`; returns their metric codes in
-/// order of first appearance (`EventIndex.add_record`), the batch's own string objects.
-pub fn index_batch<'py>(
-    py: Python<'py>,
-    index: &mut EventIndex,
-    position: u64,
-    stored: &PyEventBatch,
-) -> Vec<Bound<'py, PyString>> {
-    index_batch_codes(index, position, &stored.batch).into_iter().map(|c| stored.code_object(py, c)).collect()
-}
-
-/// [`index_batch`] answering code numbers.
+/// Index a stored batch's events under the record at `position`; returns their metric codes'
+/// numbers in order of first appearance.
 pub fn index_batch_codes(index: &mut EventIndex, position: u64, batch: &EventBatch) -> Vec<u32> {
     let mut seen = vec![false; batch.code_count()];
     let mut codes = Vec::new();
@@ -204,11 +151,10 @@ pub fn store_of<'py>(
 /// partition part: ``add_record(position, rows)`` (the event index's method) names the record's
 /// metrics in order of first appearance; each metric whose spec (``spec_of``) still has the
 /// record's generation (``generations``) is applied by its store (``stores[code]`` if of that
-/// generation, else ``store_for(spec)``). ``rows`` is an `EventBatch` (what the server's requests
-/// become), whose events go to each store's Rust state grouped by metric, or a sequence of
-/// ``EventRow`` tuples (recovery's replay, in-process callers), which each store's
-/// ``apply_record`` reads in place. Returns the
-/// alerts fired, in order. The partition binds the first four arguments once
+/// generation, else ``store_for(spec)``). ``rows`` is a sequence of ``EventRow`` tuples
+/// (recovery's replay, in-process callers), which each store's ``apply_record`` reads in place
+/// (a server's `EventBatch` parts are applied by `PartIngest`). Returns the alerts fired, in
+/// order. The partition binds the first four arguments once
 /// (``PartitionAggregates.native_apply``), so a part calls it with no wrapper in between.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)] // the partition's parts the step reads
@@ -226,8 +172,6 @@ pub fn apply_batch<'py>(
     guarded(|| {
         let generation = intern!(py, "generation");
         let fired = PyList::empty(py);
-        let batch = rows.cast::<PyEventBatch>().ok().map(|b| &b.get().batch);
-        let groups = batch.map(events_by_code);
         for code in add_record.call1((position, rows))?.try_iter()? {
             let code = code?;
             let spec = spec_of.call1((&code,))?;
@@ -241,13 +185,6 @@ pub fn apply_batch<'py>(
                 continue; // ... and maybe created again
             }
             let store = store_of(stores, store_for, code.cast::<PyString>()?, &spec)?;
-            if let (Some(batch), Some(groups)) = (batch, &groups) {
-                let number = batch.code_number(code.cast::<PyString>()?.to_str()?);
-                let indexes = number.map_or(&[][..], |n| &groups[n as usize][..]);
-                let native = store.getattr(intern!(py, "native"))?;
-                apply_to_native(py, &native, batch, indexes, first_offset, position, &fired)?;
-                continue;
-            }
             let alerts = store.getattr(intern!(py, "apply_record"))?.call1((rows, first_offset, position))?;
             for alert in alerts.try_iter()? {
                 fired.append(alert?)?;

@@ -37,11 +37,6 @@ impl PyEventBatch {
     pub fn code_objects<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyString>> {
         self.codes.iter().map(|code| code.bind(py).clone()).collect()
     }
-
-    /// The string of code number `code`.
-    pub fn code_object<'py>(&self, py: Python<'py>, code: u32) -> Bound<'py, PyString> {
-        self.codes[code as usize].bind(py).clone()
-    }
 }
 
 #[pymethods]

@@ -12,8 +12,6 @@ use pyo3::types::{PyBytes, PyString};
 
 use crate::event_index::{AccountEntry, EventIndex, HOUR_NS};
 use crate::guarded;
-use crate::py_batch_ingest::index_batch;
-use crate::py_event_batch::PyEventBatch;
 use crate::py_rows::row_item;
 
 #[pyclass(module = "unimeter_native", name = "EventIndex")]
@@ -55,17 +53,14 @@ impl PyEventIndex {
         self.index.len()
     }
 
-    /// Index the rows of the record at ``position`` (``EventRow`` sequences, or an
-    /// ``EventBatch``); returns their metric codes in order of first appearance.
+    /// Index the rows of the record at ``position`` (``EventRow`` sequences); returns their
+    /// metric codes in order of first appearance.
     fn add_record<'py>(
         &mut self,
         position: u64,
         rows: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<Bound<'py, PyString>>> {
         guarded(|| {
-            if let Ok(batch) = rows.cast::<PyEventBatch>() {
-                return Ok(index_batch(rows.py(), &mut self.index, position, batch.get()));
-            }
             let mut codes: Vec<Bound<'py, PyString>> = Vec::new();
             for row in rows.try_iter()? {
                 let row = row?;

@@ -23,9 +23,7 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use crate::dedup_key::{derived_key, event_key, DerivedKeyInput};
 use crate::guarded;
 use crate::msgpack_writer::MsgpackWriter;
-use crate::py_batch_ingest::dedup_batch_record;
 use crate::py_dedup_index::PyDedupIndex;
-use crate::py_event_batch::PyEventBatch;
 use crate::py_event_record::{event_record_bytes, pack_object, RecordHead};
 
 /// The seven fields of an `EventRow`, borrowed from the row.
@@ -107,8 +105,7 @@ pub struct NewKeys {
 /// bytes ``node.records.encode_event_record`` writes for the batch (None when no row is stored
 /// and there is no batch id: nothing to log) and the rest is what
 /// ``node.partition_engine.python_dedup_record`` returns for the same arguments. ``rows`` is a
-/// list of ``EventRow`` tuples, or an ``EventBatch`` (then ``stored`` is one too:
-/// `py_batch_ingest`).
+/// list of ``EventRow`` tuples (a server's `EventBatch` parts are ingested by `PartIngest`).
 #[pyfunction]
 pub fn dedup_record<'py>(
     py: Python<'py>,
@@ -120,9 +117,6 @@ pub fn dedup_record<'py>(
     batch_id: &str,
 ) -> PyResult<Bound<'py, PyTuple>> {
     guarded(|| {
-        if let Ok(batch) = rows.cast::<PyEventBatch>() {
-            return dedup_batch_record(py, &index, batch.get(), spec_of, first_offset, arrival, batch_id);
-        }
         let rows = rows.cast::<PyList>()?;
         let table = index.table();
         let n = rows.len();

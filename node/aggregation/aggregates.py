@@ -90,8 +90,8 @@ class PartitionAggregates:
         ``(record_ref, rows, first_offset, generations) -> alerts``, the extension's
         ``apply_batch`` with the event index's ``add_record`` before it. The record's metrics in
         order of first appearance, each applied by its store if the metric still has the
-        record's generation; ``rows`` is an ``EventBatch`` or ``EventRow`` tuples (row ``i`` has
-        offset ``first_offset + i``), read in place. Bound once (the stores' dict is this
+        record's generation; ``rows`` are ``EventRow`` tuples (row ``i`` has offset
+        ``first_offset + i``), read in place. Bound once (the stores' dict is this
         object's for its life), so a partition part costs one native call."""
         return partial(apply_batch, add_record, spec_of, self._stores, self._store_for)
 
