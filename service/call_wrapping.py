@@ -30,7 +30,8 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
+from types import CoroutineType
 from typing import Any
 
 import grpc
@@ -144,7 +145,9 @@ class _Malformed(Exception):
 
 
 def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """``deserialize``, raising ``_Malformed`` (naming the message type) on bytes it rejects."""
+    """``deserialize``, raising ``_Malformed`` (naming the message type) on bytes it rejects. A
+    unary request's deserializer may answer a coroutine instead (a body decoded off the loop):
+    parsing then answers a coroutine too, whose rejection is ``_Malformed`` the same way."""
     if deserialize is None:
         return None
     owner = getattr(deserialize, "__self__", None)
@@ -153,8 +156,15 @@ def _parser(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any
 
     def parse(raw: bytes) -> Any:
         try:
-            return deserialize(raw)
+            parsed = deserialize(raw)
         except Exception as exc:  # protobuf's DecodeError, or anything else the bytes provoke
+            raise _Malformed(malformed_request_error(message_type, exc)) from None
+        return _parsing(parsed) if type(parsed) is CoroutineType else parsed
+
+    async def _parsing(parsed: Coroutine[Any, Any, Any]) -> Any:
+        try:
+            return await parsed
+        except Exception as exc:
             raise _Malformed(malformed_request_error(message_type, exc)) from None
 
     return parse
@@ -233,7 +243,12 @@ class CallWrapping:
                 refusal = key_check.refusal(path, metadata)
                 if refusal is not None:
                     await abort_with_error(context, refusal)
-            return raw if parse is None else parse(raw)
+            if parse is None:
+                return raw
+            request = parse(raw)
+            # A deserializer decoding off the loop (the native engine's large Ingest bodies)
+            # answers a coroutine.
+            return await request if type(request) is CoroutineType else request
 
         async def fail(exc: Exception, context: grpc.aio.ServicerContext) -> None:
             if isinstance(exc, _Malformed):

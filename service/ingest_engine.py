@@ -11,13 +11,20 @@ them, with the same rows, the same partition split and the same field violations
 per-partition rows to the client core. ``--engine`` / ``UNIMETER_ENGINE`` picks one; ``auto`` (the
 default) runs native when the extension is installed. Not for: anything after the split, which
 both engines share (the node's partitions, logs and aggregation).
+
+A large request (``OFF_LOOP_BYTES`` and up) is decoded and split by the native engine on a worker
+thread that never takes the GIL (:class:`DecodeJobs`), while the event loop goes on with other
+calls: the deserializer then answers an awaitable, which the call wrapping awaits. The loop keeps
+what needs Python, the metric lookups, the rules and the hand-over of the parts. A small request
+is decoded in place: for it the hand-over would cost more than the decode.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,6 +37,8 @@ from .convert import ingest_rows_from_proto
 
 __all__ = [
     "ENGINES",
+    "OFF_LOOP_BYTES",
+    "DecodeJobs",
     "DecodedIngest",
     "EngineChoice",
     "IngestEngine",
@@ -43,6 +52,10 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "native", "python")
 NATIVE_MODULE = "unimeter_native"
+OFF_LOOP_BYTES = 16 << 10
+"""Request bodies of this size and up (~200 events) are decoded by the native engine's worker
+thread; smaller ones on the loop. Measured in docs/benchmarks.md ("Large requests decoded off the
+loop")."""
 
 
 class DecodedIngest(Protocol):
@@ -61,12 +74,17 @@ class IngestEngine(Protocol):
 
     name: str
 
-    def decode(self, data: bytes, client: Client) -> DecodedIngest:
-        """Decode ``data``; an exception (any) if it is not an IngestRequest."""
+    def decode(self, data: bytes, client: Client) -> DecodedIngest | Awaitable[DecodedIngest]:
+        """Decode ``data``, here or (an awaitable) off the loop; an exception (any), raised or
+        awaited, if it is not an IngestRequest."""
         ...
 
     def encode_response(self, result: IngestResult) -> bytes:
         """The serialized ``IngestResponse`` of ``result`` (the same bytes on every engine)."""
+        ...
+
+    def close(self) -> None:
+        """Stop what the engine runs besides the loop (once no call decodes any more)."""
         ...
 
 
@@ -97,6 +115,9 @@ class PythonIngestEngine:
         )
         return response.SerializeToString()
 
+    def close(self) -> None:
+        pass
+
 
 _FALLBACK = PythonIngestEngine()
 """The reference engine, for the bodies the native decoder refuses."""
@@ -106,15 +127,19 @@ def _names_unknown_metric(violations: list[tuple[str, str]]) -> bool:
     return any(what.startswith("unknown metric ") for _, what in violations)
 
 
+Answer = tuple[int, bool, Any, Any]
+"""``unimeter_native.decode_ingest``'s answer: (n_events, sync, by_partition, rejection)."""
+
+
 class _NativeDecoded:
     __slots__ = ("_client", "_data", "_engine", "_outcome", "n_events")
 
-    def __init__(self, engine: NativeIngestEngine, data: bytes, client: Client) -> None:
+    def __init__(self, engine: NativeIngestEngine, data: bytes, client: Client, outcome: Answer) -> None:
         self._engine = engine
         self._data = data
         self._client = client
-        self._outcome = engine.run(data, client)
-        self.n_events: int = self._outcome[0]
+        self._outcome = outcome
+        self.n_events: int = outcome[0]
 
     async def store(self, timeout: float | None) -> IngestResult:
         n_events, sync, by_partition, rejection = self._outcome
@@ -138,6 +163,8 @@ class NativeIngestEngine:
     name = "native"
 
     def __init__(self, module: Any) -> None:
+        self._module = module
+        self._jobs: DecodeJobs | None = None
         self._decode_ingest = module.decode_ingest
         self.request_offsets: PlaceOffsets = module.request_offsets
         """Puts a request's offsets back in request order (``Client.ingest_partitioned``)."""
@@ -145,31 +172,98 @@ class NativeIngestEngine:
         self._malformed_error: type[Exception] = module.MalformedRequest
         self._panic_error: type[Exception] = module.NativePanic
 
-    def run(self, data: bytes, client: Client) -> tuple[int, bool, Any, Any]:
+    def run(self, data: bytes, client: Client) -> Answer:
         """``unimeter_native.decode_ingest`` over ``data`` with ``client``'s metrics and partitions:
         ``MalformedRequest`` (a ValueError) for bytes that are not a message, InternalError if
         the extension panicked."""
         try:
             return self._decode_ingest(data, client.ingest_metric_lookup(), client.partitions)  # type: ignore[no-any-return]
         except self._panic_error as exc:
-            # A bug, not bad input: this call fails, the server keeps serving.
-            log.error("%s", exc)
-            raise InternalError(f"the native ingest engine failed: {exc}") from exc
+            raise self._internal(exc) from exc
+
+    def _internal(self, exc: Exception) -> InternalError:
+        # A bug, not bad input: this call fails, the server keeps serving.
+        log.error("%s", exc)
+        return InternalError(f"the native ingest engine failed: {exc}")
 
     def encode_response(self, result: IngestResult) -> bytes:
         return self._encode_response(result.n_stored, result.n_duplicates, result.offsets)
 
-    def decode(self, data: bytes, client: Client) -> DecodedIngest:
+    def decode(self, data: bytes, client: Client) -> DecodedIngest | Awaitable[DecodedIngest]:
+        if len(data) >= OFF_LOOP_BYTES:
+            jobs = self._jobs
+            if jobs is None:
+                jobs = self._jobs = DecodeJobs(self._module.DecodeWorker())
+            return self._decoded_off_loop(jobs.decode(data, client.partitions), data, client)
         try:
-            return _NativeDecoded(self, data, client)
+            return _NativeDecoded(self, data, client, self.run(data, client))
         except InternalError as exc:
             # Raised here it would read as a malformed body; the call must fail as INTERNAL.
             return _Failed(exc)
         except self._malformed_error:
-            # protobuf has the final word on what is a message: a few encodings no encoder writes
-            # (an unknown group left open to the end of its event, say) it accepts where the native
-            # decoder refuses. Such a body costs the slow path; every other answer is the same.
-            return _FALLBACK.decode(data, client)
+            return self._fallback(data, client)
+
+    async def _decoded_off_loop(
+        self, decoded: asyncio.Future[Any], data: bytes, client: Client
+    ) -> DecodedIngest:
+        outcome = await decoded
+        if isinstance(outcome, self._malformed_error):
+            return self._fallback(data, client)
+        try:
+            if isinstance(outcome, self._panic_error):
+                raise outcome
+            return _NativeDecoded(self, data, client, outcome.answer(client.ingest_metric_lookup()))
+        except self._panic_error as exc:
+            return _Failed(self._internal(exc))
+
+    @staticmethod
+    def _fallback(data: bytes, client: Client) -> DecodedIngest:
+        # protobuf has the final word on what is a message: a few encodings no encoder writes
+        # (an unknown group left open to the end of its event, say) it accepts where the native
+        # decoder refuses. Such a body costs the slow path; every other answer is the same.
+        return _FALLBACK.decode(data, client)
+
+    def close(self) -> None:
+        if self._jobs is not None:
+            self._jobs.close()
+            self._jobs = None
+
+
+class DecodeJobs:
+    """Requests decoded by the native engine's worker thread (``unimeter_native.DecodeWorker``,
+    which never takes the GIL), each awaited on the loop; the worker's eventfd rings when one is
+    done, as the tick writer's does (``node.tick_writes``)."""
+
+    def __init__(self, worker: Any) -> None:
+        self._worker = worker
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        self._next_token = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def decode(self, data: bytes, partitions: int) -> asyncio.Future[Any]:
+        """The worker's outcome for ``data``: a ``DecodedRequest``, or the exception it stands
+        for (``MalformedRequest``, ``NativePanic``) as a value."""
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+            loop.add_reader(self._worker.fileno(), self._collect)
+        token = self._next_token = self._next_token + 1
+        self._worker.submit(token, data, partitions)
+        future = self._waiting[token] = loop.create_future()
+        return future
+
+    def _collect(self) -> None:
+        for token, outcome in self._worker.done():
+            future = self._waiting.pop(token)
+            if not future.done():  # a caller that went away cancelled its wait
+                future.set_result(outcome)
+
+    def close(self) -> None:
+        """Let the queued decodes finish, stop the worker, and hand the waiters their outcomes."""
+        self._worker.stop()
+        if self._loop is not None:
+            self._loop.remove_reader(self._worker.fileno())
+        self._collect()
 
 
 class _Failed:
@@ -197,7 +291,7 @@ class IngestRequestDecoder:
         self._client = client
 
     # protobuf's name: the call wrapping reads a deserializer's message type off its owner.
-    def FromString(self, data: bytes) -> DecodedIngest:
+    def FromString(self, data: bytes) -> DecodedIngest | Awaitable[DecodedIngest]:
         return self._engine.decode(data, self._client)
 
 

@@ -37,7 +37,7 @@ from .call_wrapping import CallWrapping, WrappingServer
 from .config import ServeConfig
 from .health import HealthServicer
 from .http_endpoint import HttpEndpoint
-from .ingest_engine import choose_engine
+from .ingest_engine import IngestEngine, choose_engine
 from .listen_addresses import check_free, naming_address_in_use, split_host_port
 from .metrics_exporter import UnimeterCollector, new_registry
 from .service_stats import ServiceStats
@@ -118,6 +118,7 @@ class UnimeterServer:
         self.node_port = 0
         self.http_port = 0
         self._grpc: grpc.aio.Server | None = None
+        self._engine: IngestEngine | None = None
         self._protocol: NodeProtocolServer | None = None
         self._http: HttpEndpoint | None = None
         self._health = HealthServicer()
@@ -168,6 +169,7 @@ class UnimeterServer:
         cfg = self.config
         keys = load_api_keys(cfg.api_keys_file, cfg.api_keys or None)
         choice = choose_engine(cfg.engine)
+        self._engine = choice.engine
         tls = load_server_tls(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         for addr in (cfg.grpc_addr, cfg.http_addr, cfg.node_addr):
             if addr:
@@ -368,6 +370,8 @@ class UnimeterServer:
                 # started server stops (it has no handlers yet: a call in the backlog is refused).
                 await self._grpc.start()
             await self._grpc.stop(grace)
+        if self._engine is not None:
+            self._engine.close()  # no call decodes any more
         if self.client is not None:
             await self.client.close()  # the partition map's refresher and the peer connections
         if self._protocol is not None:

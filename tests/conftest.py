@@ -37,6 +37,7 @@ collect_ignore = (
         "unit/test_tick_writes.py",
         "unit/test_native_segment_scan.py",
         "unit/test_native_ingest_answer.py",
+        "unit/test_decode_off_loop.py",
         "integration/test_native_partition.py",
         "integration/test_native_engine_end_to_end.py",
     ]

@@ -26,6 +26,7 @@ pub mod partitioning;
 pub mod positions;
 pub mod prefetch;
 mod py_batch_ingest;
+mod py_decode_worker;
 mod py_dedup_index;
 mod py_event_batch;
 mod py_event_index;
@@ -38,6 +39,8 @@ mod py_segment_scan;
 mod py_series_store;
 mod py_tick_writer;
 mod py_unique_store;
+pub mod request_parts;
+pub mod ring_worker;
 pub mod segment_scan;
 pub mod series_cells;
 pub mod thresholds;
@@ -55,11 +58,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use code_table::CodeTable;
-use event_batch::EventBatchBuilder;
-use int_hash::IntMap;
 use py_event_batch::PyEventBatch;
 
-use ingest_request::{decode_ingest_request, Event};
+use ingest_request::{decode_ingest_request, Event, IngestRequest};
+use request_parts::{split_by_partition, Part};
 use validation::{check_request, MetricRules, Piece, Rejection};
 
 create_exception!(
@@ -113,16 +115,24 @@ fn decode_ingest<'py>(
         // Decoding touches no Python object: other threads (grpc's) run meanwhile.
         let request =
             py.detach(|| decode_ingest_request(bytes)).map_err(|e| MalformedRequest::new_err(e.0))?;
-        let n = request.events.len();
-        let metrics = resolve_metrics(py, &request.events, metric_of)?;
-        match check_request(&request, |code| metrics.get(code).and_then(Option::as_ref)) {
-            Err(rejection) => (n, false, py.None(), rejection_to_python(py, &rejection)?).into_pyobject(py),
-            Ok(sync) => {
-                let by_partition = batches_by_partition(py, &request.events, partitions)?;
-                (n, sync, by_partition, py.None()).into_pyobject(py)
-            }
-        }
+        answer(py, &request, metric_of, || split_by_partition(&request.events, partitions))
     })
+}
+
+/// `decode_ingest`'s answer for a decoded `request`: its metrics resolved through `metric_of`
+/// and its rules checked, then, if it passes, its partition parts (`parts`).
+pub(crate) fn answer<'py>(
+    py: Python<'py>,
+    request: &IngestRequest<'_>,
+    metric_of: &Bound<'py, PyAny>,
+    parts: impl FnOnce() -> Vec<Part>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let n = request.events.len();
+    let metrics = resolve_metrics(py, &request.events, metric_of)?;
+    match check_request(request, |code| metrics.get(code).and_then(Option::as_ref)) {
+        Err(rejection) => (n, false, py.None(), rejection_to_python(py, &rejection)?).into_pyobject(py),
+        Ok(sync) => (n, sync, parts_to_python(py, parts())?, py.None()).into_pyobject(py),
+    }
 }
 
 /// The `MetricRules` of every distinct metric code in the batch (None: not registered).
@@ -179,40 +189,29 @@ fn rejection_to_python<'py>(py: Python<'py>, rejection: &Rejection<'_>) -> PyRes
 /// `{partition: (EventBatch, [request index, ...])}` in order of first appearance: each
 /// partition's events as a native batch (`py_event_batch`), which stands for the `EventRow`
 /// tuples of `cluster_client/types.py` that `Client.ingest_rows` would split off.
-fn batches_by_partition<'py>(
-    py: Python<'py>,
-    events: &[Event<'_>],
-    partitions: u64,
-) -> PyResult<Bound<'py, PyDict>> {
-    let mut slot_of: IntMap<u64, usize> = IntMap::default();
-    let mut slots: Vec<(u64, Vec<usize>)> = Vec::new();
-    // Room for twice a partition's even share, so that few of the lists are regrown.
-    let share = 2 * events.len() / partitions.max(1) as usize + 4;
-    for (i, event) in events.iter().enumerate() {
-        let p = partitioning::partition_of(event.account_id, partitions);
-        let slot = *slot_of.entry(p).or_insert_with(|| {
-            slots.push((p, Vec::with_capacity(share)));
-            slots.len() - 1
-        });
-        slots[slot].1.push(i);
-    }
-    let by_partition = PyDict::new(py);
+fn parts_to_python<'py>(py: Python<'py>, parts: Vec<Part>) -> PyResult<Bound<'py, PyDict>> {
     // One string per metric code of the request, shared by every partition's batch.
-    let mut strings: CodeTable<'_, Py<PyString>> = CodeTable::default();
-    for (p, indexes) in slots {
-        let mut builder = EventBatchBuilder::for_events(indexes.iter().map(|&i| &events[i]));
-        for &i in &indexes {
-            builder.push(&events[i]);
-        }
-        let mut codes = Vec::new();
-        for text in builder.code_texts() {
-            if strings.get(text).is_none() {
-                strings.insert(text, PyString::new(py, text).unbind());
-            }
-            codes.push(strings.get(text).expect("inserted above").clone_ref(py));
-        }
-        let batch = Py::new(py, PyEventBatch::new(builder.finish(), codes))?;
-        by_partition.set_item(p, (batch, PyList::new(py, indexes)?))?;
+    let code_lists: Vec<Vec<Py<PyString>>> = {
+        let mut strings: CodeTable<'_, Py<PyString>> = CodeTable::default();
+        parts
+            .iter()
+            .map(|part| {
+                part.batch
+                    .codes()
+                    .map(|text| {
+                        if strings.get(text).is_none() {
+                            strings.insert(text, PyString::new(py, text).unbind());
+                        }
+                        strings.get(text).expect("inserted above").clone_ref(py)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let by_partition = PyDict::new(py);
+    for (part, codes) in parts.into_iter().zip(code_lists) {
+        let batch = Py::new(py, PyEventBatch::new(part.batch, codes))?;
+        by_partition.set_item(part.partition, (batch, PyList::new(py, part.indexes)?))?;
     }
     Ok(by_partition)
 }
@@ -277,6 +276,8 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_ingest_answer::request_offsets, m)?)?;
     m.add_function(wrap_pyfunction!(py_ingest_answer::encode_ingest_response, m)?)?;
     m.add_class::<py_tick_writer::PyTickWriter>()?;
+    m.add_class::<py_decode_worker::PyDecodeWorker>()?;
+    m.add_class::<py_decode_worker::PyDecodedRequest>()?;
     m.add_function(wrap_pyfunction!(py_segment_scan::valid_prefix, m)?)?;
     m.add_function(wrap_pyfunction!(py_segment_scan::crc32, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::guarded;
-use crate::tick_writer::{Append, Tick, TickWriter};
+use crate::tick_writer::{self, Append, Tick, TickWriter};
 
 #[pyclass(module = "unimeter_native", name = "TickWriter")]
 pub struct PyTickWriter {
@@ -24,7 +24,7 @@ impl PyTickWriter {
     /// A started worker; OSError where the platform has no eventfd.
     #[new]
     fn new() -> PyResult<Self> {
-        let writer = TickWriter::start().map_err(|e| PyOSError::new_err(e.to_string()))?;
+        let writer = tick_writer::start().map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(Self { writer, held: HashMap::new() })
     }
 

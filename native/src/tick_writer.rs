@@ -8,15 +8,13 @@
 //! when a tick is done, which the loop watches (as it watches the kernel's fdatasync
 //! completions): the loop picks the outcome up on its own turn (`node/tick_writer.py`).
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, ErrorKind, Write};
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::os::fd::{FromRawFd, RawFd};
 use std::time::Instant;
+
+use crate::ring_worker::RingWorker;
 
 /// What a failed write reports when the OS gave no error number (a write that wrote nothing).
 const EIO: i32 = 5;
@@ -52,87 +50,28 @@ pub struct Done {
     pub sync_seconds: f64,
 }
 
-/// The worker thread, the queue to it and the outcomes it rings in.
-pub struct TickWriter {
-    ticks: Option<Sender<Tick>>,
-    done: Arc<Mutex<VecDeque<Done>>>,
-    ring: Arc<OwnedFd>,
-    worker: Option<JoinHandle<()>>,
+/// The worker that runs ticks (`ring_worker`: no GIL, an eventfd rung per finished tick).
+pub type TickWriter = RingWorker<Tick, Done>;
+
+/// A tick writer's worker, started.
+pub fn start() -> io::Result<TickWriter> {
+    RingWorker::start("unimeter-tick-writer", run)
 }
 
-impl TickWriter {
-    /// A worker and its eventfd (an OS error where the platform has none).
-    pub fn start() -> io::Result<Self> {
-        let ring = Arc::new(new_eventfd()?);
-        let done = Arc::new(Mutex::new(VecDeque::new()));
-        let (ticks, queue) = channel();
-        let worker = {
-            let (ring, done) = (Arc::clone(&ring), Arc::clone(&done));
-            std::thread::Builder::new()
-                .name("unimeter-tick-writer".into())
-                .spawn(move || run(&queue, &done, &ring))?
-        };
-        Ok(Self { ticks: Some(ticks), done, ring, worker: Some(worker) })
-    }
-
-    /// The eventfd the worker rings once per finished tick.
-    pub fn ring_fd(&self) -> RawFd {
-        self.ring.as_raw_fd()
-    }
-
-    /// Queue a tick; false once the writer is stopped.
-    pub fn submit(&self, tick: Tick) -> bool {
-        self.ticks.as_ref().is_some_and(|ticks| ticks.send(tick).is_ok())
-    }
-
-    /// The ticks finished since the last call, in order, and the ring emptied.
-    pub fn take_done(&self) -> Vec<Done> {
-        let mut counter = [0u8; 8];
-        // SAFETY: borrowed for the read only; the writer owns the descriptor.
-        let mut ring = ManuallyDrop::new(unsafe { File::from_raw_fd(self.ring.as_raw_fd()) });
-        // Non-blocking: EAGAIN only means no ring since the last call. The ring is read before
-        // the outcomes are taken, so a tick finishing in between rings again, never unheard.
-        let _ = io::Read::read(&mut *ring, &mut counter);
-        self.done.lock().map(|mut done| done.drain(..).collect()).unwrap_or_default()
-    }
-
-    /// Let the queued ticks finish, then stop the worker.
-    pub fn stop(&mut self) {
-        self.ticks = None;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
-    }
-}
-
-impl Drop for TickWriter {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn run(queue: &Receiver<Tick>, done: &Mutex<VecDeque<Done>>, ring: &OwnedFd) {
-    for tick in queue {
-        // SAFETY: each append's bytes are alive and unchanged until its outcome is taken.
-        let errnos = tick
-            .appends
-            .iter()
-            .map(|a| append(a.fd, unsafe { std::slice::from_raw_parts(a.data, a.len) }))
-            .collect();
-        let (sync_errno, sync_seconds) = if tick.syncfs_fd < 0 {
-            (0, 0.0)
-        } else {
-            let started = Instant::now();
-            (sync_filesystem(tick.syncfs_fd), started.elapsed().as_secs_f64())
-        };
-        if let Ok(mut done) = done.lock() {
-            done.push_back(Done { token: tick.token, errnos, sync_errno, sync_seconds });
-        }
-        // SAFETY: borrowed for the write only. An eventfd write fails only at a counter near
-        // 2^64, far beyond any number of ticks.
-        let mut file = ManuallyDrop::new(unsafe { File::from_raw_fd(ring.as_raw_fd()) });
-        let _ = file.write_all(&1u64.to_ne_bytes());
-    }
+fn run(tick: Tick) -> Done {
+    // SAFETY: each append's bytes are alive and unchanged until its outcome is taken.
+    let errnos = tick
+        .appends
+        .iter()
+        .map(|a| append(a.fd, unsafe { std::slice::from_raw_parts(a.data, a.len) }))
+        .collect();
+    let (sync_errno, sync_seconds) = if tick.syncfs_fd < 0 {
+        (0, 0.0)
+    } else {
+        let started = Instant::now();
+        (sync_filesystem(tick.syncfs_fd), started.elapsed().as_secs_f64())
+    };
+    Done { token: tick.token, errnos, sync_errno, sync_seconds }
 }
 
 /// `data` appended to `fd` whole (retrying short and interrupted writes); the errno, or 0.
@@ -152,13 +91,10 @@ pub fn append(fd: RawFd, data: &[u8]) -> i32 {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::ffi::{c_int, c_uint};
+    use std::ffi::c_int;
     extern "C" {
         pub fn syncfs(fd: c_int) -> c_int;
-        pub fn eventfd(initval: c_uint, flags: c_int) -> c_int;
     }
-    pub const EFD_CLOEXEC: c_int = 0o2_000_000;
-    pub const EFD_NONBLOCK: c_int = 0o4_000;
 }
 
 /// `syncfs(2)` of the filesystem holding `fd`: its errno, or 0.
@@ -172,30 +108,15 @@ pub fn sync_filesystem(fd: RawFd) -> i32 {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn new_eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd returns a new descriptor we own, or -1.
-    let fd = unsafe { linux::eventfd(0, linux::EFD_CLOEXEC | linux::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor just created, owned by nothing else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 #[cfg(not(target_os = "linux"))]
 pub fn sync_filesystem(_fd: RawFd) -> i32 {
     38 // ENOSYS: the node syncs a filesystem at once only on Linux
 }
 
-#[cfg(not(target_os = "linux"))]
-fn new_eventfd() -> io::Result<OwnedFd> {
-    Err(io::Error::from(ErrorKind::Unsupported))
-}
-
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use std::time::Duration;
 
     fn wait_done(writer: &TickWriter) -> Vec<Done> {
@@ -215,7 +136,7 @@ mod tests {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
         let fd = file.as_raw_fd();
         let (first, second) = (b"abc".to_vec(), b"def".to_vec());
-        let mut writer = TickWriter::start().unwrap();
+        let mut writer = start().unwrap();
         let appends = vec![
             Append { fd, data: first.as_ptr(), len: first.len() },
             Append { fd: -1, data: second.as_ptr(), len: second.len() },

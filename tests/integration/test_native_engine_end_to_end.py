@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from service.ingest_engine import OFF_LOOP_BYTES
 from service.server import UnimeterServer
 from tests.conftest import Api, open_api, serve_config
 from tests.grpc_errors import details
@@ -69,9 +70,11 @@ def workload(seed: int) -> list[ing.IngestRequest]:
     rng = random.Random(seed)
     batches: list[ing.IngestRequest] = []
     sent: list[t.Event] = []
-    for _ in range(40):
+    for i in range(40):
         spoil = rng.random() < 0.3
-        events = [random_event(rng, spoil) for _ in range(rng.randrange(1, 30))]
+        # Every eighth batch is large: the native engine decodes it on its worker thread.
+        size = rng.randrange(400, 600) if i % 8 == 3 else rng.randrange(1, 30)
+        events = [random_event(rng, spoil) for _ in range(size)]
         if sent and rng.random() < 0.3:
             events += rng.sample(sent, min(len(sent), 3))  # resent: duplicates by id or by content
         delivery = t.DELIVERY_MODE_SYNC if rng.random() < 0.2 else t.DELIVERY_MODE_UNSPECIFIED
@@ -79,6 +82,15 @@ def workload(seed: int) -> list[ing.IngestRequest]:
         if not spoil:
             sent += events
     return batches
+
+
+def large_valid_request(seed: int) -> ing.IngestRequest:
+    """A request of valid events, large enough to be decoded off the loop (never stored: the
+    test sends it spoilt)."""
+    rng = random.Random(-seed)
+    request = ing.IngestRequest(events=[random_event(rng, False) for _ in range(500)])
+    assert request.ByteSize() >= OFF_LOOP_BYTES
+    return request
 
 
 async def answers(api: Api) -> list[object]:
@@ -128,7 +140,8 @@ async def transcript(data_dir: Path, engine: str, seed: int) -> list[object]:
             except grpc.aio.AioRpcError as err:
                 seen.append(("error", err.code(), err.details(), details(err)))
         raw = api.channel.unary_unary("/unimeter.v1.IngestService/Ingest")
-        for body in (b"\x0a\x05\x12", b"\xff\xff", b"\x0a\x02\x12\x01"):
+        large = large_valid_request(seed).SerializeToString()
+        for body in (b"\x0a\x05\x12", b"\xff\xff", b"\x0a\x02\x12\x01", large[:-3]):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await raw(body, timeout=10)
             # The message ends with the parser's own words for the cause, which differ.
@@ -136,9 +149,10 @@ async def transcript(data_dir: Path, engine: str, seed: int) -> list[object]:
             seen.append(("raw", err.value.code(), message, details(err.value)))
         # Bytes protobuf reads but the native decoder refuses (an unknown group it cannot follow):
         # the native engine hands them to protobuf, so the answer is the same validation error.
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await raw(ONLY_PROTOBUF_READS, timeout=10)
-        seen.append(("odd", err.value.code(), details(err.value)))
+        for body in (ONLY_PROTOBUF_READS, large + ONLY_PROTOBUF_READS):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await raw(body, timeout=10)
+            seen.append(("odd", err.value.code(), details(err.value)))
         seen += await answers(api)
     finally:
         await api.channel.close()
@@ -152,8 +166,11 @@ async def test_the_same_workload_gives_the_same_answers_on_both_engines(tmp_path
     native = await transcript(tmp_path / "native", "native", seed)
     assert native == python
     kinds = [entry[0] for entry in python]  # type: ignore[index]
-    # The workload exercised what it is meant to: stored batches, refused ones, malformed bodies.
-    assert kinds.count("ok") > 5 and kinds.count("error") > 5 and kinds.count("raw") == 3
+    # The workload exercised what it is meant to: stored batches, refused ones, malformed bodies,
+    # and bodies large enough to be decoded off the loop.
+    assert kinds.count("ok") > 5 and kinds.count("error") > 5 and kinds.count("raw") == 4
+    large = [r for r in workload(seed) if r.ByteSize() >= OFF_LOOP_BYTES]
+    assert len(large) >= 4 and any(r.delivery == t.DELIVERY_MODE_SYNC for r in workload(seed))
     malformed = [entry for entry in python if entry[0] == "raw"]  # type: ignore[index]
     assert {(e[1], e[2], e[3][0]) for e in malformed} == {  # type: ignore[index]
         (
@@ -162,12 +179,15 @@ async def test_the_same_workload_gives_the_same_answers_on_both_engines(tmp_path
             "MALFORMED_REQUEST",
         )
     }
-    assert [e for e in python if e[0] == "odd"] == [  # type: ignore[index]
+    odd = [e for e in python if e[0] == "odd"]  # type: ignore[index]
+    n_large = len(large_valid_request(seed).events)
+    assert odd == [
         (
             "odd",
             grpc.StatusCode.INVALID_ARGUMENT,
-            ("INVALID_ARGUMENT", [("events[0].metric_code", "must not be empty")], None),
+            ("INVALID_ARGUMENT", [(f"events[{n}].metric_code", "must not be empty")], None),
         )
+        for n in (0, n_large)
     ]
     stored = [e for e in python if e[0] == "ok"]  # type: ignore[index]
     assert sum(e[1] for e in stored) > 100 and sum(e[2] for e in stored) > 0  # type: ignore[index, misc]

@@ -1,0 +1,124 @@
+//! `unimeter_native.DecodeWorker`: large `IngestRequest`s decoded and split by partition on a
+//! thread that never takes the GIL (`ring_worker`, `request_parts`), while the event loop serves
+//! other calls; `service/ingest_engine.py` hands the bytes over and awaits the eventfd's ring. The
+//! loop's share is what needs Python: the request's metrics looked up, its rules checked and its
+//! parts handed over as `EventBatch`es (`DecodedRequest.answer`, the same answer as
+//! `decode_ingest`'s).
+
+use std::os::fd::RawFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::request_parts::RequestParts;
+use crate::ring_worker::RingWorker;
+use crate::{answer, guarded, panic_message, MalformedRequest, NativePanic};
+
+struct Job {
+    token: u64,
+    data: Vec<u8>,
+    partitions: u64,
+}
+
+/// What a job came to: the parts, or why there are none.
+enum Outcome {
+    Decoded(RequestParts),
+    Malformed(String),
+    Panicked(String),
+}
+
+#[pyclass(module = "unimeter_native", name = "DecodeWorker")]
+pub struct PyDecodeWorker {
+    worker: RingWorker<Job, (u64, Outcome)>,
+}
+
+#[pymethods]
+impl PyDecodeWorker {
+    /// A started worker; OSError where the platform has no eventfd.
+    #[new]
+    fn new() -> PyResult<Self> {
+        let worker =
+            RingWorker::start("unimeter-decoder", decode).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(Self { worker })
+    }
+
+    /// The descriptor that becomes readable when a decode is done.
+    fn fileno(&self) -> RawFd {
+        self.worker.ring_fd()
+    }
+
+    /// Queue the decoding of ``data`` (copied: the caller keeps nothing alive) split over
+    /// ``partitions``, as ``token``.
+    fn submit(&self, token: u64, data: &[u8], partitions: u64) -> PyResult<()> {
+        if partitions == 0 {
+            return Err(PyValueError::new_err("partitions must be at least 1"));
+        }
+        if !self.worker.submit(Job { token, data: data.to_vec(), partitions }) {
+            return Err(PyOSError::new_err("the decode worker is stopped"));
+        }
+        Ok(())
+    }
+
+    /// The decodes finished since the last call, in order: ``(token, outcome)``, the outcome a
+    /// ``DecodedRequest``, or the exception to raise for it: ``MalformedRequest`` for bytes that
+    /// are not a request, ``NativePanic`` for a bug.
+    fn done(&self, py: Python<'_>) -> PyResult<Vec<(u64, Py<PyAny>)>> {
+        self.worker
+            .take_done()
+            .into_iter()
+            .map(|(token, outcome)| {
+                let value = match outcome {
+                    Outcome::Decoded(parts) => {
+                        Py::new(py, PyDecodedRequest { parts: Some(parts) })?.into_any()
+                    }
+                    Outcome::Malformed(why) => MalformedRequest::new_err(why).into_value(py).into_any(),
+                    Outcome::Panicked(why) => NativePanic::new_err(why).into_value(py).into_any(),
+                };
+                Ok((token, value))
+            })
+            .collect()
+    }
+
+    /// Let the queued decodes finish (the GIL released meanwhile), then stop the worker.
+    fn stop(&mut self, py: Python<'_>) {
+        let worker = &mut self.worker;
+        py.detach(|| worker.stop());
+    }
+}
+
+fn decode(job: Job) -> (u64, Outcome) {
+    let Job { token, data, partitions } = job;
+    let outcome = match catch_unwind(AssertUnwindSafe(|| RequestParts::decode(data, partitions))) {
+        Ok(Ok(parts)) => Outcome::Decoded(parts),
+        Ok(Err(malformed)) => Outcome::Malformed(malformed.0.to_owned()),
+        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+    };
+    (token, outcome)
+}
+
+/// A request the worker decoded, until its answer is taken.
+#[pyclass(module = "unimeter_native", name = "DecodedRequest")]
+pub struct PyDecodedRequest {
+    parts: Option<RequestParts>,
+}
+
+#[pymethods]
+impl PyDecodedRequest {
+    /// ``decode_ingest``'s answer for the request against ``metric_of``: ``(n_events, sync,
+    /// by_partition, rejection)``. Once: the parts move out.
+    fn answer<'py>(
+        &mut self,
+        py: Python<'py>,
+        metric_of: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let Some(mut decoded) = self.parts.take() else {
+            return Err(PyRuntimeError::new_err("the answer of a decoded request is taken once"));
+        };
+        guarded(|| {
+            let parts = std::mem::take(&mut decoded.parts);
+            answer(py, decoded.request(), metric_of, || parts)
+        })
+    }
+}

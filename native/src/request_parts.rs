@@ -1,0 +1,128 @@
+//! An `IngestRequest` decoded and split by partition with no Python object, so that a worker
+//! thread can do it while the event loop serves other calls (`py_decode_worker`); the loop then
+//! only checks the metrics and hands the parts over (`decode_ingest`'s second half).
+//!
+//! The decoded events borrow their strings from the request bytes, which the parts own: the bytes
+//! are boxed (they never move) and outlive the events (`request` is dropped before `data`), so the
+//! borrow is sound though Rust cannot name its lifetime; `request()` lends it no longer than
+//! `self`.
+
+use crate::event_batch::{EventBatch, EventBatchBuilder};
+use crate::ingest_request::{decode_ingest_request, Event, IngestRequest};
+use crate::int_hash::IntMap;
+use crate::partitioning;
+use crate::wire::Malformed;
+
+/// A partition's share of a request: its events as a batch, and their indexes in the request.
+pub struct Part {
+    pub partition: u64,
+    pub batch: EventBatch,
+    pub indexes: Vec<usize>,
+}
+
+/// The events of `events` per partition, partitions in order of first appearance, each one's
+/// events in request order.
+pub fn split_by_partition(events: &[Event<'_>], partitions: u64) -> Vec<Part> {
+    let mut slot_of: IntMap<u64, usize> = IntMap::default();
+    let mut slots: Vec<(u64, Vec<usize>)> = Vec::new();
+    // Room for twice a partition's even share, so that few of the lists are regrown.
+    let share = 2 * events.len() / partitions.max(1) as usize + 4;
+    for (i, event) in events.iter().enumerate() {
+        let p = partitioning::partition_of(event.account_id, partitions);
+        let slot = *slot_of.entry(p).or_insert_with(|| {
+            slots.push((p, Vec::with_capacity(share)));
+            slots.len() - 1
+        });
+        slots[slot].1.push(i);
+    }
+    slots
+        .into_iter()
+        .map(|(partition, indexes)| {
+            let mut builder = EventBatchBuilder::for_events(indexes.iter().map(|&i| &events[i]));
+            for &i in &indexes {
+                builder.push(&events[i]);
+            }
+            Part { partition, batch: builder.finish(), indexes }
+        })
+        .collect()
+}
+
+/// A request's bytes, decoded, and its events split by partition.
+pub struct RequestParts {
+    // Declared (so dropped) before `data`, which it borrows.
+    request: IngestRequest<'static>,
+    pub parts: Vec<Part>,
+    data: Box<[u8]>,
+}
+
+impl RequestParts {
+    /// Decode `data` and split its events over `partitions` (which must be at least 1).
+    pub fn decode(data: Vec<u8>, partitions: u64) -> Result<Self, Malformed> {
+        let data = data.into_boxed_slice();
+        // SAFETY: the slice points into the boxed bytes, which stay where they are and are
+        // dropped after everything borrowing them (see the module's comment).
+        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
+        let request = decode_ingest_request(bytes)?;
+        let parts = split_by_partition(&request.events, partitions);
+        Ok(Self { request, parts, data })
+    }
+
+    /// The decoded request, lent for as long as `self`.
+    pub fn request(&self) -> &IngestRequest<'_> {
+        &self.request
+    }
+
+    /// The size of the request's bytes.
+    pub fn data_len(&self) -> usize {
+        self.data.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(accounts: &[u64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for &account in accounts {
+            let mut event = vec![0x08];
+            let mut v = account;
+            while v >= 0x80 {
+                event.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            event.push(v as u8);
+            event.extend_from_slice(&[0x12, 1, b'm', 0x42, 2, b'i', b'd']);
+            out.push(0x0a);
+            out.push(event.len() as u8);
+            out.extend_from_slice(&event);
+        }
+        out
+    }
+
+    #[test]
+    fn parts_follow_first_appearance_and_keep_request_order() {
+        let accounts = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2];
+        let parts = RequestParts::decode(request(&accounts), 4).unwrap();
+        assert_eq!(parts.request().events.len(), accounts.len());
+        let mut seen = Vec::new();
+        for part in &parts.parts {
+            assert!(!seen.contains(&part.partition));
+            seen.push(part.partition);
+            assert!(part.indexes.windows(2).all(|w| w[0] < w[1]));
+            for (event, &i) in part.batch.events.iter().zip(&part.indexes) {
+                assert_eq!(event.account, accounts[i]);
+                assert_eq!(partitioning::partition_of(accounts[i], 4), part.partition);
+                assert_eq!(part.batch.event_id(event), "id");
+            }
+        }
+        let total: usize = parts.parts.iter().map(|p| p.indexes.len()).sum();
+        assert_eq!(total, accounts.len());
+        assert_eq!(parts.data_len(), request(&accounts).len());
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_request_are_malformed() {
+        assert!(RequestParts::decode(vec![0x0a, 5, 1], 4).is_err());
+    }
+}
