@@ -8,7 +8,7 @@
 
 use crate::dedup_key::{derived_key, event_key, DerivedKeyInput};
 use crate::dedup_table::DedupTable;
-use crate::event_batch::{BatchEvent, EventBatch};
+use crate::event_batch::{BatchEvent, EventBatch, KeyAhead};
 use crate::int_hash::IntMap;
 use crate::msgpack_writer::MsgpackWriter;
 
@@ -30,8 +30,32 @@ pub struct BatchDedup {
 }
 
 /// The dedup key of an event under its metric's `generation` (None: no id and no time of its
-/// own, so never a duplicate).
+/// own, so never a duplicate): the one computed ahead if it was for that generation.
 pub fn key_of(batch: &EventBatch, e: &BatchEvent, generation: u64) -> Option<u64> {
+    match e.key {
+        Some(ahead) if ahead.generation == generation => ahead.key,
+        _ => compute_key(batch, e, generation),
+    }
+}
+
+/// Compute, ahead of the partition, the dedup key of each event of `batch` whose metric has a
+/// generation in `generation_of` (by code).
+pub fn compute_keys_ahead(batch: &mut EventBatch, generation_of: impl Fn(&str) -> Option<u64>) {
+    let generations: Vec<Option<u64>> = batch.codes().map(generation_of).collect();
+    let keys: Vec<Option<KeyAhead>> = batch
+        .events
+        .iter()
+        .map(|e| {
+            generations[e.code as usize]
+                .map(|generation| KeyAhead { generation, key: compute_key(batch, e, generation) })
+        })
+        .collect();
+    for (e, key) in batch.events.iter_mut().zip(keys) {
+        e.key = key;
+    }
+}
+
+fn compute_key(batch: &EventBatch, e: &BatchEvent, generation: u64) -> Option<u64> {
     let code = batch.code(e);
     let event_id = batch.event_id(e);
     if !event_id.is_empty() {
@@ -127,6 +151,22 @@ mod tests {
             builder.push(e);
         }
         builder.finish()
+    }
+
+    #[test]
+    fn a_key_computed_ahead_serves_its_generation_only() {
+        let mut b = batch(&[(1, "m", 9, "a"), (2, "n", 0, ""), (3, "m", 5, "")]);
+        let fresh: Vec<_> = b.events.iter().map(|e| key_of(&b, e, 7)).collect();
+        compute_keys_ahead(&mut b, |code| (code == "m").then_some(7));
+        let ahead: Vec<_> = b.events.iter().map(|e| e.key).collect();
+        assert_eq!(ahead[0], Some(KeyAhead { generation: 7, key: fresh[0] }));
+        assert_eq!(ahead[1], None); // metric "n" has no generation known ahead
+        assert_eq!(ahead[2], Some(KeyAhead { generation: 7, key: fresh[2] }));
+        // A key ahead is what the loop uses, for its generation and no other.
+        b.events[0].key = Some(KeyAhead { generation: 7, key: Some(12_345) });
+        assert_eq!(key_of(&b, &b.events[0], 7), Some(12_345));
+        assert_eq!(key_of(&b, &b.events[0], 8), compute_key(&b, &b.events[0], 8));
+        assert_ne!(compute_key(&b, &b.events[0], 8), fresh[0]);
     }
 
     #[test]

@@ -55,6 +55,17 @@ pub struct BatchEvent {
     pub operation: i64,
     properties: (u32, u32),
     event_id: Span,
+    /// The event's dedup key, if computed ahead (the decode worker does, off the loop).
+    pub key: Option<KeyAhead>,
+}
+
+/// A dedup key computed before the event reached its partition, under the generation its metric
+/// had then: used only if the partition validates the event against that same generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyAhead {
+    pub generation: u64,
+    /// None: the event has no key (no id and no time of its own).
+    pub key: Option<u64>,
 }
 
 /// Events of one partition, in request order, with their strings.
@@ -196,6 +207,7 @@ impl<'a> EventBatchBuilder<'a> {
             operation,
             properties,
             event_id,
+            key: None,
         });
     }
 

@@ -115,33 +115,43 @@ fn decode_ingest<'py>(
         // Decoding touches no Python object: other threads (grpc's) run meanwhile.
         let request =
             py.detach(|| decode_ingest_request(bytes)).map_err(|e| MalformedRequest::new_err(e.0))?;
-        answer(py, &request, metric_of, || split_by_partition(&request.events, partitions))
+        answer(py, &request, metric_of, |_| (), || split_by_partition(&request.events, partitions))
     })
 }
 
 /// `decode_ingest`'s answer for a decoded `request`: its metrics resolved through `metric_of`
-/// and its rules checked, then, if it passes, its partition parts (`parts`).
-pub(crate) fn answer<'py>(
+/// (and shown to `resolved`) and its rules checked, then, if it passes, its partition parts
+/// (`parts`).
+pub(crate) fn answer<'py, 'a>(
     py: Python<'py>,
-    request: &IngestRequest<'_>,
+    request: &IngestRequest<'a>,
     metric_of: &Bound<'py, PyAny>,
+    resolved: impl FnOnce(&CodeTable<'a, Option<Resolved>>),
     parts: impl FnOnce() -> Vec<Part>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let n = request.events.len();
     let metrics = resolve_metrics(py, &request.events, metric_of)?;
-    match check_request(request, |code| metrics.get(code).and_then(Option::as_ref)) {
+    resolved(&metrics);
+    match check_request(request, |code| metrics.get(code).and_then(Option::as_ref).map(|m| &m.rules)) {
         Err(rejection) => (n, false, py.None(), rejection_to_python(py, &rejection)?).into_pyobject(py),
         Ok(sync) => (n, sync, parts_to_python(py, parts())?, py.None()).into_pyobject(py),
     }
 }
 
-/// The `MetricRules` of every distinct metric code in the batch (None: not registered).
+/// A registered metric as ingest reads it: its rules, and its generation (its
+/// `create_time_unix_nano`, which the node's specs carry as theirs; 0 where it has none).
+pub(crate) struct Resolved {
+    pub rules: MetricRules,
+    pub generation: u64,
+}
+
+/// Every distinct metric code of the batch resolved (None: not registered).
 fn resolve_metrics<'a>(
     py: Python<'_>,
     events: &[Event<'a>],
     metric_of: &Bound<'_, PyAny>,
-) -> PyResult<CodeTable<'a, Option<MetricRules>>> {
-    let mut metrics: CodeTable<'a, Option<MetricRules>> = CodeTable::default();
+) -> PyResult<CodeTable<'a, Option<Resolved>>> {
+    let mut metrics: CodeTable<'a, Option<Resolved>> = CodeTable::default();
     for event in events {
         if metrics.get(event.metric_code).is_some() {
             continue;
@@ -158,7 +168,12 @@ fn resolve_metrics<'a>(
                     dimension.getattr(intern!(py, "values"))?.extract::<Vec<String>>()?,
                 ));
             }
-            Some(MetricRules { agg_type: metric.getattr(intern!(py, "agg_type"))?.extract()?, dimensions })
+            let generation = metric
+                .getattr(intern!(py, "create_time_unix_nano"))
+                .and_then(|t| t.extract::<u64>())
+                .unwrap_or(0);
+            let agg_type = metric.getattr(intern!(py, "agg_type"))?.extract()?;
+            Some(Resolved { rules: MetricRules { agg_type, dimensions }, generation })
         };
         metrics.insert(event.metric_code, rules);
     }

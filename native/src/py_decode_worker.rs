@@ -5,22 +5,31 @@
 //! parts handed over as `EventBatch`es (`DecodedRequest.answer`, the same answer as
 //! `decode_ingest`'s).
 
+use std::collections::HashMap;
 use std::os::fd::RawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
+use crate::code_table::CodeTable;
 use crate::request_parts::RequestParts;
 use crate::ring_worker::RingWorker;
-use crate::{answer, guarded, panic_message, MalformedRequest, NativePanic};
+use crate::{answer, guarded, panic_message, MalformedRequest, NativePanic, Resolved};
 
 struct Job {
     token: u64,
     data: Vec<u8>,
     partitions: u64,
 }
+
+/// The generation of each metric the loop last resolved, by code: the worker computes the dedup
+/// keys of a request's events under them, and a partition uses such a key only if it validates
+/// the event against that same generation (a metric deleted and created again meanwhile gets
+/// its keys computed again there).
+type Generations = Arc<Mutex<HashMap<String, u64>>>;
 
 /// What a job came to: the parts, or why there are none.
 enum Outcome {
@@ -32,6 +41,7 @@ enum Outcome {
 #[pyclass(module = "unimeter_native", name = "DecodeWorker")]
 pub struct PyDecodeWorker {
     worker: RingWorker<Job, (u64, Outcome)>,
+    generations: Generations,
 }
 
 #[pymethods]
@@ -39,9 +49,11 @@ impl PyDecodeWorker {
     /// A started worker; OSError where the platform has no eventfd.
     #[new]
     fn new() -> PyResult<Self> {
-        let worker =
-            RingWorker::start("unimeter-decoder", decode).map_err(|e| PyOSError::new_err(e.to_string()))?;
-        Ok(Self { worker })
+        let generations = Generations::default();
+        let known = Arc::clone(&generations);
+        let worker = RingWorker::start("unimeter-decoder", move |job| decode(job, &known))
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+        Ok(Self { worker, generations })
     }
 
     /// The descriptor that becomes readable when a decode is done.
@@ -71,7 +83,8 @@ impl PyDecodeWorker {
             .map(|(token, outcome)| {
                 let value = match outcome {
                     Outcome::Decoded(parts) => {
-                        Py::new(py, PyDecodedRequest { parts: Some(parts) })?.into_any()
+                        let generations = Arc::clone(&self.generations);
+                        Py::new(py, PyDecodedRequest { parts: Some(parts), generations })?.into_any()
                     }
                     Outcome::Malformed(why) => MalformedRequest::new_err(why).into_value(py).into_any(),
                     Outcome::Panicked(why) => NativePanic::new_err(why).into_value(py).into_any(),
@@ -88,13 +101,16 @@ impl PyDecodeWorker {
     }
 }
 
-fn decode(job: Job) -> (u64, Outcome) {
+fn decode(job: Job, generations: &Generations) -> (u64, Outcome) {
     let Job { token, data, partitions } = job;
-    let outcome = match catch_unwind(AssertUnwindSafe(|| RequestParts::decode(data, partitions))) {
-        Ok(Ok(parts)) => Outcome::Decoded(parts),
-        Ok(Err(malformed)) => Outcome::Malformed(malformed.0.to_owned()),
-        Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
-    };
+    // A copy, so the loop never waits on the worker for the lock (a few metrics).
+    let generations = generations.lock().map(|g| g.clone()).unwrap_or_default();
+    let outcome =
+        match catch_unwind(AssertUnwindSafe(|| RequestParts::decode(data, partitions, &generations))) {
+            Ok(Ok(parts)) => Outcome::Decoded(parts),
+            Ok(Err(malformed)) => Outcome::Malformed(malformed.0.to_owned()),
+            Err(payload) => Outcome::Panicked(panic_message(payload.as_ref())),
+        };
     (token, outcome)
 }
 
@@ -102,6 +118,7 @@ fn decode(job: Job) -> (u64, Outcome) {
 #[pyclass(module = "unimeter_native", name = "DecodedRequest")]
 pub struct PyDecodedRequest {
     parts: Option<RequestParts>,
+    generations: Generations,
 }
 
 #[pymethods]
@@ -118,7 +135,22 @@ impl PyDecodedRequest {
         };
         guarded(|| {
             let parts = std::mem::take(&mut decoded.parts);
-            answer(py, decoded.request(), metric_of, || parts)
+            let remember = |metrics: &CodeTable<'_, Option<Resolved>>| {
+                if let Ok(mut known) = self.generations.lock() {
+                    for code in metrics.codes() {
+                        match metrics.get(code) {
+                            Some(Some(metric)) if known.get(code) != Some(&metric.generation) => {
+                                known.insert(code.to_owned(), metric.generation);
+                            }
+                            Some(None) => {
+                                known.remove(code);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            };
+            answer(py, decoded.request(), metric_of, remember, || parts)
         })
     }
 }

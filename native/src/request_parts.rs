@@ -7,6 +7,9 @@
 //! borrow is sound though Rust cannot name its lifetime; `request()` lends it no longer than
 //! `self`.
 
+use std::collections::HashMap;
+
+use crate::batch_dedup::compute_keys_ahead;
 use crate::event_batch::{EventBatch, EventBatchBuilder};
 use crate::ingest_request::{decode_ingest_request, Event, IngestRequest};
 use crate::int_hash::IntMap;
@@ -56,14 +59,24 @@ pub struct RequestParts {
 }
 
 impl RequestParts {
-    /// Decode `data` and split its events over `partitions` (which must be at least 1).
-    pub fn decode(data: Vec<u8>, partitions: u64) -> Result<Self, Malformed> {
+    /// Decode `data`, split its events over `partitions` (which must be at least 1), and compute
+    /// the dedup key of each event whose metric has a generation in `generations` (by code).
+    pub fn decode(
+        data: Vec<u8>,
+        partitions: u64,
+        generations: &HashMap<String, u64>,
+    ) -> Result<Self, Malformed> {
         let data = data.into_boxed_slice();
         // SAFETY: the slice points into the boxed bytes, which stay where they are and are
         // dropped after everything borrowing them (see the module's comment).
         let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
         let request = decode_ingest_request(bytes)?;
-        let parts = split_by_partition(&request.events, partitions);
+        let mut parts = split_by_partition(&request.events, partitions);
+        if !generations.is_empty() {
+            for part in &mut parts {
+                compute_keys_ahead(&mut part.batch, |code| generations.get(code).copied());
+            }
+        }
         Ok(Self { request, parts, data })
     }
 
@@ -103,7 +116,7 @@ mod tests {
     #[test]
     fn parts_follow_first_appearance_and_keep_request_order() {
         let accounts = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2];
-        let parts = RequestParts::decode(request(&accounts), 4).unwrap();
+        let parts = RequestParts::decode(request(&accounts), 4, &HashMap::new()).unwrap();
         assert_eq!(parts.request().events.len(), accounts.len());
         let mut seen = Vec::new();
         for part in &parts.parts {
@@ -123,6 +136,6 @@ mod tests {
 
     #[test]
     fn bytes_that_are_not_a_request_are_malformed() {
-        assert!(RequestParts::decode(vec![0x0a, 5, 1], 4).is_err());
+        assert!(RequestParts::decode(vec![0x0a, 5, 1], 4, &HashMap::new()).is_err());
     }
 }

@@ -22,6 +22,7 @@ from tests.conftest import Api, open_api, serve_config
 from tests.grpc_errors import details
 from tests.integration.helpers import DAY, SEC, T0, create_metric
 from unimeter.v1 import ingest_service_pb2 as ing
+from unimeter.v1 import metrics_service_pb2 as ms
 from unimeter.v1 import query_service_pb2 as qs
 from unimeter.v1 import types_pb2 as t
 
@@ -213,3 +214,32 @@ async def test_a_data_directory_written_on_one_engine_is_served_alike_by_the_oth
     assert recovered == [e for e in written if e[0] in ("query", "events")]  # type: ignore[index]
     assert (again.n_stored, again.n_duplicates) == (0, len(resent.events))
     assert list(again.offsets) == written[stored][3]  # type: ignore[index]
+
+
+async def test_a_metric_created_again_counts_a_large_batch_anew(tmp_path: Path) -> None:
+    """The decode worker computes a large batch's dedup keys under the generations it last saw;
+    after the metric is deleted and created again the batch is validated against the new one,
+    so those keys are computed again: the same events, resent, are new events of the new metric
+    (and a resend under one generation stays a duplicate)."""
+    server = UnimeterServer(serve_config(tmp_path / "data", engine="native"))
+    await server.start()
+    api = await open_api(server)
+    request = ing.IngestRequest(
+        events=[
+            t.Event(account_id=1 + i % 7, metric_code="calls", time_unix_nano=T0 + i, event_id=f"id-{i:040d}")
+            for i in range(400)
+        ]
+    )
+    assert request.ByteSize() >= OFF_LOOP_BYTES
+    try:
+        answers = []
+        for _ in range(2):
+            await create_metric(api, "calls", t.AGG_TYPE_COUNT)
+            for _ in range(2):
+                r = await api.ingest.Ingest(request, timeout=10)
+                answers.append((r.n_stored, r.n_duplicates))
+            await api.metrics.DeleteMetric(ms.DeleteMetricRequest(code="calls"), timeout=5)
+    finally:
+        await api.channel.close()
+        await server.stop(grace=1.0)
+    assert answers == [(400, 0), (0, 400), (400, 0), (0, 400)]
