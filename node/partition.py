@@ -271,7 +271,7 @@ class Partition:
         self._apply_stored = engine.bind_apply(self.index, self.aggregates, self._spec_of)
         """A stored record into :attr:`index` and :attr:`aggregates`."""
         self._ingest_part = engine.bind_ingest(
-            self.dedup, self.index, self.aggregates, self._spec_of, self._apply_stored, self.events.append
+            self.dedup, self.index, self.aggregates, self._spec_of, self._apply_stored, self.events
         )
         """A partition part's whole ingest (``node.partition_engine.PartIngest``)."""
 

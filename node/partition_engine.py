@@ -38,8 +38,9 @@ from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
 from .index_run import RunColumns
 from .index_runs import IndexRuns
+from .record_log import RecordLog
 from .records import EventRecord, encode_event_record
-from .segment_log import ValidPrefix, valid_prefix
+from .segment_log import SegmentLog, ValidPrefix, valid_prefix
 
 __all__ = [
     "PARTITION_ENGINES",
@@ -299,8 +300,8 @@ PartIngest = Callable[[Sequence[EventRow], SpecOf, int, int, str], PartIngested]
 """``(rows, spec_of, first_offset, arrival, batch_id) -> PartIngested``: a partition part's whole
 ingest, bound to the partition's state (``spec_of`` is what the rows were validated against)."""
 
-BindIngest = Callable[[DedupTable, Any, PartitionAggregates, SpecOf, StoredApply, Append], PartIngest]
-"""``(dedup, index, aggregates, spec_of, apply, append) -> PartIngest``: a partition's part ingest
+BindIngest = Callable[[DedupTable, Any, PartitionAggregates, SpecOf, StoredApply, RecordLog], PartIngest]
+"""``(dedup, index, aggregates, spec_of, apply, log) -> PartIngest``: a partition's part ingest
 bound to its dedup index, event index, aggregates, live metric lookup, apply step and event log."""
 
 
@@ -339,11 +340,11 @@ def python_bind_ingest(
     aggregates: PartitionAggregates,
     spec_of: SpecOf,
     apply: StoredApply,
-    append: Append,
+    log: RecordLog,
 ) -> PartIngest:
     """:func:`stepwise_ingest` of the reference steps, bound to a partition's (its index,
     aggregates and metric lookup are in ``apply``)."""
-    return partial(stepwise_ingest, python_dedup_record, python_add_new_keys, dedup, apply, append)
+    return partial(stepwise_ingest, python_dedup_record, python_add_new_keys, dedup, apply, log.append)
 
 
 def native_bind_ingest(
@@ -353,15 +354,18 @@ def native_bind_ingest(
     aggregates: PartitionAggregates,
     spec_of: SpecOf,
     apply: StoredApply,
-    append: Append,
+    log: RecordLog,
 ) -> PartIngest:
     """The extension's ``PartIngest`` (``module``'s), bound to a partition's: an ``EventBatch``
     (what the server's requests become) in one native call, other rows through
-    :func:`stepwise_ingest` of the native steps."""
+    :func:`stepwise_ingest` of the native steps. A segment log is handed each batch's record
+    framed (``SegmentLog.append_frame``)."""
     add_new_keys = module.DedupIndex.add_new_keys
-    stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, append)
+    stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, log.append)
+    framed = isinstance(log, SegmentLog)
+    append: Append = log.append_frame if isinstance(log, SegmentLog) else log.append
     part_ingest: PartIngest = aggregates.native_ingest(
-        module.PartIngest, dedup, index.native, spec_of, append, stepwise
+        module.PartIngest, dedup, index.native, spec_of, append, framed, stepwise
     )
     return part_ingest
 

@@ -538,20 +538,32 @@ class SegmentLog:
 
     def append(self, payload: bytes) -> int:
         """Buffer one record and return its position. No syscall; durable only after a flush."""
-        if self._unusable:
-            self.check_usable()
         length = len(payload)
         if length > _MAX_PAYLOAD:
             raise ValueError(f"payload of {length} bytes exceeds the 4 GiB record limit")
-        frame = _HEADER_SIZE + length
+        position = self._reserve(_HEADER_SIZE + length)
+        buf = self._buf
+        buf += _HEADER.pack(length, _crc(length, payload))
+        buf += payload
+        return position
+
+    def append_frame(self, frame: bytes) -> int:
+        """:meth:`append` of a record its caller framed: ``frame`` is the header and the payload
+        as ``append`` writes them. The native engine frames its event records as it writes them
+        (``native/src/py_part_ingest.rs``), with the same bytes (tested against this module)."""
+        position = self._reserve(len(frame))
+        self._buf += frame
+        return position
+
+    def _reserve(self, frame: int) -> int:
+        """The position of the next frame, ``frame`` bytes long, counted in (the caller writes it)."""
+        if self._unusable:
+            self.check_usable()
         position = self._end
         fill = self._seg_fill
         if fill and fill + frame > self._segment_bytes:
             self._pending_bases.append(position)
             fill = 0
-        buf = self._buf
-        buf += _HEADER.pack(length, _crc(length, payload))
-        buf += payload
         self._seg_fill = fill + frame
         self._end = position + frame
         return position

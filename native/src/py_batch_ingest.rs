@@ -20,8 +20,8 @@ use crate::py_rows::MetricRows;
 use crate::py_series_store::PySeriesCells;
 use crate::py_unique_store::PyUniqueSets;
 
-/// The event record of a deduplicated batch of `n_requested` events (None: nothing to log), its
-/// metrics' `generations` in order of first appearance.
+/// The event record of a deduplicated batch (None: nothing to log), its metrics' `generations` in
+/// order of first appearance; `framed` as `event_record_bytes` has it.
 pub fn batch_record_bytes<'py>(
     py: Python<'py>,
     generations: &[(Bound<'py, PyString>, u64)],
@@ -29,7 +29,7 @@ pub fn batch_record_bytes<'py>(
     first_offset: u64,
     arrival: i64,
     batch_id: &str,
-    n_requested: usize,
+    framed: bool,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
     let head = RecordHead {
         first_offset,
@@ -38,10 +38,10 @@ pub fn batch_record_bytes<'py>(
         generations,
         n_stored: found.stored.len(),
         stamped: &found.stamped,
-        n_requested,
+        n_requested: found.offsets.len(), // one offset per requested event
         duplicates: &found.duplicates,
     };
-    event_record_bytes(py, &head, &found.packed_rows)
+    event_record_bytes(py, &head, &found.packed_rows, framed)
 }
 
 /// Index a stored batch's events under the record at `position`; returns their metric codes'

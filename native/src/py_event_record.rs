@@ -8,11 +8,12 @@
 //! tuples and lists as arrays, dicts as maps in their order; anything else is the TypeError the
 //! package raises.
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError};
+use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::msgpack_writer::MsgpackWriter;
+use crate::segment_scan::{frame_header, HEADER_SIZE};
 
 /// `node.records.EVENT_RECORD_VERSION`.
 const EVENT_RECORD_VERSION: u64 = 1;
@@ -30,25 +31,39 @@ pub struct RecordHead<'a, 'py> {
 }
 
 /// A partition part's event record as Python bytes, or None when the part logs nothing: no event
-/// stored and no batch id to remember (duplicates only, sent without an id).
+/// stored and no batch id to remember (duplicates only, sent without an id). With `framed`, the
+/// bytes are the record's frame in a segment log (`segment_scan::frame_header`, then the record),
+/// for `SegmentLog.append_frame`.
 pub fn event_record_bytes<'py>(
     py: Python<'py>,
     head: &RecordHead<'_, 'py>,
     packed_rows: &[u8],
+    framed: bool,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
     if head.n_stored == 0 && head.batch_id.is_empty() {
         return Ok(None);
     }
-    Ok(Some(PyBytes::new(py, &encode_event_record(head, packed_rows)?)))
+    let room = if framed { HEADER_SIZE } else { 0 };
+    let mut bytes = encode_event_record(head, packed_rows, room)?;
+    if framed {
+        let length = u32::try_from(bytes.len() - HEADER_SIZE)
+            .map_err(|_| PyValueError::new_err("an event record exceeds the 4 GiB frame limit"))?;
+        let (header, record) = bytes.split_at_mut(HEADER_SIZE);
+        header.copy_from_slice(&frame_header(length, record));
+    }
+    Ok(Some(PyBytes::new(py, &bytes)))
 }
 
-/// The record's bytes from its head and the msgpack of its rows (`n_stored` packed rows).
-pub fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8]) -> PyResult<Vec<u8>> {
+/// The record's bytes from its head and the msgpack of its rows (`n_stored` packed rows), after
+/// `room` bytes left for a header.
+fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8], room: usize) -> PyResult<Vec<u8>> {
     // Sized for the whole record (a regrown buffer copies the rows again): each code's string
     // and generation take at most its length + 14 bytes, the other fields at most 64.
     let codes: usize = head.generations.iter().map(|(code, _)| code.to_str().map_or(0, str::len) + 14).sum();
     let lists = 10 * head.stamped.len() + 22 * head.duplicates.len();
-    let mut w = MsgpackWriter::with_capacity(packed_rows.len() + head.batch_id.len() + codes + lists + 64);
+    let mut w =
+        MsgpackWriter::with_capacity(room + packed_rows.len() + head.batch_id.len() + codes + lists + 64);
+    w.buf.resize(room, 0);
     w.array(9);
     w.uint(EVENT_RECORD_VERSION);
     w.uint(head.first_offset);

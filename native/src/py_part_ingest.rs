@@ -40,8 +40,11 @@ pub struct PyPartIngest {
     /// The partition's live metric lookup: a metric deleted since the batch was validated is
     /// logged but applied by nobody (`Node._ingest_in_slices`).
     spec_of: Py<PyAny>,
-    /// The event log's `append(record) -> position`.
+    /// The event log's `append(record) -> position`, or with `framed` its
+    /// `append_frame(frame) -> position` (`SegmentLog`'s: the record framed here, its CRC by
+    /// `crc32fast`, instead of by zlib in Python).
     append: Py<PyAny>,
+    framed: bool,
     /// The same steps one by one (`node.partition_engine.stepwise_ingest`), for rows that are
     /// not an `EventBatch` (an in-process caller's tuples).
     stepwise: Py<PyAny>,
@@ -72,6 +75,7 @@ struct Validated<'py> {
 #[pymethods]
 impl PyPartIngest {
     #[new]
+    #[allow(clippy::too_many_arguments)] // the partition's parts it binds
     fn new(
         stores: Py<PyDict>,
         store_for: Py<PyAny>,
@@ -79,9 +83,10 @@ impl PyPartIngest {
         index: Py<PyEventIndex>,
         spec_of: Py<PyAny>,
         append: Py<PyAny>,
+        framed: bool,
         stepwise: Py<PyAny>,
     ) -> Self {
-        Self { stores, store_for, dedup, index, spec_of, append, stepwise, known: Vec::new() }
+        Self { stores, store_for, dedup, index, spec_of, append, framed, stepwise, known: Vec::new() }
     }
 
     /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
@@ -118,7 +123,7 @@ impl PyPartIngest {
         let n_stored = found.stored.len();
         let record = guarded(|| {
             let generations: Vec<_> = validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
-            batch_record_bytes(py, &generations, &found, first_offset, arrival, batch_id, batch.batch.len())
+            batch_record_bytes(py, &generations, &found, first_offset, arrival, batch_id, self.framed)
         })?;
         let Some(record) = record else {
             let outcome = (found.offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);

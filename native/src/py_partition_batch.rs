@@ -192,7 +192,7 @@ pub fn dedup_record<'py>(
             n_requested: n,
             duplicates: &duplicates,
         };
-        let record = event_record_bytes(py, &head, &packed_rows.buf)?;
+        let record = event_record_bytes(py, &head, &packed_rows.buf, false)?;
         (offsets, duplicates.len(), record, stored, generations, Py::new(py, new_keys)?).into_pyobject(py)
     })
 }

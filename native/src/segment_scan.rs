@@ -22,6 +22,14 @@ pub fn frame_crc(length: u32, payload: &[u8]) -> u32 {
     crc32(length.wrapping_mul(0x9E37_79B1).wrapping_add(0x5EED), payload)
 }
 
+/// A frame's header for `payload` of `length` bytes (`segment_log.SegmentLog.append`'s).
+pub fn frame_header(length: u32, payload: &[u8]) -> [u8; HEADER_SIZE] {
+    let mut header = [0u8; HEADER_SIZE];
+    header[..4].copy_from_slice(&length.to_le_bytes());
+    header[4..].copy_from_slice(&frame_crc(length, payload).to_le_bytes());
+    header
+}
+
 /// `zlib.crc32(data, value)`: the CRC-32 of `data` continuing from `value`.
 pub fn crc32(value: u32, data: &[u8]) -> u32 {
     let mut hasher = crc32fast::Hasher::new_with_initial(value);

@@ -175,6 +175,27 @@ async def test_segments_roll_over_and_scan_in_order(log_dir: Path) -> None:
     await log.close()
 
 
+async def test_a_framed_append_writes_what_append_writes(log_dir: Path) -> None:
+    """``append_frame`` (a record the caller framed, as the native engine does) gives the same
+    positions, segments and bytes as ``append`` of its payload."""
+    sizes = [10, 40, 40, 0, 95, 200, 3, 60, 60, 1]
+    records = [payload(i, s) for i, s in enumerate(sizes)]
+    logs = [SegmentLog.open(log_dir / name, segment_bytes=100) for name in ("plain", "framed")]
+    plain = [logs[0].append(r) for r in records]
+    framed = [
+        logs[1].append_frame(struct.pack("<II", len(r), segment_log._crc(len(r), r)) + r) for r in records
+    ]
+    assert framed == plain
+    for log in logs:
+        await log.flush()
+    assert [f.read_bytes() for f in seg_files(log_dir / "framed")] == [
+        f.read_bytes() for f in seg_files(log_dir / "plain")
+    ]
+    assert list(logs[1].scan()) == list(zip(plain, records, strict=True))
+    for log in logs:
+        await log.close()
+
+
 async def test_scan_includes_buffered_records_and_ignores_later_appends(log_dir: Path) -> None:
     log = SegmentLog.open(log_dir, segment_bytes=64)
     expected = []
