@@ -61,8 +61,11 @@ def _split(partition_of: list[int], seed: int) -> tuple[dict, dict, list[int]]:
 def test_both_put_every_offset_at_its_request_index(partition_of: list[int], seed: int) -> None:
     by_partition, outcomes, expected = _split(partition_of, seed)
     n_dup = sum(o.n_duplicates for o in outcomes.values())
+    # Lists, as the engines make them (read in place natively), and other sequences.
+    as_tuples = {p: (rows, tuple(indexes)) for p, (rows, indexes) in by_partition.items()}
     for place in PLACERS:
         assert place(len(partition_of), by_partition, outcomes) == (expected, n_dup)
+        assert place(len(partition_of), as_tuples, outcomes) == (expected, n_dup)
 
 
 @pytest.mark.parametrize("place", PLACERS, ids=["python", "native"])
