@@ -362,8 +362,10 @@ def native_bind_ingest(
     framed (``SegmentLog.append_frame``)."""
     add_new_keys = module.DedupIndex.add_new_keys
     stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, log.append)
-    framed = isinstance(log, SegmentLog)
-    append: Append = log.append_frame if isinstance(log, SegmentLog) else log.append
+    append: Append = log.append
+    framed = False
+    if isinstance(log, SegmentLog):
+        append, framed = log.append_frame, True
     part_ingest: PartIngest = aggregates.native_ingest(
         module.PartIngest, dedup, index.native, spec_of, append, framed, stepwise
     )

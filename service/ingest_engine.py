@@ -209,12 +209,13 @@ class NativeIngestEngine:
         outcome = await decoded
         if isinstance(outcome, self._malformed_error):
             return self._fallback(data, client)
+        if isinstance(outcome, self._panic_error):
+            return _Failed(self._internal(outcome))
         try:
-            if isinstance(outcome, self._panic_error):
-                raise outcome
-            return _NativeDecoded(self, data, client, outcome.answer(client.ingest_metric_lookup()))
+            answer = outcome.answer(client.ingest_metric_lookup())
         except self._panic_error as exc:
             return _Failed(self._internal(exc))
+        return _NativeDecoded(self, data, client, answer)
 
     @staticmethod
     def _fallback(data: bytes, client: Client) -> DecodedIngest:

@@ -174,11 +174,6 @@ impl<'a> EventBatchBuilder<'a> {
         Self { arena, code_of: CodeTable::default(), events: Vec::with_capacity(n) }
     }
 
-    /// The codes of the events pushed so far, in the order of their code numbers (first appearance).
-    pub fn code_texts(&self) -> impl Iterator<Item = &'a str> + '_ {
-        self.code_of.codes()
-    }
-
     /// Add a decoded (and validated) event; an operation of 0 (unset) is ADD, as the Python rows have it.
     pub fn push(&mut self, e: &Event<'a>) {
         let code = match self.code_of.get(e.metric_code) {

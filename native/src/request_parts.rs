@@ -3,7 +3,7 @@
 //! only checks the metrics and hands the parts over (`decode_ingest`'s second half).
 //!
 //! The decoded events borrow their strings from the request bytes, which the parts own: the bytes
-//! are boxed (they never move) and outlive the events (`request` is dropped before `data`), so the
+//! are boxed (they never move) and outlive the events (`request` is dropped before `_data`), so the
 //! borrow is sound though Rust cannot name its lifetime; `request()` lends it no longer than
 //! `self`.
 
@@ -52,10 +52,11 @@ pub fn split_by_partition(events: &[Event<'_>], partitions: u64) -> Vec<Part> {
 
 /// A request's bytes, decoded, and its events split by partition.
 pub struct RequestParts {
-    // Declared (so dropped) before `data`, which it borrows.
+    // Declared (so dropped) before `_data`, which it borrows.
     request: IngestRequest<'static>,
     pub parts: Vec<Part>,
-    data: Box<[u8]>,
+    /// Held only for `request` to borrow.
+    _data: Box<[u8]>,
 }
 
 impl RequestParts {
@@ -77,17 +78,12 @@ impl RequestParts {
                 compute_keys_ahead(&mut part.batch, |code| generations.get(code).copied());
             }
         }
-        Ok(Self { request, parts, data })
+        Ok(Self { request, parts, _data: data })
     }
 
     /// The decoded request, lent for as long as `self`.
     pub fn request(&self) -> &IngestRequest<'_> {
         &self.request
-    }
-
-    /// The size of the request's bytes.
-    pub fn data_len(&self) -> usize {
-        self.data.len()
     }
 }
 
@@ -131,7 +127,6 @@ mod tests {
         }
         let total: usize = parts.parts.iter().map(|p| p.indexes.len()).sum();
         assert_eq!(total, accounts.len());
-        assert_eq!(parts.data_len(), request(&accounts).len());
     }
 
     #[test]
