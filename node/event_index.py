@@ -213,7 +213,7 @@ class NativeEventIndex:
     def to_snapshot(self, below: int) -> Chunked:
         """:meth:`EventIndex.to_snapshot`'s data for the same entries: nothing copied now, every
         account then indexed read as its chunk is packed, its positions at or past ``below`` cut."""
-        return Chunked(len(self._index), partial(self._index.chunk, below))
+        return Chunked(len(self._index), partial(self._index.chunk, below), packed=True)
 
     @classmethod
     def from_snapshot(cls, index_type: Any, data: list[list[Any]]) -> NativeEventIndex:

@@ -3,6 +3,10 @@
 //! form, strings as the str family (never bin). Byte equality with that package is what lets a
 //! record encoded here be read back, and replayed, by either engine (`py_event_record`).
 
+/// An integer outside msgpack's range (below int 64, above uint 64).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OutOfRange;
+
 /// A growing buffer of msgpack.
 #[derive(Default)]
 pub struct MsgpackWriter {
@@ -59,6 +63,18 @@ impl MsgpackWriter {
             self.buf.push(0xd3);
             self.buf.extend_from_slice(&value.to_be_bytes());
         }
+    }
+
+    /// An integer of any width, as the Python package packs a Python int: [`Self::int`] or
+    /// [`Self::uint`] within int 64 to uint 64; `Err` outside them, where the package raises
+    /// OverflowError (a snapshot's cells keep sums that wide as decimal strings instead).
+    pub fn wide_int(&mut self, value: i128) -> Result<(), OutOfRange> {
+        if let Ok(narrow) = i64::try_from(value) {
+            self.int(narrow);
+        } else {
+            self.uint(u64::try_from(value).map_err(|_| OutOfRange)?);
+        }
+        Ok(())
     }
 
     pub fn str(&mut self, value: &str) {
@@ -125,6 +141,16 @@ mod tests {
             assert_eq!(written(|w| w.int(value)), bytes, "{value}");
         }
         assert_eq!(written(|w| w.uint(u64::MAX)), [0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    }
+
+    #[test]
+    fn wide_integers_pack_as_narrow_ones_within_the_format_and_fail_outside() {
+        for value in [0, -1, -33, 1 << 40, i128::from(i64::MIN), i128::from(i64::MAX)] {
+            assert_eq!(written(|w| w.wide_int(value).unwrap()), written(|w| w.int(value as i64)), "{value}");
+        }
+        assert_eq!(written(|w| w.wide_int(i128::from(u64::MAX)).unwrap()), written(|w| w.uint(u64::MAX)));
+        assert_eq!(MsgpackWriter::default().wide_int(i128::from(u64::MAX) + 1), Err(OutOfRange));
+        assert_eq!(MsgpackWriter::default().wide_int(i128::from(i64::MIN) - 1), Err(OutOfRange));
     }
 
     #[test]

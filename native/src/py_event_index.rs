@@ -10,8 +10,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 
-use crate::event_index::{AccountEntry, EventIndex, HOUR_NS};
+use crate::event_index::{EventIndex, HOUR_NS};
 use crate::guarded;
+use crate::msgpack_writer::MsgpackWriter;
 use crate::py_rows::row_item;
 
 #[pyclass(module = "unimeter_native", name = "EventIndex")]
@@ -92,9 +93,25 @@ impl PyEventIndex {
     }
 
     /// Snapshot entries ``lo`` to ``hi`` (``[account, [[hour, [position, ...]], ...]]``, the
-    /// format of ``node.event_index.EventIndex.to_snapshot``) with the positions below ``below``.
-    fn chunk(&self, below: u64, lo: usize, hi: usize) -> PyResult<Vec<AccountEntry>> {
-        guarded(|| Ok(self.index.entries(lo, hi, below)))
+    /// format of ``node.event_index.EventIndex.to_snapshot``) with the positions below ``below``,
+    /// packed: the bytes `msgpack.packb` gives those lists, without the array's header (as
+    /// `SeriesCells.chunk`).
+    fn chunk<'py>(&self, py: Python<'py>, below: u64, lo: usize, hi: usize) -> PyResult<Bound<'py, PyBytes>> {
+        guarded(|| {
+            let mut packed = MsgpackWriter::default();
+            for (account, hours) in self.index.entries(lo, hi, below) {
+                packed.array(2);
+                packed.uint(account);
+                packed.array(hours.len());
+                for (hour, positions) in hours {
+                    packed.array(2);
+                    packed.int(hour);
+                    packed.array(positions.len());
+                    positions.into_iter().for_each(|p| packed.uint(p));
+                }
+            }
+            Ok(PyBytes::new(py, &packed.buf))
+        })
     }
 
     /// ``(accounts, hours, ends, positions)``: the positions below ``below`` of every hour before

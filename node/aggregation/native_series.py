@@ -132,4 +132,4 @@ def _columns(cells: Any, level: int, slot: int) -> list[object]:
     """One (level, slot)'s snapshot columns, as ``series._columns`` gives them."""
     accounts, second = cells.columns(level, slot)
     chunk = partial(cells.chunk, level, slot)
-    return [accounts, second, Chunked(len(accounts), chunk), Deferred(cells.big, level, slot)]
+    return [accounts, second, Chunked(len(accounts), chunk, packed=True), Deferred(cells.big, level, slot)]

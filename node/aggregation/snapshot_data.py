@@ -29,6 +29,7 @@ _CHUNK = 4096  # list elements packed per step
 _STRUCTURE = 64  # lists up to this long are walked element by element, longer ones packed in chunks
 _SHARED_BYTES = 4096  # bytes values longer than this become pieces of their own, not copied
 _SLICE_SECONDS = 0.002  # loop time a packing step may take before it yields
+_HEADER = msgpack.Packer()
 
 
 class Deferred:
@@ -48,22 +49,33 @@ class Chunked:
     """A long list whose elements are computed a chunk at a time, as each chunk is packed:
     ``chunk(lo, hi)`` returns elements ``lo`` to ``hi`` of ``length``. A column read from live
     state under copy-on-write (see ``SeriesStore.to_snapshot``) is one: nothing is copied at
-    capture, and each chunk reads the values as they were then."""
+    capture, and each chunk reads the values as they were then.
 
-    __slots__ = ("chunk", "length", "step")
+    With ``packed``, ``chunk`` returns those elements already packed (their msgpack bytes, one
+    after the other, without the list's header): the native engine's stores pack their cells
+    themselves, to the bytes msgpack gives the same elements, instead of making Python objects
+    of them to be packed here."""
 
-    def __init__(self, length: int, chunk: Callable[[int, int], list[Any]], step: int = 0) -> None:
+    __slots__ = ("chunk", "length", "packed", "step")
+
+    def __init__(
+        self, length: int, chunk: Callable[[int, int], Any], step: int = 0, *, packed: bool = False
+    ) -> None:
         self.length = length
         self.chunk = chunk
         self.step = step or _CHUNK
         """Elements per chunk: fewer where each costs more to compute."""
+        self.packed = packed
 
 
 def _resolve(value: object) -> object:
     if isinstance(value, Deferred):
         return value()
     if isinstance(value, Chunked):
-        return value.chunk(0, value.length)
+        elements = value.chunk(0, value.length)
+        if value.packed:  # read back, to be packed again by msgpack to the same bytes
+            return msgpack.unpackb(_HEADER.pack_array_header(value.length) + elements, strict_map_key=False)
+        return elements
     raise TypeError(f"cannot pack {type(value).__name__} in a snapshot")
 
 
@@ -125,7 +137,8 @@ class _SlicedPacking:
             out.append(packer.pack_array_header(value.length))
             step = value.step
             for lo in range(0, value.length, step):
-                out.append(_pack_items(packer, value.chunk(lo, min(lo + step, value.length))))
+                elements = value.chunk(lo, min(lo + step, value.length))
+                out.append(elements if value.packed else _pack_items(packer, elements))
                 await self.step_done()
         elif isinstance(value, dict):
             out.append(packer.pack_map_header(len(value)))

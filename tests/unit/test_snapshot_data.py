@@ -59,6 +59,20 @@ async def test_a_chunked_column_is_computed_chunk_by_chunk_and_packs_like_a_list
     assert stepped == pack({"column": Chunked(n, chunk)})
 
 
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 4097, 70_000])
+async def test_a_packed_column_goes_out_as_its_chunks_bytes_and_packs_like_a_list(n: int) -> None:
+    # The native stores' chunks: each element already packed, the list's header left out.
+    rows = [[i, -i, 2**64 - 1 - i, str(i)] for i in range(n)]
+
+    def chunk(lo: int, hi: int) -> bytes:
+        return b"".join(msgpack.packb(row) for row in rows[lo:hi])
+
+    plain = pack({"column": rows})
+    assert b"".join(await pack_in_slices({"column": Chunked(n, chunk, packed=True)})) == plain
+    assert b"".join(await pack_in_slices({"column": Chunked(n, chunk, step=300, packed=True)})) == plain
+    assert pack({"column": Chunked(n, chunk, packed=True)}) == plain
+
+
 async def test_the_loop_runs_between_slices() -> None:
     ticks = 0
     done = False
