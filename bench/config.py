@@ -46,6 +46,9 @@ class BenchConfig:
     """Batch size of the ASYNC row the targets use."""
     target_callers: int = 4
     """Callers of the ASYNC row the targets use."""
+    target_pairs: int = 3
+    """Back-to-back (ceiling, unimeter) pairs of that row, in alternating order; the row is the
+    pair with the median ratio (odd, so that one pair is the median)."""
     query_account_events: int = 1_000_000
     """Events held by the account the query latencies are measured on."""
     query_fill_batch: int = 1000

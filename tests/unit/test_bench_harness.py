@@ -95,6 +95,25 @@ def test_async_matrix_has_every_shape_on_both_servers(tiny_run: tuple[RunOutput,
         assert _number(row["ratio"])
 
 
+def test_the_target_row_is_the_median_of_alternating_pairs(
+    tiny_run: tuple[RunOutput, dict[str, Any]],
+) -> None:
+    config = preset("tiny")
+    rows = {(r["batch"], r["callers"]): r for r in tiny_run[1]["async"]}
+    target = rows.pop((config.target_batch, config.target_callers))
+    pairs = target["pairs"]
+    assert len(pairs) == config.target_pairs == 3
+    # Alternating order: the first pair starts with the ceiling, the second with unimeter.
+    ceiling_first = ["ceiling", "unimeter"]
+    assert [list(p)[:2] for p in pairs] == [ceiling_first, ceiling_first[::-1], ceiling_first]
+    for pair in pairs:
+        assert pair["ratio"] == pair["unimeter"]["events_per_s"] / pair["ceiling"]["events_per_s"]
+    assert target["ratio"] == sorted(p["ratio"] for p in pairs)[1]
+    median = next(p for p in pairs if p["ratio"] == target["ratio"])
+    assert (target["unimeter"], target["ceiling"]) == (median["unimeter"], median["ceiling"])
+    assert all("pairs" not in row for row in rows.values())
+
+
 def test_sync_sections(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
     sync = tiny_run[1]["sync"]
     for server in ("unimeter", "ceiling"):
