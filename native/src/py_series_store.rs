@@ -343,7 +343,7 @@ impl PySeriesCells {
     /// cell's statistics then tail, all as decimal strings where the sum does not fit msgpack's
     /// ints. The bytes are what `msgpack.packb` gives the same lists, without the array's header
     /// (`snapshot_data.Chunked` with ``packed``): building those lists as Python objects and
-    /// packing them was two thirds of a snapshot's time at a few million events.
+    /// packing them was nearly half of a snapshot's CPU at a few million events.
     fn chunk<'py>(
         &self,
         py: Python<'py>,
