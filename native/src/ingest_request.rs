@@ -3,6 +3,7 @@
 //! `validation`): unknown fields and fields of an unexpected wire type are skipped, a repeated
 //! scalar keeps its last value, map entries with one key keep the last one, as protobuf parsers do.
 
+use crate::code_table::CodeTable;
 use crate::wire::{Malformed, Reader, LEN, VARINT};
 
 /// One decoded `unimeter.v1.Event`.
@@ -25,6 +26,37 @@ pub struct Event<'a> {
 pub struct IngestRequest<'a> {
     pub events: Vec<Event<'a>>,
     pub delivery: i32,
+}
+
+/// A request's distinct metric codes, numbered in order of first appearance, and each event's
+/// number. The loop resolves each code once and finds an event's metric by its number; it had
+/// looked each event's code up by its text twice, ~130 instructions a lookup, ~5% of the loop's
+/// instructions for a 1000-event request (callgrind). The decode worker numbers them beside the
+/// split, off the loop.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CodeNumbers<'a> {
+    pub codes: Vec<&'a str>,
+    pub of_event: Vec<u32>,
+}
+
+impl<'a> CodeNumbers<'a> {
+    pub fn of(events: &[Event<'a>]) -> Self {
+        let mut number_of: CodeTable<'a, u32> = CodeTable::default();
+        let mut numbers = Self { codes: Vec::new(), of_event: Vec::with_capacity(events.len()) };
+        for event in events {
+            let number = match number_of.get(event.metric_code) {
+                Some(&number) => number,
+                None => {
+                    let number = numbers.codes.len() as u32;
+                    number_of.insert(event.metric_code, number);
+                    numbers.codes.push(event.metric_code);
+                    number
+                }
+            };
+            numbers.of_event.push(number);
+        }
+        numbers
+    }
 }
 
 /// An enum field keeps the low 32 bits of its varint as a signed number, as protobuf's `int32` does.
@@ -215,5 +247,15 @@ mod tests {
         let mut request = Vec::new();
         field_len(1, &[0x12, 0x05, b'a'], &mut request);
         assert!(decode_ingest_request(&request).is_err());
+    }
+
+    #[test]
+    fn codes_are_numbered_in_order_of_first_appearance() {
+        let event = |code| Event { metric_code: code, ..Event::default() };
+        let events = [event("b"), event("a"), event("b"), event(""), event("a")];
+        let numbers = CodeNumbers::of(&events);
+        assert_eq!(numbers.codes, ["b", "a", ""]);
+        assert_eq!(numbers.of_event, [0, 1, 0, 2, 1]);
+        assert_eq!(CodeNumbers::of(&[]), CodeNumbers::default());
     }
 }

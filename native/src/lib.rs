@@ -60,7 +60,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use code_table::CodeTable;
 use py_event_batch::PyEventBatch;
 
-use ingest_request::{decode_ingest_request, Event, IngestRequest};
+use ingest_request::{decode_ingest_request, CodeNumbers, Event, IngestRequest};
 use request_parts::{split_by_partition, Part};
 use validation::{check_request, MetricRules, Piece, Rejection};
 
@@ -115,24 +115,27 @@ fn decode_ingest<'py>(
         // Decoding touches no Python object: other threads (grpc's) run meanwhile.
         let request =
             py.detach(|| decode_ingest_request(bytes)).map_err(|e| MalformedRequest::new_err(e.0))?;
-        answer(py, &request, metric_of, |_| (), || split_by_partition(&request.events, partitions))
+        let numbers = CodeNumbers::of(&request.events);
+        answer(py, &request, &numbers, metric_of, |_| (), || split_by_partition(&request.events, partitions))
     })
 }
 
-/// `decode_ingest`'s answer for a decoded `request`: its metrics resolved through `metric_of`
-/// (and shown to `resolved`) and its rules checked, then, if it passes, its partition parts
-/// (`parts`).
+/// `decode_ingest`'s answer for a decoded `request` whose codes are `numbers`: its metrics
+/// resolved through `metric_of` (and shown to `resolved`, one per code of `numbers`) and its rules
+/// checked, then, if it passes, its partition parts (`parts`).
 pub(crate) fn answer<'py, 'a>(
     py: Python<'py>,
     request: &IngestRequest<'a>,
+    numbers: &CodeNumbers<'a>,
     metric_of: &Bound<'py, PyAny>,
-    resolved: impl FnOnce(&CodeTable<'a, Option<Resolved>>),
+    resolved: impl FnOnce(&[Option<Resolved>]),
     parts: impl FnOnce() -> Vec<Part>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let n = request.events.len();
-    let metrics = resolve_metrics(py, &request.events, metric_of)?;
+    let metrics = resolve_metrics(py, &numbers.codes, metric_of)?;
     resolved(&metrics);
-    match check_request(request, |code| metrics.get(code).and_then(Option::as_ref).map(|m| &m.rules)) {
+    let rules_of = |i: usize, _: &Event<'a>| metrics[numbers.of_event[i] as usize].as_ref().map(|m| &m.rules);
+    match check_request(request, rules_of) {
         Err(rejection) => (n, false, py.None(), rejection_to_python(py, &rejection)?).into_pyobject(py),
         Ok(sync) => (n, sync, parts_to_python(py, parts())?, py.None()).into_pyobject(py),
     }
@@ -145,18 +148,15 @@ pub(crate) struct Resolved {
     pub generation: u64,
 }
 
-/// Every distinct metric code of the batch resolved (None: not registered).
-fn resolve_metrics<'a>(
+/// Each of a batch's distinct metric codes resolved, in their order (None: not registered).
+fn resolve_metrics(
     py: Python<'_>,
-    events: &[Event<'a>],
+    codes: &[&str],
     metric_of: &Bound<'_, PyAny>,
-) -> PyResult<CodeTable<'a, Option<Resolved>>> {
-    let mut metrics: CodeTable<'a, Option<Resolved>> = CodeTable::default();
-    for event in events {
-        if metrics.get(event.metric_code).is_some() {
-            continue;
-        }
-        let metric = metric_of.call1((event.metric_code,))?;
+) -> PyResult<Vec<Option<Resolved>>> {
+    let mut metrics = Vec::with_capacity(codes.len());
+    for &code in codes {
+        let metric = metric_of.call1((code,))?;
         let rules = if metric.is_none() {
             None
         } else {
@@ -175,7 +175,7 @@ fn resolve_metrics<'a>(
             let agg_type = metric.getattr(intern!(py, "agg_type"))?.extract()?;
             Some(Resolved { rules: MetricRules { agg_type, dimensions }, generation })
         };
-        metrics.insert(event.metric_code, rules);
+        metrics.push(rules);
     }
     Ok(metrics)
 }

@@ -14,7 +14,6 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::code_table::CodeTable;
 use crate::request_parts::RequestParts;
 use crate::ring_worker::RingWorker;
 use crate::{answer, guarded, panic_message, MalformedRequest, NativePanic, Resolved};
@@ -135,14 +134,15 @@ impl PyDecodedRequest {
         };
         guarded(|| {
             let parts = std::mem::take(&mut decoded.parts);
-            let remember = |metrics: &CodeTable<'_, Option<Resolved>>| {
+            let (request, numbers) = decoded.request();
+            let remember = |metrics: &[Option<Resolved>]| {
                 if let Ok(mut known) = self.generations.lock() {
-                    for code in metrics.codes() {
-                        match metrics.get(code) {
-                            Some(Some(metric)) if known.get(code) != Some(&metric.generation) => {
+                    for (&code, metric) in numbers.codes.iter().zip(metrics) {
+                        match metric {
+                            Some(metric) if known.get(code) != Some(&metric.generation) => {
                                 known.insert(code.to_owned(), metric.generation);
                             }
-                            Some(None) => {
+                            None => {
                                 known.remove(code);
                             }
                             _ => {}
@@ -150,7 +150,7 @@ impl PyDecodedRequest {
                     }
                 }
             };
-            answer(py, decoded.request(), metric_of, remember, || parts)
+            answer(py, request, numbers, metric_of, remember, || parts)
         })
     }
 }

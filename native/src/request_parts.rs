@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use crate::batch_dedup::compute_keys_ahead;
 use crate::event_batch::{EventBatch, EventBatchBuilder};
-use crate::ingest_request::{decode_ingest_request, Event, IngestRequest};
+use crate::ingest_request::{decode_ingest_request, CodeNumbers, Event, IngestRequest};
 use crate::int_hash::IntMap;
 use crate::partitioning;
 use crate::wire::Malformed;
@@ -50,10 +50,11 @@ pub fn split_by_partition(events: &[Event<'_>], partitions: u64) -> Vec<Part> {
         .collect()
 }
 
-/// A request's bytes, decoded, and its events split by partition.
+/// A request's bytes, decoded, its metric codes numbered, and its events split by partition.
 pub struct RequestParts {
-    // Declared (so dropped) before `_data`, which it borrows.
+    // Declared (so dropped) before `_data`, which they borrow.
     request: IngestRequest<'static>,
+    numbers: CodeNumbers<'static>,
     pub parts: Vec<Part>,
     /// Held only for `request` to borrow.
     _data: Box<[u8]>,
@@ -72,18 +73,19 @@ impl RequestParts {
         // dropped after everything borrowing them (see the module's comment).
         let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
         let request = decode_ingest_request(bytes)?;
+        let numbers = CodeNumbers::of(&request.events);
         let mut parts = split_by_partition(&request.events, partitions);
         if !generations.is_empty() {
             for part in &mut parts {
                 compute_keys_ahead(&mut part.batch, |code| generations.get(code).copied());
             }
         }
-        Ok(Self { request, parts, _data: data })
+        Ok(Self { request, numbers, parts, _data: data })
     }
 
-    /// The decoded request, lent for as long as `self`.
-    pub fn request(&self) -> &IngestRequest<'_> {
-        &self.request
+    /// The decoded request and its code numbers, lent for as long as `self`.
+    pub fn request(&self) -> (&IngestRequest<'_>, &CodeNumbers<'_>) {
+        (&self.request, &self.numbers)
     }
 }
 
@@ -113,7 +115,8 @@ mod tests {
     fn parts_follow_first_appearance_and_keep_request_order() {
         let accounts = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2];
         let parts = RequestParts::decode(request(&accounts), 4, &HashMap::new()).unwrap();
-        assert_eq!(parts.request().events.len(), accounts.len());
+        assert_eq!(parts.request().0.events.len(), accounts.len());
+        assert_eq!(parts.request().1.of_event.len(), accounts.len());
         let mut seen = Vec::new();
         for part in &parts.parts {
             assert!(!seen.contains(&part.partition));

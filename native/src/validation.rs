@@ -58,10 +58,11 @@ pub struct Rejection<'a> {
     pub violations: Vec<Violation<'a>>,
 }
 
-/// Whether the batch is SYNC, or why the request is refused.
+/// Whether the batch is SYNC, or why the request is refused. `metric_of(i, event)` gives the rules
+/// of the metric of event `i` (None: not registered).
 pub fn check_request<'a, 'm>(
     request: &IngestRequest<'a>,
-    metric_of: impl Fn(&str) -> Option<&'m MetricRules>,
+    metric_of: impl Fn(usize, &Event<'a>) -> Option<&'m MetricRules>,
 ) -> Result<bool, Rejection<'a>> {
     let sync = check_delivery(request)?;
     let n = request.events.len();
@@ -84,7 +85,7 @@ pub fn check_request<'a, 'm>(
         .events
         .iter()
         .enumerate()
-        .filter_map(|(i, event)| event_violation(event, metric_of(event.metric_code), i))
+        .filter_map(|(i, event)| event_violation(event, metric_of(i, event), i))
         .collect();
     if let Some(first) = violations.first() {
         let mut message = text(format!("invalid event: {}: ", first.field));
@@ -251,7 +252,8 @@ mod tests {
             ],
             delivery: 0,
         };
-        let rejection = check_request(&request, |code| (code == "m").then_some(&metric)).unwrap_err();
+        let rejection =
+            check_request(&request, |_, e| (e.metric_code == "m").then_some(&metric)).unwrap_err();
         assert_eq!(
             fields(&rejection),
             [
@@ -276,7 +278,7 @@ mod tests {
     #[test]
     fn delivery_rules_come_first_and_sync_anywhere_makes_the_batch_sync() {
         let metric = sum_metric();
-        let lookup = |_: &str| Some(&metric);
+        let lookup = |_: usize, _: &Event<'_>| Some(&metric);
         let mut sync_event = event(1, "m");
         sync_event.delivery = 2;
         let request = IngestRequest { events: vec![event(1, "m"), sync_event], delivery: 1 };
@@ -299,7 +301,7 @@ mod tests {
         let mut too_long_id = event(1, "m");
         too_long_id.event_id = Box::leak("é".repeat(65).into_boxed_str());
         let request = IngestRequest { events: vec![ok, too_long_id], delivery: 0 };
-        let rejection = check_request(&request, |_| Some(&metric)).unwrap_err();
+        let rejection = check_request(&request, |_, _| Some(&metric)).unwrap_err();
         assert_eq!(fields(&rejection), ["events[1].event_id"]);
     }
 }
