@@ -115,7 +115,7 @@ pub fn dedup_batch(
         let mut stored = *e;
         if e.time == 0 {
             out.stamped.push(out.stored.len());
-            stored.time = arrival;
+            stored = stored.stamped(arrival);
         }
         batch.pack_row(&mut packed, &stored);
         out.stored.push(stored);

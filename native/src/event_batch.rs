@@ -5,6 +5,10 @@
 //! become no Python object on the way from the wire to the log and the aggregates. The stored part
 //! of a batch (duplicates dropped, arrival times stamped) is another `EventBatch` over the same
 //! arena (`EventBatch::with_events`).
+//!
+//! The builder also packs each event's row as the event record stores it, so that the decode
+//! worker does that off the loop: a partition's dedup step copies the packed rows of the events it
+//! stores (`pack_row`), and packs again only an event whose time it stamps.
 
 use std::sync::Arc;
 
@@ -15,7 +19,7 @@ use crate::msgpack_writer::MsgpackWriter;
 /// `OperationType.ADD`, what an event without an operation means.
 const ADD: i64 = 1;
 
-/// A piece of the arena's text.
+/// A piece of the arena's text or packed rows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Span {
     start: u32,
@@ -30,6 +34,8 @@ struct Arena {
     codes: Vec<Span>,
     /// Every event's properties, one run per event, each run sorted by key.
     properties: Vec<(Span, Span)>,
+    /// Every event's row packed as the event record stores it (`EventBatch::pack_row`).
+    rows: Vec<u8>,
 }
 
 impl Arena {
@@ -41,6 +47,27 @@ impl Arena {
 
     fn get(&self, span: Span) -> &str {
         &self.text[span.start as usize..span.end as usize]
+    }
+
+    /// `EventBatch::pack_row` from the event's fields.
+    fn pack_fields(&self, w: &mut MsgpackWriter, event: &BatchEvent) {
+        w.array(7);
+        w.uint(event.account);
+        w.str(self.get(self.codes[event.code as usize]));
+        w.uint(event.value);
+        w.int(event.time);
+        let (lo, hi) = event.properties;
+        if lo == hi {
+            w.nil();
+        } else {
+            w.map((hi - lo) as usize);
+            for &(key, value) in &self.properties[lo as usize..hi as usize] {
+                w.str(self.get(key));
+                w.str(self.get(value));
+            }
+        }
+        w.int(event.operation);
+        w.str(self.get(event.event_id));
     }
 }
 
@@ -55,8 +82,18 @@ pub struct BatchEvent {
     pub operation: i64,
     properties: (u32, u32),
     event_id: Span,
+    /// Its row packed in the arena's `rows`; empty once its time is stamped (`stamped`).
+    row: Span,
     /// The event's dedup key, if computed ahead (the decode worker does, off the loop).
     pub key: Option<KeyAhead>,
+}
+
+impl BatchEvent {
+    /// The event with the time its partition stamps on it (it had none): its packed row no
+    /// longer holds, so `pack_row` packs it from its fields.
+    pub fn stamped(self, time: i64) -> Self {
+        Self { time, row: Span::default(), ..self }
+    }
 }
 
 /// A dedup key computed before the event reached its partition, under the generation its metric
@@ -119,31 +156,22 @@ impl EventBatch {
         self.properties(event).find(|(k, _)| *k == key).map(|(_, v)| v)
     }
 
+    /// The msgpack of an event as an event record stores its row (`node.records`): the seven
+    /// fields of the `EventRow` as an array, no properties as nil, ints in their smallest form,
+    /// as the `msgpack` package packs the row tuple. The builder's packing is copied where the
+    /// event still has it.
+    pub fn pack_row(&self, w: &mut MsgpackWriter, event: &BatchEvent) {
+        let Span { start, end } = event.row;
+        if start < end {
+            w.buf.extend_from_slice(&self.arena.rows[start as usize..end as usize]);
+        } else {
+            self.arena.pack_fields(w, event);
+        }
+    }
+
     /// Another batch of these events' strings (a part of them, or them changed).
     pub fn with_events(&self, events: Vec<BatchEvent>) -> Self {
         Self { arena: Arc::clone(&self.arena), events }
-    }
-
-    /// The msgpack of an event as an event record stores its row (`node.records`): the seven
-    /// fields of the `EventRow` as an array, no properties as nil, ints in their smallest form,
-    /// as the `msgpack` package packs the row tuple.
-    pub fn pack_row(&self, w: &mut MsgpackWriter, event: &BatchEvent) {
-        w.array(7);
-        w.uint(event.account);
-        w.str(self.code(event));
-        w.uint(event.value);
-        w.int(event.time);
-        if event.properties.0 == event.properties.1 {
-            w.nil();
-        } else {
-            w.map((event.properties.1 - event.properties.0) as usize);
-            for (key, value) in self.properties(event) {
-                w.str(key);
-                w.str(value);
-            }
-        }
-        w.int(event.operation);
-        w.str(self.event_id(event));
     }
 }
 
@@ -153,6 +181,8 @@ pub struct EventBatchBuilder<'a> {
     arena: Arena,
     code_of: CodeTable<'a, u32>,
     events: Vec<BatchEvent>,
+    /// The events' packed rows, the arena's `rows` once finished.
+    rows: MsgpackWriter,
 }
 
 impl<'a> EventBatchBuilder<'a> {
@@ -170,8 +200,11 @@ impl<'a> EventBatchBuilder<'a> {
             text: String::with_capacity(text),
             codes: Vec::new(),
             properties: Vec::with_capacity(properties),
+            rows: Vec::new(),
         };
-        Self { arena, code_of: CodeTable::default(), events: Vec::with_capacity(n) }
+        // A row's numbers and headers take at most 52 bytes, a property's headers 10.
+        let rows = MsgpackWriter::with_capacity(52 * n + text + 10 * properties);
+        Self { arena, code_of: CodeTable::default(), events: Vec::with_capacity(n), rows }
     }
 
     /// Add a decoded (and validated) event; an operation of 0 (unset) is ADD, as the Python rows have it.
@@ -194,7 +227,7 @@ impl<'a> EventBatchBuilder<'a> {
         let properties = (lo, self.arena.properties.len() as u32);
         let event_id = self.arena.push(e.event_id);
         let operation = if e.operation == 0 { ADD } else { i64::from(e.operation) };
-        self.events.push(BatchEvent {
+        let mut event = BatchEvent {
             account: e.account_id,
             code,
             value: e.value,
@@ -202,11 +235,17 @@ impl<'a> EventBatchBuilder<'a> {
             operation,
             properties,
             event_id,
+            row: Span::default(),
             key: None,
-        });
+        };
+        let start = self.rows.buf.len() as u32;
+        self.arena.pack_fields(&mut self.rows, &event);
+        event.row = Span { start, end: self.rows.buf.len() as u32 };
+        self.events.push(event);
     }
 
-    pub fn finish(self) -> EventBatch {
+    pub fn finish(mut self) -> EventBatch {
+        self.arena.rows = self.rows.buf;
         EventBatch { arena: Arc::new(self.arena), events: self.events }
     }
 }
@@ -271,5 +310,14 @@ mod tests {
         batch.pack_row(&mut w, &batch.events[1]);
         // msgpack.packb((1, "m", 5, 7, None, 1, ""))
         assert_eq!(w.buf, b"\x97\x01\xa1m\x05\x07\xc0\x01\xa0");
+        // A stamped event's row is packed from its fields, with its new time.
+        let mut w = MsgpackWriter::with_capacity(64);
+        batch.pack_row(&mut w, &batch.events[1].stamped(300));
+        assert_eq!(w.buf, b"\x97\x01\xa1m\x05\xcd\x01\x2c\xc0\x01\xa0");
+        let mut fields = MsgpackWriter::with_capacity(64);
+        batch.arena.pack_fields(&mut fields, &batch.events[0]);
+        let mut copied = MsgpackWriter::with_capacity(64);
+        batch.pack_row(&mut copied, &batch.events[0]);
+        assert_eq!(copied.buf, fields.buf);
     }
 }
