@@ -53,20 +53,17 @@ impl PySeriesCells {
         fired: &Bound<'_, PyList>,
     ) -> PyResult<()> {
         let combos = &mut self.cells.combos;
-        let events = metric_events(py, &mut self.rows, batch, indexes, first_offset)
-            .map(|e| {
-                let e = e?;
-                Ok(Event {
-                    account: e.event.account,
-                    value: e.value()?,
-                    time: e.event.time,
-                    remove: e.event.operation == REMOVE,
-                    offset: e.offset,
-                    slot: e.combination.map_or(0, |key| combos.id_of(key) + 1),
-                    period_start: e.period.0,
-                })
+        let events = metric_events(py, &mut self.rows, batch, indexes, first_offset, |e| {
+            Ok(Event {
+                account: e.event.account,
+                value: e.value()?,
+                time: e.event.time,
+                remove: e.event.operation == REMOVE,
+                offset: e.offset,
+                slot: e.combination.map_or(0, |key| combos.id_of(key) + 1),
+                period_start: e.period.0,
             })
-            .collect::<PyResult<Vec<Event>>>()?;
+        })?;
         self.apply_events(py, &events, record, fired)
     }
 

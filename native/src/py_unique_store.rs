@@ -70,21 +70,18 @@ impl PyUniqueSets {
         fired: &Bound<'_, PyList>,
     ) -> PyResult<()> {
         let combos = &mut self.combos;
-        let events = metric_events(py, &mut self.rows, batch, indexes, first_offset)
-            .map(|e| {
-                let e = e?;
-                Ok(SetEvent {
-                    account: e.event.account,
-                    member: e.event.value,
-                    time: e.event.time,
-                    offset: e.offset,
-                    remove: e.event.operation == REMOVE,
-                    combo: e.combination.map_or(0, |key| combos.id_of(key)),
-                    period_start: e.period.0,
-                    period_end: e.period.1,
-                })
+        let events = metric_events(py, &mut self.rows, batch, indexes, first_offset, |e| {
+            Ok(SetEvent {
+                account: e.event.account,
+                member: e.event.value,
+                time: e.event.time,
+                offset: e.offset,
+                remove: e.event.operation == REMOVE,
+                combo: e.combination.map_or(0, |key| combos.id_of(key)),
+                period_start: e.period.0,
+                period_end: e.period.1,
             })
-            .collect::<PyResult<Vec<SetEvent>>>()?;
+        })?;
         self.apply_events(py, &events, fired)
     }
 
