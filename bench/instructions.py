@@ -1,0 +1,189 @@
+"""``python -m bench.instructions``: the event loop's instructions per ingest request, counted.
+
+On a shared 2-core machine the same code's throughput moves by a tenth between rounds
+(docs/benchmarks.md), which buries a change worth a few percent. This tool counts instead of
+timing. The server's ingest path runs in process: the native engine's decode (the worker for a
+large body), the client core, the node and its 64 partitions, the answer's bytes; 1000-event
+requests from ``bench.payloads`` (10,000 accounts, five SUM metrics), 4 callers, as ``make
+bench``'s ASYNC 1000 x 4 sends them, in waves of one per caller; the logs made durable in one
+group commit after each wave (``CommitScheduler.make_durable``), about as often as the server's
+10 ms ticks at that rate. It
+runs under valgrind's callgrind twice, with N and 3 N measured requests after the same warm-up,
+and the difference between the loop thread's instruction counts, over 2 N, is what one request
+costs there, start and stop cancelled out. The functions are listed the same way: where the
+instructions are spent (each function's own), and the native engine's steps with all they call.
+
+Two runs of the same code agree to 1-2% (the decode worker's timing still moves the loop's idle
+turns). Instructions are not time: a cache miss costs one instruction and hundreds of cycles, so a
+change to memory traffic (the partitions' tables) must still be timed; this is for the share of
+the loop that is instructions (the interpreter, the per-part and per-request steps). Needs
+valgrind on the PATH. A measurement, not a test: no pass or fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["function_counts", "main", "thread_total"]
+
+_PARTITIONS = 64
+_CALLERS = 4
+_LINE = re.compile(r"^\s*([\d,]+)\s+\([\s\d.]+%\)\s+(?:\*\s+)?(\S.*?)\s*(?:\[.*\])?$")
+
+
+def thread_total(callgrind_out: str) -> int:
+    """The instruction count a callgrind output file records (its ``summary:`` or ``totals:``)."""
+    for line in callgrind_out.splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise ValueError("no summary or totals line: not a callgrind output file")
+
+
+def function_counts(annotated: str) -> dict[str, int]:
+    """Each function's count in ``callgrind_annotate`` output (the largest, where a name appears
+    more than once; a recursive cycle's ``'2`` entries are their own names)."""
+    counts: dict[str, int] = {}
+    for line in annotated.splitlines():
+        match = _LINE.match(line)
+        if match and "PROGRAM TOTALS" not in line:
+            name = match.group(2)
+            counts[name] = max(counts.get(name, 0), int(match.group(1).replace(",", "")))
+    return counts
+
+
+async def _workload(warmup: int, measured: int, batch: int, bodies: int) -> None:
+    """The in-process ingest path: ``warmup`` requests, then ``measured`` more. ``bodies``
+    request bodies are made first, the same number in both runs, so that making them (each with
+    ids of its own) cancels out of the difference."""
+    from bench import payloads
+    from cluster_client.client import Client
+    from node.node import Node, NodeConfig
+    from service.convert import metric_from_proto
+    from service.ingest_engine import choose_engine
+
+    root = Path(tempfile.mkdtemp(prefix="unimeter-instructions-"))
+    # No time-driven work: ticks and snapshots would run as often as valgrind slows the clock.
+    config = NodeConfig(
+        root, partitions=_PARTITIONS, engine="native", flush_interval=3600.0, snapshot_interval=3600.0
+    )
+    node = Node(config)
+    await node.start()
+    try:
+        for metric in payloads.metric_definitions(5):
+            await node.create_metric(metric_from_proto(metric))
+        client = await Client.in_process(
+            node, metric_lookup=node.metric_of, metric_refresh=node.refresh_metrics
+        )
+        engine = choose_engine("native").engine
+        now = time.time_ns()
+        templates = [
+            payloads.ingest_templates(slot=s, batch=batch, count=4, accounts=10_000, metrics=5, now_ns=now)
+            for s in range(_CALLERS)
+        ]
+        made = [
+            templates[i % _CALLERS][i // _CALLERS % 4].replace(
+                payloads.ID_SENTINEL, payloads.unique_prefix(1, i % _CALLERS, i)
+            )
+            for i in range(bodies)
+        ]
+        bodies_left = iter(made)
+
+        async def one() -> None:
+            decoded = engine.decode(next(bodies_left), client)
+            if inspect.isawaitable(decoded):
+                decoded = await decoded
+            engine.encode_response(await decoded.store(None))
+
+        # Waves of one request per caller, in flight together, then the group commit: a commit
+        # while other requests append would take a second round as often as timing has it.
+        for n in (warmup, measured):
+            for _ in range(n // _CALLERS):
+                await asyncio.gather(*(one() for _ in range(_CALLERS)))
+                await node.commit.make_durable(node.partitions)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    # No close: it snapshots every partition, work that grows with the state and so would not
+    # cancel out of the difference. The process is a measurement's child; its data is gone.
+    os._exit(0)
+
+
+Counts = tuple[int, dict[str, int], dict[str, int]]
+"""A run's loop thread: its total, each function's own count and each one's inclusive count."""
+
+
+def _count(out_dir: Path, warmup: int, measured: int, batch: int, bodies: int) -> Counts:
+    """The loop thread's counts of one run under callgrind."""
+    prefix = out_dir / f"m{measured}"
+    command = [
+        "valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={prefix}.%p",
+        sys.executable, "-m", "bench.instructions", "--workload",
+        "--warmup", str(warmup), "--requests", str(measured), "--batch", str(batch), "--bodies", str(bodies),
+    ]  # fmt: skip
+    # A fixed hash seed: dict layouts (and so their probes) the same in every run.
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    main_thread = next(out_dir.glob(f"m{measured}.*-01"))  # thread 1: the event loop's
+
+    def annotate(inclusive: str) -> dict[str, int]:
+        return function_counts(subprocess.run(
+            ["callgrind_annotate", f"--inclusive={inclusive}", "--threshold=100", str(main_thread)],
+            capture_output=True, text=True, check=True,
+        ).stdout)  # fmt: skip
+
+    return thread_total(main_thread.read_text()), annotate("no"), annotate("yes")
+
+
+def _print_grown(
+    title: str, low: dict[str, int], high: dict[str, int], n: int, total: float, top: int
+) -> None:
+    """The ``top`` functions whose counts grew the most from ``low`` (N requests) to ``high`` (3 N)."""
+    grown = sorted(((high[f] - low.get(f, 0)) / (2 * n), f) for f in high)
+    print(f"\n{'per request':>12}  {'share':>6}  {title}")
+    for count, function in reversed(grown[-top:]):
+        print(f"{count:12,.0f}  {count / total:6.1%}  {function}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    parser.add_argument("--requests", type=int, default=100, help="N: the runs measure N and 3 N")
+    parser.add_argument("--warmup", type=int, default=200, help="requests before the measured ones")
+    parser.add_argument("--batch", type=int, default=1000, help="events per request")
+    parser.add_argument("--top", type=int, default=25, help="functions listed")
+    parser.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bodies", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workload:
+        asyncio.run(
+            _workload(args.warmup, args.requests, args.batch, max(args.bodies, args.warmup + args.requests))
+        )
+        return 0
+    missing = [tool for tool in ("valgrind", "callgrind_annotate") if shutil.which(tool) is None]
+    if missing:
+        print(f"bench.instructions needs {' and '.join(missing)} on the PATH", file=sys.stderr)
+        return 2
+    n = args.requests
+    with tempfile.TemporaryDirectory(prefix="unimeter-callgrind-") as tmp:
+        bodies = args.warmup + 3 * n
+        low_total, low_own, low_all = _count(Path(tmp), args.warmup, n, args.batch, bodies)
+        high_total, high_own, high_all = _count(Path(tmp), args.warmup, 3 * n, args.batch, bodies)
+    per_request = (high_total - low_total) / (2 * n)
+    print(f"event loop's thread: {per_request:,.0f} instructions per {args.batch}-event request")
+    _print_grown("function (its own instructions)", low_own, high_own, n, per_request, args.top)
+    native = {f: c for f, c in high_all.items() if "unimeter_native::" in f and "'" not in f}
+    _print_grown("native step (with what it calls)", low_all, native, n, per_request, args.top)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
