@@ -175,6 +175,59 @@ impl EventBatch {
     }
 }
 
+/// The indexes of a batch's events grouped by code number, for all of its metrics at once (a
+/// store scanning the whole batch for its own metric's cost ~0.4 us per metric and part): a
+/// counting sort into one vector, where a vector per code grown by pushes had cost ~10
+/// allocations a part.
+pub struct CodeGroups {
+    /// The events' indexes, code by code, each code's in batch order.
+    order: Vec<u32>,
+    /// `ends[c]`: where code `c`'s indexes end in `order` (and code `c + 1`'s start).
+    ends: Vec<u32>,
+    /// The codes the batch's events have, in order of first appearance.
+    present: Vec<u32>,
+}
+
+impl CodeGroups {
+    pub fn of(batch: &EventBatch) -> Self {
+        let n_codes = batch.code_count();
+        // Counts, then the running sums: each code's start, which the placing below moves to
+        // its end.
+        let mut ends = vec![0u32; n_codes + 1];
+        let mut present = Vec::with_capacity(n_codes);
+        for e in &batch.events {
+            let count = &mut ends[e.code as usize + 1];
+            if *count == 0 {
+                present.push(e.code);
+            }
+            *count += 1;
+        }
+        for c in 0..n_codes {
+            ends[c + 1] += ends[c];
+        }
+        let mut order = vec![0u32; batch.len()];
+        for (i, e) in batch.events.iter().enumerate() {
+            let cursor = &mut ends[e.code as usize];
+            order[*cursor as usize] = i as u32;
+            *cursor += 1;
+        }
+        ends.pop();
+        Self { order, ends, present }
+    }
+
+    /// The codes present, in order of first appearance.
+    pub fn present(&self) -> &[u32] {
+        &self.present
+    }
+
+    /// The indexes of code `code`'s events, in batch order.
+    pub fn indexes(&self, code: u32) -> &[u32] {
+        let c = code as usize;
+        let start = if c == 0 { 0 } else { self.ends[c - 1] };
+        &self.order[start as usize..self.ends[c] as usize]
+    }
+}
+
 /// Builds the batches of a request's partitions, which share one arena.
 #[derive(Default)]
 pub struct EventBatchBuilder<'a> {
@@ -319,5 +372,32 @@ mod tests {
         let mut copied = MsgpackWriter::with_capacity(64);
         batch.pack_row(&mut copied, &batch.events[0]);
         assert_eq!(copied.buf, fields.buf);
+    }
+
+    #[test]
+    fn events_group_by_code_in_batch_order_and_codes_by_first_appearance() {
+        let events = [
+            event(1, "a", vec![], ""),
+            event(2, "b", vec![], ""),
+            event(3, "a", vec![], ""),
+            event(4, "c", vec![], ""),
+            event(5, "b", vec![], ""),
+            event(6, "a", vec![], ""),
+        ];
+        let mut builder = EventBatchBuilder::for_events(events.iter());
+        for e in &events {
+            builder.push(e);
+        }
+        let batch = builder.finish();
+        // Only events of "c" and "a" kept: code "b" (number 1) has none.
+        let part = batch.with_events(vec![batch.events[3], batch.events[2], batch.events[5]]);
+        let groups = CodeGroups::of(&part);
+        assert_eq!(groups.present(), [2, 0]);
+        assert_eq!(groups.indexes(0), [1, 2]);
+        assert_eq!(groups.indexes(1), [] as [u32; 0]);
+        assert_eq!(groups.indexes(2), [0]);
+        let all = CodeGroups::of(&batch);
+        assert_eq!(all.present(), [0, 1, 2]);
+        assert_eq!((all.indexes(0), all.indexes(1), all.indexes(2)), (&[0, 2, 5][..], &[1, 4][..], &[3][..]));
     }
 }

@@ -1,8 +1,8 @@
 //! The steps of the native engine shared by a partition part that arrives as an `EventBatch`
 //! (`py_event_batch`, ingested in one call by `py_part_ingest`) and the apply step of stored rows
 //! (`apply_batch`: recovery's replay, an in-process caller's tuples). For a batch: its event
-//! record (`batch_record_bytes`), its events indexed (`index_batch_codes`) and grouped by metric
-//! once, each group handed to a store's Rust state (`py_series_store`, `py_unique_store`) as the
+//! record (`batch_record_bytes`), its events indexed (`index_batch`) and grouped by metric
+//! once (`event_batch::CodeGroups`), each group handed to a store's Rust state (`py_series_store`, `py_unique_store`) as the
 //! store's events are read (`metric_events`). Outputs are those of the row path for the rows the
 //! batch stands for, record bytes included (tested in lock step against the Python reference).
 
@@ -44,19 +44,11 @@ pub fn batch_record_bytes<'py>(
     event_record_bytes(py, &head, &found.packed_rows, framed)
 }
 
-/// Index a stored batch's events under the record at `position`; returns their metric codes'
-/// numbers in order of first appearance.
-pub fn index_batch_codes(index: &mut EventIndex, position: u64, batch: &EventBatch) -> Vec<u32> {
-    let mut seen = vec![false; batch.code_count()];
-    let mut codes = Vec::new();
+/// Index a stored batch's events under the record at `position`.
+pub fn index_batch(index: &mut EventIndex, position: u64, batch: &EventBatch) {
     for e in &batch.events {
         index.add(position, e.account, e.time.div_euclid(HOUR_NS));
-        if !seen[e.code as usize] {
-            seen[e.code as usize] = true;
-            codes.push(e.code);
-        }
     }
-    codes
 }
 
 /// One event of a metric, read from a stored batch with what the stores resolve for it.
@@ -101,16 +93,6 @@ pub fn metric_events<T>(
         })?);
     }
     Ok(out)
-}
-
-/// The indexes of a batch's events by code number, in one pass over the batch for all of its
-/// metrics (a store scanning the whole batch for its own metric's cost ~0.4 us per metric and part).
-pub fn events_by_code(batch: &EventBatch) -> Vec<Vec<u32>> {
-    let mut groups = vec![Vec::new(); batch.code_count()];
-    for (i, e) in batch.events.iter().enumerate() {
-        groups[e.code as usize].push(i as u32);
-    }
-    groups
 }
 
 /// Apply a stored batch's events at `indexes` (one metric's) to a store's Rust state (its

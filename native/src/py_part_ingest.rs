@@ -20,10 +20,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::batch_dedup::dedup_batch;
+use crate::event_batch::CodeGroups;
 use crate::guarded;
-use crate::py_batch_ingest::{
-    apply_to_native, batch_record_bytes, events_by_code, index_batch_codes, store_of,
-};
+use crate::py_batch_ingest::{apply_to_native, batch_record_bytes, index_batch, store_of};
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_index::PyEventIndex;
@@ -216,10 +215,10 @@ impl PyPartIngest {
         first_offset: i64,
         fired: &Bound<'py, PyList>,
     ) -> PyResult<()> {
-        let codes = index_batch_codes(self.index.bind(py).borrow_mut().index_mut(), position, &stored.batch);
-        let groups = events_by_code(&stored.batch);
+        index_batch(self.index.bind(py).borrow_mut().index_mut(), position, &stored.batch);
+        let groups = CodeGroups::of(&stored.batch);
         let spec_of = self.spec_of.bind(py).clone();
-        for number in codes {
+        for &number in groups.present() {
             let metric = &validated[number as usize];
             let live = spec_of.call1((&metric.code,))?;
             if !live.is(&metric.spec) {
@@ -235,7 +234,7 @@ impl PyPartIngest {
                 py,
                 &native,
                 &stored.batch,
-                &groups[number as usize],
+                groups.indexes(number),
                 first_offset,
                 position,
                 fired,
