@@ -27,8 +27,20 @@ impl<'a, V> CodeTable<'a, V> {
         self.position(code).map(|i| &self.list[i].1)
     }
 
+    /// The value of `code`, given it by `make` first if it has none: one lookup either way.
+    pub fn get_or_insert_with(&mut self, code: &'a str, make: impl FnOnce() -> V) -> &V {
+        let i = match self.position(code) {
+            Some(i) => i,
+            None => {
+                self.insert(code, make());
+                self.list.len() - 1
+            }
+        };
+        &self.list[i].1
+    }
+
     /// Give `code` (which has none yet) its value.
-    pub fn insert(&mut self, code: &'a str, value: V) {
+    fn insert(&mut self, code: &'a str, value: V) {
         if self.list.len() >= LIST_CODES {
             self.map.insert(code, self.list.len());
         } else if self.list.len() + 1 == LIST_CODES {
@@ -67,5 +79,8 @@ mod tests {
             }
         }
         assert_eq!(table.get("metric.100"), None);
+        assert_eq!(table.get_or_insert_with("metric.7", || unreachable!()), &7);
+        assert_eq!(table.get_or_insert_with("metric.100", || 100), &100);
+        assert_eq!(table.get("metric.100"), Some(&100));
     }
 }

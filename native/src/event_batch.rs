@@ -262,16 +262,12 @@ impl<'a> EventBatchBuilder<'a> {
 
     /// Add a decoded (and validated) event; an operation of 0 (unset) is ADD, as the Python rows have it.
     pub fn push(&mut self, e: &Event<'a>) {
-        let code = match self.code_of.get(e.metric_code) {
-            Some(&code) => code,
-            None => {
-                let code = self.arena.codes.len() as u32;
-                let span = self.arena.push(e.metric_code);
-                self.arena.codes.push(span);
-                self.code_of.insert(e.metric_code, code);
-                code
-            }
-        };
+        let arena = &mut self.arena;
+        let code = *self.code_of.get_or_insert_with(e.metric_code, || {
+            let span = arena.push(e.metric_code);
+            arena.codes.push(span);
+            arena.codes.len() as u32 - 1
+        });
         let lo = self.arena.properties.len() as u32;
         for (key, value) in &e.properties {
             let pair = (self.arena.push(key), self.arena.push(value));

@@ -42,20 +42,17 @@ pub struct CodeNumbers<'a> {
 impl<'a> CodeNumbers<'a> {
     pub fn of(events: &[Event<'a>]) -> Self {
         let mut number_of: CodeTable<'a, u32> = CodeTable::default();
-        let mut numbers = Self { codes: Vec::new(), of_event: Vec::with_capacity(events.len()) };
-        for event in events {
-            let number = match number_of.get(event.metric_code) {
-                Some(&number) => number,
-                None => {
-                    let number = numbers.codes.len() as u32;
-                    number_of.insert(event.metric_code, number);
-                    numbers.codes.push(event.metric_code);
-                    number
-                }
-            };
-            numbers.of_event.push(number);
-        }
-        numbers
+        let mut codes = Vec::new();
+        let of_event = events
+            .iter()
+            .map(|event| {
+                *number_of.get_or_insert_with(event.metric_code, || {
+                    codes.push(event.metric_code);
+                    codes.len() as u32 - 1
+                })
+            })
+            .collect();
+        Self { codes, of_event }
     }
 }
 

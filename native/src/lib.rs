@@ -214,10 +214,7 @@ fn parts_to_python<'py>(py: Python<'py>, parts: Vec<Part>) -> PyResult<Bound<'py
                 part.batch
                     .codes()
                     .map(|text| {
-                        if strings.get(text).is_none() {
-                            strings.insert(text, PyString::new(py, text).unbind());
-                        }
-                        strings.get(text).expect("inserted above").clone_ref(py)
+                        strings.get_or_insert_with(text, || PyString::new(py, text).unbind()).clone_ref(py)
                     })
                     .collect()
             })
