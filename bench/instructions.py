@@ -163,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bodies", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.requests % _CALLERS or args.warmup % _CALLERS:
+        parser.error(f"--requests and --warmup go in waves of {_CALLERS}: give multiples of {_CALLERS}")
     if args.workload:
         asyncio.run(
             _workload(args.warmup, args.requests, args.batch, max(args.bodies, args.warmup + args.requests))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.instructions import function_counts, thread_total
+from bench.instructions import function_counts, main, thread_total
 
 CALLGRIND_OUT = """\
 # callgrind format
@@ -41,3 +41,9 @@ def test_functions_keep_their_largest_count_and_cycles_their_own_name() -> None:
         "???:unimeter_native::guarded": 933_832_366,
         "/b/Python/ceval.c:_PyEval_EvalFrameDefault'2": 676_132_780,
     }
+
+
+def test_request_counts_must_fill_whole_waves() -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--requests", "41"])
+    assert exc.value.code == 2
