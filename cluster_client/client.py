@@ -136,9 +136,10 @@ def partition_batch(
 
 PlaceOffsets = Callable[
     [int, Mapping[int, tuple[Sequence[EventRow], Sequence[int]]], Mapping[int, IngestOutcome]],
-    tuple[list[int], int],
+    tuple[Sequence[int], int],
 ]
-"""``(n_events, by_partition, outcomes) -> (offsets, n_duplicates)``: :func:`request_offsets`."""
+"""``(n_events, by_partition, outcomes) -> (offsets, n_duplicates)``: :func:`request_offsets`, or
+the native engine's ``unimeter_native.request_offsets``, which answers a ``UintList``."""
 
 
 def request_offsets(
@@ -316,7 +317,7 @@ class Client:
 
     async def ingest_partitioned(
         self,
-        by_partition: Mapping[int, tuple[Sequence[EventRow], list[int]]],
+        by_partition: Mapping[int, tuple[Sequence[EventRow], Sequence[int]]],
         n_events: int,
         *,
         sync: bool,
@@ -369,7 +370,7 @@ class Client:
 
     async def _ingest_routed(
         self,
-        by_partition: Mapping[int, tuple[Sequence[EventRow], list[int]]],
+        by_partition: Mapping[int, tuple[Sequence[EventRow], Sequence[int]]],
         sync: bool,
         deadline: float,
     ) -> dict[int, IngestOutcome]:

@@ -20,9 +20,11 @@ class IngestOutcome:
     """A partition batch's result: each row's offset (a duplicate's points at the original).
 
     A value: never changed once made. Not frozen, because a frozen dataclass is built through
-    ``object.__setattr__`` at 2.4 times the cost, and a request makes one per partition part."""
+    ``object.__setattr__`` at 2.4 times the cost, and a request makes one per partition part.
+    ``offsets`` is a list, or on the native engine a ``unimeter_native.UintList`` (a read-only
+    sequence of ints held natively, equal to the list of the same ints)."""
 
-    offsets: list[int]
+    offsets: Sequence[int]
     n_duplicates: int
 
 

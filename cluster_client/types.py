@@ -7,6 +7,7 @@ events travels as a list of :data:`EventRow` tuples.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -181,11 +182,13 @@ class QueryResult:
 
 @dataclass(frozen=True, slots=True)
 class IngestResult:
-    """What an ingest stored: counts and each event's offset in request order."""
+    """What an ingest stored: counts and each event's offset in request order (a list, or on
+    the native engine a ``unimeter_native.UintList``: a read-only sequence of ints equal to the
+    list of the same ints)."""
 
     n_stored: int
     n_duplicates: int
-    offsets: list[int] = field(default_factory=list)
+    offsets: Sequence[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

@@ -503,7 +503,7 @@ def query_result_from_wire(x: object) -> QueryResult:
 
 def ingest_outcome_to_wire(o: IngestOutcome) -> list[Any]:
     """``[[offsets], n_duplicates]``."""
-    return [o.offsets, o.n_duplicates]
+    return [list(o.offsets), o.n_duplicates]
 
 
 def ingest_outcome_from_wire(x: object) -> IngestOutcome:
@@ -516,7 +516,7 @@ def ingest_outcome_from_wire(x: object) -> IngestOutcome:
 
 def ingest_outcomes_to_wire(outcomes: Sequence[IngestOutcome]) -> list[Any]:
     """``ingest``'s answer: one outcome per part, in request order."""
-    return [[o.offsets, o.n_duplicates] for o in outcomes]
+    return [[list(o.offsets), o.n_duplicates] for o in outcomes]
 
 
 def ingest_outcomes_from_wire(x: object) -> list[IngestOutcome]:

@@ -433,7 +433,7 @@ class Partition:
             aggregates=self.aggregates.to_snapshot(),
             dedup=self.dedup.to_snapshot(),
             index=self.index.to_snapshot(self.events.end_position),
-            batches=[(b, a, o.offsets, o.n_duplicates) for b, (a, o) in self._batches.items()],
+            batches=[(b, a, list(o.offsets), o.n_duplicates) for b, (a, o) in self._batches.items()],
             index_runs=[] if self._runs is None else [(r.name, r.size, r.crc) for r in self._runs.listed()],
             alert_index=self.alerts.to_snapshot(),
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -168,7 +168,7 @@ class NativeIngestEngine:
         self._decode_ingest = module.decode_ingest
         self.request_offsets: PlaceOffsets = module.request_offsets
         """Puts a request's offsets back in request order (``Client.ingest_partitioned``)."""
-        self._encode_response: Callable[[int, int, list[int]], bytes] = module.encode_ingest_response
+        self._encode_response: Callable[[int, int, Sequence[int]], bytes] = module.encode_ingest_response
         self._malformed_error: type[Exception] = module.MalformedRequest
         self._panic_error: type[Exception] = module.NativePanic
 

@@ -38,6 +38,7 @@ mod py_rows;
 mod py_segment_scan;
 mod py_series_store;
 mod py_tick_writer;
+mod py_uint_list;
 mod py_unique_store;
 pub mod request_parts;
 pub mod ring_worker;
@@ -55,10 +56,11 @@ use pyo3::create_exception;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyString, PyTuple};
 
 use code_table::CodeTable;
 use py_event_batch::PyEventBatch;
+use py_uint_list::PyUintList;
 
 use ingest_request::{decode_ingest_request, CodeNumbers, Event, IngestRequest};
 use request_parts::{split_by_partition, Part};
@@ -97,8 +99,9 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// `metric_of(code)` returns the registered `Metric` or None (called once per distinct code);
 /// `partitions` is the cluster's partition count. Returns `(n_events, sync, by_partition,
 /// rejection)`: `by_partition` maps each partition (in order of first appearance) to its events
-/// (an `EventBatch`, standing for the rows `Client.ingest_rows` builds) and their request indexes; `rejection` is None or `(message,
-/// [(field, description), ...])`, and then `by_partition` is None. Bytes that are not an
+/// (an `EventBatch`, standing for the rows `Client.ingest_rows` builds) and their request
+/// indexes (a `UintList`); `rejection` is None or `(message, [(field, description), ...])`, and
+/// then `by_partition` is None. Bytes that are not an
 /// `IngestRequest` raise `MalformedRequest`.
 #[pyfunction]
 fn decode_ingest<'py>(
@@ -201,7 +204,7 @@ fn rejection_to_python<'py>(py: Python<'py>, rejection: &Rejection<'_>) -> PyRes
     (render(py, &rejection.message)?, violations).into_pyobject(py)
 }
 
-/// `{partition: (EventBatch, [request index, ...])}` in order of first appearance: each
+/// `{partition: (EventBatch, UintList of request indexes)}` in order of first appearance: each
 /// partition's events as a native batch (`py_event_batch`), which stands for the `EventRow`
 /// tuples of `cluster_client/types.py` that `Client.ingest_rows` would split off.
 fn parts_to_python<'py>(py: Python<'py>, parts: Vec<Part>) -> PyResult<Bound<'py, PyDict>> {
@@ -223,7 +226,8 @@ fn parts_to_python<'py>(py: Python<'py>, parts: Vec<Part>) -> PyResult<Bound<'py
     let by_partition = PyDict::new(py);
     for (part, codes) in parts.into_iter().zip(code_lists) {
         let batch = Py::new(py, PyEventBatch::new(part.batch, codes))?;
-        by_partition.set_item(part.partition, (batch, PyList::new(py, part.indexes)?))?;
+        let indexes = PyUintList::new(part.indexes.into_iter().map(|i| i as u64).collect());
+        by_partition.set_item(part.partition, (batch, indexes))?;
     }
     Ok(by_partition)
 }
@@ -294,6 +298,12 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_segment_scan::crc32, m)?)?;
     m.add("MalformedRequest", m.py().get_type::<MalformedRequest>())?;
     m.add("NativePanic", m.py().get_type::<NativePanic>())?;
+    m.add_class::<py_uint_list::PyUintList>()?;
+    // A UintList stands where Python code holds a list of ints: say so to isinstance.
+    let py = m.py();
+    py.import("collections.abc")?
+        .getattr("Sequence")?
+        .call_method1("register", (py.get_type::<py_uint_list::PyUintList>(),))?;
     Ok(())
 }
 

@@ -26,6 +26,7 @@ use crate::py_batch_ingest::{apply_to_native, batch_record_bytes, index_batch, s
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_index::PyEventIndex;
+use crate::py_uint_list::PyUintList;
 
 /// A partition's parts that its ingest steps read and change, bound once per partition (and again
 /// when recovery loads them from a snapshot).
@@ -89,9 +90,9 @@ impl PyPartIngest {
     }
 
     /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
-    /// each request event's offset (a duplicate's is its original's), how many were duplicates,
-    /// the log position of the record (None: nothing to log, no event stored and no batch id),
-    /// how many events it stores, the alerts they fired, and the exception that stopped the
+    /// each request event's offset (a duplicate's is its original's; a `UintList`), how many were
+    /// duplicates, the log position of the record (None: nothing to log, no event stored and no
+    /// batch id), how many events it stores, the alerts they fired, and the exception that stopped the
     /// steps after the record was appended (None). ``spec_of`` is what the batch was validated
     /// against: its generations go in the record.
     fn __call__<'py>(
@@ -125,7 +126,14 @@ impl PyPartIngest {
             batch_record_bytes(py, &generations, &found, first_offset, arrival, batch_id, self.framed)
         })?;
         let Some(record) = record else {
-            let outcome = (found.offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);
+            let outcome = (
+                PyUintList::new(found.offsets),
+                n_duplicates,
+                None::<u64>,
+                0,
+                PyList::empty(py),
+                None::<PyErr>,
+            );
             return Ok(outcome.into_pyobject(py)?.into_any());
         };
         let position: u64 = self.append.bind(py).call1((record,))?.extract()?;
@@ -137,7 +145,7 @@ impl PyPartIngest {
             self.apply(py, &validated, &stored, position, first_offset as i64, &fired)
         })
         .err();
-        Ok((found.offsets, n_duplicates, Some(position), n_stored, fired, error)
+        Ok((PyUintList::new(found.offsets), n_duplicates, Some(position), n_stored, fired, error)
             .into_pyobject(py)?
             .into_any())
     }

@@ -3,13 +3,15 @@
 ``unimeter_native.request_offsets`` against ``cluster_client.client.request_offsets``: a
 request's offsets put back in request order from its partitions' outcomes. For random splits of a
 request (partitions in any order, duplicates pointing at earlier offsets) both give the same list
-and duplicate count; an outcome with too few or too many offsets, or outcomes that do not cover the
-request, are a ValueError on both, which ``Client.ingest_partitioned`` answers as INTERNAL.
+and duplicate count, whether the indexes and offsets come as lists, tuples or ``UintList``s (the
+native engine's; its placer answers one); an outcome with too few or too many offsets, or outcomes
+that do not cover the request, are a ValueError on both, which ``Client.ingest_partitioned``
+answers as INTERNAL.
 
 ``unimeter_native.encode_ingest_response``: the bytes protobuf's serializer writes for the same
-``IngestResponse``, for any counts and offsets. And through the client core, a node whose answer
-does not fit the request fails the call as INTERNAL with either placer. Collected only where the
-extension is built (tests/conftest.py)."""
+``IngestResponse``, for any counts and offsets, given as a list or a ``UintList``. And through the
+client core, a node whose answer does not fit the request fails the call as INTERNAL with either
+placer. Collected only where the extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pytest
 import unimeter_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unimeter_native import UintList
 
 from cluster_client import AggType, Client, Metric
 from cluster_client.client import request_offsets
@@ -61,11 +64,24 @@ def _split(partition_of: list[int], seed: int) -> tuple[dict, dict, list[int]]:
 def test_both_put_every_offset_at_its_request_index(partition_of: list[int], seed: int) -> None:
     by_partition, outcomes, expected = _split(partition_of, seed)
     n_dup = sum(o.n_duplicates for o in outcomes.values())
-    # Lists, as the engines make them (read in place natively), and other sequences.
+    # Lists (the python engine's and a remote owner's), UintLists (the native engine's, read in
+    # place natively), other sequences, and a mix of them in one request.
     as_tuples = {p: (rows, tuple(indexes)) for p, (rows, indexes) in by_partition.items()}
+    native = {p: (rows, UintList(indexes)) for p, (rows, indexes) in by_partition.items()}
+    native_outcomes = {p: IngestOutcome(UintList(o.offsets), o.n_duplicates) for p, o in outcomes.items()}
+    mixed = {p: native[p] if p % 2 else by_partition[p] for p in by_partition}
     for place in PLACERS:
-        assert place(len(partition_of), by_partition, outcomes) == (expected, n_dup)
-        assert place(len(partition_of), as_tuples, outcomes) == (expected, n_dup)
+        for split, answers in [
+            (by_partition, outcomes),
+            (as_tuples, outcomes),
+            (native, native_outcomes),
+            (mixed, native_outcomes),
+            (native, outcomes),
+        ]:
+            assert place(len(partition_of), split, answers) == (expected, n_dup)
+    placed, _ = unimeter_native.request_offsets(len(partition_of), native, native_outcomes)
+    assert isinstance(placed, UintList)
+    assert list(placed) == expected
 
 
 @pytest.mark.parametrize("place", PLACERS, ids=["python", "native"])
@@ -79,6 +95,16 @@ def test_an_answer_that_does_not_fit_the_request_is_a_value_error(place: object)
         place(4, by_partition, missing)  # type: ignore[operator]
 
 
+def test_an_answer_of_other_than_unsigned_ints_is_a_value_error_natively() -> None:
+    by_partition, outcomes, _ = _split([0, 1, 1, 2], seed=1)
+    negative = {**outcomes, 1: IngestOutcome([5, -1], 0)}
+    with pytest.raises(ValueError, match="partition 1's offsets are not unsigned ints"):
+        unimeter_native.request_offsets(4, by_partition, negative)
+    texts = {**by_partition, 2: ([], ["3"])}
+    with pytest.raises(ValueError, match="partition 2's request indexes are not unsigned ints"):
+        unimeter_native.request_offsets(4, texts, outcomes)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.integers(0, 2**32 - 1),
@@ -89,6 +115,7 @@ def test_the_response_bytes_are_protobufs(stored: int, duplicates: int, offsets:
     expected = ingest_service_pb2.IngestResponse(n_stored=stored, n_duplicates=duplicates, offsets=offsets)
     encoded = unimeter_native.encode_ingest_response(stored, duplicates, offsets)
     assert encoded == expected.SerializeToString()
+    assert unimeter_native.encode_ingest_response(stored, duplicates, UintList(offsets)) == encoded
     assert ingest_service_pb2.IngestResponse.FromString(encoded) == expected
 
 
