@@ -459,7 +459,7 @@ class Node:
             else:
                 outcomes, cancelled = await self._ingest_in_slices(targets, parts, batch_id)
             if not sync:
-                urgent = [part for part in targets if part.published_alert_offset < len(part.alerts)]
+                urgent = [part for part in targets if part.alerts_unpublished]
                 if urgent:
                     # Alerts are waited for by people: a batch that fires one gets its partitions
                     # flushed (and the alert published) now, instead of at the next tick; everything

@@ -206,6 +206,10 @@ class Partition:
         self._minute_indexes: OrderedDict[int, _MinuteIndex] = OrderedDict()
         self.alerts = AlertList(number, self.alert_log, config.alerts_in_memory)
         self.published_alert_offset = 0
+        self.alerts_unpublished = False
+        """Whether alerts were logged that are not published yet (``published_alert_offset <
+        len(alerts)``), as a flag: the node asks it of every partition part of an ASYNC call, and
+        an ``AlertList``'s ``len`` is a Python call (~1,000 instructions, 64 a request)."""
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
         self._last_arrival = 0
@@ -290,6 +294,7 @@ class Partition:
         rows = [[*_storable(a), record_time] for a in fired]
         position = self.alert_log.append(encode_alert_record(AlertRecord(event_first_offset, first, rows)))
         self._load_alerts(rows, position)
+        self.alerts_unpublished = True
 
     def _load_alerts(self, rows: list[list[object]], position: int) -> None:
         """Index the alerts of the alert record at ``position``, by offset and by account."""
@@ -318,7 +323,7 @@ class Partition:
         return (
             self.events.durable_position < self.events.end_position
             or self.alert_log.durable_position < self.alert_log.end_position
-            or self.published_alert_offset < len(self.alerts)
+            or self.alerts_unpublished
         )
 
     def flush_mark(self) -> tuple[int, int, int]:
@@ -335,6 +340,7 @@ class Partition:
         published = self.published_alert_offset
         if alerts > published:
             self.published_alert_offset = alerts
+            self.alerts_unpublished = alerts < len(self.alerts)
             if self.on_alerts_published is not None:
                 self.on_alerts_published(self.number, published + 1, alerts)
             self.alerts.release(alerts)
@@ -467,6 +473,7 @@ class Partition:
             replayed += 1
         covered = self._recover_alerts(indexed)
         self.published_alert_offset = len(self.alerts)
+        self.alerts_unpublished = False
         for first, arrival, fired in fired_by_record:
             if first > covered:
                 self._log_alerts(first, fired, arrival)
