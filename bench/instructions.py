@@ -14,10 +14,13 @@ costs there, start and stop cancelled out. The functions are listed the same way
 instructions are spent (each function's own), and the native engine's steps with all they call.
 
 Two runs of the same code agree to 1-2% (the decode worker's timing still moves the loop's idle
-turns). Instructions are not time: a cache miss costs one instruction and hundreds of cycles, so a
-change to memory traffic (the partitions' tables) must still be timed; this is for the share of
-the loop that is instructions (the interpreter, the per-part and per-request steps). Needs
-valgrind on the PATH. A measurement, not a test: no pass or fail.
+turns). Instructions are not time: a cache miss costs one instruction and hundreds of cycles. With
+``--cache`` callgrind also simulates the caches (``_LAST_LEVEL``: an 8 MiB last level, about what a
+2-vCPU guest gets of a shared L3 when its neighbours are busy) and the tool counts the loop's
+last-level misses per request, reads and writes, and lists where they happen: the memory traffic
+that makes the partitions' tables slow on a busy host, counted instead of timed. A model, not the
+machine: no prefetchers, one cache for all threads. Needs valgrind on the PATH. A measurement,
+not a test: no pass or fail.
 """
 
 from __future__ import annotations
@@ -35,19 +38,34 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["function_counts", "main", "thread_total"]
+__all__ = ["function_counts", "main", "thread_total", "thread_totals"]
 
 _PARTITIONS = 64
 _CALLERS = 4
+_LAST_LEVEL = "8388608,16,64"
+"""The simulated last-level cache of ``--cache`` (valgrind's ``--LL``: bytes, ways, line bytes):
+valgrind would take the host's, which a guest reports as its whole L3 (256 MiB direct-mapped on
+the reference machine), where nothing the benchmark holds would ever miss."""
+_MISSES = ("DLmr", "DLmw")
+"""callgrind's last-level data misses: reads, writes."""
 _LINE = re.compile(r"^\s*([\d,]+)\s+\([\s\d.]+%\)\s+(?:\*\s+)?(\S.*?)\s*(?:\[.*\])?$")
 
 
-def thread_total(callgrind_out: str) -> int:
-    """The instruction count a callgrind output file records (its ``summary:`` or ``totals:``)."""
+def thread_totals(callgrind_out: str) -> dict[str, int]:
+    """Each event's count a callgrind output file records (its ``summary:`` or ``totals:``, named
+    by its ``events:`` line): ``Ir``, and with the cache simulation ``DLmr``, ``DLmw``..."""
+    events = ["Ir"]
     for line in callgrind_out.splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        elif line.startswith(("summary:", "totals:")):
+            return dict(zip(events, map(int, line.split()[1:]), strict=False))
     raise ValueError("no summary or totals line: not a callgrind output file")
+
+
+def thread_total(callgrind_out: str) -> int:
+    """The instruction count a callgrind output file records."""
+    return thread_totals(callgrind_out)["Ir"]
 
 
 def function_counts(annotated: str) -> dict[str, int]:
@@ -118,15 +136,18 @@ async def _workload(warmup: int, measured: int, batch: int, bodies: int) -> None
     os._exit(0)
 
 
-Counts = tuple[int, dict[str, int], dict[str, int]]
-"""A run's loop thread: its total, each function's own count and each one's inclusive count."""
+Counts = tuple[dict[str, int], dict[str, int], dict[str, int], dict[str, int]]
+"""A run's loop thread: its totals by event, each function's own instructions, each one's
+inclusive instructions, and (with ``--cache``) each one's own last-level misses."""
 
 
-def _count(out_dir: Path, warmup: int, measured: int, batch: int, bodies: int) -> Counts:
+def _count(out_dir: Path, warmup: int, measured: int, batch: int, bodies: int, cache: bool) -> Counts:
     """The loop thread's counts of one run under callgrind."""
     prefix = out_dir / f"m{measured}"
+    simulate = ["--cache-sim=yes", f"--LL={_LAST_LEVEL}"] if cache else []
     command = [
         "valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={prefix}.%p",
+        *simulate,
         sys.executable, "-m", "bench.instructions", "--workload",
         "--warmup", str(warmup), "--requests", str(measured), "--batch", str(batch), "--bodies", str(bodies),
     ]  # fmt: skip
@@ -135,13 +156,18 @@ def _count(out_dir: Path, warmup: int, measured: int, batch: int, bodies: int) -
     subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     main_thread = next(out_dir.glob(f"m{measured}.*-01"))  # thread 1: the event loop's
 
-    def annotate(inclusive: str) -> dict[str, int]:
+    def annotate(inclusive: str, event: str = "Ir") -> dict[str, int]:
         return function_counts(subprocess.run(
-            ["callgrind_annotate", f"--inclusive={inclusive}", "--threshold=100", str(main_thread)],
+            ["callgrind_annotate", f"--show={event}", f"--inclusive={inclusive}", "--threshold=100",
+             str(main_thread)],
             capture_output=True, text=True, check=True,
         ).stdout)  # fmt: skip
 
-    return thread_total(main_thread.read_text()), annotate("no"), annotate("yes")
+    misses: dict[str, int] = {}
+    for event in _MISSES if cache else ():
+        for function, count in annotate("no", event).items():
+            misses[function] = misses.get(function, 0) + count
+    return thread_totals(main_thread.read_text()), annotate("no"), annotate("yes"), misses
 
 
 def _print_grown(
@@ -160,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=200, help="requests before the measured ones")
     parser.add_argument("--batch", type=int, default=1000, help="events per request")
     parser.add_argument("--top", type=int, default=25, help="functions listed")
+    parser.add_argument(
+        "--cache", action="store_true", help="simulate the caches too: last-level misses per request"
+    )
     parser.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bodies", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -177,13 +206,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = args.requests
     with tempfile.TemporaryDirectory(prefix="unimeter-callgrind-") as tmp:
         bodies = args.warmup + 3 * n
-        low_total, low_own, low_all = _count(Path(tmp), args.warmup, n, args.batch, bodies)
-        high_total, high_own, high_all = _count(Path(tmp), args.warmup, 3 * n, args.batch, bodies)
-    per_request = (high_total - low_total) / (2 * n)
+        low_totals, low_own, low_all, low_misses = _count(
+            Path(tmp), args.warmup, n, args.batch, bodies, args.cache
+        )
+        high_totals, high_own, high_all, high_misses = _count(
+            Path(tmp), args.warmup, 3 * n, args.batch, bodies, args.cache
+        )
+    grown = {event: (high_totals[event] - low_totals.get(event, 0)) / (2 * n) for event in high_totals}
+    per_request = grown["Ir"]
     print(f"event loop's thread: {per_request:,.0f} instructions per {args.batch}-event request")
+    if args.cache:
+        reads, writes = (grown[event] for event in _MISSES)
+        print(
+            f"last-level misses ({_LAST_LEVEL.split(',')[0]} B simulated): {reads:,.0f} reads and "
+            f"{writes:,.0f} writes per request, {(reads + writes) / args.batch:.2f} an event"
+        )
     _print_grown("function (its own instructions)", low_own, high_own, n, per_request, args.top)
     native = {f: c for f, c in high_all.items() if "unimeter_native::" in f and "'" not in f}
     _print_grown("native step (with what it calls)", low_all, native, n, per_request, args.top)
+    if args.cache:
+        total_misses = sum(grown[event] for event in _MISSES)
+        _print_grown(
+            "function (its own last-level misses)", low_misses, high_misses, n, total_misses, args.top
+        )
     return 0
 
 

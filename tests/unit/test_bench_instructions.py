@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.instructions import function_counts, main, thread_total
+from bench.instructions import function_counts, main, thread_total, thread_totals
 
 CALLGRIND_OUT = """\
 # callgrind format
@@ -33,6 +33,15 @@ def test_a_threads_total_is_its_summary() -> None:
     assert thread_total("events: Ir\ntotals: 12\n") == 12
     with pytest.raises(ValueError, match="not a callgrind output file"):
         thread_total("events: Ir\n")
+
+
+def test_with_the_cache_simulation_every_event_is_counted_by_its_name() -> None:
+    simulated = "events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 900 300 200 9 40 20 1 7 5\n"
+    assert thread_totals(simulated) == {
+        "Ir": 900, "Dr": 300, "Dw": 200, "I1mr": 9, "D1mr": 40, "D1mw": 20, "ILmr": 1, "DLmr": 7, "DLmw": 5,
+    }  # fmt: skip
+    assert thread_total(simulated) == 900
+    assert thread_totals(CALLGRIND_OUT) == {"Ir": 6_798_860_980}
 
 
 def test_functions_keep_their_largest_count_and_cycles_their_own_name() -> None:
