@@ -3,9 +3,9 @@
 //! only checks the metrics and hands the parts over (`decode_ingest`'s second half).
 //!
 //! The decoded events borrow their strings from the request bytes, which the parts own: the bytes
-//! are boxed (they never move) and outlive the events (`request` is dropped before `_data`), so the
-//! borrow is sound though Rust cannot name its lifetime; `request()` lends it no longer than
-//! `self`.
+//! never move (`StableBytes`: a heap buffer, or a Python bytes object the worker was lent) and
+//! outlive the events (`request` is dropped before `_data`), so the borrow is sound though Rust
+//! cannot name its lifetime; `request()` lends it no longer than `self`.
 
 use std::collections::HashMap;
 
@@ -50,6 +50,24 @@ pub fn split_by_partition(events: &[Event<'_>], partitions: u64) -> Vec<Part> {
         .collect()
 }
 
+/// Request bytes whose address stays put however their owner is moved: a heap buffer, or a
+/// Python bytes object kept alive (`py_decode_worker`).
+///
+/// # Safety
+///
+/// `bytes()` must give the same slice, unchanged, for as long as the value lives, wherever it is
+/// moved.
+pub unsafe trait StableBytes: Send + Sync {
+    fn bytes(&self) -> &[u8];
+}
+
+// SAFETY: a vector's bytes are on the heap; moving the vector moves only its pointer to them.
+unsafe impl StableBytes for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
 /// A request's bytes, decoded, its metric codes numbered, and its events split by partition.
 pub struct RequestParts {
     // Declared (so dropped) before `_data`, which they borrow.
@@ -57,21 +75,22 @@ pub struct RequestParts {
     numbers: CodeNumbers<'static>,
     pub parts: Vec<Part>,
     /// Held only for `request` to borrow.
-    _data: Box<[u8]>,
+    _data: Box<dyn StableBytes>,
 }
 
 impl RequestParts {
     /// Decode `data`, split its events over `partitions` (which must be at least 1), and compute
     /// the dedup key of each event whose metric has a generation in `generations` (by code).
     pub fn decode(
-        data: Vec<u8>,
+        data: impl StableBytes + 'static,
         partitions: u64,
         generations: &HashMap<String, u64>,
     ) -> Result<Self, Malformed> {
-        let data = data.into_boxed_slice();
-        // SAFETY: the slice points into the boxed bytes, which stay where they are and are
+        let data: Box<dyn StableBytes> = Box::new(data);
+        // SAFETY: the slice points into bytes that stay where they are (`StableBytes`) and are
         // dropped after everything borrowing them (see the module's comment).
-        let bytes: &'static [u8] = unsafe { std::slice::from_raw_parts(data.as_ptr(), data.len()) };
+        let bytes: &'static [u8] =
+            unsafe { std::slice::from_raw_parts(data.bytes().as_ptr(), data.bytes().len()) };
         let request = decode_ingest_request(bytes)?;
         let numbers = CodeNumbers::of(&request.events);
         let mut parts = split_by_partition(&request.events, partitions);
