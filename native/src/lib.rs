@@ -101,8 +101,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// rejection)`: `by_partition` maps each partition (in order of first appearance) to its events
 /// (an `EventBatch`, standing for the rows `Client.ingest_rows` builds) and their request
 /// indexes (a `UintList`); `rejection` is None or `(message, [(field, description), ...])`, and
-/// then `by_partition` is None. Bytes that are not an
-/// `IngestRequest` raise `MalformedRequest`.
+/// then `by_partition` is None. Bytes that are not an `IngestRequest` raise `MalformedRequest`.
 #[pyfunction]
 fn decode_ingest<'py>(
     py: Python<'py>,

@@ -14,14 +14,15 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::guarded;
 use crate::ingest_response;
-use crate::py_uint_list::{uints_of, PyUintList};
+use crate::py_uint_list::{PyUintList, Uints};
 
 /// ``(offsets, n_duplicates)`` of a request of `n_events` split as `by_partition`
 /// (``{partition: (rows, request indexes)}``, each index once) and answered as `outcomes`
 /// (``{partition: IngestOutcome}``): each event's offset at its request index, as a `UintList`.
 /// ValueError if a partition's offsets are not one unsigned int per event of its split, if the
-/// outcomes do not cover the request's events, or for an index past them. The indexes and offsets the
-/// native engine makes are `UintList`s, read in place; a remote owner's answer is a list.
+/// outcomes do not cover the request's events, or for an index past them. The indexes and
+/// offsets the native engine makes are `UintList`s, read in place; a remote owner's answer is a
+/// list.
 #[pyfunction]
 pub fn request_offsets(
     py: Python<'_>,
@@ -69,28 +70,6 @@ pub fn request_offsets(
             ))),
         }
     })
-}
-
-/// A sequence of ints as a slice: a `UintList`'s borrowed, any other's copied.
-enum Uints<'a, 'py> {
-    Native(&'a Bound<'py, PyUintList>),
-    Copied(Vec<u64>),
-}
-
-impl<'a, 'py> Uints<'a, 'py> {
-    fn of(sequence: &'a Bound<'py, PyAny>) -> PyResult<Self> {
-        match sequence.cast::<PyUintList>() {
-            Ok(list) => Ok(Self::Native(list)),
-            Err(_) => Ok(Self::Copied(uints_of(sequence)?)),
-        }
-    }
-
-    fn items(&self) -> &[u64] {
-        match self {
-            Self::Native(list) => list.get().items(),
-            Self::Copied(items) => items,
-        }
-    }
 }
 
 /// The serialized `IngestResponse` of ``(n_stored, n_duplicates, offsets)``, byte for byte what

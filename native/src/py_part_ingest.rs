@@ -92,9 +92,9 @@ impl PyPartIngest {
     /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
     /// each request event's offset (a duplicate's is its original's; a `UintList`), how many were
     /// duplicates, the log position of the record (None: nothing to log, no event stored and no
-    /// batch id), how many events it stores, the alerts they fired, and the exception that stopped the
-    /// steps after the record was appended (None). ``spec_of`` is what the batch was validated
-    /// against: its generations go in the record.
+    /// batch id), how many events it stores, the alerts they fired, and the exception that
+    /// stopped the steps after the record was appended (None). ``spec_of`` is what the batch was
+    /// validated against: its generations go in the record.
     fn __call__<'py>(
         &mut self,
         py: Python<'py>,

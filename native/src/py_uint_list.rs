@@ -28,13 +28,31 @@ impl PyUintList {
     }
 }
 
-/// The ints of `sequence`: a `UintList`'s read in place, a list's or tuple's item by item, any
-/// other sequence's through its iterator; TypeError or OverflowError for an item that is not an
-/// unsigned 64-bit int.
-pub fn uints_of(sequence: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
-    if let Ok(list) = sequence.cast::<PyUintList>() {
-        return Ok(list.get().items.clone());
+/// A sequence of unsigned 64-bit ints as a slice: a `UintList`'s read in place, any other's
+/// copied (a list's or tuple's item by item, another sequence's through its iterator).
+pub enum Uints<'a, 'py> {
+    Native(&'a Bound<'py, PyUintList>),
+    Copied(Vec<u64>),
+}
+
+impl<'a, 'py> Uints<'a, 'py> {
+    /// TypeError or OverflowError for an item that is not an unsigned 64-bit int.
+    pub fn of(sequence: &'a Bound<'py, PyAny>) -> PyResult<Self> {
+        match sequence.cast::<PyUintList>() {
+            Ok(list) => Ok(Self::Native(list)),
+            Err(_) => Ok(Self::Copied(copied(sequence)?)),
+        }
     }
+
+    pub fn items(&self) -> &[u64] {
+        match self {
+            Self::Native(list) => list.get().items(),
+            Self::Copied(items) => items,
+        }
+    }
+}
+
+fn copied(sequence: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     if let Ok(list) = sequence.cast::<PyList>() {
         return list.iter().map(|item| item.extract()).collect();
     }
@@ -50,7 +68,7 @@ impl PyUintList {
     #[pyo3(signature = (items=None))]
     fn py_new(items: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         Ok(Self::new(match items {
-            Some(items) => uints_of(items)?,
+            Some(items) => Uints::of(items)?.items().to_vec(),
             None => Vec::new(),
         }))
     }
@@ -109,7 +127,7 @@ impl PyUintList {
         }
         let is_plain = other.cast::<PyList>().is_ok() || other.cast::<PyTuple>().is_ok();
         // An item that is no unsigned 64-bit int equals none of ours.
-        is_plain && uints_of(other).is_ok_and(|items| items == self.items)
+        is_plain && copied(other).is_ok_and(|items| items == self.items)
     }
 }
 
