@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["function_counts", "main", "thread_total", "thread_totals"]
+__all__ = ["function_counts", "main", "thread_totals"]
 
 _PARTITIONS = 64
 _CALLERS = 4
@@ -61,11 +61,6 @@ def thread_totals(callgrind_out: str) -> dict[str, int]:
         elif line.startswith(("summary:", "totals:")):
             return dict(zip(events, map(int, line.split()[1:]), strict=False))
     raise ValueError("no summary or totals line: not a callgrind output file")
-
-
-def thread_total(callgrind_out: str) -> int:
-    """The instruction count a callgrind output file records."""
-    return thread_totals(callgrind_out)["Ir"]
 
 
 def function_counts(annotated: str) -> dict[str, int]:
@@ -215,8 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     grown = {event: (high_totals[event] - low_totals.get(event, 0)) / (2 * n) for event in high_totals}
     per_request = grown["Ir"]
     print(f"event loop's thread: {per_request:,.0f} instructions per {args.batch}-event request")
+    reads, writes = (grown.get(event, 0.0) for event in _MISSES)
     if args.cache:
-        reads, writes = (grown[event] for event in _MISSES)
         print(
             f"last-level misses ({_LAST_LEVEL.split(',')[0]} B simulated): {reads:,.0f} reads and "
             f"{writes:,.0f} writes per request, {(reads + writes) / args.batch:.2f} an event"
@@ -225,9 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     native = {f: c for f, c in high_all.items() if "unimeter_native::" in f and "'" not in f}
     _print_grown("native step (with what it calls)", low_all, native, n, per_request, args.top)
     if args.cache:
-        total_misses = sum(grown[event] for event in _MISSES)
         _print_grown(
-            "function (its own last-level misses)", low_misses, high_misses, n, total_misses, args.top
+            "function (its own last-level misses)", low_misses, high_misses, n, reads + writes, args.top
         )
     return 0
 
