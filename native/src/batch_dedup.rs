@@ -13,7 +13,12 @@ use crate::int_hash::IntMap;
 use crate::msgpack_writer::MsgpackWriter;
 
 /// What the loop found: `python_dedup_batch`'s lists, the stored events, and their packed rows.
-#[derive(Debug, Default, PartialEq, Eq)]
+///
+/// A partition's ingest keeps one and hands it to every part (`dedup_batch` clears it first), so
+/// that a part allocates only what it hands on (its offsets, its stored events): the keys, the
+/// batch's own key map and the packed rows (a kilobyte or more, a request of glibc's large bins
+/// that first consolidates every small chunk freed since) reuse the last part's buffers.
+#[derive(Debug, Default)]
 pub struct BatchDedup {
     /// Each event's offset (a duplicate's is its original's).
     pub offsets: Vec<u64>,
@@ -26,7 +31,24 @@ pub struct BatchDedup {
     pub new_keys: Vec<u64>,
     pub key_offsets: Vec<u64>,
     /// The stored events' msgpack rows, one after the other (the record's bulk).
-    pub packed_rows: Vec<u8>,
+    pub packed_rows: MsgpackWriter,
+    /// Each event's key, computed before any is probed.
+    keys: Vec<Option<u64>>,
+    /// The batch's own keys so far, and their offsets.
+    batch_keys: IntMap<u64, u64>,
+}
+
+/// Parts of up to this many events leave their buffers for the next part; a larger one's are
+/// freed, so that one huge request does not pin its buffers in every partition it reached.
+const KEPT_FOR_EVENTS: usize = 4096;
+
+impl BatchDedup {
+    /// Free the buffers if a part larger than `KEPT_FOR_EVENTS` grew them.
+    pub fn release_if_large(&mut self) {
+        if self.keys.capacity() > KEPT_FOR_EVENTS {
+            *self = Self::default();
+        }
+    }
 }
 
 /// The dedup key of an event under its metric's `generation` (None: no id and no time of its
@@ -75,40 +97,45 @@ fn compute_key(batch: &EventBatch, e: &BatchEvent, generation: u64) -> Option<u6
     }))
 }
 
-/// Deduplicate and stamp `batch` against `table`; `generations[c]` is the generation of the
-/// batch's code `c`, the first new event gets `first_offset`.
+/// Deduplicate and stamp `batch` against `table` into `out` (whatever it held is cleared);
+/// `generations[c]` is the generation of the batch's code `c`, the first new event gets
+/// `first_offset`.
 pub fn dedup_batch(
+    out: &mut BatchDedup,
     table: &DedupTable,
     batch: &EventBatch,
     generations: &[u64],
     first_offset: u64,
     arrival: i64,
-) -> BatchDedup {
+) {
     let n = batch.len();
-    let mut out = BatchDedup {
-        offsets: Vec::with_capacity(n),
-        stored: Vec::with_capacity(n),
-        new_keys: Vec::with_capacity(n),
-        key_offsets: Vec::with_capacity(n),
-        ..BatchDedup::default()
-    };
-    let mut packed = MsgpackWriter::with_capacity(64 * n);
+    for list in [&mut out.offsets, &mut out.new_keys, &mut out.key_offsets] {
+        list.clear();
+        list.reserve(n);
+    }
+    out.stored.clear();
+    out.stored.reserve(n);
+    out.stamped.clear();
+    out.duplicates.clear();
+    out.packed_rows.buf.clear();
+    out.packed_rows.buf.reserve(64 * n);
+    out.batch_keys.clear();
+    out.batch_keys.reserve(n);
     // Every key first, their table slots prefetched, then the probes: the misses overlap.
-    let keys: Vec<Option<u64>> =
-        batch.events.iter().map(|e| key_of(batch, e, generations[e.code as usize])).collect();
-    for &key in keys.iter().flatten() {
+    out.keys.clear();
+    out.keys.extend(batch.events.iter().map(|e| key_of(batch, e, generations[e.code as usize])));
+    for &key in out.keys.iter().flatten() {
         table.prefetch(key);
     }
-    let mut batch_keys: IntMap<u64, u64> = IntMap::with_capacity_and_hasher(n, Default::default());
     let mut next_offset = first_offset;
-    for (i, (e, key)) in batch.events.iter().zip(keys).enumerate() {
+    for (i, (e, &key)) in batch.events.iter().zip(&out.keys).enumerate() {
         if let Some(key) = key {
-            if let Some(original) = batch_keys.get(&key).copied().or_else(|| table.get(key)) {
+            if let Some(original) = out.batch_keys.get(&key).copied().or_else(|| table.get(key)) {
                 out.offsets.push(original);
                 out.duplicates.push((i, original));
                 continue;
             }
-            batch_keys.insert(key, next_offset);
+            out.batch_keys.insert(key, next_offset);
             out.new_keys.push(key);
             out.key_offsets.push(next_offset);
         }
@@ -117,13 +144,11 @@ pub fn dedup_batch(
             out.stamped.push(out.stored.len());
             stored = stored.stamped(arrival);
         }
-        batch.pack_row(&mut packed, &stored);
+        batch.pack_row(&mut out.packed_rows, &stored);
         out.stored.push(stored);
         out.offsets.push(next_offset);
         next_offset += 1;
     }
-    out.packed_rows = packed.buf;
-    out
 }
 
 #[cfg(test)]
@@ -184,7 +209,8 @@ mod tests {
             (2, "m", 5, ""),
             (3, "m", 0, ""),
         ]);
-        let out = dedup_batch(&table, &b, &[7], 10, 99);
+        let mut out = BatchDedup::default();
+        dedup_batch(&mut out, &table, &b, &[7], 10, 99);
         assert_eq!(out.offsets, [10, 10, 4, 11, 11, 12]);
         assert_eq!(out.duplicates, [(1, 10), (2, 4), (4, 11)]);
         assert_eq!(out.stamped, [2]);
@@ -194,6 +220,31 @@ mod tests {
         );
         assert_eq!(out.key_offsets, [10, 11]);
         assert_eq!(out.new_keys.len(), 2);
+    }
+
+    #[test]
+    fn a_reused_outcome_answers_as_a_fresh_one() {
+        let table = DedupTable::new(WINDOW);
+        let first = batch(&[(1, "m", 9, "a"), (1, "m", 9, "a"), (2, "m", 0, ""), (3, "m", 5, "")]);
+        let second = batch(&[(4, "m", 0, ""), (1, "m", 9, "b")]);
+        let mut reused = BatchDedup::default();
+        dedup_batch(&mut reused, &table, &first, &[7], 10, 99);
+        dedup_batch(&mut reused, &table, &second, &[7], 20, 98);
+        let mut fresh = BatchDedup::default();
+        dedup_batch(&mut fresh, &table, &second, &[7], 20, 98);
+        assert_eq!(reused.offsets, fresh.offsets);
+        assert_eq!(reused.stored, fresh.stored);
+        assert_eq!(reused.stamped, fresh.stamped);
+        assert_eq!(reused.duplicates, fresh.duplicates);
+        assert_eq!((&reused.new_keys, &reused.key_offsets), (&fresh.new_keys, &fresh.key_offsets));
+        assert_eq!(reused.packed_rows.buf, fresh.packed_rows.buf);
+        assert_eq!(reused.stamped, [0]);
+
+        let huge: Vec<(u64, &str, i64, &str)> =
+            (0..=KEPT_FOR_EVENTS as u64).map(|a| (a, "m", 5, "")).collect();
+        dedup_batch(&mut reused, &table, &batch(&huge), &[7], 30, 97);
+        reused.release_if_large();
+        assert_eq!(reused.keys.capacity(), 0);
     }
 
     #[test]

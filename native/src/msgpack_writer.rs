@@ -8,7 +8,7 @@
 pub struct OutOfRange;
 
 /// A growing buffer of msgpack.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct MsgpackWriter {
     pub buf: Vec<u8>,
 }

@@ -41,7 +41,7 @@ pub fn batch_record_bytes<'py>(
         n_requested: found.offsets.len(), // one offset per requested event
         duplicates: &found.duplicates,
     };
-    event_record_bytes(py, &head, &found.packed_rows, framed)
+    event_record_bytes(py, &head, &found.packed_rows.buf, framed)
 }
 
 /// Index a stored batch's events under the record at `position`.

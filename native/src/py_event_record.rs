@@ -33,7 +33,9 @@ pub struct RecordHead<'a, 'py> {
 /// A partition part's event record as Python bytes, or None when the part logs nothing: no event
 /// stored and no batch id to remember (duplicates only, sent without an id). With `framed`, the
 /// bytes are the record's frame in a segment log (`segment_scan::frame_header`, then the record),
-/// for `SegmentLog.append_frame`.
+/// for `SegmentLog.append_frame`. The record is written straight into the bytes object: its
+/// fields before and after the rows are encoded first (a few dozen bytes), then copied around
+/// the packed rows, which are copied once.
 pub fn event_record_bytes<'py>(
     py: Python<'py>,
     head: &RecordHead<'_, 'py>,
@@ -43,27 +45,38 @@ pub fn event_record_bytes<'py>(
     if head.n_stored == 0 && head.batch_id.is_empty() {
         return Ok(None);
     }
+    let (fields, rows_at) = encode_record_fields(head)?;
+    let (before, after) = fields.split_at(rows_at);
     let room = if framed { HEADER_SIZE } else { 0 };
-    let mut bytes = encode_event_record(head, packed_rows, room)?;
-    if framed {
-        let length = u32::try_from(bytes.len() - HEADER_SIZE)
-            .map_err(|_| PyValueError::new_err("an event record exceeds the 4 GiB frame limit"))?;
-        let (header, record) = bytes.split_at_mut(HEADER_SIZE);
-        header.copy_from_slice(&frame_header(length, record));
-    }
-    Ok(Some(PyBytes::new(py, &bytes)))
+    let length = before.len() + packed_rows.len() + after.len();
+    let frame_length = match framed {
+        true => u32::try_from(length)
+            .map_err(|_| PyValueError::new_err("an event record exceeds the 4 GiB frame limit"))?,
+        false => 0,
+    };
+    let bytes = PyBytes::new_with(py, room + length, |buf| {
+        let (header, record) = buf.split_at_mut(room);
+        let (head_part, rest) = record.split_at_mut(before.len());
+        head_part.copy_from_slice(before);
+        let (rows_part, tail_part) = rest.split_at_mut(packed_rows.len());
+        rows_part.copy_from_slice(packed_rows);
+        tail_part.copy_from_slice(after);
+        if framed {
+            header.copy_from_slice(&frame_header(frame_length, record));
+        }
+        Ok(())
+    })?;
+    Ok(Some(bytes))
 }
 
-/// The record's bytes from its head and the msgpack of its rows (`n_stored` packed rows), after
-/// `room` bytes left for a header.
-fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8], room: usize) -> PyResult<Vec<u8>> {
-    // Sized for the whole record (a regrown buffer copies the rows again): each code's string
-    // and generation take at most its length + 14 bytes, the other fields at most 64.
+/// The record's msgpack but its rows: the fields up to the rows' array header, then the fields
+/// after the rows, and where the rows go between them.
+fn encode_record_fields(head: &RecordHead<'_, '_>) -> PyResult<(Vec<u8>, usize)> {
+    // Each code's string and generation take at most its length + 14 bytes, the other fields at
+    // most 64: sized once.
     let codes: usize = head.generations.iter().map(|(code, _)| code.to_str().map_or(0, str::len) + 14).sum();
     let lists = 10 * head.stamped.len() + 22 * head.duplicates.len();
-    let mut w =
-        MsgpackWriter::with_capacity(room + packed_rows.len() + head.batch_id.len() + codes + lists + 64);
-    w.buf.resize(room, 0);
+    let mut w = MsgpackWriter::with_capacity(head.batch_id.len() + codes + lists + 64);
     w.array(9);
     w.uint(EVENT_RECORD_VERSION);
     w.uint(head.first_offset);
@@ -75,7 +88,7 @@ fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8], room: usiz
         w.uint(*generation);
     }
     w.array(head.n_stored);
-    w.buf.extend_from_slice(packed_rows);
+    let rows_at = w.buf.len();
     w.array(head.stamped.len());
     for &i in head.stamped {
         w.uint(i as u64);
@@ -87,7 +100,7 @@ fn encode_event_record(head: &RecordHead<'_, '_>, packed_rows: &[u8], room: usiz
         w.uint(i as u64);
         w.uint(original);
     }
-    Ok(w.buf)
+    Ok((w.buf, rows_at))
 }
 
 /// Append the msgpack of a Python value, as the `msgpack` package writes it.

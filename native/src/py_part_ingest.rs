@@ -19,7 +19,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use crate::batch_dedup::dedup_batch;
+use crate::batch_dedup::{dedup_batch, BatchDedup};
 use crate::event_batch::CodeGroups;
 use crate::guarded;
 use crate::py_batch_ingest::{apply_to_native, batch_record_bytes, index_batch, store_of};
@@ -50,6 +50,8 @@ pub struct PyPartIngest {
     stepwise: Py<PyAny>,
     /// What the last parts resolved for each metric, reused while the objects are the same.
     known: Vec<KnownMetric>,
+    /// The dedup loop's outcome, its buffers reused from part to part (`BatchDedup`).
+    found: BatchDedup,
 }
 
 /// A metric as a part last resolved it: a part names a handful of metrics, and reading their
@@ -86,7 +88,18 @@ impl PyPartIngest {
         framed: bool,
         stepwise: Py<PyAny>,
     ) -> Self {
-        Self { stores, store_for, dedup, index, spec_of, append, framed, stepwise, known: Vec::new() }
+        Self {
+            stores,
+            store_for,
+            dedup,
+            index,
+            spec_of,
+            append,
+            framed,
+            stepwise,
+            known: Vec::new(),
+            found: BatchDedup::default(),
+        }
     }
 
     /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
@@ -111,29 +124,30 @@ impl PyPartIngest {
         let validated = guarded(|| self.validated_metrics(py, batch, spec_of))?;
         let generations: Vec<u64> = validated.iter().map(|m| m.generation).collect();
         let dedup = self.dedup.bind(py).clone();
-        let found = {
+        // Taken for the call (a move of its vectors, no allocation) and put back at the end; a
+        // call that fails part-way leaves a fresh one.
+        let mut found = std::mem::take(&mut self.found);
+        {
             let index = dedup.borrow();
             let table = index.table();
             // The loop reads only Rust data: the GIL is released for it.
             py.detach(|| {
-                guarded(|| Ok(dedup_batch(table, &batch.batch, &generations, first_offset, arrival)))
-            })?
-        };
+                guarded(|| {
+                    dedup_batch(&mut found, table, &batch.batch, &generations, first_offset, arrival);
+                    Ok(())
+                })
+            })?;
+        }
         let n_duplicates = found.duplicates.len();
         let n_stored = found.stored.len();
         let record = guarded(|| {
             let generations: Vec<_> = validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
             batch_record_bytes(py, &generations, &found, first_offset, arrival, batch_id, self.framed)
         })?;
+        let offsets = PyUintList::new(std::mem::take(&mut found.offsets));
         let Some(record) = record else {
-            let outcome = (
-                PyUintList::new(found.offsets),
-                n_duplicates,
-                None::<u64>,
-                0,
-                PyList::empty(py),
-                None::<PyErr>,
-            );
+            self.keep(found);
+            let outcome = (offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);
             return Ok(outcome.into_pyobject(py)?.into_any());
         };
         let position: u64 = self.append.bind(py).call1((record,))?.extract()?;
@@ -141,17 +155,22 @@ impl PyPartIngest {
         let fired = PyList::empty(py);
         let error = guarded(|| {
             dedup.borrow_mut().add_keys(arrival, &found.new_keys, &found.key_offsets)?;
-            let stored = batch.with_events(found.stored);
+            let stored = batch.with_events(std::mem::take(&mut found.stored));
             self.apply(py, &validated, &stored, position, first_offset as i64, &fired)
         })
         .err();
-        Ok((PyUintList::new(found.offsets), n_duplicates, Some(position), n_stored, fired, error)
-            .into_pyobject(py)?
-            .into_any())
+        self.keep(found);
+        Ok((offsets, n_duplicates, Some(position), n_stored, fired, error).into_pyobject(py)?.into_any())
     }
 }
 
 impl PyPartIngest {
+    /// Keep `found`'s buffers for the next part (unless a huge part grew them).
+    fn keep(&mut self, mut found: BatchDedup) {
+        found.release_if_large();
+        self.found = found;
+    }
+
     /// Each metric of `batch` (by code number) as `spec_of` gives it.
     fn validated_metrics<'py>(
         &mut self,
