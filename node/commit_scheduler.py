@@ -62,10 +62,12 @@ class CommitScheduler:
 
     # ------------------------------------------------------------------ what callers wait for
 
-    async def flush(self, partition: Partition) -> None:
-        """Make everything ``partition`` appended so far durable, then publish the alerts it
-        holds. Raises if one of its logs failed."""
-        mark = partition.flush_mark()
+    async def flush(self, partition: Partition, mark: tuple[int, int, int] | None = None) -> None:
+        """Make everything ``partition`` appended so far (or up to ``mark``, a
+        :meth:`Partition.flush_mark` taken earlier) durable, then publish the alerts the mark
+        counts. Raises if one of its logs failed."""
+        if mark is None:
+            mark = partition.flush_mark()
         _, events_end, alerts_end = mark
         # Both logs at once (one hand-off to the fsync threads, not two in a row): an alert record
         # may reach the disk before its events, and recovery cuts any alert record whose events
@@ -78,17 +80,24 @@ class CommitScheduler:
         partition.publish_durable(mark)
 
     async def make_durable(self, partitions: Sequence[Partition]) -> None:
-        """A SYNC call's wait: every partition it wrote durable (and its alerts published).
+        """A SYNC call's wait: what it wrote to every partition durable (and the alerts it counted
+        published).
 
         One partition: its own flush. Several: one group commit for all their logs, then each
         partition's own flush, which returns at once if the group covered it, waits for a round
-        already in flight otherwise, raises if its log failed, and publishes its alerts."""
+        already in flight otherwise, raises if its log failed, and publishes its alerts. The
+        marks are taken first: a call waits for what it appended, never for what calls appended
+        after it while its group was being synced. (Marks taken after the group, as they once
+        were, asked for the later calls' records too: with a few SYNC callers storing at once,
+        nearly every partition then took a round of its own, one fdatasync per log, where the
+        group's one ``syncfs`` had covered the call.)"""
         if len(partitions) == 1:
             await self.flush(partitions[0])
             return
+        marks = [partition.flush_mark() for partition in partitions]
         await self._commit_group(partitions, background=False)
-        for partition in partitions:
-            await self.flush(partition)
+        for partition, mark in zip(partitions, marks, strict=True):
+            await self.flush(partition, mark)
 
     def flush_urgent(self, partitions: Sequence[Partition]) -> None:
         """Flush partitions whose batch fired alerts now, and publish them; the tick skips them.

@@ -566,3 +566,48 @@ async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_
         gate.set()
         monkeypatch.undo()
         await node.close()
+
+
+async def test_a_sync_call_over_partitions_waits_for_what_it_appended_not_for_later_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SYNC call over several partitions takes its marks before its group commit: records that
+    other calls append while the group syncs are theirs to wait for. (Marks taken after the group
+    made the call wait for them as well, each partition then syncing in a round of its own.)"""
+    config = NodeConfig(
+        tmp_path / "data", partitions=4, flush_interval=3600, engine="python", sync_filesystem=False
+    )
+    node = Node(config)
+    await node.start()
+    held = threading.Event()
+    entered = threading.Event()
+    real = segment_log._fsync
+
+    def holding_first(fd: int) -> None:
+        if not entered.is_set():
+            entered.set()
+            held.wait(10)
+        real(fd)
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        first: list[EventRow] = [(a, "calls", 1, T0 + a, None, 1, f"s{a}") for a in range(1, 41)]
+        later: list[EventRow] = [(a, "calls", 2, T0 + a, None, 1, f"a{a}") for a in range(1, 41)]
+        assert len({client.partition_of(a) for a, *_ in first}) == 4
+        monkeypatch.setattr(segment_log, "_fsync", holding_first)
+        sync_call = asyncio.create_task(client.ingest_rows(first, sync=True))
+        assert await asyncio.to_thread(entered.wait, 5)  # the group's rounds are syncing
+        await client.ingest_rows(later, sync=False)
+        ends = [p.events.end_position for p in node.partitions]
+        held.set()
+        result = await asyncio.wait_for(sync_call, 5)
+        assert result.n_stored == 40
+        # Acknowledged with the later records still buffered: the next tick (an hour away) or a
+        # flush of their own makes them durable, not the first call.
+        assert all(p.events.durable_position < end for p, end in zip(node.partitions, ends, strict=True))
+        assert sum((await sums(client, set(range(1, 41)))).values()) == 120
+    finally:
+        held.set()
+        monkeypatch.undo()
+        await node.close()
