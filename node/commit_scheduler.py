@@ -83,9 +83,9 @@ class CommitScheduler:
         """A SYNC call's wait: what it wrote to every partition durable (and the alerts it counted
         published).
 
-        One partition: its own flush. Several: one group commit for all their logs, then each
-        partition's own flush, which returns at once if the group covered it, waits for a round
-        already in flight otherwise, raises if its log failed, and publishes its alerts. The
+        One partition: its own flush. Several: one group commit for all their logs, then for each
+        partition its alerts published if the group covered it, else its own flush, which waits
+        for a round already in flight, raises if its log failed, and publishes its alerts. The
         marks are taken first: a call waits for what it appended, never for what calls appended
         after it while its group was being synced. (Marks taken after the group, as they once
         were, asked for the later calls' records too: with a few SYNC callers storing at once,
@@ -97,7 +97,9 @@ class CommitScheduler:
         marks = [partition.flush_mark() for partition in partitions]
         await self._commit_group(partitions, background=False)
         for partition, mark in zip(partitions, marks, strict=True):
-            await self.flush(partition, mark)
+            # Covered by the group (nearly always): published here, without a coroutine each.
+            if not partition.publish_durable(mark):
+                await self.flush(partition, mark)
 
     def flush_urgent(self, partitions: Sequence[Partition]) -> None:
         """Flush partitions whose batch fired alerts now, and publish them; the tick skips them.
