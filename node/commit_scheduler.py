@@ -41,6 +41,10 @@ class CommitScheduler:
         self._urgent: set[asyncio.Task[None]] = set()
         self._urgent_partitions: set[int] = set()
         """Partitions an urgent alert flush is making durable: the tick leaves their logs to it."""
+        self._sync_waiters: list[asyncio.Future[None]] | None = None
+        """While a SYNC calls' group commit is in flight: the waiters of the next one (else None)."""
+        self._sync_next: set[int] = set()
+        """The partitions of the next SYNC group: those of every call waiting for it."""
         self._closing = False
 
     def start(self, partitions: Collection[Partition]) -> None:
@@ -83,8 +87,9 @@ class CommitScheduler:
         """A SYNC call's wait: what it wrote to every partition durable (and the alerts it counted
         published).
 
-        One partition: its own flush. Several: one group commit for all their logs, then for each
-        partition its alerts published if the group covered it, else its own flush, which waits
+        One partition: its own flush. Several: one group commit for all their logs (shared with
+        the SYNC calls around it, :meth:`_sync_group`), then for each partition its alerts
+        published if the group covered it, else its own flush, which waits
         for a round already in flight, raises if its log failed, and publishes its alerts. The
         marks are taken first: a call waits for what it appended, never for what calls appended
         after it while its group was being synced. (Marks taken after the group, as they once
@@ -95,7 +100,7 @@ class CommitScheduler:
             await self.flush(partitions[0])
             return
         marks = [partition.flush_mark() for partition in partitions]
-        await self._commit_group(partitions, background=False)
+        await self._sync_group(partitions)
         for partition, mark in zip(partitions, marks, strict=True):
             # Covered by the group (nearly always): published here, without a coroutine each.
             if not partition.publish_durable(mark):
@@ -125,6 +130,47 @@ class CommitScheduler:
         self._backend.commit_group([p.number for p in partitions], background=False, then=publish)
 
     # ------------------------------------------------------------------ internals
+
+    async def _sync_group(self, partitions: Sequence[Partition]) -> None:
+        """Group commit across SYNC calls: one group at a time, and the calls that arrive while it
+        is in flight wait for the next one, which starts as it ends and covers all their
+        partitions (a group skips the logs that have a round in flight, so a call that started
+        its own then had most of its partitions sync in rounds of their own, one per log).
+        Cancelling a wait cancels only that waiter's future: the groups go on."""
+        done = asyncio.get_running_loop().create_future()
+        numbers = [p.number for p in partitions]
+        if self._sync_waiters is None:
+            self._sync_waiters = []
+            self._start_sync_group(numbers, [done])
+        else:
+            self._sync_next.update(numbers)
+            self._sync_waiters.append(done)
+        await done
+
+    def _start_sync_group(self, numbers: Sequence[int], waiters: list[asyncio.Future[None]]) -> None:
+        try:
+            self._backend.commit_group(
+                numbers, background=False, then=partial(self._sync_group_done, waiters)
+            )
+        except Exception as exc:  # not a log's I/O error (that fails the log, then `then` runs)
+            # Every caller of this group and of the next gets the error; none is left waiting.
+            waiting, self._sync_waiters, self._sync_next = self._sync_waiters or [], None, set()
+            for waiter in [*waiters, *waiting]:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+
+    def _sync_group_done(self, waiters: list[asyncio.Future[None]]) -> None:
+        """A SYNC group is finished: release its callers, and start the next group if calls are
+        waiting for one."""
+        for waiter in waiters:
+            release(waiter)
+        following = self._sync_waiters
+        if not following:
+            self._sync_waiters = None
+            return
+        numbers = sorted(self._sync_next)
+        self._sync_waiters, self._sync_next = [], set()
+        self._start_sync_group(numbers, following)
 
     async def _commit_group(self, partitions: Sequence[Partition], *, background: bool) -> None:
         """The backend's group commit, waited for. Cancelling the wait cancels only this waiter's

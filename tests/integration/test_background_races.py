@@ -611,3 +611,63 @@ async def test_a_sync_call_over_partitions_waits_for_what_it_appended_not_for_la
         held.set()
         monkeypatch.undo()
         await node.close()
+
+
+async def test_sync_calls_arriving_while_a_group_syncs_share_the_next_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SYNC calls over several partitions that arrive while a SYNC group commit is in flight wait
+    for the next group, which covers all their partitions at once: no partition syncs in a round
+    of its own. A caller that gives up waiting leaves the groups going; every call's records are
+    durable when it is acknowledged."""
+    config = NodeConfig(
+        tmp_path / "data", partitions=4, flush_interval=3600, engine="python", sync_filesystem=False
+    )
+    node = Node(config)
+    await node.start()
+    held = threading.Event()
+    entered = threading.Event()
+    real = segment_log._fsync
+    own_rounds = [0]
+    real_start_job = segment_log.SegmentLog._start_job
+
+    def holding_first(fd: int) -> None:
+        if not entered.is_set():
+            entered.set()
+            held.wait(10)
+        real(fd)
+
+    def counted_start_job(
+        log: segment_log.SegmentLog, fsync: bool, waiters: list[asyncio.Future[None]]
+    ) -> None:
+        own_rounds[0] += 1
+        real_start_job(log, fsync, waiters)
+
+    def rows(tag: str, value: int) -> list[EventRow]:
+        return [(a, "calls", value, T0 + a, None, 1, f"{tag}{a}") for a in range(1, 41)]
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        monkeypatch.setattr(segment_log, "_fsync", holding_first)
+        monkeypatch.setattr(segment_log.SegmentLog, "_start_job", counted_start_job)
+        first = asyncio.create_task(client.ingest_rows(rows("a", 1), sync=True))
+        assert await asyncio.to_thread(entered.wait, 5)  # the first group is syncing
+        second = asyncio.create_task(client.ingest_rows(rows("b", 2), sync=True))
+        third = asyncio.create_task(client.ingest_rows(rows("c", 4), sync=True))
+        gives_up = asyncio.create_task(client.ingest_rows(rows("d", 8), sync=True))
+        await asyncio.sleep(0.2)  # all three stored, waiting for the next group
+        assert not (second.done() or third.done() or gives_up.done())
+        gives_up.cancel()
+        held.set()
+        results = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+        assert [r.n_stored for r in results] == [40, 40, 40]
+        assert all(p.events.durable_position == p.events.end_position for p in node.partitions)
+        assert own_rounds[0] == 0
+        with pytest.raises(asyncio.CancelledError):
+            await gives_up
+        assert sum((await sums(client, set(range(1, 41)))).values()) == 40 * (1 + 2 + 4 + 8)
+    finally:
+        held.set()
+        monkeypatch.undo()
+        await node.close()
