@@ -13,7 +13,7 @@ import contextlib
 import errno
 import shutil
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,6 +107,48 @@ async def test_events_ingested_while_a_snapshot_packs_are_counted_once_after_rec
         assert sum(expected.values()) == len(touched) + 2 * 100 * during + 5
     finally:
         await recovered.close()
+
+
+@contextlib.contextmanager
+def first_fsync_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """Hold the first log fsync from here on (in its thread) until ``release`` is set; yields
+    ``(entered, release)``, ``entered`` set once that fsync waits."""
+    entered, release, lock = threading.Event(), threading.Event(), threading.Lock()
+    real = segment_log._fsync
+
+    def holding_first(fd: int) -> None:
+        with lock:
+            first = not entered.is_set()
+            entered.set()
+        if first:
+            release.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(segment_log, "_fsync", holding_first)
+    try:
+        yield entered, release
+    finally:
+        release.set()
+
+
+@contextlib.asynccontextmanager
+async def four_partitions_on_threads(directory: Path) -> AsyncIterator[tuple[Node, Client]]:
+    """A node of 4 partitions whose rounds sync one log at a time on the fsync threads (the python
+    engine, no ``syncfs``: what ``first_fsync_held`` holds), no tick for an hour, metric ``calls``."""
+    config = NodeConfig(directory, partitions=4, flush_interval=3600, engine="python", sync_filesystem=False)
+    node = Node(config)
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        yield node, client
+    finally:
+        await node.close()
+
+
+def calls_rows(tag: str, value: int) -> list[EventRow]:
+    """One event of ``value`` for each of accounts 1-40 (all 4 partitions of a 4-partition node)."""
+    return [(a, "calls", value, T0 + a, None, 1, f"{tag}{a}") for a in range(1, 41)]
 
 
 @pytest.mark.parametrize("sync_filesystem", [True, False], ids=["syncfs", "fdatasync-per-log"])
@@ -208,35 +250,23 @@ async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_tha
     and exactly once."""
     node = Node(NodeConfig(tmp_path / "data", partitions=1))
     await node.start()
-    held = threading.Event()
-    entered = threading.Event()
-    real = segment_log._fsync
-    calls = [0]
-
-    def holding_first(fd: int) -> None:
-        calls[0] += 1
-        if calls[0] == 1:
-            entered.set()
-            held.wait(10)
-        real(fd)
-
     try:
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
         partition = node.partitions[0]
         async with client.alerts.subscribe() as subscription:
-            monkeypatch.setattr(segment_log, "_fsync", holding_first)
-            sync_call = asyncio.create_task(
-                client.ingest_rows([(1, "calls", 1, T0, None, 1, "s")], sync=True)
-            )
-            assert await asyncio.to_thread(entered.wait, 5)
-            await client.ingest_rows([(1, "calls", 9, T0 + 1, None, 1, "a")], sync=False)  # reaches 10
-            assert len(partition.alerts) == 1
-            await asyncio.sleep(0.2)  # the urgent round is done; the event log is still held
-            assert partition.published_alert_offset == 0
-            assert partition.events.durable_position < partition.events.end_position
-            held.set()
-            await asyncio.wait_for(sync_call, 5)
+            with first_fsync_held(monkeypatch) as (entered, held):
+                sync_call = asyncio.create_task(
+                    client.ingest_rows([(1, "calls", 1, T0, None, 1, "s")], sync=True)
+                )
+                assert await asyncio.to_thread(entered.wait, 5)
+                await client.ingest_rows([(1, "calls", 9, T0 + 1, None, 1, "a")], sync=False)  # reaches 10
+                assert len(partition.alerts) == 1
+                await asyncio.sleep(0.2)  # the urgent round is done; the event log is still held
+                assert partition.published_alert_offset == 0
+                assert partition.events.durable_position < partition.events.end_position
+                held.set()
+                await asyncio.wait_for(sync_call, 5)
             alert = await asyncio.wait_for(anext(aiter(subscription)), 5)
             assert (alert.threshold_code, alert.offset, alert.value_at_cross) == ("cap", 1, 10)
             assert partition.published_alert_offset == 1
@@ -244,7 +274,6 @@ async def test_an_alert_whose_log_is_held_by_another_round_is_published_once_tha
             await asyncio.sleep(0.1)
             assert subscription.offsets()[0] == 1  # nothing after it: published once
     finally:
-        held.set()
         monkeypatch.undo()
         await node.close()
 
@@ -574,43 +603,19 @@ async def test_a_sync_call_over_partitions_waits_for_what_it_appended_not_for_la
     """A SYNC call over several partitions takes its marks before its group commit: records that
     other calls append while the group syncs are theirs to wait for. (Marks taken after the group
     made the call wait for them as well, each partition then syncing in a round of its own.)"""
-    config = NodeConfig(
-        tmp_path / "data", partitions=4, flush_interval=3600, engine="python", sync_filesystem=False
-    )
-    node = Node(config)
-    await node.start()
-    held = threading.Event()
-    entered = threading.Event()
-    real = segment_log._fsync
-
-    def holding_first(fd: int) -> None:
-        if not entered.is_set():
-            entered.set()
-            held.wait(10)
-        real(fd)
-
-    try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(Metric("calls", AggType.SUM))
-        first: list[EventRow] = [(a, "calls", 1, T0 + a, None, 1, f"s{a}") for a in range(1, 41)]
-        later: list[EventRow] = [(a, "calls", 2, T0 + a, None, 1, f"a{a}") for a in range(1, 41)]
-        assert len({client.partition_of(a) for a, *_ in first}) == 4
-        monkeypatch.setattr(segment_log, "_fsync", holding_first)
-        sync_call = asyncio.create_task(client.ingest_rows(first, sync=True))
-        assert await asyncio.to_thread(entered.wait, 5)  # the group's rounds are syncing
-        await client.ingest_rows(later, sync=False)
-        ends = [p.events.end_position for p in node.partitions]
-        held.set()
-        result = await asyncio.wait_for(sync_call, 5)
+    async with four_partitions_on_threads(tmp_path / "data") as (node, client):
+        with first_fsync_held(monkeypatch) as (entered, held):
+            sync_call = asyncio.create_task(client.ingest_rows(calls_rows("s", 1), sync=True))
+            assert await asyncio.to_thread(entered.wait, 5)  # the group's rounds are syncing
+            await client.ingest_rows(calls_rows("a", 2), sync=False)
+            ends = [p.events.end_position for p in node.partitions]
+            held.set()
+            result = await asyncio.wait_for(sync_call, 5)
         assert result.n_stored == 40
         # Acknowledged with the later records still buffered: the next tick (an hour away) or a
         # flush of their own makes them durable, not the first call.
         assert all(p.events.durable_position < end for p, end in zip(node.partitions, ends, strict=True))
         assert sum((await sums(client, set(range(1, 41)))).values()) == 120
-    finally:
-        held.set()
-        monkeypatch.undo()
-        await node.close()
 
 
 async def test_sync_calls_arriving_while_a_group_syncs_share_the_next_group(
@@ -620,22 +625,8 @@ async def test_sync_calls_arriving_while_a_group_syncs_share_the_next_group(
     for the next group, which covers all their partitions at once: no partition syncs in a round
     of its own. A caller that gives up waiting leaves the groups going; every call's records are
     durable when it is acknowledged."""
-    config = NodeConfig(
-        tmp_path / "data", partitions=4, flush_interval=3600, engine="python", sync_filesystem=False
-    )
-    node = Node(config)
-    await node.start()
-    held = threading.Event()
-    entered = threading.Event()
-    real = segment_log._fsync
     own_rounds = [0]
     real_start_job = segment_log.SegmentLog._start_job
-
-    def holding_first(fd: int) -> None:
-        if not entered.is_set():
-            entered.set()
-            held.wait(10)
-        real(fd)
 
     def counted_start_job(
         log: segment_log.SegmentLog, fsync: bool, waiters: list[asyncio.Future[None]]
@@ -643,31 +634,22 @@ async def test_sync_calls_arriving_while_a_group_syncs_share_the_next_group(
         own_rounds[0] += 1
         real_start_job(log, fsync, waiters)
 
-    def rows(tag: str, value: int) -> list[EventRow]:
-        return [(a, "calls", value, T0 + a, None, 1, f"{tag}{a}") for a in range(1, 41)]
-
-    try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(Metric("calls", AggType.SUM))
-        monkeypatch.setattr(segment_log, "_fsync", holding_first)
+    async with four_partitions_on_threads(tmp_path / "data") as (node, client):
         monkeypatch.setattr(segment_log.SegmentLog, "_start_job", counted_start_job)
-        first = asyncio.create_task(client.ingest_rows(rows("a", 1), sync=True))
-        assert await asyncio.to_thread(entered.wait, 5)  # the first group is syncing
-        second = asyncio.create_task(client.ingest_rows(rows("b", 2), sync=True))
-        third = asyncio.create_task(client.ingest_rows(rows("c", 4), sync=True))
-        gives_up = asyncio.create_task(client.ingest_rows(rows("d", 8), sync=True))
-        await asyncio.sleep(0.2)  # all three stored, waiting for the next group
-        assert not (second.done() or third.done() or gives_up.done())
-        gives_up.cancel()
-        held.set()
-        results = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
+        with first_fsync_held(monkeypatch) as (entered, held):
+            first = asyncio.create_task(client.ingest_rows(calls_rows("a", 1), sync=True))
+            assert await asyncio.to_thread(entered.wait, 5)  # the first group is syncing
+            second = asyncio.create_task(client.ingest_rows(calls_rows("b", 2), sync=True))
+            third = asyncio.create_task(client.ingest_rows(calls_rows("c", 4), sync=True))
+            gives_up = asyncio.create_task(client.ingest_rows(calls_rows("d", 8), sync=True))
+            await asyncio.sleep(0.2)  # all three stored, waiting for the next group
+            assert not (second.done() or third.done() or gives_up.done())
+            gives_up.cancel()
+            held.set()
+            results = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
         assert [r.n_stored for r in results] == [40, 40, 40]
         assert all(p.events.durable_position == p.events.end_position for p in node.partitions)
         assert own_rounds[0] == 0
         with pytest.raises(asyncio.CancelledError):
             await gives_up
         assert sum((await sums(client, set(range(1, 41)))).values()) == 40 * (1 + 2 + 4 + 8)
-    finally:
-        held.set()
-        monkeypatch.undo()
-        await node.close()
