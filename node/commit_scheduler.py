@@ -89,13 +89,13 @@ class CommitScheduler:
 
         One partition: its own flush. Several: one group commit for all their logs (shared with
         the SYNC calls around it, :meth:`_sync_group`), then for each partition its alerts
-        published if the group covered it, else its own flush, which waits
-        for a round already in flight, raises if its log failed, and publishes its alerts. The
-        marks are taken first: a call waits for what it appended, never for what calls appended
-        after it while its group was being synced. (Marks taken after the group, as they once
-        were, asked for the later calls' records too: with a few SYNC callers storing at once,
-        nearly every partition then took a round of its own, one fdatasync per log, where the
-        group's one ``syncfs`` had covered the call.)"""
+        published if the group covered it, else its own flush, which waits for a round already in
+        flight, raises if its log failed, and publishes its alerts. The marks are taken first: a
+        call waits for what it appended, never for what calls appended after it while its group
+        was being synced. (Marks taken after the group, as they once were, asked for the later
+        calls' records too: with a few SYNC callers storing at once, nearly every partition then
+        took a round of its own, one fdatasync per log, where the group's one ``syncfs`` had
+        covered the call.)"""
         if len(partitions) == 1:
             await self.flush(partitions[0])
             return

@@ -109,9 +109,9 @@ pub fn dedup_batch(
     arrival: i64,
 ) {
     let n = batch.len();
-    for list in [&mut out.offsets, &mut out.new_keys, &mut out.key_offsets] {
-        list.clear();
-        list.reserve(n);
+    for column in [&mut out.offsets, &mut out.new_keys, &mut out.key_offsets] {
+        column.clear();
+        column.reserve(n);
     }
     out.stored.clear();
     out.stored.reserve(n);

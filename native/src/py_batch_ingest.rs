@@ -3,8 +3,9 @@
 //! (`apply_batch`: recovery's replay, an in-process caller's tuples). For a batch: its event
 //! record (`batch_record_bytes`), its events indexed (`index_batch`) and grouped by metric once
 //! (`event_batch::CodeGroups`), each group handed to a store's Rust state (`py_series_store`,
-//! `py_unique_store`) as the store's events are read (`metric_events`). Outputs are those of the row path for the rows the
-//! batch stands for, record bytes included (tested in lock step against the Python reference).
+//! `py_unique_store`) as the store's events are read (`metric_events`). Outputs are those of the
+//! row path for the rows the batch stands for, record bytes included (tested in lock step against
+//! the Python reference).
 
 use pyo3::exceptions::{PyKeyError, PyOverflowError};
 use pyo3::intern;

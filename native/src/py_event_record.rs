@@ -49,10 +49,11 @@ pub fn event_record_bytes<'py>(
     let (before, after) = fields.split_at(rows_at);
     let room = if framed { HEADER_SIZE } else { 0 };
     let length = before.len() + packed_rows.len() + after.len();
-    let frame_length = match framed {
-        true => u32::try_from(length)
-            .map_err(|_| PyValueError::new_err("an event record exceeds the 4 GiB frame limit"))?,
-        false => 0,
+    let frame_length = if framed {
+        u32::try_from(length)
+            .map_err(|_| PyValueError::new_err("an event record exceeds the 4 GiB frame limit"))?
+    } else {
+        0
     };
     let bytes = PyBytes::new_with(py, room + length, |buf| {
         let (header, record) = buf.split_at_mut(room);
