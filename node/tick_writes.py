@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from .segment_log import appends, written_elsewhere
+from .segment_log import positioned_writes, written_elsewhere
 
 __all__ = ["TickWrites"]
 
@@ -42,7 +42,7 @@ class TickWrites:
         """Queue ``jobs`` (rounds taken with ``start_round(defer_write=True)``); ``finish`` is
         called on the loop once they are written and synced. False, with nothing queued, if a
         round needs the thread (it creates a segment file)."""
-        buffers = appends(jobs)
+        buffers = positioned_writes(jobs)
         if buffers is None:
             return False
         if self._loop is None:

@@ -9,7 +9,7 @@ use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
 use crate::guarded;
-use crate::tick_writer::{self, Append, Tick, TickWriter};
+use crate::tick_writer::{self, SegmentWrite, Tick, TickWriter};
 
 #[pyclass(module = "unimeter_native", name = "TickWriter")]
 pub struct PyTickWriter {
@@ -33,20 +33,30 @@ impl PyTickWriter {
         self.writer.ring_fd()
     }
 
-    /// Queue tick ``token``: append each ``(fd, buffer)``, then ``syncfs(syncfs_fd)`` unless it
-    /// is negative. The buffers are read until :meth:`done` returns the token.
-    fn submit(&mut self, token: u64, appends: Vec<(RawFd, PyBuffer<u8>)>, syncfs_fd: RawFd) -> PyResult<()> {
+    /// Queue tick ``token``: write each ``(fd, offset, buffer, reserve_offset, reserve_len)``'s
+    /// buffer at its offset and reserve the space after it (unless ``reserve_len`` is 0), then
+    /// ``syncfs(syncfs_fd)`` unless it is negative. The buffers are read until :meth:`done`
+    /// returns the token.
+    fn submit(
+        &mut self,
+        token: u64,
+        writes: Vec<(RawFd, u64, PyBuffer<u8>, u64, u64)>,
+        syncfs_fd: RawFd,
+    ) -> PyResult<()> {
         guarded(|| {
-            let mut tick = Tick { token, appends: Vec::with_capacity(appends.len()), syncfs_fd };
-            let mut exports = Vec::with_capacity(appends.len());
-            for (fd, buffer) in appends {
+            let mut tick = Tick { token, writes: Vec::with_capacity(writes.len()), syncfs_fd };
+            let mut exports = Vec::with_capacity(writes.len());
+            for (fd, offset, buffer, reserve_offset, reserve_len) in writes {
                 if !buffer.is_c_contiguous() {
                     return Err(PyValueError::new_err("TickWriter needs contiguous buffers"));
                 }
-                tick.appends.push(Append {
+                tick.writes.push(SegmentWrite {
                     fd,
+                    offset,
                     data: buffer.buf_ptr().cast_const().cast(),
                     len: buffer.len_bytes(),
+                    reserve_offset,
+                    reserve_len,
                 });
                 exports.push(buffer);
             }

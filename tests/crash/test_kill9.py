@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from node import segment_log
 from tests.process import start_serve
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import (
@@ -126,6 +127,15 @@ async def test_sigkill_during_sync_ingest_loses_no_ack_and_resend_does_not_doubl
             restarted.kill9()
 
 
+def _records_end(segment: Path) -> int:
+    """Where the whole records of a segment file end."""
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        return segment_log.valid_prefix(fd, os.fstat(fd).st_size)[0]
+    finally:
+        os.close(fd)
+
+
 def _last_segment(data: Path) -> Path:
     segments = sorted(p for p in data.glob("partitions/*/events/*.seg") if p.stat().st_size > 0)
     assert segments, "no event segments written"
@@ -152,17 +162,18 @@ async def test_torn_last_record_is_cut_and_the_node_starts(tmp_path: Path, damag
     finally:
         server.kill9()
     seg = _last_segment(data)
-    size = seg.stat().st_size
+    end = _records_end(seg)  # the log reserves space past its records: damage goes where they end
     if damage == "truncate":
-        os.truncate(seg, size - 7)
+        os.truncate(seg, end - 7)
     elif damage == "garbage":
-        with open(seg, "ab") as f:
+        with open(seg, "r+b") as f:
+            f.seek(end)
             f.write(b"\x40\x00\x00\x00garbage-that-is-not-a-record")
     else:
         with open(seg, "r+b") as f:
-            f.seek(size - 3)
+            f.seek(end - 3)
             byte = f.read(1)
-            f.seek(size - 3)
+            f.seek(end - 3)
             f.write(bytes([byte[0] ^ 0xFF]))
     restarted = start_serve(data)
     try:

@@ -41,9 +41,10 @@ def _segment(directory: Path, records: list[bytes]) -> bytes:
     log = SegmentLog.open(directory)
     for record in records:
         log.append(record)
+    end = log.end_position
     log.close_sync()
     (segment,) = directory.glob("*.seg")
-    return segment.read_bytes()
+    return segment.read_bytes()[:end]  # without the space reserved past the records
 
 
 def _damaged(data: bytes, how: tuple[str, int]) -> bytes:

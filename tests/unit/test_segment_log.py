@@ -39,6 +39,15 @@ def seg_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.seg"))
 
 
+def records_length(path: Path) -> int:
+    """Bytes of whole records at the start of a segment file (the rest is reserved space)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return segment_log.valid_prefix(fd, os.fstat(fd).st_size)[0]
+    finally:
+        os.close(fd)
+
+
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -72,7 +81,7 @@ async def test_append_and_read_in_buffer(log_dir: Path) -> None:
     assert positions == [0, 18, 26, 3034]
     assert log.end_position == 3043 == log.size_bytes
     assert (log.written_position, log.durable_position) == (0, 0)
-    assert (log_dir / f"{0:020d}.seg").stat().st_size == 0  # append does not touch the OS
+    assert records_length(log_dir / f"{0:020d}.seg") == 0  # append does not touch the OS
     assert [log.read(p) for p in positions] == records
     await log.close()
 
@@ -83,7 +92,7 @@ async def test_read_after_flush(log_dir: Path) -> None:
     positions = [log.append(r) for r in records]
     await log.flush()
     assert log.durable_position == log.written_position == log.end_position
-    assert (log_dir / f"{0:020d}.seg").stat().st_size == log.end_position
+    assert records_length(log_dir / f"{0:020d}.seg") == log.end_position
     assert [log.read(p) for p in positions] == records
     big = payload(99, 200_000)  # larger than read()'s read-ahead
     pos = log.append(big)
@@ -164,10 +173,10 @@ async def test_segments_roll_over_and_scan_in_order(log_dir: Path) -> None:
     # Contiguous positions; a segment exceeds segment_bytes only when it holds one oversized record.
     for i, f in enumerate(files):
         end = bases[i + 1] if i + 1 < len(bases) else log.end_position
-        assert f.stat().st_size == end - bases[i]
+        assert records_length(f) == end - bases[i]
         held = [p for p in positions if bases[i] <= p < end]
         assert held and held[0] == bases[i]
-        if f.stat().st_size > 100:
+        if end - bases[i] > 100:
             assert len(held) == 1
     assert list(log.scan()) == list(zip(positions, records, strict=True))
     assert list(log.scan(positions[5])) == list(zip(positions[5:], records[5:], strict=True))
@@ -388,7 +397,7 @@ async def test_torn_tail_is_cut_at_open(log_dir: Path, damage: str, caplog: pyte
     with caplog.at_level(logging.WARNING, logger="node.segment_log"):
         log = SegmentLog.open(log_dir)
     assert f"cut {damaged_size - expected_end} bytes" in caplog.text
-    assert log.end_position == log.durable_position == expected_end == path.stat().st_size
+    assert log.end_position == log.durable_position == expected_end == records_length(path)
     assert [p for p, _ in log.scan()] == positions[:keep]
     assert [log.read(p) for p in positions[:keep]] == [payload(i, 60) for i in range(keep)]
     new = log.append(b"after recovery")
@@ -648,10 +657,10 @@ async def test_failed_fsync_fails_waiters_and_the_log(log_dir: Path, monkeypatch
 async def test_failed_write_fails_the_log(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = SegmentLog.open(log_dir)
 
-    def no_space(fd: int, data: memoryview) -> None:
+    def no_space(fd: int, data: memoryview, offset: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(segment_log, "_write_all", no_space)
+    monkeypatch.setattr(segment_log, "_write_all_at", no_space)
     log.append(b"x")
     with pytest.raises(OSError) as raised:
         await log.flush(fsync=False)
@@ -672,17 +681,17 @@ async def test_a_sync_round_writes_on_the_loop_thread_and_syncs_in_the_executor(
     await log.flush()  # the first segment file exists from here on
     writes: list[int] = []
     syncs: list[int] = []
-    real_write, real_fsync = segment_log._write_all, segment_log._fsync
+    real_write, real_fsync = segment_log._write_all_at, segment_log._fsync
 
-    def tracking_write(fd: int, data: memoryview) -> None:
+    def tracking_write(fd: int, data: memoryview, offset: int) -> None:
         writes.append(threading.get_ident())
-        real_write(fd, data)
+        real_write(fd, data, offset)
 
     def tracking_fsync(fd: int) -> None:
         syncs.append(threading.get_ident())
         real_fsync(fd)
 
-    monkeypatch.setattr(segment_log, "_write_all", tracking_write)
+    monkeypatch.setattr(segment_log, "_write_all_at", tracking_write)
     monkeypatch.setattr(segment_log, "_fsync", tracking_fsync)
     loop_thread = threading.get_ident()
     log.append(payload(1, 50))
@@ -707,10 +716,10 @@ async def test_a_failed_write_on_the_loop_thread_fails_the_round_and_the_log(
         log.append(b"durable")
         await log.flush()
 
-    def no_space(fd: int, data: memoryview) -> None:
+    def no_space(fd: int, data: memoryview, offset: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(segment_log, "_write_all", no_space)
+    monkeypatch.setattr(segment_log, "_write_all_at", no_space)
     single.append(b"lost")
     with pytest.raises(OSError) as raised:  # a SYNC caller's own round
         await single.flush()
@@ -865,16 +874,22 @@ _OPS = st.one_of(
 def _crash(log: SegmentLog, choice: int) -> int:
     """Simulate a kill -9 plus lost unsynced data: drop the buffer, cut the files anywhere between
     the durable and the written position (sometimes leaving later segment files behind, as a file
-    system may), and return the cut position."""
+    system may, and sometimes the cut file's reserved size, its lost data reading as zeros), and
+    return the cut position."""
     durable, written = log.durable_position, log.written_position
     log._release()  # abandon the object without flushing (test-only use of a private method)
     cut = durable + choice % (written - durable + 1)
     leave_later_files = choice % 2 == 1
+    keep_size = choice % 3 == 2
     truncated = False
-    for path in seg_files(log.directory):
-        base, size = int(path.name[:-4]), path.stat().st_size
-        if base <= cut < base + size or (base == cut and size == 0):
+    paths = seg_files(log.directory)
+    bases = [int(path.name[:-4]) for path in paths]
+    for path, base, end in zip(paths, bases, [*bases[1:], written], strict=True):
+        if base <= cut < end or (base == cut == end):
+            size = path.stat().st_size
             os.truncate(path, cut - base)
+            if keep_size:
+                os.truncate(path, size)
             truncated = True
         elif base > cut and not (leave_later_files and truncated):
             path.unlink()
@@ -932,6 +947,112 @@ def test_zero_filled_tail_is_not_taken_for_records(tmp_path: Path) -> None:
     reopened = SegmentLog.open(tmp_path / "log")
     assert [payload for _, payload in reopened.scan()] == [b"kept"]
     reopened.close_sync()
+
+
+# ---------------------------------------------------------------- space reserved ahead of the records
+
+
+async def test_the_active_segment_is_reserved_ahead_and_reopens_where_its_records_end(
+    log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = SegmentLog.open(log_dir)
+    first = [log.append(payload(i, 100)) for i in range(3)]
+    await log.flush()
+    path = log_dir / f"{0:020d}.seg"
+    end = log.end_position
+    reserved = segment_log._RESERVE_BYTES  # at open, and plenty left past the records since
+    assert path.stat().st_size == reserved
+    assert path.read_bytes()[end:] == bytes(reserved - end)  # what reserved space reads as
+    await log.close()
+    with caplog.at_level(logging.WARNING, logger="node.segment_log"):
+        log = SegmentLog.open(log_dir)
+    assert caplog.text == ""  # reserved space is not damage: nothing cut, nothing said
+    assert log.end_position == end and path.stat().st_size == reserved
+    later = [log.append(payload(i, 100)) for i in range(3, 5)]
+    assert later[0] == end
+    await log.flush()  # written where the records end, not after the reserved space
+    await log.close()
+    log = SegmentLog.open(log_dir)
+    assert list(log.scan()) == [(p, payload(i, 100)) for i, p in enumerate(first + later)]
+    await log.close()
+
+
+async def test_a_round_reserves_again_only_when_the_reserved_space_runs_low(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reserved: list[tuple[int, int]] = []
+    real = segment_log._reserve
+
+    def tracking(fd: int, offset: int, length: int) -> None:
+        reserved.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(segment_log, "_reserve", tracking)
+    monkeypatch.setattr(segment_log, "_RESERVE_BYTES", 4096)
+    monkeypatch.setattr(segment_log, "_RESERVE_AHEAD", 1024)
+    log = SegmentLog.open(log_dir, segment_bytes=10_000)
+    for i in range(100):
+        log.append(payload(i, 92))  # 100-byte frames
+        await log.flush()
+    # Reserved at open, then by each round that left fewer than 1,024 bytes past its records, and
+    # never past the segment's size.
+    assert reserved == [(0, 4096), (3100, 4096), (6200, 3800)]
+    assert (log_dir / f"{0:020d}.seg").stat().st_size == 10_000
+    await log.close()
+
+
+async def test_a_full_segment_s_unused_space_is_never_read_whatever_it_holds(log_dir: Path) -> None:
+    log = SegmentLog.open(log_dir, segment_bytes=350)
+    positions = []
+    for i in range(7):  # segments of 300, 300 and 100, each reserved while it was the active one
+        positions.append(log.append(payload(i, 92)))
+        await log.flush()
+    await log.close()
+    first, second, _ = seg_files(log_dir)
+    assert first.stat().st_size == second.stat().st_size == 350  # 50 bytes reserved, never used
+    for full in (first, second):
+        with full.open("r+b") as f:
+            f.seek(300)
+            f.write(b"\x07\x00\x00\x00not-a-record")  # say, a disk that scribbled there
+    log = SegmentLog.open(log_dir, segment_bytes=350)
+    assert list(log.scan()) == [(p, payload(i, 92)) for i, p in enumerate(positions)]
+    assert [int(p.name[:-4]) for p in seg_files(log_dir)] == [0, 300, 600]
+    await log.close()
+
+
+async def test_a_stale_record_past_a_torn_one_is_cut_and_never_read_back(
+    log_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash can keep a later page of unsynced records and lose an earlier one: the records
+    after the hole must go with it, or a record written over the hole later could end where the
+    stale one starts, and a restart would read it back as the next record."""
+    log = SegmentLog.open(log_dir)
+    a, b, c = (log.append(payload(i, 60)) for i in range(3))
+    log.close_sync()
+    path = log_dir / f"{0:020d}.seg"
+    with path.open("r+b") as f:
+        f.seek(b)
+        f.write(bytes(c - b))  # b's bytes lost, c's kept
+    with caplog.at_level(logging.WARNING, logger="node.segment_log"):
+        log = SegmentLog.open(log_dir)
+    assert "checksum mismatch" in caplog.text
+    assert log.end_position == b
+    assert log.append(payload(9, 60)) == b  # ends exactly where c starts
+    log.close_sync()
+    log = SegmentLog.open(log_dir)
+    assert list(log.scan()) == [(a, payload(0, 60)), (b, payload(9, 60))]
+    log.close_sync()
+
+
+async def test_without_reservation_a_segment_file_is_its_records(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(segment_log, "_RESERVE_BYTES", 0)
+    log = SegmentLog.open(log_dir, segment_bytes=350)
+    for i in range(7):
+        log.append(payload(i, 92))
+    await log.close()
+    assert [p.stat().st_size for p in seg_files(log_dir)] == [300, 300, 100]
 
 
 # ---------------------------------------------------------------- grouped rounds (the node's tick)
