@@ -9,8 +9,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from node import segment_log
 from tests.process import start_serve
+from tests.segment_files import records_length
 from unimeter.v1 import ingest_service_pb2 as ing
 from unimeter.v1 import (
     ingest_service_pb2_grpc,
@@ -127,15 +127,6 @@ async def test_sigkill_during_sync_ingest_loses_no_ack_and_resend_does_not_doubl
             restarted.kill9()
 
 
-def _records_end(segment: Path) -> int:
-    """Where the whole records of a segment file end."""
-    fd = os.open(segment, os.O_RDONLY)
-    try:
-        return segment_log.valid_prefix(fd, os.fstat(fd).st_size)[0]
-    finally:
-        os.close(fd)
-
-
 def _last_segment(data: Path) -> Path:
     segments = sorted(p for p in data.glob("partitions/*/events/*.seg") if p.stat().st_size > 0)
     assert segments, "no event segments written"
@@ -162,7 +153,7 @@ async def test_torn_last_record_is_cut_and_the_node_starts(tmp_path: Path, damag
     finally:
         server.kill9()
     seg = _last_segment(data)
-    end = _records_end(seg)  # the log reserves space past its records: damage goes where they end
+    end = records_length(seg)  # the log reserves space past its records: damage goes where they end
     if damage == "truncate":
         os.truncate(seg, end - 7)
     elif damage == "garbage":

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import random
 import shutil
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ from pathlib import Path
 from cluster_client import AggType, Client, Metric, Period
 from cluster_client.partitioning import partition_of
 from cluster_client.types import Alert, AlertThreshold, EventRow
-from node import segment_log
 from node.node import Node, NodeConfig
+from tests.segment_files import records_length
 
 from .mutations import damage
 
@@ -84,7 +83,7 @@ def _events_end(data_dir: Path, partition: int) -> int:
     plus the length of its records."""
     segments = sorted((data_dir / "partitions" / f"{partition:04d}" / "events").glob("*.seg"))
     last = segments[-1]
-    return int(last.stem) + _records_length(last)
+    return int(last.stem) + records_length(last)
 
 
 def _batch_rows(i: int, accounts_of: dict[int, list[int]]) -> list[EventRow]:
@@ -135,16 +134,6 @@ async def build_reference(root: Path) -> Reference:
     return ref
 
 
-def _records_length(path: Path) -> int:
-    """Bytes of whole records at the start of a segment file: damage past them (in the space the
-    log reserves ahead of its records) loses no record."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return segment_log.valid_prefix(fd, os.fstat(fd).st_size)[0]
-    finally:
-        os.close(fd)
-
-
 def _damaged_at(original: bytes, damaged: bytes) -> int | None:
     """Index of the first byte that differs (or the shorter length), None when identical."""
     if original == damaged:
@@ -174,7 +163,8 @@ async def check_damaged_copy(
     shutil.copytree(ref.variant(variant), work)
     try:
         original = (work / target).read_bytes()
-        records_end = _records_length(work / target) if target.suffix == ".seg" else len(original)
+        # Damage past a segment's records (in the space the log reserves ahead) loses no record.
+        records_end = records_length(work / target) if target.suffix == ".seg" else len(original)
         (work / target).write_bytes(damaged)
         cut_partition, cut_at = -1, 2**63
         at = _damaged_at(original, damaged)

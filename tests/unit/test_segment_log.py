@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from node import filesystem_sync, segment_log
 from node.segment_log import SegmentLog
+from tests.segment_files import records_length
 
 HEADER = 8
 
@@ -37,15 +38,6 @@ def frame(data: bytes) -> int:
 
 def seg_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.seg"))
-
-
-def records_length(path: Path) -> int:
-    """Bytes of whole records at the start of a segment file (the rest is reserved space)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return segment_log.valid_prefix(fd, os.fstat(fd).st_size)[0]
-    finally:
-        os.close(fd)
 
 
 def open_fds() -> int:
