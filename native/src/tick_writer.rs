@@ -1,8 +1,8 @@
 //! A flush tick's writes and sync, on a thread that never takes the GIL.
 //!
 //! A tick writes every dirty log's detached buffer at its place in its segment file (and, where
-//! the log asks, allocates the file's space ahead: `segment_log._RESERVE_BYTES`) and then makes them all
-//! durable with one `syncfs`. From a Python thread, each step first has to win the GIL from an
+//! the log asks, allocates the file's space ahead: `segment_log._RESERVE_BYTES`), then makes them
+//! all durable with one `syncfs`. From a Python thread, each step first has to win the GIL from an
 //! event loop busy ingesting (up to the switch interval each), so the writes ran on the loop
 //! thread and only the sync went to a thread, whose GIL waits an urgent alert flush queued
 //! behind the tick still felt. This worker does both with no GIL at all and rings an `eventfd`
