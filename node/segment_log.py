@@ -113,6 +113,11 @@ class _Job:
     written: bool = False  # the data was written on the loop thread when the round started
     write_error: OSError | None = None  # ... and that write failed: the round fails with it
 
+    def fd_of(self, base: int) -> int:
+        """The writable fd of segment ``base``: one that existed at the start, or one this round
+        created."""
+        return self.wfds[base] if base in self.wfds else self.created[base]
+
 
 @dataclass(eq=False, slots=True)
 class _NextRound:
@@ -164,15 +169,15 @@ def _reserve_to(fill: int, allocated: int, segment_bytes: int) -> int | None:
     return stop if stop > max(fill, allocated) else None
 
 
-def _ends_cleanly(fd: int, good: int, size: int, following: list[int], base: int) -> bool:
+def _ends_cleanly(fd: int, good: int, size: int, base: int, next_base: int | None) -> bool:
     """Whether a segment file whose records stop at ``good`` (of ``size`` bytes) simply ends
     there: a full segment whose successor starts exactly where its records end (the rest of its
     file is space reserved and never used, whatever it holds: no record is ever read from it), or
     the last segment with only reserved zeros after its records. Anything else after the last
     record is a torn or damaged one, and is cut, so that no stale frame could be read as a
     record once new ones are written over the start of it."""
-    if following:
-        return following[0] == base + good
+    if next_base is not None:
+        return next_base == base + good
     return _zero_tail(fd, good, size)
 
 
@@ -220,13 +225,13 @@ def _write_job(job: _Job) -> None:
             _write_all_at(fd, view[lo:hi], job.start + lo - base)
     if job.reserve is not None:
         base, offset, length = job.reserve
-        _reserve(job.wfds[base] if base in job.wfds else job.created[base], offset, length)
+        _reserve(job.fd_of(base), offset, length)
 
 
 def _sync_job(job: _Job) -> None:
     started = time.perf_counter()
     for base in job.sync_bases:
-        _fsync(job.wfds[base] if base in job.wfds else job.created[base])
+        _fsync(job.fd_of(base))
     if job.created or job.sync_dir:
         _fsync_dir(job.dir_fd)
     job.sync_seconds = time.perf_counter() - started
@@ -519,7 +524,8 @@ class SegmentLog:
             rfds[base] = fd
             size = os.fstat(fd).st_size
             good, reason = scan(fd, size)
-            if reason is not None and _ends_cleanly(fd, good, size, found[i + 1 : i + 2], base):
+            next_base = found[i + 1] if i + 1 < len(found) else None
+            if reason is not None and _ends_cleanly(fd, good, size, base, next_base):
                 reason = None
             kept.append(base)
             end = base + good
