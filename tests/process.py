@@ -84,14 +84,20 @@ def start_serve(data_dir: Path, *extra: str, timeout: float = 60) -> ServeProces
     proc = spawn_serve(data_dir, *extra)
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"unimeter serve exited with {proc.wait()} before it was ready")
-        msg = ready_line(line)
-        if msg is not None:
-            return ServeProcess(
-                proc, *(listener_port(msg[key]) for key in ("grpc_addr", "node_addr", "http_addr"))
-            )
-    proc.kill()
-    raise TimeoutError("unimeter serve did not become ready")
+    try:
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"unimeter serve exited with {proc.wait()} before it was ready")
+            msg = ready_line(line)
+            if msg is not None:
+                return ServeProcess(
+                    proc, *(listener_port(msg[key]) for key in ("grpc_addr", "node_addr", "http_addr"))
+                )
+        raise TimeoutError("unimeter serve did not become ready")
+    except BaseException:
+        # Closed here: a pipe left to the garbage collector warns inside whichever test runs next.
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        raise

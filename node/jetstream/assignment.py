@@ -35,7 +35,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from cluster_client.node_api import ClusterStatus, NodeInfo, PartitionInfo
 
-from .kv_bucket import open_bucket
+from .kv_bucket import open_bucket, watch_bucket
 from .leases import LEASE_PREFIX, NODE_PREFIX, PartitionLeases
 from .subject_log import HELD, LAPSED, LOST
 
@@ -411,7 +411,7 @@ class Assignment:
     async def _watch(self) -> None:
         self._last_entry = self._clock()
         for kv, apply in ((self._leases.kv, self._apply_lease), (self._members_kv, self._apply_member)):
-            watcher = await kv.watchall()
+            watcher = await watch_bucket(kv)
             self._watchers.append(watcher)
             follow = asyncio.create_task(self._follow(watcher, apply), name="unimeter-assignment-watch")
             self._follows.append(follow)

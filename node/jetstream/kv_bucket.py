@@ -4,7 +4,9 @@ Opening or creating it is tried again while JetStream answers as a cluster just 
 suitable peers", no responders, timeouts). A bucket just created (or one whose servers are
 electing a leader) answers writes with "no responders" until its stream has a leader; the
 cluster's state (``metric_registry``, ``leases``) is written right after it is opened, so opening
-waits for the leader, bounded. Not here: what the buckets hold.
+waits for the leader, bounded. Watching a bucket is tried again the same way: on a busy cluster
+creating the watch's consumer can take longer than one request's timeout. Not here: what the
+buckets hold.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from nats.js.kv import KeyValue
 
 from .stream import PEERS_OFFLINE
 
-__all__ = ["NOT_STORED", "open_bucket"]
+__all__ = ["NOT_STORED", "open_bucket", "watch_bucket"]
 
 NOT_STORED = (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError)
 """A write nobody answered: for that moment the bucket's stream had no leader (an election, a
@@ -62,3 +64,17 @@ async def open_bucket(js: JetStreamContext, config: api.KeyValueConfig) -> KeyVa
         if time.monotonic() > deadline:
             raise TimeoutError(f"KV bucket {config.bucket} has no leader after {_LEADER_WAIT_SECONDS:.0f}s")
         await asyncio.sleep(0.1)
+
+
+async def watch_bucket(kv: KeyValue) -> KeyValue.KeyWatcher:
+    """A watch of every key of ``kv`` (its current values first), tried again while creating its
+    consumer times out or finds no leader; TimeoutError after 20 s. A consumer a timed-out request
+    did create is ephemeral and has no subscriber, so the servers remove it by themselves."""
+    deadline = time.monotonic() + _LEADER_WAIT_SECONDS
+    while True:
+        try:
+            return await kv.watchall()
+        except (TimeoutError, *NOT_STORED):
+            if time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)

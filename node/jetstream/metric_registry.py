@@ -35,7 +35,7 @@ from cluster_client.wire import metric_from_wire, metric_to_wire
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..metric_registry import MetricListener, metric_not_found
-from .kv_bucket import NOT_STORED, open_bucket
+from .kv_bucket import NOT_STORED, open_bucket, watch_bucket
 
 __all__ = ["KvMetricRegistry", "metric_key"]
 
@@ -296,7 +296,7 @@ class KvMetricRegistry:
             self._waiters = [(r, w) for r, w in self._waiters if w is not waiter]
 
     async def _start_watch(self) -> None:
-        watcher = self._watcher = await self._kv.watchall()
+        watcher = self._watcher = await watch_bucket(self._kv)
         self._watch_task = asyncio.create_task(self._watch(watcher), name=f"unimeter-watch-{self._stream}")
 
     async def _stop_watch(self) -> None:

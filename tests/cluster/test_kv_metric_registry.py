@@ -17,6 +17,7 @@ import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.js.kv import KeyValue
 
 from cluster_client import AggType, Client, Metric, Period
 from cluster_client.errors import AlreadyExistsError, InvalidArgumentError, NotFoundError, UnavailableError
@@ -129,6 +130,39 @@ async def test_writes_nobody_answered_are_written_again_until_the_timeout(
             await hasty.create(Metric("never", AggType.SUM))
     finally:
         await hasty.close()
+
+
+async def test_a_watch_whose_consumer_times_out_is_created_again_and_starts_from_the_bucket(
+    connections: list[NatsClient], bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a busy cluster creating the watch's consumer can time out: the registry opens anyway,
+    after trying again, with every metric the bucket holds, and the watch follows later changes."""
+    first = await KvMetricRegistry.open(connections[0].jetstream(), bucket=bucket, replicas=3)
+    timeouts = [2]
+    real_watchall = KeyValue.watchall
+
+    async def slow_watchall(kv: KeyValue, **kwargs: Any) -> KeyValue.KeyWatcher:
+        if timeouts[0]:
+            timeouts[0] -= 1
+            raise nats.errors.TimeoutError
+        return await real_watchall(kv, **kwargs)
+
+    try:
+        created = await first.create(Metric("calls", AggType.SUM))
+        monkeypatch.setattr(KeyValue, "watchall", slow_watchall)
+        second = await KvMetricRegistry.open(connections[1].jetstream(), bucket=bucket, replicas=3)
+        try:
+            assert timeouts == [0]
+            assert second.list() == [created]
+            later = await first.create(Metric("bytes", AggType.MAX))
+            async with asyncio.timeout(10):
+                while second.get("bytes") is None:
+                    await asyncio.sleep(0.01)
+            assert second.get("bytes") == later
+        finally:
+            await second.close()
+    finally:
+        await first.close()
 
 
 async def test_generations_increase_strictly_over_delete_and_recreate_from_either_node(
