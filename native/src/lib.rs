@@ -21,6 +21,7 @@ pub mod event_index;
 pub mod ingest_request;
 pub mod ingest_response;
 pub mod int_hash;
+pub mod minute_positions;
 pub mod msgpack_writer;
 pub mod partitioning;
 pub mod positions;

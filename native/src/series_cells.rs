@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use crate::cell::{Cell, Fold, TimeOrderedMerge};
 use crate::cell_map::{CellMap, Key};
 use crate::int_hash::IntMap;
-use crate::positions::Positions;
+use crate::minute_positions::MinutePositions;
 pub use crate::thresholds::Threshold;
 use crate::thresholds::{evaluate, state_len};
 
@@ -31,8 +31,6 @@ const MINUTES_PER_HOUR: i64 = 60;
 const MINUTES_PER_DAY: i64 = 1440;
 /// The extent's "no event yet" values, as in Python.
 const NO_MINUTE: i64 = 1 << 62;
-/// A minute cell's position word with this bit set is an index into `position_lists`.
-const LIST_TAG: u64 = 1 << 63;
 
 /// The statistic a metric's value (and its thresholds) read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,8 +133,7 @@ pub struct SeriesCells {
     thresholds: Vec<Threshold>,
     pub combos: Combos,
     slots: Vec<Slot>,
-    positions: Vec<u64>,
-    position_lists: Vec<Positions>,
+    positions: MinutePositions,
     alert_state: Vec<i128>,
     /// Dimensioned metrics: the combination slots each account has events in, accounts in order
     /// of first appearance (the Python dict's order).
@@ -160,8 +157,7 @@ impl SeriesCells {
             thresholds,
             combos,
             slots: vec![Slot::default()],
-            positions: Vec::new(),
-            position_lists: Vec::new(),
+            positions: MinutePositions::default(),
             alert_state: Vec::new(),
             account_slots: Vec::new(),
             account_index: IntMap::default(),
@@ -184,8 +180,7 @@ impl SeriesCells {
     /// the per-account slot lists are not counted).
     pub fn memory_bytes(&self) -> usize {
         let maps: usize = self.slots.iter().flat_map(|s| s.levels.iter()).map(CellMap::memory_bytes).sum();
-        let lists: usize = self.position_lists.iter().map(|l| l.memory_bytes() + 32).sum();
-        maps + self.positions.capacity() * 8 + lists + self.alert_state.capacity() * 16
+        maps + self.positions.memory_bytes() + self.alert_state.capacity() * 16
     }
 
     // ---------------------------------------------------------------------------------- apply
@@ -235,7 +230,7 @@ impl SeriesCells {
                     self.save_original(slot, level, entry);
                     self.slots[slot].levels[level].value_mut(entry).fold(fold);
                     if slot == 0 && level == MINUTE_LEVEL {
-                        self.add_position(entry, record);
+                        self.positions.add(entry, record);
                     }
                 }
                 None => {
@@ -250,18 +245,6 @@ impl SeriesCells {
                     }
                 }
             }
-        }
-    }
-
-    fn add_position(&mut self, entry: usize, record: u64) {
-        let word = self.positions[entry];
-        if word & LIST_TAG == 0 {
-            if word != record {
-                self.positions[entry] = LIST_TAG | self.position_lists.len() as u64;
-                self.position_lists.push(Positions::from_sorted(&[word, record]));
-            }
-        } else {
-            self.position_lists[(word & !LIST_TAG) as usize].push_new(record);
         }
     }
 
@@ -317,19 +300,7 @@ impl SeriesCells {
             let kept = map.retain(|(_, bucket)| bucket >= minute);
             dropped += before - kept.len();
             if number == 0 && kept.len() != before {
-                let positions = std::mem::take(&mut self.positions);
-                let mut lists = std::mem::take(&mut self.position_lists);
-                for entry in kept {
-                    let word = positions[entry];
-                    if word & LIST_TAG == 0 {
-                        self.positions.push(word);
-                    } else {
-                        let list =
-                            std::mem::replace(&mut lists[(word & !LIST_TAG) as usize], Positions::empty());
-                        self.positions.push(LIST_TAG | self.position_lists.len() as u64);
-                        self.position_lists.push(list);
-                    }
-                }
+                self.positions.retain(&kept);
             }
         }
         Ok(dropped)
@@ -365,17 +336,8 @@ impl SeriesCells {
     /// The positions of the records that fed the account's minute, ascending.
     pub fn minute_positions(&self, account: u64, minute: i64) -> Vec<u64> {
         match self.slots[0].levels[MINUTE_LEVEL].find((account, minute)) {
-            Some(entry) => self.positions_of(entry),
+            Some(entry) => self.positions.get(entry),
             None => Vec::new(),
-        }
-    }
-
-    fn positions_of(&self, entry: usize) -> Vec<u64> {
-        let word = self.positions[entry];
-        if word & LIST_TAG == 0 {
-            vec![word]
-        } else {
-            self.position_lists[(word & !LIST_TAG) as usize].to_vec()
         }
     }
 
@@ -433,7 +395,7 @@ impl SeriesCells {
     fn live(&self, level: usize, slot: usize, entry: usize) -> SnapshotCell {
         let cell = *self.slots[slot].levels[level].value(entry);
         let tail = match (slot, level) {
-            (0, MINUTE_LEVEL) => self.positions_of(entry).into_iter().map(i128::from).collect(),
+            (0, MINUTE_LEVEL) => self.positions.get(entry).into_iter().map(i128::from).collect(),
             (0, PERIOD_LEVEL) => {
                 let stride = self.alert_stride();
                 self.alert_state[entry * stride..(entry + 1) * stride].to_vec()
@@ -474,19 +436,9 @@ impl SeriesCells {
         }
         match (slot, level) {
             (0, MINUTE_LEVEL) => {
-                let positions = cell
-                    .tail
-                    .iter()
-                    .map(|&p| u64::try_from(p).ok().filter(|p| p & LIST_TAG == 0))
-                    .collect::<Option<Vec<_>>>();
-                match positions.as_deref() {
-                    Some([one]) => self.positions.push(*one),
-                    Some([_, _, ..]) => {
-                        self.positions.push(LIST_TAG | self.position_lists.len() as u64);
-                        self.position_lists.push(Positions::from_sorted(&positions.expect("matched Some")));
-                    }
-                    _ => return Err("aggregates snapshot: a minute cell without record positions".to_owned()),
-                }
+                let positions =
+                    cell.tail.iter().map(|&p| u64::try_from(p).unwrap_or(u64::MAX)).collect::<Vec<_>>();
+                self.positions.push_sorted(&positions)?;
             }
             (0, PERIOD_LEVEL) => {
                 if cell.tail.len() != self.alert_stride() {
