@@ -3,7 +3,8 @@
 //!
 //! Accounts are kept in order of first appearance (the Python dict's order, hence the snapshot's),
 //! an account with events in one hour only as that hour and its positions, one with several as
-//! a map by hour. A snapshot needs no copy: accounts are only ever appended and positions only
+//! a map by hour. An hour's positions are a word of `position_chains.rs`, where every stored
+//! event's append touches one cache line. A snapshot needs no copy: accounts are only ever appended and positions only
 //! grow past the log's end at capture, so reading the first `n` accounts' positions below that end
 //! later gives the index as it was.
 
@@ -11,19 +12,21 @@ use std::collections::BTreeMap;
 
 use crate::int_hash::IntMap;
 
-use crate::positions::Positions;
+use crate::position_chains::PositionChains;
 
 pub const HOUR_NS: i64 = 3_600_000_000_000;
 
+/// An account's hours, each with the word of its positions in `EventIndex::chains`.
 enum Hours {
-    One(i64, Positions),
-    Many(BTreeMap<i64, Positions>),
+    One(i64, u64),
+    Many(BTreeMap<i64, u64>),
 }
 
 #[derive(Default)]
 pub struct EventIndex {
     accounts: Vec<(u64, Hours)>,
     slot_of: IntMap<u64, u32>,
+    chains: PositionChains,
 }
 
 /// One account's (hour, positions) as a snapshot lists them.
@@ -42,24 +45,24 @@ impl EventIndex {
     pub fn add(&mut self, position: u64, account: u64, hour: i64) {
         let n = self.accounts.len() as u32;
         let slot = *self.slot_of.entry(account).or_insert(n) as usize;
+        let chains = &mut self.chains;
         if slot == self.accounts.len() {
-            self.accounts.push((account, Hours::One(hour, Positions::of(position))));
+            self.accounts.push((account, Hours::One(hour, chains.lone(position))));
             return;
         }
         let hours = &mut self.accounts[slot].1;
-        if let Hours::One(only, positions) = hours {
+        if let Hours::One(only, word) = hours {
             if *only == hour {
-                positions.push_new(position);
+                chains.add(word, position);
                 return;
             }
-            let first = std::mem::replace(positions, Positions::empty());
-            *hours = Hours::Many(BTreeMap::from([(*only, first)]));
+            *hours = Hours::Many(BTreeMap::from([(*only, *word)]));
         }
         if let Hours::Many(map) = hours {
             match map.get_mut(&hour) {
-                Some(positions) => positions.push_new(position),
+                Some(word) => chains.add(word, position),
                 None => {
-                    map.insert(hour, Positions::of(position));
+                    map.insert(hour, chains.lone(position));
                 }
             }
         }
@@ -69,11 +72,11 @@ impl EventIndex {
     pub fn hours(&self, account: u64, first: i64, last: i64) -> Vec<(i64, Vec<u64>)> {
         let Some(&slot) = self.slot_of.get(&account) else { return Vec::new() };
         match &self.accounts[slot as usize].1 {
-            Hours::One(hour, positions) if first <= *hour && *hour <= last => {
-                vec![(*hour, positions.to_vec())]
+            Hours::One(hour, word) if first <= *hour && *hour <= last => {
+                vec![(*hour, self.chains.get(*word))]
             }
             Hours::One(..) => Vec::new(),
-            Hours::Many(map) => map.range(first..=last).map(|(h, p)| (*h, p.to_vec())).collect(),
+            Hours::Many(map) => map.range(first..=last).map(|(h, w)| (*h, self.chains.get(*w))).collect(),
         }
     }
 
@@ -84,13 +87,13 @@ impl EventIndex {
         self.accounts[lo.min(hi)..hi]
             .iter()
             .map(|(account, hours)| {
-                let listed: Vec<(i64, &Positions)> = match hours {
-                    Hours::One(hour, positions) => vec![(*hour, positions)],
-                    Hours::Many(map) => map.iter().map(|(h, p)| (*h, p)).collect(),
+                let listed: Vec<(i64, u64)> = match hours {
+                    Hours::One(hour, word) => vec![(*hour, *word)],
+                    Hours::Many(map) => map.iter().map(|(h, w)| (*h, *w)).collect(),
                 };
                 let kept = listed
                     .into_iter()
-                    .map(|(hour, positions)| (hour, positions.below(below)))
+                    .map(|(hour, word)| (hour, self.below(word, below)))
                     .filter(|(_, kept)| !kept.is_empty())
                     .collect();
                 (*account, kept)
@@ -98,16 +101,28 @@ impl EventIndex {
             .collect()
     }
 
+    /// The positions of `word`'s list below `below`.
+    fn below(&self, word: u64, below: u64) -> Vec<u64> {
+        let mut all = self.chains.get(word);
+        all.truncate(all.partition_point(|&p| p < below));
+        all
+    }
+
     /// Append a snapshot's account (in snapshot order); Err if it is listed twice.
     pub fn load(&mut self, account: u64, hours: Vec<(i64, Vec<u64>)>) -> Result<(), &'static str> {
         if self.slot_of.contains_key(&account) {
             return Err("event index snapshot: an account twice");
         }
-        let entry = match <[_; 1]>::try_from(hours) {
-            Ok([(hour, positions)]) => Hours::One(hour, Positions::from_sorted(&positions)),
-            Err(hours) => {
-                Hours::Many(hours.into_iter().map(|(h, p)| (h, Positions::from_sorted(&p))).collect())
+        let mut words = Vec::with_capacity(hours.len());
+        for (hour, positions) in hours {
+            // Neither engine writes an hour without positions; one would hold nothing anyway.
+            if let Some(word) = self.chains.word_of(&positions) {
+                words.push((hour, word));
             }
+        }
+        let entry = match <[_; 1]>::try_from(words) {
+            Ok([(hour, word)]) => Hours::One(hour, word),
+            Err(words) => Hours::Many(words.into_iter().collect()),
         };
         self.slot_of.insert(account, self.accounts.len() as u32);
         self.accounts.push((account, entry));
@@ -131,16 +146,16 @@ impl EventIndex {
     pub fn aged(&self, before: i64, below: u64) -> AgedColumns {
         let mut keys: Vec<(u64, i64, Vec<u64>)> = Vec::new();
         for (account, hours) in &self.accounts {
-            let mut take = |hour: i64, positions: &Positions| {
-                let kept = positions.below(below);
+            let mut take = |hour: i64, word: u64| {
+                let kept = self.below(word, below);
                 if !kept.is_empty() {
                     keys.push((*account, hour, kept));
                 }
             };
             match hours {
-                Hours::One(hour, positions) if *hour < before => take(*hour, positions),
+                Hours::One(hour, word) if *hour < before => take(*hour, *word),
                 Hours::One(..) => {}
-                Hours::Many(map) => map.range(..before).for_each(|(h, p)| take(*h, p)),
+                Hours::Many(map) => map.range(..before).for_each(|(h, w)| take(*h, *w)),
             }
         }
         keys.sort_unstable_by_key(|(account, hour, _)| (*account, *hour));
@@ -158,22 +173,25 @@ impl EventIndex {
     /// same arguments; positions added since are at or past `below` and stay). An account keeps
     /// its slot, with no hours if none is left, so the snapshot order of accounts is unchanged.
     pub fn drop_aged(&mut self, before: i64, below: u64) {
-        let rest = |positions: &Positions| {
-            let all = positions.to_vec();
+        let chains = &mut self.chains;
+        // The word of the positions at or past `below`, the old list given back.
+        let mut rest = |word: u64| {
+            let all = chains.get(word);
+            chains.release(word);
             let cut = all.partition_point(|&p| p < below);
-            (cut < all.len()).then(|| Positions::from_sorted(&all[cut..]))
+            chains.word_of(&all[cut..])
         };
         for (_, hours) in &mut self.accounts {
             match hours {
-                Hours::One(hour, positions) if *hour < before => match rest(positions) {
-                    Some(left) => *positions = left,
+                Hours::One(hour, word) if *hour < before => match rest(*word) {
+                    Some(left) => *word = left,
                     None => *hours = Hours::Many(BTreeMap::new()),
                 },
                 Hours::One(..) => {}
                 Hours::Many(map) => {
                     let aged: Vec<i64> = map.range(..before).map(|(h, _)| *h).collect();
                     for hour in aged {
-                        match rest(&map[&hour]) {
+                        match rest(map[&hour]) {
                             Some(left) => {
                                 map.insert(hour, left);
                             }

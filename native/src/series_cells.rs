@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use crate::cell::{Cell, Fold, TimeOrderedMerge};
 use crate::cell_map::{CellMap, Key};
 use crate::int_hash::IntMap;
-use crate::minute_positions::MinutePositions;
+use crate::position_chains::PositionChains;
 pub use crate::thresholds::Threshold;
 use crate::thresholds::{evaluate, state_len};
 
@@ -133,7 +133,9 @@ pub struct SeriesCells {
     thresholds: Vec<Threshold>,
     pub combos: Combos,
     slots: Vec<Slot>,
-    positions: MinutePositions,
+    /// Per minute cell of slot 0, the word of its record positions in `chains`.
+    positions: Vec<u64>,
+    chains: PositionChains,
     alert_state: Vec<i128>,
     /// Dimensioned metrics: the combination slots each account has events in, accounts in order
     /// of first appearance (the Python dict's order).
@@ -157,7 +159,8 @@ impl SeriesCells {
             thresholds,
             combos,
             slots: vec![Slot::default()],
-            positions: MinutePositions::default(),
+            positions: Vec::new(),
+            chains: PositionChains::default(),
             alert_state: Vec::new(),
             account_slots: Vec::new(),
             account_index: IntMap::default(),
@@ -180,7 +183,7 @@ impl SeriesCells {
     /// the per-account slot lists are not counted).
     pub fn memory_bytes(&self) -> usize {
         let maps: usize = self.slots.iter().flat_map(|s| s.levels.iter()).map(CellMap::memory_bytes).sum();
-        maps + self.positions.memory_bytes() + self.alert_state.capacity() * 16
+        maps + self.positions.capacity() * 8 + self.chains.memory_bytes() + self.alert_state.capacity() * 16
     }
 
     // ---------------------------------------------------------------------------------- apply
@@ -230,13 +233,14 @@ impl SeriesCells {
                     self.save_original(slot, level, entry);
                     self.slots[slot].levels[level].value_mut(entry).fold(fold);
                     if slot == 0 && level == MINUTE_LEVEL {
-                        self.positions.add(entry, record);
+                        self.chains.add(&mut self.positions[entry], record);
                     }
                 }
                 None => {
                     self.slots[slot].levels[level].push(key, Cell::of(fold));
                     if slot == 0 && level == MINUTE_LEVEL {
-                        self.positions.push(record);
+                        let word = self.chains.lone(record);
+                        self.positions.push(word);
                     } else if slot == 0 && level == PERIOD_LEVEL {
                         let stride = self.alert_stride();
                         self.alert_state.resize(self.alert_state.len() + stride, 0);
@@ -300,7 +304,15 @@ impl SeriesCells {
             let kept = map.retain(|(_, bucket)| bucket >= minute);
             dropped += before - kept.len();
             if number == 0 && kept.len() != before {
-                self.positions.retain(&kept);
+                let words = std::mem::take(&mut self.positions);
+                let mut kept = kept.iter().peekable();
+                for (entry, word) in words.into_iter().enumerate() {
+                    if kept.next_if_eq(&&entry).is_some() {
+                        self.positions.push(word);
+                    } else {
+                        self.chains.release(word);
+                    }
+                }
             }
         }
         Ok(dropped)
@@ -336,7 +348,7 @@ impl SeriesCells {
     /// The positions of the records that fed the account's minute, ascending.
     pub fn minute_positions(&self, account: u64, minute: i64) -> Vec<u64> {
         match self.slots[0].levels[MINUTE_LEVEL].find((account, minute)) {
-            Some(entry) => self.positions.get(entry),
+            Some(entry) => self.chains.get(self.positions[entry]),
             None => Vec::new(),
         }
     }
@@ -395,7 +407,7 @@ impl SeriesCells {
     fn live(&self, level: usize, slot: usize, entry: usize) -> SnapshotCell {
         let cell = *self.slots[slot].levels[level].value(entry);
         let tail = match (slot, level) {
-            (0, MINUTE_LEVEL) => self.positions.get(entry).into_iter().map(i128::from).collect(),
+            (0, MINUTE_LEVEL) => self.chains.get(self.positions[entry]).into_iter().map(i128::from).collect(),
             (0, PERIOD_LEVEL) => {
                 let stride = self.alert_stride();
                 self.alert_state[entry * stride..(entry + 1) * stride].to_vec()
@@ -436,9 +448,11 @@ impl SeriesCells {
         }
         match (slot, level) {
             (0, MINUTE_LEVEL) => {
-                let positions =
-                    cell.tail.iter().map(|&p| u64::try_from(p).unwrap_or(u64::MAX)).collect::<Vec<_>>();
-                self.positions.push_sorted(&positions)?;
+                let positions: Option<Vec<u64>> = cell.tail.iter().map(|&p| u64::try_from(p).ok()).collect();
+                let word = positions.and_then(|p| self.chains.word_of(&p)).ok_or_else(|| {
+                    "aggregates snapshot: a minute cell without record positions".to_owned()
+                })?;
+                self.positions.push(word);
             }
             (0, PERIOD_LEVEL) => {
                 if cell.tail.len() != self.alert_stride() {
