@@ -94,7 +94,7 @@ class _Corrupt(Exception):
 class _Job:
     """One write (+ sync) round: a detached buffer and where each part of it goes."""
 
-    data: bytearray  # the buffer taken from the log; nobody resizes it while the job runs
+    data: bytes  # the records appended since the round before, joined
     start: int  # global position of data[0]
     end: int
     fsync: bool
@@ -256,7 +256,7 @@ def run_rounds(jobs: list[_Job]) -> list[BaseException | None]:
     return _each(_run_job, jobs)
 
 
-def positioned_writes(jobs: list[_Job]) -> list[tuple[int, int, bytearray, int, int]] | None:
+def positioned_writes(jobs: list[_Job]) -> list[tuple[int, int, bytes, int, int]] | None:
     """``(fd, file offset, data, reserve offset, reserve length)`` of each round, for a worker
     that writes them (and then reserves the space, if the length is not 0): None unless every
     round is a deferred one that stays in its segment file (a round creating a file needs the
@@ -266,7 +266,7 @@ def positioned_writes(jobs: list[_Job]) -> list[tuple[int, int, bytearray, int, 
     return [_positioned_write(job) for job in jobs]
 
 
-def _positioned_write(job: _Job) -> tuple[int, int, bytearray, int, int]:
+def _positioned_write(job: _Job) -> tuple[int, int, bytes, int, int]:
     base = job.targets[0][0]
     _, offset, length = job.reserve or (base, 0, 0)
     return job.wfds[base], job.start - base, job.data, offset, length
@@ -376,7 +376,7 @@ def valid_prefix(fd: int, size: int) -> tuple[int, str | None]:
     return size, None
 
 
-def _payload_from_memory(buf: bytearray, off: int, position: int) -> bytes:
+def _payload_from_memory(buf: bytes, off: int, position: int) -> bytes:
     """The payload of the record at ``off`` in a buffer; ValueError unless a valid frame starts there."""
     if off + _HEADER_SIZE > len(buf):
         raise ValueError(f"position {position} is not the start of a record")
@@ -384,7 +384,7 @@ def _payload_from_memory(buf: bytearray, off: int, position: int) -> bytes:
     end = off + _HEADER_SIZE + length
     if end > len(buf):
         raise ValueError(f"position {position} is not the start of a record")
-    # Views are released before returning: a bytearray with live exports cannot grow.
+    # Views are released before returning (the tick writer's contract: no export outlives a read).
     view = memoryview(buf)
     try:
         payload = view[off + _HEADER_SIZE : end]
@@ -435,9 +435,14 @@ class SegmentLog:
         self._end = end
         self._written = end
         self._durable = end
-        self._buf = bytearray()
-        self._buf_start = end  # global position of _buf[0]
-        self._pending_bases: list[int] = []  # segments started in _buf, no file yet
+        # The records appended since the last round, each the frame its caller made: a round
+        # joins them once. Appended to one bytearray instead, a round's few records of ~1 KiB
+        # reallocated it at every append (CPython grows it to the exact size when an append is
+        # more than an eighth of it), copying it whole each time it moved (docs/benchmarks.md,
+        # "Position lists in chained cache lines").
+        self._frames: list[bytes] = []
+        self._buf_start = end  # global position of the first frame
+        self._pending_bases: list[int] = []  # segments started in _frames, no file yet
         self._seg_fill = end - bases[-1]  # bytes in the last (logical) segment, disk + buffer
         # The last segment's file size as the rounds leave it (records + reserved space), which
         # the rounds alone change, so it is known without asking: (its base, its size).
@@ -647,7 +652,7 @@ class SegmentLog:
             fill = 0
         self._seg_fill = fill + size
         self._end = position + size
-        self._buf += frame
+        self._frames.append(frame)
         return position
 
     async def flush(self, *, fsync: bool = True) -> None:
@@ -694,9 +699,9 @@ class SegmentLog:
     def _make_job(self, fsync: bool) -> _Job:
         """Detach the buffer into a job (on the loop thread; no I/O). A flush tick takes one per
         dirty log, so the usual case (no new segment file, nothing unsynced) is spelled out."""
-        data, start, end = self._buf, self._buf_start, self._end
+        data, start, end = b"".join(self._frames), self._buf_start, self._end
         active = self._bases[-1]
-        self._buf = bytearray()
+        self._frames = []
         self._buf_start = end
         new_bases = self._pending_bases
         if new_bases:
@@ -907,11 +912,19 @@ class SegmentLog:
         if position < self._bases[0] or position >= self._end:
             raise ValueError(f"position {position} is outside the log [{self._bases[0]}, {self._end})")
         if position >= self._buf_start:
-            return _payload_from_memory(self._buf, position - self._buf_start, position)
+            return _payload_from_memory(self._buffered(), position - self._buf_start, position)
         job = self._job
         if job is not None and position >= job.start:
             return _payload_from_memory(job.data, position - job.start, position)
         return self._read_disk(position)
+
+    def _buffered(self) -> bytes:
+        """The records appended since the last round, as one block. Joined here for a read or a
+        cut of what is not written yet, which are rare; kept joined until the next append."""
+        frames = self._frames
+        if len(frames) > 1:
+            frames[:] = [b"".join(frames)]
+        return frames[0] if frames else b""
 
     async def read_many(self, positions: Sequence[int]) -> list[bytes]:
         """The records at ``positions``: a page-cache read each, as ``read``."""
@@ -1031,13 +1044,14 @@ class SegmentLog:
         try:
             # 1. Drop buffered records at and after the cut, then write what remains of the buffer.
             if position >= self._buf_start:
-                del self._buf[position - self._buf_start :]
+                kept = self._buffered()[: position - self._buf_start]
+                self._frames = [kept] if kept else []
                 self._pending_bases = [b for b in self._pending_bases if b < position]
             else:
-                self._buf.clear()
+                self._frames = []
                 self._pending_bases.clear()
-            self._end = self._buf_start + len(self._buf)
-            if self._buf:
+            self._end = self._buf_start + sum(map(len, self._frames))
+            if self._frames:
                 self._run_sync_job(fsync=False)
             # 2. Cut on disk: later segments go (last first), the one holding the cut shrinks.
             doomed = [b for b in self._bases[1:] if b >= position]

@@ -15,7 +15,7 @@ use crate::tick_writer::{self, SegmentWrite, Tick, TickWriter};
 pub struct PyTickWriter {
     writer: TickWriter,
     /// Each queued tick's buffer exports, held until its outcome is taken: they keep the bytes
-    /// alive, and an exported bytearray cannot be resized, while the worker reads them.
+    /// alive (and a bytearray's unresizable) while the worker reads them.
     held: HashMap<u64, Vec<PyBuffer<u8>>>,
 }
 
