@@ -4,9 +4,9 @@
 //! Accounts are kept in order of first appearance (the Python dict's order, hence the snapshot's),
 //! an account with events in one hour only as that hour and its positions, one with several as
 //! a map by hour. An hour's positions are a word of `position_chains.rs`, where every stored
-//! event's append touches one cache line. A snapshot needs no copy: accounts are only ever appended and positions only
-//! grow past the log's end at capture, so reading the first `n` accounts' positions below that end
-//! later gives the index as it was.
+//! event's append touches one cache line. A snapshot needs no copy: accounts are only ever
+//! appended and positions only grow past the log's end at capture, so reading the first `n`
+//! accounts' positions below that end later gives the index as it was.
 
 use std::collections::BTreeMap;
 

@@ -2,7 +2,7 @@
 //! owner keeps: the minute cells' record positions (`series_cells.rs`) and the event index's
 //! positions of an account's hour (`event_index.rs`). Both get an append per stored event.
 //!
-//! The layout is chosen for that append. A heap list per key (`Positions`) put three scattered
+//! The layout is chosen for that append. A heap list per key (a `Vec` behind a header) put three scattered
 //! cache lines on every event's path (the owner's word, the list's header, the tail of its
 //! buffer) and a reallocation now and then. Here a word holds a lone position itself, or names the
 //! newest of the list's 64-byte chunks in one arena and how full it is; a chunk holds 15 positions
@@ -10,12 +10,11 @@
 //! chunk, which is where the list's last position (the duplicate check) is too. The arena grows by
 //! pages of 64 chunks, so growing never copies what it holds (a doubling vector of chunks copied
 //! megabytes at a time). Chunks of released lists go to a free list that new chains take from
-//! first. A position past 32 bits (a partition's log past 4 GiB) moves its list to a `Positions`,
-//! which widens; a released one leaves an empty slot behind (a partition past 4 GiB has few).
+//! first. A position past 32 bits (a partition's log past 4 GiB) moves its list to a plain vector
+//! of 64-bit positions; a released one leaves an empty slot behind (a partition past 4 GiB has
+//! few).
 
-use crate::positions::Positions;
-
-/// A word with this bit set is an index into `lists`.
+/// A word with this bit set is an index into `wide`.
 const LIST_TAG: u64 = 1 << 63;
 /// A word with this bit set names a chain: its newest chunk in the low 32 bits, and how many
 /// positions that chunk holds in the 4 bits above. An untagged word is a lone position below
@@ -41,7 +40,8 @@ pub struct PositionChains {
     pages: Vec<Box<[Chunk]>>,
     n_chunks: u32,
     free: Option<u32>,
-    lists: Vec<Positions>,
+    /// Lists holding a position past 32 bits.
+    wide: Vec<Vec<u64>>,
 }
 
 fn chain_word(chunk: u32, count: usize) -> u64 {
@@ -75,7 +75,10 @@ impl PositionChains {
     /// Append `position` (not below the list's last) to `word`'s list, unless it is its last.
     pub fn add(&mut self, word: &mut u64, position: u64) {
         if *word & LIST_TAG != 0 {
-            self.lists[(*word & !LIST_TAG) as usize].push_new(position);
+            let list = &mut self.wide[(*word & !LIST_TAG) as usize];
+            if list.last() != Some(&position) {
+                list.push(position);
+            }
         } else if *word & CHAIN_TAG == 0 {
             if *word == position {
                 return;
@@ -117,7 +120,7 @@ impl PositionChains {
     /// The positions of `word`'s list, ascending.
     pub fn get(&self, word: u64) -> Vec<u64> {
         if word & LIST_TAG != 0 {
-            self.lists[(word & !LIST_TAG) as usize].to_vec()
+            self.wide[(word & !LIST_TAG) as usize].clone()
         } else if word & CHAIN_TAG == 0 {
             vec![word]
         } else {
@@ -129,7 +132,7 @@ impl PositionChains {
     /// Give back what `word`'s list holds; the word is not to be used again.
     pub fn release(&mut self, word: u64) {
         if word & LIST_TAG != 0 {
-            self.lists[(word & !LIST_TAG) as usize] = Positions::empty();
+            self.wide[(word & !LIST_TAG) as usize] = Vec::new();
         } else if word & CHAIN_TAG != 0 {
             self.free_chain(chain_of(word).0);
         }
@@ -137,13 +140,13 @@ impl PositionChains {
 
     /// Bytes held (capacity).
     pub fn memory_bytes(&self) -> usize {
-        let lists: usize = self.lists.iter().map(|l| l.memory_bytes() + 32).sum();
-        self.pages.len() * PAGE_CHUNKS * std::mem::size_of::<Chunk>() + lists
+        let wide: usize = self.wide.iter().map(|l| l.capacity() * 8 + 24).sum();
+        self.pages.len() * PAGE_CHUNKS * std::mem::size_of::<Chunk>() + wide
     }
 
     fn widened(&mut self, positions: Vec<u64>) -> u64 {
-        self.lists.push(Positions::from_sorted(&positions));
-        LIST_TAG | (self.lists.len() - 1) as u64
+        self.wide.push(positions);
+        LIST_TAG | (self.wide.len() - 1) as u64
     }
 
     fn chain_positions(&self, newest: u32, count: usize) -> Vec<u64> {
@@ -251,6 +254,7 @@ mod tests {
         let mut chained = list_of(&mut chains, &(0..20).collect::<Vec<u64>>());
         chains.add(&mut chained, 1 << 40);
         chains.add(&mut chained, (1 << 40) + 1);
+        chains.add(&mut chained, (1 << 40) + 1); // a wide list keeps a repeat once too
         assert_eq!(chains.get(from_lone), vec![5, 1 << 33]);
         let mut expected: Vec<u64> = (0..20).collect();
         expected.extend([1 << 40, (1 << 40) + 1]);
