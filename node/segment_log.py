@@ -1043,15 +1043,15 @@ class SegmentLog:
         self._truncations += 1
         try:
             # 1. Drop buffered records at and after the cut, then write what remains of the buffer.
+            kept = b""
             if position >= self._buf_start:
                 kept = self._buffered()[: position - self._buf_start]
-                self._frames = [kept] if kept else []
                 self._pending_bases = [b for b in self._pending_bases if b < position]
             else:
-                self._frames = []
                 self._pending_bases.clear()
-            self._end = self._buf_start + sum(map(len, self._frames))
-            if self._frames:
+            self._frames = [kept] if kept else []
+            self._end = self._buf_start + len(kept)
+            if kept:
                 self._run_sync_job(fsync=False)
             # 2. Cut on disk: later segments go (last first), the one holding the cut shrinks.
             doomed = [b for b in self._bases[1:] if b >= position]
