@@ -453,7 +453,7 @@ class Node:
             if len(parts) <= _PARTS_PER_SLICE:
                 now = self.config.clock.now_ns()
                 outcomes = [
-                    part.ingest(rows, batch_id, now, self._specs.get)
+                    part.ingest(rows, batch_id, now, self._specs)
                     for part, (_, rows) in zip(targets, parts, strict=True)
                 ]
             else:
@@ -559,7 +559,7 @@ class Node:
           arrives between slices is held until the batch is in (returned as True), then raised by
           the caller, as if it had come just after the batch.
         """
-        spec_of = dict(self._specs).get
+        specs = dict(self._specs)
         now = self.config.clock.now_ns()
         outcomes: list[IngestOutcome] = []
         cancelled = False
@@ -569,7 +569,7 @@ class Node:
                     await asyncio.sleep(0)
                 except asyncio.CancelledError:
                     cancelled = True
-            outcomes.append(part.ingest(rows, batch_id, now, spec_of))
+            outcomes.append(part.ingest(rows, batch_id, now, specs))
         return outcomes, cancelled
 
     # ------------------------------------------------------------------ NodeApi: queries

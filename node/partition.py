@@ -229,10 +229,10 @@ class Partition:
         rows: Sequence[EventRow],
         batch_id: str,
         now_ns: int,
-        spec_of: Callable[[str], MetricSpec | None],
+        specs: Mapping[str, MetricSpec],
     ) -> IngestOutcome:
         """Deduplicate, append one record, apply, evaluate thresholds. Rows are already validated,
-        against ``spec_of``: the record stores those generations, and only rows whose metric
+        against ``specs``: the record stores those generations, and only rows whose metric
         still has its generation are applied."""
         if batch_id:
             seen = self._batches.get(batch_id)
@@ -241,7 +241,7 @@ class Partition:
         arrival = max(now_ns, self._last_arrival)
         first_offset = self.last_offset + 1
         offsets, n_dups, position, n_stored, fired, error = self._ingest_part(
-            rows, spec_of, first_offset, arrival, batch_id
+            rows, specs, first_offset, arrival, batch_id
         )
         outcome = IngestOutcome(offsets, n_dups)
         if position is not None:
@@ -275,7 +275,7 @@ class Partition:
         self._apply_stored = engine.bind_apply(self.index, self.aggregates, self._spec_of)
         """A stored record into :attr:`index` and :attr:`aggregates`."""
         self._ingest_part = engine.bind_ingest(
-            self.dedup, self.index, self.aggregates, self._spec_of, self._apply_stored, self.events
+            self.dedup, self.index, self.aggregates, self._specs, self._apply_stored, self.events
         )
         """A partition part's whole ingest (``node.partition_engine.PartIngest``)."""
 

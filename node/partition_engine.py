@@ -296,13 +296,17 @@ batch id), how many rows the record stores, the alerts they fired, and the excep
 the steps after the record was appended (None). Such an error is handed back, not raised: the
 record is stored (recovery replays it), so the partition remembers the batch before raising it."""
 
-PartIngest = Callable[[Sequence[EventRow], SpecOf, int, int, str], PartIngested]
-"""``(rows, spec_of, first_offset, arrival, batch_id) -> PartIngested``: a partition part's whole
-ingest, bound to the partition's state (``spec_of`` is what the rows were validated against)."""
+Specs = Mapping[str, MetricSpec]
+"""Metrics by code. The native ``PartIngest`` reads a dict with one C call a metric, where a
+lookup function was a Python call (ten a partition part)."""
 
-BindIngest = Callable[[DedupTable, Any, PartitionAggregates, SpecOf, StoredApply, RecordLog], PartIngest]
-"""``(dedup, index, aggregates, spec_of, apply, log) -> PartIngest``: a partition's part ingest
-bound to its dedup index, event index, aggregates, live metric lookup, apply step and event log."""
+PartIngest = Callable[[Sequence[EventRow], Specs, int, int, str], PartIngested]
+"""``(rows, specs, first_offset, arrival, batch_id) -> PartIngested``: a partition part's whole
+ingest, bound to the partition's state (``specs`` is what the rows were validated against)."""
+
+BindIngest = Callable[[DedupTable, Any, PartitionAggregates, Specs, StoredApply, RecordLog], PartIngest]
+"""``(dedup, index, aggregates, specs, apply, log) -> PartIngest``: a partition's part ingest
+bound to its dedup index, event index, aggregates, live metrics, apply step and event log."""
 
 
 def stepwise_ingest(
@@ -312,7 +316,7 @@ def stepwise_ingest(
     apply: StoredApply,
     append: Append,
     rows: Sequence[EventRow],
-    spec_of: SpecOf,
+    specs: Specs,
     first_offset: int,
     arrival: int,
     batch_id: str,
@@ -321,7 +325,7 @@ def stepwise_ingest(
     record appended, its new keys remembered, its rows applied (the reference of the native
     ``PartIngest``, and what that runs for rows that are not an ``EventBatch``)."""
     offsets, n_dups, record, stored, gens, new_keys = dedup_record(
-        dedup, rows, spec_of, first_offset, arrival, batch_id
+        dedup, rows, specs.get, first_offset, arrival, batch_id
     )
     if record is None:
         return offsets, n_dups, None, 0, [], None
@@ -338,7 +342,7 @@ def python_bind_ingest(
     dedup: DedupTable,
     index: Any,
     aggregates: PartitionAggregates,
-    spec_of: SpecOf,
+    specs: Specs,
     apply: StoredApply,
     log: RecordLog,
 ) -> PartIngest:
@@ -352,7 +356,7 @@ def native_bind_ingest(
     dedup: DedupTable,
     index: NativeEventIndex,
     aggregates: PartitionAggregates,
-    spec_of: SpecOf,
+    specs: Specs,
     apply: StoredApply,
     log: RecordLog,
 ) -> PartIngest:
@@ -367,7 +371,7 @@ def native_bind_ingest(
     if isinstance(log, SegmentLog):
         append, framed = log.append_frame, True
     part_ingest: PartIngest = aggregates.native_ingest(
-        module.PartIngest, dedup, index.native, spec_of, append, framed, stepwise
+        module.PartIngest, dedup, index.native, specs, append, framed, stepwise
     )
     return part_ingest
 

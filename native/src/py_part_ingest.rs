@@ -14,7 +14,7 @@
 //! is handed back beside the outcome instead of raised: the partition remembers the batch first,
 //! then raises it (`node.partition.Partition.ingest`), as it does for the Python steps.
 
-use pyo3::exceptions::PyAssertionError;
+use pyo3::exceptions::{PyAssertionError, PyKeyError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
@@ -37,9 +37,9 @@ pub struct PyPartIngest {
     store_for: Py<PyAny>,
     dedup: Py<PyDedupIndex>,
     index: Py<PyEventIndex>,
-    /// The partition's live metric lookup: a metric deleted since the batch was validated is
+    /// The partition's live metrics by code: a metric deleted since the batch was validated is
     /// logged but applied by nobody (`Node._ingest_in_slices`).
-    spec_of: Py<PyAny>,
+    specs: Py<PyAny>,
     /// The event log's `append(record) -> position`, or with `framed` its
     /// `append_frame(frame) -> position` (`SegmentLog`'s: the record framed here, its CRC by
     /// `crc32fast`, instead of by zlib in Python).
@@ -83,7 +83,7 @@ impl PyPartIngest {
         store_for: Py<PyAny>,
         dedup: Py<PyDedupIndex>,
         index: Py<PyEventIndex>,
-        spec_of: Py<PyAny>,
+        specs: Py<PyAny>,
         append: Py<PyAny>,
         framed: bool,
         stepwise: Py<PyAny>,
@@ -93,7 +93,7 @@ impl PyPartIngest {
             store_for,
             dedup,
             index,
-            spec_of,
+            specs,
             append,
             framed,
             stepwise,
@@ -106,22 +106,22 @@ impl PyPartIngest {
     /// each request event's offset (a duplicate's is its original's; a `UintList`), how many were
     /// duplicates, the log position of the record (None: nothing to log, no event stored and no
     /// batch id), how many events it stores, the alerts they fired, and the exception that
-    /// stopped the steps after the record was appended (None). ``spec_of`` is what the batch was
-    /// validated against: its generations go in the record.
+    /// stopped the steps after the record was appended (None). ``specs`` (a mapping of codes to
+    /// metrics) is what the batch was validated against: its generations go in the record.
     fn __call__<'py>(
         &mut self,
         py: Python<'py>,
         rows: &Bound<'py, PyAny>,
-        spec_of: &Bound<'py, PyAny>,
+        specs: &Bound<'py, PyAny>,
         first_offset: u64,
         arrival: i64,
         batch_id: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let Ok(batch) = rows.cast::<PyEventBatch>() else {
-            return self.stepwise.bind(py).call1((rows, spec_of, first_offset, arrival, batch_id));
+            return self.stepwise.bind(py).call1((rows, specs, first_offset, arrival, batch_id));
         };
         let batch = batch.get();
-        let validated = guarded(|| self.validated_metrics(py, batch, spec_of))?;
+        let validated = guarded(|| self.validated_metrics(py, batch, specs))?;
         let generations: Vec<u64> = validated.iter().map(|m| m.generation).collect();
         let dedup = self.dedup.bind(py).clone();
         // Taken for the call (a move of its vectors, no allocation) and put back at the end; a
@@ -153,12 +153,13 @@ impl PyPartIngest {
         let position: u64 = self.append.bind(py).call1((record,))?.extract()?;
         // Stored from here on: what fails is handed back, not raised.
         let fired = PyList::empty(py);
+        let stored = batch.with_events(std::mem::take(&mut found.stored));
         let error = guarded(|| {
             dedup.borrow_mut().add_keys(arrival, &found.new_keys, &found.key_offsets)?;
-            let stored = batch.with_events(std::mem::take(&mut found.stored));
             self.apply(py, &validated, &stored, position, first_offset as i64, &fired)
         })
         .err();
+        found.stored = stored.batch.events; // its buffer, for the next part's
         self.keep(found);
         Ok((offsets, n_duplicates, Some(position), n_stored, fired, error).into_pyobject(py)?.into_any())
     }
@@ -171,19 +172,18 @@ impl PyPartIngest {
         self.found = found;
     }
 
-    /// Each metric of `batch` (by code number) as `spec_of` gives it.
+    /// Each metric of `batch` (by code number) as `specs` holds it.
     fn validated_metrics<'py>(
         &mut self,
         py: Python<'py>,
         batch: &PyEventBatch,
-        spec_of: &Bound<'py, PyAny>,
+        specs: &Bound<'py, PyAny>,
     ) -> PyResult<Vec<Validated<'py>>> {
         let mut validated = Vec::with_capacity(batch.batch.code_count());
         for code in batch.code_objects(py) {
-            let spec = spec_of.call1((&code,))?;
-            if spec.is_none() {
+            let Some(spec) = metric_in(specs, &code)? else {
                 return Err(PyAssertionError::new_err("rows are validated before ingest"));
-            }
+            };
             let text = code.to_str()?;
             let generation = match self.known.iter().position(|m| m.code == text) {
                 Some(i) if self.known[i].spec.is(&spec) => self.known[i].generation,
@@ -244,17 +244,16 @@ impl PyPartIngest {
     ) -> PyResult<()> {
         index_batch(self.index.bind(py).borrow_mut().index_mut(), position, &stored.batch);
         let groups = CodeGroups::of(&stored.batch);
-        let spec_of = self.spec_of.bind(py).clone();
+        let specs = self.specs.bind(py).clone();
         for &number in groups.present() {
             let metric = &validated[number as usize];
-            let live = spec_of.call1((&metric.code,))?;
-            if !live.is(&metric.spec) {
-                // Deleted since the batch was validated (and maybe created again).
-                if live.is_none()
-                    || live.getattr(intern!(py, "generation"))?.extract::<u64>()? != metric.generation
-                {
-                    continue;
-                }
+            let Some(live) = metric_in(&specs, &metric.code)? else {
+                continue; // deleted since the batch was validated
+            };
+            if !live.is(&metric.spec)
+                && live.getattr(intern!(py, "generation"))?.extract::<u64>()? != metric.generation
+            {
+                continue; // deleted and created again since
             }
             let native = self.store_state(py, &metric.code, &live)?;
             apply_to_native(
@@ -268,5 +267,21 @@ impl PyPartIngest {
             )?;
         }
         Ok(())
+    }
+}
+
+/// `specs[code]`, or None for a code it lacks. A dict (what the node passes) is read with one C
+/// call: a bound `dict.get` was a Python call for each metric of each part.
+fn metric_in<'py>(
+    specs: &Bound<'py, PyAny>,
+    code: &Bound<'py, PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if let Ok(dict) = specs.cast::<PyDict>() {
+        return dict.get_item(code);
+    }
+    match specs.get_item(code) {
+        Ok(spec) => Ok(Some(spec)),
+        Err(err) if err.is_instance_of::<PyKeyError>(specs.py()) => Ok(None),
+        Err(err) => Err(err),
     }
 }
