@@ -45,7 +45,10 @@ class HealthServicer(health.aio.HealthServicer):  # type: ignore[misc]  # grpc_h
                     if status != sent:
                         await context.write(health_pb2.HealthCheckResponse(status=status))
                         sent = status
-                    if self._gracefully_shutting_down:
+                    # A shutdown that began while the write above was in flight has not set the
+                    # status yet (it waits for this lock): end only once the last status sent is
+                    # one a shutdown leaves, so that the watcher always hears NOT_SERVING.
+                    if self._gracefully_shutting_down and sent != health_pb2.HealthCheckResponse.SERVING:
                         return
                     await condition.wait()
         finally:
