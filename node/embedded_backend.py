@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 
 from .filesystem_sync import syncfs_supported
 from .kernel_fdatasync import KernelFdatasync
+from .log_tail import LogTail
 from .metric_registry import write_file_atomically
 from .partition_engine import partition_engine
-from .segment_log import SegmentLog, ValidPrefix, run_rounds, run_rounds_on_filesystem, valid_prefix
+from .segment_log import NewTail, SegmentLog, ValidPrefix, run_rounds, run_rounds_on_filesystem, valid_prefix
 from .stats import NodeStats
 from .tick_writes import TickWrites
 
@@ -55,6 +56,7 @@ class SegmentPartitionStorage:
         executor: ThreadPoolExecutor,
         kernel_sync: KernelFdatasync | None = None,
         scan: ValidPrefix = valid_prefix,
+        new_tail: NewTail = LogTail,
     ) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -67,6 +69,7 @@ class SegmentPartitionStorage:
                 executor=executor,
                 kernel_sync=kernel_sync,
                 scan=scan,
+                new_tail=new_tail,
             )
             for name in ("events", "alerts")
         )
@@ -101,10 +104,13 @@ class EmbeddedBackend:
         stats: NodeStats | None = None,
         tick_writer: Callable[[], Any] | None = None,
         scan: ValidPrefix = valid_prefix,
+        new_tail: NewTail = LogTail,
     ) -> None:
         self._data_dir = data_dir
         self._scan = scan
         """How a segment file's valid prefix is read when a partition's logs are opened (the engine's)."""
+        self._new_tail = new_tail
+        """The engine's log tail, which its ingest may append to directly (``node.log_tail``)."""
         self._segment_bytes = segment_bytes
         self._fsync_threads = fsync_threads
         self._stats = stats
@@ -146,6 +152,7 @@ class EmbeddedBackend:
             self._executor,
             self._kernel_sync,
             self._scan,
+            self._new_tail,
         )
         self._partitions[number] = storage
         if self._stats is not None:
@@ -260,4 +267,5 @@ def open_embedded_backend(config: NodeConfig, stats: NodeStats) -> EmbeddedBacke
         stats=stats,
         tick_writer=engine.tick_writer,
         scan=engine.valid_prefix,
+        new_tail=engine.new_log_tail,
     )

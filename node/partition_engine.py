@@ -38,9 +38,10 @@ from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
 from .index_run import RunColumns
 from .index_runs import IndexRuns
+from .log_tail import LogTail
 from .record_log import RecordLog
 from .records import EventRecord, encode_event_record
-from .segment_log import SegmentLog, ValidPrefix, valid_prefix
+from .segment_log import NewTail, SegmentLog, ValidPrefix, valid_prefix
 
 __all__ = [
     "PARTITION_ENGINES",
@@ -363,15 +364,18 @@ def native_bind_ingest(
     """The extension's ``PartIngest`` (``module``'s), bound to a partition's: an ``EventBatch``
     (what the server's requests become) in one native call, other rows through
     :func:`stepwise_ingest` of the native steps. A segment log is handed each batch's record
-    framed (``SegmentLog.append_frame``)."""
+    framed (``SegmentLog.append_frame``), or written straight into its tail when the log has the
+    extension's (``SegmentLog.tail``)."""
     add_new_keys = module.DedupIndex.add_new_keys
     stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, log.append)
     append: Append = log.append
-    framed = False
+    framed, tail = False, None
     if isinstance(log, SegmentLog):
         append, framed = log.append_frame, True
+        if isinstance(log.tail, module.LogTail):
+            tail = log.tail
     part_ingest: PartIngest = aggregates.native_ingest(
-        module.PartIngest, dedup, index.native, specs, append, framed, stepwise
+        module.PartIngest, dedup, index.native, specs, append, framed, tail, stepwise
     )
     return part_ingest
 
@@ -408,6 +412,9 @@ class PartitionEngine:
     """How recovery reads a segment file's valid prefix when it opens a log (``SegmentLog.open``)."""
     crc32: Crc32 = zlib.crc32
     """``zlib.crc32(data, value)`` or a faster equal: a snapshot file's checksum, written and read."""
+    new_log_tail: NewTail = LogTail
+    """A segment log's tail (``node.log_tail``); the native engine's own, which its part ingest
+    appends records to without a Python call."""
 
 
 PYTHON = PartitionEngine(
@@ -463,4 +470,5 @@ def partition_engine(name: str) -> PartitionEngine:
         module.TickWriter,
         module.valid_prefix,
         module.crc32,
+        module.LogTail,
     )

@@ -37,6 +37,7 @@ from typing import Self
 
 from . import filesystem_sync
 from .kernel_fdatasync import KernelFdatasync
+from .log_tail import LogTail, Tail
 
 __all__ = ["SegmentLog", "run_rounds", "run_rounds_on_filesystem"]
 
@@ -360,6 +361,10 @@ def _iter_records(fd: int, off: int, limit: int) -> Iterator[tuple[int, memoryvi
         off += p
 
 
+NewTail = Callable[[int, int, int], Tail]
+"""``(end, last segment's fill, segment bytes) -> Tail``: a log's tail (``node.log_tail.LogTail``,
+or the native engine's ``unimeter_native.LogTail``)."""
+
 ValidPrefix = Callable[[int, int], tuple[int, "str | None"]]
 """``(fd, size) -> (length, reason or None)``: the longest prefix of whole, checksum-valid records
 among a segment file's first ``size`` bytes, and why the rest is bad (:func:`valid_prefix`, or the
@@ -420,6 +425,7 @@ class SegmentLog:
         active_fd: int,
         end: int,
         allocated: int,
+        new_tail: NewTail,
     ) -> None:
         # Private: use SegmentLog.open().
         self._dir = directory
@@ -432,18 +438,12 @@ class SegmentLog:
         self._wfds: dict[int, int] = {bases[-1]: active_fd}  # active + segments with unsynced data
         self._unsynced: set[int] = set()  # segments written since their last sync
         self._dir_dirty = False  # a segment file was created/removed and the directory not synced
-        self._end = end
         self._written = end
         self._durable = end
-        # The records appended since the last round, each the frame its caller made: a round
-        # joins them once. Appended to one bytearray instead, a round's few records of ~1 KiB
-        # reallocated it at every append (CPython grows it to the exact size when an append is
-        # more than an eighth of it), copying it whole each time it moved (docs/benchmarks.md,
-        # "Position lists in chained cache lines").
-        self._frames: list[bytes] = []
-        self._buf_start = end  # global position of the first frame
-        self._pending_bases: list[int] = []  # segments started in _frames, no file yet
-        self._seg_fill = end - bases[-1]  # bytes in the last (logical) segment, disk + buffer
+        # Everything past what the rounds have taken: the appended records, the end, the last
+        # segment's fill, the segments the buffer starts, and whether appends are refused
+        # (node.log_tail; the native engine's appends a partition part's record to it directly).
+        self._tail = new_tail(end, end - bases[-1], segment_bytes)
         # The last segment's file size as the rounds leave it (records + reserved space), which
         # the rounds alone change, so it is known without asking: (its base, its size).
         self._allocated = (bases[-1], allocated)
@@ -451,7 +451,6 @@ class SegmentLog:
         self._next: _NextRound | None = None  # waiters for the round after it
         self._failure: BaseException | None = None
         self._closed = False
-        self._unusable = False  # _closed or _failure, one check on the hot path
         self._release_when_idle = False
         self._truncations = 0
         self.on_sync: Callable[[float], None] | None = None
@@ -470,9 +469,10 @@ class SegmentLog:
         executor: Executor | None = None,
         kernel_sync: KernelFdatasync | None = None,
         scan: ValidPrefix = valid_prefix,
+        new_tail: NewTail = LogTail,
     ) -> SegmentLog:
         """Open (or create) the log in ``directory``, validating every record (``scan``: the
-        engine's reading of a segment file's valid prefix).
+        engine's reading of a segment file's valid prefix; ``new_tail``: its log tail).
 
         At the first torn or corrupt record (a frame that runs past the end of its file, or whose
         CRC does not match) the segment is truncated there and every later segment is deleted; a
@@ -496,7 +496,9 @@ class SegmentLog:
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         rfds: dict[int, int] = {}
         try:
-            return cls._recover(directory, segment_bytes, executor, kernel_sync, dir_fd, found, rfds, scan)
+            return cls._recover(
+                directory, segment_bytes, executor, kernel_sync, dir_fd, found, rfds, scan, new_tail
+            )
         except BaseException:
             for fd in rfds.values():
                 os.close(fd)
@@ -514,6 +516,7 @@ class SegmentLog:
         found: list[int],
         rfds: dict[int, int],
         scan: ValidPrefix,
+        new_tail: NewTail,
     ) -> SegmentLog:
         kept: list[int] = []
         doomed: list[int] = []
@@ -576,7 +579,17 @@ class SegmentLog:
                 len(doomed),
             )
         return cls(
-            directory, segment_bytes, executor, kernel_sync, dir_fd, kept, rfds, active_fd, end, allocated
+            directory,
+            segment_bytes,
+            executor,
+            kernel_sync,
+            dir_fd,
+            kept,
+            rfds,
+            active_fd,
+            end,
+            allocated,
+            new_tail,
         )
 
     # ------------------------------------------------------------------ properties
@@ -592,7 +605,7 @@ class SegmentLog:
     @property
     def end_position(self) -> int:
         """Position after the last appended record (buffered or not): where the next append goes."""
-        return self._end
+        return self._tail.end
 
     @property
     def written_position(self) -> int:
@@ -613,17 +626,17 @@ class SegmentLog:
     def segment_count(self) -> int:
         """Segments of the log, including ones that so far exist only in the buffer."""
         in_flight = len(self._job.new_bases) if self._job is not None else 0
-        return len(self._bases) + in_flight + len(self._pending_bases)
+        return len(self._bases) + in_flight + len(self._tail.pending_bases)
 
     @property
     def size_bytes(self) -> int:
         """Bytes in all segments plus the buffer (positions are contiguous across segments)."""
-        return self._end - self._bases[0]
+        return self._tail.end - self._bases[0]
 
     def __repr__(self) -> str:
         state = "failed" if self._failure is not None else "closed" if self._closed else "open"
         return (
-            f"<SegmentLog {self._dir} {state} end={self._end} written={self._written} "
+            f"<SegmentLog {self._dir} {state} end={self._tail.end} written={self._written} "
             f"durable={self._durable} segments={self.segment_count}>"
         )
 
@@ -638,22 +651,19 @@ class SegmentLog:
 
     def append_frame(self, frame: bytes) -> int:
         """:meth:`append` of a record its caller framed: ``frame`` is the header and the payload
-        as ``append`` writes them. The native engine frames its event records as it writes them
-        (``native/src/py_part_ingest.rs``), with the same bytes (tested against this module), and
-        calls this once per partition part: one Python frame, no helper (a second frame was ~1,000
-        instructions a part, 64 a request)."""
-        if self._unusable:
+        as ``append`` writes them (the native engine's records that do not go to :attr:`tail`
+        directly)."""
+        tail = self._tail
+        if tail.refusing:
             self.check_usable()
-        size = len(frame)
-        position = self._end
-        fill = self._seg_fill
-        if fill and fill + size > self._segment_bytes:
-            self._pending_bases.append(position)
-            fill = 0
-        self._seg_fill = fill + size
-        self._end = position + size
-        self._frames.append(frame)
-        return position
+        return tail.append(frame)
+
+    @property
+    def tail(self) -> Tail:
+        """The log's tail (``node.log_tail``): the native engine's ingest appends a partition
+        part's record to it directly when it is the extension's, and while it does not refuse
+        appends; everything else goes through :meth:`append`."""
+        return self._tail
 
     async def flush(self, *, fsync: bool = True) -> None:
         """Write every record appended before the call to the OS, and fsync it if ``fsync``.
@@ -675,7 +685,7 @@ class SegmentLog:
             await self._flush(True)
 
     async def _flush(self, fsync: bool) -> None:
-        target = self._end
+        target = self._tail.end
         if (self._durable if fsync else self._written) >= target:
             return
         # Each caller waits on a future of its own, which the round's completion sets directly:
@@ -699,19 +709,14 @@ class SegmentLog:
     def _make_job(self, fsync: bool) -> _Job:
         """Detach the buffer into a job (on the loop thread; no I/O). A flush tick takes one per
         dirty log, so the usual case (no new segment file, nothing unsynced) is spelled out."""
-        data, start, end = b"".join(self._frames), self._buf_start, self._end
+        data, start, end, new_bases = self._tail.detach()
         active = self._bases[-1]
-        self._frames = []
-        self._buf_start = end
-        new_bases = self._pending_bases
         if new_bases:
-            self._pending_bases = []
             bounds = [start, *new_bases, end]
             owners = [active, *new_bases]
             targets = [(base, bounds[i] - start, bounds[i + 1] - start) for i, base in enumerate(owners)]
             written = [base for base, lo, hi in targets if hi > lo]
         else:
-            new_bases = []
             targets = [(active, 0, end - start)]
             written = [active] if end > start else []
         unsynced = self._unsynced
@@ -821,7 +826,7 @@ class SegmentLog:
         """Detach an fsync round for :func:`run_rounds`; None if nothing is pending or a round is
         already in flight (that round, or the one queued after it, covers this log). With
         ``defer_write`` its data is not written yet (:func:`written_elsewhere`, or the thread)."""
-        if self._unusable or self._job is not None or self._durable >= self._end:
+        if self._tail.refusing or self._job is not None or self._durable >= self._tail.end:
             return None
         job = self._detach(True, defer_write=defer_write)
         self._job = job
@@ -874,7 +879,7 @@ class SegmentLog:
             log.error("partition log %s failed: %s", self._dir, exc)
             if self.on_failure is not None:
                 self.on_failure()
-        self._unusable = True
+        self._tail.refusing = True
 
     def _run_sync_job(self, fsync: bool) -> None:
         """A round run inline on the calling thread (close_sync, truncate)."""
@@ -909,22 +914,15 @@ class SegmentLog:
         frame's bounds and CRC).
         """
         self.check_usable()
-        if position < self._bases[0] or position >= self._end:
-            raise ValueError(f"position {position} is outside the log [{self._bases[0]}, {self._end})")
-        if position >= self._buf_start:
-            return _payload_from_memory(self._buffered(), position - self._buf_start, position)
+        tail = self._tail
+        if position < self._bases[0] or position >= tail.end:
+            raise ValueError(f"position {position} is outside the log [{self._bases[0]}, {tail.end})")
+        if position >= tail.start:
+            return _payload_from_memory(tail.buffered(), position - tail.start, position)
         job = self._job
         if job is not None and position >= job.start:
             return _payload_from_memory(job.data, position - job.start, position)
         return self._read_disk(position)
-
-    def _buffered(self) -> bytes:
-        """The records appended since the last round, as one block. Joined here for a read or a
-        cut of what is not written yet, which are rare; kept joined until the next append."""
-        frames = self._frames
-        if len(frames) > 1:
-            frames[:] = [b"".join(frames)]
-        return frames[0] if frames else b""
 
     async def read_many(self, positions: Sequence[int]) -> list[bytes]:
         """The records at ``positions``: a page-cache read each, as ``read``."""
@@ -981,13 +979,14 @@ class SegmentLog:
         self.check_usable()
         if start_position == 0:
             start_position = self._bases[0]
-        if start_position != self._end and not self._is_base(start_position):
+        end = self._tail.end
+        if start_position != end and not self._is_base(start_position):
             self.read(start_position)  # ValueError unless a record starts there
-        return self._scan(start_position, self._end)
+        return self._scan(start_position, end)
 
     def _is_base(self, position: int) -> bool:
         job_bases = self._job.new_bases if self._job is not None else []
-        return position in self._bases or position in job_bases or position in self._pending_bases
+        return position in self._bases or position in job_bases or position in self._tail.pending_bases
 
     def _scan(self, position: int, stop: int) -> Iterator[tuple[int, bytes]]:
         truncations = self._truncations
@@ -1002,7 +1001,7 @@ class SegmentLog:
                         record = payload.tobytes()
                         payload.release()
                         yield base + off, record
-                        if self._unusable or self._truncations != truncations:
+                        if self._tail.refusing or self._truncations != truncations:
                             self._check_resumable(truncations)
                 except _Corrupt as bad:
                     raise OSError(
@@ -1034,23 +1033,17 @@ class SegmentLog:
         if self._job is not None:
             raise RuntimeError("cannot truncate a partition log while a flush is in flight")
         first = self._bases[0]
-        if position < first or position > self._end:
-            raise ValueError(f"position {position} is outside the log [{first}, {self._end}]")
-        if position == self._end and self._durable == self._end:
+        end = self._tail.end
+        if position < first or position > end:
+            raise ValueError(f"position {position} is outside the log [{first}, {end}]")
+        if position == end and self._durable == end:
             return
-        if position != self._end and not self._is_base(position):
+        if position != end and not self._is_base(position):
             self.read(position)  # ValueError unless a record starts there
         self._truncations += 1
         try:
             # 1. Drop buffered records at and after the cut, then write what remains of the buffer.
-            kept = b""
-            if position >= self._buf_start:
-                kept = self._buffered()[: position - self._buf_start]
-                self._pending_bases = [b for b in self._pending_bases if b < position]
-            else:
-                self._pending_bases.clear()
-            self._frames = [kept] if kept else []
-            self._end = self._buf_start + len(kept)
+            kept = self._tail.cut(position)
             if kept:
                 self._run_sync_job(fsync=False)
             # 2. Cut on disk: later segments go (last first), the one holding the cut shrinks.
@@ -1079,8 +1072,8 @@ class SegmentLog:
         except BaseException as exc:
             self._fail(None, exc)
             raise
-        self._end = self._written = self._durable = self._buf_start = position
-        self._seg_fill = position - active
+        self._written = self._durable = position
+        self._tail.reset(position, position - active)
 
     def _forget_segment(self, base: int) -> None:
         for fds in (self._rfds, self._wfds):
@@ -1095,7 +1088,7 @@ class SegmentLog:
         releasing its fds): a close that returns normally means everything appended is durable."""
         if self._closed:
             return
-        self._closed = self._unusable = True
+        self._closed = self._tail.refusing = True
         try:
             if self._failure is None:
                 await self._flush(True)
@@ -1113,9 +1106,9 @@ class SegmentLog:
             return
         if self._job is not None:
             raise RuntimeError("a flush is in flight; use 'await close()'")
-        self._closed = self._unusable = True
+        self._closed = self._tail.refusing = True
         try:
-            if self._failure is None and self._durable < self._end:
+            if self._failure is None and self._durable < self._tail.end:
                 self._run_sync_job(fsync=True)
         finally:
             self._release()

@@ -1,7 +1,7 @@
 //! The steps of the native engine shared by a partition part that arrives as an `EventBatch`
 //! (`py_event_batch`, ingested in one call by `py_part_ingest`) and the apply step of stored rows
 //! (`apply_batch`: recovery's replay, an in-process caller's tuples). For a batch: its event
-//! record (`batch_record_bytes`), its events indexed (`index_batch`) and grouped by metric once
+//! record (`batch_record_head`), its events indexed (`index_batch`) and grouped by metric once
 //! (`event_batch::CodeGroups`), each group handed to a store's Rust state (`py_series_store`,
 //! `py_unique_store`) as the store's events are read (`metric_events`). Outputs are those of the
 //! row path for the rows the batch stands for, record bytes included (tested in lock step against
@@ -10,29 +10,28 @@
 use pyo3::exceptions::{PyKeyError, PyOverflowError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 
 use crate::batch_dedup::BatchDedup;
 use crate::event_batch::{BatchEvent, EventBatch};
 use crate::event_index::{EventIndex, HOUR_NS};
 use crate::guarded;
-use crate::py_event_record::{event_record_bytes, RecordHead};
+use crate::py_event_record::RecordHead;
 use crate::py_rows::MetricRows;
 use crate::py_series_store::PySeriesCells;
 use crate::py_unique_store::PyUniqueSets;
 
-/// The event record of a deduplicated batch (None: nothing to log), its metrics' `generations` in
-/// order of first appearance; `framed` as `event_record_bytes` has it.
-pub fn batch_record_bytes<'py>(
-    py: Python<'py>,
-    generations: &[(Bound<'py, PyString>, u64)],
-    found: &BatchDedup,
+/// The head of a deduplicated batch's event record (`py_event_record`), its metrics'
+/// `generations` in order of first appearance: written as bytes (`event_record_bytes`) or
+/// straight into a segment log's tail (`append_event_record`).
+pub fn batch_record_head<'a, 'py>(
+    generations: &'a [(Bound<'py, PyString>, u64)],
+    found: &'a BatchDedup,
     first_offset: u64,
     arrival: i64,
-    batch_id: &str,
-    framed: bool,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    let head = RecordHead {
+    batch_id: &'a str,
+) -> RecordHead<'a, 'py> {
+    RecordHead {
         first_offset,
         batch_id,
         arrival,
@@ -41,8 +40,7 @@ pub fn batch_record_bytes<'py>(
         stamped: &found.stamped,
         n_requested: found.offsets.len(), // one offset per requested event
         duplicates: &found.duplicates,
-    };
-    event_record_bytes(py, &head, &found.packed_rows.buf, framed)
+    }
 }
 
 /// Index a stored batch's events under the record at `position`.

@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyInt, PyList, PyString, PyTuple};
 
 use crate::msgpack_writer::MsgpackWriter;
+use crate::py_log_tail::PyLogTail;
 use crate::segment_scan::{frame_header, HEADER_SIZE};
 
 /// `node.records.EVENT_RECORD_VERSION`.
@@ -30,6 +31,14 @@ pub struct RecordHead<'a, 'py> {
     pub duplicates: &'a [(usize, u64)],
 }
 
+impl RecordHead<'_, '_> {
+    /// Whether the part logs a record: it stores an event, or has a batch id to remember (a part
+    /// of duplicates only, sent without an id, logs nothing).
+    fn logs_anything(&self) -> bool {
+        self.n_stored > 0 || !self.batch_id.is_empty()
+    }
+}
+
 /// A partition part's event record as Python bytes, or None when the part logs nothing: no event
 /// stored and no batch id to remember (duplicates only, sent without an id). With `framed`, the
 /// bytes are the record's frame in a segment log (`segment_scan::frame_header`, then the record),
@@ -42,7 +51,7 @@ pub fn event_record_bytes<'py>(
     packed_rows: &[u8],
     framed: bool,
 ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-    if head.n_stored == 0 && head.batch_id.is_empty() {
+    if !head.logs_anything() {
         return Ok(None);
     }
     let (fields, rows_at) = encode_record_fields(head)?;
@@ -68,6 +77,21 @@ pub fn event_record_bytes<'py>(
         Ok(())
     })?;
     Ok(Some(bytes))
+}
+
+/// `event_record_bytes`'s framed record appended straight to a segment log's tail: its position,
+/// or None when the part logs nothing. No `bytes` object is made for it.
+pub fn append_event_record(
+    head: &RecordHead<'_, '_>,
+    packed_rows: &[u8],
+    tail: &mut PyLogTail,
+) -> PyResult<Option<u64>> {
+    if !head.logs_anything() {
+        return Ok(None);
+    }
+    let (fields, rows_at) = encode_record_fields(head)?;
+    let (before, after) = fields.split_at(rows_at);
+    tail.append_record(&[before, packed_rows, after]).map(Some)
 }
 
 /// The record's msgpack but its rows: the fields up to the rows' array header, then the fields

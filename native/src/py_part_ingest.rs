@@ -22,10 +22,12 @@ use pyo3::types::{PyDict, PyList, PyString};
 use crate::batch_dedup::{dedup_batch, BatchDedup};
 use crate::event_batch::CodeGroups;
 use crate::guarded;
-use crate::py_batch_ingest::{apply_to_native, batch_record_bytes, index_batch, store_of};
+use crate::py_batch_ingest::{apply_to_native, batch_record_head, index_batch, store_of};
 use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_index::PyEventIndex;
+use crate::py_event_record::{append_event_record, event_record_bytes};
+use crate::py_log_tail::PyLogTail;
 use crate::py_uint_list::PyUintList;
 
 /// A partition's parts that its ingest steps read and change, bound once per partition (and again
@@ -45,6 +47,9 @@ pub struct PyPartIngest {
     /// `crc32fast`, instead of by zlib in Python).
     append: Py<PyAny>,
     framed: bool,
+    /// The segment log's native tail (`py_log_tail`), which the record's frame is written into
+    /// directly; None for any other log.
+    tail: Option<Py<PyLogTail>>,
     /// The same steps one by one (`node.partition_engine.stepwise_ingest`), for rows that are
     /// not an `EventBatch` (an in-process caller's tuples).
     stepwise: Py<PyAny>,
@@ -86,6 +91,7 @@ impl PyPartIngest {
         specs: Py<PyAny>,
         append: Py<PyAny>,
         framed: bool,
+        tail: Option<Py<PyLogTail>>,
         stepwise: Py<PyAny>,
     ) -> Self {
         Self {
@@ -96,6 +102,7 @@ impl PyPartIngest {
             specs,
             append,
             framed,
+            tail,
             stepwise,
             known: Vec::new(),
             found: BatchDedup::default(),
@@ -140,17 +147,13 @@ impl PyPartIngest {
         }
         let n_duplicates = found.duplicates.len();
         let n_stored = found.stored.len();
-        let record = guarded(|| {
-            let generations: Vec<_> = validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
-            batch_record_bytes(py, &generations, &found, first_offset, arrival, batch_id, self.framed)
-        })?;
+        let position = self.append_record(py, &validated, &found, first_offset, arrival, batch_id)?;
         let offsets = PyUintList::new(std::mem::take(&mut found.offsets));
-        let Some(record) = record else {
+        let Some(position) = position else {
             self.keep(found);
             let outcome = (offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);
             return Ok(outcome.into_pyobject(py)?.into_any());
         };
-        let position: u64 = self.append.bind(py).call1((record,))?.extract()?;
         // Stored from here on: what fails is handed back, not raised.
         let fired = PyList::empty(py);
         let stored = batch.with_events(std::mem::take(&mut found.stored));
@@ -166,6 +169,34 @@ impl PyPartIngest {
 }
 
 impl PyPartIngest {
+    /// The part's event record appended to the log: its position, or None when it logs nothing.
+    /// A segment log's native tail takes the frame as it is written; any other log, or a tail
+    /// whose log refuses appends (closed, failed: its `append_frame` raises why), gets the record
+    /// as bytes through `append`.
+    fn append_record(
+        &self,
+        py: Python<'_>,
+        validated: &[Validated<'_>],
+        found: &BatchDedup,
+        first_offset: u64,
+        arrival: i64,
+        batch_id: &str,
+    ) -> PyResult<Option<u64>> {
+        let generations: Vec<_> = validated.iter().map(|m| (m.code.clone(), m.generation)).collect();
+        let head = batch_record_head(&generations, found, first_offset, arrival, batch_id);
+        if let Some(tail) = &self.tail {
+            let mut tail = tail.bind(py).borrow_mut();
+            if !tail.refusing {
+                return guarded(|| append_event_record(&head, &found.packed_rows.buf, &mut tail));
+            }
+        }
+        let Some(record) = guarded(|| event_record_bytes(py, &head, &found.packed_rows.buf, self.framed))?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(self.append.bind(py).call1((record,))?.extract()?))
+    }
+
     /// Keep `found`'s buffers for the next part (unless a huge part grew them).
     fn keep(&mut self, mut found: BatchDedup) {
         found.release_if_large();

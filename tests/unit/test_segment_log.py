@@ -1,4 +1,5 @@
-"""SegmentLog: framing, segments, recovery of torn tails, group commit, truncation."""
+"""SegmentLog: framing, segments, recovery of torn tails, group commit, truncation; every test on
+each engine's log tail (``node.log_tail`` and the extension's)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node import filesystem_sync, segment_log
+from node.partition_engine import partition_engine
 from node.segment_log import SegmentLog
+from tests.engines import ENGINES
 from tests.segment_files import records_length
 
 HEADER = 8
@@ -61,6 +64,14 @@ def fsync_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture
 def log_dir(tmp_path: Path) -> Path:
     return tmp_path / "log"
+
+
+@pytest.fixture(autouse=True, params=ENGINES)
+def log_tail(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine whose log tail the logs of a test get: ``SegmentLog.open`` defaults to it."""
+    defaults = vars(SegmentLog)["open"].__func__.__kwdefaults__
+    monkeypatch.setitem(defaults, "new_tail", partition_engine(request.param).new_log_tail)
+    return str(request.param)
 
 
 # ---------------------------------------------------------------- appends, reads, flushes
