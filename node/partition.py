@@ -188,7 +188,9 @@ class Partition:
         self._config = config
         self.events = storage.events
         self.alert_log = storage.alerts
-        self.last_offset = 0
+        self._cursor = config.engine.new_cursor()
+        """Where ingest stands: the last offset, the last arrival, the records since the snapshot
+        (``node.ingest_cursor``; the part ingest step moves it on)."""
         self._engine = config.engine
         self.aggregates = PartitionAggregates(self._fetch_events, config.engine.stores)
         self.dedup = config.engine.new_dedup(config.dedup_window_ns)
@@ -212,8 +214,6 @@ class Partition:
         an ``AlertList``'s ``len`` is a Python call (~1,000 instructions, 64 a request)."""
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
-        self._last_arrival = 0
-        self._records_since_snapshot = 0
         self._unapplied: BaseException | None = None
         """Why a stored record's apply step failed, if one did: the state is behind the log, so no
         snapshot is taken (a restart replays the record) until then."""
@@ -221,6 +221,15 @@ class Partition:
         self.last_snapshot_time: float | None = None
         """Wall-clock time the current snapshot was written (or, after recovery, its file's mtime)."""
         self._recover()
+
+    @property
+    def last_offset(self) -> int:
+        """The offset of the partition's last stored event (0: none yet)."""
+        return self._cursor.last_offset
+
+    @last_offset.setter
+    def last_offset(self, offset: int) -> None:
+        self._cursor.last_offset = offset
 
     # ------------------------------------------------------------------ ingest
 
@@ -238,28 +247,21 @@ class Partition:
             seen = self._batches.get(batch_id)
             if seen is not None:
                 return seen[1]
-        arrival = max(now_ns, self._last_arrival)
-        first_offset = self.last_offset + 1
-        offsets, n_dups, position, n_stored, fired, error = self._ingest_part(
-            rows, specs, first_offset, arrival, batch_id
-        )
-        outcome = IngestOutcome(offsets, n_dups)
-        if position is not None:
-            # The record is stored from here on (recovery replays it), and its keys remembered:
-            # its batch id is remembered before anything else can fail (the apply step, a failed
-            # alert log), so a retry of a call that raised after this point is answered as a
-            # duplicate, never stored twice.
-            if batch_id:
-                self._remember_batch(batch_id, arrival, outcome)
-            self._last_arrival = arrival
-            self._records_since_snapshot += 1
-            if n_stored:
-                self.last_offset = first_offset + n_stored - 1
-            if error is not None:
-                self._unapplied = error
-                raise error
-            if fired:
-                self._log_alerts(first_offset, fired, arrival)
+        done = self._ingest_part(rows, specs, now_ns, batch_id)
+        if not isinstance(done, tuple):
+            return done  # nothing logged, or logged with nothing more to do: the cursor moved on
+        # A record is stored (recovery replays it), its keys remembered and the cursor moved on:
+        # its batch id is remembered before anything else can fail (the apply step, a failed
+        # alert log), so a retry of a call that raised after this point is answered as a
+        # duplicate, never stored twice.
+        outcome, first_offset, arrival, fired, error = done
+        if batch_id:
+            self._remember_batch(batch_id, arrival, outcome)
+        if error is not None:
+            self._unapplied = error
+            raise error
+        if fired:
+            self._log_alerts(first_offset, fired, arrival)
         return outcome
 
     def forget_metric(self, code: str) -> None:
@@ -275,7 +277,13 @@ class Partition:
         self._apply_stored = engine.bind_apply(self.index, self.aggregates, self._spec_of)
         """A stored record into :attr:`index` and :attr:`aggregates`."""
         self._ingest_part = engine.bind_ingest(
-            self.dedup, self.index, self.aggregates, self._specs, self._apply_stored, self.events
+            self.dedup,
+            self.index,
+            self.aggregates,
+            self._specs,
+            self._apply_stored,
+            self.events,
+            self._cursor,
         )
         """A partition part's whole ingest (``node.partition_engine.PartIngest``)."""
 
@@ -369,7 +377,7 @@ class Partition:
             await self._age_index()
             await self._fold_minutes()
             state = self._snapshot_state()
-            covered = self._records_since_snapshot
+            covered = self._cursor.records
             try:
                 # Ingestion goes on between slices: what it changes was copied, or is copy-on-write.
                 pieces = await encode_snapshot(state, self._engine.crc32)
@@ -380,7 +388,7 @@ class Partition:
             if self._runs is not None:
                 self._runs.delete_retired()  # the snapshot on disk no longer lists them
             # Records appended while the file was being written are not in it: they still count.
-            self._records_since_snapshot -= covered
+            self._cursor.records -= covered
             self.last_snapshot_time = self._config.clock.now_ns() / 1e9
 
     async def _age_index(self) -> None:
@@ -412,7 +420,7 @@ class Partition:
     @property
     def records_since_snapshot(self) -> int:
         """Log records appended since the last snapshot."""
-        return self._records_since_snapshot
+        return self._cursor.records
 
     async def close(self) -> None:
         """Flush, snapshot and close the logs. The logs are closed (made durable) even if the
@@ -433,7 +441,7 @@ class Partition:
             partition=self.number,
             event_position=self.events.end_position,
             last_offset=self.last_offset,
-            last_arrival=self._last_arrival,
+            last_arrival=self._cursor.last_arrival,
             alert_position=self.alert_log.end_position,
             alert_count=len(self.alerts),
             aggregates=self.aggregates.to_snapshot(),
@@ -469,7 +477,7 @@ class Partition:
                 fired_by_record.append((first, arrival, fired))
             if batch_id:
                 self._remember_batch(batch_id, arrival, _outcome_from_record(first, len(rows), n_req, dups))
-            self._last_arrival = max(self._last_arrival, arrival)
+            self._cursor.last_arrival = max(self._cursor.last_arrival, arrival)
             replayed += 1
         covered = self._recover_alerts(indexed)
         self.published_alert_offset = len(self.alerts)
@@ -477,7 +485,7 @@ class Partition:
         for first, arrival, fired in fired_by_record:
             if first > covered:
                 self._log_alerts(first, fired, arrival)
-        self._records_since_snapshot = replayed
+        self._cursor.records = replayed
         if replayed or start_pos:
             log.info(
                 "partition %d recovered: offset %d, %d records replayed in %.3fs",
@@ -617,7 +625,7 @@ class Partition:
         self.index.runs = self._runs
         self._bind_steps()
         self.last_offset = state.last_offset
-        self._last_arrival = state.last_arrival
+        self._cursor.last_arrival = state.last_arrival
         self.last_snapshot_time = written_at
         for batch_id, arrival, offsets, n_dup in state.batches:
             self._batches[batch_id] = (arrival, IngestOutcome(offsets, n_dup))

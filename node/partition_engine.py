@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol
 
+from cluster_client.node_api import IngestOutcome
 from cluster_client.types import EventRow
 
 from .aggregation import AlertRow, AppliedRow, MetricSpec, PartitionAggregates
@@ -38,6 +39,7 @@ from .dedup_index import DedupIndex, derived_key, event_key
 from .event_index import HOUR_NS, EventIndex, NativeEventIndex
 from .index_run import RunColumns
 from .index_runs import IndexRuns
+from .ingest_cursor import Cursor, IngestCursor
 from .log_tail import LogTail
 from .record_log import RecordLog
 from .records import EventRecord, encode_event_record
@@ -289,25 +291,30 @@ def native_bind_apply(
 Append = Callable[[bytes], int]
 """An event log's ``append(record) -> position``."""
 
-PartIngested = tuple[list[int], int, "int | None", int, list[AlertRow], "BaseException | None"]
-"""What a partition part's ingest returns: ``(offsets, n_duplicates, position, n_stored, fired,
-error)``: each request row's offset (a duplicate's is its original's), how many rows were
-duplicates, the log position of its event record (None: nothing logged, no row stored and no
-batch id), how many rows the record stores, the alerts they fired, and the exception that stopped
-the steps after the record was appended (None). Such an error is handed back, not raised: the
-record is stored (recovery replays it), so the partition remembers the batch before raising it."""
+PartIngested = IngestOutcome | tuple[IngestOutcome, int, int, list[AlertRow], BaseException | None]
+"""What a partition part's ingest returns: its ``IngestOutcome`` (each request row's offset, a
+duplicate's its original's, and how many rows were duplicates), having moved the partition's
+cursor on if it logged a record; or, when the partition has more to do, ``(outcome,
+first_offset, arrival, fired, error)``: a record was logged with a batch id to remember, fired
+alerts, or stopped on an exception after the record was appended. Such an error is handed back,
+not raised: the record is stored (recovery replays it), so the partition remembers the batch
+before raising it."""
 
 Specs = Mapping[str, MetricSpec]
 """Metrics by code. The native ``PartIngest`` reads a dict with one C call a metric, where a
 lookup function was a Python call (ten a partition part)."""
 
-PartIngest = Callable[[Sequence[EventRow], Specs, int, int, str], PartIngested]
-"""``(rows, specs, first_offset, arrival, batch_id) -> PartIngested``: a partition part's whole
-ingest, bound to the partition's state (``specs`` is what the rows were validated against)."""
+PartIngest = Callable[[Sequence[EventRow], Specs, int, str], PartIngested]
+"""``(rows, specs, now_ns, batch_id) -> PartIngested``: a partition part's whole ingest, bound to
+the partition's state (``specs`` is what the rows were validated against; ``now_ns`` the clock,
+which the cursor's last arrival bounds from below)."""
 
-BindIngest = Callable[[DedupTable, Any, PartitionAggregates, Specs, StoredApply, RecordLog], PartIngest]
-"""``(dedup, index, aggregates, specs, apply, log) -> PartIngest``: a partition's part ingest
-bound to its dedup index, event index, aggregates, live metrics, apply step and event log."""
+BindIngest = Callable[
+    [DedupTable, Any, PartitionAggregates, Specs, StoredApply, RecordLog, Cursor], PartIngest
+]
+"""``(dedup, index, aggregates, specs, apply, log, cursor) -> PartIngest``: a partition's part
+ingest bound to its dedup index, event index, aggregates, live metrics, apply step, event log and
+ingest cursor."""
 
 
 def stepwise_ingest(
@@ -316,27 +323,38 @@ def stepwise_ingest(
     dedup: DedupTable,
     apply: StoredApply,
     append: Append,
+    cursor: Cursor,
     rows: Sequence[EventRow],
     specs: Specs,
-    first_offset: int,
-    arrival: int,
+    now_ns: int,
     batch_id: str,
 ) -> PartIngested:
     """A partition part's ingest as its steps, one call each: the dedup step and its record, the
-    record appended, its new keys remembered, its rows applied (the reference of the native
-    ``PartIngest``, and what that runs for rows that are not an ``EventBatch``)."""
+    record appended, the cursor moved on, its new keys remembered, its rows applied (the
+    reference of the native ``PartIngest``, and what that runs for rows that are not an
+    ``EventBatch``). A part starts after the cursor's last offset, and arrives at ``now_ns`` or,
+    if the clock went back, at the last arrival."""
+    first_offset = cursor.last_offset + 1
+    arrival = max(now_ns, cursor.last_arrival)
     offsets, n_dups, record, stored, gens, new_keys = dedup_record(
         dedup, rows, specs.get, first_offset, arrival, batch_id
     )
+    outcome = IngestOutcome(offsets, n_dups)
     if record is None:
-        return offsets, n_dups, None, 0, [], None
+        return outcome
     position = append(record)
+    cursor.last_arrival = arrival
+    cursor.records += 1
+    if stored:
+        cursor.last_offset = first_offset + len(stored) - 1
     try:
         add_new_keys(dedup, arrival, new_keys)
         fired = apply(position, stored, first_offset, gens) if stored else []
     except Exception as exc:  # the record is stored: see PartIngested
-        return offsets, n_dups, position, len(stored), [], exc
-    return offsets, n_dups, position, len(stored), fired, None
+        return outcome, first_offset, arrival, [], exc
+    if batch_id or fired:
+        return outcome, first_offset, arrival, fired, None
+    return outcome
 
 
 def python_bind_ingest(
@@ -346,10 +364,12 @@ def python_bind_ingest(
     specs: Specs,
     apply: StoredApply,
     log: RecordLog,
+    cursor: Cursor,
 ) -> PartIngest:
     """:func:`stepwise_ingest` of the reference steps, bound to a partition's (its index,
     aggregates and metric lookup are in ``apply``)."""
-    return partial(stepwise_ingest, python_dedup_record, python_add_new_keys, dedup, apply, log.append)
+    steps = (python_dedup_record, python_add_new_keys, dedup, apply, log.append, cursor)
+    return partial(stepwise_ingest, *steps)
 
 
 def native_bind_ingest(
@@ -360,6 +380,7 @@ def native_bind_ingest(
     specs: Specs,
     apply: StoredApply,
     log: RecordLog,
+    cursor: Cursor,
 ) -> PartIngest:
     """The extension's ``PartIngest`` (``module``'s), bound to a partition's: an ``EventBatch``
     (what the server's requests become) in one native call, other rows through
@@ -367,7 +388,7 @@ def native_bind_ingest(
     framed (``SegmentLog.append_frame``), or written straight into its tail when the log has the
     extension's (``SegmentLog.tail``)."""
     add_new_keys = module.DedupIndex.add_new_keys
-    stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, log.append)
+    stepwise = partial(stepwise_ingest, module.dedup_record, add_new_keys, dedup, apply, log.append, cursor)
     append: Append = log.append
     framed, tail = False, None
     if isinstance(log, SegmentLog):
@@ -375,7 +396,7 @@ def native_bind_ingest(
         if isinstance(log.tail, module.LogTail):
             tail = log.tail
     part_ingest: PartIngest = aggregates.native_ingest(
-        module.PartIngest, dedup, index.native, specs, append, framed, tail, stepwise
+        module.PartIngest, dedup, index.native, specs, append, framed, tail, cursor, IngestOutcome, stepwise
     )
     return part_ingest
 
@@ -415,6 +436,9 @@ class PartitionEngine:
     new_log_tail: NewTail = LogTail
     """A segment log's tail (``node.log_tail``); the native engine's own, which its part ingest
     appends records to without a Python call."""
+    new_cursor: Callable[[], Cursor] = IngestCursor
+    """A new partition's ingest cursor (``node.ingest_cursor``); the native engine's own, which
+    its part ingest moves on without a Python step."""
 
 
 PYTHON = PartitionEngine(
@@ -471,4 +495,5 @@ def partition_engine(name: str) -> PartitionEngine:
         module.valid_prefix,
         module.crc32,
         module.LogTail,
+        module.IngestCursor,
     )

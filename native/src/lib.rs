@@ -32,6 +32,7 @@ mod py_event_batch;
 mod py_event_index;
 mod py_event_record;
 mod py_ingest_answer;
+mod py_ingest_cursor;
 mod py_log_tail;
 mod py_part_ingest;
 mod py_partition_batch;
@@ -290,6 +291,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add_class::<py_part_ingest::PyPartIngest>()?;
     m.add_class::<py_log_tail::PyLogTail>()?;
+    m.add_class::<py_ingest_cursor::PyIngestCursor>()?;
     m.add_function(wrap_pyfunction!(py_ingest_answer::request_offsets, m)?)?;
     m.add_function(wrap_pyfunction!(py_ingest_answer::encode_ingest_response, m)?)?;
     m.add_class::<py_tick_writer::PyTickWriter>()?;

@@ -3,12 +3,13 @@
 //! `apply_batch`) each crossed into Rust on their own and handed Python objects to the next.
 //!
 //! The steps are theirs, in their order: the dedup loop (GIL released), the event record, the
-//! record appended through the partition's log (`append`, Python: the log owns its buffer and
-//! positions), then the new keys, the event index and the stores. What no longer happens per
-//! part: a generations dict, a stored batch and a key holder made as Python objects, the record's
-//! metrics named back to Python, and each metric's spec and generation read twice. A 16-event
-//! part over five metrics spends ~26 us in process, half of it outside its events
-//! (docs/benchmarks.md).
+//! record appended to the partition's log (written into a segment log's native tail, or handed
+//! to another log's `append`), then the new keys, the event index and the stores. The part
+//! starts where the partition's ingest cursor stands and moves it on, so the partition's Python
+//! step has nothing to do for a part but pass its answer on. What no longer happens per part: a
+//! generations dict, a stored batch and a key holder made as Python objects, the record's
+//! metrics named back to Python, and each metric's spec and generation read twice
+//! (docs/benchmarks.md, "What a partition part costs the loop").
 //!
 //! Once the record is appended it is stored (recovery replays it), so an error after that point
 //! is handed back beside the outcome instead of raised: the partition remembers the batch first,
@@ -27,6 +28,7 @@ use crate::py_dedup_index::PyDedupIndex;
 use crate::py_event_batch::PyEventBatch;
 use crate::py_event_index::PyEventIndex;
 use crate::py_event_record::{append_event_record, event_record_bytes};
+use crate::py_ingest_cursor::PyIngestCursor;
 use crate::py_log_tail::PyLogTail;
 use crate::py_uint_list::PyUintList;
 
@@ -50,6 +52,10 @@ pub struct PyPartIngest {
     /// The segment log's native tail (`py_log_tail`), which the record's frame is written into
     /// directly; None for any other log.
     tail: Option<Py<PyLogTail>>,
+    /// The partition's ingest cursor, which a stored part moves on.
+    cursor: Py<PyIngestCursor>,
+    /// `IngestOutcome`, the answer of a part.
+    outcome: Py<PyAny>,
     /// The same steps one by one (`node.partition_engine.stepwise_ingest`), for rows that are
     /// not an `EventBatch` (an in-process caller's tuples).
     stepwise: Py<PyAny>,
@@ -92,6 +98,8 @@ impl PyPartIngest {
         append: Py<PyAny>,
         framed: bool,
         tail: Option<Py<PyLogTail>>,
+        cursor: Py<PyIngestCursor>,
+        outcome: Py<PyAny>,
         stepwise: Py<PyAny>,
     ) -> Self {
         Self {
@@ -103,31 +111,35 @@ impl PyPartIngest {
             append,
             framed,
             tail,
+            cursor,
+            outcome,
             stepwise,
             known: Vec::new(),
             found: BatchDedup::default(),
         }
     }
 
-    /// Ingest a validated part: ``(offsets, n_duplicates, position, n_stored, fired, error)``,
-    /// each request event's offset (a duplicate's is its original's; a `UintList`), how many were
-    /// duplicates, the log position of the record (None: nothing to log, no event stored and no
-    /// batch id), how many events it stores, the alerts they fired, and the exception that
-    /// stopped the steps after the record was appended (None). ``specs`` (a mapping of codes to
-    /// metrics) is what the batch was validated against: its generations go in the record.
+    /// Ingest a validated part arriving at ``now`` (`node.partition_engine.PartIngest`'s
+    /// contract): its `IngestOutcome` (each request event's offset, a duplicate's its
+    /// original's, as a `UintList`; how many were duplicates), with the partition's cursor moved
+    /// on if a record was logged. When the partition has more to do, ``(outcome, first_offset,
+    /// arrival, fired, error)`` instead: a record logged with a batch id to remember, alerts
+    /// fired, or the exception that stopped the steps after the record was appended. ``specs``
+    /// (a mapping of codes to metrics) is what the batch was validated against: its generations
+    /// go in the record.
     fn __call__<'py>(
         &mut self,
         py: Python<'py>,
         rows: &Bound<'py, PyAny>,
         specs: &Bound<'py, PyAny>,
-        first_offset: u64,
-        arrival: i64,
+        now: i64,
         batch_id: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
         let Ok(batch) = rows.cast::<PyEventBatch>() else {
-            return self.stepwise.bind(py).call1((rows, specs, first_offset, arrival, batch_id));
+            return self.stepwise.bind(py).call1((rows, specs, now, batch_id));
         };
         let batch = batch.get();
+        let (first_offset, arrival) = self.cursor.bind(py).borrow().next_part(now);
         let validated = guarded(|| self.validated_metrics(py, batch, specs))?;
         let generations: Vec<u64> = validated.iter().map(|m| m.generation).collect();
         let dedup = self.dedup.bind(py).clone();
@@ -149,12 +161,14 @@ impl PyPartIngest {
         let n_stored = found.stored.len();
         let position = self.append_record(py, &validated, &found, first_offset, arrival, batch_id)?;
         let offsets = PyUintList::new(std::mem::take(&mut found.offsets));
+        let outcome = self.outcome.bind(py).call1((offsets, n_duplicates))?;
         let Some(position) = position else {
             self.keep(found);
-            let outcome = (offsets, n_duplicates, None::<u64>, 0, PyList::empty(py), None::<PyErr>);
-            return Ok(outcome.into_pyobject(py)?.into_any());
+            return Ok(outcome);
         };
-        // Stored from here on: what fails is handed back, not raised.
+        // Stored from here on (recovery replays it): the cursor moves on, and what fails is
+        // handed back, not raised.
+        self.cursor.bind(py).borrow_mut().logged(first_offset, arrival, n_stored);
         let fired = PyList::empty(py);
         let stored = batch.with_events(std::mem::take(&mut found.stored));
         let error = guarded(|| {
@@ -164,7 +178,10 @@ impl PyPartIngest {
         .err();
         found.stored = stored.batch.events; // its buffer, for the next part's
         self.keep(found);
-        Ok((offsets, n_duplicates, Some(position), n_stored, fired, error).into_pyobject(py)?.into_any())
+        if batch_id.is_empty() && fired.is_empty() && error.is_none() {
+            return Ok(outcome);
+        }
+        Ok((outcome, first_offset, arrival, fired, error).into_pyobject(py)?.into_any())
     }
 }
 
