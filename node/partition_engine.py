@@ -368,8 +368,9 @@ def python_bind_ingest(
 ) -> PartIngest:
     """:func:`stepwise_ingest` of the reference steps, bound to a partition's (its index,
     aggregates and metric lookup are in ``apply``)."""
-    steps = (python_dedup_record, python_add_new_keys, dedup, apply, log.append, cursor)
-    return partial(stepwise_ingest, *steps)
+    return partial(
+        stepwise_ingest, python_dedup_record, python_add_new_keys, dedup, apply, log.append, cursor
+    )
 
 
 def native_bind_ingest(

@@ -36,6 +36,7 @@ collect_ignore = (
         "unit/test_native_dedup_batch.py",
         "unit/test_tick_writes.py",
         "unit/test_native_segment_scan.py",
+        "unit/test_log_tail.py",
         "unit/test_native_ingest_answer.py",
         "unit/test_decode_off_loop.py",
         "integration/test_native_partition.py",

@@ -1,24 +1,19 @@
 """The extension's ``LogTail`` against ``node.log_tail.LogTail``: random programs of appends, rounds
 taken, reads, cuts and resets give both the same positions, segment starts, blocks and state; and
 a record the native ingest writes straight into a tail is the frame ``SegmentLog.append`` makes of
-the same payload."""
+the same payload. Collected only where the extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import unimeter_native
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from node.log_tail import LogTail
 from node.segment_log import SegmentLog
-from tests.engines import ENGINES
-
-if "native" not in ENGINES:
-    pytest.skip("the extension is not built here", allow_module_level=True)
-
-import unimeter_native
 
 SEGMENT = 200
 
