@@ -2,8 +2,9 @@
 
 On a shared 2-core machine the same code's throughput moves by a tenth between rounds
 (docs/benchmarks.md), which buries a change worth a few percent. This tool counts instead of
-timing. The server's ingest path runs in process: the native engine's decode (the worker for a
-large body), the client core, the node and its 64 partitions, the answer's bytes; 1000-event
+timing. The server's ingest path runs in process, with the server's collector settings
+(``service.server.tune_gc``): the native engine's decode (the worker for a large body), the
+client core, the node and its 64 partitions, the answer's bytes; 1000-event
 requests from ``bench.payloads`` (10,000 accounts, five SUM metrics), 4 callers, as ``make
 bench``'s ASYNC 1000 x 4 sends them, in waves of one per caller; the logs made durable in one
 group commit after each wave (``CommitScheduler.make_durable``), about as often as the server's
@@ -84,6 +85,7 @@ async def _workload(warmup: int, measured: int, batch: int, bodies: int) -> None
     from node.node import Node, NodeConfig
     from service.convert import metric_from_proto
     from service.ingest_engine import choose_engine
+    from service.server import tune_gc
 
     root = Path(tempfile.mkdtemp(prefix="unimeter-instructions-"))
     # No time-driven work: ticks and snapshots would run as often as valgrind slows the clock.
@@ -91,6 +93,7 @@ async def _workload(warmup: int, measured: int, batch: int, bodies: int) -> None
         root, partitions=_PARTITIONS, engine="native", flush_interval=3600.0, snapshot_interval=3600.0
     )
     node = Node(config)
+    tune_gc()  # the server's collector settings, set where it sets them
     await node.start()
     try:
         for metric in payloads.metric_definitions(5):

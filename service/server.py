@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
     from .nats_backend import ClusterState
 
-__all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer"]
+__all__ = ["MAX_MESSAGE_BYTES", "UnimeterServer", "tune_gc"]
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Keep the cyclic GC off the aggregation state, which has no cycles but millions of lists.
 
     The recovered state is frozen (never scanned again: the documented use of ``gc.freeze``), and
@@ -204,7 +204,7 @@ class UnimeterServer:
             node = self.node = await self._start_node_on_jetstream(node_config)
         else:
             node = self.node = await asyncio.to_thread(Node, node_config)
-        _tune_gc()
+        tune_gc()
         _shorten_gil_switch_interval()
         await node.start()
         log.info("recovered %d partitions in %.3fs", node.partitions_count, node.recovery_seconds)
