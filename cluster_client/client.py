@@ -14,6 +14,7 @@ import contextlib
 import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from .errors import (
@@ -49,6 +50,8 @@ __all__ = ["AlertsClient", "Client", "MetricsClient", "partition_batch"]
 MetricLookup = Callable[[str], Metric | None]
 MetricRefresh = Callable[[], Awaitable[None]]
 T = TypeVar("T")
+_ROWS = itemgetter(0)
+"""A split's rows (``ingest_partitioned``), read in a C-level loop: 64 parts a 1000-event request."""
 
 
 class MetricsClient:
@@ -339,7 +342,7 @@ class Client:
             # One node owns everything: one request, no batch id, no retries (the hot path).
             node = topology.owner(0)
             ps = list(by_partition)
-            parts = [(p, by_partition[p][0]) for p in ps]
+            parts = list(zip(ps, map(_ROWS, by_partition.values()), strict=True))
             validated = self._metric_lookup is not None
             outcomes = dict(zip(ps, await node.ingest(parts, sync, "", validated=validated), strict=True))
         else:

@@ -20,6 +20,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, TypeVar
 
 import msgpack
@@ -35,7 +36,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .event_index import HOUR_NS
 from .index_run import RunFormatError, RunInfo
 from .index_runs import IndexRuns
-from .partition_engine import PYTHON, PartitionEngine
+from .partition_engine import PYTHON, PartIngested, PartitionEngine
 from .record_log import PartitionStorage, RecordLog, RecordsNotLoaded, read_fetching
 from .records import (
     AlertIndex,
@@ -65,6 +66,8 @@ _LOOKAHEAD_MIN = 32
 """Fewest records it asks for beyond the hour at hand: a page whose metric filter skips most
 events would otherwise fetch (and run again) a record or two at a time."""
 _T = TypeVar("_T")
+_INGEST_STEP = attrgetter("_ingest_part")
+"""A partition's part ingest, read for a slice's parts in a C-level loop (``Partition.ingest_parts``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +250,42 @@ class Partition:
             seen = self._batches.get(batch_id)
             if seen is not None:
                 return seen[1]
-        done = self._ingest_part(rows, specs, now_ns, batch_id)
+        return self._finish_part(self._ingest_part(rows, specs, now_ns, batch_id), batch_id)
+
+    @staticmethod
+    def ingest_parts(
+        partitions: Sequence[Partition],
+        parts: Sequence[Sequence[EventRow]],
+        batch_id: str,
+        now_ns: int,
+        specs: Mapping[str, MetricSpec],
+    ) -> list[IngestOutcome]:
+        """:meth:`ingest` of each of ``parts`` into the partition beside it, in order: without a
+        batch id, all through the engine's ``ingest_parts`` in one call (the native engine's
+        saves a Python call, a frame and each metric's lookups a part). A part that raises
+        before its record is stored ends the slice: the parts before it are stored and finished
+        (alerts logged), the parts after it are not ingested. A part that fails after its record
+        is stored hands its error back and the slice goes on. Then the earliest part's error is
+        raised."""
+        if batch_id:  # each partition answers a retried batch from its memory of batch ids
+            pairs = zip(partitions, parts, strict=True)
+            return [part.ingest(rows, batch_id, now_ns, specs) for part, rows in pairs]
+        steps = list(map(_INGEST_STEP, partitions))
+        answers, unfinished, error = partitions[0]._engine.ingest_parts(steps, parts, specs, now_ns, batch_id)
+        failed: BaseException | None = None
+        for i in unfinished:
+            try:
+                answers[i] = partitions[i]._finish_part(answers[i], batch_id)
+            except Exception as exc:  # a later part's alerts are logged all the same
+                failed = failed or exc
+        failed = failed or error  # the earliest part's: ``error`` is the last part's
+        if failed is not None:
+            raise failed
+        return answers  # type: ignore[return-value]  # every tuple finished above
+
+    def _finish_part(self, done: PartIngested, batch_id: str) -> IngestOutcome:
+        """What a part's ingest left to the partition (``PartIngested``): its batch id
+        remembered, the exception that stopped its steps raised, its alerts logged."""
         if not isinstance(done, tuple):
             return done  # nothing logged, or logged with nothing more to do: the cursor moved on
         # A record is stored (recovery replays it), its keys remembered and the cursor moved on:

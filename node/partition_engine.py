@@ -60,6 +60,7 @@ __all__ = [
     "python_bind_ingest",
     "python_dedup_batch",
     "python_dedup_record",
+    "python_ingest_parts",
     "python_replay_keys",
     "stepwise_ingest",
 ]
@@ -309,6 +310,15 @@ PartIngest = Callable[[Sequence[EventRow], Specs, int, str], PartIngested]
 the partition's state (``specs`` is what the rows were validated against; ``now_ns`` the clock,
 which the cursor's last arrival bounds from below)."""
 
+PartsIngested = tuple[list[PartIngested], list[int], BaseException | None]
+"""What a slice of parts' ingest returns: the answers of the parts ingested, in order; the
+indexes of those that are tuples (their partitions have more to do: ``PartIngested``); and what
+the next part raised (None: every part was ingested)."""
+
+IngestParts = Callable[[Sequence[PartIngest], Sequence[Sequence[EventRow]], Specs, int, str], PartsIngested]
+"""``(steps, parts, specs, now_ns, batch_id) -> PartsIngested``: each part through its step
+(``PartIngest``, each bound to a partition), as :func:`python_ingest_parts`."""
+
 BindIngest = Callable[
     [DedupTable, Any, PartitionAggregates, Specs, StoredApply, RecordLog, Cursor], PartIngest
 ]
@@ -355,6 +365,32 @@ def stepwise_ingest(
     if batch_id or fired:
         return outcome, first_offset, arrival, fired, None
     return outcome
+
+
+def python_ingest_parts(
+    steps: Sequence[PartIngest],
+    parts: Sequence[Sequence[EventRow]],
+    specs: Specs,
+    now_ns: int,
+    batch_id: str,
+) -> PartsIngested:
+    """Each of a slice of a request's parts through its partition's step, in order, until one
+    raises: the answers of the parts before it, the indexes of those that are tuples, and what it
+    raised (None: all ingested). A part's exception is handed back, not raised, because the parts
+    before it are stored and their partitions still have their answers to finish
+    (``Partition.ingest_parts``). The reference of the native ``ingest_parts``, which runs the
+    same steps in one call."""
+    answers: list[PartIngested] = []
+    unfinished: list[int] = []
+    for i, (step, rows) in enumerate(zip(steps, parts, strict=True)):
+        try:
+            answer = step(rows, specs, now_ns, batch_id)
+        except BaseException as exc:  # handed back whatever it is, as the native one does
+            return answers, unfinished, exc
+        if type(answer) is tuple:
+            unfinished.append(i)
+        answers.append(answer)
+    return answers, unfinished, None
 
 
 def python_bind_ingest(
@@ -427,6 +463,9 @@ class PartitionEngine:
     """A partition's step that applies a stored record to its event index and aggregates."""
     bind_ingest: BindIngest
     """A partition part's whole ingest: dedup, record, append, keys and apply."""
+    ingest_parts: IngestParts = python_ingest_parts
+    """A slice of a request's parts through their partitions' ingest steps; the native engine's
+    in one call."""
     tick_writer: Callable[[], Any] | None = None
     """A new worker that writes and syncs a flush tick's rounds without the GIL
     (``node.tick_writes``); None: the tick's rounds are written on the loop thread."""
@@ -492,6 +531,7 @@ def partition_engine(name: str) -> PartitionEngine:
         partial(NativeEventIndex.from_snapshot, native_index),
         partial(native_bind_apply, module.apply_batch),
         partial(native_bind_ingest, module),
+        module.ingest_parts,
         module.TickWriter,
         module.valid_prefix,
         module.crc32,

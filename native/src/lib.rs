@@ -290,6 +290,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(py_partition_batch::replay_keys, m)?)?;
     m.add_function(wrap_pyfunction!(py_batch_ingest::apply_batch, m)?)?;
     m.add_class::<py_part_ingest::PyPartIngest>()?;
+    m.add_function(wrap_pyfunction!(py_part_ingest::ingest_parts, m)?)?;
     m.add_class::<py_log_tail::PyLogTail>()?;
     m.add_class::<py_ingest_cursor::PyIngestCursor>()?;
     m.add_function(wrap_pyfunction!(py_ingest_answer::request_offsets, m)?)?;

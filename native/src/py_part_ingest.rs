@@ -15,10 +15,10 @@
 //! is handed back beside the outcome instead of raised: the partition remembers the batch first,
 //! then raises it (`node.partition.Partition.ingest`), as it does for the Python steps.
 
-use pyo3::exceptions::{PyAssertionError, PyKeyError};
+use pyo3::exceptions::{PyAssertionError, PyKeyError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 use crate::batch_dedup::{dedup_batch, BatchDedup};
 use crate::event_batch::CodeGroups;
@@ -78,11 +78,23 @@ struct KnownMetric {
     store: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
-/// A metric of the batch as it was validated: its spec then, and that spec's generation.
+/// A metric of the batch as it was validated: the generation of its spec then; and the
+/// partition's live spec of it that its events are applied with, None if it was deleted
+/// (or deleted and created again) since.
+#[derive(Clone)]
 struct Validated<'py> {
     code: Bound<'py, PyString>,
-    spec: Bound<'py, PyAny>,
     generation: u64,
+    live: Option<Bound<'py, PyAny>>,
+}
+
+/// The metrics one call has resolved (a part's, or a slice's in `ingest_parts`), found again by
+/// their code's string object, which a request's parts share, while the parts' partitions share
+/// their live specs (the node's: no Python that changes them runs within the call).
+#[derive(Default)]
+struct CallMetrics<'py> {
+    metrics: Vec<Validated<'py>>,
+    live_specs: Option<Bound<'py, PyAny>>,
 }
 
 #[pymethods]
@@ -138,9 +150,70 @@ impl PyPartIngest {
         let Ok(batch) = rows.cast::<PyEventBatch>() else {
             return self.stepwise.bind(py).call1((rows, specs, now, batch_id));
         };
-        let batch = batch.get();
+        self.ingest_batch(py, batch.get(), specs, &mut CallMetrics::default(), now, batch_id)
+    }
+}
+
+/// `ingest_parts`' answer: the answers, the indexes of the tuples among them, what the next part
+/// raised (`node.partition_engine.PartsIngested`).
+type PartsIngested<'py> = (Bound<'py, PyList>, Vec<usize>, Option<Py<PyAny>>);
+
+/// `node.partition_engine.python_ingest_parts` in one call: each of a slice of a request's parts
+/// through its partition's ingest step, in order, until one raises. Returns the answers of the
+/// parts ingested (each as `PartIngest` gives it), the indexes of those that are tuples (their
+/// partitions have more to do), and what the next part raised, or None. The steps are the same
+/// calls; what goes is a Python call, a frame and the partition's Python step for each part, and
+/// each metric of the request resolved again for each part: the slice's parts share one string
+/// per metric code (`parts_to_python`), resolved here once (docs/benchmarks.md, "What a
+/// partition part costs the loop").
+#[pyfunction]
+pub fn ingest_parts<'py>(
+    py: Python<'py>,
+    steps: &Bound<'py, PyList>,
+    parts: &Bound<'py, PyList>,
+    specs: &Bound<'py, PyAny>,
+    now: i64,
+    batch_id: &str,
+) -> PyResult<PartsIngested<'py>> {
+    if steps.len() != parts.len() {
+        return Err(PyValueError::new_err("one step a part"));
+    }
+    let answers = PyList::empty(py);
+    let mut unfinished = Vec::new();
+    let mut metrics = CallMetrics::default();
+    for (i, (step, rows)) in steps.iter().zip(parts.iter()).enumerate() {
+        let answer = match (step.cast::<PyPartIngest>(), rows.cast::<PyEventBatch>()) {
+            (Ok(step), Ok(batch)) => {
+                step.borrow_mut().ingest_batch(py, batch.get(), specs, &mut metrics, now, batch_id)
+            }
+            _ => step.call1((&rows, specs, now, batch_id)),
+        };
+        match answer {
+            Ok(answer) => {
+                if answer.is_exact_instance_of::<PyTuple>() {
+                    unfinished.push(i);
+                }
+                answers.append(answer)?;
+            }
+            Err(error) => return Ok((answers, unfinished, Some(error.into_value(py).into_any()))),
+        }
+    }
+    Ok((answers, unfinished, None))
+}
+
+impl PyPartIngest {
+    /// `__call__` for an `EventBatch`, its metrics resolved through `metrics` (one call's).
+    fn ingest_batch<'py>(
+        &mut self,
+        py: Python<'py>,
+        batch: &PyEventBatch,
+        specs: &Bound<'py, PyAny>,
+        metrics: &mut CallMetrics<'py>,
+        now: i64,
+        batch_id: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let (first_offset, arrival) = self.cursor.bind(py).borrow().next_part(now);
-        let validated = guarded(|| self.validated_metrics(py, batch, specs))?;
+        let validated = guarded(|| self.validated_metrics(py, batch, specs, metrics))?;
         let generations: Vec<u64> = validated.iter().map(|m| m.generation).collect();
         let dedup = self.dedup.bind(py).clone();
         // Taken for the call (a move of its vectors, no allocation) and put back at the end; a
@@ -183,9 +256,6 @@ impl PyPartIngest {
         }
         Ok((outcome, first_offset, arrival, fired, error).into_pyobject(py)?.into_any())
     }
-}
-
-impl PyPartIngest {
     /// The part's event record appended to the log: its position, or None when it logs nothing.
     /// A segment log's native tail takes the frame as it is written; any other log, or a tail
     /// whose log refuses appends (closed, failed: its `append_frame` raises why), gets the record
@@ -220,39 +290,71 @@ impl PyPartIngest {
         self.found = found;
     }
 
-    /// Each metric of `batch` (by code number) as `specs` holds it.
+    /// Each metric of `batch` (by code number) as `specs` holds it, with its live spec: from
+    /// `metrics` where this call has resolved its code already, and added to them.
     fn validated_metrics<'py>(
         &mut self,
         py: Python<'py>,
         batch: &PyEventBatch,
         specs: &Bound<'py, PyAny>,
+        metrics: &mut CallMetrics<'py>,
     ) -> PyResult<Vec<Validated<'py>>> {
+        let live_specs = self.specs.bind(py).clone();
+        if !metrics.live_specs.as_ref().is_some_and(|held| held.is(&live_specs)) {
+            metrics.metrics.clear();
+            metrics.live_specs = Some(live_specs.clone());
+        }
         let mut validated = Vec::with_capacity(batch.batch.code_count());
         for code in batch.code_objects(py) {
+            if let Some(metric) = metrics.metrics.iter().find(|m| m.code.is(&code)) {
+                validated.push(metric.clone());
+                continue;
+            }
             let Some(spec) = metric_in(specs, &code)? else {
                 return Err(PyAssertionError::new_err("rows are validated before ingest"));
             };
-            let text = code.to_str()?;
-            let generation = match self.known.iter().position(|m| m.code == text) {
-                Some(i) if self.known[i].spec.is(&spec) => self.known[i].generation,
-                found => {
-                    let generation = spec.getattr(intern!(py, "generation"))?.extract()?;
-                    let known = KnownMetric {
-                        code: text.to_owned(),
-                        spec: spec.clone().unbind(),
-                        generation,
-                        store: None,
-                    };
-                    match found {
-                        Some(i) => self.known[i] = known,
-                        None => self.known.push(known),
-                    }
-                    generation
+            let i = self.known_index(py, &code, &spec)?;
+            let generation = self.known[i].generation;
+            let live = match metric_in(&live_specs, &code)? {
+                Some(live) if live.is(&spec) => Some(live),
+                Some(live) if live.getattr(intern!(py, "generation"))?.extract::<u64>()? == generation => {
+                    Some(live)
                 }
+                _ => None, // deleted (and perhaps created again) since the batch was validated
             };
-            validated.push(Validated { code, spec, generation });
+            let metric = Validated { code, generation, live };
+            metrics.metrics.push(metric.clone());
+            validated.push(metric);
         }
         Ok(validated)
+    }
+
+    /// Where `known` holds metric `code` as `spec`: added, or replacing what it held for an
+    /// earlier spec of the code.
+    fn known_index(
+        &mut self,
+        py: Python<'_>,
+        code: &Bound<'_, PyString>,
+        spec: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let text = code.to_str()?;
+        let found = self.known.iter().position(|m| m.code == text);
+        if let Some(i) = found.filter(|&i| self.known[i].spec.is(spec)) {
+            return Ok(i);
+        }
+        let generation = spec.getattr(intern!(py, "generation"))?.extract()?;
+        let known =
+            KnownMetric { code: text.to_owned(), spec: spec.clone().unbind(), generation, store: None };
+        Ok(match found {
+            Some(i) => {
+                self.known[i] = known;
+                i
+            }
+            None => {
+                self.known.push(known);
+                self.known.len() - 1
+            }
+        })
     }
 
     /// The ``native`` state of metric `code`'s store for `spec` (`store_of`), remembered while
@@ -263,19 +365,16 @@ impl PyPartIngest {
         code: &Bound<'py, PyString>,
         spec: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let i = self.known_index(py, code, spec)?;
         let stores = self.stores.bind(py);
-        let text = code.to_str()?;
-        let known = self.known.iter_mut().find(|m| m.code == text && m.spec.is(spec));
-        if let Some(KnownMetric { store: Some((store, native)), .. }) = &known {
+        if let Some((store, native)) = &self.known[i].store {
             if stores.get_item(code)?.is_some_and(|held| held.is(store)) {
                 return Ok(native.bind(py).clone());
             }
         }
         let store = store_of(stores, self.store_for.bind(py), code, spec)?;
         let native = store.getattr(intern!(py, "native"))?;
-        if let Some(known) = known {
-            known.store = Some((store.unbind(), native.clone().unbind()));
-        }
+        self.known[i].store = Some((store.unbind(), native.clone().unbind()));
         Ok(native)
     }
 
@@ -292,18 +391,12 @@ impl PyPartIngest {
     ) -> PyResult<()> {
         index_batch(self.index.bind(py).borrow_mut().index_mut(), position, &stored.batch);
         let groups = CodeGroups::of(&stored.batch);
-        let specs = self.specs.bind(py).clone();
         for &number in groups.present() {
             let metric = &validated[number as usize];
-            let Some(live) = metric_in(&specs, &metric.code)? else {
-                continue; // deleted since the batch was validated
+            let Some(live) = &metric.live else {
+                continue; // not applied: see `Validated`
             };
-            if !live.is(&metric.spec)
-                && live.getattr(intern!(py, "generation"))?.extract::<u64>()? != metric.generation
-            {
-                continue; // deleted and created again since
-            }
-            let native = self.store_state(py, &metric.code, &live)?;
+            let native = self.store_state(py, &metric.code, live)?;
             apply_to_native(
                 py,
                 &native,

@@ -286,16 +286,16 @@ async def test_a_batch_cancelled_between_its_slices_is_stored_whole(
     node = Node(NodeConfig(tmp_path / "data", partitions=16))
     await node.start()
     order: list[str] = []
-    real_ingest = Partition.ingest
+    real_ingest_parts = Partition.ingest_parts
 
-    def recording(self: Partition, rows: list[EventRow], batch_id: str, *args: object) -> object:
-        order.append(rows[0][6])
-        return real_ingest(self, rows, batch_id, *args)  # type: ignore[arg-type]
+    def recording(partitions: list[Partition], parts: list[list[EventRow]], *args: object) -> object:
+        order.extend(rows[0][6] for rows in parts)
+        return real_ingest_parts(partitions, parts, *args)  # type: ignore[arg-type]
 
     try:
         client = await Client.in_process(node, metric_lookup=node.metric_of)
         await client.metrics.create(Metric("calls", AggType.SUM))
-        monkeypatch.setattr(Partition, "ingest", recording)
+        monkeypatch.setattr(Partition, "ingest_parts", staticmethod(recording))
         by_partition: dict[int, list[EventRow]] = {}
         for n in range(64):
             row: EventRow = (1 + n, "calls", 1, T0 + n * MINUTE, None, 1, f"c-{n}")

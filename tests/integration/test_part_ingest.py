@@ -11,17 +11,23 @@ forms a part arrives in: ``EventRow`` tuples (an in-process caller's, the node p
   rest of the batch logged and counted by nobody, never applied to the new generation.
 * A metric deleted and created again between requests starts empty: what the native part ingest
   remembers of a metric (its generation, store and cells) never serves the new generation.
+* A slice of parts goes through ``Partition.ingest_parts`` (the native engine's in one call):
+  a part whose log refuses its record stops the slice there, after the parts before it are
+  stored and finished (their alerts logged), and its error is raised; a part that fails after
+  its record is stored does not stop the parts after it, and the first such error is raised once
+  all are finished.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cluster_client import AggType, Client, Metric, Period
+from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
 from node.aggregation import MetricSpec, PartitionAggregates
@@ -176,5 +182,81 @@ async def test_a_metric_created_again_between_requests_counts_only_its_own_event
         spec = node.registry.get("calls")
         assert spec is not None
         assert partition.aggregates._stores["calls"].spec.generation == spec.create_time_unix_nano
+    finally:
+        await node.close()
+
+
+def _one_event_per_partition(code: str) -> list[EventRow]:
+    """One event of 5 for each of the first accounts that fall into each partition, in partition
+    order (so the parts come in that order)."""
+    first: dict[int, int] = {}
+    account = 1
+    while len(first) < PARTITIONS:
+        first.setdefault(partition_of(account, PARTITIONS), account)
+        account += 1
+    return [(first[p], code, 5, T0 + p, None, 1, f"e{p}") for p in sorted(first)]
+
+
+@pytest.mark.parametrize(("engine", "form"), FORMS)
+async def test_a_part_whose_log_refuses_it_stops_its_slice_after_the_parts_before_it_are_finished(
+    tmp_path: Path, engine: str, form: str
+) -> None:
+    node, client = await _node(tmp_path / "data", engine)
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("over-4", 4),)))
+        rows = _one_event_per_partition("calls")
+        parts = _parts(node, rows, form)
+        assert [p for p, _ in parts] == list(range(PARTITIONS))
+        failed = node.partitions[2]  # the third part of the first slice (of 4)
+        failed.events._fail(None, OSError(errno.EIO, "the disk went away"))
+        with pytest.raises(OSError, match="refuses further use"):
+            await node.ingest(parts, False, "", validated=True)
+        # The parts before it: stored, applied, and their alerts logged.
+        for number in (0, 1):
+            partition = node.partitions[number]
+            assert partition.last_offset == 1
+            assert [(a.account_id, a.threshold_code) for a in partition.alerts[:]] == [
+                (rows[number][0], "over-4")
+            ]
+            assert (await client.query(rows[number][0], "calls", DAY)).value.sum == 5
+        # It and the parts after it: nothing stored.
+        assert [p.last_offset for p in node.partitions[2:]] == [0] * (PARTITIONS - 2)
+    finally:
+        with pytest.raises(OSError):
+            await node.close()
+
+
+@pytest.mark.parametrize(("engine", "form"), FORMS)
+async def test_parts_that_fail_after_their_records_are_stored_do_not_stop_their_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str, form: str
+) -> None:
+    real_store_for = PartitionAggregates._store_for
+    made: list[str] = []
+
+    def store_for(self: PartitionAggregates, spec: MetricSpec) -> Any:
+        made.append(spec.code)
+        if len(made) in (2, 3):  # the second and third partitions' stores of the first slice
+            raise RuntimeError(f"store {len(made)} could not be made")
+        return real_store_for(self, spec)
+
+    # Patched before the node exists: the native engine binds the method once per partition.
+    monkeypatch.setattr(PartitionAggregates, "_store_for", store_for)
+    node, client = await _node(tmp_path / "data", engine)
+    try:
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        rows = _one_event_per_partition("calls")
+        with pytest.raises(RuntimeError, match="store 2 could not be made"):
+            await node.ingest(_parts(node, rows, form), False, "", validated=True)
+        # Every part of the first slice is stored (the failed ones behind their logs); the
+        # batch stops at the slice's end.
+        assert [p.last_offset for p in node.partitions] == [1] * 4 + [0] * (PARTITIONS - 4)
+        assert [(await client.query(rows[n][0], "calls", DAY)).value.sum for n in (0, 3)] == [5, 5]
+    finally:
+        with pytest.raises(RuntimeError, match="behind its log"):
+            await node.close()
+    node, client = await _node(tmp_path / "data", engine)
+    try:  # the log is the truth: recovery applies every stored record, once
+        assert [(await client.query(rows[n][0], "calls", DAY)).value.sum for n in range(4)] == [5] * 4
+        assert [p.last_offset for p in node.partitions] == [1] * 4 + [0] * (PARTITIONS - 4)
     finally:
         await node.close()
