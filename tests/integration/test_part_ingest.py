@@ -260,3 +260,14 @@ async def test_parts_that_fail_after_their_records_are_stored_do_not_stop_their_
         assert [p.last_offset for p in node.partitions] == [1] * 4 + [0] * (PARTITIONS - 4)
     finally:
         await node.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+async def test_a_call_without_parts_stores_nothing_and_answers_nothing(tmp_path: Path, engine: str) -> None:
+    node, _ = await _node(tmp_path / "data", engine)
+    try:
+        assert await node.ingest([], False, "") == []
+        assert await node.ingest([], True, "lot-1") == []
+        assert [p.last_offset for p in node.partitions] == [0] * PARTITIONS
+    finally:
+        await node.close()
