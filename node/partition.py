@@ -255,7 +255,7 @@ class Partition:
     @staticmethod
     def ingest_parts(
         partitions: Sequence[Partition],
-        parts: Sequence[Sequence[EventRow]],
+        parts: list[Sequence[EventRow]],
         batch_id: str,
         now_ns: int,
         specs: Mapping[str, MetricSpec],

@@ -315,9 +315,10 @@ PartsIngested = tuple[list[PartIngested], list[int], BaseException | None]
 indexes of those that are tuples (their partitions have more to do: ``PartIngested``); and what
 the next part raised (None: every part was ingested)."""
 
-IngestParts = Callable[[Sequence[PartIngest], Sequence[Sequence[EventRow]], Specs, int, str], PartsIngested]
+IngestParts = Callable[[list[PartIngest], list[Sequence[EventRow]], Specs, int, str], PartsIngested]
 """``(steps, parts, specs, now_ns, batch_id) -> PartsIngested``: each part through its step
-(``PartIngest``, each bound to a partition), as :func:`python_ingest_parts`."""
+(``PartIngest``, each bound to a partition), as :func:`python_ingest_parts`; lists, which the
+native one reads without a copy."""
 
 BindIngest = Callable[
     [DedupTable, Any, PartitionAggregates, Specs, StoredApply, RecordLog, Cursor], PartIngest
@@ -368,8 +369,8 @@ def stepwise_ingest(
 
 
 def python_ingest_parts(
-    steps: Sequence[PartIngest],
-    parts: Sequence[Sequence[EventRow]],
+    steps: list[PartIngest],
+    parts: list[Sequence[EventRow]],
     specs: Specs,
     now_ns: int,
     batch_id: str,
