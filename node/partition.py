@@ -267,8 +267,9 @@ class Partition:
         (alerts logged), the parts after it are not ingested. A part that fails after its record
         is stored hands its error back and the slice goes on. Then the earliest part's error is
         raised."""
-        if batch_id or not partitions:
-            # With a batch id, each partition answers a retry from its memory of batch ids.
+        if not partitions:
+            return []
+        if batch_id:  # each partition answers a retry from its memory of batch ids
             pairs = zip(partitions, parts, strict=True)
             return [part.ingest(rows, batch_id, now_ns, specs) for part, rows in pairs]
         steps = list(map(_INGEST_STEP, partitions))
