@@ -446,14 +446,14 @@ class Node:
         another writer) answers PARTITION_NOT_OWNED, never an ack."""
         self._refuse_when_disk_low()
         targets = self._targets(parts)
+        each = list(map(_ROWS, parts))
         if not validated:
-            for _, rows in parts:
+            for rows in each:
                 try:
                     validate_rows(rows, self.registry.get)
                 except InvalidArgumentError:
                     await self.registry.refresh()  # a metric created through another node?
                     validate_rows(rows, self.registry.get)
-        each = list(map(_ROWS, parts))
         try:
             cancelled = False
             if len(parts) <= _PARTS_PER_SLICE:
