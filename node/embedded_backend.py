@@ -62,7 +62,7 @@ class SegmentPartitionStorage:
         directory.mkdir(parents=True, exist_ok=True)
         self.index_directory: Path | None = directory / "index"
         """Where the partition's index runs of aged hours live (``node.index_runs``)."""
-        self.events, self.alerts = (
+        self.events, self.alerts = self.logs = tuple(
             SegmentLog.open(
                 directory / name,
                 segment_bytes=segment_bytes,
@@ -73,6 +73,7 @@ class SegmentPartitionStorage:
             )
             for name in ("events", "alerts")
         )
+        """Both logs, in the order a group commit takes their rounds."""
 
     def read_snapshot(self) -> tuple[bytes, float] | None:
         """The snapshot file's bytes and mtime, or None if there is none."""
@@ -187,11 +188,12 @@ class EmbeddedBackend:
         # somebody waits for (SYNC batches over many partitions, an urgent alert flush), which
         # gains the most from a worker that never waits for the GIL.
         ticks = self._tick_writes
+        defer_write = ticks is not None
         rounds = [
             (log_, job)
             for number in partitions
-            for log_ in (storages[number].events, storages[number].alerts)
-            if (job := log_.start_round(defer_write=ticks is not None)) is not None
+            for log_ in storages[number].logs
+            if (job := log_.start_round(defer_write=defer_write)) is not None
         ]
         if not rounds:
             then()

@@ -22,6 +22,7 @@ import os
 import platform
 import sys
 from collections.abc import Callable
+from functools import partial
 
 __all__ = ["KernelFdatasync"]
 
@@ -103,6 +104,19 @@ class KernelFdatasync:
         self._iocb = _Iocb(opcode=_IOCB_CMD_FDSYNC, flags=_IOCB_FLAG_RESFD, resfd=self._eventfd)
         self._iocbs = (ctypes.POINTER(_Iocb) * 1)(ctypes.pointer(self._iocb))
         self._events = (_Event * self._BATCH)()
+        # A SYNC call's round makes both calls: their arguments are built once, not per call.
+        self._submit_one = partial(
+            syscall, ctypes.c_long(self._submit), self._context, ctypes.c_long(1), self._iocbs
+        )
+        self._reap_ready = partial(
+            syscall,
+            ctypes.c_long(self._getevents),
+            self._context,
+            ctypes.c_long(0),
+            ctypes.c_long(self._BATCH),
+            self._events,
+            None,
+        )
 
     @classmethod
     def open(cls, depth: int = 256) -> KernelFdatasync | None:
@@ -137,8 +151,7 @@ class KernelFdatasync:
         iocb = self._iocb
         iocb.data = request
         iocb.fildes = fd
-        submitted = self._syscall(ctypes.c_long(self._submit), self._context, ctypes.c_long(1), self._iocbs)
-        if submitted != 1:
+        if self._submit_one() != 1:
             code = ctypes.get_errno()
             if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
                 # The kernel has no asynchronous fdatasync, or this file's filesystem cannot do one.
@@ -163,14 +176,17 @@ class KernelFdatasync:
         events = self._events
         finished: list[tuple[Callable[[OSError | None], None], int]] = []
         while self._pending:
-            got = self._syscall(
-                ctypes.c_long(self._getevents),
-                self._context,
-                ctypes.c_long(min(max(at_least, 0), self._BATCH)),
-                ctypes.c_long(self._BATCH),
-                events,
-                None,
-            )
+            if at_least <= 0:
+                got = self._reap_ready()
+            else:
+                got = self._syscall(
+                    ctypes.c_long(self._getevents),
+                    self._context,
+                    ctypes.c_long(min(at_least, self._BATCH)),
+                    ctypes.c_long(self._BATCH),
+                    events,
+                    None,
+                )
             if got < 0:
                 code = ctypes.get_errno()
                 if code == errno.EINTR:
@@ -184,7 +200,8 @@ class KernelFdatasync:
                 self._pending.clear()
                 self._usable = False
                 break
-            finished.extend((self._pending.pop(events[i].data), events[i].res) for i in range(got))
+            for event in events[:got]:
+                finished.append((self._pending.pop(event.data), event.res))
             at_least -= got
             if got < self._BATCH and at_least <= 0:
                 break

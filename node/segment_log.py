@@ -29,7 +29,7 @@ import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
@@ -91,28 +91,68 @@ class _Corrupt(Exception):
         self.reason = reason
 
 
-@dataclass(eq=False, slots=True)
 class _Job:
-    """One write (+ sync) round: a detached buffer and where each part of it goes."""
+    """One write (+ sync) round: a detached buffer and where each part of it goes.
 
-    data: bytes  # the records appended since the round before, joined
-    start: int  # global position of data[0]
-    end: int
-    fsync: bool
-    new_bases: list[int]  # segment files this job creates, in order
-    targets: list[tuple[int, int, int]]  # (segment base, lo, hi) slices of data, in order
-    wfds: dict[int, int]  # writable fds that exist at job start (active + not yet synced)
-    reserve: tuple[int, int, int] | None  # (segment base, offset, length) to allocate after writing
-    sync_bases: list[int]  # segments to sync if fsync: unsynced before the job, or written by it
-    dir_fd: int
-    sync_dir: bool
-    directory: Path
-    on_sync: Callable[[float], None] | None  # the log's observer of fsync durations
-    waiters: list[asyncio.Future[None]] = field(default_factory=list)  # one per waiting caller
-    created: dict[int, int] = field(default_factory=dict)  # filled by the worker
-    sync_seconds: float | None = None  # filled by the worker: time in this round's own fsyncs
-    written: bool = False  # the data was written on the loop thread when the round started
-    write_error: OSError | None = None  # ... and that write failed: the round fails with it
+    A plain class with its own ``__init__``, not a dataclass: a flush tick makes one per dirty log
+    (64 a tick and more), and the generated one, called with keywords and filling four default
+    factories, ran a quarter more bytecodes (docs/benchmarks.md, session 24)."""
+
+    __slots__ = (
+        "created",
+        "data",
+        "dir_fd",
+        "directory",
+        "end",
+        "fsync",
+        "new_bases",
+        "on_sync",
+        "reserve",
+        "start",
+        "sync_bases",
+        "sync_dir",
+        "sync_seconds",
+        "targets",
+        "waiters",
+        "wfds",
+        "write_error",
+        "written",
+    )
+
+    def __init__(
+        self,
+        data: bytes,
+        start: int,
+        end: int,
+        fsync: bool,
+        new_bases: list[int],
+        targets: list[tuple[int, int, int]],
+        wfds: dict[int, int],
+        reserve: tuple[int, int, int] | None,
+        sync_bases: list[int],
+        dir_fd: int,
+        sync_dir: bool,
+        directory: Path,
+        on_sync: Callable[[float], None] | None,
+    ) -> None:
+        self.data = data  # the records appended since the round before, joined
+        self.start = start  # global position of data[0]
+        self.end = end
+        self.fsync = fsync
+        self.new_bases = new_bases  # segment files this job creates, in order
+        self.targets = targets  # (segment base, lo, hi) slices of data, in order
+        self.wfds = wfds  # writable fds that exist at job start (active + not yet synced)
+        self.reserve = reserve  # (segment base, offset, length) to allocate after writing
+        self.sync_bases = sync_bases  # segments to sync if fsync: unsynced before, or written now
+        self.dir_fd = dir_fd
+        self.sync_dir = sync_dir
+        self.directory = directory
+        self.on_sync = on_sync  # the log's observer of fsync durations
+        self.waiters: list[asyncio.Future[None]] = []  # one per waiting caller
+        self.created: dict[int, int] = {}  # filled by the worker
+        self.sync_seconds: float | None = None  # filled by the worker: time in its own fsyncs
+        self.written = False  # the data was written on the loop thread when the round started
+        self.write_error: OSError | None = None  # ... and that write failed: the round fails
 
     def fd_of(self, base: int) -> int:
         """The writable fd of segment ``base``: one that existed at the start, or one this round
@@ -262,15 +302,14 @@ def positioned_writes(jobs: list[_Job]) -> list[tuple[int, int, bytes, int, int]
     that writes them (and then reserves the space, if the length is not 0): None unless every
     round is a deferred one that stays in its segment file (a round creating a file needs the
     thread)."""
-    if any(job.written or job.new_bases for job in jobs):
-        return None
-    return [_positioned_write(job) for job in jobs]
-
-
-def _positioned_write(job: _Job) -> tuple[int, int, bytes, int, int]:
-    base = job.targets[0][0]
-    _, offset, length = job.reserve or (base, 0, 0)
-    return job.wfds[base], job.start - base, job.data, offset, length
+    writes = []
+    for job in jobs:
+        if job.written or job.new_bases:
+            return None
+        base = job.targets[0][0]
+        _, offset, length = job.reserve or (base, 0, 0)
+        writes.append((job.wfds[base], job.start - base, job.data, offset, length))
+    return writes
 
 
 def written_elsewhere(
@@ -285,7 +324,9 @@ def written_elsewhere(
         job.written = True
         if code:
             job.write_error = OSError(code, os.strerror(code))
-        errors.append(job.write_error)
+            errors.append(job.write_error)
+        else:
+            errors.append(None)
     if sync_error is None:
         _observe_syncfs(jobs, errors, sync_seconds)
     return errors
@@ -708,32 +749,39 @@ class SegmentLog:
 
     def _make_job(self, fsync: bool) -> _Job:
         """Detach the buffer into a job (on the loop thread; no I/O). A flush tick takes one per
-        dirty log, so the usual case (no new segment file, nothing unsynced) is spelled out."""
+        dirty log, so the usual case (no new segment file, nothing unsynced, the reserved space
+        not running out) is spelled out."""
         data, start, end, new_bases = self._tail.detach()
-        active = self._bases[-1]
         if new_bases:
             bounds = [start, *new_bases, end]
-            owners = [active, *new_bases]
+            owners = [self._bases[-1], *new_bases]
             targets = [(base, bounds[i] - start, bounds[i + 1] - start) for i, base in enumerate(owners)]
             written = [base for base, lo, hi in targets if hi > lo]
+            last = new_bases[-1]
         else:
-            targets = [(active, 0, end - start)]
-            written = [active] if end > start else []
+            last = self._bases[-1]
+            targets = [(last, 0, end - start)]
+            written = [last] if end > start else []
         unsynced = self._unsynced
+        allocated_base, allocated = self._allocated
+        if allocated_base == last and end - last + _RESERVE_AHEAD <= allocated:
+            reserve = None  # what _reserve_for answers here, without the call
+        else:
+            reserve = self._reserve_for(last, end)
         return _Job(
-            data=data,
-            start=start,
-            end=end,
-            fsync=fsync,
-            new_bases=new_bases,
-            targets=targets,
-            wfds=dict(self._wfds),
-            reserve=self._reserve_for(targets[-1][0], end),
-            sync_bases=sorted(unsynced.union(written)) if unsynced else written,
-            dir_fd=self._dir_fd,
-            sync_dir=self._dir_dirty,
-            directory=self._dir,
-            on_sync=self.on_sync,
+            data,
+            start,
+            end,
+            fsync,
+            new_bases,
+            targets,
+            dict(self._wfds),
+            reserve,
+            sorted(unsynced.union(written)) if unsynced else written,
+            self._dir_fd,
+            self._dir_dirty,
+            self._dir,
+            self.on_sync,
         )
 
     def _reserve_for(self, base: int, end: int) -> tuple[int, int, int] | None:
@@ -826,10 +874,9 @@ class SegmentLog:
         """Detach an fsync round for :func:`run_rounds`; None if nothing is pending or a round is
         already in flight (that round, or the one queued after it, covers this log). With
         ``defer_write`` its data is not written yet (:func:`written_elsewhere`, or the thread)."""
-        if self._tail.refusing or self._job is not None or self._durable >= self._tail.end:
+        if self._job is not None or self._durable >= self._tail.end or self._tail.refusing:
             return None
-        job = self._detach(True, defer_write=defer_write)
-        self._job = job
+        job = self._job = self._detach(True, defer_write=defer_write)
         return job
 
     def finish_round(self, job: _Job, exc: BaseException | None) -> None:
@@ -843,9 +890,11 @@ class SegmentLog:
                 exc = error
         if exc is not None:
             self._fail(job, exc)
-        _settle(job.waiters, exc)
-        nxt, self._next = self._next, None
+        if job.waiters:
+            _settle(job.waiters, exc)
+        nxt = self._next
         if nxt is not None:
+            self._next = None
             if self._failure is None:
                 self._start_job(nxt.fsync, nxt.waiters)
             else:
@@ -855,13 +904,17 @@ class SegmentLog:
 
     def _complete(self, job: _Job) -> None:
         """Apply a successful round's effect on positions and fds (loop thread)."""
-        self._bases.extend(job.new_bases)
-        self._wfds.update(job.created)
-        active = self._bases[-1]
+        if job.new_bases:
+            self._bases.extend(job.new_bases)
+        if job.created:
+            self._wfds.update(job.created)
         if job.fsync:
-            for base in [b for b in self._wfds if b != active]:
-                os.close(self._wfds.pop(base))
-            self._unsynced.clear()
+            if len(self._wfds) > 1:  # segments filled since the last sync: synced now, so closed
+                active = self._bases[-1]
+                for base in [b for b in self._wfds if b != active]:
+                    os.close(self._wfds.pop(base))
+            if self._unsynced:
+                self._unsynced.clear()
             self._dir_dirty = False
             self._durable = job.end
             if job.on_sync is not None and job.sync_seconds is not None:
