@@ -7,6 +7,7 @@ its tests on every engine this machine has (``tests.engines.ENGINES``) with
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,13 @@ from unimeter.v1 import (
     metrics_service_pb2_grpc,
     query_service_pb2_grpc,
 )
+
+# A shell without job control starts a background command (`.ci/run &`, a CI runner's step) with
+# SIGINT ignored, and an ignored signal stays ignored across exec: the processes the tests start
+# and stop with Ctrl-C's signal (`unimeter alerts tail`, the README tour's tail) would never see
+# it. A handler of our own is reset to the default at exec, so they get Ctrl-C as from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Tests of the extension itself exist only where it is built.
 collect_ignore = (
