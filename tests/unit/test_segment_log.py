@@ -618,6 +618,17 @@ async def test_durability_covers_segments_rolled_over_without_fsync(
     await log.close()
 
 
+async def test_a_synced_round_closes_the_writable_fds_of_the_segments_it_filled(log_dir: Path) -> None:
+    log = SegmentLog.open(log_dir, segment_bytes=100)
+    before = open_fds()
+    for i in range(20):
+        log.append(payload(i, 40))  # two records a segment: every other append starts one
+        await log.flush()
+    assert len(seg_files(log_dir)) == 10
+    assert open_fds() == before  # the active segment's writable fd alone, as at the start
+    await log.close()
+
+
 async def test_failed_fsync_fails_waiters_and_the_log(log_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = SegmentLog.open(log_dir)
     ok = log.append(b"durable")
