@@ -343,43 +343,64 @@ def _record(
         )
 
 
-class _WrappedGenericHandler(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
-    """A generic handler whose handlers come out wrapped."""
+class _MethodTable(grpc.GenericRpcHandler):  # type: ignore[misc]  # grpc is untyped
+    """Every method of the server, wrapped: the one generic handler grpc is given.
 
-    def __init__(self, inner: grpc.GenericRpcHandler, wrapping: CallWrapping) -> None:
-        self._inner = inner
+    The methods registered by path (what the generated ``add_*_to_server`` functions, health and
+    reflection register) are answered from a dict; a generic handler added on its own is asked
+    after them, and its handler comes out wrapped too."""
+
+    def __init__(self, wrapping: CallWrapping) -> None:
         self._wrapping = wrapping
+        self._methods: dict[str, grpc.RpcMethodHandler] = {}
+        self._generic: list[grpc.GenericRpcHandler] = []
+
+    def add_methods(self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]) -> None:
+        wrap = self._wrapping.wrap
+        for name, handler in method_handlers.items():
+            path = f"/{service_name}/{name}"
+            self._methods[path] = wrap(path, handler)
+
+    def add_generic(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        self._generic.extend(generic_rpc_handlers)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        handler = self._inner.service(handler_call_details)
-        if handler is None:
-            return None  # no such method here: grpc asks the next one, or answers UNIMPLEMENTED
         method: str | bytes = handler_call_details.method
-        return self._wrapping.wrap(method.decode() if isinstance(method, bytes) else method, handler)
+        path = method.decode() if isinstance(method, bytes) else method
+        handler = self._methods.get(path)
+        if handler is not None:
+            return handler
+        for generic in self._generic:
+            handler = generic.service(handler_call_details)
+            if handler is not None:
+                return self._wrapping.wrap(path, handler)
+        return None  # no such method: grpc answers UNIMPLEMENTED
 
 
 class WrappingServer(grpc.aio.Server):  # type: ignore[misc]  # grpc is untyped
     """A grpc.aio server on which every handler registered runs inside ``wrapping``; the
     generated ``add_*_to_server`` functions, health and reflection register on it as on any
-    grpc.aio server."""
+    grpc.aio server.
+
+    None of them is registered with grpc by path: grpc is given one generic handler, the method
+    table. grpc.aio's serving loop keeps one pending request per registered method and waits on
+    all of them (``asyncio.wait``) once for every call it accepts, so each registered method cost
+    every call about 75 bytecodes of asyncio's Python: with this server's 14 methods, ~1,070 a
+    call, where the table's lookup is one dict read (docs/benchmarks.md, "One method table
+    instead of registered methods")."""
 
     def __init__(self, server: grpc.aio.Server, wrapping: CallWrapping) -> None:
         self._server = server
-        self._wrapping = wrapping
+        self._table = _MethodTable(wrapping)
+        server.add_generic_rpc_handlers((self._table,))
 
     def add_generic_rpc_handlers(self, generic_rpc_handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        wrapping = self._wrapping
-        self._server.add_generic_rpc_handlers(
-            tuple(_WrappedGenericHandler(h, wrapping) for h in generic_rpc_handlers)
-        )
+        self._table.add_generic(generic_rpc_handlers)
 
     def add_registered_method_handlers(
         self, service_name: str, method_handlers: Mapping[str, grpc.RpcMethodHandler]
     ) -> None:
-        wrap = self._wrapping.wrap
-        self._server.add_registered_method_handlers(
-            service_name, {name: wrap(f"/{service_name}/{name}", h) for name, h in method_handlers.items()}
-        )
+        self._table.add_methods(service_name, method_handlers)
 
     def add_insecure_port(self, address: str) -> int:
         return int(self._server.add_insecure_port(address))

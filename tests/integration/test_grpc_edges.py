@@ -216,6 +216,49 @@ async def test_an_exception_escaping_any_handler_gets_its_mapped_status_and_no_t
     )
 
 
+async def test_every_method_is_served_from_one_generic_handler_and_none_is_registered_with_grpc() -> None:
+    """grpc.aio waits on one pending request per registered method for every call it accepts, so
+    the wrapping server registers none: the generated registrations, and a generic handler added
+    on its own, are all served (wrapped: their calls counted) from its one generic handler."""
+    inner = grpc.aio.server()
+    registered: list[str] = []
+    given: list[object] = []
+    real_generic = inner.add_generic_rpc_handlers
+    inner.add_registered_method_handlers = lambda name, handlers: registered.append(name)
+
+    def record_generic(handlers: tuple[object, ...]) -> None:
+        given.extend(handlers)
+        real_generic(handlers)
+
+    inner.add_generic_rpc_handlers = record_generic
+    stats = ServiceStats()
+    server = WrappingServer(inner, CallWrapping(stats))
+    cluster_service_pb2_grpc.add_ClusterServiceServicer_to_server(UnfinishedCluster(), server)
+    echo = grpc.unary_unary_rpc_method_handler(lambda request, context: request)  # bytes in, bytes out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Echo", {"Echo": echo}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    status_path = "/unimeter.v1.ClusterService/GetClusterStatus"
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await cluster_service_pb2_grpc.ClusterServiceStub(channel).GetClusterStatus(
+                    cluster_service_pb2.GetClusterStatusRequest(), timeout=10
+                )
+            assert details(failed.value)[:2] == ("INVALID_ARGUMENT", [("x", "is bad")])
+            assert await channel.unary_unary("/test.Echo/Echo")(b"ping", timeout=10) == b"ping"
+            with pytest.raises(grpc.aio.AioRpcError) as unknown:
+                await channel.unary_unary("/test.Echo/Nope")(b"ping", timeout=10)
+            assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await server.stop(None)
+    assert registered == []
+    assert len(given) == 1
+    assert dict(stats.methods[status_path].codes) == {"INVALID_ARGUMENT": 1}
+    assert dict(stats.methods["/test.Echo/Echo"].codes) == {"OK": 1}
+    assert "/test.Echo/Nope" not in stats.methods
+
+
 async def test_with_api_keys_a_malformed_body_is_refused_by_the_key_check_first(tmp_path: Path) -> None:
     server = UnimeterServer(serve_config(tmp_path / "data", api_keys=f"ops:{hash_key('k')}:admin"))
     await server.start()
