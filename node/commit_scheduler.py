@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .alert_stream import release
@@ -29,6 +30,8 @@ __all__ = ["CommitScheduler"]
 
 log = logging.getLogger(__name__)
 
+_NUMBER = attrgetter("number")
+
 
 class CommitScheduler:
     """Group commit for the partitions of one node over one backend, on one event loop."""
@@ -36,7 +39,11 @@ class CommitScheduler:
     def __init__(self, backend: RecordBackend, flush_interval: float) -> None:
         self._backend = backend
         self._interval = flush_interval
-        self._partitions: Collection[Partition] = ()
+        self._partitions: Mapping[int, Partition] = {}
+        self._appended: set[Partition] = set()
+        """The partitions the next tick looks at: appended to (or recovered, which may append)
+        since the last tick, or left dirty by it. A tick costs what was written since the last
+        one, not a look at every partition a node serves (64 by default, 100 times a second)."""
         self._flusher: asyncio.Task[None] | None = None
         self._urgent: set[asyncio.Task[None]] = set()
         self._urgent_partitions: set[int] = set()
@@ -47,10 +54,11 @@ class CommitScheduler:
         """The partitions of the next SYNC group: those of every call waiting for it."""
         self._closing = False
 
-    def start(self, partitions: Collection[Partition]) -> None:
-        """Start the periodic flush of ``partitions`` (a live view: a node's partitions may come
-        and go)."""
+    def start(self, partitions: Mapping[int, Partition]) -> None:
+        """Start the periodic flush of ``partitions`` by number (a live view: a node's partitions
+        may come and go); the first tick looks at every one of them."""
         self._partitions = partitions
+        self._appended.update(partitions.values())
         self._flusher = asyncio.create_task(self._flush_loop(), name="unimeter-flusher")
 
     async def close(self) -> None:
@@ -63,6 +71,12 @@ class CommitScheduler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    def appended(self, partitions: Iterable[Partition]) -> None:
+        """``partitions`` were appended to, or have just been recovered (which may append): the
+        next tick makes whatever of them is not durable yet durable. Every append must say so,
+        or its ASYNC write waits for the partition's next one."""
+        self._appended.update(partitions)
 
     # ------------------------------------------------------------------ what callers wait for
 
@@ -196,8 +210,7 @@ class CommitScheduler:
         while True:
             await asyncio.sleep(max(0.0, next_tick - loop.time()))
             next_tick = max(next_tick + interval, loop.time())
-            urgent = self._urgent_partitions
-            dirty = [p for p in self._partitions if p.dirty and p.number not in urgent]
+            dirty = self._take_dirty()
             if dirty:
                 try:
                     await self._flush_tick(dirty)
@@ -207,11 +220,31 @@ class CommitScheduler:
                     # make every ASYNC write durable.
                     log.exception("flush tick failed; ticking on")
 
+    def _take_dirty(self) -> list[Partition]:
+        """The partitions this tick flushes, by number: those appended to since the last tick
+        that are still served and dirty. One an urgent flush is making durable stays for the
+        next tick."""
+        served, urgent = self._partitions, self._urgent_partitions
+        candidates, self._appended = self._appended, set()
+        dirty = []
+        for partition in candidates:
+            if served.get(partition.number) is not partition or not partition.dirty:
+                continue  # released, or made durable by a SYNC call, an urgent flush or a close
+            if partition.number in urgent:
+                self._appended.add(partition)
+            else:
+                dirty.append(partition)
+        dirty.sort(key=_NUMBER)
+        return dirty
+
     async def _flush_tick(self, partitions: list[Partition]) -> None:
         """Make the dirty partitions durable in the background lane, then publish their alerts.
         Logs already being made durable (by a SYNC caller's round, an urgent flush's) are left to
-        it; their partitions publish at the next tick."""
+        it; their partitions stay dirty, so the next tick looks at them again."""
         marks = [(p, p.flush_mark()) for p in partitions]
-        await self._commit_group(partitions, background=True)
-        for partition, mark in marks:
-            partition.publish_durable(mark)
+        try:
+            await self._commit_group(partitions, background=True)
+            for partition, mark in marks:
+                partition.publish_durable(mark)
+        finally:
+            self._appended.update(p for p in partitions if p.dirty)

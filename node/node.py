@@ -228,6 +228,7 @@ class Node:
             partition.forget_metric(code)
         partition.events.on_failure = partition.alert_log.on_failure = self._count_failed_log
         self._served[number] = partition
+        self.commit.appended((partition,))  # its recovery may have logged alerts
         self.alerts.attach(partition)
         log.info(
             "partition %d served from offset %d (recovered in %.3fs)",
@@ -276,7 +277,7 @@ class Node:
         for code in [c for c in self._specs if self.registry.get(c) is None]:
             self._metric_changed(code, None)
         self._check_disk(time.monotonic())
-        self.commit.start(self._served.values())
+        self.commit.start(self._served)
         self._tasks = [asyncio.create_task(self._maintenance_loop(), name="unimeter-maintenance")]
 
     async def close(self) -> None:

@@ -269,6 +269,9 @@ class Partition:
         raised."""
         if not partitions:
             return []
+        # The next tick looks at them (whatever they end up storing: a part may store its record,
+        # then raise). Told first, as nothing here awaits: no tick runs before they are stored.
+        partitions[0]._commit.appended(partitions)
         if batch_id:  # each partition answers a retry from its memory of batch ids
             pairs = zip(partitions, parts, strict=True)
             return [part.ingest(rows, batch_id, now_ns, specs) for part, rows in pairs]

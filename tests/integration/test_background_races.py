@@ -537,7 +537,8 @@ async def test_a_call_that_fails_after_its_record_is_stored_is_deduplicated_on_r
     """A batch whose events record is appended but whose alert record cannot be (the alert log
     failed on a write error) raises to the caller; its record stays in the log, so a retry must be
     answered as a duplicate of it, and the events count once, before and after a restart. The
-    partition takes no snapshot while a log is failed, so recovery regenerates the alert."""
+    partition takes no snapshot while a log is failed, so recovery regenerates the alert, and the
+    ticks publish it."""
     node = Node(NodeConfig(tmp_path / "data", partitions=1))
     await node.start()
     row: EventRow = (7, "calls", 10, T0, None, 1, "retried")
@@ -560,7 +561,11 @@ async def test_a_call_that_fails_after_its_record_is_stored_is_deduplicated_on_r
         await node.close()
     async with recovered_node(tmp_path / "data", 1) as (again_node, again):
         assert (await again.query(7, "calls", DAY)).value.sum == 10
-        assert [a.offset for a in again_node.partitions[0].alerts] == [1]  # regenerated at recovery
+        recovered = again_node.partitions[0]
+        assert [a.offset for a in recovered.alerts] == [1]  # regenerated at recovery
+        async with asyncio.timeout(5):  # and published by a tick, with no write to prompt it
+            while recovered.published_alert_offset < 1:
+                await asyncio.sleep(0.005)
 
 
 async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_cancellation(
@@ -653,3 +658,80 @@ async def test_sync_calls_arriving_while_a_group_syncs_share_the_next_group(
         with pytest.raises(asyncio.CancelledError):
             await gives_up
         assert sum((await sums(client, set(range(1, 41)))).values()) == 40 * (1 + 2 + 4 + 8)
+
+
+@contextlib.contextmanager
+def dirty_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Record the number of each partition whose ``dirty`` is read from here on."""
+    reads: list[int] = []
+    real = Partition.dirty.fget
+    assert real is not None
+
+    def recorded(partition: Partition) -> bool:
+        reads.append(partition.number)
+        return bool(real(partition))
+
+    monkeypatch.setattr(Partition, "dirty", property(recorded))
+    yield reads
+
+
+async def test_a_tick_looks_only_at_the_partitions_appended_to_since_the_last_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle node's ticks read no partition's state (they read all 64 of a node's, 100 times a
+    second, before); an ASYNC write is made durable by the next tick, which looks at its
+    partition alone."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=8, flush_interval=0.005))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        await asyncio.sleep(0.05)  # the first ticks looked at every partition (just recovered)
+        with dirty_reads(monkeypatch) as reads:
+            await asyncio.sleep(0.1)  # 20 idle ticks
+            assert reads == []
+            await client.ingest_rows([(7, "calls", 1, T0, None, 1, "e")], sync=False)
+            written = node.partitions[partition_of(7, 8)]
+            async with asyncio.timeout(5):
+                while written.events.durable_position < written.events.end_position:
+                    await asyncio.sleep(0.005)
+            await asyncio.sleep(0.05)  # ten more ticks: the partition is clean, nobody looks
+            assert set(reads) == {written.number}
+            assert len(reads) <= 2  # the tick that flushed it, and its look after the round
+    finally:
+        monkeypatch.undo()
+        await node.close()
+
+
+async def test_a_write_a_tick_could_not_flush_is_made_durable_by_a_later_tick_without_another_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ASYNC write whose log a SYNC caller's round holds is left by the ticks meanwhile (that
+    round covers only the records before it); once the round ends, a later tick makes it durable,
+    with no later write to the partition to prompt it."""
+    config = NodeConfig(
+        tmp_path / "data", partitions=1, flush_interval=0.005, engine="python", sync_filesystem=False
+    )
+    node = Node(config)
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM))
+        events = node.partitions[0].events
+        with first_fsync_held(monkeypatch) as (entered, held):
+            sync_call = asyncio.create_task(
+                client.ingest_rows([(1, "calls", 1, T0, None, 1, "s")], sync=True)
+            )
+            assert await asyncio.to_thread(entered.wait, 5)
+            await client.ingest_rows([(1, "calls", 2, T0 + 1, None, 1, "a")], sync=False)
+            await asyncio.sleep(0.1)  # 20 ticks, each leaving the held log to its round
+            assert events.durable_position < events.end_position
+            held.set()
+            await asyncio.wait_for(sync_call, 5)
+        async with asyncio.timeout(5):
+            while events.durable_position < events.end_position:
+                await asyncio.sleep(0.005)
+        assert (await client.query(1, "calls", DAY)).value.sum == 3
+    finally:
+        monkeypatch.undo()
+        await node.close()
