@@ -40,12 +40,9 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _WIDE = 0  # stored in a column when the value itself lives in ``_wide``
 _UINT32_MAX = 2**32 - 1
 _NO_ALERTS = array("I")
-_ACCOUNTS_PER_CHUNK = 1024
-"""Accounts' offsets a snapshot packs between two turns of the event loop."""
 _POSITIONS_PER_BLOCK = 1 << 15
 """Alerts' record positions in one ``bytes`` block of a snapshot (256 KiB): a snapshot packs a few
 blocks between two turns of the event loop, however many alerts the partition has."""
-_BLOCKS_PER_CHUNK = 8
 
 
 class AlertList:
@@ -157,8 +154,8 @@ class AlertList:
 
         n_blocks = -(-count // _POSITIONS_PER_BLOCK)
         return AlertIndex(
-            Chunked(n_blocks, blocks, step=_BLOCKS_PER_CHUNK),
-            Chunked(len(accounts), chunk, step=_ACCOUNTS_PER_CHUNK),
+            Chunked(n_blocks, blocks),
+            Chunked(len(accounts), chunk),
         )
 
     def restore(self, index: AlertIndex, count: int) -> int | None:

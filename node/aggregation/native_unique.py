@@ -23,8 +23,6 @@ from .unique_reads import Scan, UniqueReads
 
 __all__ = ["NativeUniqueStore"]
 
-_ACCOUNTS_PER_CHUNK = 256  # as UniqueStore.to_snapshot: an account's entry costs more than a cell
-
 
 class NativeUniqueStore(UniqueReads):
     """COUNT_UNIQUE state of one metric, for every account of a partition, in Rust."""
@@ -65,7 +63,7 @@ class NativeUniqueStore(UniqueReads):
         """The data of ``UniqueStore.to_snapshot`` for the same state: the same bytes once packed
         (accounts copy-on-write in Rust until :meth:`release_snapshot`)."""
         combos, n = self._sets.capture()
-        return {"combos": combos, "accounts": Chunked(n, self._sets.chunk, step=_ACCOUNTS_PER_CHUNK)}
+        return {"combos": combos, "accounts": Chunked(n, self._sets.chunk)}
 
     def release_snapshot(self) -> None:
         """End the copy-on-write of :meth:`to_snapshot` (its data is packed, or abandoned)."""

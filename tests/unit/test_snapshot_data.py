@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 import zlib
 
 import msgpack
 import pytest
 
+from node.aggregation import snapshot_data
 from node.aggregation.snapshot_data import Chunked, Deferred, pack, pack_in_slices
 
 
@@ -40,7 +42,16 @@ async def test_chunk_boundaries_and_array_header_sizes(n: int) -> None:
     assert b"".join(await pack_in_slices(data)) == pack(data)
 
 
-@pytest.mark.parametrize("n", [0, 1, 4095, 4096, 4097, 70_000])
+def contiguous(asked: list[tuple[int, int]], n: int) -> bool:
+    """Whether the chunks asked for cover elements 0 to ``n`` in order, each once, none empty."""
+    if not asked:
+        return n == 0
+    starts = [lo for lo, _ in asked]
+    ends = [hi for _, hi in asked]
+    return starts == [0, *ends[:-1]] and all(lo < hi for lo, hi in asked) and ends[-1] == n
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 4097, 70_000])
 async def test_a_chunked_column_is_computed_chunk_by_chunk_and_packs_like_a_list(n: int) -> None:
     asked: list[tuple[int, int]] = []
 
@@ -49,14 +60,11 @@ async def test_a_chunked_column_is_computed_chunk_by_chunk_and_packs_like_a_list
         return [[i, str(i)] for i in range(lo, hi)]
 
     sliced = b"".join(await pack_in_slices({"column": Chunked(n, chunk), "chunks": Deferred(len, asked)}))
-    assert asked == [(lo, min(lo + 4096, n)) for lo in range(0, n, 4096)]
+    assert contiguous(asked, n)
+    assert asked[:1] == ([(0, 1)] if n else [])  # before an element's cost is known: one
     # A Deferred after the column is resolved once every chunk was computed.
     assert msgpack.unpackb(sliced) == {"column": [[i, str(i)] for i in range(n)], "chunks": len(asked)}
     assert pack({"column": Chunked(n, chunk)}) == pack({"column": [[i, str(i)] for i in range(n)]})
-    asked.clear()
-    stepped = b"".join(await pack_in_slices({"column": Chunked(n, chunk, step=300)}))
-    assert asked == [(lo, min(lo + 300, n)) for lo in range(0, n, 300)]
-    assert stepped == pack({"column": Chunked(n, chunk)})
 
 
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 4097, 70_000])
@@ -69,8 +77,44 @@ async def test_a_packed_column_goes_out_as_its_chunks_bytes_and_packs_like_a_lis
 
     plain = pack({"column": rows})
     assert b"".join(await pack_in_slices({"column": Chunked(n, chunk, packed=True)})) == plain
-    assert b"".join(await pack_in_slices({"column": Chunked(n, chunk, step=300, packed=True)})) == plain
     assert pack({"column": Chunked(n, chunk, packed=True)}) == plain
+
+
+CHEAP, DEAR = 0.00001, 0.002
+
+
+@pytest.mark.parametrize(
+    ("costs", "overshoots"),
+    [([CHEAP] * 5000, 0), ([DEAR] * 40, 0), ([CHEAP] * 3000 + [DEAR / 5] * 200 + [CHEAP] * 3000, 2)],
+)
+async def test_a_column_s_chunks_are_sized_by_what_its_elements_cost(
+    costs: list[float], overshoots: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However much an element costs, a chunk takes about ``_CHUNK_SECONDS`` (on a clock only the
+    elements move here): never over twice that beyond one element, so a slice never holds the
+    loop much past its 2 ms. Where the cost jumps, two chunks overshoot: the one across the jump,
+    and the next, sized by the average of cheap and dear elements; the one after is right."""
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    took: list[float] = []
+    asked: list[tuple[int, int]] = []
+
+    def chunk(lo: int, hi: int) -> list[int]:
+        asked.append((lo, hi))
+        spent = sum(costs[lo:hi])
+        now[0] += spent
+        took.append(spent)
+        return list(range(lo, hi))
+
+    packed = b"".join(await pack_in_slices({"column": Chunked(len(costs), chunk)}))
+    assert packed == pack({"column": list(range(len(costs)))})
+    assert contiguous(asked, len(costs))
+    budget = snapshot_data._CHUNK_SECONDS
+    over = [t for t, (lo, hi) in zip(took, asked, strict=True) if t > 2 * budget + max(costs[lo:hi])]
+    assert len(over) == overshoots
+    if not overshoots:  # and not needlessly small: once sized, a chunk takes over a quarter of it
+        sized = [t for t, (lo, hi) in zip(took, asked, strict=True) if lo >= 64 and hi < len(costs)]
+        assert all(t >= budget / 4 for t in sized)
 
 
 async def test_the_loop_runs_between_slices() -> None:
