@@ -240,11 +240,14 @@ class CommitScheduler:
     async def _flush_tick(self, partitions: list[Partition]) -> None:
         """Make the dirty partitions durable in the background lane, then publish their alerts.
         Logs already being made durable (by a SYNC caller's round, an urgent flush's) are left to
-        it; their partitions stay dirty, so the next tick looks at them again."""
+        it, and the next tick looks at their partitions again (as at every partition of a tick
+        that raised): what they appended later, ingest has told it of already."""
         marks = [(p, p.flush_mark()) for p in partitions]
         try:
             await self._commit_group(partitions, background=True)
             for partition, mark in marks:
-                partition.publish_durable(mark)
-        finally:
-            self._appended.update(p for p in partitions if p.dirty)
+                if not partition.publish_durable(mark):
+                    self._appended.add(partition)
+        except BaseException:
+            self._appended.update(partitions)
+            raise
