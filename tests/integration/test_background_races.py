@@ -24,6 +24,7 @@ from cluster_client.types import EventRow
 from node import dedup_index, embedded_backend, filesystem_sync, segment_log
 from node.node import Node, NodeConfig
 from node.partition import Partition
+from node.record_log import RecordLog
 
 T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
 MINUTE = 60 * 1_000_000_000
@@ -129,6 +130,13 @@ def first_fsync_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threadin
         yield entered, release
     finally:
         release.set()
+
+
+async def made_durable_by_the_ticks(log: RecordLog) -> None:
+    """Wait (5 s at most) until the flush ticks have made everything appended to ``log`` durable."""
+    async with asyncio.timeout(5):
+        while log.durable_position < log.end_position:
+            await asyncio.sleep(0.005)
 
 
 @contextlib.asynccontextmanager
@@ -450,9 +458,7 @@ async def test_the_flusher_ticks_on_after_a_tick_raises(
         log = node.partitions[0].events
         for n in range(2):
             await client.ingest_rows([(1, "calls", 1, T0 + n, None, 1, f"t{n}")], sync=False)
-            async with asyncio.timeout(5):
-                while log.durable_position < log.end_position:
-                    await asyncio.sleep(0.005)
+            await made_durable_by_the_ticks(log)
             await asyncio.sleep(0.05)  # the tick that made it durable has returned
         assert raised[0] == 1
         assert "flush tick failed" in caplog.text
@@ -692,9 +698,7 @@ async def test_a_tick_looks_only_at_the_partitions_appended_to_since_the_last_on
             assert reads == []
             await client.ingest_rows([(7, "calls", 1, T0, None, 1, "e")], sync=False)
             written = node.partitions[partition_of(7, 8)]
-            async with asyncio.timeout(5):
-                while written.events.durable_position < written.events.end_position:
-                    await asyncio.sleep(0.005)
+            await made_durable_by_the_ticks(written.events)
             await asyncio.sleep(0.05)  # ten more ticks: the partition is clean, nobody looks
             assert set(reads) == {written.number}
             assert len(reads) <= 2  # the tick that flushed it, and its look after the round
@@ -728,9 +732,7 @@ async def test_a_write_a_tick_could_not_flush_is_made_durable_by_a_later_tick_wi
             assert events.durable_position < events.end_position
             held.set()
             await asyncio.wait_for(sync_call, 5)
-        async with asyncio.timeout(5):
-            while events.durable_position < events.end_position:
-                await asyncio.sleep(0.005)
+        await made_durable_by_the_ticks(events)
         assert (await client.query(1, "calls", DAY)).value.sum == 3
     finally:
         monkeypatch.undo()
