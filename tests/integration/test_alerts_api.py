@@ -167,6 +167,30 @@ async def test_idle_subscription_gets_heartbeats_with_offsets(tmp_path: object) 
         await server.stop(grace=1)
 
 
+async def test_a_replay_reads_past_batches_of_filtered_out_alerts_without_waiting(api: Api) -> None:
+    """A subscription replaying a partition reads its log a batch at a time (256 alerts); a batch
+    that its filters take nothing from must not leave it waiting for a publish or a heartbeat
+    (5 s) when the alert it wants lies further on in the same log."""
+    await setup_caps(api)
+    # Account 42's partition: 600 `gb` alerts, then the two `api_calls` ones after them.
+    await ingest(api, *[ev(42, "gb", 10, time=T0 + i) for i in range(600)])
+    await ingest(api, *[ev(42, "api_calls", time=T0 + i) for i in range(5)])
+    async with asyncio.timeout(5):
+        while len((await list_alerts(api, 42, after=600)).alerts) < 2:
+            await asyncio.sleep(0.01)
+    stream = api.alerts.AlertSubscribe(
+        als.AlertSubscribeRequest(metric_codes=["api_calls"], from_beginning=True)
+    )
+    assert (await next_alert(stream)).WhichOneof("kind") == "heartbeat"
+    async with asyncio.timeout(2):  # well inside the heartbeat interval
+        got = [(await stream.read()).alert for _ in range(2)]
+    assert [(a.account_id, a.threshold_code, a.offset) for a in got] == [
+        (42, "free_tier_exceeded", 601),
+        (42, "hard_cap", 602),
+    ]
+    stream.cancel()
+
+
 async def test_subscribe_rejects_unknown_codes_and_partitions(api: Api) -> None:
     await setup_caps(api)
     cases = [
