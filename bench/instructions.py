@@ -93,7 +93,7 @@ async def _workload(warmup: int, measured: int, batch: int, bodies: int) -> None
         root, partitions=_PARTITIONS, engine="native", flush_interval=3600.0, snapshot_interval=3600.0
     )
     node = Node(config)
-    tune_gc()  # the server's collector settings, set where it sets them
+    tune_gc("native")  # the server's collector settings, set where it sets them
     await node.start()
     try:
         for metric in payloads.metric_definitions(5):
