@@ -4,7 +4,7 @@
 //! offset minus a base in a 32-bit column, widened to 64 bits only when the live offsets span more
 //! than 2³²), the same floor expiry, the same rebuild thresholds and the same incremental growth,
 //! so that for any sequence of calls both implementations hold the same slots. That is what lets a
-//! snapshot be the same bytes whichever engine wrote it (`to_parts` / `from_parts` carry the
+//! snapshot be the same bytes whichever engine wrote it (`snapshot_view` / `from_parts` carry the
 //! columns of `DedupIndex.to_snapshot`), and lets either engine recover the other's data
 //! directory. The design and its numbers are in docs/design.md ("Deduplication").
 
@@ -93,12 +93,31 @@ impl OffsetColumn {
         }
     }
 
-    /// The column's bytes in native order, as `array.tobytes()` gives them.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// The column's length in bytes, as `array.tobytes()` gives them.
+    pub fn byte_len(&self) -> usize {
         match self {
-            Self::Narrow(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
-            Self::Wide(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Self::Narrow(v) => v.len() * 4,
+            Self::Wide(v) => v.len() * 8,
         }
+    }
+
+    /// Write the column's bytes in native order (`array.tobytes()`) into `out`, `byte_len()` long.
+    pub fn write_ne_bytes(&self, out: &mut [u8]) {
+        match self {
+            Self::Narrow(v) => write_ne_bytes(v, u32::to_ne_bytes, out),
+            Self::Wide(v) => write_ne_bytes(v, u64::to_ne_bytes, out),
+        }
+    }
+}
+
+/// Write `values` into `out` (`values.len() * N` bytes long), each as `to_bytes` gives it: one
+/// pass into memory already allocated. (Collecting a `flat_map` of the bytes into a `Vec` grew it
+/// by doubling from nothing, copying it ~20 times for a table of a few MB: a snapshot's capture of
+/// one partition took up to 12 ms on the loop, most of it there.)
+pub fn write_ne_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N], out: &mut [u8]) {
+    debug_assert_eq!(out.len(), values.len() * N);
+    for (chunk, &value) in out.chunks_exact_mut(N).zip(values) {
+        chunk.copy_from_slice(&to_bytes(value));
     }
 }
 
@@ -196,6 +215,18 @@ impl AddError {
             Self::OffsetsNotAscending => "offsets must be positive and above every earlier add's offsets",
         }
     }
+}
+
+/// A table's snapshot columns as [`DedupTable::snapshot_view`] lends them.
+pub struct DedupView<'a> {
+    pub keys: &'a [u64],
+    pub offs: &'a OffsetColumn,
+    pub base: u64,
+    pub g_arrival: &'a [i64],
+    pub g_first: &'a [u64],
+    pub g_live: &'a [u64],
+    pub floor: u64,
+    pub last: u64,
 }
 
 /// The columns of a snapshot, `DedupIndex.to_snapshot`'s list without its tag.
@@ -396,16 +427,18 @@ impl DedupTable {
     }
 
     /// The snapshot's columns (finishing a growth under way first, as the Python index does).
-    pub fn to_parts(&mut self) -> DedupParts {
+    /// The snapshot's columns, borrowed (a growth under way is finished first): a snapshot
+    /// writes them straight into its bytes, with no copy of the table between.
+    pub fn snapshot_view(&mut self) -> DedupView<'_> {
         self.finish_move();
         let head = self.g_head;
-        DedupParts {
-            keys: self.table.keys.clone(),
-            offs: self.table.offs.clone(),
+        DedupView {
+            keys: &self.table.keys,
+            offs: &self.table.offs,
             base: self.table.base,
-            g_arrival: self.g_arrival[head..].to_vec(),
-            g_first: self.g_first[head..].to_vec(),
-            g_live: self.g_live[head..].to_vec(),
+            g_arrival: &self.g_arrival[head..],
+            g_first: &self.g_first[head..],
+            g_live: &self.g_live[head..],
             floor: self.floor,
             last: self.last,
         }
@@ -526,6 +559,23 @@ impl DedupTable {
 mod tests {
     use super::*;
 
+    impl DedupTable {
+        /// The snapshot's columns, copied (what `from_parts` takes).
+        fn copied_parts(&mut self) -> DedupParts {
+            let v = self.snapshot_view();
+            DedupParts {
+                keys: v.keys.to_vec(),
+                offs: v.offs.clone(),
+                base: v.base,
+                g_arrival: v.g_arrival.to_vec(),
+                g_first: v.g_first.to_vec(),
+                g_live: v.g_live.to_vec(),
+                floor: v.floor,
+                last: v.last,
+            }
+        }
+    }
+
     const WINDOW: i64 = 1_000;
 
     #[test]
@@ -543,7 +593,7 @@ mod tests {
         let last = EMPTY_TABLE_SLOTS as u64 - 1;
         let keys = [last, 2 * last + 1, 3 * last + 2];
         t.add(10, &keys, &[1, 2, 3]).unwrap();
-        let (slots, offs) = match t.to_parts() {
+        let (slots, offs) = match t.copied_parts() {
             DedupParts { keys, offs: OffsetColumn::Narrow(offs), .. } => (keys, offs),
             _ => unreachable!("a new table is narrow"),
         };
@@ -590,11 +640,11 @@ mod tests {
         for n in 0..20_000u64 {
             assert_eq!(t.get(n.wrapping_mul(0x9E37_79B9_7F4A_7C15)), Some(n + 1));
         }
-        let parts = t.to_parts();
+        let parts = t.copied_parts();
         assert!(!t.growing());
         let back = DedupTable::from_parts(i64::MAX, parts.clone()).unwrap();
         assert_eq!(back.len(), 20_000);
-        assert_eq!(back.clone().to_parts(), parts);
+        assert_eq!(back.clone().copied_parts(), parts);
     }
 
     #[test]
@@ -602,13 +652,31 @@ mod tests {
         let mut t = DedupTable::new(WINDOW);
         t.add(0, &[1], &[1]).unwrap();
         t.add(1, &[2], &[1 << 33]).unwrap();
-        assert_eq!(t.to_parts().offs.typecode(), "Q");
+        assert_eq!(t.copied_parts().offs.typecode(), "Q");
         assert_eq!((t.get(1), t.get(2)), (Some(1), Some(1 << 33)));
     }
 
     #[test]
+    fn view_and_copy_agree_byte_for_byte() {
+        let mut t = DedupTable::new(WINDOW);
+        t.add(10, &[7, 8], &[1, 2]).unwrap();
+        t.add(11, &[9], &[1 << 33]).unwrap(); // wide offsets
+        let view = t.snapshot_view();
+        let mut bytes = vec![0u8; view.offs.byte_len()];
+        view.offs.write_ne_bytes(&mut bytes);
+        let expected: Vec<u8> = match view.offs {
+            OffsetColumn::Wide(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            OffsetColumn::Narrow(_) => unreachable!("an offset past 2^32 widened it"),
+        };
+        assert_eq!(bytes, expected);
+        let mut keys = vec![0u8; view.keys.len() * 8];
+        write_ne_bytes(view.keys, u64::to_ne_bytes, &mut keys);
+        assert_eq!(keys, view.keys.iter().flat_map(|k| k.to_ne_bytes()).collect::<Vec<u8>>());
+    }
+
+    #[test]
     fn refuses_inconsistent_parts() {
-        let mut parts = DedupTable::new(WINDOW).to_parts();
+        let mut parts = DedupTable::new(WINDOW).copied_parts();
         parts.floor = 0;
         assert_eq!(DedupTable::from_parts(WINDOW, parts).unwrap_err(), "dedup snapshot: bad base or floor");
     }

@@ -9,7 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyString};
 
-use crate::dedup_table::{DedupParts, DedupTable, OffsetColumn};
+use crate::dedup_table::{write_ne_bytes, DedupParts, DedupTable, OffsetColumn};
 use crate::guarded;
 use crate::py_partition_batch::NewKeys;
 
@@ -99,18 +99,22 @@ impl PyDedupIndex {
     #[allow(clippy::wrong_self_convention)]
     fn to_snapshot<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
-            let parts = self.table.to_parts();
+            let view = self.table.snapshot_view();
+            let offs = PyBytes::new_with(py, view.offs.byte_len(), |out| {
+                view.offs.write_ne_bytes(out);
+                Ok(())
+            })?;
             let items: Vec<Bound<'py, PyAny>> = vec![
                 PyString::new(py, SNAPSHOT_TAG).into_any(),
-                PyBytes::new(py, &ne_bytes(&parts.keys, u64::to_ne_bytes)).into_any(),
-                PyString::new(py, parts.offs.typecode()).into_any(),
-                PyBytes::new(py, &parts.offs.to_bytes()).into_any(),
-                parts.base.into_pyobject(py)?.into_any(),
-                PyBytes::new(py, &ne_bytes(&parts.g_arrival, i64::to_ne_bytes)).into_any(),
-                PyBytes::new(py, &ne_bytes(&parts.g_first, u64::to_ne_bytes)).into_any(),
-                PyBytes::new(py, &ne_bytes(&parts.g_live, u64::to_ne_bytes)).into_any(),
-                parts.floor.into_pyobject(py)?.into_any(),
-                parts.last.into_pyobject(py)?.into_any(),
+                ne_bytes(py, view.keys, u64::to_ne_bytes)?.into_any(),
+                PyString::new(py, view.offs.typecode()).into_any(),
+                offs.into_any(),
+                view.base.into_pyobject(py)?.into_any(),
+                ne_bytes(py, view.g_arrival, i64::to_ne_bytes)?.into_any(),
+                ne_bytes(py, view.g_first, u64::to_ne_bytes)?.into_any(),
+                ne_bytes(py, view.g_live, u64::to_ne_bytes)?.into_any(),
+                view.floor.into_pyobject(py)?.into_any(),
+                view.last.into_pyobject(py)?.into_any(),
             ];
             PyList::new(py, items)
         })
@@ -127,8 +131,15 @@ impl PyDedupIndex {
     }
 }
 
-fn ne_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N]) -> Vec<u8> {
-    values.iter().flat_map(|&v| to_bytes(v)).collect()
+fn ne_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    values: &[T],
+    to_bytes: fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, values.len() * N, |out| {
+        write_ne_bytes(values, to_bytes, out);
+        Ok(())
+    })
 }
 
 /// A packed column (``array.tobytes()``) back into values, refusing a length that is not whole items.
