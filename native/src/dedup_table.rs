@@ -92,33 +92,6 @@ impl OffsetColumn {
             Self::Wide(_) => "Q",
         }
     }
-
-    /// The column's length in bytes, as `array.tobytes()` gives them.
-    pub fn byte_len(&self) -> usize {
-        match self {
-            Self::Narrow(v) => v.len() * 4,
-            Self::Wide(v) => v.len() * 8,
-        }
-    }
-
-    /// Write the column's bytes in native order (`array.tobytes()`) into `out`, `byte_len()` long.
-    pub fn write_ne_bytes(&self, out: &mut [u8]) {
-        match self {
-            Self::Narrow(v) => write_ne_bytes(v, u32::to_ne_bytes, out),
-            Self::Wide(v) => write_ne_bytes(v, u64::to_ne_bytes, out),
-        }
-    }
-}
-
-/// Write `values` into `out` (`values.len() * N` bytes long), each as `to_bytes` gives it: one
-/// pass into memory already allocated. (Collecting a `flat_map` of the bytes into a `Vec` grew it
-/// by doubling from nothing, copying it ~20 times for a table of a few MB: a snapshot's capture of
-/// one partition took up to 12 ms on the loop, most of it there.)
-pub fn write_ne_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N], out: &mut [u8]) {
-    debug_assert_eq!(out.len(), values.len() * N);
-    for (chunk, &value) in out.chunks_exact_mut(N).zip(values) {
-        chunk.copy_from_slice(&to_bytes(value));
-    }
 }
 
 /// One table: keys and offsets in parallel columns, probed linearly from `key % capacity`.
@@ -426,7 +399,6 @@ impl DedupTable {
         forgotten
     }
 
-    /// The snapshot's columns (finishing a growth under way first, as the Python index does).
     /// The snapshot's columns, borrowed (a growth under way is finished first): a snapshot
     /// writes them straight into its bytes, with no copy of the table between.
     pub fn snapshot_view(&mut self) -> DedupView<'_> {
@@ -654,24 +626,6 @@ mod tests {
         t.add(1, &[2], &[1 << 33]).unwrap();
         assert_eq!(t.copied_parts().offs.typecode(), "Q");
         assert_eq!((t.get(1), t.get(2)), (Some(1), Some(1 << 33)));
-    }
-
-    #[test]
-    fn view_and_copy_agree_byte_for_byte() {
-        let mut t = DedupTable::new(WINDOW);
-        t.add(10, &[7, 8], &[1, 2]).unwrap();
-        t.add(11, &[9], &[1 << 33]).unwrap(); // wide offsets
-        let view = t.snapshot_view();
-        let mut bytes = vec![0u8; view.offs.byte_len()];
-        view.offs.write_ne_bytes(&mut bytes);
-        let expected: Vec<u8> = match view.offs {
-            OffsetColumn::Wide(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
-            OffsetColumn::Narrow(_) => unreachable!("an offset past 2^32 widened it"),
-        };
-        assert_eq!(bytes, expected);
-        let mut keys = vec![0u8; view.keys.len() * 8];
-        write_ne_bytes(view.keys, u64::to_ne_bytes, &mut keys);
-        assert_eq!(keys, view.keys.iter().flat_map(|k| k.to_ne_bytes()).collect::<Vec<u8>>());
     }
 
     #[test]
