@@ -50,6 +50,7 @@ from .partition import Partition, PartitionConfig
 from .partition_engine import partition_engine
 from .query_validation import check_page_size, check_query
 from .record_log import PartitionStorage, RecordBackend
+from .snapshot_schedule import snapshot_due
 from .stats import NodeStats
 
 __all__ = ["BackendFactory", "Node", "NodeConfig"]
@@ -83,7 +84,8 @@ class NodeConfig:
     """Newest alerts each partition keeps in memory; ListAlerts and subscriptions read older
     ones from the alert log."""
     snapshot_interval: float = 60.0
-    """Seconds between snapshots of partitions that changed."""
+    """Seconds between snapshots of a partition that changed (each partition at its own phase of
+    the interval: ``node/snapshot_schedule.py``)."""
     memory_horizon_ns: int = 48 * 3600 * 1_000_000_000
     """The ListEvents index positions of an (account, hour) whose hour ended more than this
     before ``clock`` move from memory to on-disk index runs (embedded backend; 0: never).
@@ -192,7 +194,6 @@ class Node:
         self._closing = False
         self._disk_checked = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_snapshot = time.monotonic()
 
     @property
     def partitions_count(self) -> int:
@@ -312,14 +313,18 @@ class Node:
             self.on_log_failure()
 
     async def _maintenance_loop(self) -> None:
+        started = time.monotonic()
+        ticked = 0.0  # seconds since ``started`` at the previous tick
         while True:
             await asyncio.sleep(1.0)
             self._check_disk(time.monotonic())
             self.expire()
-            due = time.monotonic() - self._last_snapshot >= self.config.snapshot_interval
+            now = time.monotonic() - started
+            interval = self.config.snapshot_interval
             for partition in self.partitions:  # a copy: partitions may come and go between snapshots
                 if self._served.get(partition.number) is not partition:
                     continue  # handed over meanwhile (with a snapshot of its own)
+                due = snapshot_due(partition.number, self._partitions, interval, ticked, now)
                 if partition.records_since_snapshot and (
                     due or partition.records_since_snapshot >= self.config.snapshot_every_records
                 ):
@@ -332,8 +337,7 @@ class Node:
                         log.error("partition %d: snapshot failed: %s", partition.number, exc)
                     else:
                         self.stats.snapshots += 1
-            if due:
-                self._last_snapshot = time.monotonic()
+            ticked = now  # a grid point passed while snapshotting is found at the next tick
 
     def expire(self) -> None:
         """Forget dedup keys that arrived more than the window before now by the node's clock (the
