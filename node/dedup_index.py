@@ -103,7 +103,8 @@ def _insert_absent(keys: array[int], offs: array[int], cap: int, key: int, store
 
 def _unpacked(raw: object, code: str) -> array[int]:
     column = array(code)
-    if not isinstance(raw, bytes) or len(raw) % column.itemsize:
+    # bytes read back from a file, or the native engine's captured column (a memoryview of bytes)
+    if not isinstance(raw, bytes | memoryview) or len(raw) % column.itemsize:
         raise ValueError("dedup snapshot: bad packed array")
     column.frombytes(raw)
     return column

@@ -83,7 +83,7 @@ class SegmentPartitionStorage:
         except FileNotFoundError:
             return None
 
-    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+    def write_snapshot(self, pieces: Sequence[bytes | memoryview]) -> asyncio.Future[None]:
         """Replace the snapshot file atomically with ``pieces``, in the loop's default executor."""
         return asyncio.get_running_loop().run_in_executor(
             None, write_file_atomically, self.directory / _SNAPSHOT_FILE, *pieces

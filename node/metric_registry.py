@@ -127,7 +127,7 @@ def metric_not_found(code: str) -> NotFoundError:
     return NotFoundError(f"metric {code!r} does not exist", reason="METRIC_NOT_FOUND")
 
 
-def write_file_atomically(path: Path, *parts: bytes) -> None:
+def write_file_atomically(path: Path, *parts: bytes | memoryview) -> None:
     """Replace ``path`` with ``parts`` written one after the other, so that a crash leaves either
     the old or the new file (fsynced, renamed, its directory fsynced)."""
     tmp = path.with_name(path.name + ".tmp")

@@ -136,7 +136,7 @@ class PartitionStorage(Protocol):
         snapshot it was loaded with) and None after: it keeps no snapshot bytes in memory."""
         ...
 
-    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+    def write_snapshot(self, pieces: Sequence[bytes | memoryview]) -> asyncio.Future[None]:
         """Start replacing the snapshot with the bytes of ``pieces``, one after the other,
         atomically; the future ends with the write (it runs on even if the caller stops waiting
         for it). Pieces, not their join: the file takes them without a second copy in memory."""

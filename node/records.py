@@ -19,7 +19,7 @@ import msgpack
 
 from cluster_client.types import EventRow
 
-from .aggregation.snapshot_data import Crc32, pack_in_slices
+from .aggregation.snapshot_data import Crc32, Piece, pack_in_slices
 
 __all__ = [
     "ALERT_RECORD_VERSION",
@@ -203,7 +203,7 @@ def decode_alert_record(data: bytes) -> AlertRecord:
 _SNAPSHOT_CRC_BYTES = 4
 
 
-async def encode_snapshot(snapshot: Snapshot, crc32: Crc32 = zlib.crc32) -> list[bytes]:
+async def encode_snapshot(snapshot: Snapshot, crc32: Crc32 = zlib.crc32) -> list[Piece]:
     """The stored bytes of a snapshot, packed in slices with the loop free in between: the msgpack
     map, then the CRC-32 of it (4 bytes, little endian), so that a damaged snapshot is refused
     instead of loaded as wrong numbers. Returned as the pieces they were packed in: a partition

@@ -78,6 +78,11 @@ impl OffsetColumn {
         }
     }
 
+    /// The column's size in bytes, as a snapshot writes it.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.item_size()
+    }
+
     fn count_zero(&self) -> usize {
         match self {
             Self::Narrow(v) => v.iter().filter(|&&x| x == 0).count(),

@@ -11,6 +11,7 @@
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
 pub mod batch_dedup;
+mod capture_buffer;
 pub mod cell;
 pub mod cell_map;
 pub mod code_table;
@@ -281,6 +282,7 @@ fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
     m.add_function(wrap_pyfunction!(derived_key, m)?)?;
     m.add_class::<py_dedup_index::PyDedupIndex>()?;
+    m.add_class::<capture_buffer::CapturedBytes>()?;
     m.add_class::<py_series_store::PySeriesCells>()?;
     m.add_class::<py_event_index::PyEventIndex>()?;
     m.add_class::<py_unique_store::PyUniqueSets>()?;

@@ -5,10 +5,12 @@
 //! loaded by the other. Conversion happens here only: lists of ints in, a msgpack-ready list out;
 //! the table never sees a Python object.
 
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString};
+use pyo3::types::{PyList, PyString};
 
+use crate::capture_buffer::{CaptureBuffer, CapturedBytes};
 use crate::dedup_table::{DedupParts, DedupTable, OffsetColumn};
 use crate::guarded;
 use crate::py_partition_batch::NewKeys;
@@ -94,25 +96,41 @@ impl PyDedupIndex {
         guarded(|| Ok(self.table.expire(now_ns)))
     }
 
-    /// The snapshot list of ``node.dedup_index.DedupIndex.to_snapshot``, byte for byte.
+    /// The snapshot list of ``node.dedup_index.DedupIndex.to_snapshot``, byte for byte, its
+    /// columns as read-only ``memoryview``s of one capture (`capture_buffer`: memory kept from
+    /// the previous capture, not freshly mapped).
     // `&mut`: like the Python method, it finishes a growth under way; the name is the Python one.
     #[allow(clippy::wrong_self_convention)]
     fn to_snapshot<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         guarded(|| {
             let view = self.table.snapshot_view();
-            let offs = match view.offs {
-                OffsetColumn::Narrow(v) => ne_bytes(py, v, u32::to_ne_bytes)?,
-                OffsetColumn::Wide(v) => ne_bytes(py, v, u64::to_ne_bytes)?,
+            let len = view.keys.len() * 8
+                + view.offs.byte_len()
+                + (view.g_arrival.len() + view.g_first.len() + view.g_live.len()) * 8;
+            let mut buffer = CaptureBuffer::with_capacity(len);
+            let column = |start: usize, buffer: &CaptureBuffer| (start, buffer.as_slice().len() - start);
+            let keys = column(buffer.append(view.keys, u64::to_ne_bytes), &buffer);
+            let offs_start = match view.offs {
+                OffsetColumn::Narrow(v) => buffer.append(v, u32::to_ne_bytes),
+                OffsetColumn::Wide(v) => buffer.append(v, u64::to_ne_bytes),
             };
+            let offs = column(offs_start, &buffer);
+            let g_arrival = column(buffer.append(view.g_arrival, i64::to_ne_bytes), &buffer);
+            let g_first = column(buffer.append(view.g_first, u64::to_ne_bytes), &buffer);
+            let g_live = column(buffer.append(view.g_live, u64::to_ne_bytes), &buffer);
+            let [keys, offs, g_arrival, g_first, g_live]: [_; 5] =
+                CapturedBytes::views(py, buffer, &[keys, offs, g_arrival, g_first, g_live])?
+                    .try_into()
+                    .expect("five columns, five views");
             let items: Vec<Bound<'py, PyAny>> = vec![
                 PyString::new(py, SNAPSHOT_TAG).into_any(),
-                ne_bytes(py, view.keys, u64::to_ne_bytes)?.into_any(),
+                keys.into_any(),
                 PyString::new(py, view.offs.typecode()).into_any(),
                 offs.into_any(),
                 view.base.into_pyobject(py)?.into_any(),
-                ne_bytes(py, view.g_arrival, i64::to_ne_bytes)?.into_any(),
-                ne_bytes(py, view.g_first, u64::to_ne_bytes)?.into_any(),
-                ne_bytes(py, view.g_live, u64::to_ne_bytes)?.into_any(),
+                g_arrival.into_any(),
+                g_first.into_any(),
+                g_live.into_any(),
                 view.floor.into_pyobject(py)?.into_any(),
                 view.last.into_pyobject(py)?.into_any(),
             ];
@@ -131,36 +149,21 @@ impl PyDedupIndex {
     }
 }
 
-/// A column as ``array.tobytes()`` gives it, written in one pass into the ``bytes`` object
-/// itself. (Collecting a `flat_map` of the values' bytes into a `Vec`, then copying that into the
-/// `bytes`, grew the `Vec` by doubling from nothing: a partition's capture took up to 12 ms on
-/// the loop after a few million events, most of it there.)
-fn ne_bytes<'py, T: Copy, const N: usize>(
-    py: Python<'py>,
-    values: &[T],
-    to_bytes: fn(T) -> [u8; N],
-) -> PyResult<Bound<'py, PyBytes>> {
-    PyBytes::new_with(py, values.len() * N, |out| {
-        write_ne_bytes(values, to_bytes, out);
-        Ok(())
-    })
-}
-
-/// `values` into `out` (`values.len() * N` bytes), each as `to_bytes` gives it.
-fn write_ne_bytes<T: Copy, const N: usize>(values: &[T], to_bytes: fn(T) -> [u8; N], out: &mut [u8]) {
-    debug_assert_eq!(out.len(), values.len() * N);
-    for (chunk, &value) in out.chunks_exact_mut(N).zip(values) {
-        chunk.copy_from_slice(&to_bytes(value));
-    }
-}
-
 /// A packed column (``array.tobytes()``) back into values, refusing a length that is not whole items.
 fn column<T, const N: usize>(
     raw: &Bound<'_, PyAny>,
     from_bytes: fn([u8; N]) -> T,
 ) -> Result<Vec<T>, &'static str> {
     const BAD: &str = "dedup snapshot: bad packed array";
-    let bytes = raw.cast::<PyBytes>().map_err(|_| BAD)?.as_bytes();
+    // Any contiguous bytes: `bytes` read back from a file, or a capture's `memoryview`s.
+    let buffer = PyBuffer::<u8>::get(raw).map_err(|_| BAD)?;
+    if !buffer.is_c_contiguous() {
+        return Err(BAD);
+    }
+    // SAFETY: the export keeps the bytes alive and unresizable while `buffer` lives (to the end
+    // of this function), and nothing writes a snapshot's columns while they are read.
+    let bytes: &[u8] =
+        unsafe { std::slice::from_raw_parts(buffer.buf_ptr().cast::<u8>(), buffer.len_bytes()) };
     if bytes.len() % N != 0 {
         return Err(BAD);
     }
@@ -200,19 +203,5 @@ fn parts_from_python(data: &Bound<'_, PyAny>) -> Result<DedupParts, &'static str
         // A base, floor or last that is no u64 fails the range check whatever the sizes say;
         // a zero floor makes from_parts report it after the size checks.
         _ => Ok(parts(0, 0, 0)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_column_is_written_as_its_values_native_bytes_one_after_the_other() {
-        let values = [1u32, 0x0102_0304, u32::MAX];
-        let mut out = [0u8; 12];
-        write_ne_bytes(&values, u32::to_ne_bytes, &mut out);
-        let expected: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
-        assert_eq!(out.as_slice(), expected.as_slice());
     }
 }

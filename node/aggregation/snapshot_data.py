@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-__all__ = ["Chunked", "Deferred", "pack", "pack_in_slices"]
+__all__ = ["Chunked", "Deferred", "Piece", "pack", "pack_in_slices"]
 
 _CHUNK = 4096  # elements of a plain list packed per step
 _FIRST_CHUNK = 1  # elements of a column's first chunk, before what an element costs is known
@@ -32,6 +32,10 @@ _STRUCTURE = 64  # lists up to this long are walked element by element, longer o
 _SHARED_BYTES = 4096  # bytes values longer than this become pieces of their own, not copied
 _SLICE_SECONDS = 0.002  # loop time a packing step may take before it yields
 _HEADER = msgpack.Packer()
+
+Piece = bytes | memoryview
+"""A piece of a packed snapshot: packed bytes, or a captured column shared as it is (the native
+engine's are ``memoryview``s of memory kept from one capture to the next)."""
 
 
 class Deferred:
@@ -92,7 +96,7 @@ Crc32 = Callable[[Any, int], int]
 """``zlib.crc32(data, value)``, or the native engine's ``unimeter_native.crc32`` (the same numbers)."""
 
 
-async def pack_in_slices(data: object, *, crc32_trailer: Crc32 | None = None) -> list[bytes]:
+async def pack_in_slices(data: object, *, crc32_trailer: Crc32 | None = None) -> list[Piece]:
     """``data`` as msgpack (the bytes :func:`pack` gives), yielding to the loop every few ms; with
     ``crc32_trailer`` (a CRC-32 function), followed by the CRC-32 of those bytes (4 bytes, little
     endian), computed a piece at a time so that a large snapshot does not stall the loop. Returned
@@ -124,7 +128,7 @@ class _SlicedPacking:
 
     def __init__(self) -> None:
         self.packer = msgpack.Packer(default=_resolve)
-        self.out: list[bytes] = []
+        self.out: list[Piece] = []
         self.step_started = time.perf_counter()
 
     async def step_done(self) -> None:
@@ -164,9 +168,10 @@ class _SlicedPacking:
             for i in range(0, len(value), _CHUNK):
                 out.append(_pack_items(packer, value[i : i + _CHUNK]))
                 await self.step_done()
-        elif type(value) is bytes and len(value) > _SHARED_BYTES:
+        elif isinstance(value, bytes | memoryview) and len(value) > _SHARED_BYTES:
             # Captured columns (the dedup table's) go out as they are, not copied into a packed
-            # piece: the snapshot holds them once, not twice, until it is written.
+            # piece: the snapshot holds them once, not twice, until it is written. (The native
+            # engine's are memoryviews of one byte an element: their length is their size.)
             out.append(_bin_header(len(value)))
             out.append(value)
         else:

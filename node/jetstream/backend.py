@@ -115,7 +115,7 @@ class JetStreamStorage:
         snapshot, self._snapshot = self._snapshot, None
         return snapshot
 
-    def write_snapshot(self, pieces: Sequence[bytes]) -> asyncio.Future[None]:
+    def write_snapshot(self, pieces: Sequence[bytes | memoryview]) -> asyncio.Future[None]:
         # An object store put takes the object whole.
         return asyncio.ensure_future(self._put(b"".join(pieces)))
 

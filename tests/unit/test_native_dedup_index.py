@@ -215,3 +215,24 @@ def test_damaged_snapshots_load_alike_or_are_refused_alike(
     )
     assert [python.get(k) for k in probes] == [native.get(k) for k in probes]
     assert _outcome(python.to_snapshot) == _outcome(native.to_snapshot)
+
+
+def test_a_capture_keeps_its_bytes_while_later_captures_and_adds_go_on() -> None:
+    """The native capture's columns are views of memory reused from one capture to the next
+    (``native/src/capture_buffer.rs``): a snapshot still being packed or written must not see a
+    later capture, of this index or another, or later adds, in its bytes."""
+    first, second = unimeter_native.DedupIndex(WINDOW), unimeter_native.DedupIndex(WINDOW)
+    first.add(1, [_spread(n) for n in range(1, 3_000)], list(range(1, 3_000)))
+    second.add(1, [_spread(n) for n in range(5_000, 9_000)], list(range(1, 4_001)))
+    captured = first.to_snapshot()
+    expected = [bytes(c) if isinstance(c, memoryview) else c for c in captured]
+    assert all(isinstance(captured[i], memoryview) and captured[i].readonly for i in (1, 3, 5, 6, 7))
+    for _ in range(3):  # captures while the first's views are alive, and ones after theirs end
+        assert msgpack.unpackb(_packed(second)) == msgpack.unpackb(msgpack.packb(second.to_snapshot()))
+    first.add(2, [_spread(n) for n in range(3_000, 4_000)], list(range(3_000, 4_000)))
+    assert [bytes(c) if isinstance(c, memoryview) else c for c in captured] == expected
+    # And the captured bytes are the Python index's, which reads them back as they are.
+    python = DedupIndex.from_snapshot(WINDOW, captured)  # type: ignore[arg-type]
+    assert python.to_snapshot() == expected
+    with pytest.raises(TypeError, match="read-only"):  # nothing writes a snapshot's column
+        captured[1][0:1] = b"x"
