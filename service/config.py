@@ -41,7 +41,8 @@ class ServeConfig:
     alerts_in_memory: int = 10_000
     """Newest alerts each partition keeps in memory; older ones are read from its alert log."""
     snapshot_interval_seconds: float = 60.0
-    """Seconds between snapshots of changed partitions."""
+    """Seconds between a changed partition's snapshots; the partitions are spread over the interval
+    (``node/snapshot_schedule.py``), not snapshotted in one round."""
     memory_horizon_seconds: float = 172_800.0
     """Embedded backend: the ListEvents index positions of an (account, hour) whose hour ended more
     than this long before the node's clock move to on-disk index runs; 0: keep them all in memory.
@@ -197,7 +198,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], object], str]] = [
         int,
         "newest alerts each partition keeps in memory (older ones are read from its alert log)",
     ),
-    ("snapshot_interval_seconds", "--snapshot-interval-seconds", float, "seconds between snapshots"),
+    (
+        "snapshot_interval_seconds",
+        "--snapshot-interval-seconds",
+        float,
+        "seconds between a changed partition's snapshots (the partitions spread over them)",
+    ),
     (
         "memory_horizon_seconds",
         "--memory-horizon-seconds",
