@@ -52,8 +52,13 @@ impl CaptureBuffer {
     }
 
     /// Append `values`, each as `to_bytes` gives it (`array.tobytes()`'s layout for native byte
-    /// order); returns where they start. Written into the spare capacity: no zero-fill first.
-    pub fn append<T: Copy, const N: usize>(&mut self, values: &[T], to_bytes: fn(T) -> [u8; N]) -> usize {
+    /// order); returns where they start and how many bytes they take. Written into the spare
+    /// capacity: no zero-fill first.
+    pub fn append<T: Copy, const N: usize>(
+        &mut self,
+        values: &[T],
+        to_bytes: fn(T) -> [u8; N],
+    ) -> (usize, usize) {
         let start = self.bytes.len();
         let len = values.len() * N;
         self.bytes.reserve(len);
@@ -66,7 +71,7 @@ impl CaptureBuffer {
         // SAFETY: the loop above wrote every one of the `len` bytes past the old length (`values`
         // has `len / N` items, each written as its N bytes), and `reserve` made room for them.
         unsafe { self.bytes.set_len(start + len) };
-        start
+        (start, len)
     }
 
     /// The bytes written so far.
@@ -150,8 +155,8 @@ mod tests {
         let mut buffer = CaptureBuffer::with_capacity(4);
         let narrow = [1u32, 0x0102_0304, u32::MAX];
         let wide = [7u64, u64::MAX];
-        assert_eq!(buffer.append(&narrow, u32::to_ne_bytes), 0);
-        assert_eq!(buffer.append(&wide, u64::to_ne_bytes), 12);
+        assert_eq!(buffer.append(&narrow, u32::to_ne_bytes), (0, 12));
+        assert_eq!(buffer.append(&wide, u64::to_ne_bytes), (12, 16));
         let expected: Vec<u8> = narrow
             .iter()
             .flat_map(|v| v.to_ne_bytes())

@@ -108,16 +108,14 @@ impl PyDedupIndex {
                 + view.offs.byte_len()
                 + (view.g_arrival.len() + view.g_first.len() + view.g_live.len()) * 8;
             let mut buffer = CaptureBuffer::with_capacity(len);
-            let column = |start: usize, buffer: &CaptureBuffer| (start, buffer.as_slice().len() - start);
-            let keys = column(buffer.append(view.keys, u64::to_ne_bytes), &buffer);
-            let offs_start = match view.offs {
+            let keys = buffer.append(view.keys, u64::to_ne_bytes);
+            let offs = match view.offs {
                 OffsetColumn::Narrow(v) => buffer.append(v, u32::to_ne_bytes),
                 OffsetColumn::Wide(v) => buffer.append(v, u64::to_ne_bytes),
             };
-            let offs = column(offs_start, &buffer);
-            let g_arrival = column(buffer.append(view.g_arrival, i64::to_ne_bytes), &buffer);
-            let g_first = column(buffer.append(view.g_first, u64::to_ne_bytes), &buffer);
-            let g_live = column(buffer.append(view.g_live, u64::to_ne_bytes), &buffer);
+            let g_arrival = buffer.append(view.g_arrival, i64::to_ne_bytes);
+            let g_first = buffer.append(view.g_first, u64::to_ne_bytes);
+            let g_live = buffer.append(view.g_live, u64::to_ne_bytes);
             let [keys, offs, g_arrival, g_first, g_live]: [_; 5] =
                 CapturedBytes::views(py, buffer, &[keys, offs, g_arrival, g_first, g_live])?
                     .try_into()
