@@ -4,15 +4,14 @@ the subject's last sequence, instead of ending the whole ``make bench`` run."""
 
 from __future__ import annotations
 
-import asyncio
-import time
+from functools import partial
 
 import nats
 import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from bench.cluster import _BARE_STREAM, _bare_publish
-from node.jetstream.kv_bucket import NOT_STORED
+from node.jetstream.backend import _settled
 from tools.nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -28,16 +27,9 @@ async def test_a_refused_fenced_publish_is_counted_and_the_run_goes_on(nats_clus
         )
         await js.add_stream(config)
         # A message already on the subject: the run's first publish, fenced at 0, is refused.
-        # The new stream may not have elected its leader yet: nobody answers, nothing is stored,
-        # and the publish goes again (a CI run met it once).
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                await js.publish("bench.bare.fenced", b"earlier")
-                break
-            except NOT_STORED:
-                assert time.monotonic() < deadline, "the stream elected no leader within 30 s"
-                await asyncio.sleep(0.1)
+        # The new stream may not have elected its leader yet (a CI run met it once): the node's
+        # own wait for a stream's answer.
+        await _settled(partial(js.publish, "bench.bare.fenced", b"earlier"), "the seed publish")
     finally:
         await nc.close()
     result = await _bare_publish(urls, 64, 60.0, 5, fenced=True)
