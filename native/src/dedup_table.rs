@@ -8,6 +8,7 @@
 //! columns of `DedupIndex.to_snapshot`), and lets either engine recover the other's data
 //! directory. The design and its numbers are in docs/design.md ("Deduplication").
 
+use crate::prefaulted_columns::PendingColumns;
 use crate::prefetch::prefetch_line;
 
 /// Smallest table capacity (12 KiB per partition).
@@ -22,6 +23,9 @@ const SHRINK_BELOW: usize = 16;
 const MOVE_SLOTS: usize = 4096;
 /// ...or this many per key it adds, if more: the move ends before the new table fills.
 const MOVE_SLOTS_PER_KEY: usize = 4;
+/// Once used slots pass this share of the table, columns for its growth are prepared on a helper
+/// thread (`prefaulted_columns`), so that the move, at `MAX_LOAD`, writes into mapped memory.
+const PREPARE_LOAD: (usize, usize) = (11, 20);
 /// The group columns are compacted once this many (and over a quarter of) their entries are spent.
 const COMPACT_MIN: usize = 4096;
 
@@ -227,6 +231,8 @@ pub struct DedupTable {
     table: Table,
     /// The table being moved into `table` while it grows, and its first slot not moved yet.
     old: Option<(Table, usize)>,
+    /// Columns for the next growth, being made resident on a helper thread.
+    next: Option<PendingColumns>,
     live: usize,
     used: usize,
     floor: u64,
@@ -245,6 +251,7 @@ impl DedupTable {
             window_ns,
             table: Table::new(EMPTY_TABLE_SLOTS, false, 0),
             old: None,
+            next: None,
             live: 0,
             used: 0,
             floor: 1,
@@ -268,7 +275,8 @@ impl DedupTable {
     /// Bytes the index holds: its columns as allocated, spare capacity included.
     pub fn memory_bytes(&self) -> usize {
         let groups = (self.g_arrival.capacity() + self.g_first.capacity() + self.g_live.capacity()) * 8;
-        self.table.bytes() + groups + self.old.as_ref().map_or(0, |(t, _)| t.bytes())
+        let next = self.next.as_ref().map_or(0, PendingColumns::bytes);
+        self.table.bytes() + groups + self.old.as_ref().map_or(0, |(t, _)| t.bytes()) + next
     }
 
     /// Whether an incremental growth is under way.
@@ -321,6 +329,9 @@ impl DedupTable {
         } else if (self.used + n) * MAX_LOAD.1 > self.table.cap() * MAX_LOAD.0 {
             self.finish_move();
             self.start_move(capacity_for(self.live + n), last);
+        } else if self.next.is_none() && (self.used + n) * PREPARE_LOAD.1 > self.table.cap() * PREPARE_LOAD.0
+        {
+            self.next = PendingColumns::start(self.growth_capacity_bound());
         }
         if self.old.is_some() {
             self.move_slots(MOVE_SLOTS.max(MOVE_SLOTS_PER_KEY * n));
@@ -450,6 +461,7 @@ impl DedupTable {
             window_ns,
             table: Table { keys: parts.keys, offs: parts.offs, base: parts.base },
             old: None,
+            next: None,
             live,
             used,
             floor: parts.floor,
@@ -475,12 +487,27 @@ impl DedupTable {
         self.finish_move();
     }
 
+    /// The most slots the next growth can need, give or take the add that starts it: its live
+    /// keys are at most its used slots, which stay under `MAX_LOAD` of the table until that add.
+    fn growth_capacity_bound(&self) -> usize {
+        let cap = self.table.cap();
+        capacity_for(cap * MAX_LOAD.0 / MAX_LOAD.1 + cap / 16)
+    }
+
     /// Make the table the old one and start an empty one of `capacity` slots, its base just below
-    /// the floor, its offset column 32-bit unless the offsets up to `last` would not fit.
+    /// the floor, its offset column 32-bit unless the offsets up to `last` would not fit. The
+    /// columns prepared for it are used if they are ready and large enough.
     fn start_move(&mut self, capacity: usize, last: u64) {
         let base = self.floor - 1;
         let wide = last - base > u64::from(u32::MAX);
-        let full = std::mem::replace(&mut self.table, Table::new(capacity, wide, base));
+        let prepared = self.next.take().and_then(|pending| pending.take(capacity));
+        let table = match prepared {
+            Some(columns) if !wide => {
+                Table { keys: columns.keys, offs: OffsetColumn::Narrow(columns.offs), base }
+            }
+            _ => Table::new(capacity, wide, base),
+        };
+        let full = std::mem::replace(&mut self.table, table);
         self.old = Some((full, 0));
         self.used = 0;
     }
@@ -622,6 +649,31 @@ mod tests {
         let back = DedupTable::from_parts(i64::MAX, parts.clone()).unwrap();
         assert_eq!(back.len(), 20_000);
         assert_eq!(back.clone().copied_parts(), parts);
+    }
+
+    #[test]
+    fn a_growth_moves_into_the_columns_prepared_before_it() {
+        let mut t = DedupTable::new(i64::MAX);
+        let mut offset = 0;
+        let mut add = |t: &mut DedupTable, n: u64| {
+            let keys: Vec<u64> =
+                (offset..offset + n).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+            let offsets: Vec<u64> = (offset + 1..=offset + n).collect();
+            offset += n;
+            t.add(0, &keys, &offsets).unwrap();
+        };
+        add(&mut t, 580); // 1024 slots: past 11/20 of them, short of 3/5
+        assert!(!t.growing());
+        let pending = t.next.clone().expect("columns being prepared");
+        crate::prefaulted_columns::tests::wait_until_ready(&pending);
+        let prepared = pending.ready_keys().unwrap();
+        add(&mut t, 40); // past 3/5: the move starts
+        assert!(t.next.is_none()); // a table this small is moved within the add
+        assert_eq!(t.table.keys.as_ptr(), prepared);
+        assert_eq!(t.table.cap(), capacity_for(620));
+        for k in 0..620u64 {
+            assert_eq!(t.get(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), Some(k + 1));
+        }
     }
 
     #[test]

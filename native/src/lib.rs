@@ -25,6 +25,7 @@ pub mod int_hash;
 pub mod msgpack_writer;
 pub mod partitioning;
 pub mod position_chains;
+pub mod prefaulted_columns;
 pub mod prefetch;
 mod py_batch_ingest;
 mod py_decode_worker;
