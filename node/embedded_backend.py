@@ -23,10 +23,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .atomic_file import write_file_atomically
 from .filesystem_sync import syncfs_supported
 from .kernel_fdatasync import KernelFdatasync
 from .log_tail import LogTail
-from .metric_registry import write_file_atomically
 from .partition_engine import partition_engine
 from .segment_log import NewTail, SegmentLog, ValidPrefix, run_rounds, run_rounds_on_filesystem, valid_prefix
 from .stats import NodeStats

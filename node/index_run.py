@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metric_registry import write_file_atomically
+from .atomic_file import write_file_atomically
 from .records import RecordFormatError
 
 __all__ = ["RUN_VERSION", "IndexRun", "RunColumns", "RunFormatError", "RunInfo", "write_run"]

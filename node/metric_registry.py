@@ -14,7 +14,6 @@ directory is fsynced). The replicated one lives in a JetStream KV bucket
 from __future__ import annotations
 
 import dataclasses
-import os
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from cluster_client.types import Metric
 from cluster_client.validation import normalize_metric
 from cluster_client.wire import metric_from_wire, metric_to_wire
 
+from .atomic_file import write_file_atomically
 from .clock import SYSTEM_CLOCK, Clock
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
     "decode_registry_file",
     "encode_registry_file",
     "metric_not_found",
-    "write_file_atomically",
 ]
 
 REGISTRY_FILE_VERSION = 1
@@ -125,23 +124,6 @@ def _unpack(data: bytes, what_is_wrong: str) -> object:
 def metric_not_found(code: str) -> NotFoundError:
     """The error for a code no registry has."""
     return NotFoundError(f"metric {code!r} does not exist", reason="METRIC_NOT_FOUND")
-
-
-def write_file_atomically(path: Path, *parts: bytes | memoryview) -> None:
-    """Replace ``path`` with ``parts`` written one after the other, so that a crash leaves either
-    the old or the new file (fsynced, renamed, its directory fsynced)."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for part in parts:
-            f.write(part)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class FileMetricRegistry:

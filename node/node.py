@@ -40,11 +40,12 @@ from cluster_client.validation import validate_rows
 
 from .aggregation import MetricSpec
 from .alert_stream import AlertStreamer
+from .atomic_file import write_file_atomically
 from .clock import SYSTEM_CLOCK, Clock
 from .commit_scheduler import CommitScheduler
 from .data_dir_lock import DataDirectoryLock
 from .embedded_backend import open_embedded_backend
-from .metric_registry import FileMetricRegistry, MetricRegistry, metric_not_found, write_file_atomically
+from .metric_registry import FileMetricRegistry, MetricRegistry, metric_not_found
 from .ownership import PartitionOwnership, not_owned
 from .partition import Partition, PartitionConfig
 from .partition_engine import partition_engine
