@@ -23,9 +23,15 @@ const SHRINK_BELOW: usize = 16;
 const MOVE_SLOTS: usize = 4096;
 /// ...or this many per key it adds, if more: the move ends before the new table fills.
 const MOVE_SLOTS_PER_KEY: usize = 4;
+/// Bytes of a slot in prepared columns (a 64-bit key, a 32-bit offset).
+const PREPARED_SLOT_BYTES: usize = 12;
 /// Once used slots pass this share of the table, columns for its growth are prepared on a helper
 /// thread (`prefaulted_columns`), so that the move, at `MAX_LOAD`, writes into mapped memory.
 const PREPARE_LOAD: (usize, usize) = (11, 20);
+/// Only columns of at least this many bytes are prepared: a smaller table's pages (256 of 4 KiB)
+/// fault in about a millisecond spread over its move's first adds, less than a thread is worth,
+/// and preparing them early would hold its memory for longer than the move does, for nothing.
+const PREPARE_MIN_BYTES: usize = 1 << 20;
 /// The group columns are compacted once this many (and over a quarter of) their entries are spent.
 const COMPACT_MIN: usize = 4096;
 
@@ -331,7 +337,10 @@ impl DedupTable {
             self.start_move(capacity_for(self.live + n), last);
         } else if self.next.is_none() && (self.used + n) * PREPARE_LOAD.1 > self.table.cap() * PREPARE_LOAD.0
         {
-            self.next = PendingColumns::start(self.growth_capacity_bound());
+            let capacity = self.growth_capacity_bound();
+            if capacity * PREPARED_SLOT_BYTES >= PREPARE_MIN_BYTES {
+                self.next = PendingColumns::start(capacity);
+            }
         }
         if self.old.is_some() {
             self.move_slots(MOVE_SLOTS.max(MOVE_SLOTS_PER_KEY * n));
@@ -651,29 +660,46 @@ mod tests {
         assert_eq!(back.clone().copied_parts(), parts);
     }
 
+    /// Adds `n` keys (`k × φ` for the next `n` numbers `k`, offsets `k + 1`) to `t`.
+    fn add_next(t: &mut DedupTable, next: &mut u64, n: u64) {
+        let keys: Vec<u64> = (*next..*next + n).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
+        let offsets: Vec<u64> = (*next + 1..=*next + n).collect();
+        *next += n;
+        t.add(0, &keys, &offsets).unwrap();
+    }
+
     #[test]
     fn a_growth_moves_into_the_columns_prepared_before_it() {
         let mut t = DedupTable::new(i64::MAX);
-        let mut offset = 0;
-        let mut add = |t: &mut DedupTable, n: u64| {
-            let keys: Vec<u64> =
-                (offset..offset + n).map(|k| k.wrapping_mul(0x9E37_79B9_7F4A_7C15)).collect();
-            let offsets: Vec<u64> = (offset + 1..=offset + n).collect();
-            offset += n;
-            t.add(0, &keys, &offsets).unwrap();
-        };
-        add(&mut t, 580); // 1024 slots: past 11/20 of them, short of 3/5
-        assert!(!t.growing());
-        let pending = t.next.clone().expect("columns being prepared");
+        let mut next = 0;
+        while t.next.is_none() {
+            assert!(next < 200_000, "no columns prepared");
+            add_next(&mut t, &mut next, 100);
+        }
+        let pending = t.next.clone().unwrap();
+        assert!(pending.bytes() >= PREPARE_MIN_BYTES && !t.growing());
         crate::prefaulted_columns::tests::wait_until_ready(&pending);
         let prepared = pending.ready_keys().unwrap();
-        add(&mut t, 40); // past 3/5: the move starts
-        assert!(t.next.is_none()); // a table this small is moved within the add
+        let cap = t.table.cap();
+        while t.table.cap() == cap {
+            add_next(&mut t, &mut next, 100);
+        }
+        assert!(t.next.is_none());
         assert_eq!(t.table.keys.as_ptr(), prepared);
-        assert_eq!(t.table.cap(), capacity_for(620));
-        for k in 0..620u64 {
+        t.finish_move();
+        for k in 0..next {
             assert_eq!(t.get(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), Some(k + 1));
         }
+    }
+
+    #[test]
+    fn a_small_table_grows_without_prepared_columns() {
+        let mut t = DedupTable::new(i64::MAX);
+        let mut next = 0;
+        add_next(&mut t, &mut next, 580); // 1024 slots: past 11/20 of them, short of 3/5
+        assert!(t.next.is_none());
+        add_next(&mut t, &mut next, 40);
+        assert_eq!(t.table.cap(), capacity_for(620));
     }
 
     #[test]
