@@ -8,7 +8,7 @@
 //! columns of `DedupIndex.to_snapshot`), and lets either engine recover the other's data
 //! directory. The design and its numbers are in docs/design.md ("Deduplication").
 
-use crate::prefaulted_columns::PendingColumns;
+use crate::prefaulted_columns::{columns_bytes, PendingColumns};
 use crate::prefetch::prefetch_line;
 
 /// Smallest table capacity (12 KiB per partition).
@@ -23,8 +23,6 @@ const SHRINK_BELOW: usize = 16;
 const MOVE_SLOTS: usize = 4096;
 /// ...or this many per key it adds, if more: the move ends before the new table fills.
 const MOVE_SLOTS_PER_KEY: usize = 4;
-/// Bytes of a slot in prepared columns (a 64-bit key, a 32-bit offset).
-const PREPARED_SLOT_BYTES: usize = 12;
 /// Once used slots pass this share of the table, columns for its growth are prepared on a helper
 /// thread (`prefaulted_columns`), so that the move, at `MAX_LOAD`, writes into mapped memory.
 const PREPARE_LOAD: (usize, usize) = (11, 20);
@@ -338,7 +336,7 @@ impl DedupTable {
         } else if self.next.is_none() && (self.used + n) * PREPARE_LOAD.1 > self.table.cap() * PREPARE_LOAD.0
         {
             let capacity = self.growth_capacity_bound();
-            if capacity * PREPARED_SLOT_BYTES >= PREPARE_MIN_BYTES {
+            if columns_bytes(capacity) >= PREPARE_MIN_BYTES {
                 self.next = PendingColumns::start(capacity);
             }
         }

@@ -38,6 +38,11 @@ impl Columns {
     }
 }
 
+/// Bytes of the columns of a table of `len` slots.
+pub fn columns_bytes(len: usize) -> usize {
+    len * (std::mem::size_of::<u64>() + std::mem::size_of::<u32>())
+}
+
 /// Write a zero into every page of `column`. Zeroed memory fresh from the system is mapped lazily
 /// (reads see a shared zero page); only a write gives the page its own frame.
 fn touch_pages<T: Copy + Default>(column: &mut [T]) {
@@ -82,7 +87,7 @@ impl PendingColumns {
 
     /// Bytes the columns take once prepared.
     pub fn bytes(&self) -> usize {
-        self.len * (std::mem::size_of::<u64>() + std::mem::size_of::<u32>())
+        columns_bytes(self.len)
     }
 
     /// Where the prepared keys column starts, once it is ready (for tests that follow it).
