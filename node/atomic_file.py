@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .filesystem_sync import write_back
 
-__all__ = ["WRITE_BACK_BYTES", "write_back", "write_file_atomically"]
+__all__ = ["WRITE_BACK_BYTES", "write_file_atomically"]
 
 WRITE_BACK_BYTES = 1 << 20
 """A file written by :func:`write_file_atomically` is written back to the disk a slice of this many

@@ -17,9 +17,9 @@ from node.atomic_file import WRITE_BACK_BYTES, write_file_atomically
 SLICE = 16
 
 
-@pytest.fixture
-def written_back(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
-    """The (offset, length) ranges written back, with slices of ``SLICE`` bytes."""
+def record_write_backs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """Make files go in slices of ``SLICE`` bytes, and record the (offset, length) ranges that
+    would be written back instead of writing them back."""
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(atomic_file, "WRITE_BACK_BYTES", SLICE)
 
@@ -29,6 +29,11 @@ def written_back(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
 
     monkeypatch.setattr(atomic_file, "write_back", record)
     return calls
+
+
+@pytest.fixture
+def written_back(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    return record_write_backs(monkeypatch)
 
 
 def test_every_full_slice_is_written_back_in_order(
@@ -49,14 +54,9 @@ def test_the_file_holds_the_pieces_whatever_their_sizes(
     tmp_path_factory: pytest.TempPathFactory, pieces: list[bytes]
 ) -> None:
     path = tmp_path_factory.mktemp("atomic") / "f"
-    calls: list[tuple[int, int]] = []
-    saved = atomic_file.WRITE_BACK_BYTES, atomic_file.write_back
-    atomic_file.WRITE_BACK_BYTES = SLICE
-    atomic_file.write_back = lambda fd, offset, length: calls.append((offset, length))
-    try:
+    with pytest.MonkeyPatch.context() as monkeypatch:  # hypothesis runs examples in one test call
+        calls = record_write_backs(monkeypatch)
         write_file_atomically(path, *pieces)
-    finally:
-        atomic_file.WRITE_BACK_BYTES, atomic_file.write_back = saved
     data = b"".join(pieces)
     assert path.read_bytes() == data
     assert calls == [(start, SLICE) for start in range(0, len(data) - SLICE + 1, SLICE)]
