@@ -6,6 +6,7 @@ the extension is built (tests/conftest.py)."""
 
 from __future__ import annotations
 
+import time
 from array import array
 from typing import Any
 
@@ -127,6 +128,25 @@ def test_a_window_that_fills_grows_and_shrinks_alike() -> None:
     pair.check()
     assert len(pair.native) == 0
     pair.add(10, 0, [], 1)
+    pair.swap()
+    pair.check()
+
+
+def test_a_growth_into_columns_prepared_ahead_holds_the_same_slots() -> None:
+    """A native table whose next table is 1 MiB or more has those columns prepared on a helper
+    thread from 11/20 load (``native/src/prefaulted_columns.rs``); the move into them holds the
+    same slots as the Python table's, so the snapshot bytes stay equal."""
+    pair = _Pair()
+    memory = pair.native.memory_bytes
+    while not (pair.native.memory_bytes > memory and not pair.native.growing):
+        assert pair.next_key < 200_000, "no columns were prepared"
+        memory = pair.native.memory_bytes
+        pair.add(1_000, 0, [], 1)
+    time.sleep(0.2)  # the helper has them ready by now; if not, the move allocates: same slots
+    grown = len(pair.native)
+    while pair.native.growing or len(pair.native) < grown + 30_000:
+        pair.add(1_000, 10, [], 1)
+        pair.check()
     pair.swap()
     pair.check()
 
