@@ -47,7 +47,11 @@ class CommitScheduler:
         self._flusher: asyncio.Task[None] | None = None
         self._urgent: set[asyncio.Task[None]] = set()
         self._urgent_partitions: set[int] = set()
-        """Partitions an urgent alert flush is making durable: the tick leaves their logs to it."""
+        """Partitions an urgent alert flush is making durable, or will: the tick leaves their logs
+        to it."""
+        self._urgent_next: dict[Partition, None] | None = None
+        """While an urgent group is in flight: the partitions of the next one, in arrival order
+        (else None)."""
         self._sync_waiters: list[asyncio.Future[None]] | None = None
         """While a SYNC calls' group commit is in flight: the waiters of the next one (else None)."""
         self._sync_next: set[int] = set()
@@ -121,29 +125,58 @@ class CommitScheduler:
                 await self.flush(partition, mark)
 
     def flush_urgent(self, partitions: Sequence[Partition]) -> None:
-        """Flush partitions whose batch fired alerts now, and publish them; the tick skips them.
+        """Flush partitions that logged alerts now, and publish them; the tick skips them.
 
-        One group commit for all their logs, whose completion publishes the alerts it covered right
-        there, on the loop: no task, no hop between the fsync and the subscribers' wake-up. A
-        partition one of whose logs was already being made durable (by a SYNC caller's round, the
-        tick's) was left out of this group: a task waits for its flush, as a SYNC caller would,
-        and publishes then.
+        One urgent group is in flight at a time. Partitions that ask meanwhile join the next
+        group, which starts as the current one ends and covers them all: an ingest call asks
+        after each slice of its batch that logged alerts, several times a batch, and a group
+        each would be a ``syncfs`` each, queued one behind the other on the same worker anyway.
+
+        A group is one group commit for all its partitions' logs, whose completion publishes the
+        alerts it covered right there, on the loop: no task, no hop between the fsync and the
+        subscribers' wake-up. A partition one of whose logs was already being made durable (by
+        a SYNC caller's round, the tick's) was left out of the group: a task waits for its flush,
+        as a SYNC caller would, and publishes then.
         """
-        numbers = {p.number for p in partitions} - self._urgent_partitions
-        self._urgent_partitions |= numbers
+        following = self._urgent_next
+        if following is None:
+            self._start_urgent_group(partitions)
+        else:
+            following.update(dict.fromkeys(partitions))
+            self._urgent_partitions.update(p.number for p in partitions)
+
+    # ------------------------------------------------------------------ internals
+
+    def _start_urgent_group(self, partitions: Sequence[Partition]) -> None:
+        self._urgent_next = {}
+        numbers = [p.number for p in partitions]
+        self._urgent_partitions.update(numbers)
         marks = [(p, p.flush_mark()) for p in partitions]
 
         def publish() -> None:
-            self._urgent_partitions -= numbers
+            following, self._urgent_next = self._urgent_next, None
+            self._urgent_partitions.difference_update(numbers)
             waiting = [p for p, mark in marks if not p.publish_durable(mark)]
             if waiting and not self._closing:
                 task = asyncio.create_task(self._publish_when_flushed(waiting))
                 self._urgent.add(task)
                 task.add_done_callback(self._urgent.discard)
+            if not following:
+                return
+            if self._closing:  # closing the partitions makes them durable
+                self._urgent_partitions.difference_update(p.number for p in following)
+            else:
+                self._start_urgent_group(list(following))
 
-        self._backend.commit_group([p.number for p in partitions], background=False, then=publish)
-
-    # ------------------------------------------------------------------ internals
+        try:
+            self._backend.commit_group(numbers, background=False, then=publish)
+        except Exception:  # not a log's I/O error (that fails the log, then `then` runs)
+            # The tick, which makes every write durable and publishes what it covers, takes over
+            # this group's partitions and the next's; the batch that asked is stored either way.
+            log.exception("urgent flush not started; the next tick flushes its partitions")
+            following, self._urgent_next = self._urgent_next or {}, None
+            self._urgent_partitions.difference_update([*numbers, *(p.number for p in following)])
+            self._appended.update([*partitions, *following])
 
     async def _sync_group(self, partitions: Sequence[Partition]) -> None:
         """Group commit across SYNC calls: one group at a time, and the calls that arrive while it

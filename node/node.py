@@ -465,15 +465,10 @@ class Node:
             if len(parts) <= _PARTS_PER_SLICE:
                 now = self.config.clock.now_ns()
                 outcomes = Partition.ingest_parts(targets, each, batch_id, now, self._specs)
+                if not sync:
+                    self._flush_alerts(targets)
             else:
-                outcomes, cancelled = await self._ingest_in_slices(targets, each, batch_id)
-            if not sync:
-                urgent = [part for part in targets if part.alerts_unpublished]
-                if urgent:
-                    # Alerts are waited for by people: a batch that fires one gets its partitions
-                    # flushed (and the alert published) now, instead of at the next tick; everything
-                    # else keeps the group commit of the flush interval.
-                    self.commit.flush_urgent(urgent)
+                outcomes, cancelled = await self._ingest_in_slices(targets, each, batch_id, sync)
             if cancelled:  # stored whole; the tick makes it durable (a cancelled SYNC caller waits no more)
                 raise asyncio.CancelledError
             if sync:
@@ -495,6 +490,15 @@ class Node:
             stats.events_async += n_events
         stats.duplicates += n_dup
         return outcomes
+
+    def _flush_alerts(self, stored: list[Partition]) -> None:
+        """Alerts are waited for by people: the partitions of ``stored`` (an ASYNC call's slice,
+        just stored) that logged alerts are flushed, and the alerts published, now instead of at
+        the next tick; everything else keeps the group commit of the flush interval. A SYNC
+        call publishes its alerts once its own wait is over."""
+        urgent = [part for part in stored if part.alerts_unpublished]
+        if urgent:
+            self.commit.flush_urgent(urgent)
 
     def _targets(self, parts: Sequence[tuple[int, object]]) -> list[Partition]:
         """The partitions of ``parts``, as :meth:`_partition` gives them (with its errors)."""
@@ -546,10 +550,15 @@ class Node:
         targets: list[Partition],
         parts: list[Sequence[EventRow]],
         batch_id: str,
+        sync: bool,
     ) -> tuple[list[IngestOutcome], bool]:
         """Ingest a batch over many partitions a few parts at a time, with the event loop free in
         between: a 1000-event batch over 64 partitions is ~20 ms of CPU, and the flusher, alert
         streams and queries must not wait behind all of it.
+
+        * An ASYNC batch's alerts are flushed slice by slice (:meth:`_flush_alerts`): an alert's
+          fsync starts once its part is stored, and runs while the rest of the batch is, instead
+          of after the batch's last slice.
 
         * Batches in flight at once take turns slice by slice, so a small batch is not held up
           for the whole of a large one. (Letting them in one at a time was tried: it did not
@@ -575,7 +584,10 @@ class Node:
                 except asyncio.CancelledError:
                     cancelled = True
             end = start + _PARTS_PER_SLICE
-            outcomes += Partition.ingest_parts(targets[start:end], parts[start:end], batch_id, now, specs)
+            stored = targets[start:end]
+            outcomes += Partition.ingest_parts(stored, parts[start:end], batch_id, now, specs)
+            if not sync:
+                self._flush_alerts(stored)
         return outcomes, cancelled
 
     # ------------------------------------------------------------------ NodeApi: queries

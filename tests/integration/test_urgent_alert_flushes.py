@@ -1,0 +1,153 @@
+"""When an ASYNC batch's alerts are flushed: slice by slice as the batch is stored, and one urgent
+group at a time, the partitions that ask meanwhile sharing the next one (docs/design.md,
+"Durability and group commit"). Real nodes on real disks; the backend's group commit runs as
+is, only its completion is held where a test needs a group in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from cluster_client import AggType, AlertThreshold, Client, Metric
+from cluster_client.partitioning import partition_of
+from cluster_client.types import EventRow
+from node.node import Node, NodeConfig
+from node.partition import Partition
+
+T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
+CAPPED = Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),))
+
+
+def account_in(partition: int, partitions: int, skip: int = 0) -> int:
+    """The ``skip``-th account (from 1) that lives on ``partition``."""
+    accounts = (a for a in range(1, 100_000) if partition_of(a, partitions) == partition)
+    for _ in range(skip):
+        next(accounts)
+    return next(accounts)
+
+
+def urgent_groups_recorded(
+    node: Node, monkeypatch: pytest.MonkeyPatch, *, hold: bool
+) -> tuple[list[list[int]], list[Callable[[], None]]]:
+    """Record the partitions of every urgent (not background) group commit of ``node``, in
+    order; with ``hold``, each group is committed for real but its completion waits in the
+    returned list until the test calls it."""
+    groups: list[list[int]] = []
+    held: list[Callable[[], None]] = []
+    real = node.backend.commit_group
+
+    def recording(partitions: Sequence[int], *, background: bool, then: Callable[[], None]) -> None:
+        if not background:
+            groups.append(list(partitions))
+            if hold:
+                real(partitions, background=False, then=lambda: held.append(then))
+                return
+        real(partitions, background=background, then=then)
+
+    monkeypatch.setattr(node.backend, "commit_group", recording)
+    return groups, held
+
+
+async def completion_held(held: list[Callable[[], None]]) -> Callable[[], None]:
+    """The completion of the next group whose commit finished (5 s at most)."""
+    async with asyncio.timeout(5):
+        while not held:
+            await asyncio.sleep(0.002)
+    return held.pop(0)
+
+
+async def test_an_alert_stored_in_a_batch_s_first_slice_is_flushed_before_the_next_slice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch over 16 partitions is stored 4 parts a slice. The alert its first slice logs gets
+    its urgent flush right after that slice, while the other three are stored, not after the
+    batch's last one; it is published once, and the batch is stored whole."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=16))
+    await node.start()
+    order: list[tuple[str, list[int]]] = []
+    real_ingest_parts = Partition.ingest_parts
+
+    def recording(partitions: list[Partition], *args: object) -> object:
+        order.append(("slice", [p.number for p in partitions]))
+        return real_ingest_parts(partitions, *args)  # type: ignore[arg-type]
+
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(CAPPED)
+        groups, _ = urgent_groups_recorded(node, monkeypatch, hold=False)
+        monkeypatch.setattr(Partition, "ingest_parts", staticmethod(recording))
+        alerting = account_in(1, 16)
+        parts: list[tuple[int, list[EventRow]]] = [
+            (p, [(account_in(p, 16), "calls", 10 if p == 1 else 1, T0, None, 1, f"e{p}")]) for p in range(16)
+        ]
+        async with client.alerts.subscribe() as subscription:
+            monkeypatch.setattr(
+                node.commit, "flush_urgent", _recorded(node.commit.flush_urgent, order), raising=True
+            )
+            await node.ingest(parts, False, "")
+            assert order == [
+                ("slice", [0, 1, 2, 3]),
+                ("urgent", [1]),
+                ("slice", [4, 5, 6, 7]),
+                ("slice", [8, 9, 10, 11]),
+                ("slice", [12, 13, 14, 15]),
+            ]
+            alert = await asyncio.wait_for(anext(aiter(subscription)), 5)
+            assert (alert.account_id, alert.threshold_code, alert.value_at_cross) == (alerting, "cap", 10)
+            assert groups == [[1]]
+            assert sum(p.last_offset for p in node.partitions) == 16
+            await asyncio.sleep(0.05)
+            assert subscription.offsets()[1] == 1  # nothing after it: published once
+    finally:
+        monkeypatch.undo()
+        await node.close()
+
+
+def _recorded(
+    flush_urgent: Callable[[Sequence[Partition]], None], order: list[tuple[str, list[int]]]
+) -> Callable[[Sequence[Partition]], None]:
+    def recording(partitions: Sequence[Partition]) -> None:
+        order.append(("urgent", [p.number for p in partitions]))
+        flush_urgent(partitions)
+
+    return recording
+
+
+async def test_partitions_that_ask_while_an_urgent_flush_is_in_flight_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One urgent group at a time: while the first is in flight, two more batches' alerts wait
+    for the next group, which starts as the first ends and covers both partitions (one group
+    commit, not one each). The tick leaves partitions waiting for an urgent group alone. Every
+    alert is published exactly once, after its group."""
+    node = Node(NodeConfig(tmp_path / "data", partitions=8))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(CAPPED)
+        groups, held = urgent_groups_recorded(node, monkeypatch, hold=True)
+        accounts = {p: account_in(p, 8) for p in (2, 5, 7)}
+        async with client.alerts.subscribe() as subscription:
+            for n, account in enumerate(accounts.values()):
+                await client.ingest_rows([(account, "calls", 10, T0, None, 1, f"a{n}")], sync=False)
+            first = await completion_held(held)
+            assert groups == [[2]]
+            assert node.partitions[5].alerts_unpublished and node.partitions[7].alerts_unpublished
+            await asyncio.sleep(0.05)  # five ticks: none takes partitions 5 and 7
+            for waiting in (node.partitions[5], node.partitions[7]):
+                assert waiting.events.durable_position < waiting.events.end_position
+            first()
+            second = await completion_held(held)
+            assert groups == [[2], [5, 7]]
+            second()
+            received = [await asyncio.wait_for(anext(aiter(subscription)), 5) for _ in range(3)]
+            assert sorted(a.account_id for a in received) == sorted(accounts.values())
+            await asyncio.sleep(0.05)
+            assert groups == [[2], [5, 7]]
+            assert [subscription.offsets()[p] for p in (2, 5, 7)] == [1, 1, 1]  # each published once
+    finally:
+        monkeypatch.undo()
+        await node.close()
