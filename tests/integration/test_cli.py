@@ -602,6 +602,39 @@ async def test_alerts_tail_saves_offsets_and_resumes_from_them(cli: Cli, tmp_pat
     assert json.loads(offsets.read_text())["since_offsets"][str(partition)] == 2
 
 
+async def test_alerts_tail_stopped_inside_a_message_of_many_resumes_without_a_gap(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """``tail`` asks for many alerts a message, so a backlog comes in few. Stopped by --max-alerts
+    in the middle of one, it prints and saves only the alerts it counted: the next tail starts
+    with the first one it left, and between them every alert is shown exactly once."""
+    await create_api_calls(cli)
+    events = [
+        {"account_id": account, "metric_code": "api_calls", "time_unix_nano": T0 + i}
+        for account in range(100, 110)
+        for i in range(5)
+    ]
+    assert (await cli("ingest", "-", stdin="\n".join(map(json.dumps, events)))).code == 0  # 20 alerts
+    offsets = tmp_path / "offsets.json"
+    first = await cli(
+        "alerts", "tail", "--from-beginning", "--offsets-file", str(offsets), "--max-alerts", "7", "--json"
+    )
+    assert first.code == 0, first.err
+    shown = [json.loads(line) for line in first.out.splitlines()]
+    assert len(shown) == 7
+    saved = json.loads(offsets.read_text())["since_offsets"]
+    for partition in {a["partition"] for a in shown}:
+        assert saved[str(partition)] == max(a["offset"] for a in shown if a["partition"] == partition)
+    rest = await cli("alerts", "tail", "--offsets-file", str(offsets), "--max-alerts", "13", "--json")
+    assert rest.code == 0, rest.err
+    shown += [json.loads(line) for line in rest.out.splitlines()]
+    keys = [(a["partition"], a["offset"]) for a in shown]
+    assert len(keys) == len(set(keys)) == 20
+    assert sorted((a["account_id"], a["threshold_code"]) for a in shown) == sorted(
+        (account, code) for account in range(100, 110) for code in ("free_tier_exceeded", "hard_cap")
+    )
+
+
 async def test_alerts_tail_from_beginning_and_bad_filters(cli: Cli) -> None:
     await seed_regions(cli)
     run = await cli(
