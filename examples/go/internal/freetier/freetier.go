@@ -40,6 +40,10 @@ const (
 	HardCap          = "hard_cap"
 )
 
+// alertsPerMessage is the max_alerts_per_message the subscription asks for (the server allows up
+// to 1000).
+const alertsPerMessage = 256
+
 // Metric counts API calls per 30-day period, with a one-shot alert at freeTier calls (send an
 // upgrade email) and one at hardCap calls (stop serving the account until the period ends). The
 // program uses 10,000 and 100,000.
@@ -206,6 +210,9 @@ func (e *Enforcer) subscribeOnce(ctx context.Context) (progressed bool, err erro
 	stream, err := e.client.Alerts.AlertSubscribe(ctx, &pb.AlertSubscribeRequest{
 		MetricCodes:  []string{MetricCode},
 		SinceOffsets: e.Offsets(), // empty on the first run: every partition starts at its live tail
+		// Alerts that are ready together (a burst from one ingest call, a backlog after a restart)
+		// come in one message and cost one save of the state file, not one each.
+		MaxAlertsPerMessage: alertsPerMessage,
 	})
 	if err != nil {
 		return false, err
@@ -222,8 +229,12 @@ func (e *Enforcer) subscribeOnce(ctx context.Context) (progressed bool, err erro
 				return progressed, status.Errorf(codes.Internal, "save state: %v", err) // not retryable
 			}
 			e.once.Do(func() { close(e.ready) })
-		case *pb.AlertSubscribeResponse_Alert:
-			if err := e.alert(kind.Alert); err != nil {
+		case *pb.AlertSubscribeResponse_Batch:
+			if err := e.alerts(kind.Batch.GetAlerts()); err != nil {
+				return progressed, status.Errorf(codes.Internal, "save state: %v", err)
+			}
+		case *pb.AlertSubscribeResponse_Alert: // a server that predates batches sends them one by one
+			if err := e.alerts([]*pb.Alert{kind.Alert}); err != nil {
 				return progressed, status.Errorf(codes.Internal, "save state: %v", err)
 			}
 		}
@@ -249,28 +260,37 @@ func (e *Enforcer) heartbeat(offsets map[uint32]uint64) error {
 	return e.state.Save(e.path)
 }
 
-// alert applies one new alert: the cache first, then OnAlert, and only then the token and cache
-// are saved together. A crash in between redelivers the alert (at-least-once); an alert at or below
-// its partition's saved offset was handled before and is skipped.
-func (e *Enforcer) alert(a *pb.Alert) error {
-	e.mu.Lock()
-	if a.GetOffset() <= e.state.Offsets[a.GetPartition()] {
-		e.mu.Unlock()
-		return nil
-	}
-	if a.GetThresholdCode() == HardCap {
-		end := a.GetPeriodStartUnixNano() + e.periodLen.Nanoseconds()
-		if end > e.state.OverCap[a.GetAccountId()] {
-			e.state.OverCap[a.GetAccountId()] = end
+// alerts applies a message's new alerts, each to the cache first, then to OnAlert; only then are
+// the token and cache saved together, once for the message. A crash in between redelivers them
+// (at-least-once); an alert at or below its partition's offset was handled before and is skipped.
+func (e *Enforcer) alerts(batch []*pb.Alert) error {
+	applied := false
+	for _, a := range batch {
+		e.mu.Lock()
+		if a.GetOffset() <= e.state.Offsets[a.GetPartition()] {
+			e.mu.Unlock()
+			continue
 		}
+		if a.GetThresholdCode() == HardCap {
+			end := a.GetPeriodStartUnixNano() + e.periodLen.Nanoseconds()
+			if end > e.state.OverCap[a.GetAccountId()] {
+				e.state.OverCap[a.GetAccountId()] = end
+			}
+		}
+		e.mu.Unlock()
+		if e.OnAlert != nil {
+			e.OnAlert(a)
+		}
+		e.mu.Lock()
+		e.state.Offsets[a.GetPartition()] = a.GetOffset()
+		e.mu.Unlock()
+		applied = true
 	}
-	e.mu.Unlock()
-	if e.OnAlert != nil {
-		e.OnAlert(a)
+	if !applied {
+		return nil
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	e.state.Offsets[a.GetPartition()] = a.GetOffset()
 	now := e.now().UnixNano()
 	for account, end := range e.state.OverCap {
 		if end <= now {

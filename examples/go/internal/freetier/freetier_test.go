@@ -240,9 +240,12 @@ func TestAlertsAtOrBelowTheSavedOffsetAreSkipped(t *testing.T) {
 	var seen []uint64
 	e.OnAlert = func(a *pb.Alert) { seen = append(seen, a.GetOffset()) }
 	start := time.Now().UnixNano()
-	for _, off := range []uint64{3, 4, 5, 5, 6} { // a reconnect redelivered 3 to 5
-		a := &pb.Alert{AccountId: 9, ThresholdCode: HardCap, Partition: 7, Offset: off, PeriodStartUnixNano: start}
-		if err := e.alert(a); err != nil {
+	alert := func(off uint64) *pb.Alert {
+		return &pb.Alert{AccountId: 9, ThresholdCode: HardCap, Partition: 7, Offset: off, PeriodStartUnixNano: start}
+	}
+	// A reconnect redelivered 3 to 5: alone, then in a message with the one after it.
+	for _, batch := range [][]*pb.Alert{{alert(3)}, {alert(4), alert(5)}, {alert(5), alert(6)}} {
+		if err := e.alerts(batch); err != nil {
 			t.Fatal(err)
 		}
 	}
