@@ -6,10 +6,15 @@ is, only its completion is held where a test needs a group in flight."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.partitioning import partition_of
@@ -34,18 +39,25 @@ def urgent_groups_recorded(
 ) -> tuple[list[list[int]], list[Callable[[], None]]]:
     """Record the partitions of every urgent (not background) group commit of ``node``, in
     order; with ``hold``, each group is committed for real but its completion waits in the
-    returned list until the test calls it."""
+    returned list until the test calls it. A group started while another is in flight is
+    recorded with a ``-1`` in front of its partitions."""
     groups: list[list[int]] = []
     held: list[Callable[[], None]] = []
+    in_flight = [0]
     real = node.backend.commit_group
 
     def recording(partitions: Sequence[int], *, background: bool, then: Callable[[], None]) -> None:
-        if not background:
-            groups.append(list(partitions))
-            if hold:
-                real(partitions, background=False, then=lambda: held.append(then))
-                return
-        real(partitions, background=background, then=then)
+        if background:
+            real(partitions, background=background, then=then)
+            return
+        groups.append([-1, *partitions] if in_flight[0] else list(partitions))
+        in_flight[0] += 1
+
+        def finished() -> None:
+            in_flight[0] -= 1
+            then()
+
+        real(partitions, background=False, then=(lambda: held.append(finished)) if hold else finished)
 
     monkeypatch.setattr(node.backend, "commit_group", recording)
     return groups, held
@@ -150,4 +162,74 @@ async def test_partitions_that_ask_while_an_urgent_flush_is_in_flight_share_the_
             assert [subscription.offsets()[p] for p in (2, 5, 7)] == [1, 1, 1]  # each published once
     finally:
         monkeypatch.undo()
+        await node.close()
+
+
+RELEASE = None
+"""A step of the model test: let the oldest urgent group whose commit finished complete."""
+
+steps_strategy = st.lists(
+    st.one_of(st.just(RELEASE), st.lists(st.integers(0, 7), min_size=1, max_size=8, unique=True)),
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=steps_strategy)
+def test_whatever_the_order_of_batches_and_completions_every_alert_is_published_once(
+    steps: list[list[int] | None],
+) -> None:
+    """ASYNC batches that fire alerts on any partitions (each part one new account crossing the
+    threshold; 5 parts or more are stored in two slices), interleaved with urgent groups
+    completing in any order against them: one urgent group is ever in flight, no group names a
+    partition twice, and every alert reaches a live subscriber exactly once, in offset order per
+    partition."""
+    root = Path(tempfile.mkdtemp(prefix="unimeter-urgent-"))
+    try:
+        asyncio.run(_urgent_scenario(root, steps))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _urgent_scenario(root: Path, steps: list[list[int] | None]) -> None:
+    node = Node(NodeConfig(root / "data", partitions=8))
+    await node.start()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            client = await Client.in_process(node, metric_lookup=node.metric_of)
+            await client.metrics.create(CAPPED)
+            groups, held = urgent_groups_recorded(node, patch, hold=True)
+            fresh = {p: (account_in(p, 8, skip) for skip in itertools.count()) for p in range(8)}
+            fired: list[int] = []
+            async with client.alerts.subscribe() as subscription:
+                for n, step in enumerate(steps):
+                    if step is RELEASE:
+                        if held:
+                            held.pop(0)()
+                        continue
+                    rows = {p: (next(fresh[p]), "calls", 10, T0, None, 1, f"s{n}p{p}") for p in step}
+                    await node.ingest([(p, [rows[p]]) for p in sorted(step)], False, "")
+                    fired += [row[0] for row in rows.values()]
+                    await asyncio.sleep(0)
+
+                async def release_as_they_come() -> None:
+                    while True:
+                        while held:
+                            held.pop(0)()
+                        await asyncio.sleep(0.001)
+
+                releaser = asyncio.create_task(release_as_they_come())
+                try:
+                    async with asyncio.timeout(10):
+                        received = [await anext(aiter(subscription)) for _ in fired]
+                    await asyncio.sleep(0.05)  # anything more would be a second publish
+                    assert sorted(a.account_id for a in received) == sorted(fired)
+                    for partition in range(8):
+                        offsets = [a.offset for a in received if a.partition == partition]
+                        assert offsets == list(range(1, len(offsets) + 1))
+                        assert subscription.offsets().get(partition, 0) == len(offsets)
+                finally:
+                    releaser.cancel()
+            assert all(-1 not in group and len(group) == len(set(group)) for group in groups)
+    finally:
         await node.close()
