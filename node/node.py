@@ -559,7 +559,6 @@ class Node:
         * An ASYNC batch's alerts are flushed slice by slice (:meth:`_flush_alerts`): an alert's
           fsync starts once its part is stored, and runs while the rest of the batch is, instead
           of after the batch's last slice.
-
         * Batches in flight at once take turns slice by slice, so a small batch is not held up
           for the whole of a large one. (Letting them in one at a time was tried: it did not
           measurably help the alert path, and a 10,000-event batch, ~160 ms of CPU, would hold
