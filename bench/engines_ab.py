@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from .config import preset
 from .loadgen import WorkerPool
-from .processes import ServerProcess, start_ceiling, start_unimeter
+from .processes import ServerProcess, start_ceiling, start_unimeter, tear_down
 from .report import Progress
 from .workloads import Bench
 
@@ -76,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"server CPU {statistics.median(cpu[name]):.2f} µs/event"
             )
     finally:
-        for server in servers:
-            server.kill()
-        pool.close()
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(servers, pool, root)
     return 0
 
 

@@ -7,25 +7,34 @@ failure can show its tail without garbling the progress bar.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
 
+if TYPE_CHECKING:
+    from .loadgen import WorkerPool
+
 __all__ = [
     "ServerProcess",
+    "add_baseline_option",
     "cpu_seconds",
     "rss_bytes",
     "scrape_gauge_sum",
     "start_ceiling",
     "start_unimeter",
+    "tear_down",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,11 +152,32 @@ def start_unimeter(
     return _start(name, cmd, data_dir.parent / f"{data_dir.name}.stderr.log", timeout, source)
 
 
+def add_baseline_option(parser: argparse.ArgumentParser) -> None:
+    """``--baseline DIR``, repeatable: another checkout whose server (:func:`start_unimeter` with
+    ``source=DIR``) a measurement runs beside this one's."""
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        action="append",
+        default=[],
+        help="another checkout whose server is measured beside this one (repeatable)",
+    )
+
+
 def start_ceiling(log_dir: Path, *extra: str, name: str = "ceiling", timeout: float = 60) -> ServerProcess:
     """The no-op ceiling server (``python -m bench.ceiling``, with ``extra`` arguments) on 127.0.0.1
     port 0."""
     cmd = [sys.executable, "-m", "bench.ceiling", "--host", "127.0.0.1", "--port", "0", *extra]
     return _start(name, cmd, log_dir / f"{name}.stderr.log", timeout)
+
+
+def tear_down(servers: Iterable[ServerProcess], pool: WorkerPool, root: Path) -> None:
+    """The end of a measurement run alone (``bench.sync_single`` and its kind), however it ended:
+    its servers killed, its load generators stopped, its scratch directory removed."""
+    for server in servers:
+        server.kill()
+    pool.close()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def rss_bytes(pid: int) -> int:

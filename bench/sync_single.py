@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
@@ -27,7 +26,7 @@ from typing import Any
 from .config import preset
 from .fsync_probe import probe_fsync
 from .loadgen import WorkerPool
-from .processes import ServerProcess, start_ceiling, start_unimeter
+from .processes import ServerProcess, add_baseline_option, start_ceiling, start_unimeter, tear_down
 from .report import Progress
 from .workloads import Bench
 
@@ -51,13 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=2.0, help="measured window of each latency run")
     parser.add_argument("--fsync-iterations", type=int, default=300, help="fsync probe appends per round")
-    parser.add_argument(
-        "--baseline",
-        type=Path,
-        action="append",
-        default=[],
-        help="another checkout whose server is measured beside this one (repeatable)",
-    )
+    add_baseline_option(parser)
     parser.add_argument(
         "--throughput",
         action="store_true",
@@ -141,10 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + ("met" if median[name] <= limit else "missed")
                 )
     finally:
-        for server in servers:
-            server.kill()
-        pool.close()
-        shutil.rmtree(root, ignore_errors=True)
+        tear_down(servers, pool, root)
     return 0
 
 

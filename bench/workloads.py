@@ -427,7 +427,7 @@ class Bench:
             out[key] = section
         return out
 
-    def _alert_run(self, server: ServerProcess, rate: float, per_message: int) -> dict[str, Any]:
+    def alert_run(self, server: ServerProcess, rate: float, per_message: int) -> dict[str, Any]:
         """Paced ingest at ``rate`` events/s with threshold-crossing events; ack → alert latency.
         The subscriber asks for up to ``per_message`` alerts per stream message."""
         cfg = self.config
@@ -490,14 +490,14 @@ class Bench:
         }
         for name, server in self._targets():
             self.progress.begin(f"ingest→alert at half max rate ({rate:,.0f} ev/s) → {name}", _w_alert(cfg))
-            out[name] = self._alert_run(server, rate, batched)
+            out[name] = self.alert_run(server, rate, batched)
             self.progress.end()
         out["ratio_p50"] = ratio(out["unimeter"]["p50_ms"], out["ceiling"]["p50_ms"])
         out["ratio_p99"] = ratio(out["unimeter"]["p99_ms"], out["ceiling"]["p99_ms"])
         # Diagnostic, not a target: the same rate with the default subscription, one alert per
         # message, to show what batching the stream is worth under load.
         self.progress.begin("ingest→alert at half max rate, one alert per message → unimeter", _w_alert(cfg))
-        out["one_per_message"] = {"unimeter": self._alert_run(self.unimeter, rate, 1)}
+        out["one_per_message"] = {"unimeter": self.alert_run(self.unimeter, rate, 1)}
         self.progress.end()
         # Diagnostic, not a target: the same pipeline nearly idle, to separate its own floor
         # (flush interval, fsyncs, fan-out) from queueing behind the ingest work at half rate.
@@ -506,7 +506,7 @@ class Bench:
             f"ingest→alert at {LOW_ALERT_RATE_SHARE:.0%} of max rate ({low:,.0f} ev/s) → unimeter",
             _w_alert(cfg),
         )
-        low_run = self._alert_run(self.unimeter, low, batched)
+        low_run = self.alert_run(self.unimeter, low, batched)
         out["low_rate"] = {"target_events_per_s": low, "unimeter": low_run}
         self.progress.end()
         return out

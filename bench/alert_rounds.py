@@ -1,0 +1,79 @@
+"""``python -m bench.alert_rounds``: the alert target alone, servers side by side at one rate.
+
+What ``make bench``'s alert measure does (``bench.workloads.Bench.alert_run``: 4 callers of
+1000-event calls paced to a rate, 10 of each call's events crossing a threshold, ack → alert
+latency at a subscriber asking for batches), without the rest of the run, and at a rate fixed on
+the command line instead of half of the run's best ASYNC rate: that rate moves with the hour, and
+so would the load two versions are compared at. ``unimeter serve`` of this checkout and one per
+other checkout (``--baseline DIR``) each take the same warm-up (ASYNC 1000 x 16, the state the full
+run's alert measure meets after its ASYNC matrix), then measure in rounds whose order alternates,
+so drift on a shared machine hits every server alike. Prints each run and the medians over rounds.
+A measurement, not a test: no pass or fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import preset
+from .loadgen import WorkerPool
+from .processes import REPO, ServerProcess, add_baseline_option, start_unimeter, tear_down
+from .report import Progress
+from .workloads import Bench
+
+__all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.alert_rounds", description=__doc__)
+    parser.add_argument("--rate", type=float, required=True, help="events/s offered in every round")
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--warm-seconds", type=float, default=15.0, help="ASYNC 1000 x 16 before the rounds")
+    add_baseline_option(parser)
+    parser.add_argument("--server-arg", action="append", default=[], metavar="ARG")
+    args = parser.parse_args(argv)
+    config = preset("full")
+    root = Path(tempfile.mkdtemp(prefix="unimeter-alert-rounds-"))
+    pool = WorkerPool(config.workers)
+    servers: list[ServerProcess] = []
+    try:
+        bench = Bench(config, pool, data_root=root, progress=Progress(1, enabled=False))
+        sources = [
+            ("this", REPO),
+            *((f"baseline{i + 1}", path.resolve()) for i, path in enumerate(args.baseline)),
+        ]
+        for name, source in sources:
+            server = start_unimeter(root / name, *args.server_arg, name=name, source=source)
+            servers.append(server)
+            bench.create_metrics(server)
+        for server in servers:
+            warm = bench.measure_ingest(server, batch=1000, callers=16, duration=args.warm_seconds)
+            print(f"{server.name}: warmed at {warm['events_per_s']:,.0f} events/s", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {server.name: [] for server in servers}
+        for r in range(args.rounds):
+            for server in servers if r % 2 == 0 else servers[::-1]:
+                run = bench.alert_run(server, args.rate, config.alert_max_per_message)
+                runs[server.name].append(run)
+                print(
+                    f"round {r} {server.name}: {run['events_per_s']:,.0f} events/s, p50 {run['p50_ms']:.3f} "
+                    f"p90 {run['p90_ms']:.3f} p99 {run['p99_ms']:.2f} max {run['max_ms']:.1f} ms, "
+                    f"server CPU {run['server_cpu_share']:.2f}, "
+                    f"{run['alerts_matched']}/{run['alerts_expected']} alerts",
+                    flush=True,
+                )
+        for name, results in runs.items():
+            p50 = statistics.median(run["p50_ms"] for run in results)
+            p99 = statistics.median(run["p99_ms"] for run in results)
+            print(f"{name:>10}: p50 {p50:.3f} ms, p99 {p99:.2f} ms (medians over {len(results)} rounds)")
+    finally:
+        tear_down(servers, pool, root)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
