@@ -5,7 +5,7 @@ alerts and heartbeats, and with ``--offsets-file`` persists them after every mes
 tail resumes where it stopped (at least once: an alert shown just before a crash may be shown again;
 dedupe on partition and offset). A dropped connection is re-established with those offsets.
 
-It asks for up to ``TAIL_ALERTS_PER_MESSAGE`` alerts a stream message: alerts that are ready
+It asks for up to 256 alerts a stream message (``_TAIL_ALERTS_PER_MESSAGE``): alerts that are ready
 together (a burst from one ingest call, a backlog) come in one message and cost one save of the
 offsets file (a write, an fsync and a rename), where one message per alert made both the stream
 and the file writes fall behind a node firing thousands of alerts a second.
@@ -30,9 +30,9 @@ from .offsets_file import load_offsets, save_offsets
 from .output import print_json, print_stdout, table, to_plain
 from .parsing import format_time
 
-__all__ = ["TAIL_ALERTS_PER_MESSAGE", "alert_line", "list_alerts", "reconnect_delays", "tail"]
+__all__ = ["alert_line", "list_alerts", "reconnect_delays", "tail"]
 
-TAIL_ALERTS_PER_MESSAGE = 256
+_TAIL_ALERTS_PER_MESSAGE = 256
 """The ``max_alerts_per_message`` ``tail`` asks for (the server allows up to 1000)."""
 
 # A stream that breaks with these after it was established is re-opened (the server restarted,
@@ -126,7 +126,7 @@ def tail(
             threshold_codes=list(threshold_codes),
             since_offsets=offsets,
             from_beginning=from_beginning,
-            max_alerts_per_message=TAIL_ALERTS_PER_MESSAGE,
+            max_alerts_per_message=_TAIL_ALERTS_PER_MESSAGE,
         )
         call = api.alerts.AlertSubscribe(request)
         try:
@@ -137,7 +137,7 @@ def tail(
                 if kind == "heartbeat":
                     for partition, offset in message.heartbeat.offsets.items():
                         offsets[partition] = max(offsets.get(partition, 0), offset)
-                else:
+                elif kind is not None:
                     # A single alert if the server sends them one by one (a server that predates
                     # batches ignores the request's field).
                     alerts = message.batch.alerts if kind == "batch" else [message.alert]
