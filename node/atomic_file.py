@@ -15,7 +15,7 @@ WRITE_BACK_BYTES = 1 << 20
 bytes at a time as it is written, so that no more than a slice of it is ever dirty: the logs'
 group commit is one ``syncfs`` (``node.filesystem_sync``), which writes back every dirty page of
 the filesystem, and a partition snapshot of 7-14 MB left dirty until its own fsync made the
-commits that met it take 10-22 ms instead of 4-5 (docs/benchmarks.md, session 28)."""
+commits that met it take 10-22 ms instead of 4-5 (docs/benchmarks-history.md, session 28)."""
 
 
 def write_file_atomically(path: Path, *parts: bytes | memoryview) -> None:

@@ -46,7 +46,7 @@ class Tail(Protocol):
 class LogTail:
     """The records appended since the last round, as the frames their callers made: a round joins
     them once. (Appended to one ``bytearray`` instead, a round's few records of ~1 KiB reallocated
-    it at every append: docs/benchmarks.md, "Position lists in chained cache lines".)"""
+    it at every append: docs/benchmarks-history.md, "Position lists in chained cache lines".)"""
 
     __slots__ = ("_frames", "end", "pending_bases", "refusing", "seg_fill", "segment_bytes", "start")
 

@@ -62,7 +62,7 @@ _RESERVE_BYTES = (256 << 10) if hasattr(os, "posix_fallocate") else 0
 after an append that grows the file has to commit the filesystem's journal (the new size is
 metadata a read of the data needs); inside space already allocated it only flushes the data. A
 SYNC single-event call took 0.09 ms less end to end that way on the reference VM
-(docs/benchmarks.md, session 20). The tail past the last record reads as zeros, which no frame
+(docs/benchmarks-history.md, session 20). The tail past the last record reads as zeros, which no frame
 is (:func:`_crc`), and opening the log stops there without calling it damage
 (:func:`_ends_cleanly`)."""
 _RESERVE_AHEAD = _RESERVE_BYTES // 4
@@ -96,7 +96,7 @@ class _Job:
 
     A plain class with its own ``__init__``, not a dataclass: a flush tick makes one per dirty log
     (64 a tick and more), and the generated one, called with keywords and filling four default
-    factories, ran a quarter more bytecodes (docs/benchmarks.md, session 24)."""
+    factories, ran a quarter more bytecodes (docs/benchmarks-history.md, session 24)."""
 
     __slots__ = (
         "created",

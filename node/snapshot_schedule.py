@@ -4,7 +4,7 @@ Every partition is snapshotted once an interval, but not in one round: partition
 has its own phase, ``n / P`` of the interval, so with the default 60 s and 64 partitions about one
 partition a second is snapshotted. A round of all 64 after a heavy load held the event loop in
 slices of 2-16 ms for 3-4 s on end, and every call in those seconds waited behind them (single
-SYNC calls: p99 11-12 ms, against 1.5 ms spread out; docs/benchmarks.md, "Snapshots spread over
+SYNC calls: p99 11-12 ms, against 1.5 ms spread out; docs/benchmarks-history.md, "Snapshots spread over
 the interval"). Spread out, the same work meets a few calls a second instead of all of them, and
 the disk takes one partition's file at a time.
 

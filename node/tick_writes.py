@@ -6,7 +6,7 @@ eventfd rings, as the kernel's fdatasync completions are (``node.kernel_fdatasyn
 From a Python thread, a tick's writes and its ``syncfs`` each first had to win the GIL from a
 loop busy ingesting, so the writes ran on the loop (~6% of it under load) and the sync's thread
 still waited twice; an alert's urgent flush, queued behind the tick round on its logs, waited
-with it (docs/benchmarks.md, "A tick's page-cache writes off the loop thread"). Here nothing
+with it (docs/benchmarks-history.md, "A tick's page-cache writes off the loop thread"). Here nothing
 waits for the GIL: the loop hands over the detached buffers and later finishes the rounds. Only
 rounds that stay in their segment files go this way, and only where one ``syncfs`` makes the data
 directory durable; a group with a round that creates a file goes to the thread as before.

@@ -5,7 +5,7 @@ when the handler is registered (:class:`WrappingServer`).
 grpc.aio's server interceptors did the same through an interceptor chain run per call (a
 coroutine per interceptor, a continuation, the handler lookup, a new handler for each refusal);
 a wrapper built at registration costs a call only its own lines: a single-event SYNC call's p50
-fell by 30 µs (docs/benchmarks.md, "Call wrapping instead of interceptors").
+fell by 30 µs (docs/benchmarks-history.md, "Call wrapping instead of interceptors").
 
 Each call, in order:
 
@@ -386,7 +386,7 @@ class WrappingServer(grpc.aio.Server):  # type: ignore[misc]  # grpc is untyped
     table. grpc.aio's serving loop keeps one pending request per registered method and waits on
     all of them (``asyncio.wait``) once for every call it accepts, so each registered method cost
     every call about 75 bytecodes of asyncio's Python: with this server's 14 methods, ~1,070 a
-    call, where the table's lookup is one dict read (docs/benchmarks.md, "One method table
+    call, where the table's lookup is one dict read (docs/benchmarks-history.md, "One method table
     instead of registered methods")."""
 
     def __init__(self, server: grpc.aio.Server, wrapping: CallWrapping) -> None:

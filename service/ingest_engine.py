@@ -54,7 +54,7 @@ ENGINES = ("auto", "native", "python")
 NATIVE_MODULE = "unimeter_native"
 OFF_LOOP_BYTES = 16 << 10
 """Request bodies of this size and up (~200 events) are decoded by the native engine's worker
-thread; smaller ones on the loop. Measured in docs/benchmarks.md ("Large requests decoded off the
+thread; smaller ones on the loop. Measured in docs/benchmarks-history.md ("Large requests decoded off the
 loop")."""
 
 

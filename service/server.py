@@ -76,7 +76,7 @@ about 15% less CPU per event on 1000-event batches. The native engine leaves nex
 fills its young generation is grpc's garbage, a cycle of 5 objects every call makes (the closure
 grpc.aio builds to look the method up, its scope, the call details, the metadata). At 50,000
 that was a collection every ~10,000 calls of 15-63 ms, freezing every call and alert in flight;
-at 2,000 it is one every ~400 calls of at most ~1.4 ms, and no more in all (docs/benchmarks.md,
+at 2,000 it is one every ~400 calls of at most ~1.4 ms, and no more in all (docs/benchmarks-history.md,
 session 26, "Young collections")."""
 
 

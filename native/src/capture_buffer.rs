@@ -4,7 +4,7 @@
 //! on the event loop, in one step, so that the copy describes one log position. Copied into new
 //! `bytes`, a capture of that size got memory the allocator had just mapped: in a server under
 //! load, a 7 MB table's copy took ~1,700 page faults and 4-19 ms on the loop, where the same copy
-//! into memory already mapped took 0.6-1 ms (docs/benchmarks.md, "Snapshot captures into memory
+//! into memory already mapped took 0.6-1 ms (docs/benchmarks-history.md, "Snapshot captures into memory
 //! already mapped"). A node snapshots its partitions one after another, so one buffer, handed back
 //! when a snapshot is written and taken again by the next capture, serves them all with its pages
 //! mapped: the process keeps one capture's worth (the largest partition's columns) in between.

@@ -1,7 +1,7 @@
 //! A cache-line prefetch hint for the per-event tables. The dedup table's probes are cache misses
 //! once it outgrows the CPU caches; asking for every line a batch will touch before touching any
 //! lets the misses overlap instead of following one another. (The cell maps were tried too: a
-//! win in process, a loss end to end, docs/benchmarks.md.)
+//! win in process, a loss end to end, docs/benchmarks-history.md.)
 
 /// Ask the CPU to load the cache line holding `p`. A hint only: it never faults, so any address
 /// (even one past a vector's end) is allowed, and it changes nothing the program can observe.

@@ -9,7 +9,7 @@
 //! step has nothing to do for a part but pass its answer on. What no longer happens per part: a
 //! generations dict, a stored batch and a key holder made as Python objects, the record's
 //! metrics named back to Python, and each metric's spec and generation read twice
-//! (docs/benchmarks.md, "What a partition part costs the loop").
+//! (docs/benchmarks-history.md, "What a partition part costs the loop").
 //!
 //! Once the record is appended it is stored (recovery replays it), so an error after that point
 //! is handed back beside the outcome instead of raised: the partition remembers the batch first,
@@ -164,7 +164,7 @@ type PartsIngested<'py> = (Bound<'py, PyList>, Vec<usize>, Option<Py<PyAny>>);
 /// partitions have more to do), and what the next part raised, or None. The steps are the same
 /// calls; what goes is a Python call, a frame and the partition's Python step for each part, and
 /// each metric of the request resolved again for each part: the slice's parts share one string
-/// per metric code (`parts_to_python`), resolved here once (docs/benchmarks.md, "What a
+/// per metric code (`parts_to_python`), resolved here once (docs/benchmarks-history.md, "What a
 /// partition part costs the loop").
 #[pyfunction]
 pub fn ingest_parts<'py>(
