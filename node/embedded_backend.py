@@ -102,6 +102,7 @@ class EmbeddedBackend:
         segment_bytes: int = 64 << 20,
         fsync_threads: int = 8,
         sync_filesystem: bool = True,
+        sync_spin_ns: int = 0,
         stats: NodeStats | None = None,
         tick_writer: Callable[[], Any] | None = None,
         scan: ValidPrefix = valid_prefix,
@@ -123,7 +124,7 @@ class EmbeddedBackend:
         )
         # A log's own round (a SYNC caller's, one partition) is synced by the kernel where it can
         # be: no thread hand-off on the SYNC path (see node.kernel_fdatasync).
-        self._kernel_sync = KernelFdatasync.open()
+        self._kernel_sync = KernelFdatasync.open(spin_ns=sync_spin_ns)
         self._partitions: dict[int, SegmentPartitionStorage] = {}
         self._device = os.stat(data_dir).st_dev
         self._filesystem_fd: int | None = None
@@ -266,6 +267,7 @@ def open_embedded_backend(config: NodeConfig, stats: NodeStats) -> EmbeddedBacke
         segment_bytes=config.segment_bytes,
         fsync_threads=config.fsync_threads,
         sync_filesystem=config.sync_filesystem,
+        sync_spin_ns=config.sync_spin_ns,
         stats=stats,
         tick_writer=engine.tick_writer,
         scan=engine.valid_prefix,

@@ -8,19 +8,27 @@ kernel worker, which runs the very ``vfs_fsync(file, datasync=1)`` of the ``fdat
 (same file, same write-back error reporting), and signals an ``eventfd`` the loop watches. The loop
 never blocks on the disk, and no Python thread wakes. Where it is missing (another OS or machine
 architecture, a kernel or filesystem without it, a seccomp policy refusing ``io_setup``) or a
-submission is refused, the caller keeps its thread path: this module only says so. Not here: what
-is synced when (``node.segment_log``, ``node.commit_scheduler``).
+submission is refused, the caller keeps its thread path: this module only says so.
+
+While a sync it submitted is in the kernel and the loop has nothing else to do, the loop's thread
+can wait for it on its CPU, yielding that CPU, instead of sleeping (:meth:`KernelFdatasync.wait_on_cpu`):
+a CPU gone idle is slow to wake for the completion on a virtual machine. Not here: what is synced
+when (``node.segment_log``, ``node.commit_scheduler``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import ctypes
 import errno
 import logging
 import os
 import platform
+import select
 import sys
+import time
 from collections.abc import Callable
 from functools import partial
 
@@ -64,6 +72,21 @@ class _Event(ctypes.Structure):
     ]
 
 
+Peek = tuple[Callable[[float, int], list[tuple[int, int]]], collections.deque[object]]
+"""A loop's epoll ``poll`` and its queue of ready callbacks (:func:`_idle_peek`)."""
+
+
+def _idle_peek(loop: asyncio.AbstractEventLoop) -> Peek | None:
+    """What :meth:`KernelFdatasync.wait_on_cpu` reads of ``loop``: its selector's epoll object's
+    ``poll`` and its ready callbacks, as asyncio's selector loop keeps them (``_selector._selector``,
+    ``_ready``); None for any other loop, whose thread then always sleeps for a sync."""
+    epoll = getattr(getattr(loop, "_selector", None), "_selector", None)
+    ready = getattr(loop, "_ready", None)
+    if not isinstance(epoll, select.epoll) or not isinstance(ready, collections.deque):
+        return None
+    return epoll.poll, ready
+
+
 def _syscall() -> Callable[..., int] | None:
     if sys.platform != "linux" or sys.byteorder != "little" or platform.machine() not in _SYSCALLS:
         return None
@@ -88,8 +111,14 @@ class KernelFdatasync:
 
     _BATCH = 64  # completions read per io_getevents call
 
-    def __init__(self, syscall: Callable[..., int], numbers: tuple[int, int, int, int], depth: int) -> None:
+    def __init__(
+        self, syscall: Callable[..., int], numbers: tuple[int, int, int, int], depth: int, spin_ns: int
+    ) -> None:
         # Private: use KernelFdatasync.open().
+        self._spin_ns = spin_ns
+        self._typical_ns = 0
+        """Recent syncs' time from submission to reaping (a moving average, 1/8 per sync)."""
+        self._peek: Peek | None = None
         self._syscall = syscall
         self._setup, self._destroy, self._getevents, self._submit = numbers
         self._context = ctypes.c_ulong(0)
@@ -98,7 +127,8 @@ class KernelFdatasync:
             raise OSError(code, f"io_setup: {os.strerror(code)}")
         self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, Callable[[OSError | None], None]] = {}
+        self._pending: dict[int, tuple[Callable[[OSError | None], None], int]] = {}
+        """Each sync in flight: its ``then`` and when it was submitted (``perf_counter_ns``)."""
         self._next_id = 0
         self._usable = True
         self._iocb = _Iocb(opcode=_IOCB_CMD_FDSYNC, flags=_IOCB_FLAG_RESFD, resfd=self._eventfd)
@@ -119,13 +149,14 @@ class KernelFdatasync:
         )
 
     @classmethod
-    def open(cls, depth: int = 256) -> KernelFdatasync | None:
-        """A context for up to ``depth`` syncs in flight, or None where this machine has none."""
+    def open(cls, depth: int = 256, *, spin_ns: int = 0) -> KernelFdatasync | None:
+        """A context for up to ``depth`` syncs in flight, or None where this machine has none.
+        ``spin_ns``: the longest :meth:`wait_on_cpu` waits (0: the loop always sleeps)."""
         syscall = _syscall()
         if syscall is None:
             return None
         try:
-            return cls(syscall, _SYSCALLS[platform.machine()], depth)
+            return cls(syscall, _SYSCALLS[platform.machine()], depth, spin_ns)
         except OSError as exc:
             log.info("kernel fdatasync unavailable (%s): SYNC rounds sync on the fsync threads", exc)
             return None
@@ -147,6 +178,7 @@ class KernelFdatasync:
                 self._loop.remove_reader(self._eventfd)
             loop.add_reader(self._eventfd, self._drain)
             self._loop = loop
+            self._peek = _idle_peek(loop)
         request = self._next_id = self._next_id + 1
         iocb = self._iocb
         iocb.data = request
@@ -160,8 +192,44 @@ class KernelFdatasync:
                 )
                 self._usable = False
             return False  # EAGAIN (the context is full) and the like: this round takes the thread
-        self._pending[request] = then
+        self._pending[request] = (then, time.perf_counter_ns())
         return True
+
+    def wait_on_cpu(self) -> None:
+        """Wait for the sync just submitted with the loop's thread on its CPU, yielding it, instead
+        of letting the loop sleep in its selector: if the loop has no callback ready, and this
+        disk's syncs typically take no longer than ``spin_ns``.
+
+        The kernel runs the sync on a worker bound to the submitting CPU, the loop's. A loop
+        asleep in ``epoll_wait`` lets that CPU go idle, and on a virtual machine waking an idle
+        CPU for the completion costs a lone SYNC call tens of µs (docs/design.md, "Durability and
+        group commit"). ``sched_yield`` hands the CPU to the worker whenever it can run and keeps
+        the CPU awake for the completion; a spin that never yielded would hold the worker off the
+        CPU instead (a SYNC call 0.3 ms slower, measured).
+
+        The wait ends as soon as the sync is reaped (its ``then`` runs here), or any descriptor the
+        loop watches is ready (a new request), seen with an ``epoll_wait`` of timeout 0 that
+        consumes nothing (asyncio's epoll is level-triggered: the loop's next select reports the
+        same), or after ``spin_ns``. A slow disk is waited for by sleeping: its wake-up is a small
+        share of its sync, and the CPU would be spent for nothing.
+        """
+        budget, peek = self._spin_ns, self._peek
+        if not budget or peek is None or self._typical_ns > budget:
+            return
+        poll, ready = peek
+        if ready:
+            return  # the loop has work: the completion is read once it is done
+        deadline = time.perf_counter_ns() + budget
+        while True:
+            if self._collect(0):
+                # Taken here, a loop turn sooner than through the eventfd, which is reset (it may
+                # ring a moment later: the loop then finds nothing to take).
+                with contextlib.suppress(BlockingIOError):
+                    os.eventfd_read(self._eventfd)
+                return
+            if poll(0, 1) or time.perf_counter_ns() >= deadline:
+                return
+            os.sched_yield()
 
     def _drain(self) -> None:
         """The eventfd rang: run the ``then`` of every finished sync (on the loop)."""
@@ -171,8 +239,8 @@ class KernelFdatasync:
             return
         self._collect(0)
 
-    def _collect(self, at_least: int) -> None:
-        """Reap finished syncs (waiting for ``at_least`` of them) and run their ``then``."""
+    def _collect(self, at_least: int) -> int:
+        """Reap finished syncs (waiting for ``at_least`` of them) and run their ``then``; how many."""
         events = self._events
         finished: list[tuple[Callable[[OSError | None], None], int]] = []
         while self._pending:
@@ -196,12 +264,15 @@ class KernelFdatasync:
                 log.error(
                     "io_getevents failed (%s): %d kernel fdatasyncs fail", os.strerror(code), self.in_flight
                 )
-                finished.extend((then, -(code or errno.EIO)) for then in self._pending.values())
+                finished.extend((then, -(code or errno.EIO)) for then, _ in self._pending.values())
                 self._pending.clear()
                 self._usable = False
                 break
+            reaped = time.perf_counter_ns()
             for event in events[:got]:
-                finished.append((self._pending.pop(event.data), event.res))
+                then, submitted = self._pending.pop(event.data)
+                self._typical_ns += (reaped - submitted - self._typical_ns) >> 3
+                finished.append((then, event.res))
             at_least -= got
             if got < self._BATCH and at_least <= 0:
                 break
@@ -210,6 +281,7 @@ class KernelFdatasync:
                 then(None if res >= 0 else OSError(-res, os.strerror(-res)))
             except Exception:  # a bug in one waiter's completion must not strand the others
                 log.exception("completion of a kernel fdatasync failed")
+        return len(finished)
 
     def close(self) -> None:
         """Wait for the syncs in flight (their ``then`` runs here), then free the context."""

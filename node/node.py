@@ -112,6 +112,10 @@ class NodeConfig:
     """Make a group of logs durable (a flush tick, a SYNC batch over partitions) with one
     ``syncfs`` of the data directory's filesystem where that is safe (Linux 5.8+, every log on
     that filesystem); False, or where it is not safe: one fdatasync per log."""
+    sync_spin_ns: int = 300_000
+    """Longest a lone SYNC call's fdatasync, in the kernel, is waited for with the loop's thread
+    yielding its CPU instead of sleeping, when the loop has nothing else to do
+    (``KernelFdatasync.wait_on_cpu``); 0: the loop always sleeps."""
     clock: Clock = SYSTEM_CLOCK
     """The wall clock of every time the node reads (arrivals, dedup expiry, current periods)."""
     engine: str = "python"

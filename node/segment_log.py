@@ -836,7 +836,9 @@ class SegmentLog:
         durable, and a stalled disk still never blocks the loop. The kernel starts that work on
         the loop's own CPU (``io_submit`` returns after 30-50 µs of it), where a pool thread can
         do it on the other core: rounds that pile up (SYNC callers of many partitions at once)
-        go to the threads, which spread them, and only a lone round takes the short path.
+        go to the threads, which spread them, and only a lone round takes the short path. The
+        loop's thread then waits for it on its CPU if it has nothing else to do
+        (``KernelFdatasync.wait_on_cpu``).
         """
         kernel = self._kernel_sync
         if (
@@ -851,7 +853,10 @@ class SegmentLog:
         ):
             return False
         started = time.perf_counter()
-        return kernel.submit(job.wfds[job.sync_bases[0]], partial(self._kernel_synced, job, started))
+        if not kernel.submit(job.wfds[job.sync_bases[0]], partial(self._kernel_synced, job, started)):
+            return False
+        kernel.wait_on_cpu()  # a lone caller's sync: the loop's CPU stays awake for it
+        return True
 
     def _kernel_synced(self, job: _Job, started: float, exc: OSError | None) -> None:
         if exc is None:

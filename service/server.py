@@ -198,6 +198,7 @@ class UnimeterServer:
             partitions=cfg.partitions,
             flush_interval=cfg.flush_interval_ms / 1000,
             sync_filesystem=cfg.fsync_mode == "filesystem",
+            sync_spin_ns=round(cfg.sync_spin_us * 1000),
             dedup_window_seconds=cfg.dedup_window_seconds,
             alerts_in_memory=cfg.alerts_in_memory,
             snapshot_interval=cfg.snapshot_interval_seconds,

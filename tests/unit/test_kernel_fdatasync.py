@@ -9,7 +9,9 @@ Whatever path a round takes, a waiter returns only once ``durable_position`` cov
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import select
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from node import segment_log
+from node import kernel_fdatasync, segment_log
 from node.kernel_fdatasync import KernelFdatasync
 from node.segment_log import SegmentLog
 
@@ -172,3 +174,131 @@ async def test_a_round_started_while_another_sync_is_in_the_kernel_goes_to_the_e
     assert first.durable_position == first.end_position and second.durable_position == second.end_position
     await first.close()
     await second.close()
+
+
+# ---------------------------------------------------------------- waiting on the loop's CPU
+
+
+class FakePeek:
+    """The loop's epoll ``poll`` as ``wait_on_cpu`` sees it: empty for ``idle`` calls, then ready."""
+
+    def __init__(self, idle: int) -> None:
+        self.idle = idle
+        self.calls: list[tuple[float, int]] = []
+
+    def __call__(self, timeout: float, maxevents: int) -> list[tuple[int, int]]:
+        self.calls.append((timeout, maxevents))
+        return [] if len(self.calls) <= self.idle else [(99, select.EPOLLIN)]
+
+
+@pytest.fixture
+def yields(monkeypatch: pytest.MonkeyPatch) -> list[None]:
+    counted: list[None] = []
+    monkeypatch.setattr(os, "sched_yield", lambda: counted.append(None))
+    return counted
+
+
+def spinning_kernel(spin_ns: int, poll: FakePeek, ready: collections.deque[object]) -> KernelFdatasync:
+    opened = KernelFdatasync.open(depth=4, spin_ns=spin_ns)
+    assert opened is not None
+    opened._peek = (poll, ready)
+    return opened
+
+
+def test_the_wait_yields_until_a_descriptor_of_the_loop_is_ready(yields: list[None]) -> None:
+    poll = FakePeek(idle=3)
+    kernel = spinning_kernel(10**10, poll, collections.deque())
+    kernel.wait_on_cpu()
+    # Peeked without waiting (timeout 0) and without taking more than one event, each miss yielded.
+    assert poll.calls == [(0, 1)] * 4
+    assert len(yields) == 3
+    kernel.close()
+
+
+async def test_a_sync_that_finishes_during_the_wait_is_taken_by_it(tmp_path: Path) -> None:
+    poll = FakePeek(idle=10**9)  # nothing else ever gets ready: only the sync can end the wait
+    kernel = spinning_kernel(10 * 10**9, poll, collections.deque())
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    results: list[OSError | None] = []
+    try:
+        os.write(fd, b"v")
+        assert kernel.submit(fd, results.append)
+        kernel._peek = (poll, collections.deque())  # submit bound the real loop's: the fake again
+        kernel.wait_on_cpu()
+        assert results == [None] and kernel.in_flight == 0  # its ``then`` ran in the wait
+        await asyncio.sleep(0.01)  # the eventfd the sync also rang finds nothing left to take
+        assert results == [None]
+    finally:
+        os.close(fd)
+        kernel.close()
+
+
+@pytest.mark.parametrize("why", ["off", "callbacks ready", "slow disk", "another loop"])
+def test_the_loop_sleeps_instead_when(why: str, yields: list[None]) -> None:
+    poll = FakePeek(idle=10**9)
+    ready: collections.deque[object] = collections.deque([object()] if why == "callbacks ready" else [])
+    kernel = spinning_kernel(0 if why == "off" else 10**10, poll, ready)
+    if why == "slow disk":
+        kernel._typical_ns = 10**10 + 1  # this disk's syncs outlast the budget
+    if why == "another loop":
+        kernel._peek = None  # a loop without an epoll selector
+    kernel.wait_on_cpu()
+    assert poll.calls == [] and yields == []
+    kernel.close()
+
+
+def test_the_wait_ends_after_its_budget_when_nothing_gets_ready(yields: list[None]) -> None:
+    poll = FakePeek(idle=10**9)
+    kernel = spinning_kernel(2_000_000, poll, collections.deque())  # 2 ms
+    kernel.wait_on_cpu()
+    # Every peek found nothing: each was followed by a yield but the last, which met the deadline.
+    assert poll.calls and len(yields) == len(poll.calls) - 1
+    kernel.close()
+
+
+async def test_the_peek_is_the_running_loops_epoll_and_ready_queue() -> None:
+    loop = asyncio.get_running_loop()
+    peek = kernel_fdatasync._idle_peek(loop)
+    assert peek is not None
+    poll, ready = peek
+    assert ready is loop._ready  # type: ignore[attr-defined]
+    assert poll.__self__ is loop._selector._selector  # type: ignore[attr-defined]
+
+
+async def test_syncs_teach_the_kernel_how_long_this_disk_takes(tmp_path: Path) -> None:
+    kernel = KernelFdatasync.open(depth=4, spin_ns=10**9)
+    assert kernel is not None
+    fd = os.open(tmp_path / "f", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        assert kernel._typical_ns == 0
+        for _ in range(3):
+            os.write(fd, b"w")
+            done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
+            assert kernel.submit(fd, done.set_result)
+            kernel.wait_on_cpu()
+            assert await asyncio.wait_for(done, 10) is None
+        assert kernel._typical_ns > 0
+    finally:
+        os.close(fd)
+        kernel.close()
+
+
+@pytest.mark.parametrize("spin_ns", [0, 10**9], ids=["sleeping", "on the cpu"])
+async def test_a_sync_callers_round_acks_after_its_sync_whichever_way_the_loop_waits(
+    tmp_path: Path, executor: CountingExecutor, spin_ns: int
+) -> None:
+    kernel = KernelFdatasync.open(depth=4, spin_ns=spin_ns)
+    assert kernel is not None
+    log = SegmentLog.open(tmp_path / "log", executor=executor, kernel_sync=kernel)
+    try:
+        for i in range(20):
+            end = log.append(b"e%d" % i) + 8 + len(b"e%d" % i)
+            await asyncio.wait_for(log.wait_durable(end), 10)
+            assert log.durable_position == end == log.end_position and kernel.in_flight == 0
+        assert executor.submitted == 0
+    finally:
+        await log.close()
+        kernel.close()
+    reopened = SegmentLog.open(tmp_path / "log")
+    assert [payload for _, payload in reopened.scan()] == [b"e%d" % i for i in range(20)]
+    await reopened.close()
