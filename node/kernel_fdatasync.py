@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ctypes
 import errno
 import logging
@@ -222,10 +221,9 @@ class KernelFdatasync:
         deadline = time.perf_counter_ns() + budget
         while True:
             if self._collect(0):
-                # Taken here, a loop turn sooner than through the eventfd, which is reset (it may
-                # ring a moment later: the loop then finds nothing to take).
-                with contextlib.suppress(BlockingIOError):
-                    os.eventfd_read(self._eventfd)
+                # Taken here, a loop turn sooner than through the eventfd. The eventfd is left as
+                # it is: its next read, by the loop, takes whatever finished by then (nothing, or a
+                # sync a completion here started). Reset here, it could swallow that one's ring.
                 return
             if poll(0, 1) or time.perf_counter_ns() >= deadline:
                 return

@@ -302,3 +302,34 @@ async def test_a_sync_callers_round_acks_after_its_sync_whichever_way_the_loop_w
     reopened = SegmentLog.open(tmp_path / "log")
     assert [payload for _, payload in reopened.scan()] == [b"e%d" % i for i in range(20)]
     await reopened.close()
+
+
+async def test_concurrent_sync_callers_all_ack_while_the_loop_waits_on_its_cpu(
+    tmp_path: Path, executor: CountingExecutor
+) -> None:
+    # Callers that arrive while a round is in flight queue the next one, which a completion starts
+    # (inside the wait or the eventfd's read): every caller must still be woken once its record is
+    # durable, none stranded behind a completion the other path took.
+    kernel = KernelFdatasync.open(depth=8, spin_ns=10**9)
+    assert kernel is not None
+    log = SegmentLog.open(tmp_path / "log", executor=executor, kernel_sync=kernel)
+
+    async def caller(c: int) -> None:
+        for i in range(10):
+            payload = b"c%d-%d" % (c, i)
+            end = log.append(payload) + 8 + len(payload)
+            await log.wait_durable(end)
+            assert log.durable_position >= end
+            await asyncio.sleep(0)
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(caller(c) for c in range(8))), 30)
+        assert log.durable_position == log.end_position and kernel.in_flight == 0
+    finally:
+        await log.close()
+        kernel.close()
+    reopened = SegmentLog.open(tmp_path / "log")
+    assert sorted(payload for _, payload in reopened.scan()) == sorted(
+        b"c%d-%d" % (c, i) for c in range(8) for i in range(10)
+    )
+    await reopened.close()
