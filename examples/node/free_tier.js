@@ -1,9 +1,9 @@
 // Unimeter from Node.js: the free-tier alert, end to end, over the public gRPC API.
 //
 // Loads the repository's .proto files at run time (@grpc/proto-loader, no code generation), then:
-// creates a COUNT metric with a threshold, subscribes to its alerts, ingests four events (one a
-// retry, recognised as a duplicate by its event_id), queries the current period and waits for the
-// alert the third event triggered. Every number is checked; any mismatch exits 1 with a message.
+// creates a COUNT metric with a threshold, subscribes to its alerts (in batches), ingests four
+// events (one a retry, recognised as a duplicate by its event_id), queries the current period and
+// waits for the alert the third event triggered. Every number is checked; any mismatch exits 1 with a message.
 //
 //   UNIMETER_ADDR      host:port of a node's gRPC API (default 127.0.0.1:50051)
 //   UNIMETER_API_KEY   sent as "authorization: Bearer <key>" when set
@@ -85,7 +85,9 @@ async function main() {
   console.log(`created metric ${code}: COUNT, threshold free_tier_exceeded at 3`);
 
   // Subscribe before ingesting: the first message is a heartbeat, sent once the stream is live.
-  const stream = alerts.AlertSubscribe({ metric_codes: [code] }, metadata());
+  // Alerts that are ready together come as one `batch` message of up to 256: a subscriber that
+  // asks for them one a message falls behind a burst (docs/cli.md, "Bursts").
+  const stream = alerts.AlertSubscribe({ metric_codes: [code], max_alerts_per_message: 256 }, metadata());
   stream.on('error', () => {}); // errors reach the iterator below; this keeps a late cancel quiet
   const messages = stream[Symbol.asyncIterator]();
   const hello = await next(messages, 'first heartbeat');
@@ -116,7 +118,9 @@ async function main() {
 
   let message = await next(messages, 'alert');
   while (message.kind === 'heartbeat') message = await next(messages, 'alert');
-  const a = message.alert;
+  expect('alert message kind', message.kind, 'batch');
+  expect('alerts in the batch', message.batch.alerts.length, 1);
+  const a = message.batch.alerts[0];
   expect(
     'alert',
     [a.account_id, a.metric_code, a.threshold_code, a.threshold_value, a.multiple, a.value_at_cross],
