@@ -37,7 +37,9 @@ async def test_stream_leader_killed_during_sync_appends(
     faulty_cluster: NatsCluster, stream_name: str
 ) -> None:
     """Writes stall for the election and resume; every acknowledged record is stored exactly once,
-    in order, and so is every record whose wait gave up (it stays queued, with the same id)."""
+    in order, and so is every record whose wait gave up (it stays queued, with the same id). When
+    the killed leader is the server the node's connection used, appends are refused until it has
+    reconnected elsewhere: such a record was not stored, and its writer appends it again."""
     backend = await open_backend(faulty_cluster, stream_name, partitions=4)
     leader = (await backend.js.stream_info(stream_name)).cluster.leader  # type: ignore[union-attr]
     appended: dict[int, list[bytes]] = {p: [] for p in range(4)}
@@ -47,7 +49,12 @@ async def test_stream_leader_killed_during_sync_appends(
         log = backend.open_partition(partition).events
         for i in range(40):
             record = f"p{partition}-{i}".encode()
-            position = log.append(record)
+            while True:
+                try:
+                    position = log.append(record)
+                    break
+                except UnavailableError:  # reconnecting: refused before anything was stored
+                    await asyncio.sleep(0.05)
             appended[partition].append(record)
             while True:
                 try:
