@@ -75,6 +75,10 @@ Peek = tuple[Callable[[float, int], list[tuple[int, int]]], collections.deque[ob
 """A loop's epoll ``poll`` and its queue of ready callbacks (:func:`_idle_peek`)."""
 
 
+Then = Callable[[OSError | None, float], None]
+"""What runs when a submitted sync is done: ``then(error, seconds)`` (:meth:`KernelFdatasync.submit`)."""
+
+
 def _idle_peek(loop: asyncio.AbstractEventLoop) -> Peek | None:
     """What :meth:`KernelFdatasync.wait_on_cpu` reads of ``loop``: its selector's epoll object's
     ``poll`` and its ready callbacks, as asyncio's selector loop keeps them (``_selector._selector``,
@@ -101,8 +105,9 @@ def _syscall() -> Callable[..., int] | None:
 class KernelFdatasync:
     """One AIO context of a node and the eventfd its completions ring, read on one event loop.
 
-    ``submit(fd, then)`` queues an fdatasync of ``fd`` and returns True; ``then(error)`` runs on
-    the loop once it is done (``error`` None, or the ``OSError`` the sync returned). False: the
+    ``submit(fd, then)`` queues an fdatasync of ``fd`` and returns True; ``then(error, seconds)``
+    runs on the loop once it is done (``error`` None, or the ``OSError`` the sync returned;
+    ``seconds`` from the submission to the completion's reaping). False: the
     kernel refused the request (the caller syncs on its thread instead), and, if the refusal says
     the kernel or the file's filesystem cannot do it, every later ``submit`` is refused at once.
     The file descriptor must stay open until ``then`` has run.
@@ -126,7 +131,7 @@ class KernelFdatasync:
             raise OSError(code, f"io_setup: {os.strerror(code)}")
         self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: dict[int, tuple[Callable[[OSError | None], None], int]] = {}
+        self._pending: dict[int, tuple[Then, int]] = {}
         """Each sync in flight: its ``then`` and when it was submitted (``perf_counter_ns``)."""
         self._next_id = 0
         self._usable = True
@@ -165,8 +170,9 @@ class KernelFdatasync:
         """Syncs submitted whose ``then`` has not run yet."""
         return len(self._pending)
 
-    def submit(self, fd: int, then: Callable[[OSError | None], None]) -> bool:
-        """Queue an fdatasync of ``fd``; ``then(error)`` runs on the running loop when it is done."""
+    def submit(self, fd: int, then: Then) -> bool:
+        """Queue an fdatasync of ``fd``; ``then(error, seconds)`` runs on the running loop when it
+        is done."""
         if not self._usable:
             return False
         loop = asyncio.get_running_loop()
@@ -219,15 +225,15 @@ class KernelFdatasync:
         if ready:
             return  # the loop has work: the completion is read once it is done
         deadline = time.perf_counter_ns() + budget
-        while True:
-            if self._collect(0):
-                # Taken here, a loop turn sooner than through the eventfd. The eventfd is left as
-                # it is: its next read, by the loop, takes whatever finished by then (nothing, or a
-                # sync a completion here started). Reset here, it could swallow that one's ring.
-                return
-            if poll(0, 1) or time.perf_counter_ns() >= deadline:
-                return
+        # The CPU first goes to the worker (just submitted, the sync cannot be done yet), then
+        # the context is reaped: a sync found done is taken here, a loop turn sooner than through
+        # the eventfd. The eventfd is left as it is: its next read, by the loop, takes whatever
+        # finished by then (nothing, or a sync a completion here started; reset here, it could
+        # swallow that one's ring).
+        while not poll(0, 1) and time.perf_counter_ns() < deadline:
             os.sched_yield()
+            if self._collect(0):
+                return
 
     def _drain(self) -> None:
         """The eventfd rang: run the ``then`` of every finished sync (on the loop)."""
@@ -240,7 +246,7 @@ class KernelFdatasync:
     def _collect(self, at_least: int) -> int:
         """Reap finished syncs (waiting for ``at_least`` of them) and run their ``then``; how many."""
         events = self._events
-        finished: list[tuple[Callable[[OSError | None], None], int]] = []
+        finished: list[tuple[Then, int, int]] = []  # then, result, ns from submission
         while self._pending:
             if at_least <= 0:
                 got = self._reap_ready()
@@ -262,21 +268,23 @@ class KernelFdatasync:
                 log.error(
                     "io_getevents failed (%s): %d kernel fdatasyncs fail", os.strerror(code), self.in_flight
                 )
-                finished.extend((then, -(code or errno.EIO)) for then, _ in self._pending.values())
+                now = time.perf_counter_ns()
+                finished.extend((then, -(code or errno.EIO), now - at) for then, at in self._pending.values())
                 self._pending.clear()
                 self._usable = False
                 break
             reaped = time.perf_counter_ns()
             for event in events[:got]:
                 then, submitted = self._pending.pop(event.data)
-                self._typical_ns += (reaped - submitted - self._typical_ns) >> 3
-                finished.append((then, event.res))
+                took = reaped - submitted
+                self._typical_ns += (took - self._typical_ns) >> 3
+                finished.append((then, event.res, took))
             at_least -= got
             if got < self._BATCH and at_least <= 0:
                 break
-        for then, res in finished:
+        for then, res, took in finished:
             try:
-                then(None if res >= 0 else OSError(-res, os.strerror(-res)))
+                then(None if res >= 0 else OSError(-res, os.strerror(-res)), took / 1e9)
             except Exception:  # a bug in one waiter's completion must not strand the others
                 log.exception("completion of a kernel fdatasync failed")
         return len(finished)

@@ -852,15 +852,14 @@ class SegmentLog:
             or len(job.sync_bases) != 1
         ):
             return False
-        started = time.perf_counter()
-        if not kernel.submit(job.wfds[job.sync_bases[0]], partial(self._kernel_synced, job, started)):
+        if not kernel.submit(job.wfds[job.sync_bases[0]], partial(self._kernel_synced, job)):
             return False
         kernel.wait_on_cpu()  # a lone caller's sync: the loop's CPU stays awake for it
         return True
 
-    def _kernel_synced(self, job: _Job, started: float, exc: OSError | None) -> None:
+    def _kernel_synced(self, job: _Job, exc: OSError | None, seconds: float) -> None:
         if exc is None:
-            job.sync_seconds = time.perf_counter() - started
+            job.sync_seconds = seconds
         self.finish_round(job, exc)
 
     def _on_job_done(self, job: _Job, done: asyncio.Future[None]) -> None:

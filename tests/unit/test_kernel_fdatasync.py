@@ -59,7 +59,7 @@ async def test_a_sync_of_a_file_completes_on_the_loop(tmp_path: Path, kernel: Ke
     try:
         os.write(fd, b"x" * 100)
         done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
-        assert kernel.submit(fd, done.set_result)
+        assert kernel.submit(fd, lambda error, _seconds: done.set_result(error))
         assert kernel.in_flight == 1
         assert await asyncio.wait_for(done, 10) is None
         assert kernel.in_flight == 0
@@ -73,7 +73,7 @@ async def test_many_syncs_in_flight_each_complete_once(tmp_path: Path, kernel: K
     try:
         for i, fd in enumerate(fds):
             os.write(fd, b"y" * (10 + i))
-            assert kernel.submit(fd, lambda error, i=i: results.append((i, error)))
+            assert kernel.submit(fd, lambda error, _seconds, i=i: results.append((i, error)))
         async with asyncio.timeout(10):
             while kernel.in_flight:
                 await asyncio.sleep(0.001)
@@ -90,11 +90,11 @@ async def test_close_waits_for_the_syncs_in_flight(tmp_path: Path) -> None:
     results: list[OSError | None] = []
     try:
         os.write(fd, b"z")
-        assert kernel.submit(fd, results.append)
+        assert kernel.submit(fd, lambda error, _seconds: results.append(error))
         kernel.close()  # before the loop could read the eventfd: the completion runs here
         assert results == [None]
         kernel.close()  # twice is harmless
-        assert not kernel.submit(fd, results.append)
+        assert not kernel.submit(fd, lambda error, _seconds: results.append(error))
     finally:
         os.close(fd)
 
@@ -104,13 +104,13 @@ async def test_a_file_that_cannot_be_synced_asynchronously_is_refused_for_good(
 ) -> None:
     read, write = os.pipe()  # a pipe has no fsync: the kernel refuses the request outright
     try:
-        assert not kernel.submit(write, lambda error: None)
+        assert not kernel.submit(write, lambda error, _seconds: None)
         assert kernel.in_flight == 0
     finally:
         os.close(read)
         os.close(write)
     # Refused as a kind the kernel cannot do: later requests go to the threads without asking.
-    assert not kernel.submit(0, lambda error: None)
+    assert not kernel.submit(0, lambda error, _seconds: None)
 
 
 async def test_a_round_of_the_active_segment_goes_to_the_kernel_and_acks_after_it(
@@ -222,7 +222,7 @@ async def test_a_sync_that_finishes_during_the_wait_is_taken_by_it(tmp_path: Pat
     results: list[OSError | None] = []
     try:
         os.write(fd, b"v")
-        assert kernel.submit(fd, results.append)
+        assert kernel.submit(fd, lambda error, _seconds: results.append(error))
         kernel._peek = (poll, collections.deque())  # submit bound the real loop's: the fake again
         kernel.wait_on_cpu()
         assert results == [None] and kernel.in_flight == 0  # its ``then`` ran in the wait
@@ -274,7 +274,7 @@ async def test_syncs_teach_the_kernel_how_long_this_disk_takes(tmp_path: Path) -
         for _ in range(3):
             os.write(fd, b"w")
             done: asyncio.Future[OSError | None] = asyncio.get_running_loop().create_future()
-            assert kernel.submit(fd, done.set_result)
+            assert kernel.submit(fd, lambda error, _seconds, done=done: done.set_result(error))
             kernel.wait_on_cpu()
             assert await asyncio.wait_for(done, 10) is None
         assert kernel._typical_ns > 0
