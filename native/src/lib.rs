@@ -10,6 +10,7 @@
 //! batch's event record as it goes (`py_event_record`, `msgpack_writer`). The Python-facing
 //! code lives in this file and in the `py_*` modules; the others are plain Rust.
 
+mod allocator;
 pub mod batch_dedup;
 mod capture_buffer;
 pub mod cell;
@@ -278,6 +279,7 @@ fn mix64(x: u64) -> u64 {
 
 #[pymodule]
 fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    allocator::return_freed_memory_at_once();
     m.add_function(wrap_pyfunction!(decode_ingest, m)?)?;
     m.add_function(wrap_pyfunction!(mix64, m)?)?;
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
