@@ -279,7 +279,7 @@ fn mix64(x: u64) -> u64 {
 
 #[pymodule]
 fn unimeter_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    allocator::return_freed_memory_at_once();
+    allocator::return_freed_memory_soon();
     m.add_function(wrap_pyfunction!(decode_ingest, m)?)?;
     m.add_function(wrap_pyfunction!(mix64, m)?)?;
     m.add_function(wrap_pyfunction!(event_key, m)?)?;
