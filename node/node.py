@@ -45,6 +45,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .commit_scheduler import CommitScheduler
 from .data_dir_lock import DataDirectoryLock
 from .embedded_backend import open_embedded_backend
+from .ingest_turns import IngestTurns
 from .metric_registry import FileMetricRegistry, MetricRegistry, metric_not_found
 from .ownership import PartitionOwnership, not_owned
 from .partition import Partition, PartitionConfig
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 
 _FORMAT_VERSION = 1
 _PARTS_PER_SLICE = 4
+_TURN_EVENTS = 1024
+"""A turn at storing (``IngestTurns``) covers a batch of the usual size (SDKs send up to 1000
+events) whole; a larger one goes to the back of the line after this many events."""
 # A request's parts are read by these in C-level loops (``map``): per part, not per event, but a
 # 1000-event request has 64 parts, and a Python loop spent ~20 bytecodes on each.
 _PARTITION, _ROWS = itemgetter(0), itemgetter(1)
@@ -197,6 +201,7 @@ class Node:
         """The leases this node serves its partitions under, and the view of the rest of the
         cluster (a cluster node's assignment sets it); None: it owns every partition it opened."""
         self._closing = False
+        self._turns = IngestTurns(_TURN_EVENTS)
         self._disk_checked = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -557,40 +562,53 @@ class Node:
         sync: bool,
     ) -> tuple[list[IngestOutcome], bool]:
         """Ingest a batch over many partitions a few parts at a time, with the event loop free in
-        between: a 1000-event batch over 64 partitions is ~20 ms of CPU, and the flusher, alert
-        streams and queries must not wait behind all of it.
+        between: the flusher, alert streams, queries and batches of a slice or less must not
+        wait behind all of a large batch.
 
         * An ASYNC batch's alerts are flushed slice by slice (:meth:`_flush_alerts`): an alert's
           fsync starts once its part is stored, and runs while the rest of the batch is, instead
           of after the batch's last slice.
-        * Batches in flight at once take turns slice by slice, so a small batch is not held up
-          for the whole of a large one. (Letting them in one at a time was tried: it did not
-          measurably help the alert path, and a 10,000-event batch, ~160 ms of CPU, would hold
-          every other batch over several partitions for all of it.)
+        * Batches stored in slices take turns (:class:`IngestTurns`): one at a time, in arrival
+          order, each turn up to ``_TURN_EVENTS`` events, so that batches in flight together
+          finish one after the other instead of all at once (sharing the loop slice by slice
+          left it idle while their callers all sent their next batches at the same moment).
         * The batch is stored against a copy of the metrics it was validated against, taken before
           any wait (metric changes are rare: a few entries). A metric deleted (or deleted and
           created again) meanwhile leaves the rest of the batch logged like events that arrived
           just before the delete, counted by nobody, instead of failing half-way or counting for a
           metric created after the batch arrived.
         * A batch is never half stored: a cancellation (the caller's deadline, a disconnect) that
-          arrives between slices is held until the batch is in (returned as True), then raised by
-          the caller, as if it had come just after the batch.
+          arrives between slices, or while the batch waits for its turn to come round again, is
+          held until the batch is in (returned as True), then raised by the caller, as if it had
+          come just after the batch. One that arrives before its first turn stores nothing.
         """
         specs = dict(self._specs)
         now = self.config.clock.now_ns()
+        turns = self._turns
+        await turns.take()  # cancellable: nothing is stored yet
         outcomes: list[IngestOutcome] = []
         cancelled = False
-        for start in range(0, len(parts), _PARTS_PER_SLICE):
-            if start:
-                try:
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    cancelled = True
-            end = start + _PARTS_PER_SLICE
-            stored = targets[start:end]
-            outcomes += Partition.ingest_parts(stored, parts[start:end], batch_id, now, specs)
-            if not sync:
-                self._flush_alerts(stored)
+        turn_events = 0
+        try:
+            for start in range(0, len(parts), _PARTS_PER_SLICE):
+                if start:
+                    if turn_events >= turns.turn_events and turns.others_waiting:
+                        cancelled |= await turns.step_back()
+                        turn_events = 0
+                    else:
+                        try:
+                            await asyncio.sleep(0)
+                        except asyncio.CancelledError:
+                            cancelled = True
+                end = start + _PARTS_PER_SLICE
+                stored = targets[start:end]
+                sliced = parts[start:end]
+                outcomes += Partition.ingest_parts(stored, sliced, batch_id, now, specs)
+                turn_events += sum(map(len, sliced))
+                if not sync:
+                    self._flush_alerts(stored)
+        finally:
+            turns.give_up()
         return outcomes, cancelled
 
     # ------------------------------------------------------------------ NodeApi: queries
