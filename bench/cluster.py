@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import os
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 from cluster_client.partitioning import partition_of
+from node.jetstream.backend import when_settled
 from node.jetstream.kv_bucket import NOT_STORED
 from tools.nats_cluster import NatsCluster
 
@@ -197,7 +199,8 @@ async def _bare_publish(
         config = StreamConfig(
             name=_BARE_STREAM, subjects=["bench.bare.*"], storage=StorageType.FILE, num_replicas=len(urls)
         )
-        await js.add_stream(config)  # the same config again is accepted
+        # The same config again is accepted; a cluster still electing its leaders is waited for.
+        await when_settled(partial(js.add_stream, config), "the bare-publish stream")
         payload = os.urandom(size)
         last = refused = 0
         latencies: list[int] = []

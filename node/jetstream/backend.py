@@ -53,7 +53,13 @@ from .stream import (
 from .stream_reads import StreamReader
 from .subject_log import HELD, JetStreamLog
 
-__all__ = ["JetStreamBackend", "JetStreamSettings", "JetStreamStorage", "open_jetstream_backend"]
+__all__ = [
+    "JetStreamBackend",
+    "JetStreamSettings",
+    "JetStreamStorage",
+    "open_jetstream_backend",
+    "when_settled",
+]
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +134,9 @@ class JetStreamStorage:
         try:
             # Retried through a leader election of the bucket's stream: a put replaces the whole
             # object, so a second attempt after a lost answer stores the same snapshot.
-            await _settled(partial(self._bucket.put, self._name, data, meta=meta), f"snapshot {self._name}")
+            await when_settled(
+                partial(self._bucket.put, self._name, data, meta=meta), f"snapshot {self._name}"
+            )
         except Exception as exc:
             raise OSError(f"snapshot {self._name} not stored in JetStream: {exc}") from exc
 
@@ -196,10 +204,10 @@ class JetStreamBackend:
 
     async def load_all(self) -> None:
         """Load every partition (one scan of the whole stream), for a node serving them all."""
-        stored = await _settled(lambda: scan_stream(self._js, self.layout), "the scan")
+        stored = await when_settled(lambda: scan_stream(self._js, self.layout), "the scan")
         for number in range(self.layout.partitions):
             name = f"partition-{number}"
-            snapshot = await _settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
+            snapshot = await when_settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
             self._add(number, stored, snapshot)
         log.info(
             "JetStream stream %s: %d partitions, %d records found",
@@ -211,8 +219,8 @@ class JetStreamBackend:
         then where every record of its subjects is (they include whatever that snapshot covers;
         recovery then reads from the snapshot's position on)."""
         name = f"partition-{number}"
-        snapshot = await _settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
-        stored = await _settled(lambda: scan_stream(self._js, self.layout, number), "the scan")
+        snapshot = await when_settled(partial(_read_snapshot, self._bucket, name), "a snapshot")
+        stored = await when_settled(lambda: scan_stream(self._js, self.layout, number), "the scan")
         return self._add(number, stored, snapshot)
 
     def _add(
@@ -327,10 +335,10 @@ async def open_jetstream_backend(
         except Exception as exc:
             urls = ", ".join(options.urls)
             raise NatsRefused(f"JetStream is not available to this account on {urls}: {exc}") from None
-        layout = await _settled(
+        layout = await when_settled(
             lambda: ensure_stream(js, settings.stream, settings.replicas, settings.partitions), "the stream"
         )
-        bucket = await _settled(
+        bucket = await when_settled(
             lambda: _snapshot_bucket(js, layout, settings.replicas), "the snapshot bucket"
         )
         await _check_sync(js, settings, layout)
@@ -343,7 +351,7 @@ async def open_jetstream_backend(
         raise
 
 
-async def _settled(step: Callable[[], Awaitable[_T]], what: str) -> _T:
+async def when_settled(step: Callable[[], Awaitable[_T]], what: str) -> _T:
     """``step()``, tried again while JetStream answers with timeouts, "no responders" (a stream
     without a leader: JetStream's publishes, object store puts among them, raise it as
     ``NoStreamResponseError``), "unavailable" or "peer offline" (a node started during a leader
@@ -370,7 +378,7 @@ async def _settled(step: Callable[[], Awaitable[_T]], what: str) -> _T:
 async def _check_sync(js: JetStreamContext, settings: JetStreamSettings, layout: StreamLayout) -> None:
     servers: list[str] = []
     for stream in (layout.stream, f"OBJ_{layout.snapshot_bucket}"):  # the bucket's own stream
-        servers += await _settled(partial(stream_servers, js, stream), "the stream's servers")
+        servers += await when_settled(partial(stream_servers, js, stream), "the stream's servers")
     try:
         await check_sync_always(settings.monitor_urls, sorted(set(servers)))
     except NatsRefused as exc:

@@ -11,7 +11,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from bench.cluster import _BARE_STREAM, _bare_publish
-from node.jetstream.backend import _settled
+from node.jetstream.backend import when_settled
 from tools.nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.timeout(90)
@@ -25,11 +25,11 @@ async def test_a_refused_fenced_publish_is_counted_and_the_run_goes_on(nats_clus
         config = StreamConfig(
             name=_BARE_STREAM, subjects=["bench.bare.*"], storage=StorageType.FILE, num_replicas=len(urls)
         )
-        await js.add_stream(config)
+        # JetStream may still be electing its leaders when the servers report healthy (CI runs
+        # met both: the stream's creation and its first publish timing out): the node's own wait.
+        await when_settled(partial(js.add_stream, config), "the stream")
         # A message already on the subject: the run's first publish, fenced at 0, is refused.
-        # The new stream may not have elected its leader yet (a CI run met it once): the node's
-        # own wait for a stream's answer.
-        await _settled(partial(js.publish, "bench.bare.fenced", b"earlier"), "the seed publish")
+        await when_settled(partial(js.publish, "bench.bare.fenced", b"earlier"), "the seed publish")
     finally:
         await nc.close()
     result = await _bare_publish(urls, 64, 60.0, 5, fenced=True)
