@@ -1,4 +1,4 @@
-"""Which JetStream answers the node's set-up and snapshot writes wait out (``_settled`` of
+"""Which JetStream answers the node's set-up and snapshot writes wait out (``when_settled`` of
 ``node/jetstream/backend.py``): a stream without a leader answers a JetStream publish (an object
 store put among them: every snapshot on a cluster node) with ``NoStreamResponseError``, and a
 snapshot written during the snapshot bucket's leader election must be stored once the election
@@ -10,7 +10,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from node.jetstream.backend import _settled
+from node.jetstream.backend import when_settled
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,7 +28,7 @@ async def test_a_stream_without_a_leader_is_waited_for(transient: type[Exception
             raise transient()
         return "stored"
 
-    assert await _settled(put, "snapshot partition-0") == "stored"
+    assert await when_settled(put, "snapshot partition-0") == "stored"
     assert len(attempts) == 3
 
 
@@ -40,5 +40,5 @@ async def test_an_answer_that_will_not_change_is_raised_at_once() -> None:
         raise nats.js.errors.BadRequestError()
 
     with pytest.raises(nats.js.errors.BadRequestError):
-        await _settled(put, "snapshot partition-0")
+        await when_settled(put, "snapshot partition-0")
     assert len(attempts) == 1
