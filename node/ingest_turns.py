@@ -6,7 +6,8 @@ such batches were in flight they used to share the loop slice by slice. Sharing 
 at about the same time: four callers with one 1000-event batch each got their answers together,
 then sent their next batches together, and the loop sat idle while those travelled and were
 decoded. Taking turns in arrival order finishes them one after the other, so a caller's next batch
-arrives while the others are still being stored (docs/design.md, "Ingest engines").
+arrives while the others are still being stored (docs/design.md, "Durability and group
+commit").
 
 A turn covers up to ``turn_events`` events, so a batch far larger than the usual does not hold
 the batches behind it for all of its CPU: at that mark it goes to the back of the line.
@@ -63,12 +64,11 @@ class IngestTurns:
         whose batch must be finished whatever happens: a cancellation meanwhile is held, and
         returned as True, instead of raised."""
         self.give_up()
-        turn = asyncio.get_running_loop().create_future()
-        if self._held:
-            self._waiting.append(turn)
-        else:  # nobody was waiting after all
+        if not self._held:  # every waiter had gone meanwhile: the turn is free, and stays ours
             self._held = True
-            turn.set_result(None)
+            return False
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
         cancelled = False
         while not turn.done():
             try:

@@ -25,6 +25,14 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def held_by_first(turns: IngestTurns, order: list[str]) -> tuple[asyncio.Task[None], asyncio.Event]:
+    """A task named "first" holding the turn, and the event that makes it give the turn up."""
+    release = asyncio.Event()
+    first = asyncio.create_task(holder(turns, "first", order, release))
+    await settle()
+    return first, release
+
+
 async def test_a_free_turn_is_taken_without_yielding_to_the_loop() -> None:
     turns = IngestTurns(1024)
     ran: list[str] = []
@@ -39,10 +47,8 @@ async def test_a_free_turn_is_taken_without_yielding_to_the_loop() -> None:
 async def test_waiters_get_the_turn_in_arrival_order() -> None:
     turns = IngestTurns(1024)
     order: list[str] = []
-    release = asyncio.Event()
     async with asyncio.timeout(5):
-        first = asyncio.create_task(holder(turns, "first", order, release))
-        await settle()
+        first, release = await held_by_first(turns, order)
         rest = [asyncio.create_task(holder(turns, name, order)) for name in ("b", "c", "d")]
         await settle()
         assert order == ["first"] and turns.others_waiting
@@ -57,10 +63,8 @@ async def test_waiters_get_the_turn_in_arrival_order() -> None:
 async def test_a_waiter_cancelled_leaves_the_line_and_the_next_one_is_served() -> None:
     turns = IngestTurns(1024)
     order: list[str] = []
-    release = asyncio.Event()
     async with asyncio.timeout(5):
-        first = asyncio.create_task(holder(turns, "first", order, release))
-        await settle()
+        first, release = await held_by_first(turns, order)
         gone = asyncio.create_task(holder(turns, "gone", order))
         kept = asyncio.create_task(holder(turns, "kept", order))
         await settle()
