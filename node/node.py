@@ -161,14 +161,15 @@ class Node:
             self._specs: dict[str, MetricSpec] = {}
             for metric in self.registry.list():
                 self._specs[metric.code] = MetricSpec.compile(metric, metric.create_time_unix_nano)
+            self.stats = NodeStats()
             self._partition_config = PartitionConfig(
                 dedup_window_ns=int(config.dedup_window_seconds * 1e9),
                 memory_horizon_ns=config.memory_horizon_ns,
                 clock=config.clock,
                 engine=partition_engine(config.engine),
                 alerts_in_memory=config.alerts_in_memory,
+                publish_delays=self.stats.alert_publish_delay,
             )
-            self.stats = NodeStats()
             self.backend = backend_factory(config, self.stats)
             self.commit = CommitScheduler(self.backend, config.flush_interval)
             started = time.monotonic()

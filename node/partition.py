@@ -17,7 +17,7 @@ import binascii
 import logging
 import time
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -52,6 +52,7 @@ from .records import (
 
 if TYPE_CHECKING:
     from .commit_scheduler import CommitScheduler
+    from .stats import Histogram
 
 __all__ = ["Partition", "PartitionConfig", "PartitionRecoveryError"]
 
@@ -109,6 +110,10 @@ class PartitionConfig:
     alerts_in_memory: int = 10_000
     """How many of the newest alerts are kept in memory; older ones are read from the alert log
     (``node.alert_list``)."""
+    publish_delays: Histogram | None = None
+    """Where each alert that ingest logs observes the seconds from its batch's arrival to its
+    publication, by the clock (``NodeStats.alert_publish_delay``; None: nowhere). Alerts that
+    recovery regenerates are not observed: their batches arrived in an earlier process."""
 
 
 # A decoded event record: (first_offset, generations, rows); row i has offset first_offset + i.
@@ -217,6 +222,10 @@ class Partition:
         an ``AlertList``'s ``len`` is a Python call (~1,000 instructions, 64 a request)."""
         self.on_alerts_published: Callable[[int, int, int], None] | None = None
         """Called with (partition, first, last): alerts ``first`` to ``last`` were just published."""
+        self._unpublished_arrivals: deque[tuple[int, int, int]] = deque()
+        """(last, count, arrival) of each alert record ingest logged that is not published yet:
+        its ``count`` alerts end at offset ``last``, its batch arrived at ``arrival`` (for
+        ``publish_delays``)."""
         self._unapplied: BaseException | None = None
         """Why a stored record's apply step failed, if one did: the state is behind the log, so no
         snapshot is taken (a restart replays the record) until then."""
@@ -305,6 +314,8 @@ class Partition:
             raise error
         if fired:
             self._log_alerts(first_offset, fired, arrival)
+            if self._config.publish_delays is not None:
+                self._unpublished_arrivals.append((len(self.alerts), len(fired), arrival))
         return outcome
 
     def forget_metric(self, code: str) -> None:
@@ -395,7 +406,21 @@ class Partition:
             if self.on_alerts_published is not None:
                 self.on_alerts_published(self.number, published + 1, alerts)
             self.alerts.release(alerts)
+            if self._unpublished_arrivals:
+                self._observe_publish_delays(alerts)
         return True
+
+    def _observe_publish_delays(self, alerts: int) -> None:
+        """The delays since their batch's arrival of the alerts ingest logged that are published
+        now, up to offset ``alerts``. A mark is taken between records, so a record is published
+        whole. A clock that went back counts as no delay."""
+        delays = self._config.publish_delays
+        assert delays is not None  # arrivals are kept only then
+        waiting = self._unpublished_arrivals
+        now = self._config.clock.now_ns()
+        while waiting and waiting[0][0] <= alerts:
+            _, count, arrival = waiting.popleft()
+            delays.observe(max(0, now - arrival) / 1e9, count)
 
     async def flush(self) -> None:
         """Make everything appended so far durable, then publish the alerts it holds."""

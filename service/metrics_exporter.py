@@ -274,6 +274,13 @@ class UnimeterCollector(Collector):
         for number, behind in sorted(node.alerts.lag().items()):
             lag.add_metric([str(number)], behind)
         yield lag
+        delay = HistogramMetricFamily(
+            "unimeter_alert_publish_delay_seconds",
+            "Seconds from the arrival of the batch that fired an alert to the alert's publication to "
+            "subscribers (its event and alert records durable), one observation per alert",
+        )
+        delay.add_metric([], _buckets(node.stats.alert_publish_delay), node.stats.alert_publish_delay.sum)
+        yield delay
 
     def _node_protocol(self, protocol: NodeProtocolServer) -> Iterator[Metric]:
         yield GaugeMetricFamily(

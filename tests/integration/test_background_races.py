@@ -572,6 +572,8 @@ async def test_a_call_that_fails_after_its_record_is_stored_is_deduplicated_on_r
         async with asyncio.timeout(5):  # and published by a tick, with no write to prompt it
             while recovered.published_alert_offset < 1:
                 await asyncio.sleep(0.005)
+        # Its batch arrived in the process before: no publish delay of this one's to observe.
+        assert again_node.stats.alert_publish_delay.count == 0
 
 
 async def test_a_snapshot_cancelled_in_a_write_that_then_fails_still_raises_the_cancellation(

@@ -108,6 +108,10 @@ async def test_metrics_show_log_sizes_fsyncs_offsets_and_snapshot_age(ops: Api) 
     assert sample(m, "unimeter_log_fsync_seconds_bucket", log="events", le="+Inf") == sample(
         m, "unimeter_log_fsync_seconds_count", log="events"
     )
+    # The SYNC call published its alert, with the delay since its batch arrived.
+    assert sample(m, "unimeter_alert_publish_delay_seconds_count") == 1
+    assert sample(m, "unimeter_alert_publish_delay_seconds_bucket", le="+Inf") == 1
+    assert 0 <= (sample(m, "unimeter_alert_publish_delay_seconds_sum") or 0) < 5
     # No snapshot yet: no age sample, one record pending.
     assert sample(m, "unimeter_snapshot_age_seconds", partition=p) is None
     assert sample(m, "unimeter_snapshot_pending_records", partition=p) == 1

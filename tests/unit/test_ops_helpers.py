@@ -27,6 +27,14 @@ def test_histogram_buckets_are_prometheus_le_and_cumulative() -> None:
         Histogram([0.1, 0.01])
 
 
+def test_a_histogram_takes_one_value_observed_several_times() -> None:
+    h = Histogram([0.001, 0.01])
+    h.observe(0.005, 3)
+    h.observe(0.0005)
+    assert h.cumulative() == [(0.001, 1), (0.01, 4), (float("inf"), 4)]
+    assert h.count == 4 and h.sum == pytest.approx(0.0155)
+
+
 @pytest.mark.parametrize(
     ("path", "label"),
     [
