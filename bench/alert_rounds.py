@@ -7,7 +7,9 @@ the command line instead of half of the run's best ASYNC rate: that rate moves w
 so would the load two versions are compared at. ``unimeter serve`` of this checkout and one per
 other checkout (``--baseline DIR``) each take the same warm-up (ASYNC 1000 x 16, the state the full
 run's alert measure meets after its ASYNC matrix), then measure in rounds whose order alternates,
-so drift on a shared machine hits every server alike. Prints each run and the medians over rounds.
+so drift on a shared machine hits every server alike. Prints each run (with the server's own view
+of it, from its ``/metrics``: the alerts' publish delays and the log syncs) and the medians over
+rounds.
 A measurement, not a test: no pass or fail.
 """
 
@@ -48,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             *((f"baseline{i + 1}", path.resolve()) for i, path in enumerate(args.baseline)),
         ]
         for name, source in sources:
-            server = start_unimeter(root / name, *args.server_arg, name=name, source=source)
+            server = start_unimeter(
+                root / name, *args.server_arg, "--http-addr", "127.0.0.1:0", name=name, source=source
+            )
             servers.append(server)
             bench.create_metrics(server)
         for server in servers:
@@ -63,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"round {r} {server.name}: {run['events_per_s']:,.0f} events/s, p50 {run['p50_ms']:.3f} "
                     f"p90 {run['p90_ms']:.3f} p99 {run['p99_ms']:.2f} max {run['max_ms']:.1f} ms, "
                     f"server CPU {run['server_cpu_share']:.2f}, "
-                    f"{run['alerts_matched']}/{run['alerts_expected']} alerts",
+                    f"{run['alerts_matched']}/{run['alerts_expected']} alerts{_server_side(run)}",
                     flush=True,
                 )
         for name, results in runs.items():
@@ -73,6 +77,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         tear_down(servers, pool, root)
     return 0
+
+
+def _server_side(run: dict[str, Any]) -> str:
+    """The server's own view of the run (``Bench.alert_run``'s ``server_side``), as a line's tail."""
+    seen = run.get("server_side", {})
+    parts = [
+        f"{label} p50 {seen[key]['p50_ms']:.2f} p99 {seen[key]['p99_ms']:.2f} ms"
+        for key, label in (("publish_delay", "publish delay"), ("log_syncs", "log syncs"))
+        if seen.get(key, {}).get("n")
+    ]
+    return "".join(f"; server {part}" for part in parts)
 
 
 if __name__ == "__main__":

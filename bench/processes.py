@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 if TYPE_CHECKING:
     from .loadgen import WorkerPool
@@ -32,6 +33,7 @@ __all__ = [
     "cpu_seconds",
     "rss_bytes",
     "scrape_gauge_sum",
+    "scrape_histogram",
     "start_ceiling",
     "start_unimeter",
     "tear_down",
@@ -189,16 +191,28 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def scrape_gauge_sum(http_addr: str, name: str) -> float:
-    """Sum over every label set of gauge ``name`` on a server's ``/metrics`` (at ``host:port``)."""
+def _samples(http_addr: str) -> list[Sample]:
+    """Every sample of a server's ``/metrics`` (at ``host:port``)."""
     with urllib.request.urlopen(f"http://{http_addr}/metrics", timeout=30) as response:
         text = response.read().decode()
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    )
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def scrape_gauge_sum(http_addr: str, name: str) -> float:
+    """Sum over every label set of gauge ``name`` on a server's ``/metrics`` (at ``host:port``)."""
+    return sum(sample.value for sample in _samples(http_addr) if sample.name == name)
+
+
+def scrape_histogram(http_addr: str, name: str, **labels: str) -> list[tuple[float, float]]:
+    """``(upper bound, cumulative count)`` of each bucket of histogram ``name`` (the label set
+    ``labels``) on a server's ``/metrics``, ending with ``(inf, count)``."""
+    buckets = [
+        (float(sample.labels["le"]), sample.value)
+        for sample in _samples(http_addr)
+        if sample.name == f"{name}_bucket"
+        and all(sample.labels.get(key) == value for key, value in labels.items())
+    ]
+    return sorted(buckets)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -140,7 +140,8 @@ def run_bench(
         bench.ceiling = ceiling
         needs_main = bool(sections & {"async", "sync", "query", "alerts"})
         if needs_main:
-            unimeter = start_unimeter(root / "main", *server_args)
+            # With its HTTP endpoint: the alert run reads the server's own view of it there.
+            unimeter = start_unimeter(root / "main", *server_args, "--http-addr", "127.0.0.1:0")
             servers.append(unimeter)
             bench.unimeter = unimeter
             bench.create_metrics(unimeter)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
-__all__ = ["latency_summary", "percentile", "ratio"]
+__all__ = ["bucket_percentile", "latency_summary", "percentile", "ratio"]
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -16,6 +17,25 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     lo = int(pos)
     hi = min(lo + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def bucket_percentile(buckets: Sequence[tuple[float, float]], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) of a histogram's observations, from its cumulative buckets
+    ``(upper bound, count)``: interpolated linearly inside the bucket that holds it, the first one
+    from 0, as Prometheus' ``histogram_quantile`` does; in the last, unbounded bucket, that
+    bucket's lower bound. None for no observations."""
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return None
+    rank = total * q / 100
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound) or count == below:  # count == below: the 0th percentile
+                return lower
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
 
 
 def latency_summary(latencies_ns: Sequence[int]) -> dict[str, float | int | None]:

@@ -299,6 +299,12 @@ def table_rows(
             alerts["ceiling"],
             p99=by_id.get("alert_p99"),
         )
+        # The same run from the server's side, to tell a slow disk from a loop out of CPU.
+        seen = alerts["unimeter"].get("server_side", {})
+        tail = f" @ {rate:,.0f} ev/s, server side (diagnostic)"
+        for key, head in (("publish_delay", "arrival→publish"), ("log_syncs", "log sync")):
+            if seen.get(key, {}).get("n"):
+                rows += _quantile_rows(head, tail, seen[key], None)
         single = alerts.get("one_per_message")
         if single is not None:
             rows += _quantile_rows(

@@ -24,11 +24,12 @@ from .processes import (
     cpu_seconds,
     rss_bytes,
     scrape_gauge_sum,
+    scrape_histogram,
     start_ceiling,
     start_unimeter,
 )
 from .report import Progress
-from .stats import latency_summary, ratio
+from .stats import bucket_percentile, latency_summary, ratio
 
 __all__ = ["Bench", "estimate_seconds"]
 
@@ -64,6 +65,42 @@ def _w_alert(cfg: BenchConfig) -> float:
 
 def _w_recover(events: int) -> float:
     return events / 1_000_000 + 1.0
+
+
+_PUBLISH_DELAY: tuple[str, dict[str, str]] = ("unimeter_alert_publish_delay_seconds", {})
+_LOG_SYNCS: tuple[str, dict[str, str]] = ("unimeter_log_fsync_seconds", {"log": "events"})
+
+
+def _alert_path_histograms(http_addr: str) -> list[list[tuple[float, float]]]:
+    """The server's histograms of its alerts' publish delays and its event logs' syncs, now."""
+    return [scrape_histogram(http_addr, name, **labels) for name, labels in (_PUBLISH_DELAY, _LOG_SYNCS)]
+
+
+def _alert_path_summary(
+    before: list[list[tuple[float, float]]], after: list[list[tuple[float, float]]]
+) -> dict[str, Any]:
+    """What the server saw between two scrapes (:func:`_alert_path_histograms`): how long its
+    alerts waited from their batch's arrival to their publication, and how long its log syncs
+    took (one observation per sync round or ``syncfs``), in ms, from the buckets; each that the
+    server has. A diagnostic of the alert run: the latency from the server's side (from the
+    batch's arrival, not its ack, and up to the publication, not the subscriber's read), and the
+    disk's share of it."""
+    out: dict[str, Any] = {}
+    for key, old, new in zip(("publish_delay", "log_syncs"), before, after, strict=True):
+        if not new:
+            continue  # a server without that histogram (an older checkout's, beside this one)
+        buckets = [(bound, count - was) for (bound, count), (_, was) in zip(new, old, strict=True)]
+        over_10ms = buckets[-1][1] - next(count for bound, count in buckets if bound >= 0.01)
+        out[key] = {
+            "n": int(buckets[-1][1]),
+            **{f"p{q}_ms": _ms(bucket_percentile(buckets, q)) for q in (50, 99)},
+            "over_10ms": int(over_10ms),
+        }
+    return out
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
 
 
 def _warm_events(cfg: BenchConfig) -> int:
@@ -438,6 +475,8 @@ class Bench:
             "max_alerts_per_message": per_message,
         }
         self.pool.run([(subscriber, "subscribe", subscribe)])
+        http_addr = server.ready_line.get("http_addr")
+        before = _alert_path_histograms(str(http_addr)) if http_addr else None
         alert = {
             "per_batch": cfg.alert_events_per_batch,
             "base_ns": time.time_ns() - 60_000_000_000,
@@ -455,7 +494,7 @@ class Bench:
         # Alert-metric event times are unique per run, so an alert's event time names its batch.
         acks = dict(load.pop("_alert_acks"))
         latencies = [recv - acks[t] for t, recv in received if t in acks]
-        return {
+        out = {
             "events_per_s": load["events_per_s"],
             "alerts_expected": len(acks),
             "alerts_received": len(received),
@@ -464,6 +503,9 @@ class Bench:
             "server_cpu_share": load["server_cpu_share"],
             **latency_summary(latencies),
         }
+        if before is not None:
+            out["server_side"] = _alert_path_summary(before, _alert_path_histograms(str(http_addr)))
+        return out
 
     def section_alerts(self, async_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
         cfg = self.config

@@ -17,7 +17,7 @@ import pytest
 
 from bench import SECTIONS, RunOutput, preset, run_bench
 from bench.report import Progress, render_table
-from bench.stats import latency_summary, percentile
+from bench.stats import bucket_percentile, latency_summary, percentile
 
 TARGET_IDS = {
     "async_vs_ceiling",
@@ -149,6 +149,13 @@ def test_alert_run_joins_acks_and_alerts(tiny_run: tuple[RunOutput, dict[str, An
         assert result["errors"] == 0
     assert alerts["ceiling"]["alerts_matched"] > 0 and alerts["unimeter"]["alerts_matched"] > 0
     assert alerts["one_per_message"]["unimeter"]["alerts_matched"] > 0  # the single-alert messages too
+    # The server's own view of the run: every alert of the run published (its histogram's count),
+    # and the event logs synced; the ceiling has no such view.
+    seen = alerts["unimeter"]["server_side"]
+    assert seen["publish_delay"]["n"] == alerts["unimeter"]["alerts_expected"]
+    assert seen["log_syncs"]["n"] > 0
+    assert 0 <= seen["publish_delay"]["p50_ms"] <= seen["publish_delay"]["p99_ms"]
+    assert "server_side" not in alerts["ceiling"]
 
 
 def test_memory_section_compares_two_runs(tiny_run: tuple[RunOutput, dict[str, Any]]) -> None:
@@ -256,6 +263,17 @@ def test_percentile_interpolates() -> None:
     assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
     summary = latency_summary([1_000_000, 3_000_000])
     assert summary["n"] == 2 and summary["p50_ms"] == pytest.approx(2.0)
+
+
+def test_bucket_percentile_interpolates_inside_the_bucket_as_prometheus_does() -> None:
+    inf = float("inf")
+    assert bucket_percentile([], 50) is None
+    assert bucket_percentile([(0.01, 0), (inf, 0)], 50) is None
+    # 100 observations between 1 and 10 ms: the median is halfway through that bucket.
+    assert bucket_percentile([(0.001, 0), (0.01, 100), (inf, 100)], 50) == pytest.approx(0.0055)
+    # The first bucket starts at 0; a percentile in the unbounded one is its lower bound.
+    assert bucket_percentile([(0.002, 4), (inf, 4)], 50) == pytest.approx(0.001)
+    assert bucket_percentile([(1.0, 1), (2.0, 2), (inf, 3)], 99) == 2.0
 
 
 def test_table_marks_pass_and_miss() -> None:
