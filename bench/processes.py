@@ -63,6 +63,12 @@ class ServerProcess:
     def addr(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def http_addr(self) -> str | None:
+        """``host:port`` of its HTTP endpoint (``/metrics``), or None: off, or not a Unimeter server."""
+        addr = self.ready_line.get("http_addr")
+        return None if addr in (None, "off") else str(addr)
+
     def stop(self, timeout: float = 300) -> float:
         """SIGTERM, wait for the graceful shutdown (flush + snapshot); returns the seconds it took."""
         started = time.monotonic()

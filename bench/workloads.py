@@ -475,8 +475,8 @@ class Bench:
             "max_alerts_per_message": per_message,
         }
         self.pool.run([(subscriber, "subscribe", subscribe)])
-        http_addr = server.ready_line.get("http_addr")
-        before = _alert_path_histograms(str(http_addr)) if http_addr else None
+        http_addr = server.http_addr
+        before = None if http_addr is None else _alert_path_histograms(http_addr)
         alert = {
             "per_batch": cfg.alert_events_per_batch,
             "base_ns": time.time_ns() - 60_000_000_000,
@@ -503,8 +503,8 @@ class Bench:
             "server_cpu_share": load["server_cpu_share"],
             **latency_summary(latencies),
         }
-        if before is not None:
-            out["server_side"] = _alert_path_summary(before, _alert_path_histograms(str(http_addr)))
+        if http_addr is not None and before is not None:
+            out["server_side"] = _alert_path_summary(before, _alert_path_histograms(http_addr))
         return out
 
     def section_alerts(self, async_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -610,7 +610,8 @@ class Bench:
         events_fill = self.fill(server, grid(span, per_series, with_ids, base), n)
         self.progress.end()
         rss2 = settled_rss()
-        http_addr = str(server.ready_line["http_addr"])
+        http_addr = server.http_addr
+        assert http_addr is not None  # started with --http-addr above
         dedup_keys = scrape_gauge_sum(http_addr, "unimeter_dedup_keys")
         dedup_bytes = scrape_gauge_sum(http_addr, "unimeter_dedup_bytes")
         server.kill()  # its data is not needed: no graceful flush + snapshot to wait for

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from bench import SECTIONS, RunOutput, preset, run_bench
+from bench.processes import ServerProcess
 from bench.report import Progress, render_table
 from bench.stats import bucket_percentile, latency_summary, percentile
 
@@ -274,6 +275,15 @@ def test_bucket_percentile_interpolates_inside_the_bucket_as_prometheus_does() -
     # The first bucket starts at 0; a percentile in the unbounded one is its lower bound.
     assert bucket_percentile([(0.002, 4), (inf, 4)], 50) == pytest.approx(0.001)
     assert bucket_percentile([(1.0, 1), (2.0, 2), (inf, 3)], 99) == 2.0
+
+
+def test_a_server_s_http_address_is_none_when_its_endpoint_is_off() -> None:
+    def server(ready_line: dict[str, object]) -> ServerProcess:
+        return ServerProcess("s", None, 1, 0.0, 0.0, Path("s.log"), ready_line)  # type: ignore[arg-type]
+
+    assert server({"http_addr": "off"}).http_addr is None  # `unimeter serve` without --http-addr
+    assert server({}).http_addr is None  # the ceiling's ready line has none
+    assert server({"http_addr": "127.0.0.1:9464"}).http_addr == "127.0.0.1:9464"
 
 
 def test_table_marks_pass_and_miss() -> None:
