@@ -7,9 +7,9 @@ the command line instead of half of the run's best ASYNC rate: that rate moves w
 so would the load two versions are compared at. ``unimeter serve`` of this checkout and one per
 other checkout (``--baseline DIR``) each take the same warm-up (ASYNC 1000 x 16, the state the full
 run's alert measure meets after its ASYNC matrix), then measure in rounds whose order alternates,
-so drift on a shared machine hits every server alike. Prints each run (with the server's own view
-of it, from its ``/metrics``: the alerts' publish delays and the log syncs) and the medians over
-rounds.
+so drift on a shared machine hits every server alike. Prints each run (with the latency from each
+batch's send too, and the server's own view of it, from its ``/metrics``: the alerts' publish
+delays and the log syncs) and the medians over rounds.
 A measurement, not a test: no pass or fail.
 """
 
@@ -66,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"round {r} {server.name}: {run['events_per_s']:,.0f} events/s, p50 {run['p50_ms']:.3f} "
                     f"p90 {run['p90_ms']:.3f} p99 {run['p99_ms']:.2f} max {run['max_ms']:.1f} ms, "
+                    f"from the send p50 {run['from_send']['p50_ms']:.2f} "
+                    f"p99 {run['from_send']['p99_ms']:.2f} ms, "
                     f"server CPU {run['server_cpu_share']:.2f}, "
                     f"{run['alerts_matched']}/{run['alerts_expected']} alerts{_server_side(run)}",
                     flush=True,

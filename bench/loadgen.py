@@ -4,7 +4,8 @@ A load generator is what a user's service is to Unimeter: another process callin
 API. ``WorkerPool`` starts them once per run and sends them commands over pipes; each command runs
 to completion in the worker's event loop and answers with one result (plus progress messages for
 long fills). Timed runs start at an agreed ``time.monotonic()`` instant, which is the same clock in
-every process on Linux, as are the ack and receive timestamps the alert run joins across processes.
+every process on Linux, as are the send, ack and receive timestamps the alert run joins across
+processes.
 
 Requests are sent pre-encoded (``request_serializer=None``) so a caller spends its CPU on gRPC,
 not on building messages; see ``bench.payloads``.
@@ -196,7 +197,7 @@ class _Worker:
         monotonic_ns = time.monotonic_ns
         aio_error = self._grpc.aio.AioRpcError
         latencies: list[int] = []
-        alert_acks: list[tuple[int, int]] = []
+        alert_acks: list[tuple[int, int, int]] = []
         events = calls = errors = duplicates = 0
         first_error = ""
         deadline = start_at + duration
@@ -237,7 +238,7 @@ class _Worker:
             if record_latency:
                 latencies.append(last_ack - sent)
             if times:
-                alert_acks.extend((t, last_ack) for t in times)
+                alert_acks.extend((t, sent, last_ack) for t in times)
         return {
             "events": events,
             "calls": calls,

@@ -299,6 +299,13 @@ def table_rows(
             alerts["ceiling"],
             p99=by_id.get("alert_p99"),
         )
+        # From each batch's send instead of its ack: the wait a user's event has (diagnostic).
+        rows += _quantile_rows(
+            "send→alert",
+            f" @ {rate:,.0f} ev/s (diagnostic)",
+            alerts["unimeter"]["from_send"],
+            alerts["ceiling"]["from_send"],
+        )
         # The same run from the server's side, to tell a slow disk from a loop out of CPU.
         seen = alerts["unimeter"].get("server_side", {})
         tail = f" @ {rate:,.0f} ev/s, server side (diagnostic)"

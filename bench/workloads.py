@@ -492,16 +492,20 @@ class Bench:
         )
         (received,) = self.pool.run([(subscriber, "unsubscribe", {"settle": cfg.alert_settle_seconds})])
         # Alert-metric event times are unique per run, so an alert's event time names its batch.
-        acks = dict(load.pop("_alert_acks"))
-        latencies = [recv - acks[t] for t, recv in received if t in acks]
+        calls = {t: (sent, ack) for t, sent, ack in load.pop("_alert_acks")}
+        latencies = [recv - calls[t][1] for t, recv in received if t in calls]
+        # Diagnostic: from the batch's send, the whole wait of its events (their batch's time in
+        # the server, queueing included, then the alert's).
+        from_send = [recv - calls[t][0] for t, recv in received if t in calls]
         out = {
             "events_per_s": load["events_per_s"],
-            "alerts_expected": len(acks),
+            "alerts_expected": len(calls),
             "alerts_received": len(received),
             "alerts_matched": len(latencies),
             "errors": load["errors"],
             "server_cpu_share": load["server_cpu_share"],
             **latency_summary(latencies),
+            "from_send": latency_summary(from_send),
         }
         if http_addr is not None and before is not None:
             out["server_side"] = _alert_path_summary(before, _alert_path_histograms(http_addr))

@@ -150,6 +150,11 @@ def test_alert_run_joins_acks_and_alerts(tiny_run: tuple[RunOutput, dict[str, An
         assert result["errors"] == 0
     assert alerts["ceiling"]["alerts_matched"] > 0 and alerts["unimeter"]["alerts_matched"] > 0
     assert alerts["one_per_message"]["unimeter"]["alerts_matched"] > 0  # the single-alert messages too
+    # From the send, each alert waited its batch's call on top: every quantile is at least the ack's.
+    for result in runs:
+        assert result["from_send"]["n"] == result["alerts_matched"]
+        assert result["from_send"]["p50_ms"] >= result["p50_ms"]
+        assert result["from_send"]["p99_ms"] >= result["p99_ms"]
     # The server's own view of the run: every alert of the run published (its histogram's count),
     # and the event logs synced; the ceiling has no such view.
     seen = alerts["unimeter"]["server_side"]
