@@ -171,7 +171,8 @@ class Node:
                 publish_delays=self.stats.alert_publish_delay,
             )
             self.backend = backend_factory(config, self.stats)
-            self.commit = CommitScheduler(self.backend, config.flush_interval)
+            self._turns = turns = IngestTurns(_TURN_EVENTS)
+            self.commit = CommitScheduler(self.backend, config.flush_interval, lambda: turns.others_waiting)
             started = time.monotonic()
             self._served: dict[int, Partition] = {}
             """The partitions this node serves now, by number."""
@@ -202,7 +203,6 @@ class Node:
         """The leases this node serves its partitions under, and the view of the rest of the
         cluster (a cluster node's assignment sets it); None: it owns every partition it opened."""
         self._closing = False
-        self._turns = IngestTurns(_TURN_EVENTS)
         self._disk_checked = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -1,7 +1,8 @@
 """When an ASYNC batch's alerts are flushed: slice by slice as the batch is stored, and one urgent
-group at a time, the partitions that ask meanwhile sharing the next one (docs/design.md,
-"Durability and group commit"). Real nodes on real disks; the backend's group commit runs as
-is, only its completion is held where a test needs a group in flight."""
+group at a time, the partitions that ask meanwhile sharing the next one, which keeps its distance
+from the one before while batches wait in line (docs/design.md, "Durability and group commit").
+Real nodes on real disks; the backend's group commit runs as is, only its completion is held where
+a test needs a group in flight."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from hypothesis import strategies as st
 from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.partitioning import partition_of
 from cluster_client.types import EventRow
+from node import commit_scheduler
+from node.ingest_turns import IngestTurns
 from node.node import Node, NodeConfig
 from node.partition import Partition
 
@@ -165,11 +168,116 @@ async def test_partitions_that_ask_while_an_urgent_flush_is_in_flight_share_the_
         await node.close()
 
 
+def urgent_starts_recorded(node: Node, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The loop's time at the start of each urgent group commit of ``node``, in order (on top of
+    :func:`urgent_groups_recorded`)."""
+    starts: list[float] = []
+    recording = node.backend.commit_group
+
+    def timed(partitions: Sequence[int], *, background: bool, then: Callable[[], None]) -> None:
+        if not background:
+            starts.append(asyncio.get_running_loop().time())
+        recording(partitions, background=background, then=then)
+
+    monkeypatch.setattr(node.backend, "commit_group", timed)
+    return starts
+
+
+def batches_in_line(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether batches wait for their turn, as the commit scheduler sees it: set by the test
+    (``[0]``), the spacing of urgent groups then made 1 s, long enough to see."""
+    waiting = [True]
+    monkeypatch.setattr(IngestTurns, "others_waiting", property(lambda _: waiting[0]))
+    monkeypatch.setattr(commit_scheduler, "_BUSY_URGENT_SPACING", 1.0)
+    return waiting
+
+
+async def test_while_batches_wait_in_line_the_next_urgent_group_keeps_its_distance(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With batches waiting for their turn (the node at its capacity), the group after an urgent
+    group starts no sooner than the spacing after that one started, not as it ends, and covers
+    every partition that asked meanwhile. With nobody in line, it starts as the one before ends.
+    Every alert is published once."""
+    waiting = batches_in_line(monkeypatch)
+    node = Node(NodeConfig(tmp_path / "data", partitions=8))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(CAPPED)
+        groups, held = urgent_groups_recorded(node, monkeypatch, hold=True)
+        starts = urgent_starts_recorded(node, monkeypatch)
+        rows = [
+            (account_in(p, 8, skip), "calls", 10, T0, None, 1, f"{p}-{skip}")
+            for p, skip in ((1, 0), (3, 0), (6, 0), (1, 1))
+        ]
+        async with client.alerts.subscribe() as subscription:
+            await client.ingest_rows([rows[0]], sync=False)
+            assert groups == [[1]]  # the first group starts at once
+            first = await completion_held(held)
+            await client.ingest_rows([rows[1]], sync=False)
+            await client.ingest_rows([rows[2]], sync=False)
+            first()  # well within the spacing of its start (a commit of two logs)
+            assert groups == [[1]]
+            second = await completion_held(held)
+            assert groups == [[1], [3, 6]]
+            assert starts[1] - starts[0] >= 1.0 - 0.001
+            waiting[0] = False
+            await client.ingest_rows([rows[3]], sync=False)
+            second()  # nobody in line: the next group starts as this one ends
+            assert groups == [[1], [3, 6], [1]]
+            (await completion_held(held))()
+            received = [await asyncio.wait_for(anext(aiter(subscription)), 5) for _ in rows]
+            assert sorted(a.account_id for a in received) == sorted(row[0] for row in rows)
+            await asyncio.sleep(0.05)
+            assert [subscription.offsets()[p] for p in (1, 3, 6)] == [2, 1, 1]  # each published once
+    finally:
+        monkeypatch.undo()
+        await node.close()
+
+
+async def test_a_node_closed_while_an_urgent_group_keeps_its_distance_keeps_its_alerts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing the node while a group waits for its start makes its partitions durable (as
+    closing does every partition): nothing waits for the start, and the alerts are there after
+    a restart."""
+    batches_in_line(monkeypatch)
+    node = Node(NodeConfig(tmp_path / "data", partitions=8))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(CAPPED)
+        groups, held = urgent_groups_recorded(node, monkeypatch, hold=True)
+        await client.ingest_rows([(account_in(2, 8), "calls", 10, T0, None, 1, "a")], sync=False)
+        (await completion_held(held))()
+        await client.ingest_rows([(account_in(5, 8), "calls", 10, T0, None, 1, "b")], sync=False)
+        assert groups == [[2]]  # the next one waits for its distance from this one
+    finally:
+        async with asyncio.timeout(5):
+            await node.close()
+    monkeypatch.undo()
+    again = Node(NodeConfig(tmp_path / "data", partitions=8))
+    await again.start()
+    try:
+        assert [len(again.partitions[p].alerts) for p in (2, 5)] == [1, 1]
+        assert [again.partitions[p].published_alert_offset for p in (2, 5)] == [1, 1]
+    finally:
+        await again.close()
+
+
 RELEASE = None
 """A step of the model test: let the oldest urgent group whose commit finished complete."""
+LINE = "line"
+"""A step of the model test: batches start or stop waiting in line (the next groups keep their
+distance, or not)."""
 
 steps_strategy = st.lists(
-    st.one_of(st.just(RELEASE), st.lists(st.integers(0, 7), min_size=1, max_size=8, unique=True)),
+    st.one_of(
+        st.just(RELEASE),
+        st.just(LINE),
+        st.lists(st.integers(0, 7), min_size=1, max_size=8, unique=True),
+    ),
     max_size=12,
 )
 
@@ -177,12 +285,13 @@ steps_strategy = st.lists(
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=steps_strategy)
 def test_whatever_the_order_of_batches_and_completions_every_alert_is_published_once(
-    steps: list[list[int] | None],
+    steps: list[list[int] | str | None],
 ) -> None:
     """ASYNC batches that fire alerts on any partitions (each part one new account crossing the
     threshold; 5 parts or more are stored in two slices), interleaved with urgent groups
-    completing in any order against them: one urgent group is ever in flight, no group names a
-    partition twice, and every alert reaches a live subscriber exactly once, in offset order per
+    completing in any order against them, and with batches in line or not (groups keeping their
+    distance, 2 ms here, or not): one urgent group is ever in flight, no group names a partition
+    twice, and every alert reaches a live subscriber exactly once, in offset order per
     partition."""
     root = Path(tempfile.mkdtemp(prefix="unimeter-urgent-"))
     try:
@@ -191,7 +300,7 @@ def test_whatever_the_order_of_batches_and_completions_every_alert_is_published_
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _urgent_scenario(root: Path, steps: list[list[int] | None]) -> None:
+async def _urgent_scenario(root: Path, steps: list[list[int] | str | None]) -> None:
     node = Node(NodeConfig(root / "data", partitions=8))
     await node.start()
     try:
@@ -199,6 +308,9 @@ async def _urgent_scenario(root: Path, steps: list[list[int] | None]) -> None:
             client = await Client.in_process(node, metric_lookup=node.metric_of)
             await client.metrics.create(CAPPED)
             groups, held = urgent_groups_recorded(node, patch, hold=True)
+            in_line = [False]
+            patch.setattr(IngestTurns, "others_waiting", property(lambda _: in_line[0]))
+            patch.setattr(commit_scheduler, "_BUSY_URGENT_SPACING", 0.002)
             fresh = {p: (account_in(p, 8, skip) for skip in itertools.count()) for p in range(8)}
             fired: list[int] = []
             async with client.alerts.subscribe() as subscription:
@@ -207,6 +319,10 @@ async def _urgent_scenario(root: Path, steps: list[list[int] | None]) -> None:
                         if held:
                             held.pop(0)()
                         continue
+                    if step == LINE:
+                        in_line[0] = not in_line[0]
+                        continue
+                    assert isinstance(step, list)
                     rows = {p: (next(fresh[p]), "calls", 10, T0, None, 1, f"s{n}p{p}") for p in step}
                     await node.ingest([(p, [rows[p]]) for p in sorted(step)], False, "")
                     fired += [row[0] for row in rows.values()]
