@@ -37,6 +37,19 @@ def account_in(partition: int, partitions: int, skip: int = 0) -> int:
     return next(accounts)
 
 
+async def node_with_capped_metric(directory: Path) -> tuple[Node, Client]:
+    """A started node of 8 partitions in ``directory``, with :data:`CAPPED` created."""
+    node = Node(NodeConfig(directory / "data", partitions=8))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(CAPPED)
+    except BaseException:
+        await node.close()
+        raise
+    return node, client
+
+
 def urgent_groups_recorded(
     node: Node, monkeypatch: pytest.MonkeyPatch, *, hold: bool
 ) -> tuple[list[list[int]], list[Callable[[], None]]]:
@@ -138,11 +151,8 @@ async def test_partitions_that_ask_while_an_urgent_flush_is_in_flight_share_the_
     for the next group, which starts as the first ends and covers both partitions (one group
     commit, not one each). The tick leaves partitions waiting for an urgent group alone. Every
     alert is published exactly once, after its group."""
-    node = Node(NodeConfig(tmp_path / "data", partitions=8))
-    await node.start()
+    node, client = await node_with_capped_metric(tmp_path)
     try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(CAPPED)
         groups, held = urgent_groups_recorded(node, monkeypatch, hold=True)
         accounts = {p: account_in(p, 8) for p in (2, 5, 7)}
         async with client.alerts.subscribe() as subscription:
@@ -200,11 +210,8 @@ async def test_while_batches_wait_in_line_the_next_urgent_group_keeps_its_distan
     every partition that asked meanwhile. With nobody in line, it starts as the one before ends.
     Every alert is published once."""
     waiting = batches_in_line(monkeypatch)
-    node = Node(NodeConfig(tmp_path / "data", partitions=8))
-    await node.start()
+    node, client = await node_with_capped_metric(tmp_path)
     try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(CAPPED)
         groups, held = urgent_groups_recorded(node, monkeypatch, hold=True)
         starts = urgent_starts_recorded(node, monkeypatch)
         rows = [
@@ -243,11 +250,8 @@ async def test_a_node_closed_while_an_urgent_group_keeps_its_distance_keeps_its_
     closing does every partition): nothing waits for the start, and the alerts are there after
     a restart."""
     batches_in_line(monkeypatch)
-    node = Node(NodeConfig(tmp_path / "data", partitions=8))
-    await node.start()
+    node, client = await node_with_capped_metric(tmp_path)
     try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(CAPPED)
         groups, held = urgent_groups_recorded(node, monkeypatch, hold=True)
         await client.ingest_rows([(account_in(2, 8), "calls", 10, T0, None, 1, "a")], sync=False)
         (await completion_held(held))()
