@@ -135,7 +135,7 @@ def section_cluster(bench: Bench) -> dict[str, Any]:
             result = bench.measure_ingest(
                 servers, batch=cfg.target_batch, callers=cfg.target_callers, duration=cfg.run_seconds
             )
-            result.pop("_alert_acks")
+            result.pop("_alert_calls")
             async_[name] = result
             progress.end()
         async_["ratio"] = ratio(async_["cluster"]["events_per_s"], async_["embedded"]["events_per_s"])

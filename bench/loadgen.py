@@ -197,7 +197,8 @@ class _Worker:
         monotonic_ns = time.monotonic_ns
         aio_error = self._grpc.aio.AioRpcError
         latencies: list[int] = []
-        alert_acks: list[tuple[int, int, int]] = []
+        alert_calls: list[tuple[int, int, int]] = []
+        """(alert event time, send, ack) of each alert-metric event of an acked call."""
         events = calls = errors = duplicates = 0
         first_error = ""
         deadline = start_at + duration
@@ -238,7 +239,7 @@ class _Worker:
             if record_latency:
                 latencies.append(last_ack - sent)
             if times:
-                alert_acks.extend((t, sent, last_ack) for t in times)
+                alert_calls.extend((t, sent, last_ack) for t in times)
         return {
             "events": events,
             "calls": calls,
@@ -248,7 +249,7 @@ class _Worker:
             "first_send_ns": first_send,
             "last_ack_ns": last_ack,
             "latencies_ns": latencies,
-            "alert_acks": alert_acks,
+            "alert_calls": alert_calls,
         }
 
     async def cmd_fill(self, addr: str, spec: dict[str, Any], *, inflight: int = 2) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +33,7 @@ __all__ = [
     "cpu_seconds",
     "rss_bytes",
     "scrape_gauge_sum",
-    "scrape_histogram",
+    "scrape_histograms",
     "start_ceiling",
     "start_unimeter",
     "tear_down",
@@ -209,16 +209,22 @@ def scrape_gauge_sum(http_addr: str, name: str) -> float:
     return sum(sample.value for sample in _samples(http_addr) if sample.name == name)
 
 
-def scrape_histogram(http_addr: str, name: str, **labels: str) -> list[tuple[float, float]]:
-    """``(upper bound, cumulative count)`` of each bucket of histogram ``name`` (the label set
-    ``labels``) on a server's ``/metrics``, ending with ``(inf, count)``."""
-    buckets = [
-        (float(sample.labels["le"]), sample.value)
-        for sample in _samples(http_addr)
-        if sample.name == f"{name}_bucket"
-        and all(sample.labels.get(key) == value for key, value in labels.items())
-    ]
-    return sorted(buckets)
+def scrape_histograms(
+    http_addr: str, wanted: Mapping[str, tuple[str, Mapping[str, str]]]
+) -> dict[str, list[tuple[float, float]]]:
+    """For each ``key: (name, labels)`` of ``wanted``, ``(upper bound, cumulative count)`` of each
+    bucket of histogram ``name`` (the label set ``labels``), ending with ``(inf, count)``; empty
+    if the server has no such histogram. One read of a server's ``/metrics``."""
+    samples = _samples(http_addr)
+    return {
+        key: sorted(
+            (float(sample.labels["le"]), sample.value)
+            for sample in samples
+            if sample.name == f"{name}_bucket"
+            and all(sample.labels.get(label) == value for label, value in labels.items())
+        )
+        for key, (name, labels) in wanted.items()
+    }
 
 
 def cpu_seconds(pid: int) -> float:

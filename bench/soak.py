@@ -124,7 +124,7 @@ def run_soak(
             load = bench.measure_ingest(server, batch=batch, callers=callers, duration=window, alert=alert,
                                         calls_per_second=target / batch / callers)  # fmt: skip
             realtime, query = queries.collect([0, 1], timeout=window + 120)
-            alert_acks += len(load["_alert_acks"])
+            alert_acks += len(load["_alert_calls"])
             rss = [b for t, b in sampler.samples if t >= hold_start + w * window]
             row = {
                 "window": w + 1,

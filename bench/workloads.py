@@ -24,7 +24,7 @@ from .processes import (
     cpu_seconds,
     rss_bytes,
     scrape_gauge_sum,
-    scrape_histogram,
+    scrape_histograms,
     start_ceiling,
     start_unimeter,
 )
@@ -67,29 +67,27 @@ def _w_recover(events: int) -> float:
     return events / 1_000_000 + 1.0
 
 
-_PUBLISH_DELAY: tuple[str, dict[str, str]] = ("unimeter_alert_publish_delay_seconds", {})
-_LOG_SYNCS: tuple[str, dict[str, str]] = ("unimeter_log_fsync_seconds", {"log": "events"})
-
-
-def _alert_path_histograms(http_addr: str) -> list[list[tuple[float, float]]]:
-    """The server's histograms of its alerts' publish delays and its event logs' syncs, now."""
-    return [scrape_histogram(http_addr, name, **labels) for name, labels in (_PUBLISH_DELAY, _LOG_SYNCS)]
+_ALERT_PATH: dict[str, tuple[str, dict[str, str]]] = {
+    "publish_delay": ("unimeter_alert_publish_delay_seconds", {}),
+    "log_syncs": ("unimeter_log_fsync_seconds", {"log": "events"}),
+}
+"""The server's histograms the alert run reads: its alerts' publish delays, its event logs' syncs."""
 
 
 def _alert_path_summary(
-    before: list[list[tuple[float, float]]], after: list[list[tuple[float, float]]]
+    before: dict[str, list[tuple[float, float]]], after: dict[str, list[tuple[float, float]]]
 ) -> dict[str, Any]:
-    """What the server saw between two scrapes (:func:`_alert_path_histograms`): how long its
-    alerts waited from their batch's arrival to their publication, and how long its log syncs
-    took (one observation per sync round or ``syncfs``), in ms, from the buckets; each that the
-    server has. A diagnostic of the alert run: the latency from the server's side (from the
-    batch's arrival, not its ack, and up to the publication, not the subscriber's read), and the
-    disk's share of it."""
+    """What the server saw between two reads of :data:`_ALERT_PATH`: how long its alerts waited
+    from their batch's arrival to their publication, and how long its log syncs took (one
+    observation per sync round or ``syncfs``), in ms, from the buckets; each that the server has.
+    A diagnostic of the alert run: the latency from the server's side (from the batch's arrival,
+    not its ack, and up to the publication, not the subscriber's read), and the disk's share of
+    it."""
     out: dict[str, Any] = {}
-    for key, old, new in zip(("publish_delay", "log_syncs"), before, after, strict=True):
+    for key, new in after.items():
         if not new:
             continue  # a server without that histogram (an older checkout's, beside this one)
-        buckets = [(bound, count - was) for (bound, count), (_, was) in zip(new, old, strict=True)]
+        buckets = [(bound, count - was) for (bound, count), (_, was) in zip(new, before[key], strict=True)]
         over_10ms = buckets[-1][1] - next(count for bound, count in buckets if bound >= 0.01)
         out[key] = {
             "n": int(buckets[-1][1]),
@@ -243,7 +241,7 @@ class Bench:
             "server_cpu_s": cpu_after - cpu_before,
             "server_cpu_share": (cpu_after - cpu_before) / elapsed if elapsed > 0 else None,
             "call_latency": latency_summary(latencies),
-            "_alert_acks": [ack for a in answers for ack in a["alert_acks"]],
+            "_alert_calls": [call for a in answers for call in a["alert_calls"]],
         }
 
     def measure_latency(self, server: ServerProcess, kind: str, **args: Any) -> dict[str, Any]:
@@ -476,7 +474,7 @@ class Bench:
         }
         self.pool.run([(subscriber, "subscribe", subscribe)])
         http_addr = server.http_addr
-        before = None if http_addr is None else _alert_path_histograms(http_addr)
+        before = None if http_addr is None else scrape_histograms(http_addr, _ALERT_PATH)
         alert = {
             "per_batch": cfg.alert_events_per_batch,
             "base_ns": time.time_ns() - 60_000_000_000,
@@ -492,7 +490,7 @@ class Bench:
         )
         (received,) = self.pool.run([(subscriber, "unsubscribe", {"settle": cfg.alert_settle_seconds})])
         # Alert-metric event times are unique per run, so an alert's event time names its batch.
-        calls = {t: (sent, ack) for t, sent, ack in load.pop("_alert_acks")}
+        calls = {t: (sent, ack) for t, sent, ack in load.pop("_alert_calls")}
         latencies = [recv - calls[t][1] for t, recv in received if t in calls]
         # Diagnostic: from the batch's send, the whole wait of its events (their batch's time in
         # the server, queueing included, then the alert's).
@@ -508,7 +506,7 @@ class Bench:
             "from_send": latency_summary(from_send),
         }
         if http_addr is not None and before is not None:
-            out["server_side"] = _alert_path_summary(before, _alert_path_histograms(http_addr))
+            out["server_side"] = _alert_path_summary(before, scrape_histograms(http_addr, _ALERT_PATH))
         return out
 
     def section_alerts(self, async_rows: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -754,7 +752,7 @@ class Bench:
         result = self.measure_ingest(
             server, batch=batch, callers=callers, duration=self.config.run_seconds, sync=sync
         )
-        result.pop("_alert_acks")
+        result.pop("_alert_calls")
         self.progress.end()
         return result
 

@@ -63,7 +63,7 @@ class CommitScheduler:
         one, in arrival order (else None)."""
         self._urgent_started = -math.inf
         """When (the loop's clock) the last urgent group started."""
-        self._urgent_start: asyncio.TimerHandle | None = None
+        self._urgent_start_timer: asyncio.TimerHandle | None = None
         """The start of an urgent group that waits for its spacing from the one before."""
         self._sync_waiters: list[asyncio.Future[None]] | None = None
         """While a SYNC calls' group commit is in flight: the waiters of the next one (else None)."""
@@ -82,9 +82,9 @@ class CommitScheduler:
         """Stop the periodic flush and the urgent flushes' waits (their rounds finish on their
         own; closing the partitions makes everything durable)."""
         self._closing = True
-        if self._urgent_start is not None:  # closing the partitions makes them durable
-            self._urgent_start.cancel()
-            self._urgent_start = None
+        if self._urgent_start_timer is not None:  # closing the partitions makes them durable
+            self._urgent_start_timer.cancel()
+            self._urgent_start_timer = None
             waiting, self._urgent_next = self._urgent_next or {}, None
             self._urgent_partitions.difference_update(p.number for p in waiting)
         tasks = [*([self._flusher] if self._flusher is not None else []), *self._urgent]
@@ -181,7 +181,7 @@ class CommitScheduler:
         if not spaced and wait > 0 and self._busy is not None and self._busy():
             self._urgent_next = dict.fromkeys(partitions)  # the ones that ask meanwhile join it
             self._urgent_partitions.update(p.number for p in partitions)
-            self._urgent_start = loop.call_later(wait, self._start_spaced_urgent_group)
+            self._urgent_start_timer = loop.call_later(wait, self._start_spaced_urgent_group)
             return
         self._urgent_started = now
         self._urgent_next = {}
@@ -215,7 +215,7 @@ class CommitScheduler:
             self._appended.update([*partitions, *following])
 
     def _start_spaced_urgent_group(self) -> None:
-        self._urgent_start = None
+        self._urgent_start_timer = None
         partitions, self._urgent_next = self._urgent_next or {}, None
         self._start_urgent_group(list(partitions), spaced=True)
 
