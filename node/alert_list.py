@@ -77,9 +77,10 @@ class AlertList:
         self._loaded: dict[int, bytes] = {}
         """Alert records fetched for the read :meth:`reading` runs now (empty between reads)."""
 
-    def append(self, row: Sequence[Any], position: int) -> Alert:
+    def append(self, row: Sequence[Any], position: int) -> None:
         """Add the alert of offset ``len(self) + 1`` from its alert-log row, whose record is at
-        ``position`` of the alert log; returns it."""
+        ``position`` of the alert log. Nothing is built for it: a partition logs alerts on its
+        ingest path, and reads them (``between``) only once a subscriber or a query asks."""
         offset = len(self._positions) + 1
         self._positions.append(position)
         account = row[_ACCOUNT]
@@ -90,7 +91,6 @@ class AlertList:
             offsets = self._by_account[account] = array("q", offsets)  # 4 bytes an alert until then
         offsets.append(offset)
         self._hold(row, offset)
-        return self._from_memory(offset)
 
     def _hold(self, row: Sequence[Any], offset: int) -> None:
         """Keep the alert of ``offset`` (the one after those in memory) in memory, from its row."""

@@ -18,7 +18,7 @@ from cluster_client.node_api import AlertStreamItem
 from cluster_client.subscription import close_stream
 from unimeter.v1 import alert_service_pb2
 
-from .convert import alert_subscribe_item, alert_to_proto
+from .convert import alert_batch_response, alert_subscribe_item
 
 __all__ = ["MAX_ALERTS_PER_MESSAGE", "batched_alert_responses"]
 
@@ -68,14 +68,14 @@ async def batched_alert_responses(
             if item.alert is None:
                 yield alert_subscribe_item(None, item.offsets)
                 continue
-            alerts = [alert_to_proto(item.alert)]
+            alerts = [item.alert]
             while len(alerts) < limit and not items.empty():
                 nxt = items.get_nowait()
                 if isinstance(nxt, _End) or nxt.alert is None:
                     pending = nxt
                     break
-                alerts.append(alert_to_proto(nxt.alert))
-            yield alert_service_pb2.AlertSubscribeResponse(batch=alert_service_pb2.AlertBatch(alerts=alerts))
+                alerts.append(nxt.alert)
+            yield alert_batch_response(alerts)
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -5,6 +5,9 @@ The ingest conversion is on the hot path: one tuple per event, fields read once,
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from cluster_client.errors import FieldViolation, InvalidArgumentError
 from cluster_client.node_api import ClusterStatus
 from cluster_client.types import (
@@ -28,6 +31,7 @@ from unimeter.v1 import (
 )
 
 __all__ = [
+    "alert_batch_response",
     "alert_to_proto",
     "cluster_status_to_proto",
     "ingest_rows_from_proto",
@@ -170,19 +174,34 @@ def stored_event_to_proto(e: StoredEvent) -> query_service_pb2.StoredEvent:
 
 def alert_to_proto(a: Alert) -> types_pb2.Alert:
     """An alert as its message."""
-    return types_pb2.Alert(
-        account_id=a.account_id,
-        metric_code=a.metric_code,
-        threshold_code=a.threshold_code,
-        threshold_value=a.threshold_value,
-        multiple=a.multiple,
-        value_at_cross=a.value_at_cross,
-        period_start_unix_nano=a.period_start_unix_nano,
-        event_time_unix_nano=a.event_time_unix_nano,
-        record_time_unix_nano=a.record_time_unix_nano,
-        partition=a.partition,
-        offset=a.offset,
-    )
+    return types_pb2.Alert(**_alert_fields(a))
+
+
+def alert_batch_response(alerts: Iterable[Alert]) -> alert_service_pb2.AlertSubscribeResponse:
+    """AlertSubscribe's batched message of ``alerts``. Each is built in place in the batch (a
+    message built first and then passed in is copied: 40% more per alert)."""
+    response = alert_service_pb2.AlertSubscribeResponse()
+    add = response.batch.alerts.add
+    for a in alerts:
+        add(**_alert_fields(a))
+    return response
+
+
+def _alert_fields(a: Alert) -> dict[str, Any]:
+    """An alert's fields under their message's names."""
+    return {
+        "account_id": a.account_id,
+        "metric_code": a.metric_code,
+        "threshold_code": a.threshold_code,
+        "threshold_value": a.threshold_value,
+        "multiple": a.multiple,
+        "value_at_cross": a.value_at_cross,
+        "period_start_unix_nano": a.period_start_unix_nano,
+        "event_time_unix_nano": a.event_time_unix_nano,
+        "record_time_unix_nano": a.record_time_unix_nano,
+        "partition": a.partition,
+        "offset": a.offset,
+    }
 
 
 def alert_subscribe_item(

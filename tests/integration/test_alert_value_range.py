@@ -16,7 +16,7 @@ from cluster_client import AggType, AlertThreshold, Client, Metric
 from cluster_client.errors import OutOfRangeError
 from cluster_client.types import Event
 from node.node import NodeConfig
-from service.convert import alert_to_proto
+from service.convert import alert_batch_response, alert_to_proto
 from tests.engines import ENGINES, target_named
 
 INT64_MAX = 2**63 - 1
@@ -50,8 +50,9 @@ async def _listed(client: Client) -> list[tuple[int, int, int]]:
         if len(alerts) == 4:
             break
         await asyncio.sleep(0.01)
-    for alert in alerts:
-        alert_to_proto(alert)  # what ListAlerts and AlertSubscribe send must encode
+    # What ListAlerts and AlertSubscribe send must encode, one alert a message or in a batch.
+    batch = alert_batch_response(alerts)
+    assert list(batch.batch.alerts) == [alert_to_proto(alert) for alert in alerts]
     return [(a.offset, a.multiple, a.value_at_cross) for a in alerts]
 
 

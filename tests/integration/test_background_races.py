@@ -20,11 +20,12 @@ import pytest
 
 from cluster_client import AggType, AlertThreshold, Client, Metric, Period
 from cluster_client.partitioning import partition_of
-from cluster_client.types import EventRow
+from cluster_client.types import Alert, EventRow
 from node import dedup_index, embedded_backend, filesystem_sync, segment_log
+from node.alert_list import AlertList
 from node.node import Node, NodeConfig
 from node.partition import Partition
-from node.record_log import RecordLog
+from node.record_log import RecordLog, RecordsNotLoaded
 
 T0 = 1_772_323_200 * 1_000_000_000  # 2026-03-01T00:00:00Z
 MINUTE = 60 * 1_000_000_000
@@ -389,6 +390,94 @@ async def test_a_publish_wakes_only_the_subscriptions_whose_filters_may_match(tm
         for task in pending[1:-1]:
             task.cancel()
         await asyncio.gather(*pending[1:-1], return_exceptions=True)  # each stream is idle again
+        for stream in streams:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await node.close()
+
+
+async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subscription without filters wants every alert, so a publish wakes it without reading the
+    alerts: each alert is built once, by its stream. One with filters has the publish read them
+    once, whatever the number of such subscriptions, to tell whether to wake it."""
+    reads: list[tuple[int, int]] = []
+    between = AlertList.between
+
+    def counted(self: AlertList, first: int, last: int) -> list[Alert]:
+        reads.append((first, last))
+        return between(self, first, last)
+
+    monkeypatch.setattr(AlertList, "between", counted)
+    node = Node(NodeConfig(tmp_path / "data", partitions=1, heartbeat_interval=60))  # no heartbeat wakes
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(
+            Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10, recurring=True),))
+        )
+        unfiltered = node.subscribe_alerts([0], {}, False, [], [], [])
+        assert (await anext(unfiltered)).alert is None  # the starting heartbeat
+        await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)
+        item = await asyncio.wait_for(anext(unfiltered), 5)
+        assert item.alert is not None and item.alert.offset == 1
+        assert reads == [(1, 1)]  # the stream's read alone
+        filtered = [node.subscribe_alerts([0], {}, False, [7], [], []) for _ in range(3)]
+        for stream in filtered:
+            assert (await anext(stream)).alert is None
+        pending = [asyncio.ensure_future(anext(stream)) for stream in [unfiltered, *filtered]]
+        await asyncio.sleep(0)  # every stream is waiting
+        assert len(node.alerts._waiters) == 4
+        reads.clear()
+        await client.ingest_rows([(7, "calls", 10, T0 + 1, None, 1, "f")], sync=True)
+        for item in await asyncio.wait_for(asyncio.gather(*pending), 5):
+            assert item.alert is not None and item.alert.offset == 2
+        assert reads == [(2, 2)] * 5  # the publish's one read, then each stream's
+        for stream in [unfiltered, *filtered]:
+            await stream.aclose()  # type: ignore[attr-defined]
+    finally:
+        await node.close()
+
+
+async def test_a_publish_whose_alerts_are_not_loaded_wakes_the_filtered_subscriptions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a log whose records live in a remote store, the publish may find the new alerts held by
+    nobody (RecordsNotLoaded): it cannot tell what they match, so every subscription reading the
+    partition wakes (its stream fetches and filters them), whatever its filters."""
+    between = AlertList.between
+    refused: list[int] = []
+
+    def not_loaded_once(self: AlertList, first: int, last: int) -> list[Alert]:
+        if not refused:
+            refused.append(first)
+            raise RecordsNotLoaded([0])
+        return between(self, first, last)
+
+    node = Node(NodeConfig(tmp_path / "data", partitions=1, heartbeat_interval=60))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+        streams = [node.subscribe_alerts([0], {}, False, account, [], []) for account in ([1000], [7])]
+        pending = []
+        for stream in streams:
+            assert (await anext(stream)).alert is None
+            pending.append(asyncio.ensure_future(anext(stream)))
+        await asyncio.sleep(0)
+        waiters = list(node.alerts._waiters)
+        monkeypatch.setattr(AlertList, "between", not_loaded_once)
+        await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)
+        assert refused == [1]  # the publish's read, refused
+        assert [w.done() for w in waiters] == [True, True]  # both woken, the other account's too
+        item = await asyncio.wait_for(pending[1], 5)
+        assert item.alert is not None and (item.alert.account_id, item.alert.offset) == (7, 1)
+        await asyncio.sleep(0.05)
+        assert not pending[0].done()  # read, filtered out, asleep again
+        assert list(node.alerts._positions.values()) == [{0: 1}] * 2  # past it, read or skipped
+        pending[0].cancel()
+        await asyncio.gather(pending[0], return_exceptions=True)
         for stream in streams:
             await stream.aclose()  # type: ignore[attr-defined]
     finally:

@@ -63,7 +63,10 @@ def model(partition: int, appended: list[Row]) -> list[Alert]:
 def append_record(alerts: AlertList, log: SegmentLog, record: list[Row]) -> list[Alert]:
     """Append ``record``'s rows as one alert record, as a partition does; returns the alerts."""
     position = log.append(encode_alert_record(AlertRecord(1, len(alerts) + 1, [list(r) for r in record])))
-    return [alerts.append(row, position) for row in record]
+    first = len(alerts) + 1
+    for row in record:
+        alerts.append(row, position)
+    return alerts.between(first, len(alerts))
 
 
 def restored(alerts: AlertList, log: SegmentLog, partition: int, in_memory: int) -> AlertList:
