@@ -36,6 +36,7 @@ _T = TypeVar("_T")
 # Row layout of an alert as the alert log stores it (records.AlertRecord rows).
 _ACCOUNT, _METRIC, _THRESHOLD, _TH_VALUE, _MULTIPLE, _VALUE, _PERIOD, _EVENT_T, _RECORD_T = range(9)
 _INT_FIELDS = (_ACCOUNT, _TH_VALUE, _MULTIPLE, _VALUE, _PERIOD, _EVENT_T, _RECORD_T)
+_ACCOUNT_COLUMN = _INT_FIELDS.index(_ACCOUNT)
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _WIDE = 0  # stored in a column when the value itself lives in ``_wide``
 _UINT32_MAX = 2**32 - 1
@@ -258,6 +259,25 @@ class AlertList:
                 self._missing(want)
         out.extend(self._from_memory(o) for o in range(max(first, self._base + 1), last + 1))
         return out
+
+    def filter_keys(self, first: int, last: int) -> tuple[set[int], set[str], set[str]]:
+        """The accounts, metric codes and threshold codes of the alerts of offsets ``first`` to
+        ``last`` (within 1..len): what subscriptions filter on. Read from the columns when the
+        alerts are in memory, as just published ones are, without building them."""
+        if first <= self._base or self._wide:  # left memory, or an account past int64: rare
+            alerts = self.between(first, last)
+            return (
+                {a.account_id for a in alerts},
+                {a.metric_code for a in alerts},
+                {a.threshold_code for a in alerts},
+            )
+        lo, hi = first - self._base - 1, last - self._base
+        kinds = [self._codes[kind] for kind in set(self._kinds[lo:hi])]
+        return (
+            set(self._columns[_ACCOUNT_COLUMN][lo:hi]),
+            {metric for metric, _ in kinds},
+            {threshold for _, threshold in kinds},
+        )
 
     def get_many(self, offsets: Iterable[int]) -> list[Alert]:
         """The alerts of ``offsets`` (each within 1..len), in their order: one read of the log per

@@ -92,9 +92,10 @@ class AlertStreamer:
         accounts, 30 publishes a second took 0.44 of a core. A subscription whose account, metric
         or threshold filter shares nothing with the new alerts cannot match any of them: if it had
         read the partition up to them, its position moves past them here, as its own scan would
-        have done, and it sleeps on (its heartbeats carry the moved position). The new alerts are
-        read only if a subscription with filters reads the partition: one without any wants them
-        all, and reading them for it built every alert once more than its stream does.
+        have done, and it sleeps on (its heartbeats carry the moved position). What the new alerts
+        hold of the filters is read only if a subscription with filters reads the partition (one
+        without any wants them all), and from the alert list's columns: building the alerts for
+        it built each once more than its stream does.
         """
         keys: tuple[set[int], set[str], set[str]] | None = None
         unknown = False
@@ -107,18 +108,13 @@ class AlertStreamer:
                 continue
             if keys is None:
                 try:
-                    new = self._partitions[partition].alerts.between(first, last)
+                    keys = self._partitions[partition].alerts.filter_keys(first, last)
                 except RecordsNotLoaded:
                     # Alerts kept in memory by nobody (--alerts-in-memory 0 on JetStream) and not
                     # in the log's cache: the filters only spare wake-ups, so every one wakes.
                     unknown = True
                     release(waiter)
                     continue
-                keys = (
-                    {a.account_id for a in new},
-                    {a.metric_code for a in new},
-                    {a.threshold_code for a in new},
-                )
             accounts, metrics, thresholds = keys
             if (
                 (sub.accounts and sub.accounts.isdisjoint(accounts))

@@ -400,16 +400,22 @@ async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filter
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A subscription without filters wants every alert, so a publish wakes it without reading the
-    alerts: each alert is built once, by its stream. One with filters has the publish read them
-    once, whatever the number of such subscriptions, to tell whether to wake it."""
-    reads: list[tuple[int, int]] = []
-    between = AlertList.between
+    alerts: each alert is built once, by its stream. One with filters has the publish read what
+    the alerts hold of the filters (not the alerts) once, whatever the number of such
+    subscriptions, to tell whether to wake it."""
+    reads: list[tuple[str, int, int]] = []
+    between, filter_keys = AlertList.between, AlertList.filter_keys
 
-    def counted(self: AlertList, first: int, last: int) -> list[Alert]:
-        reads.append((first, last))
+    def counted_between(self: AlertList, first: int, last: int) -> list[Alert]:
+        reads.append(("alerts", first, last))
         return between(self, first, last)
 
-    monkeypatch.setattr(AlertList, "between", counted)
+    def counted_keys(self: AlertList, first: int, last: int) -> tuple[set[int], set[str], set[str]]:
+        reads.append(("keys", first, last))
+        return filter_keys(self, first, last)
+
+    monkeypatch.setattr(AlertList, "between", counted_between)
+    monkeypatch.setattr(AlertList, "filter_keys", counted_keys)
     node = Node(NodeConfig(tmp_path / "data", partitions=1, heartbeat_interval=60))  # no heartbeat wakes
     await node.start()
     try:
@@ -422,7 +428,7 @@ async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filter
         await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)
         item = await asyncio.wait_for(anext(unfiltered), 5)
         assert item.alert is not None and item.alert.offset == 1
-        assert reads == [(1, 1)]  # the stream's read alone
+        assert reads == [("alerts", 1, 1)]  # the stream's read alone
         filtered = [node.subscribe_alerts([0], {}, False, [7], [], []) for _ in range(3)]
         for stream in filtered:
             assert (await anext(stream)).alert is None
@@ -433,7 +439,7 @@ async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filter
         await client.ingest_rows([(7, "calls", 10, T0 + 1, None, 1, "f")], sync=True)
         for item in await asyncio.wait_for(asyncio.gather(*pending), 5):
             assert item.alert is not None and item.alert.offset == 2
-        assert reads == [(2, 2)] * 5  # the publish's one read, then each stream's
+        assert reads == [("keys", 2, 2)] + [("alerts", 2, 2)] * 4  # the publish's, then each stream's
         for stream in [unfiltered, *filtered]:
             await stream.aclose()  # type: ignore[attr-defined]
     finally:
@@ -446,14 +452,14 @@ async def test_a_publish_whose_alerts_are_not_loaded_wakes_the_filtered_subscrip
     """On a log whose records live in a remote store, the publish may find the new alerts held by
     nobody (RecordsNotLoaded): it cannot tell what they match, so every subscription reading the
     partition wakes (its stream fetches and filters them), whatever its filters."""
-    between = AlertList.between
+    filter_keys = AlertList.filter_keys
     refused: list[int] = []
 
-    def not_loaded_once(self: AlertList, first: int, last: int) -> list[Alert]:
+    def not_loaded_once(self: AlertList, first: int, last: int) -> tuple[set[int], set[str], set[str]]:
         if not refused:
             refused.append(first)
             raise RecordsNotLoaded([0])
-        return between(self, first, last)
+        return filter_keys(self, first, last)
 
     node = Node(NodeConfig(tmp_path / "data", partitions=1, heartbeat_interval=60))
     await node.start()
@@ -467,7 +473,7 @@ async def test_a_publish_whose_alerts_are_not_loaded_wakes_the_filtered_subscrip
             pending.append(asyncio.ensure_future(anext(stream)))
         await asyncio.sleep(0)
         waiters = list(node.alerts._waiters)
-        monkeypatch.setattr(AlertList, "between", not_loaded_once)
+        monkeypatch.setattr(AlertList, "filter_keys", not_loaded_once)
         await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)
         assert refused == [1]  # the publish's read, refused
         assert [w.done() for w in waiters] == [True, True]  # both woken, the other account's too

@@ -93,6 +93,13 @@ def check_reads(alerts: AlertList, want: list[Alert]) -> None:
     for lo in range(n + 2):
         for hi in range(lo, n + 2):
             assert alerts[lo:hi] == want[lo:hi]
+            if lo < hi <= n:  # what subscriptions filter on, of the alerts of offsets lo + 1..hi
+                some = want[lo:hi]
+                assert alerts.filter_keys(lo + 1, hi) == (
+                    {a.account_id for a in some},
+                    {a.metric_code for a in some},
+                    {a.threshold_code for a in some},
+                )
     assert alerts.get_many(range(1, n + 1)) == want
     assert alerts.get_many(range(n, 0, -3)) == want[::-3]
 
