@@ -264,7 +264,7 @@ class AlertList:
         """The accounts, metric codes and threshold codes of the alerts of offsets ``first`` to
         ``last`` (within 1..len): what subscriptions filter on. Read from the columns when the
         alerts are in memory, as just published ones are, without building them."""
-        if first <= self._base or self._wide:  # left memory, or an account past int64: rare
+        if first <= self._base or self._wide:  # left memory, or a value past int64 held: rare
             alerts = self.between(first, last)
             return (
                 {a.account_id for a in alerts},
