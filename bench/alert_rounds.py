@@ -9,13 +9,18 @@ other checkout (``--baseline DIR``) each take the same warm-up (ASYNC 1000 x 16,
 run's alert measure meets after its ASYNC matrix), then measure in rounds whose order alternates,
 so drift on a shared machine hits every server alike. Prints each run (with the latency from each
 batch's send too, and the server's own view of it, from its ``/metrics``: the alerts' publish
-delays and the log syncs) and the medians over rounds.
-A measurement, not a test: no pass or fail.
+delays and the log syncs) and the medians over rounds: latencies, server CPU an event, and for
+each baseline the median of the rounds' CPU ratios. With ``--fresh-servers`` every round starts
+its servers anew (own data directories, own warm-up, in alternating order): a server keeps its
+own speed for its whole life (where its tables and heap landed), and two sittings of the same
+two versions with long-lived servers disagreed by ±9% (docs/benchmarks-history.md, session 34),
+which fresh servers a round average out. A measurement, not a test: no pass or fail.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -36,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, required=True, help="events/s offered in every round")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--warm-seconds", type=float, default=15.0, help="ASYNC 1000 x 16 before the rounds")
+    parser.add_argument(
+        "--fresh-servers", action="store_true", help="new servers, warmed up anew, for every round"
+    )
     add_baseline_option(parser)
     parser.add_argument("--server-arg", action="append", default=[], metavar="ARG")
     args = parser.parse_args(argv)
@@ -43,24 +51,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="unimeter-alert-rounds-"))
     pool = WorkerPool(config.workers)
     servers: list[ServerProcess] = []
-    try:
-        bench = Bench(config, pool, data_root=root, progress=Progress(1, enabled=False))
-        sources = [
-            ("this", REPO),
-            *((f"baseline{i + 1}", path.resolve()) for i, path in enumerate(args.baseline)),
-        ]
-        for name, source in sources:
+    sources = [
+        ("this", REPO),
+        *((f"baseline{i + 1}", path.resolve()) for i, path in enumerate(args.baseline)),
+    ]
+
+    def start(directory: Path, order: Sequence[tuple[str, Path]]) -> list[ServerProcess]:
+        """Servers of ``order`` in ``directory``, started and warmed up in that order, with their
+        metrics; returned in the order of ``sources``."""
+        started = []
+        for name, source in order:
             server = start_unimeter(
-                root / name, *args.server_arg, "--http-addr", "127.0.0.1:0", name=name, source=source
+                directory / name, *args.server_arg, "--http-addr", "127.0.0.1:0", name=name, source=source
             )
             servers.append(server)
+            started.append(server)
             bench.create_metrics(server)
-        for server in servers:
+        for server in started:
             warm = bench.measure_ingest(server, batch=1000, callers=16, duration=args.warm_seconds)
             print(f"{server.name}: warmed at {warm['events_per_s']:,.0f} events/s", flush=True)
-        runs: dict[str, list[dict[str, Any]]] = {server.name: [] for server in servers}
+        names = [name for name, _ in sources]
+        return sorted(started, key=lambda server: names.index(server.name))
+
+    try:
+        bench = Bench(config, pool, data_root=root, progress=Progress(1, enabled=False))
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sources}
+        measured = [] if args.fresh_servers else start(root, sources)
         for r in range(args.rounds):
-            for server in servers if r % 2 == 0 else servers[::-1]:
+            if args.fresh_servers:
+                measured = start(root / f"round{r}", sources if r % 2 == 0 else sources[::-1])
+            for server in measured if r % 2 == 0 else measured[::-1]:
                 run = bench.alert_run(server, args.rate, config.alert_max_per_message)
                 runs[server.name].append(run)
                 print(
@@ -68,17 +88,48 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"p90 {run['p90_ms']:.3f} p99 {run['p99_ms']:.2f} max {run['max_ms']:.1f} ms, "
                     f"from the send p50 {run['from_send']['p50_ms']:.2f} "
                     f"p99 {run['from_send']['p99_ms']:.2f} ms, "
-                    f"server CPU {run['server_cpu_share']:.2f}, "
+                    f"server CPU {run['server_cpu_share']:.2f} ({cpu_per_event_us(run):.2f} µs an event), "
                     f"{run['alerts_matched']}/{run['alerts_expected']} alerts{_server_side(run)}",
                     flush=True,
                 )
-        for name, results in runs.items():
-            p50 = statistics.median(run["p50_ms"] for run in results)
-            p99 = statistics.median(run["p99_ms"] for run in results)
-            print(f"{name:>10}: p50 {p50:.3f} ms, p99 {p99:.2f} ms (medians over {len(results)} rounds)")
+            if args.fresh_servers:  # each round's directories hold a warm-up's events: GBs
+                for server in measured:
+                    server.kill()
+                shutil.rmtree(root / f"round{r}", ignore_errors=True)
+        for line in summary(runs):
+            print(line)
     finally:
         tear_down(servers, pool, root)
     return 0
+
+
+def cpu_per_event_us(run: dict[str, Any]) -> float:
+    """The server's CPU an event taken in ``run``, in µs."""
+    return float(run["server_cpu_share"]) / float(run["events_per_s"]) * 1e6
+
+
+def summary(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Medians over the rounds for each server (the first is this checkout's), and for each other
+    server the median of the rounds' ratios of the first's CPU an event to its own, with the
+    rounds where the first spent less."""
+    lines = []
+    for name, results in runs.items():
+        p50 = statistics.median(run["p50_ms"] for run in results)
+        p99 = statistics.median(run["p99_ms"] for run in results)
+        cpu = statistics.median(map(cpu_per_event_us, results))
+        lines.append(
+            f"{name:>10}: p50 {p50:.3f} ms, p99 {p99:.2f} ms, {cpu:.2f} µs an event "
+            f"(medians over {len(results)} rounds)"
+        )
+    (first, mine), *others = runs.items()
+    for name, theirs in others:
+        ratios = [cpu_per_event_us(a) / cpu_per_event_us(b) for a, b in zip(mine, theirs, strict=True)]
+        lower = sum(ratio < 1 for ratio in ratios)
+        lines.append(
+            f"{first} / {name}: CPU an event x{statistics.median(ratios):.3f} "
+            f"(median of {len(ratios)} rounds; lower in {lower})"
+        )
+    return lines
 
 
 def _server_side(run: dict[str, Any]) -> str:
