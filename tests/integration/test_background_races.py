@@ -44,6 +44,23 @@ async def recovered_node(directory: Path, partitions: int) -> AsyncIterator[tupl
         await node.close()
 
 
+@contextlib.asynccontextmanager
+async def node_with_cap(
+    directory: Path, partitions: int, heartbeat_interval: float, *, recurring: bool = False
+) -> AsyncIterator[tuple[Node, Client]]:
+    """A node with its in-process client and metric ``calls``, whose threshold ``cap`` (10) fires
+    an alert once (or at every multiple, if ``recurring``)."""
+    node = Node(NodeConfig(directory, partitions=partitions, heartbeat_interval=heartbeat_interval))
+    await node.start()
+    try:
+        client = await Client.in_process(node, metric_lookup=node.metric_of)
+        cap = AlertThreshold("cap", 10, recurring=recurring)
+        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(cap,)))
+        yield node, client
+    finally:
+        await node.close()
+
+
 async def sums(client: Client, accounts: set[int]) -> dict[int, int]:
     return {a: (await client.query(a, "calls", DAY)).value.sum for a in sorted(accounts)}
 
@@ -360,11 +377,7 @@ async def test_a_publish_wakes_only_the_subscriptions_whose_filters_may_match(tm
     move past those alerts, and their heartbeats carry the moved positions. A subscription whose
     filters match is woken and gets the alert."""
     # A heartbeat wakes every subscription too: its interval must outlast the SYNC ingest below.
-    node = Node(NodeConfig(tmp_path / "data", partitions=4, heartbeat_interval=2.0))
-    await node.start()
-    try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+    async with node_with_cap(tmp_path / "data", 4, 2.0) as (node, client):
         everything = list(range(4))
         streams = [node.subscribe_alerts(everything, {}, False, [1000 + i], [], []) for i in range(50)]
         streams.append(node.subscribe_alerts(everything, {}, False, [7], ["calls"], ["cap"]))  # matches
@@ -392,8 +405,6 @@ async def test_a_publish_wakes_only_the_subscriptions_whose_filters_may_match(tm
         await asyncio.gather(*pending[1:-1], return_exceptions=True)  # each stream is idle again
         for stream in streams:
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await node.close()
 
 
 async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filters(
@@ -416,13 +427,8 @@ async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filter
 
     monkeypatch.setattr(AlertList, "between", counted_between)
     monkeypatch.setattr(AlertList, "filter_keys", counted_keys)
-    node = Node(NodeConfig(tmp_path / "data", partitions=1, heartbeat_interval=60))  # no heartbeat wakes
-    await node.start()
-    try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(
-            Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10, recurring=True),))
-        )
+    # A heartbeat interval of a minute: no heartbeat wakes a stream.
+    async with node_with_cap(tmp_path / "data", 1, 60, recurring=True) as (node, client):
         unfiltered = node.subscribe_alerts([0], {}, False, [], [], [])
         assert (await anext(unfiltered)).alert is None  # the starting heartbeat
         await client.ingest_rows([(7, "calls", 10, T0, None, 1, "e")], sync=True)
@@ -442,8 +448,6 @@ async def test_a_publish_reads_the_new_alerts_only_for_subscriptions_with_filter
         assert reads == [("keys", 2, 2)] + [("alerts", 2, 2)] * 4  # the publish's, then each stream's
         for stream in [unfiltered, *filtered]:
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await node.close()
 
 
 async def test_a_publish_whose_alerts_are_not_loaded_wakes_the_filtered_subscriptions(
@@ -461,11 +465,7 @@ async def test_a_publish_whose_alerts_are_not_loaded_wakes_the_filtered_subscrip
             raise RecordsNotLoaded([0])
         return filter_keys(self, first, last)
 
-    node = Node(NodeConfig(tmp_path / "data", partitions=1, heartbeat_interval=60))
-    await node.start()
-    try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+    async with node_with_cap(tmp_path / "data", 1, 60) as (node, client):
         streams = [node.subscribe_alerts([0], {}, False, account, [], []) for account in ([1000], [7])]
         pending = []
         for stream in streams:
@@ -486,8 +486,6 @@ async def test_a_publish_whose_alerts_are_not_loaded_wakes_the_filtered_subscrip
         await asyncio.gather(pending[0], return_exceptions=True)
         for stream in streams:
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await node.close()
 
 
 async def test_a_publish_on_a_partition_a_subscription_does_not_read_leaves_it_alone(tmp_path: Path) -> None:
@@ -496,11 +494,7 @@ async def test_a_publish_on_a_partition_a_subscription_does_not_read_leaves_it_a
     filters, and publishing goes on for everyone else. (A publish used to look up every waiting
     subscription's position on the partition: a KeyError in the SYNC call, the urgent flush or the
     flusher's tick that published.)"""
-    node = Node(NodeConfig(tmp_path / "data", partitions=4, heartbeat_interval=60))  # no heartbeat wakes
-    await node.start()
-    try:
-        client = await Client.in_process(node, metric_lookup=node.metric_of)
-        await client.metrics.create(Metric("calls", AggType.SUM, thresholds=(AlertThreshold("cap", 10),)))
+    async with node_with_cap(tmp_path / "data", 4, 60) as (node, client):  # no heartbeat wakes
         alerting = client.partition_of(7)
         others = [p for p in range(4) if p != alerting]
         streams = [
@@ -526,8 +520,6 @@ async def test_a_publish_on_a_partition_a_subscription_does_not_read_leaves_it_a
         await asyncio.gather(*pending[:2], return_exceptions=True)
         for stream in streams:
             await stream.aclose()  # type: ignore[attr-defined]
-    finally:
-        await node.close()
 
 
 async def test_the_flusher_ticks_on_after_a_tick_raises(
